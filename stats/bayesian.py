@@ -1,0 +1,76 @@
+"""Chance to win and expected loss: Beta(1, 1) posteriors for proportions, normal otherwise.
+
+Everything is closed form or fixed-node quadrature, so the same input always gives
+the same output (no sampling).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import special
+from scipy import stats as sps
+
+from stats.records import Direction
+
+# Breakpoints at the posterior mean +- k sd of both arms; Gauss-Legendre nodes between them.
+_SPREAD = np.linspace(-14.0, 14.0, 57)
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(8)
+
+
+def normal_chance_to_win(diff: float, se: float, direction: Direction) -> float:
+    """P(treatment beats control) when the difference is N(diff, se^2)."""
+    good = diff if direction == "increase" else -diff
+    return float(sps.norm.cdf(good / se))
+
+
+def normal_expected_loss(diff: float, se: float, direction: Direction) -> float:
+    """E[max(-good difference, 0)]: what choosing treatment costs if it is worse."""
+    good = diff if direction == "increase" else -diff
+    z = good / se
+    return float(se * sps.norm.pdf(z) - good * sps.norm.cdf(-z))
+
+
+def _beta_sd(a: float, b: float) -> float:
+    """Standard deviation of Beta(a, b)."""
+    return float(np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0))))
+
+
+def _quadrature_grid(
+    params: tuple[tuple[float, float], ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights on [0, 1] refined around each posterior's mass."""
+    points = [np.array([0.0, 1.0])]
+    for a, b in params:
+        points.append(a / (a + b) + _SPREAD * _beta_sd(a, b))
+    edges = np.unique(np.clip(np.concatenate(points), 0.0, 1.0))
+    lo, hi = edges[:-1, None], edges[1:, None]
+    half = (hi - lo) / 2.0
+    nodes = (lo + half * (_NODES[None, :] + 1.0)).ravel()
+    weights = (half * _WEIGHTS[None, :]).ravel()
+    return nodes, weights
+
+
+def beta_comparison(
+    control: tuple[int, int], treatment: tuple[int, int], direction: Direction
+) -> tuple[float, float]:
+    """Chance to win and expected loss for (successes, n) pairs under Beta(1, 1) priors."""
+    a_c, b_c = 1.0 + control[0], 1.0 + control[1] - control[0]
+    a_t, b_t = 1.0 + treatment[0], 1.0 + treatment[1] - treatment[0]
+    x, w = _quadrature_grid(((a_c, b_c), (a_t, b_t)))
+    density_t = sps.beta.pdf(x, a_t, b_t)
+    mean_c, mean_t = a_c / (a_c + b_c), a_t / (a_t + b_t)
+    # P(T > C) = E_T[F_C(T)];  E[max(C - T, 0)] = E_T[E[max(C - x, 0)]] with a closed form inside.
+    p_t_greater = float(np.sum(w * density_t * special.betainc(a_c, b_c, x)))
+    upper_tail = mean_c * special.betaincc(a_c + 1.0, b_c, x) - x * special.betaincc(a_c, b_c, x)
+    loss_c_greater = float(np.sum(w * density_t * upper_tail))
+    p_t_greater = min(max(p_t_greater, 0.0), 1.0)
+    if direction == "increase":
+        return p_t_greater, max(loss_c_greater, 0.0)
+    # max(T - C, 0) = max(C - T, 0) + (T - C)
+    return 1.0 - p_t_greater, max(loss_c_greater + mean_t - mean_c, 0.0)
+
+
+def beta_posterior_moments(successes: int, n: int) -> tuple[float, float]:
+    """Posterior mean and variance of a rate under a Beta(1, 1) prior."""
+    a, b = 1.0 + successes, 1.0 + n - successes
+    return a / (a + b), _beta_sd(a, b) ** 2

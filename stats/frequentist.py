@@ -1,0 +1,39 @@
+"""Fixed-horizon tests: unpooled z (proportions, ratio, NPS) and Welch's t (means)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats as sps
+
+
+def z_test(diff: float, se: float) -> tuple[float, float]:
+    """Two-sided z statistic and p-value of diff / se."""
+    statistic = diff / se
+    return statistic, float(2.0 * sps.norm.sf(np.abs(statistic)))
+
+
+def welch_df(se2_control: float, n_control: int, se2_treatment: float, n_treatment: int) -> float:
+    """Welch-Satterthwaite degrees of freedom from squared standard errors."""
+    total = se2_control + se2_treatment
+    return total**2 / (se2_control**2 / (n_control - 1) + se2_treatment**2 / (n_treatment - 1))
+
+
+def t_test(diff: float, se: float, df: float) -> tuple[float, float]:
+    """Two-sided t statistic and p-value of diff / se with df degrees of freedom."""
+    statistic = diff / se
+    return statistic, float(2.0 * sps.t.sf(np.abs(statistic), df))
+
+
+def critical_value(alpha: float, df: float | None = None) -> float:
+    """Two-sided critical value: normal, or Student t when df is given."""
+    if df is None:
+        return float(sps.norm.isf(alpha / 2.0))
+    return float(sps.t.isf(alpha / 2.0, df))
+
+
+def relative_se(
+    mean_control: float, se2_control: float, mean_treatment: float, se2_treatment: float
+) -> float:
+    """Delta-method standard error of treatment / control - 1."""
+    mc2 = mean_control * mean_control
+    return float(np.sqrt(se2_treatment / mc2 + mean_treatment**2 * se2_control / (mc2 * mc2)))

@@ -1,0 +1,98 @@
+"""Sample size for a two-sided test, with statsmodels' power conventions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from statsmodels.stats.power import NormalIndPower, TTestIndPower
+from statsmodels.stats.proportion import proportion_effectsize
+
+from stats.records import KINDS, Kind, StatsInputError
+
+PROPORTION_KINDS = frozenset({"conversion", "friction"})
+
+
+@dataclass(frozen=True)
+class PowerResult:
+    """Units each variant needs, in total, and days at the expected traffic."""
+
+    units_per_variant: int
+    total_units: int
+    days: int | None
+
+
+def _check_fraction(field: str, value: object) -> float:
+    """Accept only numbers strictly between 0 and 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise StatsInputError(field, "must be between 0 and 1")
+    return float(value)
+
+
+def _check_positive(field: str, value: object) -> float:
+    """Accept only finite numbers above 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < math.inf:
+        raise StatsInputError(field, "must be a positive number")
+    return float(value)
+
+
+def _effect_size(kind: Kind, baseline: float, mde: float, baseline_sd: float | None) -> float:
+    """Cohen's h for proportions, Cohen's d (baseline * mde / sd) otherwise."""
+    if kind in PROPORTION_KINDS:
+        _check_fraction("baseline", baseline)
+        target = baseline * (1.0 + mde)
+        if not 0.0 < target < 1.0:
+            raise StatsInputError("mde", "baseline * (1 + mde) must stay between 0 and 1")
+        return abs(float(proportion_effectsize(target, baseline)))
+    if (
+        not isinstance(baseline, (int, float))
+        or isinstance(baseline, bool)
+        or not math.isfinite(baseline)
+    ):
+        raise StatsInputError("baseline", "must be a finite number")
+    if baseline == 0:
+        raise StatsInputError("baseline", "must not be 0 for a relative mde")
+    if baseline_sd is None and kind == "count":
+        baseline_sd = math.sqrt(abs(baseline))  # Poisson counts: sd = sqrt(mean)
+    if baseline_sd is None:
+        raise StatsInputError("baseline_sd", f"is required for kind {kind}")
+    sd = _check_positive("baseline_sd", baseline_sd)
+    return abs(baseline * mde) / sd
+
+
+def sample_size(
+    kind: Kind,
+    *,
+    baseline: float,
+    mde: float,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    variants: int = 2,
+    daily_units: float | None = None,
+    baseline_sd: float | None = None,
+) -> PowerResult:
+    """Units per variant to detect a relative `mde` on `baseline` (two-sided, equal split)."""
+    if kind not in KINDS:
+        raise StatsInputError("kind", f"must be one of {', '.join(KINDS)}")
+    if (
+        isinstance(mde, bool)
+        or not isinstance(mde, (int, float))
+        or mde == 0
+        or not math.isfinite(mde)
+    ):
+        raise StatsInputError("mde", "must be a non-zero relative effect")
+    alpha = _check_fraction("alpha", alpha)
+    power = _check_fraction("power", power)
+    if isinstance(variants, bool) or not isinstance(variants, int) or variants < 2:
+        raise StatsInputError("variants", "must be an integer >= 2")
+    if daily_units is not None:
+        _check_positive("daily_units", daily_units)
+    effect = _effect_size(kind, baseline, mde, baseline_sd)
+    solver = NormalIndPower() if kind in PROPORTION_KINDS else TTestIndPower()
+    nobs = solver.solve_power(
+        effect_size=effect, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
+    )
+    per_variant = math.ceil(float(nobs))
+    total = per_variant * variants
+    days = None if daily_units is None else math.ceil(total / daily_units)
+    return PowerResult(per_variant, total, days)

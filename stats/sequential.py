@@ -1,0 +1,36 @@
+"""Mixture SPRT with a normal mixture: always-valid p-values and confidence sequences.
+
+With estimate theta, its variance V and mixing variance tau2 (theta ~ N(0, tau2) under H1),
+the likelihood ratio against theta = 0 is
+    L = sqrt(V / (V + tau2)) * exp(theta^2 tau2 / (2 V (V + tau2))),
+and p = min(1, 1 / L) stays below alpha with probability >= 1 - alpha at every look.
+Inverting L(theta - theta0) < 1 / alpha gives the confidence sequence
+    |theta - theta0| < sqrt((V + tau2) / tau2 * V * (2 ln(1 / alpha) + ln((V + tau2) / V))).
+"""
+
+from __future__ import annotations
+
+import math
+
+# Mixing scale when no MDE is configured: a 10% relative effect on the control estimate.
+DEFAULT_MIXING_MDE = 0.1
+
+
+def mixing_variance(control_mean: float, unit_variance: float, mde: float | None) -> float:
+    """tau^2 = (mde * |control estimate|)^2, or (mde * per-unit sd)^2 when the estimate is 0."""
+    scale = abs(control_mean) if control_mean != 0 else math.sqrt(unit_variance)
+    return (abs(mde or DEFAULT_MIXING_MDE) * scale) ** 2
+
+
+def msprt_p_value(estimate: float, variance: float, tau2: float) -> float:
+    """Always-valid p-value 1 / L, computed in log space to avoid overflow."""
+    total = variance + tau2
+    log_p = 0.5 * math.log(total / variance) - estimate**2 * tau2 / (2.0 * variance * total)
+    return math.exp(min(log_p, 0.0))
+
+
+def confidence_sequence_half_width(variance: float, tau2: float, alpha: float) -> float:
+    """Half-width of the (1 - alpha) confidence sequence around the estimate."""
+    total = variance + tau2
+    log_terms = 2.0 * math.log(1.0 / alpha) + math.log(total / variance)
+    return math.sqrt(total / tau2 * variance * log_terms)
