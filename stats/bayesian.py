@@ -13,8 +13,8 @@ from scipy import stats as sps
 from stats.records import Direction
 
 # Breakpoints at the posterior mean +- k sd of both arms; Gauss-Legendre nodes between them.
-_SPREAD = np.linspace(-14.0, 14.0, 57)
-_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(8)
+_SPREAD = np.linspace(-12.0, 12.0, 25)
+_NODES, _WEIGHTS = np.polynomial.legendre.leggauss(6)
 
 
 def normal_chance_to_win(diff: float, se: float, direction: Direction) -> float:
