@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+FLASK := $(VENV)/bin/flask --app wsgi
+PYTEST_ARGS ?= -n auto
+export PARCOURS_INSTANCE_PATH ?= $(CURDIR)/instance
+
+.PHONY: venv run test lint bench chromium clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Browser tests drive Debian's Chromium; never a downloaded browser.
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+run: venv
+	$(FLASK) db upgrade
+	$(FLASK) seed-demo
+	$(FLASK) bootstrap-dev
+	PARCOURS_SCHEDULER=$${PARCOURS_SCHEDULER:-on} PARCOURS_DEMO=$${PARCOURS_DEMO:-1} \
+		$(FLASK) run --host 127.0.0.1 --port 5000 --no-reload
+
+test: venv chromium
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy stats
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

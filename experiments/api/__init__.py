@@ -1,0 +1,13 @@
+"""JSON API blueprints (``/api/v1``) and service endpoints."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    """Mount every API blueprint; each module owns one resource."""
+    from experiments.api import experiments, system
+
+    for module in (experiments, system):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,115 @@
+"""Build the OpenAPI 3.1 document from the routes declared with ``api_route``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from experiments import __version__
+from experiments.api.routing import ROUTES, RouteSpec
+from experiments.schemas import ErrorEnvelope
+
+_PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
+_ERROR_TEXT = {
+    400: "Malformed JSON", 401: "Missing or invalid API key", 403: "Key lacks the role",
+    404: "Not found", 409: "Conflict", 413: "Payload too large",
+    415: "Unsupported media type", 422: "Validation error", 429: "Rate limited",
+}
+
+
+def build_openapi() -> dict[str, Any]:
+    """The document: every declared route, its body, responses and errors."""
+    models = _collect_models()
+    _, definitions = models_json_schema(
+        [(model, mode) for model, mode in models], ref_template="#/components/schemas/{model}"
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in ROUTES:
+        path, parameters = _openapi_path(spec.rule)
+        paths.setdefault(path, {})[spec.method] = _operation(spec, parameters)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Parcours API", "version": __version__,
+                 "description": "Journey experiments: assignment, events, analysis, webhooks."},
+        "paths": paths,
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "API key (client or admin)"}},
+        },
+    }
+
+
+def _collect_models() -> list[tuple[type[BaseModel], Any]]:
+    seen: dict[tuple[type[BaseModel], str], None] = {(ErrorEnvelope, "serialization"): None}
+    for spec in ROUTES:
+        for model in (spec.body, spec.query):
+            if model is not None:
+                seen[(model, "validation")] = None
+        for model in spec.responses.values():
+            if model is not None:
+                seen[(model, "serialization")] = None
+    return list(seen)
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    parameters = []
+    for converter, name in _PATH_PARAM.findall(rule):
+        schema = {"type": "integer"} if converter == "int" else {"type": "string"}
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return _PATH_PARAM.sub(r"{\2}", rule), parameters
+
+
+def _operation(spec: RouteSpec, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": spec.endpoint.replace(".", "_"), "summary": spec.summary,
+        "tags": list(spec.tags), "parameters": parameters + _query_parameters(spec),
+        "responses": _responses(spec, bool(parameters)),
+    }
+    if spec.auth is not None:
+        operation["security"] = [{"bearer": []}]
+    if spec.body is not None:
+        operation["requestBody"] = {"required": True,
+                                    "content": {"application/json": {"schema": _ref(spec.body)}}}
+    return operation
+
+
+def _query_parameters(spec: RouteSpec) -> list[dict[str, Any]]:
+    if spec.query is None:
+        return []
+    schema = spec.query.model_json_schema()
+    required = set(schema.get("required", []))
+    return [{"name": name, "in": "query", "required": name in required, "schema": prop}
+            for name, prop in schema.get("properties", {}).items()]
+
+
+def _responses(spec: RouteSpec, has_path_params: bool) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, model in spec.responses.items():
+        entry: dict[str, Any] = {"description": "Success" if status < 300 else _ERROR_TEXT.get(
+            status, "Response")}
+        if model is not None:
+            entry["content"] = {"application/json": {"schema": _ref(model)}}
+        responses[str(status)] = entry
+    errors = set(spec.errors)
+    if spec.auth is not None:
+        errors |= {401, 403} if spec.auth == "admin" else {401}
+    if spec.body is not None:
+        errors |= {400, 413, 415, 422}
+    if spec.query is not None:
+        errors.add(422)
+    if has_path_params:
+        errors.add(404)
+    for status in sorted(errors):
+        responses.setdefault(str(status), {
+            "description": _ERROR_TEXT.get(status, "Error"),
+            "content": {"application/json": {"schema": _ref(ErrorEnvelope)}},
+        })
+    return responses

@@ -1,0 +1,154 @@
+"""A thin declarative layer over Flask routes: auth, pydantic parsing, OpenAPI.
+
+Each API view is declared once with :func:`api_route`; the same declaration
+authenticates the caller, parses and validates the body and query with pydantic,
+serialises the result and feeds ``/openapi.json``. Views stay thin: parse →
+service → serialise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, Literal
+
+from flask import Blueprint, Response, current_app, g, request
+from pydantic import BaseModel, ValidationError
+
+from experiments.auth import Principal
+from experiments.db import db_session
+from experiments.errors import ApiError, validation_details
+
+AuthRole = Literal["admin", "client", "any"] | None
+ResponseModel = type[BaseModel] | None
+ROUTES: list[RouteSpec] = []
+JSON_MIMETYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """What the OpenAPI document needs to know about one route."""
+
+    rule: str
+    method: str
+    endpoint: str
+    summary: str
+    tags: tuple[str, ...]
+    auth: AuthRole
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    responses: dict[int, ResponseModel] = field(default_factory=dict)
+    errors: tuple[int, ...] = ()
+
+
+def api_route(
+    blueprint: Blueprint,
+    rule: str,
+    method: str = "GET",
+    *,
+    auth: AuthRole = "admin",
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: ResponseModel = None,
+    status: int = 200,
+    responses: dict[int, ResponseModel] | None = None,
+    errors: tuple[int, ...] = (),
+    summary: str = "",
+    tags: tuple[str, ...] = (),
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare an API view; see the module docstring."""
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        def wrapper(**path_args: Any) -> Any:
+            if auth is not None:
+                g.principal = authenticate(auth)
+            kwargs = dict(path_args)
+            if query is not None:
+                kwargs["query"] = parse_query(query)
+            if body is not None:
+                kwargs["body"] = parse_body(body)
+            return to_response(view(**kwargs), status)
+
+        endpoint = view.__name__
+        blueprint.add_url_rule(rule, endpoint, wrapper, methods=[method])
+        all_responses = {status: response, **(responses or {})}
+        ROUTES.append(RouteSpec(
+            rule=(blueprint.url_prefix or "") + rule, method=method.lower(),
+            endpoint=f"{blueprint.name}.{endpoint}", summary=summary or _first_line(view.__doc__),
+            tags=tags or (blueprint.name,), auth=auth, body=body, query=query,
+            responses=all_responses, errors=errors,
+        ))
+        return wrapper
+
+    return decorator
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n")[0]
+
+
+def authenticate(required: Literal["admin", "client", "any"]) -> Principal:
+    """Resolve the bearer key to a principal and enforce the role (401/403)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing or malformed Authorization: Bearer <api key>",
+                       headers={"WWW-Authenticate": "Bearer"})
+    cache = current_app.extensions["parcours.api_keys"]
+    principal = cache.lookup(db_session(), token.strip())
+    if principal is None:
+        raise ApiError(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    if required == "admin" and principal.role != "admin":
+        raise ApiError(403, "this route needs an admin key")
+    return principal
+
+
+def current_principal() -> Principal:
+    """The authenticated caller of this request."""
+    return g.principal
+
+
+def read_json() -> Any:
+    """The request body as JSON, or 415/400 with the envelope."""
+    if request.mimetype != JSON_MIMETYPE:
+        raise ApiError(415, "send the body as application/json")
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}", code="invalid_json") from None
+
+
+def parse_body(model: type[BaseModel]) -> BaseModel:
+    """Validate the JSON body against ``model`` (422 naming each field)."""
+    data = read_json()
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, "the request body is invalid",
+                       details=validation_details(exc)) from None
+
+
+def parse_query(model: type[BaseModel]) -> BaseModel:
+    """Validate query-string parameters against ``model``."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as exc:
+        raise ApiError(422, "the query string is invalid",
+                       details=validation_details(exc)) from None
+
+
+def to_response(result: Any, status: int) -> Any:
+    """Serialise a view's return value: pydantic model, dict/list, or a Response."""
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, tuple):
+        result, status = result
+    if isinstance(result, BaseModel):
+        return Response(result.model_dump_json(), status=status, mimetype=JSON_MIMETYPE)
+    if result is None:
+        return Response(status=status)
+    return Response(json.dumps(result, default=str), status=status, mimetype=JSON_MIMETYPE)

@@ -1,0 +1,45 @@
+"""Service endpoints: health, Prometheus metrics, OpenAPI document and offline docs."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify, render_template
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from experiments.api.openapi import build_openapi
+from experiments.db import get_db
+
+bp = Blueprint("system", __name__, template_folder="../templates")
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Liveness and database reachability for load balancers."""
+    try:
+        with get_db().engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:  # any driver error means "unreachable" to a load balancer
+        current_app.logger.warning("health check: database unreachable")
+        return jsonify(status="unavailable", database="unreachable"), 503
+    return jsonify(status="ok", database="ok"), 200
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus exposition of request, assignment, ingestion and job metrics."""
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """OpenAPI 3.1 for every ``/api/v1`` and ``/ofrep/v1`` route."""
+    document = current_app.extensions.get("parcours.openapi")
+    if document is None:
+        document = current_app.extensions["parcours.openapi"] = build_openapi()
+    return jsonify(document)
+
+
+@bp.get("/docs")
+def docs() -> str:
+    """Interactive API docs from vendored Swagger UI: nothing loads from another host."""
+    return render_template("docs.html")

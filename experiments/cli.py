@@ -1,0 +1,124 @@
+"""``flask --app wsgi …`` commands of SPEC §1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
+from sqlalchemy import select
+
+from experiments.auth import API_ROLES, SYSTEM, USER_ROLES
+from experiments.db import get_db
+from experiments.errors import ApiError
+from experiments.models import ApiKey, User
+
+db_cli = AppGroup("db", help="Database schema.")
+users_cli = AppGroup("users", help="Admin UI accounts.")
+api_keys_cli = AppGroup("api-keys", help="API keys.")
+
+
+def register_commands(app: Flask) -> None:
+    """Attach the command groups; other packages add their own groups."""
+    for group in (db_cli, users_cli, api_keys_cli):
+        app.cli.add_command(group)
+    app.cli.add_command(seed_demo)
+    app.cli.add_command(bootstrap_dev)
+
+
+def _fail(exc: ApiError) -> click.ClickException:
+    details = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in exc.details)
+    return click.ClickException(f"{exc.message}{' (' + details + ')' if details else ''}")
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the schema (Alembic)."""
+    from experiments.migrate import upgrade
+
+    url = get_db().url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    upgrade(url)
+    click.echo("database is up to date")
+
+
+@users_cli.command("create")
+@click.option("--email", required=True)
+@click.option("--role", type=click.Choice(USER_ROLES), required=True)
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+def users_create(email: str, role: str, password: str) -> None:
+    """Create a UI user (argon2 hash)."""
+    from experiments.services.accounts import create_user
+
+    with get_db().session() as session:
+        try:
+            user = create_user(session, email=email, password=password, role=role,
+                               principal=SYSTEM)
+        except ApiError as exc:
+            raise _fail(exc) from None
+        click.echo(f"created {user.role} {user.email}")
+
+
+@api_keys_cli.command("create")
+@click.option("--role", type=click.Choice(API_ROLES), required=True)
+@click.option("--name", required=True)
+def api_keys_create(role: str, name: str) -> None:
+    """Create an API key; the key is printed alone on the last line, once."""
+    from experiments.services.accounts import create_api_key
+
+    with get_db().session() as session:
+        try:
+            api_key, raw_key = create_api_key(session, name=name, role=role, principal=SYSTEM)
+        except ApiError as exc:
+            raise _fail(exc) from None
+        click.echo(f"created {api_key.role} key {api_key.name!r} (shown once, store it now):")
+        click.echo(raw_key)
+
+
+@click.command("seed-demo")
+@with_appcontext
+def seed_demo() -> None:
+    """Create the demo experiment(s) with simulated traffic; safe to run twice."""
+    from experiments.services.demo import seed_demo_data
+
+    with get_db().session() as session:
+        for line in seed_demo_data(session):
+            click.echo(line)
+
+
+@click.command("bootstrap-dev")
+@with_appcontext
+def bootstrap_dev() -> None:
+    """For `make run`: create a local admin and API keys once, and print them."""
+    from experiments.services.accounts import create_api_key, create_user
+
+    path = Path(current_app.instance_path) / "dev-credentials.json"
+    with get_db().session() as session:
+        has_user = session.scalar(select(User.id).limit(1)) is not None
+        has_key = session.scalar(select(ApiKey.id).limit(1)) is not None
+        if not (has_user and has_key and path.exists()):
+            import secrets
+
+            credentials = {"admin_email": "admin@parcours.local",
+                           "admin_password": secrets.token_urlsafe(12)}
+            if session.scalar(select(User.id).where(User.email == credentials["admin_email"])):
+                session.execute(User.__table__.delete().where(
+                    User.email == credentials["admin_email"]))
+            create_user(session, email=credentials["admin_email"],
+                        password=credentials["admin_password"], role="admin", principal=SYSTEM)
+            credentials["admin_api_key"] = create_api_key(
+                session, name="make-run admin", role="admin", principal=SYSTEM)[1]
+            credentials["client_api_key"] = create_api_key(
+                session, name="make-run client", role="client", principal=SYSTEM)[1]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(credentials, indent=2))
+            path.chmod(0o600)
+    credentials = json.loads(path.read_text())
+    click.echo("Parcours local credentials (kept in instance/dev-credentials.json):")
+    click.echo(f"  admin UI   http://127.0.0.1:5000/admin  {credentials['admin_email']} / "
+               f"{credentials['admin_password']}")
+    click.echo(f"  admin key  {credentials['admin_api_key']}")
+    click.echo(f"  client key {credentials['client_api_key']}")

@@ -1,0 +1,120 @@
+"""Settings read once from ``PARCOURS_*`` environment variables (SPEC §1)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "PARCOURS_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE_PATH = PROJECT_ROOT / "instance"
+
+
+def _parse_bool(value: Any) -> bool:
+    """Accept the usual spellings of a flag so env vars and mappings agree."""
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _parse_int_list(value: Any) -> tuple[int, ...]:
+    """Parse ``"0,5,300"`` (or a sequence) into a tuple of seconds."""
+    if isinstance(value, str):
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    return tuple(int(part) for part in value)
+
+
+def _parse_str_list(value: Any) -> tuple[str, ...]:
+    """Parse a comma-separated list (or a sequence) into a tuple of strings."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every tunable of the service; field names are the env names without the prefix."""
+
+    DATABASE_URL: str = ""
+    SECRET_KEY: str = ""
+    SCHEDULER: bool = False
+    ANALYSIS_INTERVAL_S: int = 300
+    WEBHOOK_ALLOW_PRIVATE: bool = False
+    WEBHOOK_RETRY_SCHEDULE_S: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000)
+    LOG_LEVEL: str = "INFO"
+    CORS_ORIGINS: tuple[str, ...] = ()
+    DEMO: bool = False
+    INSTANCE_PATH: str = str(DEFAULT_INSTANCE_PATH)
+    # Extensions composed into the app by name, so `experiments` never imports them.
+    EXTENSIONS: tuple[str, ...] = ("webhooks", "admin")
+    CONFIG_REFRESH_S: float = 2.0
+    RATE_LIMIT_INGEST: str = ""
+    RATE_LIMIT_ASSIGN: str = ""
+    STATEMENT_TIMEOUT_MS: int = 600_000
+    TESTING: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None) -> Config:
+        """Merge defaults, ``PARCOURS_*`` env vars and explicit overrides (highest wins)."""
+        raw: dict[str, Any] = {}
+        names = {f.name for f in fields(cls)} - {"extra"}
+        for name in names:
+            env_value = os.environ.get(ENV_PREFIX + name)
+            if env_value is not None:
+                raw[name] = env_value
+        extra: dict[str, Any] = {}
+        for key, value in (overrides or {}).items():
+            if key in names:
+                raw[key] = value
+            else:
+                extra[key] = value
+        return cls(**_coerce(raw), extra=extra).with_defaults()
+
+    def with_defaults(self) -> Config:
+        """Fill the settings whose default depends on the instance folder."""
+        instance = Path(self.INSTANCE_PATH)
+        url = self.DATABASE_URL or f"sqlite:///{instance / 'parcours.db'}"
+        secret = self.SECRET_KEY or _stored_secret_key(instance)
+        return _replace(self, DATABASE_URL=url, SECRET_KEY=secret)
+
+
+_PARSERS = {
+    "SCHEDULER": _parse_bool,
+    "WEBHOOK_ALLOW_PRIVATE": _parse_bool,
+    "DEMO": _parse_bool,
+    "TESTING": _parse_bool,
+    "ANALYSIS_INTERVAL_S": int,
+    "STATEMENT_TIMEOUT_MS": int,
+    "CONFIG_REFRESH_S": float,
+    "WEBHOOK_RETRY_SCHEDULE_S": _parse_int_list,
+    "CORS_ORIGINS": _parse_str_list,
+    "EXTENSIONS": _parse_str_list,
+}
+
+
+def _coerce(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn env strings into the typed values the dataclass declares."""
+    return {key: _PARSERS.get(key, str)(value) for key, value in raw.items()}
+
+
+def _replace(config: Config, **changes: Any) -> Config:
+    values = {f.name: getattr(config, f.name) for f in fields(config)}
+    values.update(changes)
+    return Config(**values)
+
+
+def _stored_secret_key(instance: Path) -> str:
+    """Generate the session secret once and keep it in ``instance/secret_key``."""
+    path = instance / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key

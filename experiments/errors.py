@@ -1,0 +1,128 @@
+"""The SPEC §2 error envelope, for every error the service can produce."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+class ApiError(Exception):
+    """An error a view or service raises on purpose; rendered as the envelope."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 details: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or _CODES.get(status, "error")
+        self.message = message
+        self.details = details or []
+        self.headers = headers or {}
+
+
+class NotFound(ApiError):
+    def __init__(self, message: str = "resource not found") -> None:
+        super().__init__(404, message)
+
+
+class Conflict(ApiError):
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(409, message, details=details)
+
+
+class ValidationFailed(ApiError):
+    """422 whose details name each failing field path (``variants[1].weight``)."""
+
+    def __init__(self, details: list[dict[str, Any]], message: str = "invalid input") -> None:
+        super().__init__(422, message, details=details)
+
+    @classmethod
+    def field(cls, field: str, message: str) -> ValidationFailed:
+        return cls([{"field": field, "message": message}], message=f"{field}: {message}")
+
+
+def field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    """Render a pydantic ``loc`` as ``variants[1].weight``."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def validation_details(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
+    """Turn a pydantic error into SPEC ``details`` entries."""
+    details = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
+        message = error["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        details.append({"field": field_path(loc, prefix) or prefix or "body", "message": message})
+    return details
+
+
+def _is_union_tag(part: int | str) -> bool:
+    # pydantic inserts the function/union member name into loc; it is noise for clients.
+    return isinstance(part, str) and (part.startswith("function-") or "[" in part)
+
+
+def error_body(status: int, message: str, *, code: str | None = None,
+               details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The envelope as a dict, for callers that build responses themselves."""
+    return {"error": {"code": code or _CODES.get(status, "error"), "message": message,
+                      "details": details or []}}
+
+
+def error_response(status: int, message: str, *, code: str | None = None,
+                   details: list[dict[str, Any]] | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
+    """A JSON response carrying the envelope."""
+    response = jsonify(error_body(status, message, code=code, details=details))
+    response.status_code = status
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Render every error as the envelope; HTML pages keep their own handlers."""
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> Response:
+        return error_response(exc.status, exc.message, code=exc.code, details=exc.details,
+                              headers=exc.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        if request.path.startswith("/admin") and request.blueprint == "admin":
+            return exc
+        response = error_response(status, exc.description or exc.name)
+        for name, value in exc.get_headers():
+            if name.lower() in {"retry-after", "allow"}:
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal error", code="internal_error")

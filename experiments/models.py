@@ -1,0 +1,246 @@
+"""The domain tables of SPEC §3–§6 (webhook tables live in ``webhooks.models``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from experiments.db import Base, BigIntId, utcnow
+
+EXPERIMENT_STATUSES = ("draft", "running", "paused", "concluded")
+
+
+class Experiment(Base):
+    """A journey experiment: its configuration, lifecycle and outcome."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    hypothesis: Mapped[str] = mapped_column(Text, default="")
+    owner: Mapped[str] = mapped_column(String(200), default="")
+    journey: Mapped[list[Any]] = mapped_column(default=list)
+    traffic: Mapped[float] = mapped_column(Float, default=1.0)
+    targeting: Mapped[list[Any]] = mapped_column(default=list)
+    layer: Mapped[str | None] = mapped_column(String(64), index=True)
+    overrides: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    analysis: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    iteration_of_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
+    # Hash salt: fixed at creation so assignment never reshuffles units.
+    salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None]
+    concluded_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    winner: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[dict[str, Any] | None]
+    learnings: Mapped[str] = mapped_column(Text, default="")
+    # Optimistic concurrency: a stale writer gets 409 instead of a lost update.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    variants: Mapped[list[Variant]] = relationship(
+        back_populates="experiment", cascade="all, delete-orphan", order_by="Variant.position"
+    )
+    metrics: Mapped[list[Metric]] = relationship(
+        back_populates="experiment", cascade="all, delete-orphan", order_by="Metric.position"
+    )
+    iteration_of: Mapped[Experiment | None] = relationship(remote_side=[id])
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Variant(Base):
+    """One arm of an experiment."""
+
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("experiment_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    weight: Mapped[float] = mapped_column(Float)
+    is_control: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="variants")
+
+
+class Metric(Base):
+    """A metric the analysis computes for an experiment (SPEC §3 metric kinds)."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("experiment_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(16))
+    direction: Mapped[str] = mapped_column(String(16))
+    event: Mapped[str | None] = mapped_column(String(200))
+    numerator: Mapped[str | None] = mapped_column(String(200))
+    denominator: Mapped[str | None] = mapped_column(String(200))
+    friction_kind: Mapped[str | None] = mapped_column(String(32))
+    step: Mapped[str | None] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="metrics")
+
+
+class Exposure(Base):
+    """The first exposure of a unit to an experiment: its sticky variant."""
+
+    __tablename__ = "exposures"
+    __table_args__ = (
+        UniqueConstraint("experiment_id", "unit_id", name="uq_exposures_experiment_unit"),
+        Index("ix_exposures_experiment_exposed_at", "experiment_id", "exposed_at"),
+        Index("ix_exposures_unit_id", "unit_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    unit_id: Mapped[str] = mapped_column(String(200))
+    variant_key: Mapped[str] = mapped_column(String(64))
+    exposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Forced (override) units are recorded for debugging but never analysed.
+    is_override: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Event(Base):
+    """Something a unit did: conversion, step, friction, NPS answer or custom."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_unit_occurred", "unit_id", "occurred_at"),
+        Index("ix_events_name_occurred", "name", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    # Client-chosen id for dedupe; the server generates one when absent.
+    event_id: Mapped[str] = mapped_column(String(200), unique=True)
+    unit_id: Mapped[str] = mapped_column(String(200))
+    type: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200))
+    step: Mapped[str | None] = mapped_column(String(64))
+    friction_kind: Mapped[str | None] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float)
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Report(Base):
+    """One analysis run's report (SPEC §6), kept as history."""
+
+    __tablename__ = "reports"
+    __table_args__ = (Index("ix_reports_experiment_computed", "experiment_id", "computed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    method: Mapped[str] = mapped_column(String(16))
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Decision(Base):
+    """A decision taken on an experiment, automatic or manual, with its reasons."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_experiment_decided", "experiment_id", "decided_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id", ondelete="SET NULL"))
+    outcome: Mapped[str] = mapped_column(String(32))
+    winner: Mapped[str | None] = mapped_column(String(64))
+    reasons: Mapped[list[Any]] = mapped_column(default=list)
+    automatic: Mapped[bool] = mapped_column(Boolean, default=True)
+    decided_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    """An admin UI account (argon2 password hash)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored as a SHA-256 digest: shown once, never retrievable."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """Who changed what, when: before/after snapshots of every privileged change."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (Index("ix_audit_experiment_at", "experiment_key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(254))
+    action: Mapped[str] = mapped_column(String(64))
+    experiment_key: Mapped[str | None] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64))
+    before: Mapped[dict[str, Any] | None]
+    after: Mapped[dict[str, Any] | None]
+
+
+class SchedulerLease(Base):
+    """A named lease so only one scheduler process runs jobs at a time."""
+
+    __tablename__ = "scheduler_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+    renewed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobRun(Base):
+    """One run of a scheduled job per interval slot: makes 'exactly once' checkable."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (UniqueConstraint("job", "slot", name="uq_job_runs_job_slot"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job: Mapped[str] = mapped_column(String(64))
+    slot: Mapped[int] = mapped_column(BigIntId)
+    holder: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)

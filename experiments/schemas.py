@@ -1,0 +1,296 @@
+"""Request and response schemas shared by the API, the admin UI and OpenAPI.
+
+Field-level rules live in the pydantic models; rules that span fields
+(exactly one control, metric steps in the journey…) live in
+:func:`experiment_problems` so that they can name the exact field path.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+Key = Annotated[str, Field(pattern=KEY_PATTERN, examples=["checkout-redesign"])]
+StepName = Annotated[str, Field(min_length=1, max_length=64)]
+EventName = Annotated[str, Field(min_length=1, max_length=200)]
+UnitId = Annotated[str, Field(min_length=1, max_length=200)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+FRICTION_KINDS = (
+    "error", "abandonment", "retry", "rage_click", "dead_click", "slow_step",
+    "back_navigation", "form_error", "support_contact", "bounce",
+)
+FrictionKind = Literal[
+    "error", "abandonment", "retry", "rage_click", "dead_click", "slow_step",
+    "back_navigation", "form_error", "support_contact", "bounce",
+]
+MetricKind = Literal["conversion", "mean", "count", "ratio", "friction", "nps", "time_to_convert"]
+TargetingOp = Literal["eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte", "contains",
+                      "regex", "exists"]
+Status = Literal["draft", "running", "paused", "concluded"]
+Outcome = Literal["ship", "rollback", "no_difference"]
+_LOWER_IS_BETTER = {"friction", "time_to_convert"}
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused: a typo must not silently change an experiment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VariantIn(Strict):
+    key: Key
+    name: str = Field("", max_length=200)
+    weight: float = Field(ge=0.0, le=1_000_000, allow_inf_nan=False)
+    is_control: bool = False
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class TargetingRule(Strict):
+    attribute: str = Field(min_length=1, max_length=200)
+    op: TargetingOp
+    value: Any = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> TargetingRule:
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"op {self.op!r} needs a list value")
+        if self.op in ("gt", "gte", "lt", "lte") and (
+            isinstance(self.value, bool) or not isinstance(self.value, int | float | str)
+        ):
+            raise ValueError(f"op {self.op!r} needs a number or string value")
+        if self.op == "regex":
+            if not isinstance(self.value, str) or len(self.value) > 500:
+                raise ValueError("op 'regex' needs a pattern string of at most 500 characters")
+            try:
+                re.compile(self.value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression: {exc}") from None
+        if self.op in ("eq", "neq", "contains") and self.value is None:
+            raise ValueError(f"op {self.op!r} needs a value")
+        return self
+
+
+class MetricIn(Strict):
+    key: Key
+    kind: MetricKind
+    role: Literal["primary", "secondary", "guardrail"] = "secondary"
+    direction: Literal["increase", "decrease"] | None = None
+    event: EventName | None = None
+    numerator: EventName | None = None
+    denominator: EventName | None = None
+    friction_kind: FrictionKind | None = None
+    step: StepName | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> MetricIn:
+        if self.direction is None:
+            self.direction = "decrease" if self.kind in _LOWER_IS_BETTER else "increase"
+        if self.kind == "nps" and self.event is None:
+            self.event = "nps"
+        if self.kind in ("conversion", "mean", "count", "time_to_convert") and not self.event:
+            raise ValueError(f"a {self.kind} metric needs 'event'")
+        if self.kind == "ratio" and not (self.numerator and self.denominator):
+            raise ValueError("a ratio metric needs 'numerator' and 'denominator'")
+        if self.friction_kind is not None and self.kind != "friction":
+            raise ValueError("'friction_kind' applies to friction metrics only")
+        return self
+
+
+class AnalysisSettings(Strict):
+    method: Literal["frequentist", "bayesian", "sequential"] = "sequential"
+    alpha: float = Field(0.05, gt=0.0, le=0.5)
+    power: float = Field(0.8, gt=0.0, lt=1.0)
+    mde: float = Field(0.05, gt=0.0, le=100.0)
+    correction: Literal["holm", "bh", "none"] = "holm"
+    min_units_per_variant: int = Field(1000, ge=0, le=1_000_000_000)
+    min_days: int = Field(7, ge=0, le=3650)
+    max_days: int = Field(28, ge=1, le=3650)
+    conversion_window_hours: float = Field(72, gt=0, le=24 * 366)
+    cuped: bool = True
+    auto_decide: bool = True
+    auto_conclude: bool = False
+
+
+class ExperimentFields(Strict):
+    """The writable configuration of an experiment (SPEC §3)."""
+
+    key: Key
+    name: str = Field(min_length=1, max_length=200)
+    hypothesis: str = Field("", max_length=10_000)
+    owner: str = Field("", max_length=200)
+    journey: list[StepName] = Field(default_factory=list, max_length=50)
+    variants: list[VariantIn] = Field(min_length=2, max_length=10)
+    traffic: Probability = 1.0
+    targeting: list[TargetingRule] = Field(default_factory=list, max_length=50)
+    layer: Key | None = None
+    overrides: dict[UnitId, Key] = Field(default_factory=dict, max_length=10_000)
+    metrics: list[MetricIn] = Field(min_length=1, max_length=50)
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    iteration_of: Key | None = None
+    learnings: str = Field("", max_length=50_000)
+
+
+class ExperimentPatch(Strict):
+    """Any subset of the writable fields; the merged result is validated as a whole."""
+
+    key: Key | None = None
+    name: str | None = Field(None, min_length=1, max_length=200)
+    hypothesis: str | None = Field(None, max_length=10_000)
+    owner: str | None = Field(None, max_length=200)
+    journey: list[StepName] | None = Field(None, max_length=50)
+    variants: list[VariantIn] | None = Field(None, min_length=2, max_length=10)
+    traffic: Probability | None = None
+    targeting: list[TargetingRule] | None = Field(None, max_length=50)
+    layer: Key | None = None
+    overrides: dict[UnitId, Key] | None = Field(None, max_length=10_000)
+    metrics: list[MetricIn] | None = Field(None, min_length=1, max_length=50)
+    analysis: AnalysisSettings | None = None
+    learnings: str | None = Field(None, max_length=50_000)
+
+
+def experiment_problems(config: ExperimentFields) -> list[dict[str, str]]:
+    """Cross-field rules of SPEC §3, each reported with its exact field path."""
+    problems: list[dict[str, str]] = []
+
+    def add(field: str, message: str) -> None:
+        problems.append({"field": field, "message": message})
+
+    for index, step in enumerate(config.journey):
+        if step in config.journey[:index]:
+            add(f"journey[{index}]", f"duplicate journey step {step!r}")
+    variant_keys = [variant.key for variant in config.variants]
+    for index, key in enumerate(variant_keys):
+        if key in variant_keys[:index]:
+            add(f"variants[{index}].key", f"duplicate variant key {key!r}")
+    controls = sum(variant.is_control for variant in config.variants)
+    if controls != 1:
+        add("variants", f"exactly one variant must have is_control=true (found {controls})")
+    if sum(variant.weight for variant in config.variants) <= 0:
+        add("variants", "variant weights must sum to more than 0")
+    metric_keys = [metric.key for metric in config.metrics]
+    for index, metric in enumerate(config.metrics):
+        if metric.key in metric_keys[:index]:
+            add(f"metrics[{index}].key", f"duplicate metric key {metric.key!r}")
+        if metric.step is not None and metric.step not in config.journey:
+            add(f"metrics[{index}].step", f"step {metric.step!r} is not a journey step")
+    primaries = sum(metric.role == "primary" for metric in config.metrics)
+    if primaries != 1:
+        add("metrics", f"exactly one metric must have role=primary (found {primaries})")
+    for unit_id, variant_key in config.overrides.items():
+        if variant_key not in variant_keys:
+            add(f"overrides.{unit_id}", f"unknown variant {variant_key!r}")
+    if config.analysis.max_days < config.analysis.min_days:
+        add("analysis.max_days", "must be at least analysis.min_days")
+    return problems
+
+
+class DecisionOut(BaseModel):
+    outcome: Literal["ship", "rollback", "keep_running", "no_difference"]
+    winner: str | None = None
+    reasons: list[str] = Field(default_factory=list)
+    decided_at: datetime | None = None
+
+
+class VariantOut(VariantIn):
+    pass
+
+
+class MetricOut(MetricIn):
+    pass
+
+
+class ExperimentOut(BaseModel):
+    key: str
+    name: str
+    hypothesis: str
+    owner: str
+    journey: list[str]
+    variants: list[VariantOut]
+    traffic: float
+    targeting: list[TargetingRule]
+    layer: str | None
+    overrides: dict[str, str]
+    metrics: list[MetricOut]
+    analysis: AnalysisSettings
+    iteration_of: str | None
+    status: Status
+    created_at: datetime
+    started_at: datetime | None
+    concluded_at: datetime | None
+    decision: DecisionOut | None
+    learnings: str
+    version: int
+
+
+class ExperimentList(BaseModel):
+    items: list[ExperimentOut]
+    next_cursor: str | None
+
+
+class ListQuery(Strict):
+    limit: int = Field(50, ge=1, le=500)
+    cursor: str | None = Field(None, max_length=200)
+
+
+class ExperimentListQuery(ListQuery):
+    status: Status | None = None
+
+
+class ConcludeIn(Strict):
+    outcome: Outcome
+    winner: Key | None = None
+    learnings: str = Field("", max_length=50_000)
+
+
+class IterateIn(Strict):
+    key: Key
+    name: str | None = Field(None, min_length=1, max_length=200)
+    hypothesis: str | None = Field(None, max_length=10_000)
+
+
+class AuditQuery(ListQuery):
+    experiment: Key | None = None
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    experiment: str | None
+    target_type: str
+    target_id: str | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class AuditList(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorEnvelope(BaseModel):
+    """SPEC §2: every error response has this body."""
+
+    error: ErrorInfo
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unreachable"]

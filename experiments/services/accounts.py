@@ -1,0 +1,94 @@
+"""API keys and UI users: creation, lookup and revocation."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from experiments.auth import (
+    API_ROLES,
+    USER_ROLES,
+    Principal,
+    generate_api_key,
+    hash_api_key,
+    hash_password,
+    verify_password,
+)
+from experiments.db import utcnow
+from experiments.errors import Conflict, NotFound, ValidationFailed
+from experiments.models import ApiKey, User
+from experiments.services.audit import record_audit
+
+
+def create_api_key(session: Session, *, name: str, role: str,
+                   principal: Principal) -> tuple[ApiKey, str]:
+    """Store a new key's digest and return the raw key, which is never shown again."""
+    if role not in API_ROLES:
+        raise ValidationFailed.field("role", f"must be one of {', '.join(API_ROLES)}")
+    if not name.strip() or len(name) > 200:
+        raise ValidationFailed.field("name", "must be 1 to 200 characters")
+    raw_key = generate_api_key(role)
+    api_key = ApiKey(name=name.strip(), role=role, prefix=raw_key[:10],
+                     key_hash=hash_api_key(raw_key))
+    session.add(api_key)
+    session.flush()
+    record_audit(session, principal, "api_key.create", target_type="api_key",
+                 target_id=str(api_key.id), after={"name": api_key.name, "role": role,
+                                                    "prefix": api_key.prefix})
+    session.commit()
+    return api_key, raw_key
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    """Every key, newest first (digests only)."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id.desc())))
+
+
+def revoke_api_key(session: Session, key_id: int, principal: Principal) -> ApiKey:
+    """Revoke a key; caches drop it within their TTL."""
+    api_key = session.get(ApiKey, key_id)
+    if api_key is None:
+        raise NotFound(f"no API key with id {key_id}")
+    if api_key.revoked_at is None:
+        api_key.revoked_at = utcnow()
+        record_audit(session, principal, "api_key.revoke", target_type="api_key",
+                     target_id=str(api_key.id), before={"name": api_key.name})
+        session.commit()
+    return api_key
+
+
+def create_user(session: Session, *, email: str, password: str, role: str,
+                principal: Principal) -> User:
+    """Create a UI account with an argon2 password hash."""
+    email = email.strip().lower()
+    if role not in USER_ROLES:
+        raise ValidationFailed.field("role", f"must be one of {', '.join(USER_ROLES)}")
+    if "@" not in email or len(email) > 254:
+        raise ValidationFailed.field("email", "must be an email address")
+    if len(password) < 8:
+        raise ValidationFailed.field("password", "must be at least 8 characters")
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict(f"a user with email {email!r} already exists")
+    user = User(email=email, password_hash=hash_password(password), role=role)
+    session.add(user)
+    session.flush()
+    record_audit(session, principal, "user.create", target_type="user", target_id=str(user.id),
+                 after={"email": email, "role": role})
+    session.commit()
+    return user
+
+
+def authenticate_user(session: Session, email: str, password: str) -> User | None:
+    """The active user with these credentials, or None (constant-time hash check)."""
+    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    if user is None or not user.active:
+        verify_password(_dummy_hash(), password)  # same cost whether or not the user exists
+        return None
+    return user if verify_password(user.password_hash, password) else None
+
+
+@cache
+def _dummy_hash() -> str:
+    return hash_password("parcours-timing-equaliser")

@@ -1,0 +1,167 @@
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL.
+
+PostgreSQL runs when ``PARCOURS_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it):
+each pytest worker gets its own database, migrated once, truncated per test.
+SQLite tests copy a database migrated once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+from werkzeug.serving import make_server
+
+from experiments.app import create_app
+from experiments.auth import SYSTEM
+from experiments.db import Base, get_db
+from experiments.migrate import upgrade
+from experiments.services.accounts import create_api_key
+
+POSTGRES_URL = os.environ.get("PARCOURS_TEST_POSTGRES_URL")
+requires_postgres = pytest.mark.skipif(
+    not POSTGRES_URL, reason="set PARCOURS_TEST_POSTGRES_URL to run PostgreSQL tests")
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=requires_postgres)]
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once; each test works on a copy."""
+    path = tmp_path_factory.mktemp("template") / "parcours.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private, migrated PostgreSQL database for this pytest process."""
+    assert POSTGRES_URL, "PARCOURS_TEST_POSTGRES_URL is not set"
+    name = f"parcours_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = create_engine(url)
+    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A clean, migrated database on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "parcours.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url = request.getfixturevalue("postgres_url")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def postgres_database_url(request: pytest.FixtureRequest) -> str:
+    """A clean PostgreSQL database, for tests that need real concurrency."""
+    if not POSTGRES_URL:
+        pytest.skip("needs PARCOURS_TEST_POSTGRES_URL")
+    url = request.getfixturevalue("postgres_url")
+    _truncate_postgres(url)
+    return url
+
+
+def make_test_app(database_url: str, instance_path: Path, **overrides: Any) -> Flask:
+    """An app on the given database with the scheduler off."""
+    config = {"DATABASE_URL": database_url, "SCHEDULER": False, "TESTING": True,
+              "SECRET_KEY": "test-secret", "INSTANCE_PATH": str(instance_path),
+              "WEBHOOK_ALLOW_PRIVATE": True, **overrides}
+    return create_app(config)
+
+
+@pytest.fixture
+def app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+    app = make_test_app(database_url, tmp_path)
+    yield app
+    get_db(app).engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+@pytest.fixture
+def db(app: Flask) -> Iterator[Session]:
+    """A session on the app's database, for arranging and asserting."""
+    with get_db(app).sessionmaker() as session:
+        yield session
+
+
+def _new_key(app: Flask, role: str) -> str:
+    with get_db(app).session() as session:
+        return create_api_key(session, name=f"test {role}", role=role, principal=SYSTEM)[1]
+
+
+@pytest.fixture
+def admin_key(app: Flask) -> str:
+    return _new_key(app, "admin")
+
+
+@pytest.fixture
+def client_key(app: Flask) -> str:
+    return _new_key(app, "client")
+
+
+@pytest.fixture
+def admin_headers(admin_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {admin_key}"}
+
+
+@pytest.fixture
+def client_headers(client_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {client_key}"}
+
+
+class LiveServer:
+    """The app served by werkzeug on a free loopback port, in a thread."""
+
+    def __init__(self, app: Flask) -> None:
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[LiveServer]:
+    server = LiveServer(app)
+    yield server
+    server.stop()

@@ -1,0 +1,44 @@
+"""Test data factories: valid payloads with the parts a test cares about overridden."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+
+def experiment_payload(key: str = "checkout-redesign", **overrides: Any) -> dict[str, Any]:
+    """A valid experiment body (SPEC §3) with top-level fields replaced by ``overrides``."""
+    payload: dict[str, Any] = {
+        "key": key,
+        "name": "One-page checkout",
+        "hypothesis": "Merging address and payment removes the friction at payment",
+        "owner": "journey-team@example.com",
+        "journey": ["landing", "cart", "checkout", "payment", "confirmation"],
+        "variants": [
+            {"key": "control", "name": "Current", "weight": 0.5, "is_control": True,
+             "payload": {}},
+            {"key": "one-page", "name": "One page", "weight": 0.5, "is_control": False,
+             "payload": {"layout": "single"}},
+        ],
+        "traffic": 1.0,
+        "targeting": [{"attribute": "country", "op": "in", "value": ["FR", "BE"]}],
+        "layer": "checkout",
+        "overrides": {"qa-user-1": "one-page"},
+        "metrics": [
+            {"key": "purchase", "kind": "conversion", "event": "purchase", "role": "primary",
+             "direction": "increase"},
+            {"key": "revenue", "kind": "mean", "event": "purchase", "role": "secondary",
+             "direction": "increase"},
+            {"key": "payment-errors", "kind": "friction", "friction_kind": "error",
+             "step": "payment", "role": "guardrail", "direction": "decrease"},
+            {"key": "nps", "kind": "nps", "event": "nps", "role": "secondary",
+             "direction": "increase"},
+        ],
+        "analysis": {"method": "sequential", "alpha": 0.05, "power": 0.8, "mde": 0.05,
+                     "correction": "holm", "min_units_per_variant": 1000, "min_days": 7,
+                     "max_days": 28, "conversion_window_hours": 72, "cuped": True,
+                     "auto_decide": True, "auto_conclude": False},
+        "iteration_of": None,
+    }
+    payload.update(copy.deepcopy(overrides))
+    return payload

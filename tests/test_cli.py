@@ -1,0 +1,62 @@
+"""The SPEC §1 CLI commands."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from experiments.auth import hash_api_key, verify_password
+from experiments.models import ApiKey, Experiment, User
+
+
+def test_api_key_is_printed_alone_on_the_last_line_and_stored_hashed(runner, db, client):
+    result = runner.invoke(args=["api-keys", "create", "--role", "admin", "--name", "ci"])
+    assert result.exit_code == 0, result.output
+    raw_key = result.output.strip().splitlines()[-1]
+    assert raw_key.startswith("sk_") and " " not in raw_key
+    stored = db.scalar(select(ApiKey).where(ApiKey.name == "ci"))
+    assert stored.key_hash == hash_api_key(raw_key) and raw_key not in stored.key_hash
+    response = client.get("/api/v1/experiments", headers={"Authorization": f"Bearer {raw_key}"})
+    assert response.status_code == 200
+
+
+def test_client_key_role(runner):
+    result = runner.invoke(args=["api-keys", "create", "--role", "client", "--name", "web"])
+    assert result.output.strip().splitlines()[-1].startswith("pk_")
+
+
+def test_users_create_stores_an_argon2_hash(runner, db):
+    result = runner.invoke(args=["users", "create", "--email", "Ana@Example.com", "--role",
+                                 "editor", "--password", "correct horse"])
+    assert result.exit_code == 0, result.output
+    user = db.scalar(select(User))
+    assert user.email == "ana@example.com" and user.role == "editor"
+    assert user.password_hash.startswith("$argon2id$")
+    assert verify_password(user.password_hash, "correct horse")
+    assert not verify_password(user.password_hash, "wrong")
+
+
+def test_users_create_rejects_short_password_and_duplicates(runner):
+    short = runner.invoke(args=["users", "create", "--email", "a@b.c", "--role", "viewer",
+                                "--password", "short"])
+    assert short.exit_code != 0 and "password" in short.output
+    runner.invoke(args=["users", "create", "--email", "a@b.c", "--role", "viewer",
+                        "--password", "long enough"])
+    again = runner.invoke(args=["users", "create", "--email", "a@b.c", "--role", "viewer",
+                                "--password", "long enough"])
+    assert again.exit_code != 0 and "already exists" in again.output
+
+
+def test_seed_demo_is_idempotent(runner, db):
+    first = runner.invoke(args=["seed-demo"])
+    second = runner.invoke(args=["seed-demo"])
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    experiments = db.scalars(select(Experiment)).all()
+    assert [e.key for e in experiments] == ["checkout-redesign"]
+    assert experiments[0].status == "running"
+
+
+def test_bootstrap_dev_prints_the_same_credentials_twice(runner):
+    first = runner.invoke(args=["bootstrap-dev"]).output
+    second = runner.invoke(args=["bootstrap-dev"]).output
+    assert "admin key  sk_" in first and "client key pk_" in first
+    assert first == second
