@@ -1,4 +1,4 @@
-"""Request and response schemas shared by the API, the admin UI and OpenAPI.
+"""Request and response schemas (one module per resource; experiments and shared ones here).
 
 Field-level rules live in the pydantic models; rules that span fields
 (exactly one control, metric steps in the journey…) live in
