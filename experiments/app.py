@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,16 +25,19 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.config.update(settings.extra)
-    logging.getLogger().setLevel(settings.LOG_LEVEL.upper())
 
     init_db(app, settings.DATABASE_URL, statement_timeout_ms=settings.STATEMENT_TIMEOUT_MS)
     app.extensions["parcours.api_keys"] = ApiKeyCache()
 
-    from experiments import cli, errors, observability
+    from experiments import cli, errors, limits, observability, security
     from experiments.api import register_blueprints
 
+    observability.configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     errors.register_error_handlers(app)
     observability.init_app(app)
+    security.init_app(app)
+    limits.init_app(app, ingest=settings.RATE_LIMIT_INGEST, assign=settings.RATE_LIMIT_ASSIGN,
+                    storage_uri=settings.RATE_LIMIT_STORAGE)
     register_blueprints(app)
     cli.register_commands(app)
     for name in settings.EXTENSIONS:

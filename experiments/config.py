@@ -54,6 +54,8 @@ class Config:
     CONFIG_REFRESH_S: float = 2.0
     RATE_LIMIT_INGEST: str = ""
     RATE_LIMIT_ASSIGN: str = ""
+    RATE_LIMIT_STORAGE: str = "memory://"
+    LOG_FORMAT: str = "json"
     STATEMENT_TIMEOUT_MS: int = 600_000
     TESTING: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)

@@ -1,24 +1,74 @@
-"""Prometheus request metrics per route (SPEC §2 ``/metrics``)."""
+"""Observability: Prometheus request metrics per route and JSON logs with request ids."""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
 import time
+import uuid
+from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, g, has_request_context, request
 from prometheus_client import Counter, Histogram
 
 REQUESTS = Counter("parcours_http_requests_total", "HTTP requests",
                    ["method", "endpoint", "status"])
 LATENCY = Histogram("parcours_http_request_duration_seconds", "HTTP request latency",
                     ["method", "endpoint"])
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Anything that looks like a credential is masked before a log line is written.
+_SECRETS = re.compile(r"(Bearer\s+|whsec_|sk_|pk_)[A-Za-z0-9+/=_-]{6,}")
+
+
+def redact(text: str) -> str:
+    """Mask API keys, bearer tokens and webhook secrets in a log message."""
+    return _SECRETS.sub(lambda match: match.group(1) + "[redacted]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id when there is a request."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if has_request_context():
+            entry["request_id"] = g.get("request_id")
+            entry["method"] = request.method
+            entry["path"] = request.path
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Install the JSON (or plain) formatter on the root logger once per process."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    formatter: logging.Formatter = (JsonFormatter() if log_format == "json" else
+                                    logging.Formatter("%(asctime)s %(levelname)s %(name)s "
+                                                      "%(message)s"))
+    handler = next((h for h in root.handlers if getattr(h, "parcours", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler.parcours = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    handler.setFormatter(formatter)
 
 
 def init_app(app: Flask) -> None:
-    """Time every request and count it by route template, not raw path (bounded labels)."""
+    """Request ids, timing and counting of every request by route template (bounded labels)."""
 
     @app.before_request
-    def _start_timer() -> None:
+    def _start_request() -> None:
         g.request_started = time.perf_counter()
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
 
     @app.after_request
     def _observe(response: Response) -> Response:
@@ -27,4 +77,6 @@ def init_app(app: Flask) -> None:
         if started is not None:
             LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - started)
         REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        if "request_id" in g:
+            response.headers[REQUEST_ID_HEADER] = g.request_id
         return response
