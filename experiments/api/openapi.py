@@ -30,6 +30,7 @@ def build_openapi() -> dict[str, Any]:
     for spec in ROUTES:
         path, parameters = _openapi_path(spec.rule)
         paths.setdefault(path, {})[spec.method] = _operation(spec, parameters)
+    _add_links(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Parcours API", "version": __version__,
@@ -41,6 +42,27 @@ def build_openapi() -> dict[str, Any]:
                                            "description": "API key (client or admin)"}},
         },
     }
+
+
+def _add_links(paths: dict[str, dict[str, Any]]) -> None:
+    """Link each create (201) to the operations on the created resource (stateful testing)."""
+    for path, operations in paths.items():
+        created = operations.get("post", {}).get("responses", {}).get("201")
+        if created is None:
+            continue
+        links = {}
+        for other_path, other_operations in paths.items():
+            match = re.fullmatch(re.escape(path) + r"/\{(\w+)\}(/.*)?", other_path)
+            if not match:
+                continue
+            parameter = match.group(1)
+            for method, operation in other_operations.items():
+                links[operation["operationId"]] = {
+                    "operationId": operation["operationId"],
+                    "parameters": {parameter: f"$response.body#/{parameter}"},
+                }
+        if links:
+            created["links"] = links
 
 
 def _collect_models() -> list[tuple[type[BaseModel], Any]]:

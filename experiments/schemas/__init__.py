@@ -116,8 +116,30 @@ class AnalysisSettings(Strict):
     auto_conclude: bool = False
 
 
+EXPERIMENT_EXAMPLE: dict[str, Any] = {
+    "key": "checkout-redesign",
+    "name": "One-page checkout",
+    "hypothesis": "Merging address and payment removes the friction at payment",
+    "owner": "journey-team@example.com",
+    "journey": ["landing", "cart", "checkout", "payment", "confirmation"],
+    "variants": [
+        {"key": "control", "name": "Current", "weight": 0.5, "is_control": True, "payload": {}},
+        {"key": "one-page", "name": "One page", "weight": 0.5, "is_control": False,
+         "payload": {"layout": "single"}},
+    ],
+    "traffic": 1.0,
+    "metrics": [
+        {"key": "purchase", "kind": "conversion", "event": "purchase", "role": "primary"},
+        {"key": "payment-errors", "kind": "friction", "friction_kind": "error",
+         "step": "payment", "role": "guardrail"},
+    ],
+}
+
+
 class ExperimentFields(Strict):
     """The writable configuration of an experiment (SPEC §3)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXPERIMENT_EXAMPLE]})
 
     key: Key
     name: str = Field(min_length=1, max_length=200)
