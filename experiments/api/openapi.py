@@ -56,7 +56,7 @@ def _add_links(paths: dict[str, dict[str, Any]]) -> None:
             if not match:
                 continue
             parameter = match.group(1)
-            for method, operation in other_operations.items():
+            for operation in other_operations.values():
                 links[operation["operationId"]] = {
                     "operationId": operation["operationId"],
                     "parameters": {parameter: f"$response.body#/{parameter}"},
