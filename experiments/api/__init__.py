@@ -7,7 +7,7 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Mount every API blueprint; each module owns one resource."""
-    from experiments.api import experiments, system
+    from experiments.api import events, experiments, system
 
-    for module in (experiments, system):
+    for module in (experiments, events, system):
         app.register_blueprint(module.bp)

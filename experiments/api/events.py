@@ -1,0 +1,33 @@
+"""Events resource (SPEC §5): thin view over ``services.events``."""
+
+from __future__ import annotations
+
+from flask import Blueprint, request
+
+from experiments.api.routing import api_route
+from experiments.db import db_session
+from experiments.errors import ApiError
+from experiments.schemas.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, EventBatch, IngestOut
+from experiments.services.events import ingest_events
+
+bp = Blueprint("events", __name__, url_prefix="/api/v1")
+
+
+@bp.before_request
+def _limit_body() -> None:
+    """Batches are capped at 1 MiB, below the app-wide limit (413 before anything is parsed)."""
+    request.max_content_length = MAX_BATCH_BYTES
+
+
+@api_route(bp, "/events", "POST", auth="client", body=EventBatch, response=IngestOut,
+           tags=("events",))
+def post_events(body: EventBatch) -> IngestOut:
+    """Ingest a batch of events; answered only after the accepted ones are committed."""
+    if len(body.events) > MAX_BATCH_EVENTS:
+        raise ApiError(413, f"at most {MAX_BATCH_EVENTS} events per batch",
+                       details=[{"field": "events",
+                                 "message": f"got {len(body.events)} events; split the batch"}])
+    result = ingest_events(db_session(), body.events)
+    return IngestOut.model_validate(
+        {"accepted": result.accepted, "duplicates": result.duplicates,
+         "rejected": result.rejected})
