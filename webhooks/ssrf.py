@@ -1,0 +1,62 @@
+"""SSRF guard: webhooks may only target public http(s) addresses unless allowed."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
+
+Resolver = Callable[[str, int], Iterable[str]]
+ALLOWED_SCHEMES = ("http", "https")
+
+
+class UnsafeUrl(ValueError):
+    """The URL is not one Parcours will send to; the message says why."""
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    """Every address the host resolves to (IP literals resolve to themselves)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise UnsafeUrl(f"cannot resolve host {host!r}: {exc}") from None
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def _refusal(address: str) -> str | None:
+    """Why an address must not be reached from the server, or None when it is public."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    # Most specific label first: the private ranges also cover most of the others.
+    for label, flag in (("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
+                        ("multicast", ip.is_multicast), ("unspecified", ip.is_unspecified),
+                        ("reserved", ip.is_reserved), ("private", ip.is_private)):
+        if flag:
+            return label
+    if not ip.is_global:
+        return "non-global"
+    return None
+
+
+def check_url(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
+    """Refuse non-http(s) URLs and, unless allowed, hosts resolving to internal addresses."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise UnsafeUrl(f"malformed URL: {exc}") from None
+    if parts.scheme not in ALLOWED_SCHEMES:
+        raise UnsafeUrl(f"only http and https URLs are allowed, not {parts.scheme or 'none'!r}")
+    host = parts.hostname
+    if not host:
+        raise UnsafeUrl("the URL has no host")
+    if allow_private:
+        return
+    for address in resolver(host, port):
+        reason = _refusal(address)
+        if reason is not None:
+            raise UnsafeUrl(f"{host} resolves to {reason} address {address}; webhooks may only "
+                            "target public addresses (set PARCOURS_WEBHOOK_ALLOW_PRIVATE=1 "
+                            "to allow internal targets)")
