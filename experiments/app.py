@@ -29,18 +29,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     init_db(app, settings.DATABASE_URL, statement_timeout_ms=settings.STATEMENT_TIMEOUT_MS)
     app.extensions["parcours.api_keys"] = ApiKeyCache()
 
-    from experiments import cli, errors, limits, observability, security
+    from experiments import cli, cors, errors, jobs, limits, observability, scheduler, security
     from experiments.api import register_blueprints
 
     observability.configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     errors.register_error_handlers(app)
     observability.init_app(app)
     security.init_app(app)
+    cors.init_app(app)  # before the rate limits, so preflights are answered first
     limits.init_app(app, ingest=settings.RATE_LIMIT_INGEST, assign=settings.RATE_LIMIT_ASSIGN,
                     storage_uri=settings.RATE_LIMIT_STORAGE)
     register_blueprints(app)
     cli.register_commands(app)
+    jobs.init_app(app)
     for name in settings.EXTENSIONS:
         # Composition by name keeps the import arrows one way (see tests/test_layering.py).
         importlib.import_module(name).init_app(app)
+    # Last, once every extension has registered its jobs; only in a serving process.
+    scheduler.init_app(app)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -26,6 +27,8 @@ def register_commands(app: Flask) -> None:
         app.cli.add_command(group)
     app.cli.add_command(seed_demo)
     app.cli.add_command(bootstrap_dev)
+    app.cli.add_command(analyze)
+    app.cli.add_command(scheduler)
 
 
 def _fail(exc: ApiError) -> click.ClickException:
@@ -122,3 +125,46 @@ def bootstrap_dev() -> None:
                f"{credentials['admin_password']}")
     click.echo(f"  admin key  {credentials['admin_api_key']}")
     click.echo(f"  client key {credentials['client_api_key']}")
+
+
+@click.command("analyze")
+@click.option("--experiment", "key", help="Only this experiment (default: every running one).")
+@with_appcontext
+def analyze(key: str | None) -> None:
+    """Run the analysis now: a progress bar and one summary line per experiment."""
+    from tqdm import tqdm
+
+    from experiments.jobs import analyze_one, running_experiment_keys
+
+    database = get_db()
+    if key:
+        keys = [key]
+    else:
+        with database.session() as session:
+            keys = running_experiment_keys(session)
+    failed = 0
+    for experiment_key in tqdm(keys, desc="analysis", unit="experiment", file=sys.stderr):
+        ok, line = analyze_one(database, experiment_key)
+        tqdm.write(line)
+        failed += not ok
+    if failed:
+        raise click.ClickException(f"{failed} of {len(keys)} analyses failed")
+    if not keys:
+        click.echo("no running experiment to analyse")
+
+
+@click.command("scheduler")
+@click.option("--metrics-port", type=int, help="Also serve Prometheus metrics on 127.0.0.1:PORT.")
+@with_appcontext
+def scheduler(metrics_port: int | None) -> None:
+    """Run the job scheduler in the foreground until SIGTERM/SIGINT (a DB lease elects one)."""
+    from experiments.scheduler import run_foreground
+
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
+    run_foreground(current_app._get_current_object(), ready=lambda running: click.echo(
+        f"scheduler {running.holder} running "
+        f"({'active' if running.is_leader() else 'standby'}): {running.describe_jobs()}; "
+        "SIGTERM or Ctrl-C stops it", nl=True))

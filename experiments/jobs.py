@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from experiments.db import Database, get_db, utcnow
+from experiments.errors import ApiError
+from experiments.models import Experiment, Report
 
 JOBS_KEY = "parcours.jobs"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,3 +37,109 @@ def register_job(app: Flask, job: JobSpec) -> None:
 def registered_jobs(app: Flask) -> list[JobSpec]:
     """Every job declared on the app, in registration order."""
     return list(app.extensions.get(JOBS_KEY, {}).values())
+
+
+# --- built-in jobs ---------------------------------------------------------------------------
+
+DIGEST_INTERVAL_S = 86_400.0
+
+
+class JobFailed(Exception):
+    """A job finished its work but some of it failed; the message lists what."""
+
+
+def init_app(app: Flask) -> None:
+    """Declare the built-in jobs: analysis every ``ANALYSIS_INTERVAL_S`` and the daily digest."""
+    settings = app.config["PARCOURS"]
+    register_job(app, JobSpec("analysis", float(settings.ANALYSIS_INTERVAL_S), run_analysis))
+    register_job(app, JobSpec("digest", DIGEST_INTERVAL_S, run_digest))
+
+
+def run_analysis(app: Flask) -> None:
+    """Analyse every running experiment; one failure is logged and never stops the others."""
+    from experiments.services.analysis import analyze_running
+
+    results = analyze_running(get_db(app).session)
+    failed = {key: result for key, result in results.items() if result != "ok"}
+    logger.info("analysis: %d running experiment(s) analysed, %d failed",
+                len(results), len(failed))
+    if failed:
+        raise JobFailed(f"{len(failed)} of {len(results)} experiment(s) failed: "
+                        + "; ".join(f"{key}: {result}" for key, result in failed.items()))
+
+
+def run_digest(app: Flask) -> None:
+    """Log the daily digest of running experiments (what a team lead reads each morning)."""
+    with get_db(app).session() as session:
+        lines = build_digest(session)
+    for line in lines:
+        logger.info("digest: %s", line)
+
+
+def build_digest(session: Session, *, now: datetime | None = None) -> list[str]:
+    """A header plus one line per running experiment: age and its latest report's summary."""
+    now = now or utcnow()
+    experiments = session.scalars(select(Experiment).where(Experiment.status == "running")
+                                  .order_by(Experiment.key)).all()
+    lines = [f"{len(experiments)} running experiment(s) on {now:%Y-%m-%d}"]
+    for experiment in experiments:
+        body = session.scalar(select(Report.body).where(Report.experiment_id == experiment.id)
+                              .order_by(Report.computed_at.desc(), Report.id.desc()).limit(1))
+        days = (now - experiment.started_at).days if experiment.started_at else 0
+        summary = report_summary(body) if body else "no report yet"
+        lines.append(f"{experiment.key} (day {days}): {summary}")
+    return lines
+
+
+def report_summary(body: Mapping[str, Any]) -> str:
+    """One line out of a SPEC §6 report: units, SRM, primary metric verdict, decision."""
+    units = body.get("units") or {}
+    parts = [f"{sum(units.values())} units ("
+             + ", ".join(f"{key} {count}" for key, count in units.items()) + ")"]
+    srm = body.get("srm") or {}
+    parts.append("SRM DETECTED" if srm.get("detected") else "SRM ok")
+    primary = next((m for m in body.get("metrics") or [] if m.get("role") == "primary"), None)
+    if primary:
+        parts.append(_primary_summary(primary))
+    decision = body.get("decision") or {}
+    if decision.get("outcome"):
+        winner = f" {decision['winner']}" if decision.get("winner") else ""
+        parts.append(f"decision {decision['outcome']}{winner}")
+    return " · ".join(parts)
+
+
+def _primary_summary(metric: Mapping[str, Any]) -> str:
+    """``purchase: one-page +11.8% better (p=0.030)`` for each treatment of the primary metric."""
+    comparisons = []
+    for comparison in metric.get("comparisons") or []:
+        effect = comparison.get("relative_effect")
+        p_value = comparison.get("adjusted_p_value", comparison.get("p_value"))
+        text = f"{comparison.get('variant')} "
+        text += f"{effect:+.1%}" if isinstance(effect, int | float) else "n/a"
+        text += f" {comparison.get('verdict') or 'inconclusive'}"
+        if isinstance(p_value, int | float):
+            text += f" (p={p_value:.3f})"
+        comparisons.append(text)
+    return f"{metric.get('key')}: " + (", ".join(comparisons) or "no comparison")
+
+
+def running_experiment_keys(session: Session) -> list[str]:
+    """Keys of the running experiments, in a stable order (CLI progress, digest)."""
+    return list(session.scalars(select(Experiment.key).where(Experiment.status == "running")
+                                .order_by(Experiment.key)))
+
+
+def analyze_one(database: Database, key: str) -> tuple[bool, str]:
+    """Analyse one experiment in its own transaction: (ok, one summary line); never raises."""
+    from experiments.services.analysis import analyze_experiment
+
+    try:
+        with database.session() as session:
+            report = analyze_experiment(session, key)
+            body = report.body
+    except ApiError as exc:
+        return False, f"{key}: error: {exc.message}"
+    except Exception as exc:
+        logger.exception("analysis of %s failed", key)
+        return False, f"{key}: error: {type(exc).__name__}: {exc}"
+    return True, f"{key}: {report_summary(body)}"
