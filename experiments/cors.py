@@ -1,0 +1,101 @@
+"""Browser access to the client routes: CORS from ``PARCOURS_CORS_ORIGINS``, and beacons.
+
+Only ``/api/v1/assign``, ``/api/v1/exposures`` and ``/api/v1/events`` are opened to
+other origins, and only for the configured origins (``*`` allows any). Those routes
+take client keys, which are public by design: they can only assign and send events.
+No cookies are involved, so ``Access-Control-Allow-Credentials`` is never sent.
+
+``navigator.sendBeacon`` (used by ``parcours.js`` on ``pagehide``) can set neither an
+``Authorization`` header nor a JSON content type. :class:`BeaconAuth` therefore lets
+``POST /api/v1/events`` alone take a *client* key as ``?key=pk_…`` with a ``text/plain``
+body, rewriting the request into the ordinary authenticated JSON form before the
+app sees it. Admin keys are never accepted in a URL.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qs
+
+from flask import Flask, Response, current_app, request
+
+CLIENT_ROUTES = frozenset({"/api/v1/assign", "/api/v1/exposures", "/api/v1/events"})
+BEACON_ROUTE = "/api/v1/events"
+ALLOWED_METHODS = "POST, OPTIONS"
+ALLOWED_HEADERS = "Authorization, Content-Type"
+EXPOSED_HEADERS = "Retry-After"
+PREFLIGHT_MAX_AGE_S = "600"
+_CLIENT_KEY = re.compile(r"pk_[A-Za-z0-9_-]{8,200}")
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def init_app(app: Flask) -> None:
+    """Answer preflights, add CORS headers to the client routes and accept beacons."""
+    app.wsgi_app = BeaconAuth(app.wsgi_app)  # type: ignore[method-assign]
+    app.before_request(_preflight)
+    app.after_request(_add_cors_headers)
+
+
+def allowed_origin(origin: str | None) -> str | None:
+    """The origin to echo back when it is configured, else None (no CORS headers)."""
+    if not origin:
+        return None
+    configured = {o.rstrip("/").lower() for o in current_app.config["PARCOURS"].CORS_ORIGINS}
+    if "*" in configured or origin.lower() in configured:
+        return origin
+    return None
+
+
+def _preflight() -> Response | None:
+    """Answer ``OPTIONS`` from an allowed origin before routing (the route may 405 it)."""
+    if request.method != "OPTIONS" or request.path not in CLIENT_ROUTES:
+        return None
+    if allowed_origin(request.headers.get("Origin")) is None:
+        return None
+    response = Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
+    response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+    response.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE_S
+    return response
+
+
+def _add_cors_headers(response: Response) -> Response:
+    """Echo an allowed origin on every client-route response, errors included."""
+    if request.path not in CLIENT_ROUTES:
+        return response
+    response.vary.add("Origin")
+    origin = allowed_origin(request.headers.get("Origin"))
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    return response
+
+
+def beacon_key(query_string: str) -> str | None:
+    """The client key passed as ``?key=`` if it looks like one (never an admin key)."""
+    values = parse_qs(query_string).get("key", [])
+    if len(values) != 1 or not _CLIENT_KEY.fullmatch(values[0]):
+        return None
+    return values[0]
+
+
+class BeaconAuth:
+    """WSGI middleware turning a ``sendBeacon`` POST into an ordinary authenticated one."""
+
+    def __init__(self, wsgi_app: WsgiApp) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if (environ.get("REQUEST_METHOD") == "POST"
+                and environ.get("PATH_INFO") == BEACON_ROUTE
+                and not environ.get("HTTP_AUTHORIZATION")):
+            key = beacon_key(environ.get("QUERY_STRING", ""))
+            if key is not None:
+                environ["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+                content_type = environ.get("CONTENT_TYPE", "")
+                if content_type.split(";")[0].strip().lower() in {"", "text/plain"}:
+                    environ["CONTENT_TYPE"] = "application/json"
+        return self.wsgi_app(environ, start_response)

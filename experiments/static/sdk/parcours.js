@@ -1,0 +1,487 @@
+/*! parcours.js 1.0.0 — Parcours browser SDK (SPEC §10). No dependencies, ES2017. */
+(function (root) {
+  "use strict";
+
+  var VERSION = "1.0.0";
+  var QUEUE_PREFIX = "parcours:q:";  // one stored queue per page load, adopted by the next load
+  var UNIT_KEY = "parcours:unit";
+  var PAGES_KEY = "parcours:pages";
+  var MAX_STORED = 1000;             // oldest items go first when a long outage fills storage
+  var MAX_BATCH = 500;               // well under the API's 1000 events / 1 MiB per request
+  var BEACON_BYTES = 60000;          // sendBeacon and keepalive fetch share a 64 KiB budget
+  var TIMEOUT_MS = 15000;
+  var FRICTION = {
+    error: true, rageClick: true, deadClick: true, formError: true, backNavigation: true,
+    abandonment: true, slowStep: true, bounce: true,
+    rageClickCount: 3, rageClickMs: 700, rageClickRadiusPx: 30, deadClickMs: 1000,
+    slowStepMs: 60000, bounceMs: 10000, navigationGraceMs: 2000, maxErrors: 10
+  };
+  var INTERACTIVE = "a,button,input,select,textarea,label,summary,details,option,video,audio," +
+    "[role=button],[role=link],[role=checkbox],[role=tab],[role=menuitem],[onclick]," +
+    "[tabindex],[contenteditable]";
+
+  function on(target, type, fn, capture) {
+    if (target && target.addEventListener) target.addEventListener(type, fn, !!capture);
+  }
+
+  // Storage can be disabled or full (private mode, quota): the SDK then keeps working in memory.
+  function storage(name, fn) {
+    try { return fn(root[name]); } catch (e) { return undefined; }
+  }
+
+  function uuid() {
+    var c = root.crypto;
+    if (c && c.randomUUID) return c.randomUUID();
+    var b = new Uint8Array(16);
+    if (c && c.getRandomValues) c.getRandomValues(b);
+    else for (var i = 0; i < 16; i++) b[i] = Math.random() * 256;
+    b[6] = (b[6] & 15) | 64;
+    b[8] = (b[8] & 63) | 128;
+    var h = Array.prototype.map.call(b, function (x) { return (x + 256).toString(16).slice(1); })
+      .join("");
+    return [h.slice(0, 8), h.slice(8, 12), h.slice(12, 16), h.slice(16, 20), h.slice(20)].join("-");
+  }
+
+  function clip(value, n) {
+    return value == null ? null : String(value).slice(0, n || 300);
+  }
+
+  function describe(el) {
+    if (!el || !el.tagName) return null;
+    var s = el.tagName.toLowerCase() + (el.id ? "#" + el.id : "");
+    if (typeof el.className === "string" && el.className.trim()) {
+      s += "." + el.className.trim().split(/\s+/)[0];
+    }
+    return clip(s, 100);
+  }
+
+  function retryable(status) {
+    return status === 0 || status === 408 || status === 429 || status >= 500;
+  }
+
+  class Client {
+    constructor(o) {
+      if (!o || !o.clientKey) throw new Error("Parcours.init needs a clientKey");
+      this.endpoint = String(o.endpoint || "").replace(/\/+$/, "");
+      this.clientKey = o.clientKey;
+      this.unitId = String(o.unitId || anonymousUnit());
+      this.attributes = o.attributes || {};
+      this.experiments = o.experiments || null;
+      this.journey = o.journey || null;
+      this.flushIntervalMs = o.flushIntervalMs || 2000;
+      this.batchSize = o.batchSize || 20;
+      this.onEvent = o.onEvent || null;
+      this.currentStep = null;
+      this.stepsSeen = 0;
+      this.converted = false;
+      this.startedAt = Date.now();
+      this.queue = [];
+      this.failures = 0;
+      this.retryAt = 0;
+      this.sending = null;
+      this.page = null;
+      this.more = null;
+      this.exposed = {};
+      this.storeKey = QUEUE_PREFIX + uuid();
+      this.adopt();
+      var self = this;
+      this.timer = setInterval(function () { self.flush(); }, this.flushIntervalMs);
+      on(root, "pagehide", function () { self.leave(); });
+      on(root, "online", function () { self.retryAt = 0; self.flush(); });
+      this.detectors = o.autoFriction ? autoFriction(this, o.autoFriction) : null;
+    }
+
+    // ---- assignment -------------------------------------------------------------------------
+
+    variant(key) {
+      var self = this;
+      return this.assignment(key).then(function (a) {
+        var result = a && a.variant != null
+          ? { variant: a.variant, payload: a.payload || {}, inExperiment: !!a.in_experiment }
+          : { variant: null, payload: {}, inExperiment: false };
+        if (result.inExperiment) self.expose(key);
+        return result;
+      });
+    }
+
+    assignment(key) {
+      var self = this;
+      if (!this.page) {
+        // One request for the whole page: the configured experiments, or every running one.
+        this.page = this.assign(this.experiments).then(function (m) {
+          if (!m) self.page = null;
+          return m;
+        });
+      }
+      return this.page.then(function (m) {
+        if (!m) return null;
+        return key in m ? m[key] : self.assignMore(key);
+      });
+    }
+
+    assignMore(key) {
+      var self = this;
+      if (!this.more) {
+        var batch = { keys: [] };
+        batch.done = new Promise(function (r) { setTimeout(r, 0); }).then(function () {
+          self.more = null;
+          return self.assign(batch.keys);
+        }).then(function (m) {
+          if (m && self.page) self.page.then(function (p) { if (p) Object.assign(p, m); });
+          return m || {};
+        });
+        this.more = batch;
+      }
+      this.more.keys.push(key);
+      return this.more.done.then(function (m) { return m[key] || null; });
+    }
+
+    assign(keys) {
+      var body = { unit_id: this.unitId, attributes: this.attributes, track: false };
+      if (keys) body.experiments = keys;
+      return this.post("/api/v1/assign", body).then(function (r) {
+        return r.ok ? r.json() : null;
+      }).then(function (res) {
+        if (!res) return null;
+        var m = {};
+        (res.assignments || []).forEach(function (a) { m[a.experiment] = a; });
+        return m;
+      }, function () { return null; });
+    }
+
+    expose(key) {
+      if (this.exposed[key]) return;
+      this.exposed[key] = true;
+      this.push({ id: uuid(), k: "x", b: { experiment: key, unit_id: this.unitId } });
+      this.flush();
+    }
+
+    // ---- events -----------------------------------------------------------------------------
+
+    step(name, o) {
+      this.currentStep = String(name);
+      this.stepsSeen += 1;
+      if (this.detectors) this.detectors.step(this.currentStep);
+      return this.event("step", name, Object.assign({}, o, { step: this.currentStep }));
+    }
+
+    track(name, o) {
+      o = o || {};
+      if (!o.type || o.type === "conversion") this.converted = true;
+      return this.event(o.type || "conversion", name, o);
+    }
+
+    friction(kind, o) {
+      return this.event("friction", kind, Object.assign({}, o, { friction_kind: kind }));
+    }
+
+    nps(score, o) {
+      if (!(score >= 0 && score <= 10)) throw new RangeError("NPS score must be 0..10");
+      return this.event("nps", "nps", Object.assign({}, o, { value: score }));
+    }
+
+    event(type, name, o) {
+      o = o || {};
+      var e = { event_id: uuid(), unit_id: this.unitId, type: type, name: String(name),
+        occurred_at: new Date().toISOString() };
+      var step = o.step !== undefined ? o.step : this.currentStep;
+      if (step) e.step = String(step);
+      if (o.friction_kind) e.friction_kind = o.friction_kind;
+      if (o.value != null) e.value = Number(o.value);
+      if (o.properties) e.properties = o.properties;
+      this.push({ id: e.event_id, k: "e", b: e });
+      if (this.onEvent) try { this.onEvent(e); } catch (x) { /* a hook never breaks tracking */ }
+      if (this.queue.length >= this.batchSize) this.flush();
+      return e.event_id;
+    }
+
+    // ---- queue and transport ----------------------------------------------------------------
+
+    push(item) {
+      this.queue.push(item);
+      if (this.queue.length > MAX_STORED) this.queue.splice(0, this.queue.length - MAX_STORED);
+      this.save();
+    }
+
+    save() {
+      var key = this.storeKey;
+      var queue = this.queue;
+      storage("localStorage", function (s) {
+        if (queue.length) s.setItem(key, JSON.stringify(queue));
+        else s.removeItem(key);
+      });
+    }
+
+    adopt() {
+      // Items a previous page load (or tab) could not confirm: resend them, the server dedupes.
+      var self = this;
+      var seen = {};
+      storage("localStorage", function (s) {
+        var keys = [];
+        for (var i = 0; i < s.length; i++) {
+          var k = s.key(i);
+          if (k && k.indexOf(QUEUE_PREFIX) === 0) keys.push(k);
+        }
+        keys.forEach(function (k) {
+          var items;
+          try { items = JSON.parse(s.getItem(k)); } catch (e) { items = null; }
+          s.removeItem(k);
+          (Array.isArray(items) ? items : []).forEach(function (it) {
+            if (it && it.id && it.b && !seen[it.id]) { seen[it.id] = true; self.queue.push(it); }
+          });
+        });
+      });
+      this.save();
+      if (this.queue.length) setTimeout(function () { self.flush(); }, 0);
+    }
+
+    flush() {
+      if (this.sending) return this.sending;
+      if (!this.queue.length || Date.now() < this.retryAt) return Promise.resolve();
+      var self = this;
+      var items = this.queue.slice(0, MAX_BATCH);
+      var events = items.filter(function (i) { return i.k === "e"; });
+      var sends = items.filter(function (i) { return i.k === "x"; }).map(function (i) {
+        return self.send("/api/v1/exposures", i.b, [i]);
+      });
+      if (events.length) {
+        sends.push(this.send("/api/v1/events",
+          { events: events.map(function (i) { return i.b; }) }, events));
+      }
+      this.sending = Promise.all(sends).then(function (results) {
+        self.sending = null;
+        if (results.indexOf(false) >= 0) {
+          self.failures += 1;
+          self.retryAt = Date.now() + Math.min(60000, self.flushIntervalMs * Math.pow(2, self.failures));
+        } else {
+          self.failures = 0;
+          self.retryAt = 0;
+          if (self.queue.length >= self.batchSize) return self.flush();
+        }
+      });
+      return this.sending;
+    }
+
+    send(path, body, items) {
+      var self = this;
+      return this.post(path, body).then(function (r) { return r.status; }, function () { return 0; })
+        .then(function (status) {
+          if (retryable(status)) return false;
+          if (status >= 400) console.warn("parcours: " + path + " refused with HTTP " + status);
+          var done = {};
+          items.forEach(function (i) { done[i.id] = true; });
+          self.queue = self.queue.filter(function (i) { return !done[i.id]; });
+          self.save();
+          return true;
+        });
+    }
+
+    post(path, body, keepalive) {
+      var ctl = root.AbortController ? new AbortController() : null;
+      var timer = ctl && setTimeout(function () { ctl.abort(); }, TIMEOUT_MS);
+      var done = function () { clearTimeout(timer); };
+      return root.fetch(this.endpoint + path, {
+        method: "POST", keepalive: !!keepalive, credentials: "omit",
+        headers: { "Content-Type": "application/json", Authorization: "Bearer " + this.clientKey },
+        body: JSON.stringify(body), signal: ctl ? ctl.signal : undefined
+      }).then(function (r) { done(); return r; }, function (e) { done(); throw e; });
+    }
+
+    leave() {
+      if (this.detectors) this.detectors.leave();
+      this.beacon();
+    }
+
+    beacon() {
+      // sendBeacon cannot carry Authorization: POST /api/v1/events takes the public client key
+      // as ?key= for text/plain beacons. Items stay stored until a later page load confirms them.
+      var events = this.queue.filter(function (i) { return i.k === "e"; }).slice(0, MAX_BATCH)
+        .map(function (i) { return i.b; });
+      var body = JSON.stringify({ events: events });
+      while (body.length > BEACON_BYTES && events.length > 1) {
+        events = events.slice(0, events.length >> 1);
+        body = JSON.stringify({ events: events });
+      }
+      var nav = root.navigator;
+      var url = this.endpoint + "/api/v1/events?key=" + encodeURIComponent(this.clientKey);
+      var self = this;
+      var swallow = function () {};
+      if (events.length && !(nav && nav.sendBeacon && nav.sendBeacon(url, body))) {
+        this.post("/api/v1/events", { events: events }, true).catch(swallow);
+      }
+      this.queue.forEach(function (i) {
+        if (i.k === "x") self.post("/api/v1/exposures", i.b, true).catch(swallow);
+      });
+    }
+  }
+
+  function anonymousUnit() {
+    var id = storage("localStorage", function (s) { return s.getItem(UNIT_KEY); });
+    if (!id) {
+      id = uuid();
+      storage("localStorage", function (s) { s.setItem(UNIT_KEY, id); });
+    }
+    return id;
+  }
+
+  // ---- automatic friction capture ---------------------------------------------------------
+
+  function autoFriction(p, options) {
+    var c = Object.assign({}, FRICTION, options === true ? {} : options);
+    var doc = root.document;
+    var clicks = [];
+    var rageUntil = 0;
+    var deadPending = false;
+    var errors = 0;
+    var slowTimer = null;
+    var lastNavigation = 0;
+    var invalid = null;
+    var left = false;
+    var pages = storage("sessionStorage", function (s) {
+      var n = (parseInt(s.getItem(PAGES_KEY), 10) || 0) + 1;
+      s.setItem(PAGES_KEY, String(n));
+      return n;
+    }) || 1;
+
+    function report(kind, properties, step, value) {
+      var props = Object.assign({ path: root.location.pathname }, properties);
+      p.friction(kind, { properties: props, step: step === undefined ? p.currentStep : step,
+        value: value });
+    }
+
+    function threshold(step) {
+      var t = c.slowStepMs;
+      if (t && typeof t === "object") return step in t ? t[step] : t["*"];
+      return t;
+    }
+
+    if (c.error) {
+      on(root, "error", function (e) {
+        if (errors++ < c.maxErrors) {
+          report("error", { message: clip(e.message), source: clip(e.filename), line: e.lineno });
+        }
+      });
+      on(root, "unhandledrejection", function (e) {
+        var r = e.reason;
+        if (errors++ < c.maxErrors) {
+          report("error", { message: clip(r && r.message ? r.message : r), rejection: true });
+        }
+      });
+    }
+
+    on(doc, "click", function (e) {
+      var now = Date.now();
+      var t = e.target;
+      var link = t && t.closest ? t.closest("a[href]") : null;
+      if (link && link.origin === root.location.origin && link.target !== "_blank") {
+        lastNavigation = now;
+      }
+      if (c.rageClick) rage(e, now);
+      if (c.deadClick) dead(t);
+    }, true);
+
+    function rage(e, now) {
+      if (now < rageUntil) { rageUntil = now + c.rageClickMs; return; }  // same burst
+      clicks = clicks.filter(function (k) {
+        return now - k.t <= c.rageClickMs &&
+          Math.hypot(k.x - e.clientX, k.y - e.clientY) <= c.rageClickRadiusPx;
+      });
+      clicks.push({ t: now, x: e.clientX, y: e.clientY });
+      if (clicks.length >= c.rageClickCount) {
+        report("rage_click", { target: describe(e.target), clicks: clicks.length });
+        clicks = [];
+        rageUntil = now + c.rageClickMs;
+      }
+    }
+
+    function dead(t) {
+      if (deadPending || !t || !t.closest || t.closest(INTERACTIVE)) return;
+      if (t === doc.body || t === doc.documentElement) return;
+      var sel = root.getSelection && root.getSelection();
+      if (sel && String(sel)) return;  // selecting text is not a failed click
+      var changed = false;
+      var href = root.location.href;
+      var step = p.currentStep;
+      var observer = new MutationObserver(function () { changed = true; });
+      observer.observe(doc, { subtree: true, childList: true, attributes: true,
+        characterData: true });
+      deadPending = true;
+      setTimeout(function () {
+        observer.disconnect();
+        deadPending = false;
+        if (!changed && root.location.href === href) {
+          report("dead_click", { target: describe(t) }, step);
+        }
+      }, c.deadClickMs);
+    }
+
+    if (c.formError) {
+      // `invalid` fires once per failing control, on submit and on checkValidity(): one event
+      // per form and attempt.
+      on(doc, "invalid", function (e) {
+        var el = e.target;
+        if (!invalid) {
+          var form = el.form;
+          invalid = { form: form ? form.id || form.getAttribute("name") || "form" : null,
+            fields: [] };
+          setTimeout(function () { report("form_error", invalid); invalid = null; }, 0);
+        }
+        var field = el.name || el.id || el.type;
+        if (invalid.fields.indexOf(field) < 0) invalid.fields.push(field);
+      }, true);
+    }
+    on(doc, "submit", function (e) {
+      var form = e.target;
+      if (c.formError && form.noValidate && form.checkValidity) form.checkValidity();
+      lastNavigation = Date.now();
+    }, true);
+
+    if (c.backNavigation) {
+      var nav = root.navigation;
+      if (nav && nav.addEventListener) {
+        // The Navigation API tells back from forward; plain popstate cannot.
+        on(nav, "currententrychange", function (e) {
+          if (e.navigationType === "traverse" && e.from && nav.currentEntry.index < e.from.index) {
+            report("back_navigation", {});
+          }
+        });
+      } else {
+        on(root, "popstate", function () { report("back_navigation", {}); });
+      }
+    }
+
+    return {
+      step: function (name) {
+        clearTimeout(slowTimer);
+        var ms = c.slowStep ? threshold(name) : 0;
+        if (ms > 0) {
+          slowTimer = setTimeout(function () {
+            if (p.currentStep === name) report("slow_step", { threshold_ms: ms }, name, ms);
+          }, ms);
+        }
+      },
+      leave: function () {
+        if (left) return;
+        left = true;
+        var now = Date.now();
+        var moving = now - lastNavigation < c.navigationGraceMs;  // in-site link or form
+        var step = p.currentStep;
+        var last = p.journey && p.journey[p.journey.length - 1] === step;
+        if (c.abandonment && step && !moving && !p.converted && !last) {
+          report("abandonment", {}, step);
+        }
+        if (c.bounce && pages === 1 && p.stepsSeen <= 1 && !moving &&
+            now - p.startedAt < c.bounceMs) {
+          report("bounce", { duration_ms: now - p.startedAt }, undefined, now - p.startedAt);
+        }
+      }
+    };
+  }
+
+  var Parcours = {
+    version: VERSION,
+    init: function (options) { return new Client(options); }
+  };
+  root.Parcours = Parcours;
+  if (typeof module === "object" && module.exports) module.exports = Parcours;
+})(typeof window !== "undefined" ? window : this);

@@ -1,0 +1,113 @@
+"""CORS on the three client routes only, for the configured origins only (SPEC §10)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from experiments.auth import SYSTEM
+from experiments.db import get_db
+from experiments.services.accounts import create_api_key
+from tests.conftest import make_test_app
+
+SHOP = "https://shop.example.com"
+CLIENT_ROUTES = ["/api/v1/assign", "/api/v1/exposures", "/api/v1/events"]
+
+
+@pytest.fixture
+def cors_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+    app = make_test_app(database_url, tmp_path, CORS_ORIGINS=f"{SHOP}/, https://other.example")
+    yield app
+    get_db(app).engine.dispose()
+
+
+@pytest.fixture
+def cors_client(cors_app: Flask) -> FlaskClient:
+    return cors_app.test_client()
+
+
+@pytest.fixture
+def key_headers(cors_app: Flask) -> dict[str, str]:
+    with get_db(cors_app).session() as session:
+        key = create_api_key(session, name="web", role="client", principal=SYSTEM)[1]
+    return {"Authorization": f"Bearer {key}"}
+
+
+def preflight(client: FlaskClient, path: str, origin: str):
+    return client.options(path, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+
+
+def an_event(event_id: str) -> dict:
+    return {"event_id": event_id, "unit_id": "visitor-1", "type": "step", "name": "cart"}
+
+
+@pytest.mark.parametrize("path", CLIENT_ROUTES)
+def test_preflight_from_an_allowed_origin_allows_post_with_authorization(cors_client, path):
+    response = preflight(cors_client, path, SHOP)
+    assert response.status_code == 204
+    assert response.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    allowed = response.headers["Access-Control-Allow-Headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+    assert "Origin" in response.headers["Vary"]
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+@pytest.mark.parametrize("path", CLIENT_ROUTES)
+def test_preflight_from_another_origin_gets_no_cors_headers(cors_client, path):
+    response = preflight(cors_client, path, "https://evil.example")
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Access-Control-Allow-Headers" not in response.headers
+
+
+def test_allowed_origin_can_read_the_events_response(cors_client, key_headers):
+    response = cors_client.post("/api/v1/events", json={"events": [an_event("cors-1")]},
+                                headers={**key_headers, "Origin": SHOP})
+    assert response.status_code == 200
+    assert response.get_json()["accepted"] == 1
+    assert response.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "Origin" in response.headers["Vary"]
+
+
+def test_other_origin_gets_no_cors_headers_but_a_vary(cors_client, key_headers):
+    response = cors_client.post("/api/v1/events", json={"events": [an_event("cors-2")]},
+                                headers={**key_headers, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert "Origin" in response.headers["Vary"]
+
+
+def test_errors_on_client_routes_are_readable_by_an_allowed_origin(cors_client):
+    response = cors_client.post("/api/v1/events", json={"events": []},
+                                headers={"Origin": SHOP})
+    assert response.status_code == 401
+    assert response.get_json()["error"]["code"] == "unauthorized"
+    assert response.headers["Access-Control-Allow-Origin"] == SHOP
+
+
+def test_admin_routes_never_get_cors_headers(cors_client):
+    response = cors_client.get("/api/v1/experiments", headers={"Origin": SHOP})
+    assert response.status_code == 401
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert preflight(cors_client, "/api/v1/experiments", SHOP).headers.get(
+        "Access-Control-Allow-Origin") is None
+
+
+def test_no_origin_is_allowed_by_default(client):
+    response = preflight(client, "/api/v1/events", SHOP)
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_a_star_allows_any_origin(database_url, tmp_path):
+    app = make_test_app(database_url, tmp_path, CORS_ORIGINS="*")
+    try:
+        response = preflight(app.test_client(), "/api/v1/assign", "https://anyone.example")
+        assert response.status_code == 204
+        assert response.headers["Access-Control-Allow-Origin"] == "https://anyone.example"
+    finally:
+        get_db(app).engine.dispose()
