@@ -119,11 +119,16 @@ def strict_app(database_url, tmp_path) -> Iterator[Flask]:
     get_db(strict).engine.dispose()
 
 
+def admin_headers_for(app: Flask) -> dict[str, str]:
+    """Headers with a new admin key on ``app`` (for apps built inside a test)."""
+    with get_db(app).session() as session:
+        key = create_api_key(session, name="other admin", role="admin", principal=SYSTEM)[1]
+    return {"Authorization": f"Bearer {key}"}
+
+
 @pytest.fixture
 def strict_headers(strict_app) -> dict[str, str]:
-    with get_db(strict_app).session() as session:
-        key = create_api_key(session, name="strict admin", role="admin", principal=SYSTEM)[1]
-    return {"Authorization": f"Bearer {key}"}
+    return admin_headers_for(strict_app)
 
 
 @pytest.mark.parametrize(("url", "kind"), [

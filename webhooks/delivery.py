@@ -85,6 +85,7 @@ class Claim:
     """What one attempt needs, copied out of the session before the HTTP call."""
 
     delivery_id: int
+    endpoint_id: int
     message_id: str
     payload: dict[str, Any]
     url: str
@@ -132,7 +133,8 @@ def claim_due(database: Database, settings: DeliverySettings, *, due_before: dat
             .returning(WebhookDelivery.id)
             .execution_options(synchronize_session=False)))
         rows = session.execute(
-            select(WebhookDelivery.id, WebhookDelivery.message_id, WebhookDelivery.payload,
+            select(WebhookDelivery.id, WebhookDelivery.endpoint_id, WebhookDelivery.message_id,
+                   WebhookDelivery.payload,
                    WebhookEndpoint.url, WebhookEndpoint.secret)
             .join(WebhookDelivery.endpoint).where(WebhookDelivery.id.in_(claimed))
             .order_by(WebhookDelivery.id)).all()
@@ -166,12 +168,15 @@ def _text(raw: bytes) -> str:
 
 
 def record_result(database: Database, settings: DeliverySettings, claim: Claim,
-                  outcome: Outcome) -> str:
-    """Store the attempt's result, schedule the retry, disable hopeless endpoints."""
+                  outcome: Outcome) -> tuple[str, bool]:
+    """Store the attempt's result, schedule the retry, disable hopeless endpoints.
+
+    Returns the delivery's new status and whether its endpoint is still enabled.
+    """
     with database.session() as session:
         delivery = session.get(WebhookDelivery, claim.delivery_id)
         if delivery is None:  # endpoint deleted while we were sending
-            return "deleted"
+            return "deleted", False
         endpoint = delivery.endpoint
         now = utcnow()
         delivery.response_status = outcome.status_code
@@ -180,18 +185,18 @@ def record_result(database: Database, settings: DeliverySettings, claim: Claim,
         if outcome.ok:
             delivery.status, delivery.next_attempt_at = "delivered", None
             endpoint.failing_since = None
-            return delivery.status
+            return delivery.status, endpoint.enabled
         if outcome.status_code == 410:
             delivery.status, delivery.next_attempt_at = "failed", None
             disable_endpoint(session, endpoint, "the receiver answered 410 Gone", SYSTEM)
-            return delivery.status
+            return delivery.status, False
         delay = settings.delay_after_failure(delivery.attempts)
         if delay is None:
             delivery.status, delivery.next_attempt_at = "failed", None
         else:
             delivery.status, delivery.next_attempt_at = "pending", now + timedelta(seconds=delay)
         _note_failure(session, endpoint, settings, now)
-        return delivery.status
+        return delivery.status, endpoint.enabled
 
 
 def _status_error(outcome: Outcome) -> str | None:
@@ -212,17 +217,36 @@ def _note_failure(session: Any, endpoint: WebhookEndpoint, settings: DeliverySet
                          f"{endpoint.failing_since.isoformat()})", SYSTEM)
 
 
+def release(database: Database, claim: Claim) -> None:
+    """Give back an unsent claim (its endpoint was disabled meanwhile): not an attempt."""
+    with database.session() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == claim.delivery_id, WebhookDelivery.status == "sending")
+            .values(status="pending", attempts=WebhookDelivery.attempts - 1,
+                    next_attempt_at=utcnow())
+            .execution_options(synchronize_session=False))
+
+
 def deliver_due(app: Flask, *, ids: list[int] | None = None) -> Counter[str]:
     """Send everything due now (once each per call); returns counts by resulting status."""
     settings = DeliverySettings.from_app(app)
     database = get_db(app)
     due_before = utcnow()  # retries scheduled during this run wait for the next one
     totals: Counter[str] = Counter()
+    disabled: set[int] = set()
     with requests.Session() as http:
         http.trust_env = False  # no proxies from the environment: the SSRF guard decides
         while claims := claim_due(database, settings, due_before=due_before, ids=ids):
             for claim in claims:
-                totals[record_result(database, settings, claim, send(http, claim, settings))] += 1
+                if claim.endpoint_id in disabled:
+                    release(database, claim)
+                    continue
+                status, enabled = record_result(database, settings, claim,
+                                                send(http, claim, settings))
+                totals[status] += 1
+                if not enabled:
+                    disabled.add(claim.endpoint_id)
     return totals
 
 
