@@ -7,7 +7,7 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Mount every API blueprint; each module owns one resource."""
-    from experiments.api import events, experiments, sdk, system
+    from experiments.api import assign, events, experiments, ofrep, sdk, system
 
-    for module in (experiments, events, sdk, system):
+    for module in (experiments, assign, ofrep, events, sdk, system):
         app.register_blueprint(module.bp)

@@ -1,0 +1,145 @@
+"""Request and response schemas of assignment, exposures (SPEC §4) and OFREP."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+from experiments.schemas import Strict, UnitId
+
+Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_running",
+                 "concluded", "not_found"]
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTES_BYTES = 8 * 1024
+MAX_DEPTH = 5
+
+
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be hashed and stored as-is (NUL bytes, lone surrogates), if so."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid UTF-8 text"
+    return None
+
+
+def attributes_problem(attributes: dict[str, Any]) -> str | None:
+    """Why attributes cannot be snapshotted into an exposure (JSON-safe, small), if so."""
+    if len(attributes) > MAX_ATTRIBUTES:
+        return f"at most {MAX_ATTRIBUTES} attributes"
+    problem = _value_problem(attributes, 0)
+    if problem:
+        return problem
+    if len(json.dumps(attributes)) > MAX_ATTRIBUTES_BYTES:
+        return f"at most {MAX_ATTRIBUTES_BYTES} bytes of JSON"
+    return None
+
+
+def _value_problem(value: Any, depth: int) -> str | None:
+    if depth > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "numbers must be finite"
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    return next((problem for item in items
+                 if (problem := _value_problem(item, depth + 1)) is not None), None)
+
+
+def _checked_unit_id(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _checked_attributes(value: dict[str, Any]) -> dict[str, Any]:
+    problem = attributes_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+SafeUnitId = Annotated[UnitId, AfterValidator(_checked_unit_id)]
+Attributes = Annotated[dict[str, Any], AfterValidator(_checked_attributes)]
+
+
+class AssignIn(Strict):
+    """``POST /api/v1/assign``: one unit, all (or the named) experiments of a page."""
+
+    unit_id: SafeUnitId = Field(examples=["visitor-42"])
+    attributes: Attributes = Field(default_factory=dict, examples=[{"country": "FR"}])
+    experiments: list[str] | None = Field(None, max_length=100,
+                                          examples=[["checkout-redesign"]])
+    track: StrictBool = True
+
+    @field_validator("experiments")
+    @classmethod
+    def _short_keys(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(len(key) > 200 for key in value):
+            raise ValueError("experiment keys are at most 200 characters")
+        return value
+
+
+class AssignmentOut(BaseModel):
+    experiment: str
+    variant: str | None
+    payload: dict[str, Any]
+    in_experiment: bool
+    reason: Reason
+
+
+class AssignOut(BaseModel):
+    unit_id: str
+    assignments: list[AssignmentOut]
+
+
+class ExposureIn(Strict):
+    """``POST /api/v1/exposures``: the variant was shown; send the same attributes as assign."""
+
+    experiment: str = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
+    unit_id: SafeUnitId = Field(examples=["visitor-42"])
+    attributes: Attributes = Field(default_factory=dict)
+
+
+class ExposureOut(AssignmentOut):
+    unit_id: str
+
+
+class OfrepRequest(BaseModel):
+    """OFREP evaluation request: ``targetingKey`` is the unit, the rest are attributes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    context: dict[str, Any] | None = Field(
+        None, examples=[{"targetingKey": "visitor-42", "country": "FR"}])
+
+
+class OfrepEvaluation(BaseModel):
+    key: str
+    value: Any
+    reason: Literal["SPLIT", "TARGETING_MATCH", "DEFAULT", "DISABLED"]
+    variant: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class OfrepError(BaseModel):
+    key: str | None = None
+    errorCode: Literal["PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT", "GENERAL",
+                       "FLAG_NOT_FOUND"]
+    errorDetails: str
+
+
+class OfrepBulk(BaseModel):
+    flags: list[OfrepEvaluation | OfrepError]
