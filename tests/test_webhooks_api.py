@@ -137,6 +137,7 @@ def strict_headers(strict_app) -> dict[str, str]:
     ("http://[::1]/x", "loopback"), ("http://localhost:5000/x", "loopback"),
     ("http://224.0.0.1/x", "multicast"), ("http://0.0.0.0/x", "unspecified"),
     ("http://[::ffff:10.1.2.3]/x", "private"), ("http://240.0.0.1/x", "reserved"),
+    ("http://0x7f000001/x", "loopback"), ("http://127.1:8080/x", "loopback"),
 ])
 def test_internal_targets_are_refused_without_the_allow_flag(strict_app, strict_headers, url,
                                                              kind):

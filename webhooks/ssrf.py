@@ -19,7 +19,7 @@ def resolve_host(host: str, port: int) -> list[str]:
     """Every address the host resolves to (IP literals resolve to themselves)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, UnicodeError, ValueError) as exc:
         raise UnsafeUrl(f"cannot resolve host {host!r}: {exc}") from None
     return sorted({str(info[4][0]) for info in infos})
 
