@@ -122,7 +122,7 @@ def test_nps_scores_from_0_to_10_are_accepted(db, score):
 
 def test_deep_but_small_properties_within_8_kib_are_kept(db):
     properties = {"cart": {"items": [{"sku": "A-1", "qty": 2}], "coupon": None},
-                  "text": "é" * 2000}
+                  "text": "é" * 2000, "escaped": "\\u0000 is not a NUL", "deep": _nested(30)}
     assert ingest_events(db, [event(properties=properties)], now=NOW).accepted == 1
     assert stored(db)[0].properties == properties
 
@@ -140,6 +140,8 @@ INVALID = [
     ("long unit", {"unit_id": "u" * 201}, "unit_id"),
     ("numeric unit", {"unit_id": 42}, "unit_id"),
     ("NUL in unit", {"unit_id": "a\x00b"}, "unit_id"),
+    ("lone surrogate in unit", {"unit_id": "a\ud800"}, "unit_id"),
+    ("NUL in step", {"step": "pay\x00"}, "step"),
     ("missing type", {"type": None}, "type"),
     ("unknown type", {"type": "click"}, "type"),
     ("conversion without name", {"name": None}, "name"),
@@ -170,6 +172,8 @@ INVALID = [
     ("properties too deep", {"properties": _nested(40)}, "properties"),
     ("NUL in properties", {"properties": {"k": ["\x00"]}}, "properties"),
     ("NaN in properties", {"properties": {"k": float("nan")}}, "properties"),
+    ("lone surrogate in properties", {"properties": {"k": "\udc00"}}, "properties"),
+    ("NUL in a property key", {"properties": {"a\x00": 1}}, "properties"),
     ("empty event id", {"event_id": ""}, "event_id"),
     ("long event id", {"event_id": "e" * 201}, "event_id"),
     ("unknown field", {"ocurred_at": "2026-11-24T10:00:00Z"}, "ocurred_at"),

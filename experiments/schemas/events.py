@@ -8,7 +8,6 @@ clock (friction kind per type, NPS range, future timestamps) live in
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -32,37 +31,47 @@ _RFC3339 = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
-def text_problem(value: str) -> str | None:
-    """Why a string cannot be stored on every backend (NUL bytes, lone surrogates), if so."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
+# A NUL inside a JSON string is dumped as \u0000 after an even number of backslashes.
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+# One encoder: json.dumps with options would build a new encoder per call (hot path).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_properties(properties: dict[str, Any]) -> str:
+    """The properties as compact JSON text, or ValueError saying why they cannot be stored."""
+    if not properties:
+        return "{}"
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode (no lone surrogates)"
-    return None
+        text = _ENCODER.encode(properties)
+        size = len(text.encode())
+    except UnicodeEncodeError:  # before ValueError, its base class
+        raise ValueError("strings must be valid Unicode (no lone surrogates)") from None
+    except ValueError:
+        raise ValueError("numbers must be finite") from None
+    except RecursionError:
+        raise ValueError(f"must not nest deeper than {MAX_PROPERTIES_DEPTH} levels") from None
+    if size > MAX_PROPERTIES_BYTES:
+        raise ValueError(f"must be at most {MAX_PROPERTIES_BYTES} bytes of JSON (got {size})")
+    if "\\u0000" in text and _ESCAPED_NUL.search(text):
+        raise ValueError("strings must not contain NUL characters")
+    if text.count("{") + text.count("[") > MAX_PROPERTIES_DEPTH and _depth(properties) > (
+            MAX_PROPERTIES_DEPTH):
+        raise ValueError(f"must not nest deeper than {MAX_PROPERTIES_DEPTH} levels")
+    return text
 
 
-def _json_problem(properties: dict[str, Any]) -> str | None:
-    """Walk the properties without recursion: depth, storable strings and finite numbers."""
-    stack: list[tuple[Any, int]] = [(properties, 1)]
+def _depth(node: Any) -> int:
+    """Nesting depth without recursion (the input may be deeper than the stack allows)."""
+    deepest, stack = 0, [(node, 1)]
     while stack:
         node, depth = stack.pop()
-        if depth > MAX_PROPERTIES_DEPTH:
-            return f"must not nest deeper than {MAX_PROPERTIES_DEPTH} levels"
-        if isinstance(node, dict):
-            for key, child in node.items():
-                if (problem := text_problem(key)) is not None:
-                    return f"keys {problem}"
-                stack.append((child, depth + 1))
-        elif isinstance(node, list):
-            stack.extend((child, depth + 1) for child in node)
-        elif isinstance(node, str):
-            if (problem := text_problem(node)) is not None:
-                return f"strings {problem}"
-        elif isinstance(node, float) and not math.isfinite(node):
-            return "numbers must be finite"
-    return None
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in
+                         (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 class EventIn(Strict):
@@ -78,13 +87,6 @@ class EventIn(Strict):
     occurred_at: datetime | None = None
     properties: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("event_id", "unit_id", "name", "step")
-    @classmethod
-    def _storable_text(cls, value: str | None) -> str | None:
-        if value is not None and (problem := text_problem(value)) is not None:
-            raise ValueError(problem)
-        return value
-
     @field_validator("occurred_at", mode="before")
     @classmethod
     def _rfc3339(cls, value: Any) -> Any:
@@ -98,16 +100,6 @@ class EventIn(Strict):
         except (ValueError, OverflowError):
             raise ValueError("is not a valid date and time") from None
 
-    @field_validator("properties")
-    @classmethod
-    def _small_json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if (problem := _json_problem(value)) is not None:
-            raise ValueError(problem)
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > MAX_PROPERTIES_BYTES:
-            raise ValueError(f"must be at most {MAX_PROPERTIES_BYTES} bytes of JSON (got {size})")
-        return value
-
 
 def event_problems(event: EventIn, now: datetime) -> list[dict[str, str]]:
     """Cross-field and clock rules of SPEC §5, each with its field name."""
@@ -116,6 +108,10 @@ def event_problems(event: EventIn, now: datetime) -> list[dict[str, str]]:
     def add(field: str, message: str) -> None:
         problems.append({"field": field, "message": message})
 
+    for field in ("event_id", "unit_id", "name", "step"):
+        value = getattr(event, field)
+        if value is not None and "\x00" in value:
+            add(field, "must not contain NUL characters")
     if event.type == "friction" and event.friction_kind is None:
         add("friction_kind", "is required for type 'friction'")
     if event.type != "friction" and event.friction_kind is not None:

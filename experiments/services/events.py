@@ -1,9 +1,13 @@
 """Event ingestion (SPEC §5): per-event validation, dedupe by ``event_id``, durable acks.
 
 A batch is validated event by event; the valid ones are inserted in one
-transaction with ``ON CONFLICT (event_id) DO NOTHING … RETURNING event_id`` so that
-the counts stay exact when several hosts receive the same resend at once, and
-the function returns only after the commit.
+transaction by a driver ``executemany`` of a Core ``INSERT … ON CONFLICT (event_id)
+DO NOTHING`` whose summed rowcount is the number of new events, so the counts stay
+exact when several hosts receive the same resend at once (rows are inserted in
+``event_id`` order, so concurrent batches never deadlock). The function returns
+only after the commit. Values are bound in the driver's own format (ISO text on
+SQLite, JSON text for properties) because per-row SQLAlchemy type processing
+would cost more than the insert itself (see bench/bench_events.py).
 """
 
 from __future__ import annotations
@@ -11,24 +15,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Insert
+from sqlalchemy import DateTime
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Compiled, Dialect
 from sqlalchemy.orm import Session
 
 from experiments.db import utcnow
 from experiments.errors import validation_details
 from experiments.models import Event
-from experiments.schemas.events import EventIn, default_name, event_problems
+from experiments.schemas.events import EventIn, default_name, encode_properties, event_problems
 
 EVENTS_INGESTED = Counter("parcours_events_ingested_total", "Events received by ingestion",
                           ["result"])
 _BATCH = TypeAdapter(list[EventIn])
 _TABLE = Event.__table__
+_COLUMNS = ("event_id", "unit_id", "type", "name", "step", "friction_kind", "value",
+            "occurred_at", "received_at", "properties")
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ class IngestResult:
 def ingest_events(session: Session, events: Sequence[Mapping[str, Any]], *,
                   now: datetime | None = None) -> IngestResult:
     """Validate each raw event, store the valid ones in one committed transaction."""
-    now = now or utcnow()
+    now = (now or utcnow()).astimezone(UTC)  # stored as UTC text on SQLite: normalise first
     rows, rejected = validate_events(events, now)
     accepted = _insert_new(session, _unique_by_event_id(rows))
     session.commit()
@@ -60,13 +67,20 @@ def validate_events(events: Sequence[Any], now: datetime
     rows: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for index, parsed in enumerate(_parse_each(events)):
-        details = parsed if isinstance(parsed, list) else [
-            {"field": f"events[{index}].{problem['field']}", "message": problem["message"]}
-            for problem in event_problems(parsed, now)]
-        if details:
-            rejected.append({"index": index, "error": _error(details)})
+        if isinstance(parsed, list):
+            rejected.append({"index": index, "error": _error(parsed)})
+            continue
+        problems = event_problems(parsed, now)
+        try:
+            properties = encode_properties(parsed.properties)
+        except ValueError as exc:
+            problems.append({"field": "properties", "message": str(exc)})
+        if problems:
+            rejected.append({"index": index, "error": _error([
+                {"field": f"events[{index}].{p['field']}", "message": p["message"]}
+                for p in problems])})
         else:
-            rows.append(_row(parsed, now))
+            rows.append(_row(parsed, now, properties))
     return rows, rejected
 
 
@@ -92,7 +106,7 @@ def _error(details: list[dict[str, Any]]) -> dict[str, Any]:
             "details": details}
 
 
-def _row(event: EventIn, now: datetime) -> dict[str, Any]:
+def _row(event: EventIn, now: datetime, properties: str) -> dict[str, Any]:
     """The insert parameters; an event without ``event_id`` gets a server uuid (never deduped)."""
     name = default_name(event)
     return {
@@ -105,7 +119,7 @@ def _row(event: EventIn, now: datetime) -> dict[str, Any]:
         "value": None if event.value is None else float(event.value),
         "occurred_at": event.occurred_at or now,
         "received_at": now,
-        "properties": event.properties,
+        "properties": properties,
     }
 
 
@@ -121,12 +135,35 @@ def _insert_new(session: Session, rows: list[dict[str, Any]]) -> int:
     """Insert the rows whose ``event_id`` is new; returns how many were inserted."""
     if not rows:
         return 0
-    result = session.execute(_insert_ignoring_duplicates(session), rows)
-    return len(result.all())
+    connection = session.connection()
+    dialect = connection.dialect
+    compiled = _compiled_insert(dialect)
+    to_driver_time = _driver_time(dialect)
+    received_at = to_driver_time(rows[0]["received_at"])  # one receipt time per batch
+    for row in rows:
+        row["occurred_at"] = to_driver_time(row["occurred_at"])
+        row["received_at"] = received_at
+    params: list[Any] = rows
+    if compiled.positiontup is not None:
+        params = [tuple(row[name] for name in compiled.positiontup) for row in rows]
+    result = connection.exec_driver_sql(compiled.string, params)
+    return int(result.rowcount)
 
 
-def _insert_ignoring_duplicates(session: Session) -> Insert:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (insert(_TABLE).on_conflict_do_nothing(index_elements=[_TABLE.c.event_id])
-            .returning(_TABLE.c.event_id))
+_COMPILED: dict[str, Compiled] = {}
+
+
+def _compiled_insert(dialect: Dialect) -> Compiled:
+    """``INSERT … ON CONFLICT (event_id) DO NOTHING`` compiled once per dialect."""
+    if dialect.name not in _COMPILED:
+        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        statement = insert(_TABLE).values({column: None for column in _COLUMNS})
+        _COMPILED[dialect.name] = statement.on_conflict_do_nothing(
+            index_elements=[_TABLE.c.event_id]).compile(dialect=dialect, for_executemany=True)
+    return _COMPILED[dialect.name]
+
+
+def _driver_time(dialect: Dialect) -> Any:
+    """How the dialect's DateTime column binds an aware UTC datetime (text on SQLite)."""
+    processor = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    return processor or (lambda value: value)

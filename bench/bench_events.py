@@ -1,0 +1,266 @@
+"""Ingestion throughput (SPEC §9): POST /api/v1/events under gunicorn vs raw ``executemany``.
+
+For each database (SQLite; PostgreSQL when ``PARCOURS_BENCH_POSTGRES_URL`` or
+``PARCOURS_TEST_POSTGRES_URL`` is set) the same 500-event batches are written
+twice into a fresh, migrated database: once by the bare driver (``executemany`` and a
+commit per batch — the floor any service pays) and once through the API served by
+gunicorn on loopback, from a few keep-alive client threads. Target: ratio ≥ 0.5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 500
+BATCHES = int(os.environ.get("PARCOURS_BENCH_EVENT_BATCHES", 60))
+CLIENT_THREADS = 6
+WORKERS = 3
+COLUMNS = ("event_id", "unit_id", "type", "name", "step", "friction_kind", "value",
+           "occurred_at", "received_at", "properties")
+TARGET = 0.5
+
+
+def make_batches(count: int, prefix: str) -> list[list[dict[str, Any]]]:
+    """Realistic mixed batches (steps, friction, conversions, NPS) with unique client ids."""
+    start = datetime(2026, 11, 20, tzinfo=UTC)
+    kinds = [
+        {"type": "step", "step": "cart"},
+        {"type": "step", "step": "payment"},
+        {"type": "friction", "friction_kind": "error", "step": "payment"},
+        {"type": "conversion", "name": "purchase", "value": 59.9},
+        {"type": "nps", "value": 9},
+    ]
+    batches = []
+    for batch in range(count):
+        events = []
+        for index in range(BATCH):
+            number = batch * BATCH + index
+            event = {"event_id": f"{prefix}-{number}", "unit_id": f"visitor-{number % 9973}",
+                     "occurred_at": (start + timedelta(seconds=number)).isoformat(),
+                     "properties": {"device": "mobile" if number % 3 else "desktop"},
+                     **kinds[number % len(kinds)]}
+            events.append(event)
+        batches.append(events)
+    return batches
+
+
+def raw_rows(batch: list[dict[str, Any]], *, sqlite_dates: bool) -> list[tuple[Any, ...]]:
+    """The rows the service would store, as driver parameters (names/steps defaulted)."""
+    received = datetime.now(UTC)
+    rows = []
+    for event in batch:
+        occurred = datetime.fromisoformat(event["occurred_at"])
+        name = event.get("name") or {"nps": "nps", "step": event.get("step"),
+                                     "friction": event.get("friction_kind")}[event["type"]]
+        dates = (occurred, received)
+        if sqlite_dates:
+            dates = tuple(d.strftime("%Y-%m-%d %H:%M:%S.%f") for d in dates)
+        rows.append((event["event_id"], event["unit_id"], event["type"], name, event.get("step"),
+                     event.get("friction_kind"), event.get("value"), *dates,
+                     json.dumps(event["properties"])))
+    return rows
+
+
+def raw_executemany(url: str, batches: list[list[dict[str, Any]]]) -> float:
+    """Rows/s of the bare driver inserting the same rows, one commit per batch."""
+    is_sqlite = url.startswith("sqlite")
+    marks = ", ".join(["?" if is_sqlite else "%s"] * len(COLUMNS))
+    sql = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({marks})"
+    prepared = [raw_rows(batch, sqlite_dates=is_sqlite) for batch in batches]
+    with _driver_connection(url) as connection:
+        started = time.perf_counter()
+        for rows in prepared:
+            cursor = connection.cursor()
+            cursor.executemany(sql, rows)
+            connection.commit()
+        elapsed = time.perf_counter() - started
+    return sum(len(rows) for rows in prepared) / elapsed
+
+
+@contextmanager
+def _driver_connection(url: str) -> Iterator[Any]:
+    if url.startswith("sqlite"):
+        connection = sqlite3.connect(make_url(url).database)
+        # The same settings the app's engine uses (experiments.db._configure_sqlite).
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            connection.execute(f"PRAGMA {pragma}")
+    else:
+        import psycopg
+
+        connection = psycopg.connect(make_url(url).set(drivername="postgresql")
+                                     .render_as_string(hide_password=False))
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def api_throughput(base_url: str, key: str, batches: list[list[dict[str, Any]]]) -> float:
+    """Rows/s through POST /api/v1/events from a few keep-alive client threads."""
+    bodies = [json.dumps({"events": batch}).encode() for batch in batches]
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    failures: list[str] = []
+    lock = threading.Lock()
+    queue = list(range(len(bodies)))
+
+    def worker() -> None:
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    index = queue.pop()
+                response = session.post(f"{base_url}/api/v1/events", data=bodies[index],
+                                        headers=headers, timeout=60)
+                if response.status_code != 200 or response.json()["accepted"] != BATCH:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+
+    threads = [threading.Thread(target=worker) for _ in range(CLIENT_THREADS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise RuntimeError(f"ingestion failed: {failures[:3]}")
+    return len(bodies) * BATCH / elapsed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gunicorn(database_url: str, instance: Path) -> Iterator[str]:
+    """``gunicorn wsgi:app`` with the repo's gunicorn.conf.py on a free loopback port."""
+    port = _free_port()
+    env = {**os.environ, "PARCOURS_DATABASE_URL": database_url,
+           "PARCOURS_INSTANCE_PATH": str(instance), "PARCOURS_SCHEDULER": "off",
+           "PARCOURS_BIND": f"127.0.0.1:{port}", "PARCOURS_WORKERS": str(WORKERS),
+           "PARCOURS_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py",
+         "--access-logfile", "/dev/null", "wsgi:app"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(base_url, process)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("gunicorn exited before serving")
+        try:
+            if requests.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("gunicorn did not become healthy")
+
+
+def _prepare(url: str) -> str:
+    """Migrate the database and return a client API key."""
+    from experiments.auth import SYSTEM
+    from experiments.db import Database
+    from experiments.migrate import upgrade
+    from experiments.services.accounts import create_api_key
+
+    upgrade(url)
+    database = Database(url)
+    with database.session() as session:
+        key = create_api_key(session, name="bench", role="client", principal=SYSTEM)[1]
+    database.engine.dispose()
+    return key
+
+
+def _empty_events(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DELETE FROM events"))
+    engine.dispose()
+
+
+def run_backend(name: str, url: str, instance: Path) -> float:
+    """Measure both paths on one database and print the ratio."""
+    key = _prepare(url)
+    raw = raw_executemany(url, make_batches(BATCHES, f"raw-{uuid.uuid4().hex[:6]}"))
+    _empty_events(url)
+    with gunicorn(url, instance) as base_url:
+        api_throughput(base_url, key, make_batches(2 * WORKERS, "warm-up"))
+        api = api_throughput(base_url, key, make_batches(BATCHES, "api"))
+    ratio = api / raw
+    verdict = "ok" if ratio >= TARGET else f"below target {TARGET}"
+    print(f"events {name:<10} raw executemany {raw:>9,.0f} rows/s   "
+          f"POST /api/v1/events {api:>9,.0f} rows/s   ratio {ratio:.2f}x ({verdict})",
+          flush=True)
+    return ratio
+
+
+@contextmanager
+def _postgres_database(base_url: str) -> Iterator[str]:
+    name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _each_backend(tmp: Path) -> Iterator[tuple[str, Callable[[], Any]]]:
+    yield "sqlite", lambda: _null_context(f"sqlite:///{tmp / 'bench.db'}")
+    postgres = (os.environ.get("PARCOURS_BENCH_POSTGRES_URL")
+                or os.environ.get("PARCOURS_TEST_POSTGRES_URL"))
+    if postgres:
+        yield "postgresql", lambda: _postgres_database(postgres)
+    else:
+        print("events postgresql skipped: set PARCOURS_BENCH_POSTGRES_URL", flush=True)
+
+
+@contextmanager
+def _null_context(value: str) -> Iterator[str]:
+    yield value
+
+
+def main() -> None:
+    """Print rows/s of both paths and their ratio per backend."""
+    with tempfile.TemporaryDirectory(prefix="parcours-bench-") as tmp:
+        for name, database in _each_backend(Path(tmp)):
+            with database() as url:
+                run_backend(name, url, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
