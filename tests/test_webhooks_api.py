@@ -95,6 +95,10 @@ def test_unknown_event_type_is_a_422_naming_its_index(app, client, admin_headers
     ({"url": HOOK_URL}, "events"),
     ({"url": HOOK_URL, "events": ["srm.detected"], "secret": "mine"}, "secret"),
     ({"url": HOOK_URL, "events": "srm.detected"}, "events"),
+    ({"url": HOOK_URL, "events": ["srm.detected"], "description": "a\x00b"}, "description"),
+    ({"url": HOOK_URL + "\x00", "events": ["srm.detected"]}, "url"),
+    ({"url": "http://127.0.0.1/a b", "events": ["srm.detected"]}, "url"),
+    ({"url": "http://127.0.0.1/a\nb", "events": ["srm.detected"]}, "url"),
 ])
 def test_malformed_bodies_are_422_naming_the_field(app, client, admin_headers, body, field):
     response = client.post("/api/v1/webhooks", json=body, headers=admin_headers)

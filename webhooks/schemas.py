@@ -8,13 +8,26 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from experiments.schemas import ListQuery, Strict
+from experiments.schemas.assignment import text_problem
 from experiments.signals import EVENT_TYPES
 
 TEST_EVENT = "webhook.test"
 WEBHOOK_EVENT_TYPES: tuple[str, ...] = (*EVENT_TYPES, TEST_EVENT)
 DeliveryStatus = Literal["pending", "sending", "delivered", "failed"]
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text refuses NUL characters: say so instead of failing on insert."""
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 Url = Annotated[str, Field(min_length=1, max_length=2048,
-                           examples=["https://hooks.example.com/parcours"])]
+                           examples=["https://hooks.example.com/parcours"]),
+                AfterValidator(_storable)]
+Description = Annotated[str, Field(max_length=2000), AfterValidator(_storable)]
 
 
 def _known_event_type(event: str) -> str:
@@ -37,7 +50,7 @@ class EndpointIn(Strict):
 
     url: Url
     events: list[EventType] = Field(min_length=1, max_length=len(WEBHOOK_EVENT_TYPES) * 2)
-    description: str = Field("", max_length=2000)
+    description: Description = ""
 
     @field_validator("events")
     @classmethod
@@ -51,7 +64,7 @@ class EndpointPatch(Strict):
     url: Url | None = None
     events: list[EventType] | None = Field(None, min_length=1,
                                            max_length=len(WEBHOOK_EVENT_TYPES) * 2)
-    description: str | None = Field(None, max_length=2000)
+    description: Description | None = None
     enabled: bool | None = None
 
     @field_validator("events")

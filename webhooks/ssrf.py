@@ -42,6 +42,8 @@ def _refusal(address: str) -> str | None:
 
 def check_url(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
     """Refuse non-http(s) URLs and, unless allowed, hosts resolving to internal addresses."""
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
+        raise UnsafeUrl("the URL must not contain spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
