@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,8 +35,8 @@ METRICS = [
 
 def make_experiment(db: Session, key: str = "checkout", **overrides: Any) -> Experiment:
     """A running experiment with the metrics above (conversion window 72 h)."""
-    payload = experiment_payload(key, metrics=METRICS, layer=None, targeting=[],
-                                 overrides={}, **overrides)
+    fields = {"metrics": METRICS, "layer": None, "targeting": [], "overrides": {}, **overrides}
+    payload = experiment_payload(key, **fields)
     lifecycle.create_experiment(db, payload, SYSTEM)
     return lifecycle.transition(db, key, "start", SYSTEM)
 
@@ -192,3 +193,48 @@ def test_an_experiment_without_exposures_has_no_rows(db):
     result = aggregates(db, experiment, cuped=True)
     assert result.units.totals() == {}
     assert result.metrics["purchase"].totals() == {}
+
+
+def seed_traffic(db: Session, experiment: Experiment, *, units: dict[str, int],
+                 conversion: dict[str, float], reach: dict[str, float] | None = None,
+                 friction: dict[tuple[str, str, str], float] | None = None,
+                 start: datetime = T0, days: int = 1, seed: int = 0) -> None:
+    """Bulk traffic with known rates: exposures spread over ``days``, purchases, steps, friction.
+
+    ``reach`` gives each journey step's share of units (every variant), ``friction`` the
+    probability of a (variant, step, kind) friction event among the units reaching that step.
+    """
+    rng = random.Random(seed)
+    exposures, events = [], []
+    for variant, count in units.items():
+        for index in range(count):
+            unit = f"{experiment.key}-{variant}-{index}"
+            at = start + timedelta(days=index % days, minutes=rng.randrange(600))
+            exposures.append({"experiment_id": experiment.id, "unit_id": unit,
+                              "variant_key": variant, "exposed_at": at, "is_override": False})
+            if rng.random() < conversion[variant]:
+                events.append(_row(unit, "purchase", at + timedelta(hours=2), "conversion",
+                                   value=round(rng.uniform(20, 80), 2)))
+            for step, share in (reach or {}).items():
+                if rng.random() >= share:
+                    continue
+                events.append(_row(unit, "view", at + timedelta(minutes=5), "step", step=step))
+                for kind in FRICTION_KINDS_USED:
+                    p = (friction or {}).get((variant, step, kind), 0.0)
+                    if rng.random() < p:
+                        events.append(_row(unit, kind, at + timedelta(minutes=6), "friction",
+                                           step=step, friction_kind=kind))
+    db.execute(Exposure.__table__.insert(), exposures)
+    if events:
+        db.execute(Event.__table__.insert(), events)
+    db.commit()
+
+
+FRICTION_KINDS_USED = ("error", "rage_click", "form_error")
+
+
+def _row(unit: str, name: str, at: datetime, type: str, *, value: float | None = None,
+         step: str | None = None, friction_kind: str | None = None) -> dict[str, Any]:
+    return {"event_id": f"e{next(_ids)}", "unit_id": unit, "type": type, "name": name,
+            "step": step, "friction_kind": friction_kind, "value": value, "occurred_at": at,
+            "received_at": at, "properties": {}}

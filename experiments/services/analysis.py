@@ -1,28 +1,420 @@
-"""Analysis pipeline: aggregates in SQL, statistics from ``stats``, reports stored as history."""
+"""Analysis pipeline (SPEC §6): SQL aggregates → ``stats`` results → a stored report.
+
+``analyze_experiment`` runs the few aggregate queries of ``services.aggregation``, turns
+each metric's per-variant sums into comparisons with ``stats.analyze_variants`` and
+assembles the report: units, SRM, metrics, funnel, friction points, timeline, decision
+and warnings. Multiple testing: ``adjusted_p_value`` is corrected (Holm or BH, per
+``analysis.correction``) across every treatment × primary and secondary metric; guardrails
+form their own family (treatments × guardrails) so that adding secondary metrics never
+makes a harmful change harder to catch. Friction points are BH-adjusted across every
+step × friction kind × treatment. With the sequential method each p-value is the running
+minimum over the experiment's reports (always valid, so this keeps the error rate).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
 
-from experiments.models import Report
+from experiments import signals
+from experiments.db import utcnow
+from experiments.errors import Conflict, NotFound
+from experiments.models import Experiment, Report
+from experiments.schemas import FRICTION_KINDS, AnalysisSettings
+from experiments.services import decisions
+from experiments.services.aggregation import (
+    CUPED_KINDS,
+    ExperimentAggregates,
+    JourneyCounts,
+    MetricSpec,
+    aggregate_experiment,
+    to_stats,
+)
+from experiments.services.lifecycle import get_experiment
+from experiments.services.pagination import paginate
+from stats import (
+    Comparison,
+    CupedStats,
+    ProportionStats,
+    StatsInputError,
+    VariantInput,
+    analyze_variants,
+    apply_correction,
+    compare,
+    srm_test,
+    summarize,
+)
+
+logger = logging.getLogger(__name__)
+Sums = Mapping[str, float]
+MAX_TIMELINE_DAYS = 400
+
+
+# -- per-metric results ---------------------------------------------------------------------
+
+
+def _inputs(experiment: Experiment, kind: str, totals: Mapping[str, Sums],
+            cuped: bool) -> list[VariantInput]:
+    """One VariantInput per configured variant (absent variants have 0 units)."""
+    records = [(v, *to_stats(kind, totals.get(v.key, {}))) for v in experiment.variants]
+    use_cuped = cuped and kind in CUPED_KINDS and any(c is not None for _, _, c in records)
+    return [VariantInput(v.key, v.is_control, record,
+                         (c or CupedStats(0.0, 0.0, 0.0)) if use_cuped else None)
+            for v, record, c in records]
+
+
+def _analyze_metric(experiment: Experiment, metric: Any, settings: AnalysisSettings,
+                    totals: Mapping[str, Sums], previous: Mapping[str, float | None],
+                    warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
+    """Variant estimates and raw comparisons of one metric (never raises on bad data)."""
+    options = {"method": settings.method, "alpha": settings.alpha, "correction": "none",
+               "direction": metric.direction, "mde": settings.mde,
+               "previous_p_values": previous}
+    result = None
+    for cuped in ((True, False) if settings.cuped else (False,)):
+        try:
+            inputs = _inputs(experiment, metric.kind, totals, cuped)
+            result = analyze_variants(metric.kind, inputs, **options)
+            break
+        except StatsInputError as error:
+            warnings.append(f"{metric.key}: {error}")
+    if result is None:
+        return [{"variant": v.key, "units": int(totals.get(v.key, {}).get("n", 0)),
+                 "estimate": None, "ci": None} for v in experiment.variants], []
+    warnings.extend(f"{metric.key}: {note}" for note in result.warnings
+                    if not note.startswith("srm:"))
+    for comparison in result.comparisons:
+        warnings.extend(f"{metric.key}, {comparison.variant}: {note}"
+                        for note in comparison.warnings)
+    variants = [{"variant": v.variant, "units": v.units, "estimate": v.estimate,
+                 "ci": _pair(v.ci)} for v in result.variants]
+    return variants, list(result.comparisons)
+
+
+def _pair(value: Sequence[float] | None) -> list[float] | None:
+    return None if value is None else [float(value[0]), float(value[1])]
+
+
+def comparison_to_dict(comparison: Comparison) -> dict[str, Any]:
+    """The report's JSON of one comparison (SPEC §6 field names)."""
+    return {"variant": comparison.variant, "absolute_effect": comparison.absolute_effect,
+            "absolute_ci": _pair(comparison.absolute_ci),
+            "relative_effect": comparison.relative_effect,
+            "relative_ci": _pair(comparison.relative_ci), "p_value": comparison.p_value,
+            "adjusted_p_value": comparison.adjusted_p_value,
+            "chance_to_win": comparison.chance_to_win,
+            "expected_loss": comparison.expected_loss,
+            "significant": comparison.significant, "verdict": comparison.verdict}
+
+
+def _corrected(families: Mapping[str, list[tuple[str, Comparison]]],
+               correction: str) -> dict[str, list[Comparison]]:
+    """Adjust each family jointly; returns the comparisons per metric key in order."""
+    out: dict[str, list[Comparison]] = {}
+    for members in families.values():
+        adjusted = apply_correction([c for _, c in members], correction)  # type: ignore[arg-type]
+        for (key, _), comparison in zip(members, adjusted, strict=True):
+            out.setdefault(key, []).append(comparison)
+    return out
+
+
+def metrics_section(experiment: Experiment, settings: AnalysisSettings,
+                    aggregates: ExperimentAggregates, previous: Mapping[str, Mapping[str, Any]],
+                    warnings: list[str]) -> list[dict[str, Any]]:
+    """Every metric's estimates and corrected comparisons, in configuration order."""
+    entries, families = [], {"decision": [], "guardrail": []}
+    for metric in experiment.metrics:
+        totals = aggregates.metrics[metric.key].totals()
+        variants, comparisons = _analyze_metric(experiment, metric, settings, totals,
+                                                previous.get(metric.key, {}), warnings)
+        family = "guardrail" if metric.role == "guardrail" else "decision"
+        families[family] += [(metric.key, c) for c in comparisons]
+        entries.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
+                        "direction": metric.direction, "variants": variants})
+    corrected = _corrected(families, settings.correction)
+    for entry in entries:
+        entry["comparisons"] = [comparison_to_dict(c) for c in corrected.get(entry["key"], [])]
+    return entries
+
+
+# -- funnel, friction points, timeline ------------------------------------------------------
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def funnel_section(journey: Sequence[str], units: Mapping[str, int],
+                   counts: JourneyCounts) -> list[dict[str, Any]]:
+    """Units reaching each journey step per variant; marks the largest pooled drop-off."""
+    steps, previous = [], dict(units)
+    drops: list[float] = []
+    for step in journey:
+        variants = {}
+        for variant, total in units.items():
+            reached = counts.reached.get((variant, step), 0)
+            variants[variant] = {"units": reached, "rate": _ratio(reached, total),
+                                 "from_previous": _ratio(reached, previous[variant])}
+        before, now = sum(previous.values()), sum(v["units"] for v in variants.values())
+        drops.append(1.0 - now / before if before else -1.0)
+        previous = {variant: entry["units"] for variant, entry in variants.items()}
+        steps.append({"step": step, "variants": variants, "largest_drop_off": False})
+    if drops and max(drops) > 0:
+        steps[drops.index(max(drops))]["largest_drop_off"] = True
+    return steps
+
+
+def friction_section(experiment: Experiment, settings: AnalysisSettings,
+                     units: Mapping[str, int], counts: JourneyCounts) -> list[dict[str, Any]]:
+    """Significant step × friction kind differences vs control, BH-adjusted, strongest first."""
+    control = next(v.key for v in experiment.variants if v.is_control)
+    observed = {step for _, step, _ in counts.friction}
+    steps = [*experiment.journey, *sorted(observed - set(experiment.journey))]
+    tests, cells = [], []
+    for step in steps:
+        for kind in FRICTION_KINDS:
+            base = counts.friction.get((control, step, kind), 0)
+            for variant in (v.key for v in experiment.variants if not v.is_control):
+                hits = counts.friction.get((variant, step, kind), 0)
+                if base == 0 and hits == 0:
+                    continue
+                arms = [summarize(ProportionStats(units.get(key, 0), count))
+                        for key, count in ((control, base), (variant, hits))]
+                tests.append(compare("friction", *arms, variant=variant,
+                                     method=settings.method, alpha=settings.alpha,
+                                     direction="decrease", mde=settings.mde))
+                cells.append((step, kind, arms))
+    points = []
+    for comparison, (step, kind, arms) in zip(apply_correction(tests, "bh"), cells, strict=True):
+        if comparison.significant:
+            points.append({"step": step, "friction_kind": kind, "variant": comparison.variant,
+                           "rate": arms[1].mean, "control_rate": arms[0].mean,
+                           "relative_effect": comparison.relative_effect,
+                           "adjusted_p_value": comparison.adjusted_p_value})
+    points.sort(key=lambda p: (p["adjusted_p_value"], -abs(p["relative_effect"] or 0.0)))
+    return points
+
+
+def _days(first: date, last: date) -> list[date]:
+    count = min((last - first).days + 1, MAX_TIMELINE_DAYS)
+    start = last - timedelta(days=count - 1)
+    return [start + timedelta(days=i) for i in range(count)]
+
+
+def timeline_section(experiment: Experiment, settings: AnalysisSettings,
+                     aggregates: ExperimentAggregates, now: datetime) -> list[dict[str, Any]]:
+    """Per day: cumulative units and relative effect (with CI) of the primary metric."""
+    primary = next((m for m in experiment.metrics if m.role == "primary"), None)
+    exposure_days = aggregates.units.days()
+    if primary is None or not exposure_days:
+        return []
+    first = date.fromisoformat(exposure_days[0])
+    if experiment.started_at is not None:
+        first = min(first, experiment.started_at.date())
+    last = max(now.date(), date.fromisoformat(exposure_days[-1]))
+    daily = aggregates.metrics[primary.key]
+    points = []
+    for day in _days(first, last):
+        totals = daily.totals(until=day.isoformat())
+        _, comparisons = _analyze_metric(experiment, primary, settings, totals, {}, [])
+        for comparison in comparisons:
+            points.append({"date": day.isoformat(), "variant": comparison.variant,
+                           "units": int(totals.get(comparison.variant, {}).get("n", 0)),
+                           "relative_effect": comparison.relative_effect,
+                           "relative_ci": _pair(comparison.relative_ci)})
+    return points
+
+
+# -- the report -----------------------------------------------------------------------------
+
+
+def previous_p_values(previous: Mapping[str, Any] | None,
+                      method: str) -> dict[str, dict[str, Any]]:
+    """Raw p-values of the last sequential report, per metric and variant (running minimum)."""
+    if method != "sequential" or not previous or previous.get("method") != "sequential":
+        return {}
+    return {metric["key"]: {c["variant"]: c.get("p_value") for c in metric.get("comparisons", [])}
+            for metric in previous.get("metrics", [])}
+
+
+def build_report(experiment: Experiment, settings: AnalysisSettings,
+                 aggregates: ExperimentAggregates, *, now: datetime,
+                 previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The SPEC §6 report body, without its decision (pure: no database access)."""
+    warnings: list[str] = []
+    totals = aggregates.units.totals()
+    units = {v.key: int(totals.get(v.key, {}).get("n", 0)) for v in experiment.variants}
+    unknown = sorted(set(totals) - set(units))
+    if unknown:
+        warnings.append(f"exposures to unknown variants ignored: {', '.join(unknown)}")
+    if sum(units.values()) == 0:
+        warnings.append("no exposed units yet")
+    warnings += [f"variant {key} has no units" for key, n in units.items()
+                 if n == 0 and sum(units.values())]
+    srm = srm_test(list(units.values()), [v.weight for v in experiment.variants])
+    return {
+        "experiment": experiment.key, "computed_at": now.isoformat(), "method": settings.method,
+        "units": units, "srm": {"p_value": srm.p_value, "detected": srm.detected},
+        "metrics": metrics_section(experiment, settings, aggregates,
+                                   previous_p_values(previous, settings.method), warnings),
+        "funnel": funnel_section(experiment.journey, units, aggregates.journey),
+        "friction_points": friction_section(experiment, settings, units, aggregates.journey),
+        "timeline": timeline_section(experiment, settings, aggregates, now),
+        "decision": None,
+        "warnings": list(dict.fromkeys(warnings)),
+    }
+
+
+def latest_report(session: Session, experiment_id: int) -> Report | None:
+    """The most recent report of an experiment."""
+    return session.scalar(select(Report).where(Report.experiment_id == experiment_id)
+                          .order_by(Report.id.desc()).limit(1))
+
+
+def _summary(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The short form webhooks carry in ``analysis.completed``."""
+    primary = next((m for m in body["metrics"] if m["role"] == "primary"), None)
+    return {
+        "units": body["units"], "srm_detected": body["srm"]["detected"],
+        "primary": None if primary is None else {
+            "metric": primary["key"],
+            "comparisons": [{key: c[key] for key in ("variant", "relative_effect",
+                                                     "adjusted_p_value", "verdict")}
+                            for c in primary["comparisons"]]},
+        "decision": None if body["decision"] is None else {
+            "outcome": body["decision"]["outcome"], "winner": body["decision"]["winner"]},
+    }
+
+
+def _emit_report_signals(session: Session, experiment: Experiment, report: Report) -> None:
+    """analysis.completed always; srm.detected and guardrail.breached when they apply."""
+    body, base = report.body, {"experiment": experiment.key, "report_id": report.id}
+    if body["srm"]["detected"]:
+        signals.emit(signals.srm_detected, session,
+                     {**base, "srm": body["srm"], "units": body["units"]})
+    for metric, comparison in decisions.breached_guardrails(body):
+        signals.emit(signals.guardrail_breached, session, {
+            **base, "metric": metric, "variant": comparison["variant"],
+            "relative_effect": comparison["relative_effect"],
+            "adjusted_p_value": comparison["adjusted_p_value"]})
+    signals.emit(signals.analysis_completed, session, {**base, "summary": _summary(body)})
 
 
 def analyze_experiment(session: Session, key: str, *, now: datetime | None = None) -> Report:
     """Analyse one experiment now, store the report (and decision) and commit."""
-    raise NotImplementedError
+    now = now or utcnow()
+    experiment = get_experiment(session, key)
+    settings = AnalysisSettings.model_validate(experiment.analysis)
+    aggregates = aggregate_experiment(
+        session, experiment.id, [MetricSpec.of(m) for m in experiment.metrics],
+        hours=settings.conversion_window_hours, cuped=settings.cuped)
+    previous = latest_report(session, experiment.id)
+    body = build_report(experiment, settings, aggregates, now=now,
+                        previous=previous.body if previous else None)
+    result = decisions.report_decision(experiment, settings, body, now)
+    body["decision"] = (result.to_dict(now) if result is not None
+                        else decisions.current_decision(experiment))
+    report = Report(experiment_id=experiment.id, computed_at=now, method=settings.method,
+                    body=body)
+    session.add(report)
+    try:
+        session.flush()
+        applies = result is not None and settings.auto_decide
+        if applies and decisions.changes_decision(experiment, result):
+            decisions.record_decision(session, experiment, result, report, now)
+        _emit_report_signals(session, experiment, report)
+        session.flush()
+        if applies and settings.auto_conclude and result.outcome in decisions.CONCLUDING:
+            decisions.conclude_automatically(session, experiment, result, report, now)
+        else:
+            session.commit()
+    except StaleDataError:
+        session.rollback()
+        raise Conflict("the experiment changed while it was analysed; retry") from None
+    return report
 
 
 def analyze_running(session_factory: Callable[[], AbstractContextManager[Session]], *,
                     now: datetime | None = None) -> dict[str, str]:
-    """Analyse every running experiment, each in its own transaction."""
-    raise NotImplementedError
+    """Analyse every running experiment, each in its own transaction; failures are isolated."""
+    with session_factory() as session:
+        keys = list(session.scalars(select(Experiment.key)
+                                    .where(Experiment.status == "running")
+                                    .order_by(Experiment.key)))
+    results: dict[str, str] = {}
+    for key in keys:
+        try:
+            with session_factory() as session:
+                analyze_experiment(session, key, now=now)
+            results[key] = "ok"
+        except Exception as exc:  # one broken experiment must not stop the others
+            logger.exception("analysis of experiment %s failed", key)
+            results[key] = f"error: {type(exc).__name__}: {exc}"
+    return results
 
 
 def report_to_dict(report: Report) -> dict[str, Any]:
     """The public JSON of a stored report (SPEC §6) with its id."""
     return {"id": report.id, **report.body}
+
+
+def get_latest_report(session: Session, key: str) -> Report:
+    """The latest report of an experiment, or 404 when it was never analysed."""
+    report = latest_report(session, get_experiment(session, key).id)
+    if report is None:
+        raise NotFound(f"experiment {key!r} has no report yet")
+    return report
+
+
+def list_reports(session: Session, key: str, *, limit: int,
+                 cursor: str | None) -> tuple[list[Report], str | None]:
+    """Report history of an experiment, newest first."""
+    experiment = get_experiment(session, key)
+    rows, next_cursor = paginate(session, select(Report).where(
+        Report.experiment_id == experiment.id), Report.id, limit=limit, cursor=cursor,
+        descending=True)
+    return list(rows), next_cursor
+
+
+EXPORT_COLUMNS = (
+    "metric", "kind", "role", "variant", "units", "estimate", "ci_low", "ci_high",
+    "absolute_effect", "absolute_ci_low", "absolute_ci_high", "relative_effect",
+    "relative_ci_low", "relative_ci_high", "p_value", "adjusted_p_value", "chance_to_win",
+    "expected_loss", "significant", "verdict",
+)
+
+
+def _split(pair: Sequence[float] | None) -> tuple[float | None, float | None]:
+    return (None, None) if pair is None else (pair[0], pair[1])
+
+
+def export_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric and variant: its estimate and, for treatments, the comparison."""
+    rows = []
+    for metric in body.get("metrics", []):
+        comparisons = {c["variant"]: c for c in metric.get("comparisons", [])}
+        for variant in metric.get("variants", []):
+            comparison = comparisons.get(variant["variant"], {})
+            row = dict.fromkeys(EXPORT_COLUMNS)
+            row.update(metric=metric["key"], kind=metric["kind"], role=metric["role"],
+                       variant=variant["variant"], units=variant["units"],
+                       estimate=variant["estimate"])
+            row["ci_low"], row["ci_high"] = _split(variant.get("ci"))
+            if comparison:
+                for name in ("absolute_effect", "relative_effect", "p_value",
+                             "adjusted_p_value", "chance_to_win", "expected_loss",
+                             "significant", "verdict"):
+                    row[name] = comparison.get(name)
+                row["absolute_ci_low"], row["absolute_ci_high"] = _split(
+                    comparison.get("absolute_ci"))
+                row["relative_ci_low"], row["relative_ci_high"] = _split(
+                    comparison.get("relative_ci"))
+            rows.append(row)
+    return rows

@@ -1,0 +1,189 @@
+"""Automatic decisions (SPEC §6): ship, rollback, no_difference or keep_running, with reasons.
+
+The rules run in this order: an SRM blocks everything; nothing is decided before
+``min_units_per_variant`` units in every variant and ``min_days`` since the start; a
+guardrail significantly worse for any treatment means ``rollback``; a primary metric
+significantly better means ``ship`` the best such treatment; ``max_days`` without either
+means ``no_difference``; anything else is ``keep_running``.
+
+A decision is stored (a ``Decision`` row, ``Experiment.decision``, the
+``experiment.decided`` signal) only when its outcome or winner differs from the
+experiment's current decision, so a report every five minutes does not fire a webhook
+every five minutes; the reasons of an unchanged decision live in each report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from experiments import signals
+from experiments.auth import SYSTEM
+from experiments.models import Decision, Experiment, Report
+from experiments.schemas import AnalysisSettings, ConcludeIn
+from experiments.services.lifecycle import transition
+
+CONCLUDING = ("ship", "rollback", "no_difference")
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """What the engine recommends, and why."""
+
+    outcome: str
+    winner: str | None
+    reasons: tuple[str, ...]
+
+    def to_dict(self, decided_at: datetime) -> dict[str, Any]:
+        """The report's and the experiment's ``decision`` JSON."""
+        return {"outcome": self.outcome, "winner": self.winner, "reasons": list(self.reasons),
+                "decided_at": decided_at.isoformat()}
+
+
+def _metrics(body: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
+    return [m for m in body.get("metrics", []) if m.get("role") == role]
+
+
+def breached_guardrails(body: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(guardrail key, comparison) for every treatment significantly worse on a guardrail."""
+    return [(metric["key"], comparison) for metric in _metrics(body, "guardrail")
+            for comparison in metric.get("comparisons", []) if comparison["verdict"] == "worse"]
+
+
+def _lift(comparison: Mapping[str, Any]) -> str:
+    relative = comparison.get("relative_effect")
+    return f" ({relative:+.1%})" if isinstance(relative, float) else ""
+
+
+def _best_treatment(primary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The significantly better treatment with the largest effect in the metric's direction."""
+    better = [c for c in primary.get("comparisons", []) if c["verdict"] == "better"]
+    sign = 1.0 if primary.get("direction", "increase") == "increase" else -1.0
+
+    def gain(comparison: Mapping[str, Any]) -> float:
+        effect = comparison.get("relative_effect")
+        if effect is None:
+            effect = comparison.get("absolute_effect") or 0.0
+        return sign * float(effect)
+
+    return max(better, key=gain) if better else None
+
+
+def _blocking_reasons(settings: AnalysisSettings, body: Mapping[str, Any],
+                      days: float) -> list[str]:
+    """Why no decision may be taken yet (SRM, too few units, too few days)."""
+    srm = body.get("srm") or {}
+    if srm.get("detected"):
+        return [f"sample ratio mismatch detected (p = {srm.get('p_value') or 0:.2g}): "
+                "automatic decisions are blocked until the traffic split is fixed"]
+    reasons = []
+    units: Mapping[str, int] = body.get("units", {})
+    if units:
+        smallest = min(units, key=lambda variant: units[variant])
+        if units[smallest] < settings.min_units_per_variant:
+            reasons.append(f"waiting for {settings.min_units_per_variant} units per variant "
+                           f"({smallest} has {units[smallest]})")
+    if days < settings.min_days:
+        reasons.append(f"waiting for {settings.min_days} days of data ({days:.1f} so far)")
+    return reasons
+
+
+def decide(settings: AnalysisSettings, body: Mapping[str, Any], *, days: float) -> DecisionResult:
+    """Apply the SPEC §6 rules to a report body (without its decision)."""
+    blocking = _blocking_reasons(settings, body, days)
+    if blocking:
+        return DecisionResult("keep_running", None, tuple(blocking))
+    breached = breached_guardrails(body)
+    if breached:
+        return DecisionResult("rollback", None, tuple(
+            f"guardrail {key} significantly worse for {c['variant']}{_lift(c)}"
+            for key, c in breached))
+    primaries = _metrics(body, "primary")
+    primary = primaries[0] if primaries else {"key": "?", "comparisons": []}
+    best = _best_treatment(primary)
+    if best is not None:
+        return DecisionResult("ship", best["variant"], (
+            f"primary metric {primary['key']} significantly better for "
+            f"{best['variant']}{_lift(best)}", "no guardrail is significantly worse"))
+    worse = [f"primary metric {primary['key']} significantly worse for {c['variant']}{_lift(c)}"
+             for c in primary.get("comparisons", []) if c["verdict"] == "worse"]
+    if days >= settings.max_days:
+        return DecisionResult("no_difference", None, (
+            *worse, f"{settings.max_days} days reached without a significantly better "
+            f"primary metric {primary['key']}"))
+    return DecisionResult("keep_running", None, (
+        *worse, f"primary metric {primary['key']} is not significantly better yet"))
+
+
+def days_running(experiment: Experiment, now: datetime) -> float:
+    """Days since the experiment started (0 when it never started)."""
+    if experiment.started_at is None:
+        return 0.0
+    return max((now - experiment.started_at).total_seconds() / 86400.0, 0.0)
+
+
+def changes_decision(experiment: Experiment, result: DecisionResult) -> bool:
+    """True when the outcome or winner differs from the experiment's current decision."""
+    current = experiment.decision or {}
+    return (current.get("outcome"), current.get("winner")) != (result.outcome, result.winner)
+
+
+def record_decision(session: Session, experiment: Experiment, result: DecisionResult,
+                    report: Report, now: datetime) -> Decision:
+    """Store a changed decision and announce it (``experiment.decided``) in this transaction."""
+    decision = Decision(experiment_id=experiment.id, report_id=report.id, outcome=result.outcome,
+                        winner=result.winner, reasons=list(result.reasons), automatic=True,
+                        decided_at=now)
+    session.add(decision)
+    experiment.decision = result.to_dict(now)
+    signals.emit(signals.experiment_decided, session, {
+        "experiment": experiment.key, "report_id": report.id, "automatic": True,
+        "decision": result.to_dict(now)})
+    return decision
+
+
+def conclude_automatically(session: Session, experiment: Experiment, result: DecisionResult,
+                           report: Report, now: datetime) -> None:
+    """Conclude through the lifecycle (it commits), then keep the engine's reasons on record.
+
+    ``lifecycle.transition`` stores its own Decision row with a generic reason; the second,
+    small transaction restores the engine's reasons on it and on ``Experiment.decision``.
+    """
+    transition(session, experiment.key, "conclude", SYSTEM,
+               ConcludeIn(outcome=result.outcome, winner=result.winner))
+    reasons = [*result.reasons, "concluded automatically (analysis.auto_conclude)"]
+    row = session.scalar(select(Decision).where(Decision.experiment_id == experiment.id)
+                         .order_by(Decision.id.desc()).limit(1))
+    if row is not None:
+        row.reasons, row.automatic, row.report_id = reasons, True, report.id
+    experiment.decision = {**result.to_dict(now), "reasons": reasons}
+    session.commit()
+
+
+def report_decision(experiment: Experiment, settings: AnalysisSettings,
+                    body: Mapping[str, Any], now: datetime) -> DecisionResult | None:
+    """The engine's result for a running experiment; None when it must not decide."""
+    if experiment.status != "running":
+        return None
+    result = decide(settings, body, days=days_running(experiment, now))
+    if not settings.auto_decide:
+        return DecisionResult(result.outcome, result.winner, (
+            *result.reasons, "recommendation only: analysis.auto_decide is off"))
+    return result
+
+
+def current_decision(experiment: Experiment) -> dict[str, Any] | None:
+    """The stored decision, shown in reports of experiments the engine no longer decides."""
+    return dict(experiment.decision) if experiment.decision else None
+
+
+__all__: Sequence[str] = (
+    "CONCLUDING", "DecisionResult", "breached_guardrails", "changes_decision",
+    "conclude_automatically", "current_decision", "days_running", "decide", "record_decision",
+    "report_decision",
+)
