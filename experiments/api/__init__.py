@@ -7,7 +7,16 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Mount every API blueprint; each module owns one resource."""
-    from experiments.api import assign, events, experiments, ofrep, sdk, system
+    from experiments.api import (
+        assign,
+        calculators,
+        events,
+        experiments,
+        ofrep,
+        reports,
+        sdk,
+        system,
+    )
 
-    for module in (experiments, assign, ofrep, events, sdk, system):
+    for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators):
         app.register_blueprint(module.bp)

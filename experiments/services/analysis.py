@@ -25,7 +25,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from experiments import signals
 from experiments.db import utcnow
-from experiments.errors import Conflict, NotFound
+from experiments.errors import Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.services import decisions
@@ -48,8 +48,10 @@ from stats import (
     analyze_variants,
     apply_correction,
     compare,
+    sample_size,
     srm_test,
     summarize,
+    variant_from_dict,
 )
 
 logger = logging.getLogger(__name__)
@@ -418,3 +420,41 @@ def export_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
                     comparison.get("relative_ci"))
             rows.append(row)
     return rows
+
+
+# -- standalone calculators -----------------------------------------------------------------
+
+
+def calculate_comparisons(kind: str, variants: Sequence[Mapping[str, Any]], *, method: str,
+                          alpha: float, correction: str, direction: str = "increase",
+                          mde: float | None = None,
+                          weights: Sequence[float] | None = None) -> dict[str, Any]:
+    """The report's statistics on numbers typed by hand; bad numbers are a 422 naming them."""
+    try:
+        inputs = [variant_from_dict(kind, data, index=i)  # type: ignore[arg-type]
+                  for i, data in enumerate(variants)]
+        result = analyze_variants(kind, inputs, method=method, alpha=alpha,  # type: ignore[arg-type]
+                                  correction=correction, direction=direction,  # type: ignore[arg-type]
+                                  mde=mde, weights=weights)
+    except StatsInputError as error:
+        raise ValidationFailed.field(error.field, error.message) from None
+    notes = [*result.warnings, *(f"{c.variant}: {note}" for c in result.comparisons
+                                 for note in c.warnings)]
+    return {
+        "variants": [{"variant": v.variant, "units": v.units, "estimate": v.estimate,
+                      "ci": _pair(v.ci)} for v in result.variants],
+        "comparisons": [comparison_to_dict(c) for c in result.comparisons],
+        "srm": None if result.srm is None else {"p_value": result.srm.p_value,
+                                                "detected": result.srm.detected},
+        "warnings": notes,
+    }
+
+
+def calculate_power(kind: str, **options: Any) -> dict[str, Any]:
+    """Units per variant, total and days for a planned experiment (statsmodels conventions)."""
+    try:
+        result = sample_size(kind, **options)  # type: ignore[arg-type]
+    except StatsInputError as error:
+        raise ValidationFailed.field(error.field, error.message) from None
+    return {"units_per_variant": result.units_per_variant, "total_units": result.total_units,
+            "days": result.days}

@@ -1,0 +1,67 @@
+"""Reports resource (SPEC §3, §6): run the analysis now, latest report, history, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from flask import Blueprint, Response
+
+from experiments.api.routing import api_route
+from experiments.db import db_session
+from experiments.models import Report
+from experiments.schemas.reports import (
+    ExportOut,
+    ExportQuery,
+    ReportList,
+    ReportListQuery,
+    ReportOut,
+)
+from experiments.services import analysis
+
+bp = Blueprint("reports", __name__, url_prefix="/api/v1")
+TAGS = ("reports",)
+
+
+def _out(report: Report) -> ReportOut:
+    return ReportOut.model_validate(analysis.report_to_dict(report))
+
+
+@api_route(bp, "/experiments/<key>/analyze", "POST", response=ReportOut, errors=(404, 409),
+           tags=TAGS)
+def analyze_experiment(key: str) -> ReportOut:
+    """Run the analysis now and return the new report."""
+    return _out(analysis.analyze_experiment(db_session(), key))
+
+
+@api_route(bp, "/experiments/<key>/report", response=ReportOut, errors=(404,), tags=TAGS)
+def latest_report(key: str) -> ReportOut:
+    """The latest report (404 until the experiment has been analysed)."""
+    return _out(analysis.get_latest_report(db_session(), key))
+
+
+@api_route(bp, "/experiments/<key>/reports", query=ReportListQuery, response=ReportList,
+           errors=(404,), tags=TAGS)
+def list_reports(key: str, query: ReportListQuery) -> ReportList:
+    """Report history, newest first."""
+    rows, next_cursor = analysis.list_reports(db_session(), key, limit=query.limit,
+                                              cursor=query.cursor)
+    return ReportList(items=[_out(row) for row in rows], next_cursor=next_cursor)
+
+
+@api_route(bp, "/experiments/<key>/export", query=ExportQuery, response=ExportOut,
+           errors=(404,), tags=TAGS)
+def export_results(key: str, query: ExportQuery) -> ExportOut | Response:
+    """Per-variant, per-metric results of the latest report, as JSON or CSV."""
+    report = analysis.get_latest_report(db_session(), key)
+    rows = analysis.export_rows(report.body)
+    if query.format == "json":
+        return ExportOut.model_validate({"experiment": key, "report_id": report.id,
+                                         "computed_at": report.body["computed_at"],
+                                         "rows": rows})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=analysis.EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return Response(buffer.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{key}-results.csv"'})

@@ -1,0 +1,199 @@
+"""Report (SPEC §6), export and calculator schemas, so /openapi.json documents them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from experiments.schemas import DecisionOut, ListQuery, MetricKind, Strict
+
+Verdict = Literal["better", "worse", "flat", "inconclusive"]
+Method = Literal["frequentist", "bayesian", "sequential"]
+Correction = Literal["holm", "bh", "none"]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+Interval = list[float] | None
+
+
+class VariantEstimate(BaseModel):
+    variant: str
+    units: int
+    estimate: float | None
+    ci: Interval = None
+
+
+class ComparisonOut(BaseModel):
+    variant: str
+    absolute_effect: float | None
+    absolute_ci: Interval
+    relative_effect: float | None
+    relative_ci: Interval
+    p_value: float | None
+    adjusted_p_value: float | None
+    chance_to_win: float | None
+    expected_loss: float | None
+    significant: bool
+    verdict: Verdict
+
+
+class MetricResult(BaseModel):
+    key: str
+    kind: str
+    role: str
+    direction: str
+    variants: list[VariantEstimate]
+    comparisons: list[ComparisonOut]
+
+
+class SrmOut(BaseModel):
+    p_value: float | None
+    detected: bool
+
+
+class FunnelVariant(BaseModel):
+    units: int
+    rate: float | None
+    from_previous: float | None
+
+
+class FunnelStep(BaseModel):
+    step: str
+    variants: dict[str, FunnelVariant]
+    largest_drop_off: bool
+
+
+class FrictionPoint(BaseModel):
+    step: str
+    friction_kind: str
+    variant: str
+    rate: float | None
+    control_rate: float | None
+    relative_effect: float | None
+    adjusted_p_value: float | None
+
+
+class TimelinePoint(BaseModel):
+    date: str
+    variant: str
+    units: int
+    relative_effect: float | None
+    relative_ci: Interval
+
+
+class ReportOut(BaseModel):
+    """One analysis run (SPEC §6)."""
+
+    id: int
+    experiment: str
+    computed_at: datetime
+    method: Method
+    units: dict[str, int]
+    srm: SrmOut
+    metrics: list[MetricResult]
+    funnel: list[FunnelStep]
+    friction_points: list[FrictionPoint]
+    timeline: list[TimelinePoint]
+    decision: DecisionOut | None
+    warnings: list[str]
+
+
+class ReportList(BaseModel):
+    items: list[ReportOut]
+    next_cursor: str | None
+
+
+class ReportListQuery(ListQuery):
+    pass
+
+
+class ExportQuery(Strict):
+    format: Literal["csv", "json"] = "json"
+
+
+class ExportRow(BaseModel):
+    metric: str
+    kind: str
+    role: str
+    variant: str
+    units: int
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    absolute_effect: float | None
+    absolute_ci_low: float | None
+    absolute_ci_high: float | None
+    relative_effect: float | None
+    relative_ci_low: float | None
+    relative_ci_high: float | None
+    p_value: float | None
+    adjusted_p_value: float | None
+    chance_to_win: float | None
+    expected_loss: float | None
+    significant: bool | None
+    verdict: Verdict | None
+
+
+class ExportOut(BaseModel):
+    """Per-variant, per-metric results of the latest report (CSV has the same columns)."""
+
+    experiment: str
+    report_id: int
+    computed_at: datetime
+    rows: list[ExportRow]
+
+
+class StatsVariantIn(Strict):
+    """One variant's sufficient statistics; which fields are required depends on ``kind``."""
+
+    key: str = Field(min_length=1, max_length=64)
+    is_control: bool = False
+    n: int | None = None
+    conversions: int | None = None
+    sum: Finite | None = None
+    sum_squares: Finite | None = None
+    num_sum: Finite | None = None
+    num_sum_squares: Finite | None = None
+    den_sum: Finite | None = None
+    den_sum_squares: Finite | None = None
+    num_den_sum: Finite | None = None
+    promoters: int | None = None
+    detractors: int | None = None
+    pre_sum: Finite | None = None
+    pre_sum_squares: Finite | None = None
+    cross_sum: Finite | None = None
+
+
+class StatsAnalyzeIn(Strict):
+    kind: Literal["conversion", "mean", "count", "ratio", "nps"]
+    method: Method = "frequentist"
+    alpha: Finite = 0.05
+    correction: Correction = "holm"
+    direction: Literal["increase", "decrease"] = "increase"
+    mde: Finite | None = None
+    weights: list[Finite] | None = Field(None, max_length=10)
+    variants: list[StatsVariantIn] = Field(min_length=1, max_length=10)
+
+
+class StatsAnalyzeOut(BaseModel):
+    variants: list[VariantEstimate]
+    comparisons: list[ComparisonOut]
+    srm: SrmOut | None
+    warnings: list[str]
+
+
+class PowerIn(Strict):
+    kind: MetricKind = "conversion"
+    baseline: Finite
+    baseline_sd: Finite | None = None
+    mde: Finite
+    alpha: Finite = 0.05
+    power: Finite = 0.8
+    variants: int = 2
+    daily_units: Finite | None = None
+
+
+class PowerOut(BaseModel):
+    units_per_variant: int
+    total_units: int
+    days: int | None
