@@ -211,6 +211,8 @@ class JobScheduler:
 
     def start(self) -> None:
         """Take the lease if free, then tick the lease and every job in a background thread."""
+        # APScheduler logs every firing at INFO; our own lines say what matters.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self.renew_lease()
         self._aps.add_job(self.renew_lease, IntervalTrigger(seconds=self.lease_ttl_s / 3),
                           id="lease-renewal")

@@ -1,0 +1,290 @@
+"""Analysis of 1 M exposed units and 10 M events vs one hand-written aggregate query (SPEC §9).
+
+Targets: a full report (``analyze_experiment``, 4 metrics) ≤ 1.5× the time of one
+aggregate SQL query computing the primary metric's per-variant counts, and a peak RSS
+of the analysis process < 300 MB. PostgreSQL only: a fresh database is created (and
+dropped) on ``PARCOURS_BENCH_POSTGRES_URL``; the data is generated in SQL.
+
+    PARCOURS_BENCH_UNITS=100000 .venv/bin/python -m bench bench_analysis   # try small first
+
+PARCOURS_BENCH_KEEP_DB=1 keeps the filled database and prints its URL; giving that URL as
+PARCOURS_BENCH_DATABASE_URL reruns the timings on it without regenerating (EXPLAIN work).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.engine import make_url
+
+POSTGRES_URL = os.environ.get("PARCOURS_BENCH_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+UNITS = int(os.environ.get("PARCOURS_BENCH_UNITS", "1000000"))
+EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_EVENTS_PER_UNIT", "10"))
+REPEAT = int(os.environ.get("PARCOURS_BENCH_REPEAT", "3"))
+KEY = "bench-checkout"
+STARTED = datetime(2026, 11, 1, tzinfo=UTC)
+DAYS = 14
+NOW = STARTED + timedelta(days=DAYS + 1)
+TARGET_RATIO = 1.5
+TARGET_RSS_MB = 300
+
+# The baseline a data analyst would write: units and converters (a purchase within the
+# 72 h conversion window after the first exposure) per variant, in one statement.
+BASELINE_SQL = text("""
+WITH exposed AS (
+    SELECT unit_id, variant_key, exposed_at FROM exposures
+    WHERE experiment_id = :experiment_id AND NOT is_override
+), converters AS (
+    SELECT DISTINCT x.unit_id FROM exposed x JOIN events e ON e.unit_id = x.unit_id
+    WHERE e.name = 'purchase' AND e.occurred_at >= x.exposed_at
+      AND e.occurred_at < x.exposed_at + interval '72 hours'
+)
+SELECT x.variant_key, count(*) AS units, count(c.unit_id) AS converters
+FROM exposed x LEFT JOIN converters c ON c.unit_id = x.unit_id
+GROUP BY x.variant_key ORDER BY x.variant_key
+""")
+
+EXPOSURES_SQL = text("""
+INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attributes, is_override)
+SELECT :experiment_id, 'u' || g,
+       CASE WHEN random() < 0.5 THEN 'control' ELSE 'one-page' END,
+       :started + (g * :span_s / :units) * interval '1 second', '{}'::jsonb, false
+FROM generate_series(1, :units) AS g
+""")
+
+# Ten events per unit on average: journey steps, friction, purchases with values, NPS
+# answers and custom events; about a quarter fall before the unit's exposure (CUPED).
+EVENTS_SQL = text("""
+INSERT INTO events (event_id, unit_id, type, name, step, friction_kind, value,
+                    occurred_at, received_at, properties)
+SELECT 'e' || n, 'u' || u, kind,
+       CASE kind WHEN 'step' THEN step WHEN 'friction' THEN friction
+                 WHEN 'conversion' THEN 'purchase' WHEN 'nps' THEN 'nps' ELSE 'click' END,
+       CASE WHEN kind IN ('step', 'friction') THEN step END,
+       CASE WHEN kind = 'friction' THEN friction END,
+       CASE kind WHEN 'conversion' THEN round((20 + r2 * 80)::numeric, 2)::float
+                 WHEN 'nps' THEN floor(r2 * 11) END,
+       at, at, '{}'::jsonb
+FROM (
+    SELECT n, u, at,
+           CASE WHEN r < 0.55 THEN 'step' WHEN r < 0.70 THEN 'friction'
+                WHEN r < 0.80 + CASE WHEN u % 2 = 0 THEN 0.01 ELSE 0 END THEN 'conversion'
+                WHEN r < 0.85 THEN 'nps' ELSE 'custom' END AS kind,
+           (ARRAY['landing', 'cart', 'checkout', 'payment', 'confirmation'])
+               [1 + floor(r2 * 5)::int] AS step,
+           (ARRAY['error', 'abandonment', 'retry', 'rage_click', 'dead_click', 'slow_step',
+                  'back_navigation', 'form_error', 'support_contact', 'bounce'])
+               [1 + floor(r3 * 10)::int] AS friction,
+           r2
+    FROM (
+        SELECT n, u, random() AS r, random() AS r2, random() AS r3,
+               :started + (u * :span_s / :units) * interval '1 second'
+                   + (random() * 4 - 1) * interval '1 day' AS at
+        FROM (SELECT n, 1 + floor(random() * :units)::bigint AS u
+              FROM generate_series(1, :events) AS n) AS picked
+    ) AS drawn
+) AS typed
+""")
+
+
+def main() -> None:
+    """Create a fresh database, fill it, time analysis vs baseline, report RSS, drop it."""
+    with bench_database() as (url, experiment_id):
+        baseline_s = best_of(lambda: run_baseline(url, experiment_id))
+        print(f"baseline aggregate query   {baseline_s:8.2f}s", flush=True)
+        analysis_s = best_of(lambda: run_analysis(url))
+        rss = child_rss(url)
+    ratio = analysis_s / baseline_s
+    print(f"analyze_experiment (4 m.)  {analysis_s:8.2f}s   ratio {ratio:.2f}x "
+          f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}")
+    print(f"analysis peak RSS          {rss['peak_mb']:8.0f} MB (after imports "
+          f"{rss['imports_mb']:.0f} MB; target < {TARGET_RSS_MB} MB) "
+          f"{'OK' if rss['peak_mb'] < TARGET_RSS_MB else 'MISSED'}")
+
+
+@contextmanager
+def bench_database() -> Any:
+    """(url, experiment id) of a filled database: a fresh one (dropped afterwards unless
+    PARCOURS_BENCH_KEEP_DB=1), or the one PARCOURS_BENCH_DATABASE_URL names (kept, reused)."""
+    reuse = os.environ.get("PARCOURS_BENCH_DATABASE_URL")
+    if reuse:
+        engine = create_engine(reuse)
+        with engine.connect() as connection:
+            experiment_id = connection.scalar(
+                text("SELECT id FROM experiments WHERE key = :key"), {"key": KEY})
+        engine.dispose()
+        print(f"reusing {make_url(reuse).database}", flush=True)
+        yield reuse, experiment_id
+        return
+    with fresh_database() as url:
+        print(f"units={UNITS:,} events={UNITS * EVENTS_PER_UNIT:,} "
+              f"database={make_url(url).database}", flush=True)
+        experiment_id = create_running_experiment(url)
+        started = time.perf_counter()
+        generate_data(url, experiment_id)
+        print(f"data generated in {time.perf_counter() - started:.1f}s", flush=True)
+        yield url, experiment_id
+
+
+@contextmanager
+def fresh_database() -> Any:
+    """A migrated database next to the configured one, dropped afterwards (unless kept)."""
+    from experiments.migrate import upgrade
+
+    name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    keep = os.environ.get("PARCOURS_BENCH_KEEP_DB") == "1"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        if keep:
+            print(f"kept: PARCOURS_BENCH_DATABASE_URL={url}", flush=True)
+        else:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def bench_app(url: str) -> Any:
+    """The app on the bench database, without scheduler or extensions."""
+    from experiments.app import create_app
+
+    return create_app({"DATABASE_URL": url, "SCHEDULER": False, "EXTENSIONS": (),
+                       "SECRET_KEY": "bench", "INSTANCE_PATH": tempfile.gettempdir(),
+                       "LOG_LEVEL": "WARNING"})
+
+
+def create_running_experiment(url: str) -> int:
+    """The demo experiment's configuration (4 metrics), started DAYS days before NOW."""
+    from experiments.auth import SYSTEM
+    from experiments.db import get_db
+    from experiments.models import Experiment
+    from experiments.services.demo import DEMO_EXPERIMENT
+    from experiments.services.lifecycle import create_experiment, transition
+
+    app = bench_app(url)
+    payload = {**DEMO_EXPERIMENT, "key": KEY,
+               "analysis": {"method": "sequential", "min_units_per_variant": 1000,
+                            "min_days": 7, "cuped": True}}
+    with app.app_context(), get_db(app).session() as session:
+        experiment = create_experiment(session, payload, SYSTEM)
+        transition(session, KEY, "start", SYSTEM)
+        session.get(Experiment, experiment.id).started_at = STARTED
+        experiment_id = experiment.id
+    get_db(app).engine.dispose()
+    return experiment_id
+
+
+def generate_data(url: str, experiment_id: int) -> None:
+    """Exposures and events in SQL, with the events' indexes built after the load."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    params = {"experiment_id": experiment_id, "units": UNITS, "started": STARTED,
+              "span_s": DAYS * 86_400.0, "events": UNITS * EVENTS_PER_UNIT}
+    with engine.connect() as connection:
+        connection.execute(text("SET maintenance_work_mem = '512MB'"))
+        connection.execute(text("SELECT setseed(0.42)"))
+        connection.execute(EXPOSURES_SQL, params)
+        with indexes_dropped(connection, "events"):
+            connection.execute(EVENTS_SQL, params)
+        connection.execute(text("VACUUM ANALYZE exposures"))
+        connection.execute(text("VACUUM ANALYZE events"))
+    engine.dispose()
+
+
+@contextmanager
+def indexes_dropped(connection: Connection, table: str) -> Any:
+    """Drop a table's secondary indexes and unique constraints, recreate them afterwards
+    (a bulk load then one index build is several times faster than row-by-row upkeep)."""
+    constraints = connection.execute(text(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = CAST(:table AS regclass) AND contype = 'u'"), {"table": table}).all()
+    indexes = connection.execute(text(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = :table "
+        "AND indexname NOT IN (SELECT conname FROM pg_constraint "
+        "WHERE conrelid = CAST(:table AS regclass))"), {"table": table}).all()
+    for name, _ in constraints:
+        connection.execute(text(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"'))
+    for name, _ in indexes:
+        connection.execute(text(f'DROP INDEX "{name}"'))
+    yield
+    for name, definition in constraints:
+        connection.execute(text(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}'))
+    for _, definition in indexes:
+        connection.execute(text(definition))
+
+
+def best_of(run: Callable[[], None]) -> float:
+    """Median of REPEAT timed runs after one warm-up (same cache state for both sides)."""
+    run()
+    times = []
+    for _ in range(REPEAT):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run_baseline(url: str, experiment_id: int) -> None:
+    """The hand-written aggregate query, on its own connection like the analysis."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(BASELINE_SQL, {"experiment_id": experiment_id}).all()
+    engine.dispose()
+    assert sum(row.units for row in rows) == UNITS
+
+
+def run_analysis(url: str) -> dict[str, Any]:
+    """One full report through the same service the scheduler calls."""
+    from experiments.db import get_db
+    from experiments.services.analysis import analyze_experiment
+
+    app = bench_app(url)
+    with app.app_context(), get_db(app).session() as session:
+        report = analyze_experiment(session, KEY, now=NOW)
+        body = report.body
+    get_db(app).engine.dispose()
+    assert sum(body["units"].values()) == UNITS, body.get("units")
+    return body
+
+
+def child_rss(url: str) -> dict[str, float]:
+    """Peak RSS of one analysis in a fresh child process (ru_maxrss, KiB on Linux)."""
+    output = subprocess.run([sys.executable, "-m", "bench.bench_analysis", "--child", url],
+                            check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _child(url: str) -> None:
+    """Child side of :func:`child_rss`: imports, then the analysis, printing both peaks."""
+    import experiments.app
+    import experiments.services.analysis  # noqa: F401
+
+    imports_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run_analysis(url)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"imports_mb": imports_kb / 1024, "peak_mb": peak_kb / 1024}))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2])
+    else:
+        main()
