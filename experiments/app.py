@@ -10,6 +10,7 @@ from flask import Flask
 
 from experiments.auth import ApiKeyCache
 from experiments.config import Config
+from experiments.converters import BoundedIntConverter
 from experiments.db import init_db
 
 
@@ -17,6 +18,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app from ``PARCOURS_*`` env vars overridden by ``config``."""
     settings = Config.load(config)
     app = Flask(__name__, instance_path=settings.INSTANCE_PATH)
+    app.url_map.converters["int"] = BoundedIntConverter
     app.config.update(
         PARCOURS=settings,
         SECRET_KEY=settings.SECRET_KEY,

@@ -330,3 +330,34 @@ def test_missing_or_unknown_key_is_401(client, header):
     response = client.get("/api/v1/experiments", headers=headers)
     assert response.status_code == 401
     assert response.get_json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("field", ["name", "variants", "metrics", "journey", "analysis",
+                                   "traffic", "key"])
+def test_patch_refuses_explicit_null_for_required_fields(client, admin_headers, field):
+    create(client, admin_headers)
+    client.post("/api/v1/experiments/checkout-redesign/start", headers=admin_headers)
+    response = client.patch("/api/v1/experiments/checkout-redesign", headers=admin_headers,
+                            json={field: None})
+    assert response.status_code == 422
+    assert field in detail_fields(response)
+
+
+@pytest.mark.parametrize(("field", "value"), [("traffic", "0.5"), ("is_control", 1)])
+def test_json_types_are_strict(client, admin_headers, field, value):
+    payload = experiment_payload()
+    if field == "is_control":
+        payload["variants"][0]["is_control"] = value
+        expected = "variants[0].is_control"
+    else:
+        payload[field] = value
+        expected = field
+    response = client.post("/api/v1/experiments", json=payload, headers=admin_headers)
+    assert response.status_code == 422
+    assert expected in detail_fields(response)
+
+
+def test_huge_numeric_ids_are_404_not_a_driver_error(client, admin_headers):
+    response = client.get("/api/v1/webhooks/18446744073709551616", headers=admin_headers)
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"

@@ -123,10 +123,14 @@ def read_json() -> Any:
 
 
 def parse_body(model: type[BaseModel]) -> BaseModel:
-    """Validate the JSON body against ``model`` (422 naming each field)."""
-    data = read_json()
+    """Validate the JSON body against ``model`` (422 naming each field).
+
+    Strict JSON validation: ``"0.5"`` is not a number and ``0`` is not a boolean, so
+    what the OpenAPI document says is exactly what is accepted.
+    """
+    read_json()
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(request.get_data(cache=True), strict=True)
     except ValidationError as exc:
         raise ApiError(422, "the request body is invalid",
                        details=validation_details(exc)) from None

@@ -158,21 +158,25 @@ class ExperimentFields(Strict):
 
 
 class ExperimentPatch(Strict):
-    """Any subset of the writable fields; the merged result is validated as a whole."""
+    """Any subset of the writable fields; the merged result is validated as a whole.
 
-    key: Key | None = None
-    name: str | None = Field(None, min_length=1, max_length=200)
-    hypothesis: str | None = Field(None, max_length=10_000)
-    owner: str | None = Field(None, max_length=200)
-    journey: list[StepName] | None = Field(None, max_length=50)
-    variants: list[VariantIn] | None = Field(None, min_length=2, max_length=10)
-    traffic: Probability | None = None
-    targeting: list[TargetingRule] | None = Field(None, max_length=50)
+    Fields default to "not given" but refuse an explicit null, except ``layer``
+    (null leaves the layer).
+    """
+
+    key: Key = None  # type: ignore[assignment]
+    name: str = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    hypothesis: str = Field(None, max_length=10_000)  # type: ignore[assignment]
+    owner: str = Field(None, max_length=200)  # type: ignore[assignment]
+    journey: list[StepName] = Field(None, max_length=50)  # type: ignore[assignment]
+    variants: list[VariantIn] = Field(None, min_length=2, max_length=10)  # type: ignore[assignment]
+    traffic: Probability = None  # type: ignore[assignment]
+    targeting: list[TargetingRule] = Field(None, max_length=50)  # type: ignore[assignment]
     layer: Key | None = None
-    overrides: dict[UnitId, Key] | None = Field(None, max_length=10_000)
-    metrics: list[MetricIn] | None = Field(None, min_length=1, max_length=50)
-    analysis: AnalysisSettings | None = None
-    learnings: str | None = Field(None, max_length=50_000)
+    overrides: dict[UnitId, Key] = Field(None, max_length=10_000)  # type: ignore[assignment]
+    metrics: list[MetricIn] = Field(None, min_length=1, max_length=50)  # type: ignore[assignment]
+    analysis: AnalysisSettings = None  # type: ignore[assignment]
+    learnings: str = Field(None, max_length=50_000)  # type: ignore[assignment]
 
 
 def experiment_problems(config: ExperimentFields) -> list[dict[str, str]]:
