@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -283,3 +283,46 @@ def test_analyze_running_isolates_a_failing_experiment(app, db, monkeypatch):
     assert results == {"bad": "error: RuntimeError: boom", "good": "ok"}
     db.expire_all()
     assert db.scalar(select(func.count()).select_from(Report)) == 1
+
+
+# -- end to end through the simulator (assignment + ingestion services) ---------------------
+
+SIM_END = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def simulated(db: Session, plan_units: int, **plan: Any) -> dict[str, Any]:
+    """Run the factory experiment's metrics on simulated traffic and analyse it."""
+    from experiments.services.simulate import SimulationPlan, simulate_traffic
+
+    experiment = make_experiment(db, "sim", metrics=SIM_METRICS,
+                                 analysis={**ANALYSIS, "method": "frequentist"})
+    experiment.started_at = SIM_END - timedelta(days=15)
+    db.commit()
+    counts = simulate_traffic(db, "sim", SimulationPlan(units=plan_units, days=14, start=SIM_END,
+                                                        **plan))
+    body = analyze_experiment(db, "sim", now=SIM_END + timedelta(hours=1)).body
+    assert body["units"] == counts
+    return body
+
+
+SIM_METRICS = [*JOURNEY_METRICS, {"key": "nps", "kind": "nps"}]
+
+
+def test_simulated_true_effect_is_found_inside_the_ci(db):
+    body = simulated(db, 4000, seed=1, effects={"one-page": 0.5}, base_conversion=0.10)
+    comparison = metric(body, "purchase")["comparisons"][0]
+    assert comparison["verdict"] == "better"
+    low, high = comparison["relative_ci"]
+    assert low < 0.5 < high
+    assert body["decision"]["outcome"] == "ship" and body["decision"]["winner"] == "one-page"
+
+
+def test_simulated_guardrail_friction_rolls_back_and_is_the_top_friction_point(db):
+    body = simulated(db, 4000, seed=2, friction={("one-page", "payment", "error"): 0.25})
+    assert body["decision"]["outcome"] == "rollback"
+    assert "guardrail payment-errors significantly worse for one-page" in (
+        body["decision"]["reasons"][0])
+    top = body["friction_points"][0]
+    assert (top["step"], top["friction_kind"], top["variant"]) == ("payment", "error",
+                                                                  "one-page")
+
