@@ -29,6 +29,7 @@ def register_commands(app: Flask) -> None:
     app.cli.add_command(bootstrap_dev)
     app.cli.add_command(analyze)
     app.cli.add_command(scheduler)
+    app.cli.add_command(simulate)
 
 
 def _fail(exc: ApiError) -> click.ClickException:
@@ -168,3 +169,60 @@ def scheduler(metrics_port: int | None) -> None:
         f"scheduler {running.holder} running "
         f"({'active' if running.is_leader() else 'standby'}): {running.describe_jobs()}; "
         "SIGTERM or Ctrl-C stops it", nl=True))
+
+
+def _assignments(pairs: tuple[str, ...], option: str) -> dict[str, float]:
+    """Parse ``name=+0.1`` option values into a mapping (click error naming the option)."""
+    parsed: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, number = pair.partition("=")
+        try:
+            if not (sep and name):
+                raise ValueError
+            parsed[name] = float(number)
+        except ValueError:
+            raise click.BadParameter(f"expected NAME=NUMBER, got {pair!r}",
+                                     param_hint=option) from None
+    return parsed
+
+
+@click.command("simulate")
+@click.option("--experiment", "key", required=True, help="Key of a running experiment.")
+@click.option("--units", type=click.IntRange(min=1), required=True, help="Visitors to send.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Same seed, same units and events (a rerun adds nothing).")
+@click.option("--days", type=click.IntRange(min=1), default=14, show_default=True,
+              help="Exposures spread over the last D days.")
+@click.option("--effect", "effects", multiple=True, metavar="VARIANT=LIFT",
+              help="True relative lift of conversion, e.g. one-page=+0.1 (repeatable).")
+@click.option("--friction", "frictions", multiple=True, metavar="VARIANT:STEP:KIND=P",
+              help="Extra probability of a friction kind at a step, e.g. "
+                   "control:payment:error=0.05 (repeatable).")
+@click.option("--split", "splits", multiple=True, metavar="VARIANT=SHARE",
+              help="Force the traffic split, e.g. --split control=0.52 --split one-page=0.48.")
+@click.option("--base-conversion", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.10, show_default=True, help="Conversion rate without effect.")
+@with_appcontext
+def simulate(key: str, units: int, seed: int, days: int, effects: tuple[str, ...],
+             frictions: tuple[str, ...], splits: tuple[str, ...],
+             base_conversion: float) -> None:
+    """Send realistic journey traffic through the assignment and event services."""
+    from experiments.services.simulate import SimulationPlan, simulate_traffic
+
+    friction = {tuple(name.split(":", 2)): extra
+                for name, extra in _assignments(frictions, "--friction").items()}
+    if any(len(name) != 3 for name in friction):
+        raise click.BadParameter("expected VARIANT:STEP:KIND=P", param_hint="--friction")
+    try:
+        plan = SimulationPlan(units=units, seed=seed, days=days,
+                              effects=_assignments(effects, "--effect"), friction=friction,
+                              split=_assignments(splits, "--split") or None,
+                              base_conversion=base_conversion)
+        with get_db().session() as session:
+            counts = simulate_traffic(session, key, plan, progress=True)
+    except ApiError as exc:
+        raise _fail(exc) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"simulated {units} visitors on {key!r}: " + ", ".join(
+        f"{variant} {count}" for variant, count in counts.items()) + " exposed")

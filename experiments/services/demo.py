@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from experiments.auth import SYSTEM
-from experiments.models import Experiment
-from experiments.services.lifecycle import create_experiment, transition
+from experiments.db import utcnow
+from experiments.models import Experiment, Exposure
+from experiments.services.lifecycle import create_experiment, get_experiment, transition
+from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
 
 DEMO_KEY = "checkout-redesign"
 DEMO_EXPERIMENT: dict[str, Any] = {
@@ -34,13 +37,40 @@ DEMO_EXPERIMENT: dict[str, Any] = {
     ],
     "analysis": {"method": "sequential", "min_units_per_variant": 500, "min_days": 0},
 }
+# A real effect on the primary metric, and the friction the hypothesis is about: payment
+# errors in the current (control) checkout.
+DEMO_PLAN = SimulationPlan(units=4000, seed=2026, days=14, effects={"one-page": 0.3},
+                           friction={("control", "payment", "error"): 0.06})
 
 
-def seed_demo_data(session: Session) -> Iterator[str]:
-    """Create and start the demo experiment unless it exists; yields progress lines."""
+def seed_demo_data(session: Session, *, traffic: bool = True) -> Iterator[str]:
+    """Create and start the demo experiment unless it exists; yields progress lines.
+
+    ``traffic`` also simulates its visitors (a few seconds); tests that only need the
+    configuration pass ``traffic=False``.
+    """
     if session.scalar(select(Experiment.id).where(Experiment.key == DEMO_KEY)) is not None:
         yield f"demo experiment {DEMO_KEY!r} already exists"
+    else:
+        create_experiment(session, DEMO_EXPERIMENT, SYSTEM)
+        transition(session, DEMO_KEY, "start", SYSTEM)
+        # The simulated traffic spans DEMO_PLAN.days: the demo pretends it started then.
+        get_experiment(session, DEMO_KEY).started_at = (
+            utcnow() - timedelta(days=DEMO_PLAN.days) - SESSION_MARGIN)
+        session.commit()
+        yield f"created and started demo experiment {DEMO_KEY!r}"
+    if traffic:
+        yield from _demo_traffic(session)
+
+
+def _demo_traffic(session: Session) -> Iterator[str]:
+    """Simulate the demo's traffic unless it is there (a fixed seed makes reruns add nothing)."""
+    experiment = get_experiment(session, DEMO_KEY)
+    exposed = session.scalar(select(func.count()).select_from(Exposure).where(
+        Exposure.experiment_id == experiment.id)) or 0
+    if exposed >= DEMO_PLAN.units or experiment.status != "running":
+        yield f"demo experiment {DEMO_KEY!r} has {exposed} exposed units"
         return
-    create_experiment(session, DEMO_EXPERIMENT, SYSTEM)
-    transition(session, DEMO_KEY, "start", SYSTEM)
-    yield f"created and started demo experiment {DEMO_KEY!r}"
+    counts = simulate_traffic(session, DEMO_KEY, DEMO_PLAN)
+    yield (f"simulated {DEMO_PLAN.units} visitors over {DEMO_PLAN.days} days: "
+           + ", ".join(f"{variant} {count}" for variant, count in counts.items()))
