@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from prometheus_client import Counter
@@ -52,8 +53,12 @@ def ingest_events(session: Session, events: Sequence[Mapping[str, Any]], *,
     """Validate each raw event, store the valid ones in one committed transaction."""
     now = (now or utcnow()).astimezone(UTC)  # stored as UTC text on SQLite: normalise first
     rows, rejected = validate_events(events, now)
-    accepted = _insert_new(session, _unique_by_event_id(rows))
-    session.commit()
+    try:
+        accepted = _insert_new(session, _unique_by_event_id(rows))
+        session.commit()
+    except BaseException:
+        session.rollback()  # nothing acknowledged, nothing half-stored: the client resends
+        raise
     duplicates = len(rows) - accepted
     EVENTS_INGESTED.labels("accepted").inc(accepted)
     EVENTS_INGESTED.labels("duplicate").inc(duplicates)
@@ -145,7 +150,7 @@ def _insert_new(session: Session, rows: list[dict[str, Any]]) -> int:
         row["received_at"] = received_at
     params: list[Any] = rows
     if compiled.positiontup is not None:
-        params = [tuple(row[name] for name in compiled.positiontup) for row in rows]
+        params = list(map(itemgetter(*compiled.positiontup), rows))
     result = connection.exec_driver_sql(compiled.string, params)
     return int(result.rowcount)
 
