@@ -1,0 +1,67 @@
+"""The ``admin`` blueprint: session auth, CSRF, HTML error pages and template helpers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from admin import format as fmt
+from admin.session_auth import ROLE_RANK, load_current_user
+from experiments.errors import ApiError
+
+bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
+               static_folder="static", static_url_path="/static")
+PUBLIC_ENDPOINTS = {"admin.login", "admin.static"}
+
+
+@bp.before_request
+def _authenticate_and_check_csrf() -> Response | None:
+    """Every admin request: CSRF on writes, then a logged-in, active user (or the login page)."""
+    from admin import csrf
+
+    if current_app.config.get("WTF_CSRF_ENABLED", True):
+        csrf.protect()
+    g.admin_user = load_current_user()
+    if g.admin_user is None and request.endpoint not in PUBLIC_ENDPOINTS:
+        return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
+    return None
+
+
+@bp.app_template_global()
+def can(role: str) -> bool:
+    """Whether the logged-in user has at least ``role`` (hide buttons they may not use)."""
+    user = g.get("admin_user")
+    return user is not None and ROLE_RANK.get(user.role, -1) >= ROLE_RANK[role]
+
+
+@bp.context_processor
+def _template_context() -> dict[str, Any]:
+    return {"current_user": g.get("admin_user"), "fmt": fmt}
+
+
+@bp.errorhandler(CSRFError)
+def _csrf_error(exc: CSRFError) -> tuple[str, int]:
+    return render_template("admin/error.html", status=400, title="Form expired",
+                           message="The form's security token is missing or expired. "
+                                   "Go back, reload the page and submit again."), 400
+
+
+@bp.errorhandler(ApiError)
+def _api_error(exc: ApiError) -> tuple[str, int]:
+    return render_template("admin/error.html", status=exc.status, title=_TITLES.get(
+        exc.status, "Error"), message=exc.message, details=exc.details), exc.status
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(exc: HTTPException) -> tuple[str, int]:
+    status = exc.code or 500
+    return render_template("admin/error.html", status=status, title=_TITLES.get(status, exc.name),
+                           message=exc.description), status
+
+
+_TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed",
+           409: "Conflict", 422: "Invalid input"}

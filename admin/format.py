@@ -1,0 +1,77 @@
+"""Number and date formatting for the templates (None always renders as an en dash)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+DASH = "–"
+VERDICT_LABELS = {"better": "Better", "worse": "Worse", "flat": "Flat",
+                  "inconclusive": "Inconclusive"}
+OUTCOME_LABELS = {"ship": "Ship", "rollback": "Roll back", "keep_running": "Keep running",
+                  "no_difference": "No difference"}
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pct(value: Any, digits: int = 1) -> str:
+    """0.1234 → '12.3%'."""
+    return f"{value * 100:.{digits}f}%" if _finite(value) else DASH
+
+
+def signed_pct(value: Any, digits: int = 1) -> str:
+    """0.05 → '+5.0%', with a real minus sign."""
+    return f"{value * 100:+.{digits}f}%".replace("-", "−") if _finite(value) else DASH
+
+
+def interval(bounds: Any, *, relative: bool = True, digits: int = 1) -> str:
+    """[a, b] → '[−1.0%, +4.2%]' (or plain numbers for absolute effects)."""
+    if not isinstance(bounds, list | tuple) or len(bounds) != 2:
+        return DASH
+    render = (lambda v: signed_pct(v, digits)) if relative else number
+    return f"[{render(bounds[0])}, {render(bounds[1])}]"
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A compact number: integers with separators, floats with ``digits`` significant digits."""
+    if not _finite(value):
+        return DASH
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}".replace(",", " ")
+    return f"{value:.{digits}g}".replace("-", "−")
+
+
+def pvalue(value: Any) -> str:
+    """p-values as statisticians write them."""
+    if not _finite(value):
+        return DASH
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def when(value: Any) -> str:
+    """A timestamp as 'YYYY-MM-DD HH:MM UTC'."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
+    if not isinstance(value, datetime):
+        return DASH
+    return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def verdict_label(verdict: Any) -> str:
+    return VERDICT_LABELS.get(str(verdict), DASH)
+
+
+def outcome_label(outcome: Any) -> str:
+    return OUTCOME_LABELS.get(str(outcome), str(outcome or DASH))
+
+
+def error_text(exc: Any) -> str:
+    """An ApiError as one line: its message and each field's problem."""
+    details = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in exc.details)
+    return f"{exc.message}{' (' + details + ')' if details else ''}"

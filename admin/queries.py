@@ -1,0 +1,70 @@
+"""Read-only look-ups the admin pages need beyond the services (lists, latest reports)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from experiments.models import Experiment, Report, User
+from experiments.services.pagination import paginate
+
+
+def search_experiments(session: Session, *, status: str | None, text: str | None,
+                       limit: int, cursor: str | None,
+                       descending: bool = True) -> tuple[list[Experiment], str | None]:
+    """Experiments newest first, filtered by status and a case-insensitive text search."""
+    query = select(Experiment).options(selectinload(Experiment.variants),
+                                       selectinload(Experiment.metrics))
+    if status:
+        query = query.where(Experiment.status == status)
+    if text:
+        query = query.where(_matches(text, Experiment.key, Experiment.name, Experiment.owner,
+                                     Experiment.hypothesis, Experiment.learnings))
+    rows, next_cursor = paginate(session, query, Experiment.id, limit=limit, cursor=cursor,
+                                 descending=descending)
+    return list(rows), next_cursor
+
+
+def _matches(text: str, *columns: Any) -> Any:
+    pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return or_(*(func.lower(column).like(pattern.lower(), escape="\\") for column in columns))
+
+
+def latest_reports(session: Session, experiment_ids: Sequence[int]) -> dict[int, Report]:
+    """The newest report of each experiment (max computed_at), keyed by experiment id."""
+    if not experiment_ids:
+        return {}
+    newest = (select(Report.experiment_id, func.max(Report.computed_at).label("at"))
+              .where(Report.experiment_id.in_(experiment_ids))
+              .group_by(Report.experiment_id).subquery())
+    rows = session.scalars(select(Report).join(newest, (Report.experiment_id ==
+                                                         newest.c.experiment_id)
+                                               & (Report.computed_at == newest.c.at)))
+    return {row.experiment_id: row for row in rows}
+
+
+def report_history(session: Session, experiment_id: int, limit: int = 50) -> list[Report]:
+    """Past reports of an experiment, newest first."""
+    return list(session.scalars(select(Report).where(Report.experiment_id == experiment_id)
+                                .order_by(Report.computed_at.desc(), Report.id.desc())
+                                .limit(limit)))
+
+
+def get_report(session: Session, experiment_id: int, report_id: int) -> Report | None:
+    """One report of this experiment (None if it belongs to another one)."""
+    report = session.get(Report, report_id)
+    return report if report is not None and report.experiment_id == experiment_id else None
+
+
+def iterations_of(session: Session, experiment_id: int) -> list[Experiment]:
+    """The experiments that iterate this one."""
+    return list(session.scalars(select(Experiment).where(
+        Experiment.iteration_of_id == experiment_id).order_by(Experiment.id)))
+
+
+def list_users(session: Session) -> list[User]:
+    """Every UI account, by email."""
+    return list(session.scalars(select(User).order_by(User.email)))

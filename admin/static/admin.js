@@ -1,0 +1,146 @@
+/* Parcours admin behaviour: charts from <script type="application/json"> blocks,
+   repeatable form rows, confirmations. No inline scripts (the CSP forbids them). */
+(function () {
+  "use strict";
+
+  var PALETTE = ["#3451b2", "#d9480f", "#2b8a3e", "#ae3ec9", "#0c8599", "#e67700", "#5c7cfa"];
+  var CONTROL_COLOR = "#868e96";
+
+  function readJson(id) {
+    var node = document.getElementById(id);
+    if (!node) { return null; }
+    try { return JSON.parse(node.textContent); } catch (e) { return null; }
+  }
+
+  function percent(value) {
+    return (value * 100).toFixed(Math.abs(value) < 0.1 ? 1 : 0) + "%";
+  }
+
+  function withAlpha(hex, alpha) {
+    var n = parseInt(hex.slice(1), 16);
+    return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + alpha + ")";
+  }
+
+  function baseOptions(yTitle) {
+    return {
+      responsive: true, maintainAspectRatio: false, animation: false,
+      interaction: {mode: "index", intersect: false},
+      scales: {y: {ticks: {callback: percent}, title: {display: true, text: yTitle}}},
+      plugins: {legend: {labels: {boxWidth: 12}}}
+    };
+  }
+
+  function liftChart() {
+    var canvas = document.getElementById("lift-chart");
+    var data = readJson("lift-data");
+    if (!canvas || !data || !window.Chart) { return; }
+    var datasets = [];
+    data.series.forEach(function (series, i) {
+      var color = PALETTE[i % PALETTE.length];
+      datasets.push({label: series.variant + " CI upper", data: series.upper, borderWidth: 0,
+        pointRadius: 0, fill: false, borderColor: "transparent", spanGaps: true, band: true});
+      datasets.push({label: series.variant + " CI lower", data: series.lower, borderWidth: 0,
+        pointRadius: 0, fill: "-1", backgroundColor: withAlpha(color, 0.18),
+        borderColor: "transparent", spanGaps: true, band: true});
+      datasets.push({label: series.variant + " lift", data: series.effect, borderColor: color,
+        backgroundColor: color, borderWidth: 2.5, pointRadius: 2, tension: 0.2, spanGaps: true});
+    });
+    var options = baseOptions("relative lift vs control");
+    options.plugins.legend.labels.filter = function (item, chart) {
+      return !chart.datasets[item.datasetIndex].band;
+    };
+    options.plugins.tooltip = {filter: function (item) { return !item.dataset.band; },
+      callbacks: {label: function (ctx) {
+        var s = data.series[Math.floor(ctx.datasetIndex / 3)];
+        var lo = s.lower[ctx.dataIndex], hi = s.upper[ctx.dataIndex];
+        var ci = (lo === null || hi === null) ? "" : " [" + percent(lo) + ", " + percent(hi) + "]";
+        return ctx.dataset.label + ": " + percent(ctx.parsed.y) + ci;
+      }}};
+    options.scales.y.grid = {color: function (ctx) {
+      return ctx.tick && ctx.tick.value === 0 ? "#1c2430" : "rgba(0,0,0,0.08)";
+    }};
+    new window.Chart(canvas, {type: "line", data: {labels: data.labels, datasets: datasets},
+      options: options});
+  }
+
+  function funnelChart() {
+    var canvas = document.getElementById("funnel-chart");
+    var data = readJson("funnel-data");
+    if (!canvas || !data || !window.Chart) { return; }
+    var datasets = data.series.map(function (series, i) {
+      var color = i === 0 ? CONTROL_COLOR : PALETTE[(i - 1) % PALETTE.length];
+      return {label: series.variant, data: series.rates, backgroundColor: color, borderRadius: 3};
+    });
+    var options = baseOptions("share of units reaching the step");
+    options.scales.y.beginAtZero = true;
+    options.scales.y.max = 1;
+    options.plugins.tooltip = {callbacks: {label: function (ctx) {
+      return ctx.dataset.label + ": " + percent(ctx.parsed.y);
+    }}};
+    new window.Chart(canvas, {type: "bar", data: {labels: data.labels, datasets: datasets},
+      options: options});
+  }
+
+  /* Repeatable rows: add from <template id="tpl-NAME">, move up/down, remove. Fields are
+     posted as same-named lists in document order, so nothing needs renumbering. */
+  function rowBehaviour() {
+    document.addEventListener("click", function (event) {
+      var button = event.target.closest("button");
+      if (!button) { return; }
+      var add = button.getAttribute("data-add");
+      if (add) {
+        var template = document.getElementById("tpl-" + add);
+        var list = document.querySelector("[data-rows='" + add + "']");
+        if (template && list) {
+          list.appendChild(template.content.cloneNode(true));
+          var input = list.lastElementChild && list.lastElementChild.querySelector("input, select");
+          if (input) { input.focus(); }
+        }
+        return;
+      }
+      var action = button.getAttribute("data-action");
+      var row = button.closest(".row");
+      if (!action || !row) { return; }
+      if (action === "remove") { row.remove(); }
+      if (action === "up" && row.previousElementSibling) { row.parentNode.insertBefore(row, row.previousElementSibling); button.focus(); }
+      if (action === "down" && row.nextElementSibling) { row.parentNode.insertBefore(row.nextElementSibling, row); button.focus(); }
+      syncSteps();
+    });
+    document.addEventListener("input", function (event) {
+      if (event.target.name === "journey") { syncSteps(); }
+    });
+  }
+
+  /* Keep the metric "step" suggestions equal to the journey steps being edited. */
+  function syncSteps() {
+    var list = document.getElementById("journey-steps");
+    if (!list) { return; }
+    list.innerHTML = "";
+    document.querySelectorAll("input[name='journey']").forEach(function (input) {
+      if (input.value.trim()) {
+        var option = document.createElement("option");
+        option.value = input.value.trim();
+        list.appendChild(option);
+      }
+    });
+  }
+
+  function confirmations() {
+    document.addEventListener("submit", function (event) {
+      var message = event.target.getAttribute("data-confirm");
+      if (message && !window.confirm(message)) { event.preventDefault(); }
+    });
+    document.querySelectorAll("[data-select-on-focus]").forEach(function (input) {
+      input.addEventListener("focus", function () { input.select(); });
+    });
+    var summary = document.getElementById("error-summary");
+    if (summary) { summary.focus(); }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    liftChart();
+    funnelChart();
+    rowBehaviour();
+    confirmations();
+  });
+})();

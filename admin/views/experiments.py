@@ -1,0 +1,299 @@
+"""Experiments: list, create/edit form, the experiment page, lifecycle actions, exports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from pydantic import ValidationError
+from werkzeug.wrappers import Response
+
+from admin import integrations, presenters, queries
+from admin.blueprint import bp
+from admin.format import error_text
+from admin.forms import (
+    blank_state,
+    field_id,
+    merge_errors,
+    parse_form,
+    state_from_experiment,
+)
+from admin.session_auth import principal, requires
+from experiments.db import db_session, utcnow
+from experiments.errors import ApiError, Conflict, ValidationFailed, validation_details
+from experiments.models import EXPERIMENT_STATUSES, Experiment
+from experiments.schemas import (
+    FRICTION_KINDS,
+    ConcludeIn,
+    ExperimentPatch,
+    IterateIn,
+    MetricKind,
+    TargetingOp,
+)
+from experiments.services import audit, lifecycle
+
+PAGE_SIZE = 50
+_CONCLUDED_EDITABLE = ("name", "hypothesis", "owner", "learnings")
+
+
+def days_running(experiment: Experiment, now: datetime | None = None) -> int | None:
+    """Whole days between start and conclusion (or now)."""
+    if experiment.started_at is None:
+        return None
+    end = experiment.concluded_at or now or utcnow()
+    return max(0, (end - experiment.started_at).days)
+
+
+@bp.route("/")
+@bp.route("/experiments")
+@requires("viewer")
+def experiments() -> str:
+    """All experiments with their status, units and the primary metric's verdict."""
+    status = request.args.get("status") or None
+    if status not in (None, *EXPERIMENT_STATUSES):
+        abort(400, f"unknown status {status!r}")
+    text = (request.args.get("q") or "").strip()[:200] or None
+    session = db_session()
+    rows, next_cursor = queries.search_experiments(
+        session, status=status, text=text, limit=PAGE_SIZE, cursor=request.args.get("cursor"))
+    reports = queries.latest_reports(session, [row.id for row in rows])
+    items = [_list_item(row, reports.get(row.id)) for row in rows]
+    return render_template("admin/experiments.html", items=items, status=status, q=text or "",
+                           statuses=EXPERIMENT_STATUSES, next_cursor=next_cursor)
+
+
+def _list_item(experiment: Experiment, report: Any) -> dict[str, Any]:
+    body = report.body if report is not None else None
+    return {"experiment": experiment, "days": days_running(experiment),
+            "units": presenters.total_units(body) if body else None,
+            "verdict": presenters.primary_verdict(body), "srm": presenters.srm_detected(body),
+            "decision": presenters.decision_of(experiment.status, experiment.decision, body)}
+
+
+def _form_page(state: dict[str, Any], *, errors: dict[str, list[str]] | None = None,
+               experiment: Experiment | None = None, status: int = 200) -> tuple[str, int]:
+    return render_template(
+        "admin/experiment_form.html", state=state, errors=errors or {}, experiment=experiment,
+        field_id=field_id, friction_kinds=FRICTION_KINDS, metric_kinds=MetricKind.__args__,
+        ops=TargetingOp.__args__, concluded_only=_CONCLUDED_EDITABLE,
+    ), status
+
+
+@bp.route("/experiments/new", methods=["GET", "POST"])
+@requires("editor")
+def new_experiment() -> Response | tuple[str, int]:
+    """Create a draft through the same validation as ``POST /api/v1/experiments``."""
+    if request.method == "GET":
+        return _form_page(blank_state())
+    state, data, errors = parse_form(request.form)
+    session = db_session()
+    try:
+        if errors:
+            lifecycle.validate_fields(data)  # collect the service's messages too
+            return _form_page(state, errors=errors, status=422)
+        experiment = lifecycle.create_experiment(session, data, principal())
+    except ValidationFailed as exc:
+        return _form_page(state, errors=merge_errors(errors, exc.details), status=422)
+    except Conflict as exc:
+        return _form_page(state, errors={"key": [exc.message]}, status=409)
+    flash(f"Created draft experiment {experiment.key!r}.", "success")
+    return redirect(url_for("admin.experiment", key=experiment.key))
+
+
+@bp.route("/experiments/<key>/edit", methods=["GET", "POST"])
+@requires("editor")
+def edit_experiment(key: str) -> Response | tuple[str, int]:
+    """Edit through ``update_experiment`` (what may change depends on the status)."""
+    session = db_session()
+    experiment = lifecycle.get_experiment(session, key)
+    if request.method == "GET":
+        return _form_page(state_from_experiment(lifecycle.experiment_to_dict(experiment)),
+                          experiment=experiment)
+    state, data, errors = parse_form(request.form)
+    state["key"] = experiment.key
+    data.pop("key")
+    if experiment.status == "concluded":
+        data = {name: data[name] for name in _CONCLUDED_EDITABLE if name in data}
+        data["learnings"] = state["learnings"]
+    else:
+        data.pop("learnings", None)
+    try:
+        if errors:
+            raise ValidationFailed([])
+        patch = _patch(data)
+        lifecycle.update_experiment(session, key, patch, principal())
+    except ValidationFailed as exc:
+        return _form_page(state, errors=merge_errors(errors, exc.details), experiment=experiment,
+                          status=422)
+    except Conflict as exc:
+        session.rollback()
+        return _form_page(state, errors={"form": [exc.message]},
+                          experiment=lifecycle.get_experiment(session, key), status=409)
+    flash("Saved.", "success")
+    return redirect(url_for("admin.experiment", key=key))
+
+
+def _patch(data: dict[str, Any]) -> ExperimentPatch:
+    try:
+        return ExperimentPatch.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(validation_details(exc), "the experiment is invalid") from None
+
+
+@bp.route("/experiments/<key>")
+@requires("viewer")
+def experiment(key: str) -> str:
+    """The experiment page: decision, charts, metric table, friction, history, audit, chain."""
+    session = db_session()
+    row = lifecycle.get_experiment(session, key)
+    history = queries.report_history(session, row.id)
+    report = history[0] if history else None
+    if request.args.get("report", "").isdigit():
+        report = queries.get_report(session, row.id, int(request.args["report"]))
+        if report is None:
+            abort(404, "no such report for this experiment")
+    body = report.body if report is not None else {}
+    entries, _ = audit.list_audit(session, experiment_key=key, limit=50, cursor=None)
+    return render_template(
+        "admin/experiment.html", experiment=row, data=lifecycle.experiment_to_dict(row),
+        days=days_running(row), report=report, history=history,
+        is_latest=bool(history) and report is history[0],
+        view=_report_view(row, body), audit_entries=entries,
+        children=queries.iterations_of(session, row.id),
+        demo=bool(getattr(current_app.config["PARCOURS"], "DEMO", False)),
+        can_simulate=integrations.simulator() is not None,
+        can_analyze=integrations.analyzer() is not None,
+        can_export=integrations.exporter() is not None,
+    )
+
+
+def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
+    variants = [v.key for v in row.variants]
+    treatments = [v.key for v in row.variants if not v.is_control]
+    return {
+        "body": body,
+        "decision": presenters.decision_of(row.status, row.decision, body),
+        "srm": body.get("srm") if isinstance(body.get("srm"), dict) else None,
+        "split": presenters.unit_split(body, {v.key: v.weight for v in row.variants}),
+        "metrics": presenters.metric_rows(body),
+        "lift": presenters.lift_chart(body),
+        "funnel": presenters.funnel(body, variants),
+        "heatmaps": presenters.friction_heatmaps(body, list(row.journey), treatments),
+        "warnings": body.get("warnings") if isinstance(body.get("warnings"), list) else [],
+    }
+
+
+def _flash_error(exc: ApiError) -> None:
+    """Show a refused action's reason on the next page; nothing was changed."""
+    db_session().rollback()
+    flash(error_text(exc), "error")
+
+
+def _act(key: str, action: Callable[[], Any], done: str) -> Response:
+    """Run an action, flash its result and go back to the experiment page."""
+    try:
+        action()
+        flash(done, "success")
+    except ApiError as exc:
+        _flash_error(exc)
+    return redirect(url_for("admin.experiment", key=key))
+
+
+def _transition(action: str) -> None:
+    def view(key: str) -> Response:
+        return _act(key, lambda: lifecycle.transition(db_session(), key, action, principal()),
+                    f"Experiment {action.replace('resume', 'resum')}ed.")
+
+    view.__name__ = f"{action}_experiment"
+    view.__doc__ = f"{action.capitalize()} the experiment."
+    bp.add_url_rule(f"/experiments/<key>/{action}", view.__name__,
+                    requires("editor")(view), methods=["POST"])
+
+
+for _action in ("start", "pause", "resume"):
+    _transition(_action)
+
+
+@bp.route("/experiments/<key>/conclude", methods=["POST"])
+@requires("editor")
+def conclude_experiment(key: str) -> Response:
+    """Conclude with an outcome, a winner (for ship) and the learnings."""
+    def run() -> None:
+        body = _model(ConcludeIn, {"outcome": request.form.get("outcome", ""),
+                                   "winner": request.form.get("winner") or None,
+                                   "learnings": request.form.get("learnings", "").strip()})
+        lifecycle.transition(db_session(), key, "conclude", principal(), body)
+    return _act(key, run, "Experiment concluded.")
+
+
+@bp.route("/experiments/<key>/iterate", methods=["POST"])
+@requires("editor")
+def iterate_experiment(key: str) -> Response:
+    """Start the next experiment of the chain as a draft, then edit it."""
+    try:
+        body = _model(IterateIn, {"key": request.form.get("new_key", "").strip(),
+                                  "name": request.form.get("new_name", "").strip() or None})
+        child = lifecycle.iterate_experiment(db_session(), key, body, principal())
+    except ApiError as exc:
+        _flash_error(exc)
+        return redirect(url_for("admin.experiment", key=key))
+    flash(f"Created iteration {child.key!r}: review it, then start it.", "success")
+    return redirect(url_for("admin.edit_experiment", key=child.key))
+
+
+@bp.route("/experiments/<key>/delete", methods=["POST"])
+@requires("editor")
+def delete_experiment(key: str) -> Response:
+    """Delete a draft."""
+    try:
+        lifecycle.delete_experiment(db_session(), key, principal())
+    except ApiError as exc:
+        _flash_error(exc)
+        return redirect(url_for("admin.experiment", key=key))
+    flash(f"Deleted draft {key!r}.", "success")
+    return redirect(url_for("admin.experiments"))
+
+
+@bp.route("/experiments/<key>/analyze", methods=["POST"])
+@requires("editor")
+def analyze_experiment(key: str) -> Response:
+    """Run the analysis now instead of waiting for the scheduler."""
+    analyze = integrations.analyzer()
+    if analyze is None:
+        abort(404, "the analysis service is not installed")
+    return _act(key, lambda: analyze(db_session(), key), "Analysis complete.")
+
+
+@bp.route("/experiments/<key>/simulate", methods=["POST"])
+@requires("editor")
+def simulate_experiment(key: str) -> Response:
+    """Demo mode only: send simulated traffic through the real services."""
+    simulate = integrations.simulator()
+    if simulate is None or not getattr(current_app.config["PARCOURS"], "DEMO", False):
+        abort(404, "simulation is only available in demo mode")
+    units = request.form.get("units", "2000")
+
+    def run() -> None:
+        if not units.isdigit() or not 1 <= int(units) <= 100_000:
+            raise ValidationFailed.field("units", "must be a whole number from 1 to 100000")
+        simulate(db_session(), key, int(units))
+    return _act(key, run, f"Simulated {units} units.")
+
+
+@bp.route("/experiments/<key>/export.<fmt>")
+@requires("viewer")
+def export_experiment(key: str, fmt: str) -> Response:
+    """The API's CSV/JSON export, for people signed in without an API key."""
+    export = integrations.exporter()
+    if export is None or fmt not in ("csv", "json"):
+        abort(404, "no such export")
+    return export(db_session(), key, fmt)
+
+
+def _model(model: Any, data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(validation_details(exc)) from None
