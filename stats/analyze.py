@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -91,7 +92,7 @@ def _variant_result(key: str, summary: ArmSummary, alpha: float) -> VariantResul
     """Estimate with a normal-approximation interval."""
     ci = None
     if summary.mean is not None and summary.se2 is not None:
-        half = frequentist.critical_value(alpha) * summary.se2**0.5
+        half = frequentist.critical_value(alpha) * math.sqrt(summary.se2)
         ci = finite_pair(summary.mean - half, summary.mean + half)
     return VariantResult(key, summary.n, finite(summary.mean), ci)
 

@@ -118,9 +118,11 @@ def _complete(control: ArmSummary, treatment: ArmSummary) -> tuple[_Arm, _Arm] |
         if arm.n == 0:
             return f"{role} has no units"
         if arm.mean is None:
-            return f"{role} estimate is undefined (zero denominator)"
-        if arm.variance is None:
+            return f"{role} estimate is undefined (zero denominator or overflow)"
+        if arm.variance is None and arm.n < 2:
             return f"{role} has fewer than 2 units"
+        if arm.variance is None:
+            return f"{role} variance is undefined (overflow)"
         arms.append(_Arm(arm.n, arm.mean, arm.variance))
     return arms[0], arms[1]
 
@@ -169,7 +171,7 @@ def _sequential(
     relative_ci = None
     if mc != 0:
         rel_se = frequentist.relative_se(mc, control.se2, treatment.mean, treatment.se2)
-        half = sequential.confidence_sequence_half_width(rel_se**2, tau2 / (mc * mc), alpha)
+        half = sequential.confidence_sequence_half_width(rel_se * rel_se, tau2 / (mc * mc), alpha)
         relative_ci = _interval(treatment.mean / mc - 1.0, half)
     return p, absolute_ci, relative_ci
 
@@ -234,6 +236,29 @@ def _bayesian(
     return finite(ctw), finite(loss), _interval(diff, z * se)
 
 
+def _tested(
+    kind: str,
+    control: ArmSummary,
+    treatment: ArmSummary,
+    warnings: list[str],
+    method: Method,
+    alpha: float,
+    mde: float | None,
+    previous_p_value: float | None,
+) -> _Test:
+    """Run the test when the pair allows it, else note why not in `warnings`."""
+    pair = _complete(control, treatment)
+    if isinstance(pair, str):
+        warnings.append(f"{pair}: no test")
+        return _Test(None, None, None, None)
+    if pair[0].se2 + pair[1].se2 == 0:
+        warnings.append("zero variance in both variants: no test")
+        return _Test(None, None, None, None)
+    return _run_test(
+        kind, *pair, method=method, alpha=alpha, mde=mde, previous_p_value=previous_p_value
+    )
+
+
 def compare(
     kind: Kind,
     control: ArmSummary,
@@ -256,22 +281,12 @@ def compare(
             relative = finite(treatment.mean / control.mean - 1.0)
         else:
             warnings.append("control estimate is 0: no relative effect")
-    ctw, loss, credible = _bayesian(control, treatment, direction, alpha)
-    test = _Test(None, None, None, None)
-    pair = _complete(control, treatment)
-    if isinstance(pair, str):
-        warnings.append(f"{pair}: no test")
-    elif pair[0].se2 + pair[1].se2 == 0:
-        warnings.append("zero variance in both variants: no test")
-    else:
-        test = _run_test(
-            kind,
-            *pair,
-            method=method,
-            alpha=alpha,
-            mde=mde,
-            previous_p_value=previous_p_value,
-        )
+    try:
+        ctw, loss, credible = _bayesian(control, treatment, direction, alpha)
+        test = _tested(kind, control, treatment, warnings, method, alpha, mde, previous_p_value)
+    except ArithmeticError:  # overflow on absurd magnitudes: report, never raise
+        warnings.append("numeric overflow: no test")
+        ctw, loss, credible, test = None, None, None, _Test(None, None, None, None)
     p_value, absolute_ci = test.p_value, test.absolute_ci
     if method == "bayesian":
         p_value = None if ctw is None else finite(2.0 * min(ctw, 1.0 - ctw))

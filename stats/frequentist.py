@@ -15,7 +15,14 @@ def z_test(diff: float, se: float) -> tuple[float, float]:
 def welch_df(se2_control: float, n_control: int, se2_treatment: float, n_treatment: int) -> float:
     """Welch-Satterthwaite degrees of freedom from squared standard errors."""
     total = se2_control + se2_treatment
-    return total**2 / (se2_control**2 / (n_control - 1) + se2_treatment**2 / (n_treatment - 1))
+    return (
+        total
+        * total
+        / (
+            se2_control * se2_control / (n_control - 1)
+            + se2_treatment * se2_treatment / (n_treatment - 1)
+        )
+    )
 
 
 def t_test(diff: float, se: float, df: float) -> tuple[float, float]:
@@ -36,4 +43,6 @@ def relative_se(
 ) -> float:
     """Delta-method standard error of treatment / control - 1."""
     mc2 = mean_control * mean_control
-    return float(np.sqrt(se2_treatment / mc2 + mean_treatment**2 * se2_control / (mc2 * mc2)))
+    return float(
+        np.sqrt(se2_treatment / mc2 + mean_treatment * mean_treatment * se2_control / (mc2 * mc2))
+    )

@@ -19,13 +19,14 @@ DEFAULT_MIXING_MDE = 0.1
 def mixing_variance(control_mean: float, unit_variance: float, mde: float | None) -> float:
     """tau^2 = (mde * |control estimate|)^2, or (mde * per-unit sd)^2 when the estimate is 0."""
     scale = abs(control_mean) if control_mean != 0 else math.sqrt(unit_variance)
-    return (abs(mde or DEFAULT_MIXING_MDE) * scale) ** 2
+    tau = abs(mde or DEFAULT_MIXING_MDE) * scale
+    return tau * tau
 
 
 def msprt_p_value(estimate: float, variance: float, tau2: float) -> float:
     """Always-valid p-value 1 / L, computed in log space to avoid overflow."""
     total = variance + tau2
-    log_p = 0.5 * math.log(total / variance) - estimate**2 * tau2 / (2.0 * variance * total)
+    log_p = 0.5 * math.log(total / variance) - estimate * estimate * tau2 / (2.0 * variance * total)
     return math.exp(min(log_p, 0.0))
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from stats._numeric import finite
 from stats.records import (
     CupedStats,
     MeanStats,
@@ -42,7 +44,8 @@ def _sample_variance(n: int, total: float, square_sum: float) -> float | None:
     """Unbiased variance from sums; None below two units."""
     if n < 2:
         return None
-    return max((square_sum - total * total / n) / (n - 1), 0.0)
+    variance = (square_sum - total * total / n) / (n - 1)
+    return max(variance, 0.0) if math.isfinite(variance) else math.nan
 
 
 def _sample_covariance(n: int, x: float, y: float, xy: float) -> float | None:
@@ -74,16 +77,16 @@ def summarize_mean(stats: MeanStats) -> ArmSummary:
 def summarize_ratio(stats: RatioStats) -> ArmSummary:
     """Ratio of sums with its delta-method per-unit variance."""
     n = stats.n
-    if n == 0 or stats.den_sum == 0:
+    mx, my = (stats.num_sum / n, stats.den_sum / n) if n else (0.0, 0.0)
+    if my == 0:
         return ArmSummary(n, None, None)
-    mx, my = stats.num_sum / n, stats.den_sum / n
     ratio = mx / my
     var_x = _sample_variance(n, stats.num_sum, stats.num_sum_squares)
     var_y = _sample_variance(n, stats.den_sum, stats.den_sum_squares)
     cov = _sample_covariance(n, stats.num_sum, stats.den_sum, stats.num_den_sum)
     if var_x is None or var_y is None or cov is None:
         return ArmSummary(n, ratio, None)
-    variance = (var_x - 2.0 * ratio * cov + ratio * ratio * var_y) / (my * my)
+    variance = (var_x - 2.0 * ratio * cov + ratio * ratio * var_y) / my / my
     return ArmSummary(n, ratio, max(variance, 0.0))
 
 
@@ -92,8 +95,13 @@ def summarize_nps(stats: NpsStats) -> ArmSummary:
     if stats.n == 0:
         return ArmSummary(0, None, None)
     p, d = stats.promoters / stats.n, stats.detractors / stats.n
-    variance = max(p + d - (p - d) ** 2, 0.0) * NPS_SCALE**2
+    variance = max(p + d - (p - d) * (p - d), 0.0) * NPS_SCALE * NPS_SCALE
     return ArmSummary(stats.n, (p - d) * NPS_SCALE, variance)
+
+
+def _clean(summary: ArmSummary) -> ArmSummary:
+    """Drop an estimate or variance that overflowed, so tests report it instead of NaN."""
+    return replace(summary, mean=finite(summary.mean), variance=finite(summary.variance))
 
 
 def summarize(stats: Stats) -> ArmSummary:
@@ -101,9 +109,9 @@ def summarize(stats: Stats) -> ArmSummary:
     if isinstance(stats, ProportionStats):
         return summarize_proportion(stats)
     if isinstance(stats, MeanStats):
-        return summarize_mean(stats)
+        return _clean(summarize_mean(stats))
     if isinstance(stats, RatioStats):
-        return summarize_ratio(stats)
+        return _clean(summarize_ratio(stats))
     return summarize_nps(stats)
 
 
@@ -126,7 +134,7 @@ def cuped_fit(
         total_x += pre.pre_sum
         if post.n > 0:
             cross += pre.cross_sum - pre.pre_sum * post.sum / post.n
-            var += pre.pre_sum_squares - pre.pre_sum**2 / post.n
+            var += pre.pre_sum_squares - pre.pre_sum * pre.pre_sum / post.n
     if total_n == 0 or var <= 0.0:
         return None
     return CupedFit(cross / var, total_x / total_n)
@@ -143,5 +151,5 @@ def cuped_adjust(post: ProportionStats | MeanStats, pre: CupedStats, fit: CupedF
     cov = _sample_covariance(n, pre.pre_sum, post.sum, pre.cross_sum)
     if var_y is None or var_x is None or cov is None:
         return ArmSummary(n, mean, None)
-    variance = var_y - 2.0 * fit.theta * cov + fit.theta**2 * var_x
-    return ArmSummary(n, mean, max(variance, 0.0))
+    variance = var_y - 2.0 * fit.theta * cov + fit.theta * fit.theta * var_x
+    return _clean(ArmSummary(n, mean, max(variance, 0.0)))
