@@ -129,7 +129,11 @@ def test_the_step_with_injected_error_friction_is_the_first_friction_point(db):
     seed_traffic(db, experiment, units={"control": 2000, "one-page": 2000},
                  conversion={"control": 0.10, "one-page": 0.10}, reach=REACH,
                  friction=friction, days=7)
-    points = analyze_experiment(db, "checkout", now=NOW).body["friction_points"]
+    body = analyze_experiment(db, "checkout", now=NOW).body
+    points = body["friction_points"]
+    matrix = {(c["step"], c["friction_kind"]): c for c in body["friction_matrix"]}
+    assert len(matrix) == len(body["friction_matrix"]) == 5 * 3  # steps × kinds × 1 treatment
+    assert sum(cell["significant"] for cell in matrix.values()) == len(points)
     assert points[0]["step"] == "checkout" and points[0]["friction_kind"] == "error"
     assert points[0]["variant"] == "one-page"
     assert points[0]["rate"] > 0.1 > points[0]["control_rate"]

@@ -44,6 +44,7 @@ class MetricResult(BaseModel):
     direction: str
     variants: list[VariantEstimate]
     comparisons: list[ComparisonOut]
+    warnings: list[str] = Field(default_factory=list)
 
 
 class SrmOut(BaseModel):
@@ -73,6 +74,12 @@ class FrictionPoint(BaseModel):
     adjusted_p_value: float | None
 
 
+class FrictionCell(FrictionPoint):
+    """A heatmap cell: every step × friction kind × treatment with any friction."""
+
+    significant: bool
+
+
 class TimelinePoint(BaseModel):
     date: str
     variant: str
@@ -93,6 +100,7 @@ class ReportOut(BaseModel):
     metrics: list[MetricResult]
     funnel: list[FunnelStep]
     friction_points: list[FrictionPoint]
+    friction_matrix: list[FrictionCell] = Field(default_factory=list)
     timeline: list[TimelinePoint]
     decision: DecisionOut | None
     warnings: list[str]

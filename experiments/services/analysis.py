@@ -134,12 +134,15 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
     entries, families = [], {"decision": [], "guardrail": []}
     for metric in experiment.metrics:
         totals = aggregates.metrics[metric.key].totals()
+        notes: list[str] = []
         variants, comparisons = _analyze_metric(experiment, metric, settings, totals,
-                                                previous.get(metric.key, {}), warnings)
+                                                previous.get(metric.key, {}), notes)
+        warnings += notes
         family = "guardrail" if metric.role == "guardrail" else "decision"
         families[family] += [(metric.key, c) for c in comparisons]
         entries.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
-                        "direction": metric.direction, "variants": variants})
+                        "direction": metric.direction, "variants": variants,
+                        "warnings": notes})
     corrected = _corrected(families, settings.correction)
     for entry in entries:
         entry["comparisons"] = [comparison_to_dict(c) for c in corrected.get(entry["key"], [])]
@@ -173,9 +176,9 @@ def funnel_section(journey: Sequence[str], units: Mapping[str, int],
     return steps
 
 
-def friction_section(experiment: Experiment, settings: AnalysisSettings,
-                     units: Mapping[str, int], counts: JourneyCounts) -> list[dict[str, Any]]:
-    """Significant step × friction kind differences vs control, BH-adjusted, strongest first."""
+def friction_matrix(experiment: Experiment, settings: AnalysisSettings,
+                    units: Mapping[str, int], counts: JourneyCounts) -> list[dict[str, Any]]:
+    """Every step × friction kind × treatment cell with friction, BH-adjusted (the heatmap)."""
     control = next(v.key for v in experiment.variants if v.is_control)
     observed = {step for _, step, _ in counts.friction}
     steps = [*experiment.journey, *sorted(observed - set(experiment.journey))]
@@ -193,13 +196,23 @@ def friction_section(experiment: Experiment, settings: AnalysisSettings,
                                      method=settings.method, alpha=settings.alpha,
                                      direction="decrease", mde=settings.mde))
                 cells.append((step, kind, arms))
-    points = []
-    for comparison, (step, kind, arms) in zip(apply_correction(tests, "bh"), cells, strict=True):
-        if comparison.significant:
-            points.append({"step": step, "friction_kind": kind, "variant": comparison.variant,
-                           "rate": arms[1].mean, "control_rate": arms[0].mean,
-                           "relative_effect": comparison.relative_effect,
-                           "adjusted_p_value": comparison.adjusted_p_value})
+    return [{"step": step, "friction_kind": kind, "variant": comparison.variant,
+             "rate": arms[1].mean, "control_rate": arms[0].mean,
+             "relative_effect": comparison.relative_effect,
+             "adjusted_p_value": comparison.adjusted_p_value,
+             "significant": comparison.significant}
+            for comparison, (step, kind, arms) in zip(apply_correction(tests, "bh"), cells,
+                                                      strict=True)]
+
+
+FRICTION_POINT_FIELDS = ("step", "friction_kind", "variant", "rate", "control_rate",
+                         "relative_effect", "adjusted_p_value")
+
+
+def friction_points(matrix: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The significant cells, most significant first (ties: larger |relative effect| first)."""
+    points = [{name: cell[name] for name in FRICTION_POINT_FIELDS}
+              for cell in matrix if cell["significant"]]
     points.sort(key=lambda p: (p["adjusted_p_value"], -abs(p["relative_effect"] or 0.0)))
     return points
 
@@ -261,13 +274,15 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
     warnings += [f"variant {key} has no units" for key, n in units.items()
                  if n == 0 and sum(units.values())]
     srm = srm_test(list(units.values()), [v.weight for v in experiment.variants])
+    matrix = friction_matrix(experiment, settings, units, aggregates.journey)
     return {
         "experiment": experiment.key, "computed_at": now.isoformat(), "method": settings.method,
         "units": units, "srm": {"p_value": srm.p_value, "detected": srm.detected},
         "metrics": metrics_section(experiment, settings, aggregates,
                                    previous_p_values(previous, settings.method), warnings),
         "funnel": funnel_section(experiment.journey, units, aggregates.journey),
-        "friction_points": friction_section(experiment, settings, units, aggregates.journey),
+        "friction_points": friction_points(matrix),
+        "friction_matrix": matrix,
         "timeline": timeline_section(experiment, settings, aggregates, now),
         "decision": None,
         "warnings": list(dict.fromkeys(warnings)),
