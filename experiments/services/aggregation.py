@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Float,
     and_,
     case,
     false,
     func,
+    literal,
     or_,
     select,
 )
@@ -69,6 +71,25 @@ def _hours_sqlite(element: hours_between, compiler: Any, **kw: Any) -> str:
     start, end = list(element.clauses)
     return (f"((julianday({compiler.process(end, **kw)}) - "
             f"julianday({compiler.process(start, **kw)})) * 24.0)")
+
+
+class before_hours_after(FunctionElement[bool]):  # lower case: reads as a SQL function
+    """``later < earlier + hours``: index-friendly on PostgreSQL, julianday on SQLite."""
+
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(before_hours_after, "postgresql")
+def _before_pg(element: before_hours_after, compiler: Any, **kw: Any) -> str:
+    earlier, later, hours = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({later} < {earlier} + {hours} * INTERVAL '1 hour')"
+
+
+@compiles(before_hours_after)
+def _before_sqlite(element: before_hours_after, compiler: Any, **kw: Any) -> str:
+    earlier, later, hours = (compiler.process(c, **kw) for c in element.clauses)
+    return f"((julianday({later}) - julianday({earlier})) * 24.0 < {hours})"
 
 
 class utc_day(FunctionElement[str]):  # lower case: reads as a SQL function
@@ -169,11 +190,11 @@ def _window(x: Any, hours: float, *, with_pre: bool) -> ColumnElement[bool]:
     """Events of the unit inside its analysis window (and its pre-exposure window for CUPED)."""
     same_unit = Event.unit_id == x.c.unit_id
     post = and_(Event.occurred_at >= x.c.exposed_at,
-                hours_between(x.c.exposed_at, Event.occurred_at) < hours)
+                before_hours_after(x.c.exposed_at, Event.occurred_at, literal(hours, Float())))
     if not with_pre:
         return and_(same_unit, post)
     pre = and_(Event.occurred_at < x.c.exposed_at,
-               hours_between(Event.occurred_at, x.c.exposed_at) <= hours)
+               before_hours_after(Event.occurred_at, x.c.exposed_at, literal(hours, Float())))
     return and_(same_unit, or_(post, pre))
 
 
