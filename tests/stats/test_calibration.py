@@ -181,3 +181,35 @@ def test_cuped_halves_the_variance_and_keeps_coverage() -> None:
     assert ratio <= 0.5
     assert np.mean(adjusted) == pytest.approx(effect, abs=0.005)
     assert covered / EXPERIMENTS == pytest.approx(0.95, abs=0.015)
+
+
+def test_confidence_sequence_inverts_the_mixture_likelihood_ratio() -> None:
+    from stats.sequential import confidence_sequence_half_width
+
+    for variance, tau2, alpha in [(0.01, 0.04, 0.05), (2.0, 0.1, 0.01), (1e-6, 1e-4, 0.2)]:
+        half = confidence_sequence_half_width(variance, tau2, alpha)
+        # At the boundary the always-valid p-value of theta - theta0 is exactly alpha.
+        assert msprt_p_value(half, variance, tau2) == pytest.approx(alpha, rel=1e-9)
+        ratio = np.sqrt(variance / (variance + tau2)) * np.exp(
+            half**2 * tau2 / (2 * variance * (variance + tau2))
+        )
+        assert 1 / ratio == pytest.approx(alpha, rel=1e-9)
+
+
+def test_confidence_sequence_covers_at_every_look() -> None:
+    from stats.sequential import confidence_sequence_half_width
+
+    rng = np.random.default_rng(27)
+    looks, per_look, effect = 20, 200, 0.3
+    n, sum_c, ss_c = _cumulative_looks(rng, looks, per_look, 10.0, 5.0)
+    _, sum_t, ss_t = _cumulative_looks(rng, looks, per_look, 10.0 + effect, 5.0)
+    mean_c, mean_t = sum_c / n, sum_t / n
+    var_c = (ss_c - sum_c**2 / n) / (n - 1)
+    var_t = (ss_t - sum_t**2 / n) / (n - 1)
+    v = (var_c + var_t) / n
+    tau2 = np.vectorize(mixing_variance)(mean_c, np.maximum(var_c, var_t), 0.03)
+    half = np.vectorize(confidence_sequence_half_width)(v, tau2, 0.05)
+    inside = np.abs(mean_t - mean_c - effect) <= half
+    always = np.mean(inside.all(axis=1))
+    print(f"\nconfidence sequence, 20 looks: covered at every look {always:.3f}")
+    assert always >= 0.95
