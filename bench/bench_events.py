@@ -37,6 +37,7 @@ WORKERS = 3
 COLUMNS = ("event_id", "unit_id", "type", "name", "step", "friction_kind", "value",
            "occurred_at", "received_at", "properties")
 TARGET = 0.5
+ROUNDS = 3
 
 
 def make_batches(count: int, prefix: str) -> list[list[dict[str, Any]]]:
@@ -202,21 +203,16 @@ def _prepare(url: str) -> str:
     return key
 
 
-def _empty_events(url: str) -> None:
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DELETE FROM events"))
-    engine.dispose()
-
-
 def run_backend(name: str, url: str, instance: Path) -> float:
-    """Measure both paths on one database and print the ratio."""
+    """Measure both paths on one database (best of ROUNDS each) and print the ratio."""
     key = _prepare(url)
-    raw = raw_executemany(url, make_batches(BATCHES, f"raw-{uuid.uuid4().hex[:6]}"))
-    _empty_events(url)
+    raw = api = 0.0
     with gunicorn(url, instance) as base_url:
         api_throughput(base_url, key, make_batches(2 * WORKERS, "warm-up"))
-        api = api_throughput(base_url, key, make_batches(BATCHES, "api"))
+        # Interleaved rounds, best of each: a load spike on a shared machine hits both.
+        for round_ in range(ROUNDS):
+            raw = max(raw, raw_executemany(url, make_batches(BATCHES, f"raw{round_}")))
+            api = max(api, api_throughput(base_url, key, make_batches(BATCHES, f"api{round_}")))
     ratio = api / raw
     verdict = "ok" if ratio >= TARGET else f"below target {TARGET}"
     print(f"events {name:<10} raw executemany {raw:>9,.0f} rows/s   "

@@ -79,9 +79,9 @@ def test_a_malformed_envelope_stores_nothing(client, client_headers, db, data, c
     assert stored(db) == 0
 
 
-def test_more_than_1000_events_is_413_and_stores_nothing(client, client_headers, db):
+def test_more_than_1000_events_is_422_and_stores_nothing(client, client_headers, db):
     response = client.post(URL, json={"events": events(1001)}, headers=client_headers)
-    assert (response.status_code, error_code(response)) == (413, "payload_too_large")
+    assert (response.status_code, error_code(response)) == (422, "validation_error")
     assert response.get_json()["error"]["details"][0]["field"] == "events"
     assert stored(db) == 0
 
@@ -141,5 +141,7 @@ def test_the_route_is_documented_in_openapi(client):
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/EventBatch"}
     assert {"200", "400", "401", "413", "415", "422"} <= set(operation["responses"])
-    item = document["components"]["schemas"]["EventIn"]
-    assert {"unit_id", "type", "friction_kind", "occurred_at"} <= set(item["properties"])
+    events = document["components"]["schemas"]["EventBatch"]["properties"]["events"]
+    assert events["maxItems"] == 1000
+    assert all(field in events["description"] for field in ("unit_id", "friction_kind",
+                                                            "occurred_at", "rejected"))

@@ -6,7 +6,7 @@ from flask import Blueprint, request
 
 from experiments.api.routing import api_route
 from experiments.db import db_session
-from experiments.errors import ApiError
+from experiments.errors import ValidationFailed
 from experiments.schemas.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, EventBatch, IngestOut
 from experiments.services.events import ingest_events
 
@@ -24,9 +24,9 @@ def _limit_body() -> None:
 def post_events(body: EventBatch) -> IngestOut:
     """Ingest a batch of events; answered only after the accepted ones are committed."""
     if len(body.events) > MAX_BATCH_EVENTS:
-        raise ApiError(413, f"at most {MAX_BATCH_EVENTS} events per batch",
-                       details=[{"field": "events",
-                                 "message": f"got {len(body.events)} events; split the batch"}])
+        # 422 (not 413): the body is well-formed but breaks the documented maxItems.
+        raise ValidationFailed.field(
+            "events", f"at most {MAX_BATCH_EVENTS} events per batch (got {len(body.events)})")
     result = ingest_events(db_session(), body.events)
     return IngestOut.model_validate(
         {"accepted": result.accepted, "duplicates": result.duplicates,

@@ -145,12 +145,28 @@ def default_name(event: EventIn) -> str:
     return str(event.step)
 
 
+_EVENT_DOC = (
+    "Each item is an event object: unit_id (1-200 chars, required), type (conversion | step "
+    "| friction | nps | custom, required), event_id (client id for dedupe, optional), name, "
+    "step, friction_kind (error | abandonment | retry | rage_click | dead_click | slow_step | "
+    "back_navigation | form_error | support_contact | bounce; required for friction), value "
+    "(number; NPS: integer 0-10), occurred_at (RFC 3339 with timezone, default now, at most "
+    "24 h ahead), properties (object, at most 8 KiB). Items are validated one by one: an "
+    "invalid item is listed in `rejected` (200) and the others are stored."
+)
+_EVENT_EXAMPLE = {"event_id": "6f1c-1", "unit_id": "visitor-42", "type": "conversion",
+                  "name": "purchase", "step": "payment", "value": 59.9,
+                  "occurred_at": "2026-11-24T10:00:00Z", "properties": {"device": "mobile"}}
+
+
 class EventBatch(BaseModel):
     """The envelope; each item is validated on its own so one bad event rejects only itself."""
 
-    # SkipValidation keeps the documented item schema while items are checked one by one.
-    events: SkipValidation[list[EventIn]] = Field(
-        description=f"up to {MAX_BATCH_EVENTS} events, at most {MAX_BATCH_BYTES} bytes in all")
+    # Items are deliberately untyped here: a bad item is a per-event rejection (200), not a
+    # 422 of the whole request, so the document must not promise otherwise.
+    events: SkipValidation[list[Any]] = Field(
+        description=_EVENT_DOC, examples=[[_EVENT_EXAMPLE]],
+        json_schema_extra={"maxItems": MAX_BATCH_EVENTS})
 
     @field_validator("events", mode="after")
     @classmethod
