@@ -14,12 +14,8 @@ from experiments.services.assignment import (
     decide,
     unit_hash,
 )
-from experiments.services.config_cache import (
-    Condition,
-    ExperimentConfig,
-    VariantConfig,
-    experiment_config,
-)
+from experiments.services.config_cache import ExperimentConfig, VariantConfig, experiment_config
+from experiments.services.targeting import compile_condition
 
 UNITS = [f"visitor-{index}" for index in range(100_000)]
 
@@ -158,8 +154,8 @@ ATTRIBUTES = {"country": "FR", "age": 30, "score": 2.5, "premium": True, "email"
     ("missing", "regex", ".*", False), ("country", "unknown-op", "FR", False),
 ])
 def test_each_targeting_op_including_type_mismatches(attribute, op, value, expected):
-    pattern = __import__("re").compile(value) if op == "regex" else None
-    assert condition_holds(Condition(attribute, op, value, pattern), ATTRIBUTES) is expected
+    condition = compile_condition({"attribute": attribute, "op": op, "value": value})
+    assert condition_holds(condition, ATTRIBUTES) is expected
 
 
 def test_every_condition_must_hold():

@@ -9,16 +9,16 @@ exposure is inserted (``ON CONFLICT DO NOTHING``) and committed before returning
 
 from __future__ import annotations
 
-import re
+import json
+from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import mmh3
+from mmh3 import hash as mmh3_hash
 from prometheus_client import Counter
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy import Connection, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -26,13 +26,15 @@ from experiments.db import utcnow
 from experiments.errors import NotFound
 from experiments.models import Exposure
 from experiments.services.config_cache import (
-    Condition,
+    HASH_SPACE,
     ConfigCache,
     ConfigSnapshot,
+    Decision,
     ExperimentConfig,
     VariantConfig,
     cache_for,
 )
+from experiments.services.targeting import Condition, matches
 
 REASONS = ("assigned", "override", "traffic", "targeting", "layer", "not_running", "concluded",
            "not_found")
@@ -40,7 +42,6 @@ REASONS = ("assigned", "override", "traffic", "targeting", "layer", "not_running
 INCLUSION_SEED = 1
 SPLIT_SEED = 2
 LAYER_SEED = 3
-_HASH_SCALE = 2.0 ** 32
 _EXPOSURES = Exposure.__table__
 
 ASSIGNMENTS = Counter("parcours_assignments_total", "Assignments served, by reason", ["reason"])
@@ -65,141 +66,51 @@ class Assignment:
                 "in_experiment": self.in_experiment, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The pure outcome for one experiment, before history is applied."""
-
-    variant: VariantConfig
-    in_experiment: bool
-    reason: str
-
-
 # --- the pure decision ----------------------------------------------------------------------
 
 def unit_hash(text: str, seed: int) -> float:
     """MurmurHash3 (x86, 32-bit) of the UTF-8 text, mapped to [0, 1): the same everywhere."""
-    return mmh3.hash(text, seed, signed=False) / _HASH_SCALE
+    return mmh3_hash(text, seed, signed=False) / HASH_SPACE
 
 
 def decide(config: ExperimentConfig, unit_id: str,
            attributes: Mapping[str, Any]) -> Decision:
-    """Status → override → targeting → layer → traffic → split, for a unit with no history."""
+    """Status → override → targeting → layer → traffic → split, for a unit with no history.
+
+    Thresholds are compared in hash space (``hash < traffic × 2³²``), which is exactly
+    ``hash / 2³² < traffic``: the documented [0, 1) scheme without a division per call.
+    """
     if config.status != "running":
-        if config.status == "concluded":
-            return Decision(config.final, False, "concluded")
-        return Decision(config.control, False, "not_running")
-    forced = config.overrides.get(unit_id)
-    if forced is not None:
-        variant = config.variant(forced)
-        if variant is not None:
-            return Decision(variant, True, "override")
-    if config.targeting and not targeting_matches(config.targeting, attributes):
-        return Decision(config.control, False, "targeting")
+        return config.fallback
+    if config.overrides:
+        forced = config.overrides.get(unit_id)
+        if forced is not None:
+            variant = config.variant(forced)
+            if variant is not None:
+                return Decision(variant, True, "override")
+    if config.targeting and not matches(config.targeting, attributes):
+        return config.excluded["targeting"]
     if config.layer_slot is not None and not in_layer_slot(config, unit_id):
-        return Decision(config.control, False, "layer")
-    hashed = f"{config.salt}:{unit_id}"
-    if unit_hash(hashed, INCLUSION_SEED) >= config.traffic:
-        return Decision(config.control, False, "traffic")
-    return Decision(split_variant(config, unit_hash(hashed, SPLIT_SEED)), True, "assigned")
-
-
-def split_variant(config: ExperimentConfig, point: float) -> VariantConfig:
-    """The variant whose share of [0, 1) contains ``point`` (weights in declared order)."""
-    for variant, bound in zip(config.variants, config.cumulative, strict=True):
-        if point < bound:
-            return variant
-    return config.variants[-1]
+        return config.excluded["layer"]
+    hashed = config.salt + ":" + unit_id
+    if mmh3_hash(hashed, INCLUSION_SEED, signed=False) >= config.traffic_cut:
+        return config.excluded["traffic"]
+    point = mmh3_hash(hashed, SPLIT_SEED, signed=False)
+    # point < 2³² = bounds[-1], so the index always names a variant.
+    return config.assigned[bisect_right(config.bounds, point)]
 
 
 def in_layer_slot(config: ExperimentConfig, unit_id: str) -> bool:
-    """Whether the unit's layer hash falls in this experiment's equal slice of the layer."""
+    """Whether floor(layer hash / 2³² × count) is this experiment's slice index (exact ints)."""
     assert config.layer_slot is not None
     index, count = config.layer_slot
-    return int(unit_hash(f"{config.layer}:{unit_id}", LAYER_SEED) * count) == index
-
-
-def targeting_matches(conditions: Sequence[Condition], attributes: Mapping[str, Any]) -> bool:
-    """Every condition must hold (SPEC §3)."""
-    return all(condition_holds(condition, attributes) for condition in conditions)
-
-
-def _kind(value: Any) -> str:
-    """Comparison family: bools are not numbers, and numbers never equal strings."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "other"
-
-
-def _same(left: Any, right: Any) -> bool:
-    return _kind(left) == _kind(right) and left == right
-
-
-def _is_scalar(value: Any) -> bool:
-    return _kind(value) != "other"
+    point = mmh3_hash(f"{config.layer}:{unit_id}", LAYER_SEED, signed=False) * count
+    return index * HASH_SPACE <= point < (index + 1) * HASH_SPACE
 
 
 def condition_holds(condition: Condition, attributes: Mapping[str, Any]) -> bool:
-    """One rule; a missing attribute or a type mismatch makes it false (except ``exists``)."""
-    actual = attributes.get(condition.attribute)
-    if condition.op == "exists":
-        expected = True if condition.value is None else bool(condition.value)
-        return (actual is not None) == expected
-    if actual is None:
-        return False
-    check = _OPS.get(condition.op)
-    return bool(check and check(actual, condition.value, condition.pattern))
-
-
-def _in(actual: Any, expected: Any, _pattern: re.Pattern[str] | None) -> bool:
-    return (_is_scalar(actual) and isinstance(expected, list)
-            and any(_same(actual, item) for item in expected))
-
-
-def _not_in(actual: Any, expected: Any, _pattern: re.Pattern[str] | None) -> bool:
-    if not _is_scalar(actual) or not isinstance(expected, list):
-        return False
-    comparable = [item for item in expected if _kind(item) == _kind(actual)]
-    if expected and not comparable:
-        return False  # a list of another type: a mismatch, not a pass
-    return actual not in comparable
-
-
-def _ordered(compare: Any) -> Any:
-    def check(actual: Any, expected: Any, _pattern: re.Pattern[str] | None) -> bool:
-        kind = _kind(actual)
-        return kind in ("number", "string") and kind == _kind(expected) and compare(
-            actual, expected)
-    return check
-
-
-def _contains(actual: Any, expected: Any, _pattern: re.Pattern[str] | None) -> bool:
-    if isinstance(actual, str):
-        return isinstance(expected, str) and expected in actual
-    if isinstance(actual, list):
-        return any(_same(item, expected) for item in actual)
-    return False
-
-
-def _regex(actual: Any, _expected: Any, pattern: re.Pattern[str] | None) -> bool:
-    return isinstance(actual, str) and pattern is not None and pattern.search(actual) is not None
-
-
-_OPS = {
-    "eq": lambda actual, expected, _p: _same(actual, expected),
-    "neq": lambda actual, expected, _p: _kind(actual) == _kind(expected) and actual != expected,
-    "in": _in,
-    "not_in": _not_in,
-    "gt": _ordered(lambda a, b: a > b),
-    "gte": _ordered(lambda a, b: a >= b),
-    "lt": _ordered(lambda a, b: a < b),
-    "lte": _ordered(lambda a, b: a <= b),
-    "contains": _contains,
-    "regex": _regex,
-}
+    """One targeting rule against a unit's attributes (semantics in ``services.targeting``)."""
+    return condition.test(attributes.get(condition.attribute))
 
 
 # --- assignment with history (sticky, durable) ----------------------------------------------
@@ -263,32 +174,33 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
                    request: _Request) -> None:
     """Stored exposures win; new first exposures are stored before the caller answers.
 
-    Round trips: none for units whose exposures this worker has already seen; one
-    INSERT … ON CONFLICT DO NOTHING RETURNING for a new unit; one SELECT first when
-    history could change the answer without a write (excluded units, ``track: false``,
-    layer mates), and one SELECT after the INSERT for rows another worker won.
+    Round trips: none for units whose exposures this worker has already seen; on
+    PostgreSQL one INSERT … ON CONFLICT DO NOTHING that also returns the rows that
+    already existed (SQLite: the INSERT, then a SELECT only for conflicts); and one
+    SELECT first when history could change the answer without a write (excluded
+    units, ``track: false``, layer mates).
     """
     wanted = _ids_to_check(snapshot, live, decisions)
     history = cache.known_exposures(request.unit_id, wanted)
-    writes = {config.id for config in live if request.track and decisions[config.id].in_experiment}
     unknown = wanted - history.keys()
+    store = _ExposureStore(session)
     read: dict[int, str] = {}
+    writes = {config.id for config in live if request.track and decisions[config.id].in_experiment}
     if unknown - writes:
-        read = _stored(session, request.unit_id, unknown)
+        read = store.read(request.unit_id, unknown)
         history.update(read)
     _use_history(snapshot, live, decisions, history)
     pending = [config for config in live if request.track and decisions[config.id].in_experiment
                and config.id not in history]
     if pending:
-        inserted = _insert(session, pending, decisions, request)
-        lost = {config.id for config in pending} - inserted.keys()
-        if lost:  # another request stored this unit first: its variant wins
-            won = _stored(session, request.unit_id, lost)
-            read.update(won)
-            _use_history(snapshot, live, decisions, won)
-        session.commit()
+        inserted, existing = store.insert(pending, decisions, request)
+        _use_history(snapshot, live, decisions, existing)  # another request stored it first
+        store.commit()
         EXPOSURES_RECORDED.inc(len(inserted))
+        read.update(existing)
         read.update(inserted)
+    elif store.used:
+        store.commit()
     if read:
         cache.remember(request.unit_id, read)
 
@@ -320,28 +232,102 @@ def _use_history(snapshot: ConfigSnapshot, live: list[ExperimentConfig],
             decisions[config.id] = Decision(config.control, False, "layer")
 
 
-def _stored(session: Session, unit_id: str, experiment_ids: set[int]) -> dict[int, str]:
-    """Committed exposures of this unit, by experiment id."""
-    rows = session.execute(
-        select(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key).where(
-            _EXPOSURES.c.unit_id == unit_id,
-            _EXPOSURES.c.experiment_id.in_(sorted(experiment_ids)))
-    )
-    return {row.experiment_id: row.variant_key for row in rows}
+_POSTGRES_INSERT = text("""
+WITH inserted AS (
+    INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attributes,
+                           is_override)
+    SELECT t.experiment_id, :unit_id, t.variant_key, :exposed_at, CAST(:attributes AS JSONB),
+           t.is_override
+    FROM unnest(CAST(:experiment_ids AS INTEGER[]), CAST(:variant_keys AS VARCHAR[]),
+                CAST(:is_overrides AS BOOLEAN[])) AS t(experiment_id, variant_key, is_override)
+    ON CONFLICT (experiment_id, unit_id) DO NOTHING
+    RETURNING experiment_id, variant_key)
+SELECT experiment_id, variant_key, TRUE AS is_new FROM inserted
+UNION ALL
+SELECT experiment_id, variant_key, FALSE FROM exposures
+WHERE unit_id = :unit_id AND experiment_id = ANY(CAST(:experiment_ids AS INTEGER[]))
+""")
 
 
-def _insert(session: Session, pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
-            request: _Request) -> dict[int, str]:
-    """Insert first exposures; returns those this request stored (the others already existed)."""
-    exposed_at = request.now or utcnow()
-    snapshot = dict(request.attributes)
-    rows = [{"experiment_id": config.id, "unit_id": request.unit_id,
-             "variant_key": decisions[config.id].variant.key, "exposed_at": exposed_at,
-             "attributes": snapshot, "is_override": decisions[config.id].reason == "override"}
-            for config in pending]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = (insert(_EXPOSURES).values(rows)
-                 .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
-                 .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
-    return {row.experiment_id: row.variant_key for row in session.execute(statement)}
+class _ExposureStore:
+    """Reads and first-exposure writes for one assignment, in as few round trips as possible.
+
+    On PostgreSQL, when the caller's session holds no transaction or pending changes, the
+    statements run in autocommit: each is durable when it returns, and no BEGIN/COMMIT
+    round trips are spent. Otherwise they join the caller's transaction, which is committed.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.postgres = session.get_bind().dialect.name == "postgresql"
+        self.used = False
+        self._connection: Connection | None = None
+
+    def _conn(self) -> Connection | Session:
+        self.used = True
+        if not self.postgres:
+            return self.session
+        if self._connection is None:
+            session = self.session
+            idle = not session.in_transaction() and not (
+                session.new or session.dirty or session.deleted)
+            options = {"isolation_level": "AUTOCOMMIT"} if idle else {}
+            self._connection = session.connection(execution_options=options)
+        return self._connection
+
+    def read(self, unit_id: str, experiment_ids: set[int]) -> dict[int, str]:
+        """Committed exposures of this unit, by experiment id."""
+        rows = self._conn().execute(
+            select(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key).where(
+                _EXPOSURES.c.unit_id == unit_id,
+                _EXPOSURES.c.experiment_id.in_(sorted(experiment_ids)))
+        )
+        return {row.experiment_id: row.variant_key for row in rows}
+
+    def insert(self, pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
+               request: _Request) -> tuple[dict[int, str], dict[int, str]]:
+        """Insert first exposures: (variants this request stored, variants already stored)."""
+        variants = [decisions[config.id].variant.key for config in pending]
+        overrides = [decisions[config.id].reason == "override" for config in pending]
+        ids = [config.id for config in pending]
+        exposed_at = request.now or utcnow()
+        if self.postgres:
+            inserted, existing = self._insert_postgres(ids, variants, overrides, exposed_at,
+                                                       request)
+        else:
+            inserted, existing = self._insert_sqlite(ids, variants, overrides, exposed_at,
+                                                     request), {}
+        lost = set(ids) - inserted.keys() - existing.keys()
+        if lost:  # committed by a concurrent request after this statement began
+            existing.update(self.read(request.unit_id, lost))
+        return inserted, existing
+
+    def _insert_postgres(self, ids: list[int], variants: list[str], overrides: list[bool],
+                         exposed_at: datetime, request: _Request
+                         ) -> tuple[dict[int, str], dict[int, str]]:
+        inserted: dict[int, str] = {}
+        existing: dict[int, str] = {}
+        rows = self._conn().execute(_POSTGRES_INSERT, {
+            "unit_id": request.unit_id, "exposed_at": exposed_at,
+            "attributes": json.dumps(dict(request.attributes)), "experiment_ids": ids,
+            "variant_keys": variants, "is_overrides": overrides})
+        for experiment_id, variant_key, is_new in rows:
+            (inserted if is_new else existing)[experiment_id] = variant_key
+        return inserted, existing
+
+    def _insert_sqlite(self, ids: list[int], variants: list[str], overrides: list[bool],
+                       exposed_at: datetime, request: _Request) -> dict[int, str]:
+        attributes = dict(request.attributes)
+        rows = [{"experiment_id": experiment_id, "unit_id": request.unit_id,
+                 "variant_key": variant, "exposed_at": exposed_at, "attributes": attributes,
+                 "is_override": override}
+                for experiment_id, variant, override in zip(ids, variants, overrides,
+                                                            strict=True)]
+        statement = (sqlite_insert(_EXPOSURES).values(rows)
+                     .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
+                     .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
+        return {row.experiment_id: row.variant_key for row in self._conn().execute(statement)}
+
+    def commit(self) -> None:
+        """Make the exposures durable (a no-op round trip-wise in autocommit)."""
+        self.session.commit()

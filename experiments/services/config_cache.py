@@ -12,7 +12,6 @@ once stored, so a returning unit needs no database round trip at all.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import weakref
@@ -26,9 +25,11 @@ from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
 from experiments.models import Experiment, Variant
+from experiments.services.targeting import Condition, compile_condition
 
 DEFAULT_REFRESH_S = 2.0
 KNOWN_EXPOSURES_MAX = 200_000
+HASH_SPACE = 2 ** 32  # hashes are unsigned 32-bit; h / HASH_SPACE is the point in [0, 1)
 # Statuses whose experiments hold a slice of their layer (a pause keeps the slice).
 _LAYER_HOLDERS = ("running", "paused")
 
@@ -44,18 +45,17 @@ class VariantConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Condition:
-    """A targeting rule with its regular expression compiled once."""
+class Decision:
+    """What a unit sees in one experiment, before history (stored exposures) is applied."""
 
-    attribute: str
-    op: str
-    value: Any
-    pattern: re.Pattern[str] | None = None
+    variant: VariantConfig
+    in_experiment: bool
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class ExperimentConfig:
-    """Everything the pure assignment decision reads about one experiment."""
+    """Everything the pure assignment decision reads about one experiment, precomputed."""
 
     id: int
     key: str
@@ -68,11 +68,14 @@ class ExperimentConfig:
     layer_slot: tuple[int, int] | None
     overrides: Mapping[str, str]
     variants: tuple[VariantConfig, ...]
-    # Upper bounds of each variant's share of [0, 1), last one exactly 1.0.
-    cumulative: tuple[float, ...]
     control: VariantConfig
-    # The variant everyone gets once concluded: the shipped winner, else control.
-    final: VariantConfig
+    # The answer for everyone when not running: control, or the shipped winner once concluded.
+    fallback: Decision
+    # Hash-space thresholds: included iff hash < traffic_cut; variant i iff hash < bounds[i].
+    traffic_cut: float
+    bounds: tuple[float, ...]
+    assigned: tuple[Decision, ...]
+    excluded: Mapping[str, Decision]
 
     def variant(self, key: str) -> VariantConfig | None:
         """The variant with this key (stored exposures name variants by key)."""
@@ -150,28 +153,26 @@ def experiment_config(*, id: int, key: str, salt: str, variants: Sequence[Varian
     variants = tuple(variants)
     control = next((variant for variant in variants if variant.is_control), variants[0])
     shipped = next((variant for variant in variants if variant.key == winner), None)
-    final = shipped if outcome == "ship" and shipped is not None else control
+    if status == "concluded":
+        final = shipped if outcome == "ship" and shipped is not None else control
+        fallback = Decision(final, False, "concluded")
+    else:
+        fallback = Decision(control, False, "not_running")
     return ExperimentConfig(
         id=id, key=key, status=status, salt=salt, traffic=traffic,
-        targeting=tuple(_condition(rule) for rule in targeting),
+        targeting=tuple(compile_condition(rule) for rule in targeting),
         layer=layer, layer_slot=layer_slot if layer is not None else None,
-        overrides=dict(overrides or {}), variants=variants,
-        cumulative=_cumulative(variants), control=control, final=final,
+        overrides=dict(overrides or {}), variants=variants, control=control,
+        fallback=fallback, traffic_cut=traffic * HASH_SPACE,
+        bounds=tuple(bound * HASH_SPACE for bound in _cumulative(variants)),
+        assigned=tuple(Decision(variant, True, "assigned") for variant in variants),
+        excluded={reason: Decision(control, False, reason)
+                  for reason in ("targeting", "layer", "traffic")},
     )
 
 
-def _condition(rule: Mapping[str, Any]) -> Condition:
-    value = rule.get("value")
-    pattern = None
-    if rule.get("op") == "regex" and isinstance(value, str):
-        try:
-            pattern = re.compile(value)
-        except re.error:
-            pattern = None  # validated on write; an unusable pattern simply never matches
-    return Condition(str(rule.get("attribute", "")), str(rule.get("op", "")), value, pattern)
-
-
 def _cumulative(variants: Sequence[VariantConfig]) -> tuple[float, ...]:
+    """Upper bounds of each variant's share of [0, 1), in declared order; the last is 1.0."""
     total = sum(max(variant.weight, 0.0) for variant in variants)
     if total <= 0:  # refused on write; everyone gets the first arm rather than an error
         return tuple(1.0 for _ in variants)

@@ -1,0 +1,318 @@
+"""Assignment speed (SPEC §9), as ratios measured in this run.
+
+1. In-process: µs per decision for one experiment (:func:`decide` on the cached
+   configuration) vs the GrowthBook Python SDK's ``GrowthBook(attributes=…).run(
+   Experiment(…))`` on the same unit ids. Target ≥ 10× faster.
+2. HTTP: requests/s of ``POST /api/v1/assign`` (3 running experiments) vs a bare Flask
+   JSON endpoint, both under gunicorn with the same workers/threads, loaded by
+   keep-alive ``http.client`` connections from several processes on loopback.
+   Target ≥ 0.5×. Phases: returning units (already exposed, seen by the worker), units
+   exposed on another worker (first visit here), and new units (first exposure stored).
+
+PostgreSQL (``PARCOURS_BENCH_POSTGRES_URL``, default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``) in a fresh database created and
+dropped here; SQLite when PostgreSQL is unreachable.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, jsonify, request
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("PARCOURS_BENCH_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+# gunicorn.conf.py's defaults on this machine's 2 cores: 2 × cores + 1 workers, 4 threads.
+WORKERS, THREADS = 5, 4
+CLIENTS, CONNECTIONS = 4, 8
+PHASE_S = float(os.environ.get("PARCOURS_BENCH_ASSIGN_SECONDS", 3))
+ROUNDS = 3
+PHASES = ("returning", "elsewhere", "new")
+DECISIONS = 10_000
+EXPOSED_UNITS = 30_000
+RETURNING_UNITS = 500
+ATTRIBUTES = {"country": "FR", "plan": "pro"}
+EXPERIMENTS = ("checkout-redesign", "address-autocomplete", "payment-wallets")
+
+
+def experiment_body(key: str) -> dict[str, Any]:
+    """A realistic running experiment: 2 arms, targeting, full traffic."""
+    return {
+        "key": key, "name": key, "journey": ["cart", "checkout", "payment"],
+        "variants": [{"key": "control", "weight": 0.5, "is_control": True},
+                     {"key": "treatment", "weight": 0.5, "payload": {"value": "new"}}],
+        "targeting": [{"attribute": "country", "op": "in", "value": ["FR", "BE"]}],
+        "metrics": [{"key": "purchase", "kind": "conversion", "event": "purchase",
+                     "role": "primary"}],
+    }
+
+
+# --- 1. in-process decision vs GrowthBook ---------------------------------------------------
+
+def per_decision_us() -> tuple[float, float]:
+    """µs per decision: Parcours ``decide`` and GrowthBook ``run``, same ids and split."""
+    from growthbook import Experiment, GrowthBook
+
+    from experiments.services.assignment import decide
+    from experiments.services.config_cache import VariantConfig, experiment_config
+
+    config = experiment_config(
+        id=1, key="checkout-redesign", salt="a1b2c3d4", traffic=1.0,
+        variants=[VariantConfig("control", 0.5, True, {}), VariantConfig("treatment", 0.5,
+                                                                         False, {})],
+        targeting=[{"attribute": "country", "op": "in", "value": ["FR", "BE"]}])
+    gb_experiment = Experiment(key="checkout-redesign", variations=["control", "treatment"],
+                               weights=[0.5, 0.5], coverage=1.0,
+                               condition={"country": {"$in": ["FR", "BE"]}})
+    units = [f"visitor-{index}" for index in range(DECISIONS)]
+    ours: list[str] = []
+    theirs: list[str] = []
+    parcours_us = growthbook_us = float("inf")
+    for _ in range(5):  # alternate and keep the best of each: other load hits both alike
+        started = time.perf_counter()
+        ours = [decide(config, unit, ATTRIBUTES).variant.key for unit in units]
+        parcours_us = min(parcours_us, (time.perf_counter() - started) / len(units) * 1e6)
+        started = time.perf_counter()
+        theirs = [GrowthBook(attributes={"id": unit, **ATTRIBUTES}).run(gb_experiment).value
+                  for unit in units]
+        growthbook_us = min(growthbook_us, (time.perf_counter() - started) / len(units) * 1e6)
+    assert set(ours) == set(theirs) == {"control", "treatment"}
+    return parcours_us, growthbook_us
+
+
+# --- 2. HTTP under gunicorn ----------------------------------------------------------------
+
+def bare_app() -> Flask:
+    """The baseline: a Flask JSON endpoint that parses the body and answers JSON."""
+    app = Flask("bare")
+
+    @app.post("/api/v1/assign")
+    def assign() -> Any:
+        body = request.get_json()
+        return jsonify(unit_id=body["unit_id"], assignments=[])
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify(status="ok")
+
+    return app
+
+
+@contextmanager
+def database(tmp: Path) -> Iterator[str]:
+    """A fresh PostgreSQL database (dropped afterwards), or SQLite if there is none."""
+    try:
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # any driver error: fall back, say so
+        print(f"  PostgreSQL unavailable ({type(exc).__name__}); using SQLite")
+        yield f"sqlite:///{tmp / 'bench.db'}"
+        return
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def prepare(url: str, instance: Path) -> str:
+    """Migrate, start the experiments, expose EXPOSED_UNITS units; return a client key."""
+    from experiments.app import create_app
+    from experiments.auth import SYSTEM
+    from experiments.db import get_db
+    from experiments.migrate import upgrade
+    from experiments.models import Exposure
+    from experiments.services import lifecycle
+    from experiments.services.accounts import create_api_key
+    from experiments.services.assignment import decide
+    from experiments.services.config_cache import load_snapshot
+
+    upgrade(url)
+    app = create_app({"DATABASE_URL": url, "INSTANCE_PATH": str(instance), "SCHEDULER": False,
+                      "SECRET_KEY": "bench"})
+    with app.app_context(), get_db(app).session() as session:
+        for key in EXPERIMENTS:
+            lifecycle.create_experiment(session, experiment_body(key), SYSTEM)
+            lifecycle.transition(session, key, "start", SYSTEM)
+        client_key = create_api_key(session, name="bench", role="client", principal=SYSTEM)[1]
+        snapshot = load_snapshot(session)
+        rows = [{"experiment_id": config.id, "unit_id": f"old-{index}", "attributes": ATTRIBUTES,
+                 "variant_key": decide(config, f"old-{index}", ATTRIBUTES).variant.key,
+                 "is_override": False}
+                for config in snapshot.running for index in range(EXPOSED_UNITS)]
+        session.execute(insert(Exposure), rows)
+    get_db(app).engine.dispose()
+    return client_key
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def gunicorn(target: str, env: dict[str, str], tmp: Path) -> Iterator[int]:
+    """Serve ``target`` with the benchmark's workers/threads; stop it afterwards."""
+    port = _free_port()
+    command = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", str(WORKERS),
+               "--threads", str(THREADS), "--keep-alive", "30", "--log-level", "warning",
+               "-b", f"127.0.0.1:{port}", target]
+    # cwd=tmp: the repo's gunicorn.conf.py (access log on stdout) must not skew one side.
+    process = subprocess.Popen(command, cwd=tmp, env={**os.environ, **env,
+                                                      "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("gunicorn exited before serving")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/healthz")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("gunicorn did not become ready")
+
+
+def _client(port: int, key: str, phase: str, index: int, start_at: float, stop_at: float,
+            results: Any) -> None:
+    """One process driving CONNECTIONS keep-alive connections; reports (ok, errors)."""
+    counts = [(0, 0)] * CONNECTIONS
+
+    def connection_loop(slot: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        units = _units(phase, index * CONNECTIONS + slot)
+        ok = errors = 0
+        while time.time() < start_at:
+            time.sleep(0.001)
+        while time.time() < stop_at:
+            body = json.dumps({"unit_id": next(units), "attributes": ATTRIBUTES})
+            connection.request("POST", "/api/v1/assign", body, headers)
+            response = connection.getresponse()
+            response.read()
+            ok, errors = (ok + 1, errors) if response.status == 200 else (ok, errors + 1)
+        counts[slot] = (ok, errors)
+
+    threads = [threading.Thread(target=connection_loop, args=(slot,))
+               for slot in range(CONNECTIONS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.put((sum(ok for ok, _ in counts), sum(errors for _, errors in counts)))
+
+
+def _units(phase: str, index: int) -> Iterator[str]:
+    """Unit ids per phase: returning (exposed, revisited), exposed elsewhere, or new."""
+    rng = random.Random(index)
+    if phase == "returning":
+        while True:
+            yield f"old-{rng.randrange(RETURNING_UNITS)}"
+    if phase == "elsewhere":
+        for number in range(RETURNING_UNITS + index, EXPOSED_UNITS, CLIENTS * CONNECTIONS):
+            yield f"old-{number}"
+        raise RuntimeError("raise EXPOSED_UNITS: the elsewhere phase ran out of units")
+    prefix = uuid.uuid4().hex[:8]
+    number = 0
+    while True:
+        number += 1
+        yield f"new-{prefix}-{number}"
+
+
+def requests_per_second(port: int, key: str, phase: str, seconds: float = PHASE_S) -> float:
+    """Completed 200s per second from CLIENTS processes over ``seconds``."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    start_at = time.time() + 0.5
+    stop_at = start_at + seconds
+    processes = [context.Process(target=_client,
+                                 args=(port, key, phase, index, start_at, stop_at, results))
+                 for index in range(CLIENTS)]
+    for process in processes:
+        process.start()
+    counts = [results.get(timeout=seconds + 60) for _ in processes]
+    for process in processes:
+        process.join()
+    errors = sum(error for _, error in counts)
+    if errors:
+        raise RuntimeError(f"{errors} non-200 responses in phase {phase!r}")
+    return sum(ok for ok, _ in counts) / seconds
+
+
+def http_ratios(tmp: Path) -> dict[str, list[float]]:
+    """Ratios to the bare endpoint per phase, one per round; rounds interleave the servers
+    so that load from other processes on the machine hits both sides alike."""
+    with database(tmp) as url:
+        key = prepare(url, tmp)
+        env = {"PARCOURS_DATABASE_URL": url, "PARCOURS_INSTANCE_PATH": str(tmp),
+               "PARCOURS_SECRET_KEY": "bench", "PARCOURS_SCHEDULER": "off",
+               "PARCOURS_LOG_LEVEL": "WARNING"}
+        with gunicorn("bench.bench_assign:bare_app()", {}, tmp) as bare_port, \
+                gunicorn("wsgi:app", env, tmp) as port:
+            requests_per_second(bare_port, key, "new", 1.0)  # warm-up
+            requests_per_second(port, key, "returning", 1.0)
+            rates: dict[str, list[float]] = {"bare": [], **{phase: [] for phase in PHASES}}
+            for _ in range(ROUNDS):
+                bare = requests_per_second(bare_port, key, "new")
+                rates["bare"].append(bare)
+                for phase in PHASES:
+                    rates[phase].append(requests_per_second(port, key, phase))
+    return rates
+
+
+def main() -> None:
+    """Print both comparisons as ratios (HTTP: median over interleaved rounds)."""
+    parcours_us, growthbook_us = per_decision_us()
+    print(f"  in-process decision: parcours {parcours_us:.2f} µs, growthbook run() "
+          f"{growthbook_us:.2f} µs -> {growthbook_us / parcours_us:.1f}x faster (target >= 10x)")
+    with tempfile.TemporaryDirectory() as tmp:
+        rates = http_ratios(Path(tmp))
+    bare = rates.pop("bare")
+    print(f"  HTTP, gunicorn gthread {WORKERS}x{THREADS}, {CLIENTS}x{CONNECTIONS} keep-alive "
+          f"client connections, median of {ROUNDS} rounds: bare Flask JSON endpoint "
+          f"{statistics.median(bare):.0f} req/s")
+    labels = {"returning": "returning units (already exposed)",
+              "elsewhere": "exposed units, first visit to this worker",
+              "new": "new units (first exposure stored)"}
+    for phase, values in rates.items():
+        ratio = statistics.median(value / base for value, base in zip(values, bare, strict=True))
+        print(f"  POST /api/v1/assign x3 experiments, {labels[phase]}: "
+              f"{statistics.median(values):.0f} req/s -> {ratio:.2f}x bare (target >= 0.5x)")
+
+
+if __name__ == "__main__":
+    main()
