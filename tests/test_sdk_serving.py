@@ -104,7 +104,7 @@ def test_demo_key_is_replaced_when_revoked(demo_app):
 
 def test_demo_page_works_with_the_seeded_experiment(demo_app):
     with get_db(demo_app).session() as session:
-        list(seed_demo_data(session))
+        list(seed_demo_data(session, traffic=False))
     response = demo_app.test_client().get("/demo/journey")
     assert response.status_code == 200
     assert 'data-journey="landing,cart,checkout,payment,confirmation"' in response.get_data(
