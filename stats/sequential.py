@@ -14,13 +14,20 @@ import math
 
 # Mixing scale when no MDE is configured: a 10% relative effect on the control estimate.
 DEFAULT_MIXING_MDE = 0.1
+# Floor of the mixing scale: the standard error of a difference at this many units per arm.
+# A tau far below the standard error leaves the test blind to large effects on rare events
+# (2% friction rate, 5% MDE: tau = 0.001 while se is 0.006), so tau never goes below it.
+TUNING_UNITS_PER_ARM = 1000
 
 
 def mixing_variance(control_mean: float, unit_variance: float, mde: float | None) -> float:
-    """tau^2 = (mde * |control estimate|)^2, or (mde * per-unit sd)^2 when the estimate is 0."""
+    """tau^2 = max((mde * |control estimate|)^2, 2 * unit variance / TUNING_UNITS_PER_ARM).
+
+    When the control estimate is 0 the MDE applies to the per-unit sd instead.
+    """
     scale = abs(control_mean) if control_mean != 0 else math.sqrt(unit_variance)
     tau = abs(mde or DEFAULT_MIXING_MDE) * scale
-    return tau * tau
+    return max(tau * tau, 2.0 * unit_variance / TUNING_UNITS_PER_ARM)
 
 
 def msprt_p_value(estimate: float, variance: float, tau2: float) -> float:

@@ -1,0 +1,25 @@
+"""The sequential test keeps power for large effects on rare events (mixing-scale floor)."""
+
+from __future__ import annotations
+
+from stats import ProportionStats, VariantInput, analyze_variants
+from stats.sequential import TUNING_UNITS_PER_ARM, mixing_variance
+
+
+def test_mixing_variance_never_falls_below_the_tuning_standard_error():
+    unit_variance = 0.02 * 0.98
+    assert mixing_variance(0.02, unit_variance, 0.05) == 2 * unit_variance / TUNING_UNITS_PER_ARM
+    assert mixing_variance(10.0, 4.0, 0.05) == (0.05 * 10.0) ** 2
+
+
+def test_a_sixfold_rise_of_a_rare_friction_is_detected_sequentially():
+    variants = [
+        VariantInput("control", True, ProportionStats(n=3000, successes=60)),
+        VariantInput("one-page", False, ProportionStats(n=3000, successes=360)),
+    ]
+    result = analyze_variants("friction", variants, method="sequential", mde=0.05,
+                              direction="decrease")
+    comparison = result.comparisons[0]
+    assert comparison.p_value is not None and comparison.p_value < 1e-6
+    assert comparison.verdict == "worse"
+    assert comparison.relative_ci is not None and comparison.relative_ci[0] > 1.0
