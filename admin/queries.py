@@ -46,13 +46,6 @@ def latest_reports(session: Session, experiment_ids: Sequence[int]) -> dict[int,
     return {row.experiment_id: row for row in rows}
 
 
-def report_history(session: Session, experiment_id: int, limit: int = 50) -> list[Report]:
-    """Past reports of an experiment, newest first."""
-    return list(session.scalars(select(Report).where(Report.experiment_id == experiment_id)
-                                .order_by(Report.computed_at.desc(), Report.id.desc())
-                                .limit(limit)))
-
-
 def get_report(session: Session, experiment_id: int, report_id: int) -> Report | None:
     """One report of this experiment (None if it belongs to another one)."""
     report = session.get(Report, report_id)

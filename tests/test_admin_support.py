@@ -11,6 +11,7 @@ import pytest
 from argon2 import PasswordHasher
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.datastructures import MultiDict
 
 from experiments.auth import SYSTEM
 from experiments.db import get_db
@@ -62,8 +63,9 @@ def logged_in(app: Flask, role: str) -> FlaskClient:
 def post(client: FlaskClient, path: str, data: dict[str, Any] | None = None,
          **kwargs: Any) -> Any:
     """POST a form with a valid CSRF token, like the browser does."""
-    token = csrf_token(client, "/admin/power")
-    return client.post(path, data={**(data or {}), "csrf_token": token}, **kwargs)
+    form = MultiDict(data or {})
+    form["csrf_token"] = csrf_token(client, "/admin/power")
+    return client.post(path, data=form, **kwargs)
 
 
 def seed_experiment(app: Flask, key: str = "checkout-redesign", *, start: bool = True,

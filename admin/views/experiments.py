@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -10,7 +11,7 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from pydantic import ValidationError
 from werkzeug.wrappers import Response
 
-from admin import integrations, presenters, queries
+from admin import exports, presenters, queries
 from admin.blueprint import bp
 from admin.format import error_text
 from admin.forms import (
@@ -32,7 +33,8 @@ from experiments.schemas import (
     MetricKind,
     TargetingOp,
 )
-from experiments.services import audit, lifecycle
+from experiments.services import analysis, audit, lifecycle
+from experiments.services.simulate import SimulationPlan, simulate_traffic
 
 PAGE_SIZE = 50
 _CONCLUDED_EDITABLE = ("name", "hypothesis", "owner", "learnings")
@@ -148,7 +150,7 @@ def experiment(key: str) -> str:
     """The experiment page: decision, charts, metric table, friction, history, audit, chain."""
     session = db_session()
     row = lifecycle.get_experiment(session, key)
-    history = queries.report_history(session, row.id)
+    history, _ = analysis.list_reports(session, key, limit=50, cursor=None)
     report = history[0] if history else None
     if request.args.get("report", "").isdigit():
         report = queries.get_report(session, row.id, int(request.args["report"]))
@@ -162,10 +164,7 @@ def experiment(key: str) -> str:
         is_latest=bool(history) and report is history[0],
         view=_report_view(row, body), audit_entries=entries,
         children=queries.iterations_of(session, row.id),
-        demo=bool(getattr(current_app.config["PARCOURS"], "DEMO", False)),
-        can_simulate=integrations.simulator() is not None,
-        can_analyze=integrations.analyzer() is not None,
-        can_export=integrations.exporter() is not None,
+        demo=_demo_mode(),
     )
 
 
@@ -260,36 +259,41 @@ def delete_experiment(key: str) -> Response:
 @requires("editor")
 def analyze_experiment(key: str) -> Response:
     """Run the analysis now instead of waiting for the scheduler."""
-    analyze = integrations.analyzer()
-    if analyze is None:
-        abort(404, "the analysis service is not installed")
-    return _act(key, lambda: analyze(db_session(), key), "Analysis complete.")
+    return _act(key, lambda: analysis.analyze_experiment(db_session(), key), "Analysis complete.")
+
+
+def _demo_mode() -> bool:
+    return bool(getattr(current_app.config["PARCOURS"], "DEMO", False))
 
 
 @bp.route("/experiments/<key>/simulate", methods=["POST"])
 @requires("editor")
 def simulate_experiment(key: str) -> Response:
-    """Demo mode only: send simulated traffic through the real services."""
-    simulate = integrations.simulator()
-    if simulate is None or not getattr(current_app.config["PARCOURS"], "DEMO", False):
+    """Demo mode only (`make run`): send simulated visitors through the real services."""
+    if not _demo_mode():
         abort(404, "simulation is only available in demo mode")
     units = request.form.get("units", "2000")
 
     def run() -> None:
-        if not units.isdigit() or not 1 <= int(units) <= 100_000:
-            raise ValidationFailed.field("units", "must be a whole number from 1 to 100000")
-        simulate(db_session(), key, int(units))
-    return _act(key, run, f"Simulated {units} units.")
+        if not units.isdigit() or not 1 <= int(units) <= 20_000:
+            raise ValidationFailed.field("units", "must be a whole number from 1 to 20000")
+        try:
+            # A fresh seed per click adds new visitors instead of replaying the same ones.
+            simulate_traffic(db_session(), key, SimulationPlan(units=int(units),
+                                                               seed=secrets.randbelow(2**31)))
+        except ValueError as exc:
+            raise Conflict(str(exc)) from None
+    return _act(key, run, f"Simulated {units} visitors; run the analysis to see them.")
 
 
 @bp.route("/experiments/<key>/export.<fmt>")
 @requires("viewer")
 def export_experiment(key: str, fmt: str) -> Response:
-    """The API's CSV/JSON export, for people signed in without an API key."""
-    export = integrations.exporter()
-    if export is None or fmt not in ("csv", "json"):
-        abort(404, "no such export")
-    return export(db_session(), key, fmt)
+    """The API's CSV/JSON export of the latest report, for people signed in without a key."""
+    if fmt not in ("csv", "json"):
+        abort(404, "export formats are csv and json")
+    report = analysis.get_latest_report(db_session(), key)
+    return exports.download(key, report, fmt)
 
 
 def _model(model: Any, data: dict[str, Any]) -> Any:

@@ -10,8 +10,9 @@ from admin import queries
 from admin.blueprint import bp
 from admin.session_auth import requires
 from experiments.db import db_session
-from stats.power import PowerResult, sample_size
-from stats.records import KINDS, StatsInputError
+from experiments.errors import ValidationFailed
+from experiments.services.analysis import calculate_power
+from stats.records import KINDS
 
 POWER_KINDS = tuple(kind for kind in KINDS if kind not in ("ratio", "nps"))
 POWER_DEFAULTS = {"kind": "conversion", "baseline": "0.10", "baseline_sd": "", "mde": "0.05",
@@ -32,30 +33,27 @@ def learnings() -> str:
 @bp.route("/power")
 @requires("viewer")
 def power() -> tuple[str, int]:
-    """Units and days needed to detect an effect: the same code as POST /api/v1/stats/power."""
-    values = {name: request.args.get(name, default).strip()
+    """Units and days needed to detect an effect: the calculator behind POST /api/v1/stats/power."""
+    values = {name: request.args.get(name, default).strip()[:50]
               for name, default in POWER_DEFAULTS.items()}
     result, errors = None, {}
     if request.args:
         try:
-            result = _sample_size(values)
-        except StatsInputError as exc:
-            errors[exc.field] = exc.message
+            result = calculate_power(values["kind"], **_numbers(values))
+        except ValidationFailed as exc:
+            errors = {str(d.get("field")): str(d.get("message")) for d in exc.details}
     return render_template("admin/power.html", values=values, result=result, errors=errors,
                            kinds=POWER_KINDS), 422 if errors else 200
 
 
-def _sample_size(values: dict[str, str]) -> PowerResult:
+def _numbers(values: dict[str, str]) -> dict[str, Any]:
+    """The typed numbers; a field that is not a number is a 422 naming it."""
     numbers: dict[str, Any] = {}
     for name in ("baseline", "baseline_sd", "mde", "alpha", "power", "daily_units", "variants"):
-        if values[name] == "":
+        if values[name] == "" and name in ("baseline_sd", "daily_units"):
             continue
         try:
             numbers[name] = int(values[name]) if name == "variants" else float(values[name])
         except ValueError:
-            raise StatsInputError(name, "must be a number") from None
-    if "baseline" not in numbers or "mde" not in numbers:
-        raise StatsInputError("baseline" if "baseline" not in numbers else "mde", "is required")
-    if values["kind"] not in POWER_KINDS:
-        raise StatsInputError("kind", f"must be one of {', '.join(POWER_KINDS)}")
-    return sample_size(values["kind"], **numbers)  # type: ignore[arg-type]
+            raise ValidationFailed.field(name, "must be a number") from None
+    return numbers

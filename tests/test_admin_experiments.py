@@ -1,0 +1,394 @@
+"""Admin experiment pages: list, form (with the API's validation messages), report page, actions."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import re
+from typing import Any
+
+from werkzeug.datastructures import MultiDict
+
+from experiments.db import get_db
+from experiments.models import AuditEntry, Experiment
+from experiments.services.lifecycle import experiment_to_dict, get_experiment
+from tests.test_admin_support import (
+    cheap_argon2,  # noqa: F401  (autouse fixture)
+    insert_report,
+    logged_in,
+    post,
+    seed_experiment,
+)
+
+
+def form_data(**changes: Any) -> MultiDict[str, str]:
+    """What the browser posts for a valid two-arm experiment (repeated fields in row order)."""
+    data: dict[str, Any] = {
+        "key": "address-autocomplete", "name": "Address autocomplete", "owner": "journeys",
+        "hypothesis": "Autocomplete removes form errors", "layer": "", "traffic": "0.8",
+        "journey": ["cart", "checkout", "payment"],
+        "variant_key": ["control", "autocomplete"], "variant_name": ["Current", "Auto"],
+        "variant_weight": ["0.5", "0.5"], "variant_role": ["control", "treatment"],
+        "variant_payload": ["{}", '{"autocomplete": true}'],
+        "rule_attribute": ["country"], "rule_op": ["in"], "rule_value": ["FR, BE"],
+        "overrides": "qa-1 = autocomplete",
+        "metric_key": ["purchase", "checkout-errors"], "metric_kind": ["conversion", "friction"],
+        "metric_role": ["primary", "guardrail"], "metric_direction": ["", ""],
+        "metric_event": ["purchase", ""], "metric_numerator": ["", ""],
+        "metric_denominator": ["", ""], "metric_step": ["", "checkout"],
+        "metric_friction_kind": ["", "form_error"],
+        "analysis_method": "frequentist", "analysis_correction": "holm", "analysis_alpha": "0.05",
+        "analysis_power": "0.8", "analysis_mde": "0.05", "analysis_min_units_per_variant": "500",
+        "analysis_min_days": "3", "analysis_max_days": "21",
+        "analysis_conversion_window_hours": "48", "analysis_cuped": "on",
+        "analysis_auto_decide": "on",
+    }
+    data.update(changes)
+    return MultiDict([(k, item) for k, v in data.items()
+                      for item in (v if isinstance(v, list) else [v])])
+
+
+def load(app, key: str) -> dict[str, Any]:
+    with get_db(app).session() as session:
+        return experiment_to_dict(get_experiment(session, key))
+
+
+def errors_on(page: str) -> dict[str, str]:
+    """Inline error messages by the id of the field they describe."""
+    found = re.findall(r'<p class="field-error" id="(f-[^"]+)-error">([^<]+)</p>', page)
+    return {field: html.unescape(message) for field, message in found}
+
+
+def test_create_form_builds_the_same_experiment_as_the_api(app):
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/new", form_data())
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/admin/experiments/address-autocomplete"
+    created = load(app, "address-autocomplete")
+    assert created["journey"] == ["cart", "checkout", "payment"]
+    assert [(v["key"], v["weight"], v["is_control"], v["payload"]) for v in created["variants"]] \
+        == [("control", 0.5, True, {}), ("autocomplete", 0.5, False, {"autocomplete": True})]
+    assert created["traffic"] == 0.8 and created["layer"] is None
+    assert created["targeting"] == [{"attribute": "country", "op": "in", "value": ["FR", "BE"]}]
+    assert created["overrides"] == {"qa-1": "autocomplete"}
+    assert [(m["key"], m["role"], m["direction"], m["step"], m["friction_kind"])
+            for m in created["metrics"]] == [
+        ("purchase", "primary", "increase", None, None),
+        ("checkout-errors", "guardrail", "decrease", "checkout", "form_error")]
+    assert created["analysis"]["method"] == "frequentist"
+    assert created["analysis"]["min_days"] == 3 and created["analysis"]["auto_conclude"] is False
+    with get_db(app).session() as session:
+        assert session.query(AuditEntry).filter_by(action="experiment.create").one().actor \
+            == "user:editor@example.com"
+
+
+def test_reordered_rows_are_saved_in_their_new_order(app):
+    client = logged_in(app, "editor")
+    post(client, "/admin/experiments/new", form_data(journey=["payment", "cart", "checkout"]))
+    assert load(app, "address-autocomplete")["journey"] == ["payment", "cart", "checkout"]
+
+
+def test_blank_rows_are_ignored(app):
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/new", form_data(
+        journey=["cart", "", "checkout", "payment"],
+        rule_attribute=["country", ""], rule_op=["in", "eq"], rule_value=["FR", ""]))
+    assert response.status_code == 302
+    created = load(app, "address-autocomplete")
+    assert created["journey"] == ["cart", "checkout", "payment"]
+    assert len(created["targeting"]) == 1
+
+
+def test_validation_errors_are_shown_next_to_their_fields_and_nothing_is_created(app):
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/new", form_data(
+        variant_weight=["0.5", "lots"], variant_payload=["{}", "{broken"],
+        metric_step=["", "shipping"], analysis_alpha="2"))
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    errors = errors_on(page)
+    assert errors["f-variants-1-weight"].startswith("Input should be a valid number")
+    assert errors["f-variants-1-payload"].startswith("invalid JSON")
+    assert errors["f-analysis-alpha"] == "Input should be less than or equal to 0.5"
+    assert 'id="f-variants-1-weight" aria-invalid="true"' in page
+    assert 'value="lots"' in page and "{broken" in page  # the typed values are kept
+    assert "Please fix" in page
+    with get_db(app).session() as session:
+        assert session.query(Experiment).count() == 0
+
+
+def test_cross_field_rules_use_the_api_field_paths(app):
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/new", form_data(
+        variant_role=["treatment", "treatment"], metric_step=["", "shipping"]))
+    assert response.status_code == 422
+    errors = errors_on(response.get_data(as_text=True))
+    assert errors["f-variants"] == "exactly one variant must have is_control=true (found 0)"
+    assert errors["f-metrics-1-step"] == "step 'shipping' is not a journey step"
+
+
+def test_duplicate_key_is_reported_on_the_key_field(app):
+    seed_experiment(app, "address-autocomplete", start=False)
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/new", form_data())
+    assert response.status_code == 409
+    assert "already exists" in errors_on(response.get_data(as_text=True))["f-key"]
+
+
+def test_bad_override_line_is_refused(app):
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/new", form_data(overrides="just-a-unit"))
+    assert response.status_code == 422
+    assert "unit_id = variant_key" in response.get_data(as_text=True)
+    with get_db(app).session() as session:
+        assert session.query(Experiment).count() == 0
+
+
+def test_edit_form_is_prefilled_and_saves_changes(app):
+    seed_experiment(app, start=False)
+    client = logged_in(app, "editor")
+    page = client.get("/admin/experiments/checkout-redesign/edit").get_data(as_text=True)
+    assert 'value="One-page checkout"' in page and '{&#34;layout&#34;: &#34;single&#34;}' in page
+    data = form_data(key="ignored", name="Renamed", journey=["landing", "cart", "checkout"],
+                     metric_step=["", "checkout"])
+    response = post(client, "/admin/experiments/checkout-redesign/edit", data)
+    assert response.status_code == 302
+    saved = load(app, "checkout-redesign")
+    assert saved["key"] == "checkout-redesign" and saved["name"] == "Renamed"
+    assert [v["key"] for v in saved["variants"]] == ["control", "autocomplete"]
+
+
+def test_running_experiment_cannot_gain_a_variant_through_the_form(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    data = form_data(variant_key=["control", "one-page", "third"],
+                     variant_name=["a", "b", "c"], variant_weight=["1", "1", "1"],
+                     variant_role=["control", "treatment", "treatment"],
+                     variant_payload=["{}", "{}", "{}"],
+                     journey=["landing", "cart", "checkout", "payment", "confirmation"])
+    response = post(client, "/admin/experiments/checkout-redesign/edit", data)
+    assert response.status_code == 409
+    assert "cannot be added, removed" in response.get_data(as_text=True)
+    assert len(load(app, "checkout-redesign")["variants"]) == 2
+
+
+def test_running_experiment_weights_and_traffic_can_change(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    state = load(app, "checkout-redesign")
+    data = form_data(
+        name=state["name"], traffic="0.5", layer="checkout", overrides="",
+        journey=state["journey"], variant_key=["control", "one-page"],
+        variant_weight=["0.3", "0.7"], metric_step=["", "payment"])
+    response = post(client, "/admin/experiments/checkout-redesign/edit", data)
+    assert response.status_code == 302, response.get_data(as_text=True)
+    saved = load(app, "checkout-redesign")
+    assert saved["traffic"] == 0.5 and [v["weight"] for v in saved["variants"]] == [0.3, 0.7]
+
+
+def test_concluded_experiment_form_only_edits_texts(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    post(client, "/admin/experiments/checkout-redesign/conclude",
+         {"outcome": "no_difference", "winner": "", "learnings": "first"})
+    page = client.get("/admin/experiments/checkout-redesign/edit").get_data(as_text=True)
+    assert 'name="variant_key"' not in page and 'name="learnings"' in page
+    response = post(client, "/admin/experiments/checkout-redesign/edit",
+                    form_data(name="Final name", learnings="Customers did not care"))
+    assert response.status_code == 302
+    saved = load(app, "checkout-redesign")
+    assert (saved["name"], saved["learnings"], saved["traffic"]) == (
+        "Final name", "Customers did not care", 1.0)
+
+
+def test_lifecycle_buttons_move_the_experiment(app):
+    seed_experiment(app, start=False)
+    client = logged_in(app, "editor")
+    key_url = "/admin/experiments/checkout-redesign"
+    statuses = []
+    for action in ("start", "pause", "resume"):
+        assert post(client, f"{key_url}/{action}").status_code == 302
+        statuses.append(load(app, "checkout-redesign")["status"])
+    assert statuses == ["running", "paused", "running"]
+
+
+def test_illegal_transition_is_explained_and_changes_nothing(app):
+    seed_experiment(app, start=False)
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/checkout-redesign/pause", follow_redirects=True)
+    assert "cannot pause an experiment that is draft" in response.get_data(as_text=True)
+    assert load(app, "checkout-redesign")["status"] == "draft"
+
+
+def test_conclude_records_outcome_winner_and_learnings(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    post(client, "/admin/experiments/checkout-redesign/conclude",
+         {"outcome": "ship", "winner": "one-page", "learnings": "One page wins on mobile"})
+    saved = load(app, "checkout-redesign")
+    assert saved["status"] == "concluded" and saved["learnings"] == "One page wins on mobile"
+    assert saved["decision"]["outcome"] == "ship" and saved["decision"]["winner"] == "one-page"
+
+
+def test_conclude_ship_without_winner_is_refused(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/checkout-redesign/conclude",
+                    {"outcome": "ship", "winner": ""}, follow_redirects=True)
+    assert "a &#39;ship&#39; outcome needs the winning variant" in response.get_data(as_text=True)
+    assert load(app, "checkout-redesign")["status"] == "running"
+
+
+def test_iterate_creates_a_draft_in_the_chain(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/checkout-redesign/iterate",
+                    {"new_key": "checkout-redesign-2", "new_name": ""})
+    assert response.headers["Location"] == "/admin/experiments/checkout-redesign-2/edit"
+    child = load(app, "checkout-redesign-2")
+    assert child["iteration_of"] == "checkout-redesign" and child["status"] == "draft"
+    parent_page = client.get("/admin/experiments/checkout-redesign").get_data(as_text=True)
+    assert 'href="/admin/experiments/checkout-redesign-2"' in parent_page
+    child_page = client.get("/admin/experiments/checkout-redesign-2").get_data(as_text=True)
+    assert "Iterates <a href=\"/admin/experiments/checkout-redesign\">" in child_page
+
+
+def test_iterate_with_a_bad_key_explains_why(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/checkout-redesign/iterate",
+                    {"new_key": "Bad Key"}, follow_redirects=True)
+    assert "String should match pattern" in response.get_data(as_text=True)
+
+
+def test_delete_draft(app):
+    seed_experiment(app, start=False)
+    client = logged_in(app, "editor")
+    assert post(client, "/admin/experiments/checkout-redesign/delete").status_code == 302
+    with get_db(app).session() as session:
+        assert session.query(Experiment).count() == 0
+
+
+def test_list_shows_status_units_verdict_srm_and_days(app):
+    seed_experiment(app)
+    seed_experiment(app, "pricing-test", start=False, layer=None)
+    insert_report(app, srm={"p_value": 0.0001, "detected": True})
+    client = logged_in(app, "viewer")
+    page = client.get("/admin/experiments").get_data(as_text=True)
+    rows = {key: row for row in page.split("<tr>")[2:]
+            for key in ("checkout-redesign", "pricing-test") if f"{key}</code>" in row}
+    assert "status-running" in rows["checkout-redesign"] and "10 000" in rows["checkout-redesign"]
+    assert "verdict-better" in rows["checkout-redesign"] and ">SRM<" in rows["checkout-redesign"]
+    assert '<td class="num">0</td>' in rows["checkout-redesign"]  # started today
+    assert "status-draft" in rows["pricing-test"] and "verdict-" not in rows["pricing-test"]
+    assert page.index("pricing-test") < page.index("checkout-redesign")  # newest first
+
+
+def test_list_filters_by_status_and_searches(app):
+    seed_experiment(app)
+    seed_experiment(app, "pricing-test", start=False, layer=None, name="Price anchors")
+    client = logged_in(app, "viewer")
+    drafts = client.get("/admin/experiments?status=draft").get_data(as_text=True)
+    assert "pricing-test" in drafts and "checkout-redesign" not in drafts
+    found = client.get("/admin/experiments?q=ANCHOR").get_data(as_text=True)
+    assert "pricing-test" in found and "checkout-redesign" not in found
+    assert client.get("/admin/experiments?q=100%25_").status_code == 200
+    assert client.get("/admin/experiments?status=bogus").status_code == 400
+    assert client.get("/admin/experiments?cursor=garbage").status_code == 422
+
+
+def test_report_page_shows_decision_metrics_funnel_and_heatmap(app):
+    seed_experiment(app)
+    insert_report(app)
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    assert 'class="decision decision-ship"' in page and "primary metric significant" in page
+    assert "srm-banner" not in page
+    assert "+11.8%" in page and "[+1.0%, +23.0%]" in page and "98%" in page
+    assert "verdict-better" in page and 'id="lift-chart"' in page
+    lift = json.loads(re.search(r'id="lift-data">(.*?)</script>', page).group(1))
+    assert lift["labels"] == ["2026-11-20", "2026-11-21", "2026-11-22"]
+    assert lift["series"][0]["upper"] == [0.24, 0.23, 0.23]
+    assert "largest drop-off" in page
+    heat = page[page.index('<table class="heatmap"'):]
+    heat = heat[:heat.index("</table>")]
+    assert heat.count('class="heat-cell') == 5 * 10  # journey steps × friction kinds
+    assert heat.count("heat-significant") == 1 and "−43%" in heat
+
+
+def test_heatmap_uses_the_full_friction_matrix_when_present(app):
+    seed_experiment(app)
+    matrix = [{"step": "cart", "friction_kind": "rage_click", "variant": "one-page",
+               "rate": 0.02, "control_rate": 0.01, "relative_effect": 1.0,
+               "adjusted_p_value": 0.4, "significant": False}]
+    insert_report(app, friction_matrix=matrix)
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    heat = page[page.index('<table class="heatmap"'):]
+    assert heat.count("heat-bad") == 1 and "+100%" in heat and "heat-significant" not in heat
+
+
+def test_srm_banner_and_history_navigation(app):
+    seed_experiment(app)
+    old_id = insert_report(app, age_hours=24, srm={"p_value": 0.00001, "detected": True})
+    insert_report(app)
+    client = logged_in(app, "viewer")
+    latest = client.get("/admin/experiments/checkout-redesign").get_data(as_text=True)
+    assert "srm-banner" not in latest and f"?report={old_id}" in latest
+    old = client.get(f"/admin/experiments/checkout-redesign?report={old_id}").get_data(
+        as_text=True)
+    assert "Sample ratio mismatch" in old and "See the latest" in old
+    assert client.get("/admin/experiments/checkout-redesign?report=999999").status_code == 404
+
+
+def test_degenerate_report_renders_without_error(app):
+    seed_experiment(app)
+    insert_report(app, metrics=[{"key": "purchase", "kind": "conversion", "role": "primary",
+                                 "variants": [], "comparisons": [],
+                                 "warnings": ["no units"]}],
+                  funnel=[], timeline=[], friction_points=[], units={}, decision=None,
+                  srm={"p_value": None, "detected": False}, warnings=["no exposed units yet"])
+    response = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 200 and "no exposed units yet" in page
+    assert "No timeline in this report yet" in page
+
+
+def test_unknown_experiment_is_an_html_404(app):
+    response = logged_in(app, "viewer").get("/admin/experiments/nope")
+    assert response.status_code == 404 and "no experiment with key" in response.get_data(
+        as_text=True)
+    assert response.mimetype == "text/html"
+
+
+def test_export_downloads_match_the_latest_report(app):
+    seed_experiment(app)
+    report_id = insert_report(app)
+    client = logged_in(app, "viewer")
+    response = client.get("/admin/experiments/checkout-redesign/export.csv")
+    assert response.headers["Content-Disposition"].endswith('checkout-redesign-results.csv"')
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [(r["metric"], r["variant"], r["verdict"]) for r in rows] == [
+        ("purchase", "control", ""), ("purchase", "one-page", "better"),
+        ("payment-errors", "control", ""), ("payment-errors", "one-page", "better")]
+    exported = client.get("/admin/experiments/checkout-redesign/export.json").get_json()
+    assert exported["report_id"] == report_id and len(exported["rows"]) == 4
+    assert client.get("/admin/experiments/checkout-redesign/export.xml").status_code == 404
+
+
+def test_analyze_button_stores_a_report(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/checkout-redesign/analyze",
+                    follow_redirects=True)
+    assert "Analysis complete." in response.get_data(as_text=True)
+    assert 'class="decision decision-keep_running"' in response.get_data(as_text=True)
+
+
+def test_simulate_button_only_exists_in_demo_mode(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    assert post(client, "/admin/experiments/checkout-redesign/simulate").status_code == 404
+
