@@ -255,6 +255,32 @@ def test_leaving_mid_journey_beacons_an_abandonment(sdk, api_app):
     assert [e.name for e in events_of(api_app, "leaver", type="step")] == ["payment"]
 
 
+def test_twenty_queued_events_are_sent_without_waiting_for_the_timer(sdk, api_app):
+    page = sdk(unit="batch", autoFriction=False, flushIntervalMs=60000)
+    page.evaluate('() => { for (let i = 0; i < 20; i++) p.track("click-" + i, {type: "custom"}); }')
+    rows = wait_for_events(api_app, "batch", 20, timeout_s=5)
+    assert sorted(e.name for e in rows) == sorted(f"click-{i}" for i in range(20))
+
+
+def test_a_step_open_past_its_threshold_is_a_slow_step(sdk, api_app):
+    page = sdk(unit="slow", autoFriction={"slowStepMs": {"payment": 300, "*": 60000}})
+    page.evaluate('() => { p.step("cart"); p.step("payment"); }')
+    page.wait_for_timeout(500)
+    page.evaluate(FLUSH)
+    rows = frictions(api_app, "slow", "slow_step")
+    assert [(e.step, e.value) for e in rows] == [("payment", 300.0)]
+
+
+def test_a_short_single_page_visit_is_a_bounce_and_switches_are_honoured(sdk, api_app, page):
+    sdk(unit="bouncer", autoFriction={"abandonment": False})
+    page.evaluate('() => p.step("landing")')
+    page.goto("about:blank")
+    rows = frictions(api_app, "bouncer", "bounce")
+    assert [e.step for e in rows] == ["landing"]
+    assert 0 < rows[0].value < 10000
+    assert events_of(api_app, "bouncer", friction_kind="abandonment") == []
+
+
 def test_events_survive_an_outage_and_are_stored_exactly_once(page, shop, api_app, client_key):
     # A real outage: the API server is stopped (page.route cannot stop beacons), and the shop
     # hosts the SDK itself so that its pages still load.

@@ -176,7 +176,9 @@
     }
 
     nps(score, o) {
-      if (!(score >= 0 && score <= 10)) throw new RangeError("NPS score must be 0..10");
+      if (!(Number.isInteger(score) && score >= 0 && score <= 10)) {
+        throw new RangeError("NPS score must be an integer from 0 to 10");
+      }
       return this.event("nps", "nps", Object.assign({}, o, { value: score }));
     }
 
