@@ -32,8 +32,9 @@ from sqlalchemy.engine import make_url
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 500
 BATCHES = int(os.environ.get("PARCOURS_BENCH_EVENT_BATCHES", 60))
-CLIENT_THREADS = 6
-WORKERS = 3
+CLIENT_THREADS = 8
+# The repo's gunicorn.conf.py defaults (2 × cores + 1 gthread workers) unless overridden.
+WORKERS = int(os.environ.get("PARCOURS_WORKERS", (os.cpu_count() or 1) * 2 + 1))
 COLUMNS = ("event_id", "unit_id", "type", "name", "step", "friction_kind", "value",
            "occurred_at", "received_at", "properties")
 TARGET = 0.5
