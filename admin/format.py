@@ -44,6 +44,15 @@ def number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}".replace("-", "−")
 
 
+def estimate(kind: Any, value: Any) -> str:
+    """A metric's estimate in its unit: shares as percentages, NPS in points, else a number."""
+    if kind in ("conversion", "friction"):
+        return pct(value, 2)
+    if kind == "nps" and _finite(value):
+        return f"{value:+.1f}".replace("-", "−")
+    return number(value)
+
+
 def pvalue(value: Any) -> str:
     """p-values as statisticians write them."""
     if not _finite(value):

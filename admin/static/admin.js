@@ -25,7 +25,8 @@
     return {
       responsive: true, maintainAspectRatio: false, animation: false,
       interaction: {mode: "index", intersect: false},
-      scales: {y: {ticks: {callback: percent}, title: {display: true, text: yTitle}}},
+      scales: {y: {ticks: {callback: percent, includeBounds: false},
+                   title: {display: true, text: yTitle}}},
       plugins: {legend: {labels: {boxWidth: 12}}}
     };
   }
@@ -56,12 +57,32 @@
         var ci = (lo === null || hi === null) ? "" : " [" + percent(lo) + ", " + percent(hi) + "]";
         return ctx.dataset.label + ": " + percent(ctx.parsed.y) + ci;
       }}};
+    var range = yRange(data.series);
+    options.scales.y.min = range[0];
+    options.scales.y.max = range[1];
     options.scales.y.grid = {color: function (ctx) {
       return ctx.tick && ctx.tick.value === 0 ? "#1c2430" : "rgba(0,0,0,0.08)";
     }};
     new window.Chart(canvas, {type: "line", data: {labels: data.labels, datasets: datasets},
       options: options});
   }
+
+  /* Early days have huge intervals: keep the axis around the effects (band clipped). */
+  function yRange(series) {
+    var effects = [], bounds = [];
+    series.forEach(function (s) {
+      effects = effects.concat(s.effect.filter(isNum));
+      bounds = bounds.concat(s.lower.filter(isNum), s.upper.filter(isNum));
+    });
+    var span = Math.max(0.1, 3 * Math.max.apply(null, effects.map(Math.abs).concat([0])));
+    var low = Math.max(-span, Math.min.apply(null, bounds.concat([-0.05])));
+    var high = Math.min(span, Math.max.apply(null, bounds.concat([0.05])));
+    return [niceStep(low, Math.floor), niceStep(high, Math.ceil)];
+  }
+
+  function isNum(value) { return typeof value === "number" && isFinite(value); }
+
+  function niceStep(value, round) { return round(value * 20) / 20; }
 
   function funnelChart() {
     var canvas = document.getElementById("funnel-chart");
