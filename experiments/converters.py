@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from werkzeug.routing import IntegerConverter, Map
+from werkzeug.exceptions import NotFound
+from werkzeug.routing import IntegerConverter
 
 MAX_ID = 2**63 - 1
 
@@ -12,6 +13,9 @@ MAX_ID = 2**63 - 1
 class BoundedIntConverter(IntegerConverter):
     """An ``int`` converter capped at BIGINT, so a huge id is a 404, not a driver error."""
 
-    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("max", MAX_ID)
-        super().__init__(url_map, *args, **kwargs)
+    def to_python(self, value: str) -> Any:
+        number = super().to_python(value)
+        if number > MAX_ID:
+            # Not a routing miss (that would turn into 405 on sibling rules): no such resource.
+            raise NotFound("no resource with that id")
+        return number

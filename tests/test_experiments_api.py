@@ -361,3 +361,10 @@ def test_huge_numeric_ids_are_404_not_a_driver_error(client, admin_headers):
     response = client.get("/api/v1/webhooks/18446744073709551616", headers=admin_headers)
     assert response.status_code == 404
     assert response.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("method", ["get", "patch", "delete"])
+def test_huge_ids_are_404_for_every_method(client, admin_headers, method):
+    response = getattr(client, method)("/api/v1/webhooks/928876179408817750016",
+                                       headers=admin_headers, json={})
+    assert response.status_code == 404

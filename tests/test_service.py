@@ -102,3 +102,14 @@ def test_oversized_body_is_413(client, admin_headers):
     payload = experiment_payload(hypothesis="x" * (3 * 1024 * 1024))
     response = client.post("/api/v1/experiments", json=payload, headers=admin_headers)
     assert_envelope(response, 413, "payload_too_large")
+
+
+def test_deeply_nested_json_is_a_client_error(client, client_headers, admin_headers):
+    body = b"[" * 100_000 + b"]" * 100_000
+    for path, headers in (("/api/v1/events", client_headers),
+                          ("/api/v1/experiments", admin_headers)):
+        response = client.post(path, data=body, headers=headers,
+                               content_type="application/json")
+        assert response.status_code in (400, 413, 422), path
+        assert response.get_json()["error"]["code"] in (
+            "invalid_json", "payload_too_large", "validation_error")

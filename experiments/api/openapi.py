@@ -119,6 +119,9 @@ def _responses(spec: RouteSpec, has_path_params: bool) -> dict[str, Any]:
             status, "Response")}
         if model is not None:
             entry["content"] = {"application/json": {"schema": _ref(model)}}
+        if status < 300:
+            for media_type in spec.alternate_media:
+                entry.setdefault("content", {})[media_type] = {"schema": {"type": "string"}}
         responses[str(status)] = entry
     errors = set(spec.errors)
     if spec.auth is not None:

@@ -50,7 +50,7 @@ def list_reports(key: str, query: ReportListQuery) -> ReportList:
 
 
 @api_route(bp, "/experiments/<key>/export", query=ExportQuery, response=ExportOut,
-           errors=(404,), tags=TAGS)
+           errors=(404,), tags=TAGS, alternate_media=("text/csv",))
 def export_results(key: str, query: ExportQuery) -> ExportOut | Response:
     """Per-variant, per-metric results of the latest report, as JSON or CSV."""
     report = analysis.get_latest_report(db_session(), key)

@@ -41,6 +41,8 @@ class RouteSpec:
     query: type[BaseModel] | None
     responses: dict[int, ResponseModel] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
+    # Other media types the success response may have (e.g. text/csv exports).
+    alternate_media: tuple[str, ...] = ()
 
 
 def api_route(
@@ -57,6 +59,7 @@ def api_route(
     errors: tuple[int, ...] = (),
     summary: str = "",
     tags: tuple[str, ...] = (),
+    alternate_media: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API view; see the module docstring."""
 
@@ -79,7 +82,7 @@ def api_route(
             rule=(blueprint.url_prefix or "") + rule, method=method.lower(),
             endpoint=f"{blueprint.name}.{endpoint}", summary=summary or _first_line(view.__doc__),
             tags=tags or (blueprint.name,), auth=auth, body=body, query=query,
-            responses=all_responses, errors=errors,
+            responses=all_responses, errors=errors, alternate_media=alternate_media,
         ))
         return wrapper
 
@@ -111,27 +114,21 @@ def current_principal() -> Principal:
     return g.principal
 
 
-def read_json() -> Any:
-    """The request body as JSON, or 415/400 with the envelope."""
-    if request.mimetype != JSON_MIMETYPE:
-        raise ApiError(415, "send the body as application/json")
-    raw = request.get_data(cache=True)
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc}", code="invalid_json") from None
-
-
 def parse_body(model: type[BaseModel]) -> BaseModel:
-    """Validate the JSON body against ``model`` (422 naming each field).
+    """Parse and validate the JSON body in one pass: 415, 400 or 422 naming each field.
 
     Strict JSON validation: ``"0.5"`` is not a number and ``0`` is not a boolean, so
     what the OpenAPI document says is exactly what is accepted.
     """
-    read_json()
+    if request.mimetype != JSON_MIMETYPE:
+        raise ApiError(415, "send the body as application/json")
     try:
         return model.model_validate_json(request.get_data(cache=True), strict=True)
     except ValidationError as exc:
+        malformed = [e for e in exc.errors(include_url=False) if e["type"] == "json_invalid"]
+        if malformed:
+            reason = malformed[0].get("ctx", {}).get("error") or malformed[0]["msg"]
+            raise ApiError(400, f"malformed JSON: {reason}", code="invalid_json") from None
         raise ApiError(422, "the request body is invalid",
                        details=validation_details(exc)) from None
 
