@@ -392,3 +392,26 @@ def test_simulate_button_only_exists_in_demo_mode(app):
     client = logged_in(app, "editor")
     assert post(client, "/admin/experiments/checkout-redesign/simulate").status_code == 404
 
+
+
+def test_simulate_button_sends_visitors_in_demo_mode(database_url, tmp_path):
+    from tests.conftest import make_test_app
+
+    app = make_test_app(database_url, tmp_path, DEMO=True)
+    try:
+        seed_experiment(app, targeting=[])
+        client = logged_in(app, "editor")
+        page = client.get("/admin/experiments/checkout-redesign").get_data(as_text=True)
+        assert "Simulate traffic" in page
+        response = post(client, "/admin/experiments/checkout-redesign/simulate", {"units": "200"},
+                        follow_redirects=True)
+        assert "Simulated 200 visitors; 200 entered the experiment" in response.get_data(
+            as_text=True)
+        refused = post(client, "/admin/experiments/checkout-redesign/simulate",
+                       {"units": "lots"}, follow_redirects=True)
+        assert "units: must be a whole number" in refused.get_data(as_text=True)
+        with get_db(app).session() as session:
+            from experiments.models import Exposure
+            assert session.query(Exposure).count() == 200
+    finally:
+        get_db(app).engine.dispose()

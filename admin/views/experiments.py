@@ -273,17 +273,21 @@ def simulate_experiment(key: str) -> Response:
     if not _demo_mode():
         abort(404, "simulation is only available in demo mode")
     units = request.form.get("units", "2000")
-
-    def run() -> None:
+    try:
         if not units.isdigit() or not 1 <= int(units) <= 20_000:
             raise ValidationFailed.field("units", "must be a whole number from 1 to 20000")
-        try:
-            # A fresh seed per click adds new visitors instead of replaying the same ones.
-            simulate_traffic(db_session(), key, SimulationPlan(units=int(units),
-                                                               seed=secrets.randbelow(2**31)))
-        except ValueError as exc:
-            raise Conflict(str(exc)) from None
-    return _act(key, run, f"Simulated {units} visitors; run the analysis to see them.")
+        # A fresh seed per click adds new visitors instead of replaying the same ones.
+        plan = SimulationPlan(units=int(units), seed=secrets.randbelow(2**31))
+        exposed = simulate_traffic(db_session(), key, plan)
+    except ValueError as exc:
+        _flash_error(Conflict(str(exc)))
+    except ApiError as exc:
+        _flash_error(exc)
+    else:
+        flash(f"Simulated {units} visitors; {sum(exposed.values())} entered the experiment "
+              "(the others were excluded by traffic, targeting or layer). "
+              "Run the analysis to see them.", "success")
+    return redirect(url_for("admin.experiment", key=key))
 
 
 @bp.route("/experiments/<key>/export.<fmt>")
