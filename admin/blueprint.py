@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
@@ -16,6 +16,7 @@ from experiments.errors import ApiError
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                static_folder="static", static_url_path="/static")
 PUBLIC_ENDPOINTS = {"admin.login", "admin.static"}
+MAX_ID = 2**31 - 1
 
 
 @bp.before_request
@@ -29,6 +30,14 @@ def _authenticate_and_check_csrf() -> Response | None:
     if g.admin_user is None and request.endpoint not in PUBLIC_ENDPOINTS:
         return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
     return None
+
+
+@bp.url_value_preprocessor
+def _ids_in_range(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """An id no INTEGER column can hold is simply not found (instead of a database error)."""
+    for value in (values or {}).values():
+        if isinstance(value, int) and not 0 <= value <= MAX_ID:
+            abort(404, "not found")
 
 
 @bp.app_template_global()

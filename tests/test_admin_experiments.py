@@ -340,7 +340,9 @@ def test_srm_banner_and_history_navigation(app):
     old = client.get(f"/admin/experiments/checkout-redesign?report={old_id}").get_data(
         as_text=True)
     assert "Sample ratio mismatch" in old and "See the latest" in old
-    assert client.get("/admin/experiments/checkout-redesign?report=999999").status_code == 404
+    for bad in ("999999", "99999999999999999999", "x"):
+        response = client.get(f"/admin/experiments/checkout-redesign?report={bad}")
+        assert response.status_code == 404
 
 
 def test_degenerate_report_renders_without_error(app):

@@ -118,6 +118,8 @@ def test_admin_cannot_lock_themselves_out(app):
         assert session.get(User, admin_id).active is True
     assert post(admin, "/admin/users/999/role", {"role": "viewer"},
                 follow_redirects=True).status_code == 200
+    assert post(admin, f"/admin/users/{2**70}/role", {"role": "viewer"}).status_code == 404
+    assert admin.get(f"/admin/webhooks/{2**40}").status_code == 404
 
 
 def test_api_key_is_shown_once_and_works_until_revoked(app, client):

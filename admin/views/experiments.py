@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from werkzeug.wrappers import Response
 
 from admin import exports, presenters, queries
-from admin.blueprint import bp
+from admin.blueprint import MAX_ID, bp
 from admin.format import error_text
 from admin.forms import (
     blank_state,
@@ -152,8 +152,10 @@ def experiment(key: str) -> str:
     row = lifecycle.get_experiment(session, key)
     history, _ = analysis.list_reports(session, key, limit=50, cursor=None)
     report = history[0] if history else None
-    if request.args.get("report", "").isdigit():
-        report = queries.get_report(session, row.id, int(request.args["report"]))
+    if request.args.get("report"):
+        wanted = request.args["report"]
+        report = (queries.get_report(session, row.id, int(wanted))
+                  if wanted.isdigit() and int(wanted) <= MAX_ID else None)
         if report is None:
             abort(404, "no such report for this experiment")
     body = report.body if report is not None else {}
