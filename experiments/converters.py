@@ -1,4 +1,4 @@
-"""URL converters: ``<int:…>`` path ids never overflow the database's BIGINT."""
+"""URL converters: ``<int:…>`` path ids never overflow the database's integer columns."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Any
 from werkzeug.exceptions import NotFound
 from werkzeug.routing import IntegerConverter
 
-MAX_ID = 2**63 - 1
+# Primary keys are 32-bit INTEGER (and the driver casts parameters to the column type).
+MAX_ID = 2**31 - 1
 
 
 class BoundedIntConverter(IntegerConverter):
-    """An ``int`` converter capped at BIGINT, so a huge id is a 404, not a driver error."""
+    """An ``int`` converter capped at INTEGER, so a huge id is a 404, not a driver error."""
 
     def to_python(self, value: str) -> Any:
         number = super().to_python(value)

@@ -365,6 +365,6 @@ def test_huge_numeric_ids_are_404_not_a_driver_error(client, admin_headers):
 
 @pytest.mark.parametrize("method", ["get", "patch", "delete"])
 def test_huge_ids_are_404_for_every_method(client, admin_headers, method):
-    response = getattr(client, method)("/api/v1/webhooks/928876179408817750016",
+    response = getattr(client, method)("/api/v1/webhooks/38256696056",
                                        headers=admin_headers, json={})
     assert response.status_code == 404

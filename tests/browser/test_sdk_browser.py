@@ -336,7 +336,7 @@ def test_demo_journey_can_be_clicked_through_to_a_purchase(page, api, api_app, c
     unit = unit_in(api, client_key, variant)
     page.add_init_script(f"localStorage.setItem('parcours:unit', '{unit}')")
     page.goto(f"{api.url}/demo/journey")
-    page.wait_for_function("document.body.dataset.variant !== undefined")
+    page.wait_for_selector("body[data-variant]", state="attached")
     assert page.inner_text("#unit") == unit
     assert page.evaluate("document.body.dataset.variant") == variant
     page.click("[data-go=cart]")
