@@ -21,10 +21,7 @@ import json
 import multiprocessing
 import os
 import random
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,8 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, jsonify, request
-from sqlalchemy import create_engine, insert, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import insert
+from sqlalchemy.exc import OperationalError
+
+from bench.support import gunicorn as serve
+from bench.support import scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("PARCOURS_BENCH_POSTGRES_URL",
@@ -121,20 +121,11 @@ def bare_app() -> Flask:
 def database(tmp: Path) -> Iterator[str]:
     """A fresh PostgreSQL database (dropped afterwards), or SQLite if there is none."""
     try:
-        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # any driver error: fall back, say so
+        with scratch_postgres_database(POSTGRES_URL) as url:
+            yield url
+    except OperationalError as exc:  # no server: fall back, and say so
         print(f"  PostgreSQL unavailable ({type(exc).__name__}); using SQLite")
         yield f"sqlite:///{tmp / 'bench.db'}"
-        return
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def prepare(url: str, instance: Path) -> str:
@@ -167,44 +158,14 @@ def prepare(url: str, instance: Path) -> str:
     return client_key
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def gunicorn(target: str, env: dict[str, str], tmp: Path) -> Iterator[int]:
     """Serve ``target`` with the benchmark's workers/threads; stop it afterwards."""
-    port = _free_port()
-    command = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", str(WORKERS),
-               "--threads", str(THREADS), "--keep-alive", "30", "--log-level", "warning",
-               "-b", f"127.0.0.1:{port}", target]
     # cwd=tmp: the repo's gunicorn.conf.py (access log on stdout) must not skew one side.
-    process = subprocess.Popen(command, cwd=tmp, env={**os.environ, **env,
-                                                      "PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_ready(port, process)
+    args = ["-k", "gthread", "-w", str(WORKERS), "--threads", str(THREADS),
+            "--keep-alive", "30", "--log-level", "warning"]
+    with serve(target, env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp, args=args) as (port, _):
         yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("gunicorn exited before serving")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("gunicorn did not become ready")
 
 
 def _client(port: int, key: str, phase: str, index: int, start_at: float, stop_at: float,

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from bench.support import gunicorn as serve
+from bench.support import scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 500
@@ -148,45 +146,15 @@ def api_throughput(base_url: str, key: str, batches: list[list[dict[str, Any]]])
     return len(bodies) * BATCH / elapsed
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def gunicorn(database_url: str, instance: Path) -> Iterator[str]:
     """``gunicorn wsgi:app`` with the repo's gunicorn.conf.py on a free loopback port."""
-    port = _free_port()
-    env = {**os.environ, "PARCOURS_DATABASE_URL": database_url,
-           "PARCOURS_INSTANCE_PATH": str(instance), "PARCOURS_SCHEDULER": "off",
-           "PARCOURS_BIND": f"127.0.0.1:{port}", "PARCOURS_WORKERS": str(WORKERS),
+    env = {"PARCOURS_DATABASE_URL": database_url, "PARCOURS_INSTANCE_PATH": str(instance),
+           "PARCOURS_SCHEDULER": "off", "PARCOURS_WORKERS": str(WORKERS),
            "PARCOURS_LOG_LEVEL": "WARNING"}
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py",
-         "--access-logfile", "/dev/null", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base_url, process)
-        yield base_url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _wait_healthy(base_url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("gunicorn exited before serving")
-        try:
-            if requests.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("gunicorn did not become healthy")
+    args = ["-c", "gunicorn.conf.py", "--access-logfile", "/dev/null"]
+    with serve("wsgi:app", env=env, cwd=ROOT, args=args) as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 def _prepare(url: str) -> str:
@@ -222,26 +190,12 @@ def run_backend(name: str, url: str, instance: Path) -> float:
     return ratio
 
 
-@contextmanager
-def _postgres_database(base_url: str) -> Iterator[str]:
-    name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def _each_backend(tmp: Path) -> Iterator[tuple[str, Callable[[], Any]]]:
     yield "sqlite", lambda: _null_context(f"sqlite:///{tmp / 'bench.db'}")
     postgres = (os.environ.get("PARCOURS_BENCH_POSTGRES_URL")
                 or os.environ.get("PARCOURS_TEST_POSTGRES_URL"))
     if postgres:
-        yield "postgresql", lambda: _postgres_database(postgres)
+        yield "postgresql", lambda: scratch_postgres_database(postgres)
     else:
         print("events postgresql skipped: set PARCOURS_BENCH_POSTGRES_URL", flush=True)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
+from bench.support import scratch_postgres_database
 from experiments.app import create_app
 from experiments.auth import SYSTEM
 from experiments.db import Base, get_db
@@ -47,16 +46,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_url() -> Iterator[str]:
     """A private, migrated PostgreSQL database for this pytest process."""
     assert POSTGRES_URL, "PARCOURS_TEST_POSTGRES_URL is not set"
-    name = f"parcours_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_postgres_database(POSTGRES_URL, "parcours_test") as url:
+        upgrade(url)
+        yield url
 
 
 def _truncate_postgres(url: str) -> None:

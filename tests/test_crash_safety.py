@@ -6,9 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -17,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 
+from bench.support import gunicorn
 from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.models import Event, Exposure
@@ -27,12 +25,6 @@ from tests.factories import experiment_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker_pids(master: int) -> list[int]:
@@ -112,16 +104,11 @@ def test_acknowledged_writes_survive_a_killed_worker(postgres_database_url, tmp_
                                                       overrides={}, layer=None), SYSTEM)
         transition(session, "crash-test", "start", SYSTEM)
     get_db(app).engine.dispose()
-    port = free_port()
-    env = {**os.environ, "PARCOURS_DATABASE_URL": postgres_database_url,
+    env = {"PARCOURS_DATABASE_URL": postgres_database_url,
            "PARCOURS_INSTANCE_PATH": str(tmp_path), "PARCOURS_SECRET_KEY": "crash",
            "PARCOURS_LOG_LEVEL": "WARNING"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", "2",
-         "--threads", "4", "-b", f"127.0.0.1:{port}", "wsgi:app"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_healthy(port)
+    args = ["-c", str(ROOT / "gunicorn.conf.py"), "-w", "2", "--threads", "4"]
+    with gunicorn("wsgi:app", env=env, cwd=ROOT, args=args) as (port, server):
         load = Load(port, key)
         threads = [threading.Thread(target=load.events_loop) for _ in range(3)]
         threads += [threading.Thread(target=load.assign_loop) for _ in range(3)]
@@ -135,9 +122,6 @@ def test_acknowledged_writes_survive_a_killed_worker(postgres_database_url, tmp_
         load.stop.set()
         for thread in threads:
             thread.join(timeout=20)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
     print(f"acked events={len(load.acked_events)} exposures={len(load.acked_exposures)} "
           f"failed requests={load.failures}")
     assert len(load.acked_events) > 500 and len(load.acked_exposures) > 100
@@ -150,16 +134,3 @@ def test_acknowledged_writes_survive_a_killed_worker(postgres_database_url, tmp_
     assert set(load.acked_events) <= stored_events
     assert all(stored_exposures.get(unit) == variant
                for unit, variant in load.acked_exposures.items())
-
-
-def _wait_healthy(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/healthz")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError("gunicorn did not become healthy")
