@@ -12,27 +12,17 @@ from sqlalchemy.orm import Session
 from experiments.auth import SYSTEM
 from experiments.db import utcnow
 from experiments.models import Experiment, Exposure
+from experiments.schemas import EXPERIMENT_EXAMPLE
 from experiments.services.lifecycle import create_experiment, get_experiment, transition
 from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
 
-DEMO_KEY = "checkout-redesign"
+DEMO_KEY = EXPERIMENT_EXAMPLE["key"]
+# The documented example experiment, with revenue and NPS too, decided after 500 units per arm.
 DEMO_EXPERIMENT: dict[str, Any] = {
-    "key": DEMO_KEY,
-    "name": "One-page checkout",
-    "hypothesis": "Merging address and payment removes the friction at payment",
-    "owner": "journey-team@example.com",
-    "journey": ["landing", "cart", "checkout", "payment", "confirmation"],
-    "variants": [
-        {"key": "control", "name": "Current", "weight": 0.5, "is_control": True, "payload": {}},
-        {"key": "one-page", "name": "One page", "weight": 0.5, "is_control": False,
-         "payload": {"layout": "single"}},
-    ],
-    "traffic": 1.0,
+    **EXPERIMENT_EXAMPLE,
     "metrics": [
-        {"key": "purchase", "kind": "conversion", "event": "purchase", "role": "primary"},
+        *EXPERIMENT_EXAMPLE["metrics"],
         {"key": "revenue", "kind": "mean", "event": "purchase", "role": "secondary"},
-        {"key": "payment-errors", "kind": "friction", "friction_kind": "error",
-         "step": "payment", "role": "guardrail"},
         {"key": "nps", "kind": "nps", "event": "nps", "role": "secondary"},
     ],
     "analysis": {"method": "sequential", "min_units_per_variant": 500, "min_days": 0},
