@@ -82,5 +82,4 @@ def outcome_label(outcome: Any) -> str:
 
 def error_text(exc: Any) -> str:
     """An ApiError as one line: its message and each field's problem."""
-    details = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in exc.details)
-    return f"{exc.message}{' (' + details + ')' if details else ''}"
+    return str(exc.summary())

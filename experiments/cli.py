@@ -33,8 +33,7 @@ def register_commands(app: Flask) -> None:
 
 
 def _fail(exc: ApiError) -> click.ClickException:
-    details = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in exc.details)
-    return click.ClickException(f"{exc.message}{' (' + details + ')' if details else ''}")
+    return click.ClickException(exc.summary())
 
 
 @db_cli.command("upgrade")

@@ -35,6 +35,11 @@ class ApiError(Exception):
         self.details = details or []
         self.headers = headers or {}
 
+    def summary(self) -> str:
+        """One line for people (CLI, admin UI): the message and each field's problem."""
+        details = "; ".join(f"{d.get('field')}: {d.get('message')}" for d in self.details)
+        return f"{self.message}{' (' + details + ')' if details else ''}"
+
 
 class NotFound(ApiError):
     def __init__(self, message: str = "resource not found") -> None:

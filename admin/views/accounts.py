@@ -11,6 +11,7 @@ from admin import queries, user_admin
 from admin.blueprint import bp
 from admin.format import error_text
 from admin.session_auth import principal, requires
+from admin.views import run_action
 from experiments.auth import API_ROLES, USER_ROLES
 from experiments.db import db_session
 from experiments.errors import ApiError
@@ -44,13 +45,7 @@ def users() -> Response | tuple[str, int]:
 
 
 def _user_action(action: Callable[[], object], done: str) -> Response:
-    try:
-        action()
-        flash(done, "success")
-    except ApiError as exc:
-        db_session().rollback()
-        flash(error_text(exc), "error")
-    return redirect(url_for("admin.users"))
+    return run_action(action, done, "admin.users")
 
 
 @bp.route("/users/<int:user_id>/role", methods=["POST"])

@@ -13,7 +13,6 @@ from werkzeug.wrappers import Response
 
 from admin import exports, presenters, queries
 from admin.blueprint import MAX_ID, bp
-from admin.format import error_text
 from admin.forms import (
     blank_state,
     field_id,
@@ -22,6 +21,7 @@ from admin.forms import (
     state_from_experiment,
 )
 from admin.session_auth import principal, requires
+from admin.views import flash_refusal, run_action
 from experiments.db import db_session, utcnow
 from experiments.errors import ApiError, Conflict, ValidationFailed, validation_details
 from experiments.models import EXPERIMENT_STATUSES, Experiment
@@ -186,20 +186,9 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _flash_error(exc: ApiError) -> None:
-    """Show a refused action's reason on the next page; nothing was changed."""
-    db_session().rollback()
-    flash(error_text(exc), "error")
-
-
 def _act(key: str, action: Callable[[], Any], done: str) -> Response:
     """Run an action, flash its result and go back to the experiment page."""
-    try:
-        action()
-        flash(done, "success")
-    except ApiError as exc:
-        _flash_error(exc)
-    return redirect(url_for("admin.experiment", key=key))
+    return run_action(action, done, "admin.experiment", key=key)
 
 
 def _transition(action: str) -> None:
@@ -238,7 +227,7 @@ def iterate_experiment(key: str) -> Response:
                                   "name": request.form.get("new_name", "").strip() or None})
         child = lifecycle.iterate_experiment(db_session(), key, body, principal())
     except ApiError as exc:
-        _flash_error(exc)
+        flash_refusal(exc)
         return redirect(url_for("admin.experiment", key=key))
     flash(f"Created iteration {child.key!r}: review it, then start it.", "success")
     return redirect(url_for("admin.edit_experiment", key=child.key))
@@ -251,7 +240,7 @@ def delete_experiment(key: str) -> Response:
     try:
         lifecycle.delete_experiment(db_session(), key, principal())
     except ApiError as exc:
-        _flash_error(exc)
+        flash_refusal(exc)
         return redirect(url_for("admin.experiment", key=key))
     flash(f"Deleted draft {key!r}.", "success")
     return redirect(url_for("admin.experiments"))
@@ -282,9 +271,9 @@ def simulate_experiment(key: str) -> Response:
         plan = SimulationPlan(units=int(units), seed=secrets.randbelow(2**31))
         exposed = simulate_traffic(db_session(), key, plan)
     except ValueError as exc:
-        _flash_error(Conflict(str(exc)))
+        flash_refusal(Conflict(str(exc)))
     except ApiError as exc:
-        _flash_error(exc)
+        flash_refusal(exc)
     else:
         flash(f"Simulated {units} visitors; {sum(exposed.values())} entered the experiment "
               "(the others were excluded by traffic, targeting or layer). "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flask import flash, redirect, render_template, request, url_for
@@ -10,6 +11,7 @@ from werkzeug.wrappers import Response
 from admin.blueprint import bp
 from admin.format import error_text
 from admin.session_auth import principal, requires
+from admin.views import run_action
 from experiments.db import db_session
 from experiments.errors import ApiError
 from webhooks import services
@@ -54,14 +56,8 @@ def webhook_deliveries(endpoint_id: int) -> str:
                            next_cursor=next_cursor, status=status)
 
 
-def _act(endpoint_id: int, action: Any, done: str) -> Response:
-    try:
-        action()
-        flash(done, "success")
-    except ApiError as exc:
-        db_session().rollback()
-        flash(error_text(exc), "error")
-    return redirect(url_for("admin.webhook_deliveries", endpoint_id=endpoint_id))
+def _act(endpoint_id: int, action: Callable[[], object], done: str) -> Response:
+    return run_action(action, done, "admin.webhook_deliveries", endpoint_id=endpoint_id)
 
 
 @bp.route("/webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>/retry", methods=["POST"])
