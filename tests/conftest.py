@@ -113,19 +113,25 @@ def db(app: Flask) -> Iterator[Session]:
         yield session
 
 
-def _new_key(app: Flask, role: str) -> str:
+def new_api_key(app: Flask, role: str) -> str:
+    """A fresh raw API key of ``role`` on the app's database."""
     with get_db(app).session() as session:
         return create_api_key(session, name=f"test {role}", role=role, principal=SYSTEM)[1]
 
 
+def auth_headers(app: Flask, role: str = "admin") -> dict[str, str]:
+    """Bearer headers for a fresh key, for tests that build their own app."""
+    return {"Authorization": f"Bearer {new_api_key(app, role)}"}
+
+
 @pytest.fixture
 def admin_key(app: Flask) -> str:
-    return _new_key(app, "admin")
+    return new_api_key(app, "admin")
 
 
 @pytest.fixture
 def client_key(app: Flask) -> str:
-    return _new_key(app, "client")
+    return new_api_key(app, "client")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from experiments.errors import NotFound
 from experiments.models import Exposure
 from experiments.services import assignment
 from experiments.services.accounts import create_api_key
-from tests.conftest import make_test_app
+from tests.conftest import auth_headers, make_test_app
 from tests.factories import experiment_payload
 
 FR = {"country": "FR"}
@@ -153,9 +153,7 @@ def test_changing_weights_or_targeting_after_exposure_moves_no_exposed_unit(
 def test_a_config_change_is_seen_at_once_by_the_worker_that_made_it(
         database_url, tmp_path, admin_headers):
     app = make_test_app(database_url, tmp_path, CONFIG_REFRESH_S=600)
-    with get_db(app).session() as session:
-        key = create_api_key(session, name="k", role="admin", principal=SYSTEM)[1]
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = auth_headers(app)
     client = app.test_client()
     start(client, headers)
     assert assign(client, headers, "u1", attributes=FR)[0]["reason"] == "assigned"
@@ -170,9 +168,7 @@ def test_a_config_change_is_seen_at_once_by_the_worker_that_made_it(
 
 def test_another_workers_change_is_seen_after_the_refresh_interval(database_url, tmp_path):
     app = make_test_app(database_url, tmp_path, CONFIG_REFRESH_S=0.5)
-    with get_db(app).session() as session:
-        key = create_api_key(session, name="k", role="admin", principal=SYSTEM)[1]
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = auth_headers(app)
     client = app.test_client()
     start(client, headers)
     assert assign(client, headers, "u1", attributes=FR)[0]["reason"] == "assigned"

@@ -7,19 +7,15 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.models import AuditEntry, Experiment
-from experiments.services.accounts import create_api_key
-from tests.conftest import make_test_app
+from tests.conftest import auth_headers, make_test_app
 from tests.factories import experiment_payload
 
 
 def run_concurrently(app, requests):
     """Fire every (method, path, body) at once from its own thread; return the statuses."""
-    with get_db(app).session() as session:
-        key = create_api_key(session, name="race", role="admin", principal=SYSTEM)[1]
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = auth_headers(app)
     barrier = threading.Barrier(len(requests))
     statuses: list[int] = [0] * len(requests)
 
@@ -40,10 +36,7 @@ def run_concurrently(app, requests):
 def test_racing_transitions_let_exactly_one_win(postgres_database_url, tmp_path):
     app = make_test_app(postgres_database_url, tmp_path)
     client = app.test_client()
-    with get_db(app).session() as session:
-        key = create_api_key(session, name="setup", role="admin", principal=SYSTEM)[1]
-    client.post("/api/v1/experiments", json=experiment_payload(),
-                headers={"Authorization": f"Bearer {key}"})
+    client.post("/api/v1/experiments", json=experiment_payload(), headers=auth_headers(app))
     path = "/api/v1/experiments/checkout-redesign/start"
     statuses = run_concurrently(app, [("post", path, None)] * 8)
     assert Counter(statuses) == Counter({200: 1, 409: 7})
@@ -56,9 +49,7 @@ def test_racing_transitions_let_exactly_one_win(postgres_database_url, tmp_path)
 
 def test_racing_patches_and_pause_never_lose_an_update(postgres_database_url, tmp_path):
     app = make_test_app(postgres_database_url, tmp_path)
-    with get_db(app).session() as session:
-        key = create_api_key(session, name="setup", role="admin", principal=SYSTEM)[1]
-    headers = {"Authorization": f"Bearer {key}"}
+    headers = auth_headers(app)
     client = app.test_client()
     client.post("/api/v1/experiments", json=experiment_payload(), headers=headers)
     client.post("/api/v1/experiments/checkout-redesign/start", headers=headers)

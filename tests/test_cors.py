@@ -9,10 +9,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from experiments.auth import SYSTEM
 from experiments.db import get_db
-from experiments.services.accounts import create_api_key
-from tests.conftest import make_test_app
+from tests.conftest import auth_headers, make_test_app
 
 SHOP = "https://shop.example.com"
 CLIENT_ROUTES = ["/api/v1/assign", "/api/v1/exposures", "/api/v1/events"]
@@ -32,9 +30,7 @@ def cors_client(cors_app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def key_headers(cors_app: Flask) -> dict[str, str]:
-    with get_db(cors_app).session() as session:
-        key = create_api_key(session, name="web", role="client", principal=SYSTEM)[1]
-    return {"Authorization": f"Bearer {key}"}
+    return auth_headers(cors_app, "client")
 
 
 def preflight(client: FlaskClient, path: str, origin: str):
