@@ -7,6 +7,7 @@ SQLite tests copy a database migrated once per session.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import threading
@@ -26,12 +27,20 @@ from experiments.app import create_app
 from experiments.auth import SYSTEM
 from experiments.db import Base, get_db
 from experiments.migrate import upgrade
+from experiments.services import lifecycle
 from experiments.services.accounts import create_api_key
 
 POSTGRES_URL = os.environ.get("PARCOURS_TEST_POSTGRES_URL")
 requires_postgres = pytest.mark.skipif(
     not POSTGRES_URL, reason="set PARCOURS_TEST_POSTGRES_URL to run PostgreSQL tests")
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=requires_postgres)]
+
+
+@pytest.fixture(autouse=True)
+def deterministic_salts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Experiments get salts salt-0, salt-1… so every split is reproducible, run after run."""
+    counter = itertools.count()
+    monkeypatch.setattr(lifecycle, "new_salt", lambda: f"salt-{next(counter)}")
 
 
 @pytest.fixture(scope="session")

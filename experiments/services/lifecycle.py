@@ -39,6 +39,11 @@ TRANSITIONS: dict[str, dict[str, str]] = {
 _EDITABLE_WHEN_CONCLUDED = {"name", "hypothesis", "owner", "learnings"}
 
 
+def new_salt() -> str:
+    """A random hash salt per experiment, so experiments split units independently."""
+    return secrets.token_hex(8)
+
+
 def get_experiment(session: Session, key: str) -> Experiment:
     """The experiment with this key, or 404."""
     experiment = session.scalar(
@@ -120,7 +125,7 @@ def create_experiment(session: Session, data: ExperimentFields | dict[str, Any],
     fields = validate_fields(data.model_dump() if isinstance(data, ExperimentFields) else data)
     if session.scalar(select(Experiment.id).where(Experiment.key == fields.key)) is not None:
         raise Conflict(f"an experiment with key {fields.key!r} already exists")
-    experiment = Experiment(key=fields.key, salt=secrets.token_hex(8), status="draft")
+    experiment = Experiment(key=fields.key, salt=new_salt(), status="draft")
     if fields.iteration_of is not None:
         parent = session.scalar(select(Experiment).where(Experiment.key == fields.iteration_of))
         if parent is None:
