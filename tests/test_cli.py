@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from experiments.auth import hash_api_key, verify_password
-from experiments.models import ApiKey, Experiment, User
+from experiments.models import ApiKey, Experiment, Exposure, Report, User
 
 
 def test_api_key_is_printed_alone_on_the_last_line_and_stored_hashed(runner, db, client):
@@ -53,6 +53,11 @@ def test_seed_demo_is_idempotent(runner, db):
     experiments = db.scalars(select(Experiment)).all()
     assert [e.key for e in experiments] == ["checkout-redesign"]
     assert experiments[0].status == "running"
+    # The first run simulated traffic and analysed it once; the second added nothing.
+    reports = db.scalars(select(Report)).all()
+    assert len(reports) == 1 and reports[0].body["decision"]["outcome"] == "ship"
+    assert db.scalar(select(func.count()).select_from(Exposure)) == 6000
+    assert "analysed 'checkout-redesign': decision ship one-page" in first.output
 
 
 def test_bootstrap_dev_prints_the_same_credentials_twice(runner):

@@ -13,6 +13,7 @@ from experiments.auth import SYSTEM
 from experiments.db import utcnow
 from experiments.models import Experiment, Exposure
 from experiments.schemas import EXPERIMENT_EXAMPLE
+from experiments.services.analysis import analyze_experiment
 from experiments.services.lifecycle import create_experiment, get_experiment, transition
 from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
 
@@ -27,9 +28,10 @@ DEMO_EXPERIMENT: dict[str, Any] = {
     ],
     "analysis": {"method": "sequential", "min_units_per_variant": 500, "min_days": 0},
 }
+DEMO_SALT = "parcours-demo"
 # A real effect on the primary metric, and the friction the hypothesis is about: payment
 # errors in the current (control) checkout.
-DEMO_PLAN = SimulationPlan(units=4000, seed=2026, days=14, effects={"one-page": 0.3},
+DEMO_PLAN = SimulationPlan(units=6000, seed=2026, days=14, effects={"one-page": 0.4},
                            friction={("control", "payment", "error"): 0.06})
 
 
@@ -44,9 +46,11 @@ def seed_demo_data(session: Session, *, traffic: bool = True) -> Iterator[str]:
     else:
         create_experiment(session, DEMO_EXPERIMENT, SYSTEM)
         transition(session, DEMO_KEY, "start", SYSTEM)
+        demo = get_experiment(session, DEMO_KEY)
         # The simulated traffic spans DEMO_PLAN.days: the demo pretends it started then.
-        get_experiment(session, DEMO_KEY).started_at = (
-            utcnow() - timedelta(days=DEMO_PLAN.days) - SESSION_MARGIN)
+        demo.started_at = utcnow() - timedelta(days=DEMO_PLAN.days) - SESSION_MARGIN
+        # A fixed salt makes the demo's split, and so its report, the same on every machine.
+        demo.salt = DEMO_SALT
         session.commit()
         yield f"created and started demo experiment {DEMO_KEY!r}"
     if traffic:
@@ -64,3 +68,7 @@ def _demo_traffic(session: Session) -> Iterator[str]:
     counts = simulate_traffic(session, DEMO_KEY, DEMO_PLAN)
     yield (f"simulated {DEMO_PLAN.units} visitors over {DEMO_PLAN.days} days: "
            + ", ".join(f"{variant} {count}" for variant, count in counts.items()))
+    # A first report right away, so a newcomer does not wait for the scheduler's interval.
+    decision = analyze_experiment(session, DEMO_KEY).body.get("decision") or {}
+    outcome = " ".join(filter(None, (decision.get("outcome"), decision.get("winner"))))
+    yield f"analysed {DEMO_KEY!r}: decision {outcome}"
