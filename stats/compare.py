@@ -172,7 +172,7 @@ def _sequential(
     if mc != 0:
         rel_se = frequentist.relative_se(mc, control.se2, treatment.mean, treatment.se2)
         half = sequential.confidence_sequence_half_width(rel_se * rel_se, tau2 / (mc * mc), alpha)
-        relative_ci = _interval(treatment.mean / mc - 1.0, half)
+        relative_ci = _interval(frequentist.relative_change(treatment.mean, mc), half)
     return p, absolute_ci, relative_ci
 
 
@@ -199,7 +199,7 @@ def _run_test(
     relative_ci = None
     if mc != 0:
         rel_se = frequentist.relative_se(mc, control.se2, mt, treatment.se2)
-        relative_ci = _interval(mt / mc - 1.0, q * rel_se)
+        relative_ci = _interval(frequentist.relative_change(mt, mc), q * rel_se)
     return _Test(finite(p), finite(statistic), absolute_ci, relative_ci)
 
 
@@ -278,7 +278,7 @@ def compare(
     if control.mean is not None and treatment.mean is not None:
         absolute = finite(treatment.mean - control.mean)
         if control.mean != 0:
-            relative = finite(treatment.mean / control.mean - 1.0)
+            relative = finite(frequentist.relative_change(treatment.mean, control.mean))
         else:
             warnings.append("control estimate is 0: no relative effect")
     try:

@@ -38,6 +38,12 @@ def critical_value(alpha: float, df: float | None = None) -> float:
     return float(sps.t.isf(alpha / 2.0, df))
 
 
+def relative_change(mean_treatment: float, mean_control: float) -> float:
+    """(t - c) / |c|: t / c - 1 for a positive control, and still "up is up" for a negative
+    one (an NPS of -8.7 rising to -5.0 is +43 %, not -43 %)."""
+    return (mean_treatment - mean_control) / abs(mean_control)
+
+
 def relative_se(
     mean_control: float, se2_control: float, mean_treatment: float, se2_treatment: float
 ) -> float:

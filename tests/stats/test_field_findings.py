@@ -1,6 +1,8 @@
-"""The sequential test keeps power for large effects on rare events (mixing-scale floor)."""
+"""Findings from real reports: rare events under the sequential test, negative controls."""
 
 from __future__ import annotations
+
+import pytest
 
 from stats import ProportionStats, VariantInput, analyze_variants
 from stats.sequential import TUNING_UNITS_PER_ARM, mixing_variance
@@ -23,3 +25,15 @@ def test_a_sixfold_rise_of_a_rare_friction_is_detected_sequentially():
     assert comparison.p_value is not None and comparison.p_value < 1e-6
     assert comparison.verdict == "worse"
     assert comparison.relative_ci is not None and comparison.relative_ci[0] > 1.0
+
+
+def test_relative_effect_keeps_its_sign_when_the_control_is_negative():
+    from stats import NpsStats
+
+    variants = [VariantInput("control", True, NpsStats(n=1000, promoters=250, detractors=337)),
+                VariantInput("one-page", False, NpsStats(n=1000, promoters=280, detractors=330))]
+    comparison = analyze_variants("nps", variants).comparisons[0]
+    assert comparison.absolute_effect is not None and comparison.absolute_effect > 0
+    assert comparison.relative_effect == pytest.approx((-5.0 - -8.7) / 8.7)
+    assert comparison.relative_ci is not None
+    assert comparison.relative_ci[0] < comparison.relative_effect < comparison.relative_ci[1]
