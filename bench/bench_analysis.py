@@ -58,6 +58,18 @@ FROM exposed x LEFT JOIN converters c ON c.unit_id = x.unit_id
 GROUP BY x.variant_key ORDER BY x.variant_key
 """)
 
+# Not a target, a diagnosis: the cheapest query that touches what a full report needs (every
+# event with a journey step or a metric's name, joined to its unit, one group per unit).
+# A report cannot be faster than this without another data layout (see README).
+FLOOR_SQL = text("""
+SELECT count(*) FROM (
+    SELECT x.id, count(*) FROM exposures x JOIN events e ON e.unit_id = x.unit_id
+    WHERE x.experiment_id = :experiment_id AND NOT x.is_override
+      AND (e.step IS NOT NULL OR e.name IN ('purchase', 'nps'))
+    GROUP BY x.id
+) AS per_unit
+""")
+
 EXPOSURES_SQL = text("""
 INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attributes, is_override)
 SELECT :experiment_id, 'u' || g,
@@ -107,10 +119,13 @@ def main() -> None:
         baseline_s = best_of(lambda: run_baseline(url, experiment_id))
         print(f"baseline aggregate query   {baseline_s:8.2f}s", flush=True)
         analysis_s = best_of(lambda: run_analysis(url))
+        floor_s = best_of(lambda: run_floor(url, experiment_id))
         rss = child_rss(url)
     ratio = analysis_s / baseline_s
     print(f"analyze_experiment (4 m.)  {analysis_s:8.2f}s   ratio {ratio:.2f}x "
           f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}")
+    print(f"floor: join+group only     {floor_s:8.2f}s   ratio {floor_s / baseline_s:.2f}x "
+          "(no metric logic; information only)")
     print(f"analysis peak RSS          {rss['peak_mb']:8.0f} MB (after imports "
           f"{rss['imports_mb']:.0f} MB; target < {TARGET_RSS_MB} MB) "
           f"{'OK' if rss['peak_mb'] < TARGET_RSS_MB else 'MISSED'}")
@@ -249,6 +264,14 @@ def run_baseline(url: str, experiment_id: int) -> None:
         rows = connection.execute(BASELINE_SQL, {"experiment_id": experiment_id}).all()
     engine.dispose()
     assert sum(row.units for row in rows) == UNITS
+
+
+def run_floor(url: str, experiment_id: int) -> None:
+    """The bare join and per-unit grouping a full report cannot avoid (see FLOOR_SQL)."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        assert connection.scalar(FLOOR_SQL, {"experiment_id": experiment_id}) > 0
+    engine.dispose()
 
 
 def run_analysis(url: str) -> dict[str, Any]:

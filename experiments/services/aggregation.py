@@ -1,12 +1,15 @@
 """Sufficient statistics computed by the database, one row per variant and exposure day.
 
-Every query starts from the experiment's first exposures (override units excluded) and
-LEFT JOINs the events of the same ``unit_id`` inside the unit's window: at or after the
-exposure and less than ``conversion_window_hours`` later (and, for CUPED, the window of
-the same length before the exposure). A per-unit subquery aggregates each unit's events;
-the outer query sums the per-unit values per variant and exposure day (UTC). Python only
-ever sees a few rows per variant and day, so memory stays flat as events grow; the daily
-rows are additive, which gives the report's totals and its cumulative timeline.
+Two queries start from the experiment's first exposures (override units excluded): one
+counts units per variant and exposure day (UTC), the other is ONE pass that joins the
+events of the same ``unit_id`` inside the unit's window (at or after the exposure and
+less than ``conversion_window_hours`` later, and for CUPED the window of the same length
+before it) for every metric, the funnel and the friction matrix. Its per-unit subquery
+aggregates each unit's events — yes/no flags packed into BIGINT words, sums, first
+times, last NPS answers — and the outer query sums them per variant and day. Units
+without a relevant event are absent from that pass: their values are all zero. Python
+only ever sees a few rows per variant and day, so memory stays flat as events grow; the
+daily rows are additive, which gives the report's totals and its cumulative timeline.
 
 Metric values per unit (SPEC §3): conversion/friction 1 when the unit has a matching event,
 mean the sum of the events' values (0 when none), count the number of events, ratio the
@@ -20,25 +23,32 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
+    Integer,
     and_,
     case,
+    cast,
     false,
     func,
     literal,
+    literal_column,
     or_,
     select,
+    text,
+    true,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.sql.functions import FunctionElement
 
-from experiments.models import Event, Exposure, Metric
+from experiments.models import Event, Experiment, Exposure, Metric
 from experiments.schemas import FRICTION_KINDS
 from stats import CupedStats, MeanStats, NpsStats, ProportionStats, RatioStats
 from stats.records import Stats
@@ -176,6 +186,182 @@ class ExperimentAggregates:
     journey: JourneyCounts
 
 
+# -- packed per-unit flags ------------------------------------------------------------------
+
+WORD_BITS = 62  # flags per BIGINT word; the sign bit stays clear
+FLAG_STEP_SIZE = 1 + len(FRICTION_KINDS)  # a journey step: reached, then one bit per kind
+
+
+class packed_flags(FunctionElement[int]):  # lower case: reads as a SQL aggregate
+    """Per-unit OR of event flags: ``bit_or`` of a packed word on PostgreSQL.
+
+    The first argument is the packed per-event word (a few CASEs per event); the others
+    are the same flags one by one (``CASE WHEN … THEN 2^bit ELSE 0 END``), equal to it by
+    construction, for backends without a bitwise-or aggregate (one MAX per flag).
+    """
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(packed_flags, "postgresql")
+def _packed_pg(element: packed_flags, compiler: Any, **kw: Any) -> str:
+    word, *_ = element.clauses
+    return f"bit_or({compiler.process(word, **kw)})"
+
+
+@compiles(packed_flags)
+def _packed_generic(element: packed_flags, compiler: Any, **kw: Any) -> str:
+    _, *flags = element.clauses
+    return "(" + " + ".join(f"max({compiler.process(f, **kw)})" for f in flags) + ")"
+
+
+class answer_key(FunctionElement[Any]):  # lower case: reads as a SQL function
+    """A sortable (time, event id, answer class) key: its max is the unit's last answer."""
+
+    inherit_cache = True
+
+
+@compiles(answer_key, "postgresql")
+def _answer_key_pg(element: answer_key, compiler: Any, **kw: Any) -> str:
+    at, event_id, klass = (compiler.process(c, **kw) for c in element.clauses)
+    return (f"ARRAY[CAST(EXTRACT(EPOCH FROM {at}) * 1000000 AS BIGINT), "
+            f"CAST({event_id} AS BIGINT), CAST({klass} AS BIGINT)]")
+
+
+@compiles(answer_key)
+def _answer_key_sqlite(element: answer_key, compiler: Any, **kw: Any) -> str:
+    # SQLite stores UtcDateTime as fixed-width 'YYYY-MM-DD HH:MM:SS.ffffff': text order is
+    # time order, and the zero-padded id breaks ties like ORDER BY occurred_at, id.
+    at, event_id, klass = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({at} || printf('%020d', {event_id}) || {klass})"
+
+
+class answer_class(FunctionElement[int]):  # lower case: reads as a SQL function
+    """The answer class packed in an :class:`answer_key` (NULL when there is no answer)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(answer_class, "postgresql")
+def _answer_class_pg(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = list(element.clauses)
+    return f"({compiler.process(key, **kw)})[3]"
+
+
+@compiles(answer_class)
+def _answer_class_sqlite(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = list(element.clauses)
+    return f"CAST(substr({compiler.process(key, **kw)}, -1) AS INTEGER)"
+
+
+def _const(value: int) -> Any:
+    """An inline integer constant (bit masks are not worth a bind parameter each)."""
+    return literal_column(str(int(value)), BigInteger())
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One per-unit yes/no: some event in the unit's window meets ``condition``."""
+
+    label: str
+    condition: ColumnElement[bool]
+    post: bool = True
+
+
+@dataclass
+class Word:
+    """Flags packed into one BIGINT: single flags, then 11-bit journey step blocks."""
+
+    singles: list[tuple[Flag, int]] = field(default_factory=list)
+    steps: list[tuple[int, str, int]] = field(default_factory=list)  # (index, step, offset)
+    size: int = 0
+
+    def place(self, size: int) -> int | None:
+        """The offset of ``size`` more bits, or None when they do not fit."""
+        if self.size + size > WORD_BITS:
+            return None
+        self.size += size
+        return self.size - size
+
+
+@dataclass
+class FlagLayout:
+    """Where every per-unit flag lives: ``label -> (word, bit)``."""
+
+    words: list[Word] = field(default_factory=lambda: [Word()])
+    bits: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def _offset(self, size: int) -> tuple[int, int]:
+        offset = self.words[-1].place(size)
+        if offset is None:
+            self.words.append(Word())
+            offset = self.words[-1].place(size)
+        assert offset is not None
+        return len(self.words) - 1, offset
+
+    def add_flags(self, *flags: Flag) -> None:
+        """Adjacent bits in one word (a metric's post/pre pair shares a mask)."""
+        index, offset = self._offset(len(flags))
+        for position, flag in enumerate(flags):
+            self.words[index].singles.append((flag, offset + position))
+            self.bits[flag.label] = (index, offset + position)
+
+    def add_step(self, number: int, step: str) -> None:
+        """A journey step's block: reached, then one bit per friction kind."""
+        index, offset = self._offset(FLAG_STEP_SIZE)
+        self.words[index].steps.append((number, step, offset))
+        self.bits[f"reach_{number}"] = (index, offset)
+        for kind_number in range(len(FRICTION_KINDS)):
+            self.bits[f"fric_{number}_{kind_number}"] = (index, offset + 1 + kind_number)
+
+
+def _sum_terms(terms: Sequence[Any]) -> Any:
+    if not terms:
+        return _const(0)
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _packed_word(word: Word, post: ColumnElement[bool], with_pre: bool) -> Any:
+    """The per-event value of one word, as few CASEs as possible (PostgreSQL form)."""
+    post_terms, pre_terms = [], []
+    if word.steps:
+        reach = case({step: _const(1 << offset) for _, step, offset in word.steps},
+                     value=Event.step, else_=_const(0))
+        step_base = case({step: _const(1 << (offset + 1)) for _, step, offset in word.steps},
+                         value=Event.step, else_=_const(0))
+        kind_bit = case({kind: _const(1 << number) for number, kind in enumerate(FRICTION_KINDS)},
+                        value=Event.friction_kind, else_=_const(0))
+        post_terms += [cast(reach, BigInteger),
+                       case((Event.type == "friction",
+                             cast(step_base, BigInteger) * cast(kind_bit, BigInteger)),
+                            else_=_const(0))]
+    for flag, bit in word.singles:
+        (post_terms if flag.post else pre_terms).append(
+            case((flag.condition, _const(1 << bit)), else_=_const(0)))
+    if not with_pre:
+        return _sum_terms(post_terms)
+    return case((post, _sum_terms(post_terms)), else_=_sum_terms(pre_terms))
+
+
+def _flag_by_flag(word: Word, post: ColumnElement[bool]) -> list[Any]:
+    """The same word one flag at a time (the portable form of :func:`_packed_word`)."""
+    terms = [case((and_(post if flag.post else ~post, flag.condition), _const(1 << bit)),
+                  else_=_const(0)) for flag, bit in word.singles]
+    for _, step, offset in word.steps:
+        terms.append(case((and_(post, Event.step == step), _const(1 << offset)),
+                          else_=_const(0)))
+        for number, kind in enumerate(FRICTION_KINDS):
+            hit = and_(post, Event.type == "friction", Event.step == step,
+                       Event.friction_kind == kind)
+            terms.append(case((hit, _const(1 << (offset + 1 + number))), else_=_const(0)))
+    return terms
+
+
 # -- query building -------------------------------------------------------------------------
 
 
@@ -212,17 +398,75 @@ def match_condition(metric: MetricSpec) -> ColumnElement[bool]:
     return Event.name == metric.event
 
 
+def units_query(experiment_id: int) -> Select[Any]:
+    """Exposed units per variant and day, with the first and last exposure times."""
+    x = _units(experiment_id)
+    day = utc_day(x.c.exposed_at)
+    return (select(x.c.variant_key, day.label("day"), func.count().label("n"),
+                   func.min(x.c.exposed_at).label("first"),
+                   func.max(x.c.exposed_at).label("last"))
+            .group_by(x.c.variant_key, day))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the single pass computes: metrics by position, journey steps, flag positions."""
+
+    metrics: tuple[MetricSpec, ...]
+    journey: tuple[str, ...]
+    cuped: bool
+    layout: FlagLayout
+
+    @classmethod
+    def of(cls, metrics: Sequence[MetricSpec], journey: Sequence[str], cuped: bool) -> Plan:
+        """Lay out the flags: extra-step friction, proportion metrics, then journey steps."""
+        layout = FlagLayout()
+        outside = and_(Event.type == "friction", Event.step.is_not(None),
+                       Event.step.not_in(list(journey)) if journey else true())
+        layout.add_flags(Flag("extra_friction", outside))
+        for index, metric in enumerate(metrics):
+            if metric.kind in PROPORTION_KINDS:
+                match = match_condition(metric)
+                pair = [Flag(f"m{index}_y", match)]
+                if cuped:
+                    pair.append(Flag(f"m{index}_pre", match, post=False))
+                layout.add_flags(*pair)
+        for number, step in enumerate(journey):
+            layout.add_step(number, step)
+        return cls(tuple(metrics), tuple(journey), cuped, layout)
+
+    @property
+    def with_pre(self) -> bool:
+        return self.cuped and any(m.kind in CUPED_KINDS for m in self.metrics)
+
+
+def _unit_values(plan: Plan, x: Any, post: ColumnElement[bool]) -> list[Any]:
+    """Per-unit aggregates: packed flags, then sums, first times and last NPS answers."""
+    columns = [packed_flags(_packed_word(word, post, plan.with_pre),
+                            *_flag_by_flag(word, post)).label(f"w{number}")
+               for number, word in enumerate(plan.layout.words)]
+    for index, metric in enumerate(plan.metrics):
+        if metric.kind == "nps":
+            answer = and_(post, match_condition(metric), Event.value.between(0, 10))
+            klass = case((Event.value >= PROMOTER_MIN, 2), (Event.value <= DETRACTOR_MAX, 1),
+                         else_=0)
+            columns.append(func.max(case((answer, answer_key(Event.occurred_at, Event.id,
+                                                             klass))))
+                           .label(f"m{index}_answer"))
+        elif metric.kind not in PROPORTION_KINDS:
+            columns += _unit_columns(metric, index, post, plan.cuped)
+    return columns
+
+
 def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> list[Any]:
-    """Per-unit aggregates of one metric (post period, and pre period for CUPED)."""
+    """Per-unit sums of a mean/count/ratio metric, or its first event (time to convert)."""
     match = match_condition(metric)
     columns = []
     for period, condition in (("y", post), ("pre", ~post)):
         if period == "pre" and not (cuped and metric.kind in CUPED_KINDS):
             continue
         hit = and_(match, condition)
-        if metric.kind in PROPORTION_KINDS:
-            value = func.max(case((hit, 1), else_=0))
-        elif metric.kind == "mean":
+        if metric.kind == "mean":
             value = func.sum(case((hit, func.coalesce(Event.value, 0.0)), else_=0.0))
         elif metric.kind == "count":
             value = func.sum(case((hit, 1), else_=0))
@@ -238,7 +482,14 @@ def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> lis
     return columns
 
 
-def _moment_columns(metric: MetricSpec, index: int, unit: Any) -> list[Any]:
+def _count_flag(unit: Any, plan: Plan, *labels: str) -> Any:
+    """Units with every one of the flags set (the flags share a word)."""
+    (word,) = {plan.layout.bits[label][0] for label in labels}
+    mask = _const(sum(1 << plan.layout.bits[label][1] for label in labels))
+    return func.count().filter(unit.c[f"w{word}"].op("&")(mask) == mask)
+
+
+def _moment_columns(plan: Plan, metric: MetricSpec, index: int, unit: Any) -> list[Any]:
     """Per-variant sums of the per-unit values: n-independent sufficient statistics."""
     def col(name: str) -> Any:
         return unit.c[f"m{index}_{name}"]
@@ -247,6 +498,18 @@ def _moment_columns(metric: MetricSpec, index: int, unit: Any) -> list[Any]:
         return [func.sum(value).label(f"{prefix}_sum"),
                 func.sum(value * value).label(f"{prefix}_sum_squares")]
 
+    if metric.kind in PROPORTION_KINDS:  # 0/1 values: sum of squares = sum (added later)
+        columns = [_count_flag(unit, plan, f"m{index}_y").label(f"m{index}_sum")]
+        if plan.cuped:
+            columns += [_count_flag(unit, plan, f"m{index}_pre").label(f"m{index}_pre_sum"),
+                        _count_flag(unit, plan, f"m{index}_y", f"m{index}_pre")
+                        .label(f"m{index}_cross_sum")]
+        return columns
+    if metric.kind == "nps":
+        klass = answer_class(col("answer"))
+        return [func.count(col("answer")).label(f"m{index}_n"),
+                func.count().filter(klass == 2).label(f"m{index}_promoters"),
+                func.count().filter(klass == 1).label(f"m{index}_detractors")]
     if metric.kind == "ratio":
         return [*moments(f"m{index}_num", col("num")), *moments(f"m{index}_den", col("den")),
                 func.sum(col("num") * col("den")).label(f"m{index}_num_den_sum")]
@@ -260,57 +523,56 @@ def _moment_columns(metric: MetricSpec, index: int, unit: Any) -> list[Any]:
     return columns
 
 
-def metrics_query(experiment_id: int, metrics: Sequence[MetricSpec], *, hours: float,
-                  cuped: bool) -> Select[Any]:
-    """One pass over exposures x events for every non-NPS metric, per variant and day."""
+def _journey_columns(plan: Plan, unit: Any) -> list[Any]:
+    """Units per journey step reached and per step × friction kind met there."""
+    columns = [_count_flag(unit, plan, "extra_friction").label("extra_friction")]
+    for number in range(len(plan.journey)):
+        columns.append(_count_flag(unit, plan, f"reach_{number}").label(f"reach_{number}"))
+        columns += [_count_flag(unit, plan, f"fric_{number}_{kind}").label(f"fric_{number}_{kind}")
+                    for kind in range(len(FRICTION_KINDS))]
+    return columns
+
+
+def analysis_query(experiment_id: int, plan: Plan, *, hours: float,
+                   events_between: tuple[datetime, datetime] | None = None) -> Select[Any]:
+    """ONE pass over exposures ⋈ events for every metric, the funnel and the friction matrix.
+
+    The inner query aggregates each unit's events (packed flags, sums, first times, last
+    answers); the outer one sums them per variant and UTC exposure day. Units without any
+    relevant event are absent here: their values are all zero, and :func:`units_query`
+    counts them. ``events_between`` bounds the event scan (exposure range ± the window).
+    """
     x = _units(experiment_id)
-    with_pre = cuped and any(m.kind in CUPED_KINDS for m in metrics)
     post = Event.occurred_at >= x.c.exposed_at
-    matches = [match_condition(m) for m in metrics]
-    join_on = and_(_window(x, hours, with_pre=with_pre), or_(*matches) if matches else false())
-    unit_columns = [c for i, m in enumerate(metrics) for c in _unit_columns(m, i, post, cuped)]
-    unit = (select(x.c.variant_key, x.c.exposed_at, *unit_columns)
-            .select_from(x.outerjoin(Event, join_on))
+    relevant = or_(Event.step.is_not(None), *[match_condition(m) for m in plan.metrics])
+    join_on = and_(_window(x, hours, with_pre=plan.with_pre), relevant)
+    if events_between is not None:
+        join_on = and_(join_on, Event.occurred_at >= events_between[0],
+                       Event.occurred_at < events_between[1])
+    unit = (select(x.c.variant_key, x.c.exposed_at, *_unit_values(plan, x, post))
+            .select_from(x.join(Event, join_on))
             .group_by(x.c.id, x.c.variant_key, x.c.exposed_at)
             .subquery("u"))
-    sums = [c for i, m in enumerate(metrics) for c in _moment_columns(m, i, unit)]
+    sums = [c for i, m in enumerate(plan.metrics) for c in _moment_columns(plan, m, i, unit)]
     day = utc_day(unit.c.exposed_at)
-    return (select(unit.c.variant_key, day.label("day"), func.count().label("n"), *sums)
+    return (select(unit.c.variant_key, day.label("day"), *sums, *_journey_columns(plan, unit))
             .group_by(unit.c.variant_key, day))
 
 
-def nps_query(experiment_id: int, metric: MetricSpec, *, hours: float) -> Select[Any]:
-    """Respondents, promoters and detractors per variant and day, from each unit's last answer."""
+def friction_outside_query(experiment_id: int, journey: Sequence[str], *,
+                           hours: float) -> Select[Any]:
+    """Per variant and step outside the journey: units per friction kind met there."""
     x = _units(experiment_id)
-    rank = func.row_number().over(partition_by=x.c.id,
-                                  order_by=(Event.occurred_at.desc(), Event.id.desc()))
-    answers = (select(x.c.variant_key, x.c.exposed_at, Event.value, rank.label("rn"))
-               .select_from(x.join(Event, and_(_window(x, hours, with_pre=False),
-                                               match_condition(metric),
-                                               Event.value.between(0, 10))))
-               .subquery("a"))
-    day = utc_day(answers.c.exposed_at)
-    return (select(answers.c.variant_key, day.label("day"), func.count().label("n"),
-                   func.sum(case((answers.c.value >= PROMOTER_MIN, 1), else_=0))
-                   .label("promoters"),
-                   func.sum(case((answers.c.value <= DETRACTOR_MAX, 1), else_=0))
-                   .label("detractors"))
-            .where(answers.c.rn == 1)
-            .group_by(answers.c.variant_key, day))
-
-
-def journey_query(experiment_id: int, *, hours: float) -> Select[Any]:
-    """Per variant and step: units with any event there, and units per friction kind there."""
-    x = _units(experiment_id)
-    flags = [func.max(case((and_(Event.type == "friction", Event.friction_kind == kind), 1),
-                           else_=0)).label(kind) for kind in FRICTION_KINDS]
+    flags = [func.max(case((Event.friction_kind == kind, 1), else_=0)).label(kind)
+             for kind in FRICTION_KINDS]
+    outside = and_(Event.type == "friction", Event.step.is_not(None),
+                   Event.step.not_in(list(journey)) if journey else true())
     per_unit_step = (select(x.c.variant_key, Event.step, *flags)
                      .select_from(x.join(Event, and_(_window(x, hours, with_pre=False),
-                                                     Event.step.is_not(None))))
+                                                     outside)))
                      .group_by(x.c.id, x.c.variant_key, Event.step)
                      .subquery("s"))
     return (select(per_unit_step.c.variant_key, per_unit_step.c.step,
-                   func.count().label("reached"),
                    *[func.sum(per_unit_step.c[kind]).label(kind) for kind in FRICTION_KINDS])
             .group_by(per_unit_step.c.variant_key, per_unit_step.c.step))
 
@@ -323,40 +585,106 @@ def _number(value: Any) -> float:
     return 0.0 if value is None else float(value)
 
 
+def _tune_session(session: Session) -> None:
+    """PostgreSQL: no JIT for this transaction (compiling the wide query costs more than it
+    saves); work_mem stays small on purpose (batched hashes are cache friendlier)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SET LOCAL jit = off"))
+
+
+def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
+    """One metric's sums from an analysis row (without ``n`` unless the metric has its own)."""
+    prefix = f"m{index}_"
+    sums = {name.removeprefix(prefix): _number(value) for name, value in data.items()
+            if name.startswith(prefix)}
+    if plan.metrics[index].kind in PROPORTION_KINDS:  # 0/1 values
+        sums["sum_squares"] = sums["sum"]
+        if "pre_sum" in sums:
+            sums["pre_sum_squares"] = sums["pre_sum"]
+    return sums
+
+
 def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable[MetricSpec], *,
-                         hours: float, cuped: bool) -> ExperimentAggregates:
-    """Run the few aggregate queries an analysis needs and collect their rows."""
+                         hours: float, cuped: bool,
+                         journey: Sequence[str] | None = None) -> ExperimentAggregates:
+    """Units per variant/day, then one aggregate pass for everything else (plus a rare
+    extra query when friction was reported at steps outside the journey)."""
     specs = list(metrics)
-    plain = [m for m in specs if m.kind != "nps"]
-    units = Daily()
-    by_metric = {m.key: Daily() for m in specs}
-    for row in session.execute(metrics_query(experiment_id, plain, hours=hours, cuped=cuped)):
+    if journey is None:
+        journey = session.get(Experiment, experiment_id).journey if experiment_id else []
+    plan = Plan.of(specs, list(journey or []), cuped)
+    units, by_metric, counts = Daily(), {m.key: Daily() for m in specs}, JourneyCounts()
+    first, last = None, None
+    zeros = _zero_sums(plan)
+    for row in session.execute(units_query(experiment_id)):
+        units.add(row.variant_key, row.day, {"n": _number(row.n)})
+        for metric in specs:
+            if metric.kind != "nps":
+                base = {} if metric.kind == "time_to_convert" else {"n": _number(row.n)}
+                by_metric[metric.key].add(row.variant_key, row.day, {**zeros[metric.key],
+                                                                      **base})
+        first = row.first if first is None else min(first, row.first)
+        last = row.last if last is None else max(last, row.last)
+    if first is None:
+        return ExperimentAggregates(units, by_metric, counts)
+    _tune_session(session)
+    margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
+    query = analysis_query(experiment_id, plan, hours=hours, events_between=(
+        first - margin if plan.with_pre else first - EVENT_RANGE_SLACK, last + margin))
+    outside = 0.0
+    for row in session.execute(query):
         data = row._mapping
-        units.add(data["variant_key"], data["day"], {"n": _number(data["n"])})
-        for index, metric in enumerate(plain):
-            prefix = f"m{index}_"
-            sums = {name.removeprefix(prefix): _number(value) for name, value in data.items()
-                    if name.startswith(prefix)}
-            sums.setdefault("n", _number(data["n"]))
-            by_metric[metric.key].add(data["variant_key"], data["day"], sums)
-    for metric in (m for m in specs if m.kind == "nps"):
-        for row in session.execute(nps_query(experiment_id, metric, hours=hours)):
-            data = row._mapping
-            by_metric[metric.key].add(data["variant_key"], data["day"], {
-                name: _number(data[name]) for name in ("n", "promoters", "detractors")})
-    return ExperimentAggregates(units, by_metric, journey_counts(session, experiment_id,
-                                                                 hours=hours))
+        for index, metric in enumerate(specs):
+            sums = _metric_sums(plan, index, data)
+            if metric.kind != "nps" or sums["n"] > 0:
+                by_metric[metric.key].add(data["variant_key"], data["day"], sums)
+        _add_journey(counts, plan, data)
+        outside += _number(data["extra_friction"])
+    if outside:
+        _add_friction_outside(session, counts, experiment_id, plan.journey, hours=hours)
+    return ExperimentAggregates(units, by_metric, counts)
 
 
-def journey_counts(session: Session, experiment_id: int, *, hours: float) -> JourneyCounts:
-    """Funnel and friction counts per variant and step."""
-    counts = JourneyCounts()
-    for row in session.execute(journey_query(experiment_id, hours=hours)):
+EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the join; this only prunes
+
+
+def _sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
+    """The names of a (non-NPS) metric's sums, as the analysis rows carry them."""
+    if metric.kind == "ratio":
+        return ["num_sum", "num_sum_squares", "den_sum", "den_sum_squares", "num_den_sum"]
+    if metric.kind == "time_to_convert":
+        return ["n", "sum", "sum_squares"]
+    names = ["sum", "sum_squares"]
+    if cuped and metric.kind in CUPED_KINDS:
+        names += ["pre_sum", "pre_sum_squares", "cross_sum"]
+    return names
+
+
+def _zero_sums(plan: Plan) -> dict[str, Sums]:
+    """Every metric's sums at zero, so each exposure day has all of them (as before)."""
+    return {m.key: dict.fromkeys(_sum_names(m, plan.cuped), 0.0)
+            for m in plan.metrics if m.kind != "nps"}
+
+
+def _add_journey(counts: JourneyCounts, plan: Plan, data: Mapping[str, Any]) -> None:
+    """Accumulate one variant/day row's funnel and friction counts."""
+    variant = data["variant_key"]
+    for number, step in enumerate(plan.journey):
+        key = (variant, step)
+        counts.reached[key] = counts.reached.get(key, 0) + int(_number(data[f"reach_{number}"]))
+        for kind_number, kind in enumerate(FRICTION_KINDS):
+            cell = (variant, step, kind)
+            counts.friction[cell] = counts.friction.get(cell, 0) + int(
+                _number(data[f"fric_{number}_{kind_number}"]))
+
+
+def _add_friction_outside(session: Session, counts: JourneyCounts, experiment_id: int,
+                          journey: Sequence[str], *, hours: float) -> None:
+    """Friction reported at steps outside the journey (still listed in the friction matrix)."""
+    for row in session.execute(friction_outside_query(experiment_id, journey, hours=hours)):
         data = row._mapping
-        counts.reached[(data["variant_key"], data["step"])] = int(_number(data["reached"]))
         for kind in FRICTION_KINDS:
             counts.friction[(data["variant_key"], data["step"], kind)] = int(_number(data[kind]))
-    return counts
 
 
 def to_stats(kind: str, sums: Mapping[str, float]) -> tuple[Stats, CupedStats | None]:
@@ -382,12 +710,13 @@ __all__ = [
     "ExperimentAggregates",
     "JourneyCounts",
     "MetricSpec",
+    "Plan",
     "aggregate_experiment",
+    "analysis_query",
+    "friction_outside_query",
     "hours_between",
-    "journey_counts",
     "match_condition",
-    "metrics_query",
-    "nps_query",
     "to_stats",
+    "units_query",
     "utc_day",
 ]
