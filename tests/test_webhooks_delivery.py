@@ -317,6 +317,10 @@ def test_test_route_sends_webhook_test_whatever_the_filter(app, client, admin_he
     assert payload["type"] == "webhook.test"
     assert payload["data"] == {"endpoint_id": endpoint["id"],
                                "requested_by": "api_key:test admin"}
+    audit = client.get("/api/v1/audit", headers=admin_headers).get_json()["items"]
+    assert audit[0]["action"] == "webhook.test"
+    assert audit[0]["actor"] == "api_key:test admin"
+    assert audit[0]["after"] == {"endpoint_id": endpoint["id"]}
 
 
 def test_deliveries_log_is_paginated_newest_first_and_filterable(

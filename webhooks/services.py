@@ -165,6 +165,9 @@ def send_test(session: Session, endpoint_id: int, principal: Principal, *,
     body = event_body(TEST_EVENT, {"endpoint_id": endpoint.id, "requested_by": principal.actor})
     delivery = enqueue(session, endpoint, body, message_id=new_message_id())
     delivery.next_attempt_at = utcnow()
+    session.flush()
+    record_audit(session, principal, "webhook.test", target_type="webhook_delivery",
+                 target_id=str(delivery.id), after={"endpoint_id": endpoint.id})
     session.commit()
     return _sent_now(session, delivery) if send_now else delivery
 
