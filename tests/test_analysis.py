@@ -332,3 +332,9 @@ def test_simulated_guardrail_friction_rolls_back_and_is_the_top_friction_point(d
     assert (top["step"], top["friction_kind"], top["variant"]) == ("payment", "error",
                                                                   "one-page")
 
+
+
+def test_cuped_is_skipped_silently_for_units_without_pre_exposure_activity(db):
+    body = simulated(db, 400, seed=5)
+    warnings = [w for m in body["metrics"] for w in m.get("warnings", [])] + body["warnings"]
+    assert not [w for w in warnings if "cuped" in w]

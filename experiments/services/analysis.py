@@ -66,7 +66,9 @@ def _inputs(experiment: Experiment, kind: str, totals: Mapping[str, Sums],
             cuped: bool) -> list[VariantInput]:
     """One VariantInput per configured variant (absent variants have 0 units)."""
     records = [(v, *to_stats(kind, totals.get(v.key, {}))) for v in experiment.variants]
-    use_cuped = cuped and kind in CUPED_KINDS and any(c is not None for _, _, c in records)
+    # No pre-exposure activity at all (new visitors): CUPED has nothing to adjust with.
+    use_cuped = cuped and kind in CUPED_KINDS and any(
+        c is not None and c.pre_sum_squares > 0 for _, _, c in records)
     return [VariantInput(v.key, v.is_control, record,
                          (c or CupedStats(0.0, 0.0, 0.0)) if use_cuped else None)
             for v, record, c in records]
