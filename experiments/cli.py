@@ -134,7 +134,8 @@ def analyze(key: str | None) -> None:
     """Run the analysis now: a progress bar and one summary line per experiment."""
     from tqdm import tqdm
 
-    from experiments.jobs import analyze_one, running_experiment_keys
+    from experiments.jobs import analyze_one
+    from experiments.services.analysis import running_experiment_keys
 
     database = get_db()
     if key:

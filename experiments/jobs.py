@@ -123,12 +123,6 @@ def _primary_summary(metric: Mapping[str, Any]) -> str:
     return f"{metric.get('key')}: " + (", ".join(comparisons) or "no comparison")
 
 
-def running_experiment_keys(session: Session) -> list[str]:
-    """Keys of the running experiments, in a stable order (CLI progress, digest)."""
-    return list(session.scalars(select(Experiment.key).where(Experiment.status == "running")
-                                .order_by(Experiment.key)))
-
-
 def analyze_one(database: Database, key: str) -> tuple[bool, str]:
     """Analyse one experiment in its own transaction: (ok, one summary line); never raises."""
     from experiments.services.analysis import analyze_experiment

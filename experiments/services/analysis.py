@@ -360,13 +360,17 @@ def analyze_experiment(session: Session, key: str, *, now: datetime | None = Non
     return report
 
 
+def running_experiment_keys(session: Session) -> list[str]:
+    """Keys of the running experiments, in a stable order (scheduler, CLI progress)."""
+    return list(session.scalars(select(Experiment.key).where(Experiment.status == "running")
+                                .order_by(Experiment.key)))
+
+
 def analyze_running(session_factory: Callable[[], AbstractContextManager[Session]], *,
                     now: datetime | None = None) -> dict[str, str]:
     """Analyse every running experiment, each in its own transaction; failures are isolated."""
     with session_factory() as session:
-        keys = list(session.scalars(select(Experiment.key)
-                                    .where(Experiment.status == "running")
-                                    .order_by(Experiment.key)))
+        keys = running_experiment_keys(session)
     results: dict[str, str] = {}
     for key in keys:
         try:
