@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, request
 
 CLIENT_ROUTES = frozenset({"/api/v1/assign", "/api/v1/exposures", "/api/v1/events"})
 BEACON_ROUTE = "/api/v1/events"
+ORIGINS_KEY = "parcours.cors_origins"  # normalised once at start-up, read per request
 ALLOWED_METHODS = "POST, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type"
 EXPOSED_HEADERS = "Retry-After"
@@ -34,6 +35,8 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 def init_app(app: Flask) -> None:
     """Answer preflights, add CORS headers to the client routes and accept beacons."""
+    app.extensions[ORIGINS_KEY] = frozenset(
+        origin.rstrip("/").lower() for origin in app.config["PARCOURS"].CORS_ORIGINS)
     app.wsgi_app = BeaconAuth(app.wsgi_app)  # type: ignore[method-assign]
     app.before_request(_preflight)
     app.after_request(_add_cors_headers)
@@ -43,7 +46,7 @@ def allowed_origin(origin: str | None) -> str | None:
     """The origin to echo back when it is configured, else None (no CORS headers)."""
     if not origin:
         return None
-    configured = {o.rstrip("/").lower() for o in current_app.config["PARCOURS"].CORS_ORIGINS}
+    configured = current_app.extensions[ORIGINS_KEY]
     if "*" in configured or origin.lower() in configured:
         return origin
     return None
