@@ -7,7 +7,7 @@ from collections.abc import Callable
 from flask import current_app, flash, make_response, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from admin import queries, user_admin
+from admin import queries
 from admin.blueprint import bp
 from admin.format import error_text
 from admin.session_auth import principal, requires
@@ -53,7 +53,7 @@ def _user_action(action: Callable[[], object], done: str) -> Response:
 def change_user_role(user_id: int) -> Response:
     """Change a user's role."""
     role = request.form.get("role", "")
-    return _user_action(lambda: user_admin.change_role(db_session(), user_id, role, principal()),
+    return _user_action(lambda: accounts.change_role(db_session(), user_id, role, principal()),
                         "Role changed.")
 
 
@@ -62,7 +62,7 @@ def change_user_role(user_id: int) -> Response:
 def set_user_active(user_id: int) -> Response:
     """Deactivate or reactivate a user."""
     active = request.form.get("active") == "1"
-    return _user_action(lambda: user_admin.set_active(db_session(), user_id, active, principal()),
+    return _user_action(lambda: accounts.set_active(db_session(), user_id, active, principal()),
                         "User reactivated." if active else "User deactivated.")
 
 
