@@ -6,18 +6,22 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
+    BigInteger,
     Boolean,
+    Column,
     Float,
     ForeignKey,
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from experiments.db import Base, BigIntId, utcnow
+from experiments.db import Base, BigIntId, UtcDateTime, utcnow
 
 EXPERIMENT_STATUSES = ("draft", "running", "paused", "concluded")
 
@@ -145,6 +149,42 @@ class Event(Base):
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+# Per-unit rollup slots (see experiments.services.rollup): packed flag words, sums, first
+# times and last answers of the analysis pass, kept between analyses on PostgreSQL.
+ROLLUP_SLOTS = {"w": 8, "v": 16, "t": 4, "a": 4}
+
+unit_rollups = Table(
+    "unit_rollups", Base.metadata,
+    Column("exposure_id", BigIntId, ForeignKey("exposures.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("experiment_id", Integer, ForeignKey("experiments.id", ondelete="CASCADE"),
+           nullable=False, index=True),
+    Column("variant_key", String(64), nullable=False),
+    Column("exposed_at", UtcDateTime, nullable=False),
+    *[Column(f"w{i}", BigInteger) for i in range(ROLLUP_SLOTS["w"])],
+    *[Column(f"v{i}", Float) for i in range(ROLLUP_SLOTS["v"])],
+    *[Column(f"t{i}", UtcDateTime) for i in range(ROLLUP_SLOTS["t"])],
+    *[Column(f"a{i}", ARRAY(BigInteger).with_variant(Text(), "sqlite"))
+      for i in range(ROLLUP_SLOTS["a"])],
+)
+
+
+class RollupState(Base):
+    """How far an experiment's per-unit rollup goes: the event and exposure ids it has
+    folded (``*_through``) and the newest ids it saw (``*_seen``, folded once settled)."""
+
+    __tablename__ = "rollup_states"
+
+    experiment_id: Mapped[int] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True)
+    plan_key: Mapped[str] = mapped_column(String(64))
+    events_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    exposures_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    exposures_seen: Mapped[int] = mapped_column(BigInteger, default=0)
+    seen_at: Mapped[datetime | None]
 
 
 class Report(Base):

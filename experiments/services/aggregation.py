@@ -20,10 +20,11 @@ time_to_convert the hours to the first matching event (converters only).
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -50,6 +51,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from experiments.models import Event, Experiment, Exposure, Metric
 from experiments.schemas import FRICTION_KINDS
+from experiments.services.rollup import IdRange, Merge, rolled_up_units
 from stats import CupedStats, MeanStats, NpsStats, ProportionStats, RatioStats
 from stats.records import Stats
 
@@ -102,8 +104,10 @@ def _before_sqlite(element: before_hours_after, compiler: Any, **kw: Any) -> str
     return f"((julianday({later}) - julianday({earlier})) * 24.0 < {hours})"
 
 
-class utc_day(FunctionElement[str]):  # lower case: reads as a SQL function
-    """The UTC calendar day (YYYY-MM-DD) of a timestamp, whatever the session time zone."""
+class utc_day(FunctionElement[Any]):  # lower case: reads as a SQL function
+    """The UTC calendar day of a timestamp, whatever the session time zone (a DATE on
+    PostgreSQL, far cheaper per row than formatting; 'YYYY-MM-DD' text on SQLite):
+    :func:`day_key` turns either into the text key."""
 
     inherit_cache = True
 
@@ -111,7 +115,7 @@ class utc_day(FunctionElement[str]):  # lower case: reads as a SQL function
 @compiles(utc_day, "postgresql")
 def _day_pg(element: utc_day, compiler: Any, **kw: Any) -> str:
     (column,) = list(element.clauses)
-    return f"to_char({compiler.process(column, **kw)} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    return f"CAST(({compiler.process(column, **kw)} AT TIME ZONE 'UTC') AS DATE)"
 
 
 @compiles(utc_day)
@@ -119,6 +123,11 @@ def _day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
     # SQLite stores UtcDateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
     (column,) = list(element.clauses)
     return f"substr({compiler.process(column, **kw)}, 1, 10)"
+
+
+def day_key(value: date | str) -> str:
+    """The 'YYYY-MM-DD' key of a :class:`utc_day` value."""
+    return value if isinstance(value, str) else value.isoformat()
 
 
 # -- results --------------------------------------------------------------------------------
@@ -440,46 +449,60 @@ class Plan:
         return self.cuped and any(m.kind in CUPED_KINDS for m in self.metrics)
 
 
-def _unit_values(plan: Plan, x: Any, post: ColumnElement[bool]) -> list[Any]:
+@dataclass(frozen=True)
+class UnitValue:
+    """One per-unit column of the single pass, and how two partial values of it combine.
+
+    A unit's value over two disjoint sets of its events is the ``merge`` of the values
+    over each set: that is what lets :mod:`experiments.services.rollup` keep per-unit
+    values between analyses and fold only the events that arrived since.
+    """
+
+    label: str
+    expression: Any
+    merge: Merge
+
+
+def _unit_values(plan: Plan, x: Any, post: ColumnElement[bool]) -> list[UnitValue]:
     """Per-unit aggregates: packed flags, then sums, first times and last NPS answers."""
-    columns = [packed_flags(_packed_word(word, post, plan.with_pre),
-                            *_flag_by_flag(word, post)).label(f"w{number}")
-               for number, word in enumerate(plan.layout.words)]
+    values = [UnitValue(f"w{number}", packed_flags(_packed_word(word, post, plan.with_pre),
+                                                   *_flag_by_flag(word, post)), "or")
+              for number, word in enumerate(plan.layout.words)]
     for index, metric in enumerate(plan.metrics):
         if metric.kind == "nps":
             answer = and_(post, match_condition(metric), Event.value.between(0, 10))
             klass = case((Event.value >= PROMOTER_MIN, 2), (Event.value <= DETRACTOR_MAX, 1),
                          else_=0)
-            columns.append(func.max(case((answer, answer_key(Event.occurred_at, Event.id,
-                                                             klass))))
-                           .label(f"m{index}_answer"))
+            values.append(UnitValue(f"m{index}_answer", func.max(
+                case((answer, answer_key(Event.occurred_at, Event.id, klass)))), "max"))
         elif metric.kind not in PROPORTION_KINDS:
-            columns += _unit_columns(metric, index, post, plan.cuped)
-    return columns
+            values += _unit_columns(metric, index, post, plan.cuped)
+    return values
 
 
-def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> list[Any]:
+def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> list[UnitValue]:
     """Per-unit sums of a mean/count/ratio metric, or its first event (time to convert)."""
     match = match_condition(metric)
-    columns = []
+    values = []
     for period, condition in (("y", post), ("pre", ~post)):
         if period == "pre" and not (cuped and metric.kind in CUPED_KINDS):
             continue
         hit = and_(match, condition)
         if metric.kind == "mean":
-            value = func.sum(case((hit, func.coalesce(Event.value, 0.0)), else_=0.0))
+            values.append(UnitValue(f"m{index}_{period}", func.sum(
+                case((hit, func.coalesce(Event.value, 0.0)), else_=0.0)), "sum"))
         elif metric.kind == "count":
-            value = func.sum(case((hit, 1), else_=0))
+            values.append(UnitValue(f"m{index}_{period}", func.sum(case((hit, 1), else_=0)),
+                                    "sum"))
         elif metric.kind == "ratio":
             for part, name in (("num", metric.numerator), ("den", metric.denominator)):
                 part_hit = and_(Event.name == name, condition)
-                columns.append(func.sum(case((part_hit, func.coalesce(Event.value, 1.0)),
-                                             else_=0.0)).label(f"m{index}_{part}"))
-            continue
+                values.append(UnitValue(f"m{index}_{part}", func.sum(
+                    case((part_hit, func.coalesce(Event.value, 1.0)), else_=0.0)), "sum"))
         else:  # time_to_convert: the first matching event; hours computed per unit outside
-            value = func.min(case((hit, Event.occurred_at)))
-        columns.append(value.label(f"m{index}_{period}"))
-    return columns
+            values.append(UnitValue(f"m{index}_{period}",
+                                    func.min(case((hit, Event.occurred_at))), "min"))
+    return values
 
 
 def _count_flag(unit: Any, plan: Plan, *labels: str) -> Any:
@@ -533,26 +556,48 @@ def _journey_columns(plan: Plan, unit: Any) -> list[Any]:
     return columns
 
 
-def analysis_query(experiment_id: int, plan: Plan, *, hours: float,
-                   events_between: tuple[datetime, datetime] | None = None) -> Select[Any]:
-    """ONE pass over exposures ⋈ events for every metric, the funnel and the friction matrix.
+def _in_range(column: Any, ids: IdRange | None) -> list[ColumnElement[bool]]:
+    if ids is None:
+        return []
+    after, through = ids
+    conditions = [column > after] if after else []
+    return conditions if through is None else [*conditions, column <= through]
 
-    The inner query aggregates each unit's events (packed flags, sums, first times, last
-    answers); the outer one sums them per variant and UTC exposure day. Units without any
-    relevant event are absent here: their values are all zero, and :func:`units_query`
-    counts them. ``events_between`` bounds the event scan (exposure range ± the window).
+
+def unit_values_query(experiment_id: int, plan: Plan, *, hours: float,
+                      events_between: tuple[datetime, datetime] | None = None,
+                      event_ids: IdRange | None = None,
+                      exposure_ids: IdRange | None = None) -> Select[Any]:
+    """Each unit's values over its events: ONE pass over exposures ⋈ events.
+
+    One row per unit that has a relevant event (``exposure_id``, variant, exposure time,
+    then :func:`unit_values` in order); units without one are absent: their values are
+    all zero and :func:`units_query` counts them. ``events_between`` bounds the event scan
+    (exposure range ± the window); the id ranges restrict the pass to some events and
+    exposures, for the incremental rollup.
     """
     x = _units(experiment_id)
     post = Event.occurred_at >= x.c.exposed_at
     relevant = or_(Event.step.is_not(None), *[match_condition(m) for m in plan.metrics])
-    join_on = and_(_window(x, hours, with_pre=plan.with_pre), relevant)
+    join_on = and_(_window(x, hours, with_pre=plan.with_pre), relevant,
+                   *_in_range(Event.id, event_ids), *_in_range(x.c.id, exposure_ids))
     if events_between is not None:
         join_on = and_(join_on, Event.occurred_at >= events_between[0],
                        Event.occurred_at < events_between[1])
-    unit = (select(x.c.variant_key, x.c.exposed_at, *_unit_values(plan, x, post))
+    columns = [value.expression.label(value.label) for value in _unit_values(plan, x, post)]
+    return (select(x.c.id.label("exposure_id"), x.c.variant_key, x.c.exposed_at, *columns)
             .select_from(x.join(Event, join_on))
-            .group_by(x.c.id, x.c.variant_key, x.c.exposed_at)
-            .subquery("u"))
+            .group_by(x.c.id, x.c.variant_key, x.c.exposed_at))
+
+
+def unit_values(plan: Plan) -> list[UnitValue]:
+    """The per-unit columns of :func:`unit_values_query` (labels and merge rules)."""
+    x = _units(0)  # a stand-in: only the labels and merge rules are used
+    return _unit_values(plan, x, Event.occurred_at >= x.c.exposed_at)
+
+
+def variant_day_query(plan: Plan, unit: Any) -> Select[Any]:
+    """Per variant and UTC exposure day, the sums of the per-unit values of ``unit``."""
     sums = [c for i, m in enumerate(plan.metrics) for c in _moment_columns(plan, m, i, unit)]
     day = utc_day(unit.c.exposed_at)
     return (select(unit.c.variant_key, day.label("day"), *sums, *_journey_columns(plan, unit))
@@ -605,10 +650,14 @@ def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
 
 
 def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable[MetricSpec], *,
-                         hours: float, cuped: bool,
-                         journey: Sequence[str] | None = None) -> ExperimentAggregates:
+                         hours: float, cuped: bool, journey: Sequence[str] | None = None,
+                         rollup: bool = True) -> ExperimentAggregates:
     """Units per variant/day, then one aggregate pass for everything else (plus a rare
-    extra query when friction was reported at steps outside the journey)."""
+    extra query when friction was reported at steps outside the journey).
+
+    On PostgreSQL the pass reads the per-unit rollup and only the events it has not folded
+    (:mod:`experiments.services.rollup`); ``rollup=False`` computes it all from the events.
+    """
     specs = list(metrics)
     if journey is None:
         journey = session.get(Experiment, experiment_id).journey if experiment_id else []
@@ -617,27 +666,29 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
     first, last = None, None
     zeros = _zero_sums(plan)
     for row in session.execute(units_query(experiment_id)):
-        units.add(row.variant_key, row.day, {"n": _number(row.n)})
+        day = day_key(row.day)
+        units.add(row.variant_key, day, {"n": _number(row.n)})
         for metric in specs:
             if metric.kind != "nps":
                 base = {} if metric.kind == "time_to_convert" else {"n": _number(row.n)}
-                by_metric[metric.key].add(row.variant_key, row.day, {**zeros[metric.key],
-                                                                      **base})
+                by_metric[metric.key].add(row.variant_key, day, {**zeros[metric.key], **base})
         first = row.first if first is None else min(first, row.first)
         last = row.last if last is None else max(last, row.last)
     if first is None:
         return ExperimentAggregates(units, by_metric, counts)
     _tune_session(session)
     margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
-    query = analysis_query(experiment_id, plan, hours=hours, events_between=(
-        first - margin if plan.with_pre else first - EVENT_RANGE_SLACK, last + margin))
+    events_between = (first - margin if plan.with_pre else first - EVENT_RANGE_SLACK,
+                      last + margin)
+    query = _unit_source(session, experiment_id, plan, hours=hours,
+                         events_between=events_between, rollup=rollup)
     outside = 0.0
     for row in session.execute(query):
         data = row._mapping
         for index, metric in enumerate(specs):
             sums = _metric_sums(plan, index, data)
             if metric.kind != "nps" or sums["n"] > 0:
-                by_metric[metric.key].add(data["variant_key"], data["day"], sums)
+                by_metric[metric.key].add(data["variant_key"], day_key(data["day"]), sums)
         _add_journey(counts, plan, data)
         outside += _number(data["extra_friction"])
     if outside:
@@ -646,6 +697,31 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
 
 
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the join; this only prunes
+PASS_VERSION = 1  # bump when the per-unit values change meaning: stored rollups are rebuilt
+
+
+def _unit_source(session: Session, experiment_id: int, plan: Plan, *, hours: float,
+                 events_between: tuple[datetime, datetime],
+                 rollup: bool) -> Select[Any]:
+    """The variant/day query over the per-unit values: rolled up where possible."""
+    def build(event_ids: IdRange, exposure_ids: IdRange | None) -> Select[Any]:
+        return unit_values_query(experiment_id, plan, hours=hours, events_between=events_between,
+                                 event_ids=event_ids, exposure_ids=exposure_ids)
+
+    unit = None
+    if rollup:
+        values = [(value.label, value.merge) for value in unit_values(plan)]
+        unit = rolled_up_units(session, experiment_id, plan_key(plan, hours), values, build)
+    if unit is None:
+        unit = unit_values_query(experiment_id, plan, hours=hours,
+                                 events_between=events_between).subquery("u")
+    return variant_day_query(plan, unit)
+
+
+def plan_key(plan: Plan, hours: float) -> str:
+    """A fingerprint of everything the per-unit values depend on."""
+    described = repr((PASS_VERSION, plan.metrics, plan.journey, plan.cuped, float(hours)))
+    return hashlib.sha256(described.encode()).hexdigest()
 
 
 def _sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
@@ -712,11 +788,12 @@ __all__ = [
     "MetricSpec",
     "Plan",
     "aggregate_experiment",
-    "analysis_query",
     "friction_outside_query",
     "hours_between",
     "match_condition",
     "to_stats",
+    "unit_values_query",
     "units_query",
     "utc_day",
+    "variant_day_query",
 ]

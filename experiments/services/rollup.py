@@ -1,0 +1,195 @@
+"""Per-unit rollups: the analysis pass's per-unit values, kept between analyses.
+
+A full report reads every event of every exposed unit; on PostgreSQL the per-unit values
+of that pass (packed flags, sums, first times, last answers — each with a merge rule:
+OR, +, min, max) are stored in ``unit_rollups`` so the next analysis reads one row per
+unit plus only what the rollup has not folded yet:
+
+* the rollup covers events with ``id <= events_through`` of exposures with
+  ``id <= exposures_through``;
+* the live part is the other events of every unit, and the folded events of units exposed
+  since; both are computed per unit and merged with the rollup rows.
+
+An analysis folds the ids the previous one saw, once every transaction that was open
+when they were seen has ended: any smaller id is then committed or rolled back, so nothing
+is folded early and nothing is skipped (sequences hand out ids in time order; this needs
+no clock agreement and no assumption on how long writes take). A change of the
+experiment's metrics, journey, CUPED or window rebuilds the rollup (``plan_key``). The
+state row is locked for the analysis, so two analyses of one experiment never fold the
+same events twice. SQLite (the embedded development database, one writer at a time)
+always computes the pass in full.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Select, delete, func, literal, select, text, union_all
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from experiments.models import ROLLUP_SLOTS, Event, Exposure, RollupState, unit_rollups
+
+Merge = Literal["or", "sum", "min", "max"]  # how two partial per-unit values combine
+SLOT_PREFIX: dict[Merge, str] = {"or": "w", "sum": "v", "min": "t", "max": "a"}
+KEYS = ("exposure_id", "variant_key", "exposed_at")
+
+IdRange = tuple[int, int | None]
+"""Rows whose id is greater than the first bound and at most the second (None: no bound)."""
+
+UnitValuesQuery = Callable[[IdRange, IdRange | None], Select[Any]]
+"""Builds the per-unit pass over some events (first range) and exposures (second)."""
+
+
+def slots_for(values: Sequence[tuple[str, Merge]]) -> dict[str, tuple[str, Merge]] | None:
+    """``label -> (slot column, merge rule)``, or None when the plan needs more slots."""
+    used: Counter[str] = Counter()
+    slots = {}
+    for label, merge in values:
+        prefix = SLOT_PREFIX[merge]
+        if used[prefix] == ROLLUP_SLOTS[prefix]:
+            return None
+        slots[label] = (f"{prefix}{used[prefix]}", merge)
+        used[prefix] += 1
+    return slots
+
+
+def merged(earlier: Any, later: Any, merge: Merge) -> Any:
+    """The per-unit value over both parts of a unit's events (either may be NULL)."""
+    if merge == "or":
+        return func.coalesce(earlier, 0).op("|")(func.coalesce(later, 0))
+    if merge == "sum":
+        return func.coalesce(earlier, 0) + func.coalesce(later, 0)
+    return (func.least if merge == "min" else func.greatest)(earlier, later)
+
+
+def _merge_aggregate(column: Any, merge: Merge) -> Any:
+    return {"or": func.bit_or, "sum": func.sum, "min": func.min, "max": func.max}[merge](column)
+
+
+def rolled_up_units(session: Session, experiment_id: int, plan_key: str,
+                    values: Sequence[tuple[str, Merge]], build: UnitValuesQuery) -> Any | None:
+    """Every unit's values (rollup ⊕ live part) as a subquery shaped like ``build``'s, or
+    None where there is no rollup (SQLite, or a plan larger than the slots).
+
+    Folds what the previous analysis saw if it has settled, then notes what this one sees;
+    the state row stays locked until the caller's transaction ends, so the rollup and the
+    live part read here do not overlap.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    slots = slots_for(values)
+    if slots is None:
+        return None
+    state = _locked_state(session, experiment_id, plan_key)
+    if state.seen_at is not None and _settled(session, state.seen_at):
+        _fold(session, state, slots, build)
+        state.seen_at = None
+    if state.seen_at is None:
+        _observe(session, state)
+    session.flush()
+    return _rollup_and_live(state, slots, build).subquery("u")
+
+
+def _locked_state(session: Session, experiment_id: int, plan_key: str) -> RollupState:
+    """The experiment's state row, locked; a new plan drops the rollup and starts over."""
+    session.execute(insert(RollupState).values(
+        experiment_id=experiment_id, plan_key=plan_key, events_through=0,
+        exposures_through=0, events_seen=0, exposures_seen=0).on_conflict_do_nothing())
+    state = session.scalars(select(RollupState).where(
+        RollupState.experiment_id == experiment_id).with_for_update()
+        .execution_options(populate_existing=True)).one()
+    if state.plan_key != plan_key:
+        session.execute(delete(unit_rollups).where(unit_rollups.c.experiment_id == experiment_id))
+        state.plan_key, state.seen_at = plan_key, None
+        state.events_through = state.exposures_through = 0
+    return state
+
+
+def _observe(session: Session, state: RollupState) -> None:
+    """Remember the newest event and exposure ids, then the database clock: any id up to
+    them was taken by a transaction that began before that time."""
+    state.events_seen = session.scalar(select(func.coalesce(func.max(Event.id), 0)))
+    state.exposures_seen = session.scalar(select(func.coalesce(func.max(Exposure.id), 0))
+                                          .where(Exposure.experiment_id == state.experiment_id))
+    state.seen_at = session.scalar(select(func.clock_timestamp()))
+
+
+def _settled(session: Session, seen_at: datetime) -> bool:
+    """No other transaction of this database that began before ``seen_at`` is still open."""
+    return not session.scalar(text(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+        "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+        "AND xact_start < :seen_at)"), {"seen_at": seen_at})
+
+
+def _fold(session: Session, state: RollupState, slots: Mapping[str, tuple[str, Merge]],
+          build: UnitValuesQuery) -> None:
+    """Add the seen events of every seen unit, and the folded events of newly seen units."""
+    if state.events_seen > state.events_through:
+        _upsert(session, state.experiment_id, slots,
+                build((state.events_through, state.events_seen), (0, state.exposures_seen)),
+                empty=not state.events_through)
+    if state.events_through and state.exposures_seen > state.exposures_through:
+        _upsert(session, state.experiment_id, slots,
+                build((0, state.events_through), (state.exposures_through, state.exposures_seen)))
+    state.events_through = max(state.events_through, state.events_seen)
+    state.exposures_through = max(state.exposures_through, state.exposures_seen)
+
+
+def _upsert(session: Session, experiment_id: int, slots: Mapping[str, tuple[str, Merge]],
+            query: Select[Any], *, empty: bool = False) -> None:
+    """Merge per-unit values into the rollup (each unit appears once in ``query``); into an
+    ``empty`` rollup (a first fold) a plain insert, several times faster than an upsert."""
+    part = query.subquery("part")
+    columns = [*KEYS, "experiment_id", *(slot for slot, _ in slots.values())]
+    rows = select(*(part.c[key] for key in KEYS), literal(experiment_id),
+                  *(part.c[label] for label in slots))
+    statement = insert(unit_rollups).from_select(columns, rows)
+    if empty:
+        session.execute(statement)
+        return
+    session.execute(statement.on_conflict_do_update(
+        index_elements=[unit_rollups.c.exposure_id],
+        set_={slot: merged(unit_rollups.c[slot], statement.excluded[slot], merge)
+              for slot, merge in slots.values()}))
+
+
+def _rollup_and_live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
+                     build: UnitValuesQuery) -> Select[Any]:
+    """Rollup rows FULL JOIN the live per-unit values, merged column by column (just the
+    live values while nothing is folded)."""
+    live = _live(state, slots, build)
+    if not state.events_through:
+        return select(live)
+    rolled = (select(unit_rollups).where(unit_rollups.c.experiment_id == state.experiment_id)
+              .subquery("r"))
+    # OFFSET 0 keeps PostgreSQL from inlining the merge expressions into every aggregate
+    # of the outer query (it would compute each merged word once per flag).
+    return (select(*(func.coalesce(rolled.c[key], live.c[key]).label(key) for key in KEYS),
+                   *(merged(rolled.c[slot], live.c[label], merge).label(label)
+                     for label, (slot, merge) in slots.items()))
+            .select_from(rolled.join(live, rolled.c.exposure_id == live.c.exposure_id,
+                                     full=True))
+            .offset(0))
+
+
+def _live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
+          build: UnitValuesQuery) -> Any:
+    """Per-unit values of what the rollup lacks: newer events, and units exposed since."""
+    newer = build((state.events_through, None), None)
+    if not state.events_through:
+        return newer.subquery("live")
+    both = union_all(newer, build((0, state.events_through), (state.exposures_through, None)))
+    parts = both.subquery("parts")
+    return (select(*(parts.c[key] for key in KEYS),
+                   *(_merge_aggregate(parts.c[label], merge).label(label)
+                     for label, (_, merge) in slots.items()))
+            .group_by(*(parts.c[key] for key in KEYS)).subquery("live"))
+
+
+__all__ = ["IdRange", "Merge", "UnitValuesQuery", "merged", "rolled_up_units",
+           "slots_for"]
