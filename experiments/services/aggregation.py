@@ -10,6 +10,8 @@ times, last NPS answers — and the outer query sums them per variant and day. U
 without a relevant event are absent from that pass: their values are all zero. Python
 only ever sees a few rows per variant and day, so memory stays flat as events grow; the
 daily rows are additive, which gives the report's totals and its cumulative timeline.
+On PostgreSQL the per-unit values are kept between analyses (:mod:`.rollup`), so the pass
+only reads the events and units that arrived since.
 
 Metric values per unit (SPEC §3): conversion/friction 1 when the unit has a matching event,
 mean the sum of the events' values (0 when none), count the number of events, ratio the
