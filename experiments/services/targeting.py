@@ -10,11 +10,13 @@ and strings with strings (lexicographically); ``regex`` searches string attribut
 
 from __future__ import annotations
 
+import logging
 import operator
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import regex
 
 Predicate = Callable[[Any], bool]
 _FAMILIES: dict[type, str] = {bool: "bool", int: "number", float: "number", str: "string"}
@@ -110,15 +112,29 @@ def _contains(value: Any) -> Predicate:
     return test
 
 
+REGEX_TIMEOUT_S = 0.02  # a pattern that backtracks catastrophically must not stall assignment
+log = logging.getLogger(__name__)
+
+
 def _regex(value: Any) -> Predicate:
+    """Search string attributes; a search that exceeds REGEX_TIMEOUT_S counts as no match."""
     try:
-        pattern = re.compile(value) if isinstance(value, str) else None
-    except re.error:
+        pattern = regex.compile(value) if isinstance(value, str) else None
+    except regex.error:
         pattern = None  # validated on write; an unusable pattern simply never matches
     if pattern is None:
         return _never
     search = pattern.search
-    return lambda actual: isinstance(actual, str) and search(actual) is not None
+
+    def test(actual: Any) -> bool:
+        if not isinstance(actual, str):
+            return False
+        try:
+            return search(actual, timeout=REGEX_TIMEOUT_S) is not None
+        except TimeoutError:
+            log.warning("targeting regex %r timed out; treated as no match", value)
+            return False
+    return test
 
 
 def _exists(value: Any) -> Predicate:
