@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from mmh3 import hash as mmh3_hash
 from prometheus_client import Counter
-from sqlalchemy import Connection, select, text
+from sqlalchemy import PoolProxiedConnection, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -175,7 +177,7 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
     """Stored exposures win; new first exposures are stored before the caller answers.
 
     Round trips: none for units whose exposures this worker has already seen; on
-    PostgreSQL one INSERT … ON CONFLICT DO NOTHING that also returns the rows that
+    PostgreSQL one statement that inserts the first exposures and returns the rows that
     already existed (SQLite: the INSERT, then a SELECT only for conflicts); and one
     SELECT first when history could change the answer without a write (excluded
     units, ``track: false``, layer mates).
@@ -183,24 +185,25 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
     wanted = _ids_to_check(snapshot, live, decisions)
     history = cache.known_exposures(request.unit_id, wanted)
     unknown = wanted - history.keys()
-    store = _ExposureStore(session)
-    read: dict[int, str] = {}
     writes = {config.id for config in live if request.track and decisions[config.id].in_experiment}
-    if unknown - writes:
-        read = store.read(request.unit_id, unknown)
-        history.update(read)
-    _use_history(snapshot, live, decisions, history)
-    pending = [config for config in live if request.track and decisions[config.id].in_experiment
-               and config.id not in history]
-    if pending:
-        inserted, existing = store.insert(pending, decisions, request)
-        _use_history(snapshot, live, decisions, existing)  # another request stored it first
+    if not unknown:
+        _use_history(snapshot, live, decisions, history)
+        return
+    with _exposure_store(session) as store:
+        read: dict[int, str] = {}
+        if unknown - writes:
+            read = store.read(request.unit_id, unknown)
+            history.update(read)
+        _use_history(snapshot, live, decisions, history)
+        pending = [config for config in live if config.id in writes and config.id not in history]
+        inserted: dict[int, str] = {}
+        if pending:
+            inserted, existing = store.insert(pending, decisions, request)
+            _use_history(snapshot, live, decisions, existing)  # another request stored it first
+            read.update(existing)
         store.commit()
-        EXPOSURES_RECORDED.inc(len(inserted))
-        read.update(existing)
-        read.update(inserted)
-    elif store.used:
-        store.commit()
+    EXPOSURES_RECORDED.inc(len(inserted))
+    read.update(inserted)
     if read:
         cache.remember(request.unit_id, read)
 
@@ -232,102 +235,181 @@ def _use_history(snapshot: ConfigSnapshot, live: list[ExperimentConfig],
             decisions[config.id] = Decision(config.control, False, "layer")
 
 
-_POSTGRES_INSERT = text("""
-WITH inserted AS (
-    INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attributes,
-                           is_override)
-    SELECT t.experiment_id, :unit_id, t.variant_key, :exposed_at, CAST(:attributes AS JSONB),
-           t.is_override
-    FROM unnest(CAST(:experiment_ids AS INTEGER[]), CAST(:variant_keys AS VARCHAR[]),
-                CAST(:is_overrides AS BOOLEAN[])) AS t(experiment_id, variant_key, is_override)
-    ON CONFLICT (experiment_id, unit_id) DO NOTHING
-    RETURNING experiment_id, variant_key)
-SELECT experiment_id, variant_key, TRUE AS is_new FROM inserted
-UNION ALL
-SELECT experiment_id, variant_key, FALSE FROM exposures
-WHERE unit_id = :unit_id AND experiment_id = ANY(CAST(:experiment_ids AS INTEGER[]))
-""")
+@contextmanager
+def _exposure_store(session: Session) -> Iterator[_ExposureStore]:
+    """The store for this session's database, released (never left in autocommit) after use."""
+    store: _ExposureStore = (_PostgresExposures(session)
+                             if session.get_bind().dialect.name == "postgresql"
+                             else _SqliteExposures(session))
+    try:
+        yield store
+    except BaseException:
+        store.release(failed=True)
+        raise
+    store.release(failed=False)
 
 
 class _ExposureStore:
-    """Reads and first-exposure writes for one assignment, in as few round trips as possible.
-
-    On PostgreSQL, when the caller's session holds no transaction or pending changes, the
-    statements run in autocommit: each is durable when it returns, and no BEGIN/COMMIT
-    round trips are spent. Otherwise they join the caller's transaction, which is committed.
-    """
+    """Reads and first-exposure writes for one assignment, in as few round trips as possible."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
-        self.postgres = session.get_bind().dialect.name == "postgresql"
-        self.used = False
-        self._connection: Connection | None = None
 
-    def _conn(self) -> Connection | Session:
-        self.used = True
-        if not self.postgres:
-            return self.session
-        if self._connection is None:
-            session = self.session
-            idle = not session.in_transaction() and not (
-                session.new or session.dirty or session.deleted)
-            options = {"isolation_level": "AUTOCOMMIT"} if idle else {}
-            self._connection = session.connection(execution_options=options)
-        return self._connection
-
-    def read(self, unit_id: str, experiment_ids: set[int]) -> dict[int, str]:
+    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> dict[int, str]:
         """Committed exposures of this unit, by experiment id."""
-        rows = self._conn().execute(
+        raise NotImplementedError
+
+    def insert(self, pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
+               request: _Request) -> tuple[dict[int, str], dict[int, str]]:
+        """Insert first exposures: (variants this request stored, variants already stored)."""
+        rows = [(config.id, decisions[config.id].variant.key,
+                 decisions[config.id].reason == "override") for config in pending]
+        inserted, existing = self._insert(rows, request.unit_id, request.now or utcnow(),
+                                          request.attributes)
+        lost = {config.id for config in pending} - inserted.keys() - existing.keys()
+        if lost:  # committed by a concurrent request after this statement began
+            existing.update(self.read(request.unit_id, lost))
+        return inserted, existing
+
+    def _insert(self, rows: list[tuple[int, str, bool]], unit_id: str, exposed_at: datetime,
+                attributes: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, str]]:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        """Make the exposures durable."""
+        self.session.commit()
+
+    def release(self, *, failed: bool) -> None:
+        """Give back what :meth:`read` and :meth:`insert` borrowed."""
+
+
+class _SqliteExposures(_ExposureStore):
+    """SQLite: ORM-free Core statements in the caller's session, committed by it."""
+
+    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> dict[int, str]:
+        rows = self.session.execute(
             select(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key).where(
                 _EXPOSURES.c.unit_id == unit_id,
                 _EXPOSURES.c.experiment_id.in_(sorted(experiment_ids)))
         )
         return {row.experiment_id: row.variant_key for row in rows}
 
-    def insert(self, pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
-               request: _Request) -> tuple[dict[int, str], dict[int, str]]:
-        """Insert first exposures: (variants this request stored, variants already stored)."""
-        variants = [decisions[config.id].variant.key for config in pending]
-        overrides = [decisions[config.id].reason == "override" for config in pending]
-        ids = [config.id for config in pending]
-        exposed_at = request.now or utcnow()
-        if self.postgres:
-            inserted, existing = self._insert_postgres(ids, variants, overrides, exposed_at,
-                                                       request)
-        else:
-            inserted, existing = self._insert_sqlite(ids, variants, overrides, exposed_at,
-                                                     request), {}
-        lost = set(ids) - inserted.keys() - existing.keys()
-        if lost:  # committed by a concurrent request after this statement began
-            existing.update(self.read(request.unit_id, lost))
-        return inserted, existing
+    def _insert(self, rows: list[tuple[int, str, bool]], unit_id: str, exposed_at: datetime,
+                attributes: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, str]]:
+        snapshot = dict(attributes)
+        values = [{"experiment_id": experiment_id, "unit_id": unit_id, "variant_key": variant,
+                   "exposed_at": exposed_at, "attributes": snapshot, "is_override": override}
+                  for experiment_id, variant, override in rows]
+        statement = (sqlite_insert(_EXPOSURES).values(values)
+                     .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
+                     .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
+        inserted = {row.experiment_id: row.variant_key
+                    for row in self.session.execute(statement)}
+        return inserted, {}
 
-    def _insert_postgres(self, ids: list[int], variants: list[str], overrides: list[bool],
-                         exposed_at: datetime, request: _Request
-                         ) -> tuple[dict[int, str], dict[int, str]]:
+
+class _PostgresExposures(_ExposureStore):
+    """PostgreSQL: one driver-level statement per assignment (no ORM or SQL compilation).
+
+    When the caller's session holds no transaction or pending changes, the statements
+    run in autocommit on a pooled connection: each is durable when it returns, and no
+    BEGIN/COMMIT round trips are spent. Otherwise they join the session's transaction,
+    which :meth:`commit` commits.
+    """
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session)
+        self._autocommit: PoolProxiedConnection | None = None
+        self._joined = False
+
+    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> dict[int, str]:
+        ids = sorted(experiment_ids)
+        params: dict[str, Any] = {"unit_id": unit_id}
+        params.update((f"id{index}", experiment_id) for index, experiment_id in enumerate(ids))
+        return dict(self._execute(_postgres_read_sql(len(ids)), params))
+
+    def _insert(self, rows: list[tuple[int, str, bool]], unit_id: str, exposed_at: datetime,
+                attributes: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, str]]:
+        params: dict[str, Any] = {"unit_id": unit_id, "exposed_at": exposed_at,
+                                  "attributes": json.dumps(dict(attributes))}
+        for index, (experiment_id, variant, override) in enumerate(rows):
+            params[f"id{index}"] = experiment_id
+            params[f"variant{index}"] = variant
+            params[f"override{index}"] = override
         inserted: dict[int, str] = {}
         existing: dict[int, str] = {}
-        rows = self._conn().execute(_POSTGRES_INSERT, {
-            "unit_id": request.unit_id, "exposed_at": exposed_at,
-            "attributes": json.dumps(dict(request.attributes)), "experiment_ids": ids,
-            "variant_keys": variants, "is_overrides": overrides})
-        for experiment_id, variant_key, is_new in rows:
+        for experiment_id, variant_key, is_new in self._execute(
+                _postgres_insert_sql(len(rows)), params):
             (inserted if is_new else existing)[experiment_id] = variant_key
         return inserted, existing
 
-    def _insert_sqlite(self, ids: list[int], variants: list[str], overrides: list[bool],
-                       exposed_at: datetime, request: _Request) -> dict[int, str]:
-        attributes = dict(request.attributes)
-        rows = [{"experiment_id": experiment_id, "unit_id": request.unit_id,
-                 "variant_key": variant, "exposed_at": exposed_at, "attributes": attributes,
-                 "is_override": override}
-                for experiment_id, variant, override in zip(ids, variants, overrides,
-                                                            strict=True)]
-        statement = (sqlite_insert(_EXPOSURES).values(rows)
-                     .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
-                     .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
-        return {row.experiment_id: row.variant_key for row in self._conn().execute(statement)}
+    def _execute(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        cursor = self._connection().cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+
+    def _connection(self) -> PoolProxiedConnection:
+        if self._autocommit is not None:
+            return self._autocommit
+        session = self.session
+        if not self._joined and not session.in_transaction() and not (
+                session.new or session.dirty or session.deleted):
+            pooled = session.get_bind().raw_connection()
+            pooled.driver_connection.autocommit = True
+            self._autocommit = pooled
+            return pooled
+        self._joined = True
+        return session.connection().connection
 
     def commit(self) -> None:
-        """Make the exposures durable (a no-op round trip-wise in autocommit)."""
-        self.session.commit()
+        if self._joined:
+            self.session.commit()
+
+    def release(self, *, failed: bool) -> None:
+        pooled, self._autocommit = self._autocommit, None
+        if pooled is None:
+            return
+        if failed:  # its state is unknown: never hand it to another request
+            pooled.invalidate()
+            return
+        pooled.driver_connection.autocommit = False
+        pooled.close()
+
+
+@lru_cache(maxsize=256)
+def _postgres_insert_sql(rows: int) -> str:
+    """First exposures of one unit in ``rows`` experiments, plus the rows that already existed.
+
+    ``NOT EXISTS`` skips stored exposures before the INSERT evaluates the id default, so a
+    returning unit draws no sequence value (each 32nd would force a WAL flush); ``ON
+    CONFLICT DO NOTHING`` settles races with concurrent first requests.
+    """
+    values = ", ".join(f"(%(id{index})s::integer, %(variant{index})s::varchar, "
+                       f"%(override{index})s::boolean)" for index in range(rows))
+    return f"""
+WITH wanted (experiment_id, variant_key, is_override) AS (VALUES {values}),
+inserted AS (
+    INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attributes,
+                           is_override)
+    SELECT w.experiment_id, %(unit_id)s::varchar, w.variant_key, %(exposed_at)s,
+           %(attributes)s::jsonb, w.is_override
+    FROM wanted AS w
+    WHERE NOT EXISTS (SELECT FROM exposures AS e
+                      WHERE e.experiment_id = w.experiment_id AND e.unit_id = %(unit_id)s::varchar)
+    ON CONFLICT (experiment_id, unit_id) DO NOTHING
+    RETURNING experiment_id, variant_key)
+SELECT experiment_id, variant_key, TRUE FROM inserted
+UNION ALL
+SELECT experiment_id, variant_key, FALSE FROM exposures
+WHERE unit_id = %(unit_id)s::varchar AND experiment_id IN (SELECT experiment_id FROM wanted)"""
+
+
+@lru_cache(maxsize=256)
+def _postgres_read_sql(count: int) -> str:
+    """Stored exposures of one unit in ``count`` experiments."""
+    ids = ", ".join(f"%(id{index})s" for index in range(count))
+    return ("SELECT experiment_id, variant_key FROM exposures "
+            f"WHERE unit_id = %(unit_id)s AND experiment_id IN ({ids})")
