@@ -128,7 +128,7 @@ def test_concurrent_analyses_fold_each_event_once(postgres_database_url, tmp_pat
             with app.app_context(), get_db(app).session() as session:
                 results.append(aggregated(session, session.get(Experiment, experiment.id),
                                           rollup=True))
-        except Exception as error:  # noqa: BLE001 - reported below
+        except Exception as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=analyse) for _ in range(4)]

@@ -27,9 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Select, delete, func, literal, select, text, union_all
+from sqlalchemy import Select, column, delete, func, literal, select, table, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateTableAs
 
 from experiments.models import ROLLUP_SLOTS, Event, Exposure, RollupState, unit_rollups
 
@@ -146,12 +147,17 @@ def _upsert(session: Session, experiment_id: int, slots: Mapping[str, tuple[str,
     ``empty`` rollup (a first fold) a plain insert, several times faster than an upsert."""
     part = query.subquery("part")
     columns = [*KEYS, "experiment_id", *(slot for slot, _ in slots.values())]
-    rows = select(*(part.c[key] for key in KEYS), literal(experiment_id),
-                  *(part.c[label] for label in slots))
-    statement = insert(unit_rollups).from_select(columns, rows)
+    rows = select(*(part.c[key] for key in KEYS), literal(experiment_id).label("experiment_id"),
+                  *(part.c[label].label(slot) for label, (slot, _) in slots.items()))
     if empty:
-        session.execute(statement)
+        # INSERT … SELECT never runs in parallel on PostgreSQL 15, CREATE TABLE AS does:
+        # the first fold (every event) stages its rows in a temporary table.
+        session.execute(CreateTableAs(rows, "rollup_fold", temporary=True))
+        staged = table("rollup_fold", *(column(name) for name in columns))
+        session.execute(insert(unit_rollups).from_select(columns, select(staged)))
+        session.execute(text("DROP TABLE rollup_fold"))
         return
+    statement = insert(unit_rollups).from_select(columns, rows)
     session.execute(statement.on_conflict_do_update(
         index_elements=[unit_rollups.c.exposure_id],
         set_={slot: merged(unit_rollups.c[slot], statement.excluded[slot], merge)

@@ -21,14 +21,12 @@ SIZES = {"w": 8, "v": 16, "t": 4, "a": 4}
 
 def upgrade() -> None:
     op.create_table('unit_rollups',
-    sa.Column('exposure_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('exposure_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=False, nullable=False),
     sa.Column('experiment_id', sa.Integer(), nullable=False),
     sa.Column('variant_key', sa.String(length=64), nullable=False),
     sa.Column('exposed_at', sa.DateTime(timezone=True), nullable=False),
     *[sa.Column(f'{prefix}{i}', SLOTS[prefix](), nullable=True)
       for prefix, size in SIZES.items() for i in range(size)],
-    sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['exposure_id'], ['exposures.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('exposure_id')
     )
     with op.batch_alter_table('unit_rollups', schema=None) as batch_op:
