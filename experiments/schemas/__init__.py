@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 Key = Annotated[str, Field(pattern=KEY_PATTERN, examples=["checkout-redesign"])]
-StepName = Annotated[str, Field(min_length=1, max_length=64)]
+MAX_STEP_LENGTH = 64
+StepName = Annotated[str, Field(min_length=1, max_length=MAX_STEP_LENGTH)]
 EventName = Annotated[str, Field(min_length=1, max_length=200)]
 UnitId = Annotated[str, Field(min_length=1, max_length=200)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]

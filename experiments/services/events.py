@@ -1,6 +1,9 @@
 """Event ingestion (SPEC §5): per-event validation, dedupe by ``event_id``, durable acks.
 
-A batch is validated event by event; the valid ones are inserted in one
+The usual batch, every event valid, is checked in one pydantic-core pass
+(``CLEAN_EVENTS``, already while the request body is parsed) and turned straight
+into driver rows; any other batch is validated event by event, so that each
+rejected index gets its own error. The valid rows are inserted in one
 transaction by a driver ``executemany`` of a Core ``INSERT … ON CONFLICT (event_id)
 DO NOTHING`` whose summed rowcount is the number of new events, so the counts stay
 exact when several hosts receive the same resend at once (rows are inserted in
@@ -13,14 +16,13 @@ would cost more than the insert itself (see bench/bench_events.py).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import Any
 
 from prometheus_client import Counter
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 from sqlalchemy import DateTime
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Compiled, Dialect
@@ -29,14 +31,28 @@ from sqlalchemy.orm import Session
 from experiments.db import utcnow
 from experiments.errors import validation_details
 from experiments.models import Event
-from experiments.schemas.events import EventIn, default_name, encode_properties, event_problems
+from experiments.schemas.events import (
+    CLEAN_EVENTS,
+    MAX_FUTURE,
+    MAX_STEP_LENGTH,
+    CleanEvents,
+    EventIn,
+    encode_clean_properties,
+    encode_properties,
+    event_problems,
+)
 
 EVENTS_INGESTED = Counter("parcours_events_ingested_total", "Events received by ingestion",
                           ["result"])
-_BATCH = TypeAdapter(list[EventIn])
 _TABLE = Event.__table__
 _COLUMNS = ("event_id", "unit_id", "type", "name", "step", "friction_kind", "value",
             "occurred_at", "received_at", "properties")
+Row = tuple[Any, ...]  # one event's driver parameters, in _COLUMNS order
+BindTime = Callable[[datetime], Any]  # an aware UTC datetime as the driver takes it
+
+
+def _as_is(value: datetime) -> datetime:
+    return value
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ def ingest_events(session: Session, events: Sequence[Mapping[str, Any]], *,
                   now: datetime | None = None) -> IngestResult:
     """Validate each raw event, store the valid ones in one committed transaction."""
     now = (now or utcnow()).astimezone(UTC)  # stored as UTC text on SQLite: normalise first
-    rows, rejected = validate_events(events, now)
+    rows, rejected = validate_events(events, now, _driver_time(session.get_bind().dialect))
     try:
         accepted = _insert_new(session, _unique_by_event_id(rows))
         session.commit()
@@ -66,11 +82,14 @@ def ingest_events(session: Session, events: Sequence[Mapping[str, Any]], *,
     return IngestResult(accepted=accepted, duplicates=duplicates, rejected=rejected)
 
 
-def validate_events(events: Sequence[Any], now: datetime
-                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows ready to insert, and the rejected items as ``{"index", "error"}``."""
-    rows: list[dict[str, Any]] = []
-    rejected: list[dict[str, Any]] = []
+def validate_events(events: Sequence[Any], now: datetime, bind_time: BindTime = _as_is
+                    ) -> tuple[list[Row], list[dict[str, Any]]]:
+    """Rows ready to insert, times bound by ``bind_time``; the rejected items as
+    ``{"index", "error"}``."""
+    rows = _clean_rows(events, now, bind_time)
+    if rows is not None:
+        return rows, []
+    rows, rejected, received_at = [], [], bind_time(now)
     for index, parsed in enumerate(_parse_each(events)):
         if isinstance(parsed, list):
             rejected.append({"index": index, "error": _error(parsed)})
@@ -85,16 +104,47 @@ def validate_events(events: Sequence[Any], now: datetime
                 {"field": f"events[{index}].{p['field']}", "message": p["message"]}
                 for p in problems])})
         else:
-            rows.append(_row(parsed, now, properties))
+            rows.append(_row(parsed.__dict__, bind_time(parsed.occurred_at or now), received_at,
+                             properties))
     return rows, rejected
 
 
-def _parse_each(events: Sequence[Any]) -> list[EventIn | list[dict[str, Any]]]:
-    """One pydantic call for a clean batch; item by item only when some item is invalid."""
+def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime
+                ) -> list[Row] | None:
+    """The rows of a batch whose every event is valid, in one pydantic-core pass; else None.
+
+    ``CLEAN_EVENTS`` holds the field and per-type rules; the few left (a step's name,
+    the clock, properties) are checked here. Any doubt returns None and the batch takes
+    the per-event path, which decides and names every problem.
+    """
+    if isinstance(events, CleanEvents):
+        clean: Sequence[Mapping[str, Any]] = events  # checked while parsing the request
+    else:
+        try:
+            clean = CLEAN_EVENTS.validate_python(events, strict=True)
+        except ValidationError:
+            return None
+    texts = encode_clean_properties([event.get("properties") for event in clean])
+    if texts is None:
+        return None
+    horizon, received_at, rows = now + MAX_FUTURE, bind_time(now), []
     try:
-        return list(_BATCH.validate_python(events))
-    except ValidationError:
-        pass
+        for event, properties in zip(clean, texts, strict=True):
+            occurred_at = event.get("occurred_at")
+            occurred = (now if occurred_at is None
+                        else datetime.fromisoformat(occurred_at).astimezone(UTC))
+            name = event.get("name")
+            if occurred > horizon or (event["type"] == "step" and event.get("step") is None
+                                      and (name is None or len(name) > MAX_STEP_LENGTH)):
+                return None
+            rows.append(_row(event, bind_time(occurred), received_at, properties))
+    except (ValueError, OverflowError):  # an impossible date, or an offset out of range
+        return None
+    return rows
+
+
+def _parse_each(events: Sequence[Any]) -> list[EventIn | list[dict[str, Any]]]:
+    """Each item as an :class:`EventIn`, or its error details."""
     results: list[EventIn | list[dict[str, Any]]] = []
     for index, item in enumerate(events):
         try:
@@ -111,46 +161,40 @@ def _error(details: list[dict[str, Any]]) -> dict[str, Any]:
             "details": details}
 
 
-def _row(event: EventIn, now: datetime, properties: str) -> dict[str, Any]:
-    """The insert parameters; an event without ``event_id`` gets a server uuid (never deduped)."""
-    name = default_name(event)
-    return {
-        "event_id": event.event_id or str(uuid.uuid4()),
-        "unit_id": event.unit_id,
-        "type": event.type,
-        "name": name,
-        "step": event.step if event.step is not None or event.type != "step" else name,
-        "friction_kind": event.friction_kind,
-        "value": None if event.value is None else float(event.value),
-        "occurred_at": event.occurred_at or now,
-        "received_at": now,
-        "properties": properties,
-    }
+def _row(event: Mapping[str, Any], occurred_at: Any, received_at: Any, properties: str) -> Row:
+    """The driver's parameters in ``_COLUMNS`` order, with names and steps defaulted.
+
+    An event without ``event_id`` gets a server uuid, so it is never deduplicated.
+    """
+    get = event.get
+    kind, name, step, friction_kind, value = (
+        event["type"], get("name"), get("step"), get("friction_kind"), get("value"))
+    if name is None:
+        name = "nps" if kind == "nps" else friction_kind if kind == "friction" else step
+    if step is None and kind == "step":
+        step = name
+    return (get("event_id") or str(uuid.uuid4()), event["unit_id"], kind, name, step,
+            friction_kind, None if value is None else float(value), occurred_at, received_at,
+            properties)
 
 
-def _unique_by_event_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _unique_by_event_id(rows: list[Row]) -> list[Row]:
     """First occurrence of each id, sorted by id so concurrent batches lock rows in one order."""
-    unique: dict[str, dict[str, Any]] = {}
+    unique: dict[str, Row] = {}
     for row in rows:
-        unique.setdefault(row["event_id"], row)
+        unique.setdefault(row[0], row)
     return [unique[event_id] for event_id in sorted(unique)]
 
 
-def _insert_new(session: Session, rows: list[dict[str, Any]]) -> int:
+def _insert_new(session: Session, rows: list[Row]) -> int:
     """Insert the rows whose ``event_id`` is new; returns how many were inserted."""
     if not rows:
         return 0
     connection = session.connection()
-    dialect = connection.dialect
-    compiled = _compiled_insert(dialect)
-    to_driver_time = _driver_time(dialect)
-    received_at = to_driver_time(rows[0]["received_at"])  # one receipt time per batch
-    for row in rows:
-        row["occurred_at"] = to_driver_time(row["occurred_at"])
-        row["received_at"] = received_at
+    compiled = _compiled_insert(connection.dialect)
     params: list[Any] = rows
-    if compiled.positiontup is not None:
-        params = list(map(itemgetter(*compiled.positiontup), rows))
+    if compiled.positiontup is None:  # named parameters (psycopg)
+        params = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
     result = connection.exec_driver_sql(compiled.string, params)
     return int(result.rowcount)
 
@@ -163,12 +207,14 @@ def _compiled_insert(dialect: Dialect) -> Compiled:
     if dialect.name not in _COMPILED:
         insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
         statement = insert(_TABLE).values({column: None for column in _COLUMNS})
-        _COMPILED[dialect.name] = statement.on_conflict_do_nothing(
+        compiled = statement.on_conflict_do_nothing(
             index_elements=[_TABLE.c.event_id]).compile(dialect=dialect, for_executemany=True)
+        if compiled.positiontup not in (None, list(_COLUMNS)):  # rows are tuples in this order
+            raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
+        _COMPILED[dialect.name] = compiled
     return _COMPILED[dialect.name]
 
 
-def _driver_time(dialect: Dialect) -> Any:
+def _driver_time(dialect: Dialect) -> BindTime:
     """How the dialect's DateTime column binds an aware UTC datetime (text on SQLite)."""
-    processor = DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
-    return processor or (lambda value: value)
+    return DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect) or _as_is
