@@ -24,7 +24,7 @@ from experiments.db import get_db, utcnow
 from experiments.models import AuditEntry
 from tests.conftest import make_test_app
 from tests.test_webhooks_api import admin_headers_for, create_endpoint
-from webhooks import DELIVER_JOB
+from webhooks import DELIVER_JOB, ssrf
 from webhooks.delivery import deliver_due
 from webhooks.models import WebhookDelivery, WebhookEndpoint
 
@@ -414,3 +414,38 @@ def test_two_concurrent_senders_deliver_each_event_exactly_once(postgres_databas
         server.stop()
         for sender in senders:
             get_db(sender).engine.dispose()
+
+
+def test_a_host_rebound_to_an_internal_address_after_the_check_is_not_reached(
+        app, database_url, tmp_path, httpserver, make_endpoint, monkeypatch):
+    receiver = Receiver(httpserver)
+    make_endpoint(receiver.url.replace("localhost", "hooks.example.com"))
+    emit(app)
+    answers = iter([["93.184.216.34"], ["127.0.0.1"]])  # public for the check, then rebound
+    monkeypatch.setattr(ssrf, "resolve_host", lambda host, port: next(answers))
+    strict = make_test_app(database_url, tmp_path, WEBHOOK_ALLOW_PRIVATE=False,
+                           WEBHOOK_RETRY_SCHEDULE_S="0,0")
+    try:
+        assert deliver_due(strict) == Counter({"pending": 1})
+    finally:
+        get_db(strict).engine.dispose()
+    delivery = only_delivery(app)
+    assert delivery.last_error == (
+        "refused by the SSRF guard: hooks.example.com resolves to loopback address 127.0.0.1; "
+        "webhooks may only target public addresses (set PARCOURS_WEBHOOK_ALLOW_PRIVATE=1 "
+        "to allow internal targets)")
+    assert receiver.requests == []
+
+
+def test_deliveries_connect_to_the_address_the_guard_resolved(app, httpserver, make_endpoint,
+                                                              monkeypatch):
+    receiver = Receiver(httpserver)
+    make_endpoint(receiver.url.replace("localhost", "hooks.example.com"))
+    emit(app)
+    resolved = []
+    monkeypatch.setattr(ssrf, "resolve_host",
+                        lambda host, port: resolved.append((host, port)) or ["127.0.0.1"])
+    assert deliver_due(app) == Counter({"delivered": 1})
+    assert resolved == [("hooks.example.com", httpserver.port)]
+    assert len(receiver.requests) == 1
+    assert receiver.requests[0][0]["Host"] == f"hooks.example.com:{httpserver.port}"

@@ -35,6 +35,7 @@ from webhooks.endpoints import disable_endpoint
 from webhooks.models import WebhookDelivery, WebhookEndpoint
 from webhooks.signing import signed_headers
 from webhooks.ssrf import UnsafeUrl, check_url
+from webhooks.transport import vetted_session
 
 USER_AGENT = f"Parcours-Webhooks/{experiments.__version__}"
 RESPONSE_BODY_LIMIT = 1024
@@ -156,6 +157,8 @@ def send(http: requests.Session, claim: Claim, settings: DeliverySettings) -> Ou
                        stream=True) as response:
             prefix = next(response.iter_content(RESPONSE_BODY_LIMIT), b"")
             return Outcome(status_code=response.status_code, body=_text(prefix))
+    except UnsafeUrl as exc:  # the address vetted at connection time (DNS rebinding)
+        return Outcome(error=f"refused by the SSRF guard: {exc}")
     except requests.Timeout:
         return Outcome(error=f"timed out after {settings.timeout_s:g} s")
     except (requests.RequestException, OSError, ValueError) as exc:
@@ -235,8 +238,7 @@ def deliver_due(app: Flask, *, ids: list[int] | None = None) -> Counter[str]:
     due_before = utcnow()  # retries scheduled during this run wait for the next one
     totals: Counter[str] = Counter()
     disabled: set[int] = set()
-    with requests.Session() as http:
-        http.trust_env = False  # no proxies from the environment: the SSRF guard decides
+    with vetted_session(allow_private=settings.allow_private) as http:
         while claims := claim_due(database, settings, due_before=due_before, ids=ids):
             for claim in claims:
                 if claim.endpoint_id in disabled:

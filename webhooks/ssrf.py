@@ -40,7 +40,7 @@ def _refusal(address: str) -> str | None:
     return None
 
 
-def check_url(url: str, *, allow_private: bool, resolver: Resolver = resolve_host) -> None:
+def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> None:
     """Refuse non-http(s) URLs and, unless allowed, hosts resolving to internal addresses."""
     if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
         raise UnsafeUrl("the URL must not contain spaces or control characters")
@@ -54,11 +54,23 @@ def check_url(url: str, *, allow_private: bool, resolver: Resolver = resolve_hos
     host = parts.hostname
     if not host:
         raise UnsafeUrl("the URL has no host")
-    if allow_private:
-        return
-    for address in resolver(host, port):
+    if not allow_private:
+        vetted_addresses(host, port, allow_private=False, resolver=resolver)
+
+
+def vetted_addresses(host: str, port: int, *, allow_private: bool,
+                     resolver: Resolver | None = None) -> list[str]:
+    """The host's addresses, refusing it when any is internal (unless allowed).
+
+    The sender connects to one of these very addresses (``webhooks.transport``), so a
+    name that resolves differently between the check and the connection (DNS
+    rebinding) cannot reach an internal service.
+    """
+    addresses = list((resolver or resolve_host)(host, port))
+    for address in addresses if not allow_private else ():
         reason = _refusal(address)
         if reason is not None:
             raise UnsafeUrl(f"{host} resolves to {reason} address {address}; webhooks may only "
                             "target public addresses (set PARCOURS_WEBHOOK_ALLOW_PRIVATE=1 "
                             "to allow internal targets)")
+    return addresses
