@@ -1,5 +1,6 @@
 """The one-pass check of a whole batch (CLEAN_EVENTS) never decides differently from the
-per-event rules: it stores exactly the rows they would store, or hands the batch over."""
+per-event rules: it stores exactly the rows they would store, or hands the batch over.
+Rows are bound as the driver takes them (SQLite times as SQLAlchemy's text)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 
 import pytest
 from pydantic_core import from_json
+from sqlalchemy import DateTime
+from sqlalchemy.dialects import sqlite
 
 from experiments.schemas import FRICTION_KINDS
 from experiments.schemas.events import CleanEvents, EventBatch
-from experiments.services.events import validate_events
+from experiments.services.events import sqlite_time, validate_events
 
 NOW = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 MISSING = object()
@@ -101,3 +104,13 @@ def test_python_callers_get_the_same_rows_as_the_api():
               {"event_id": "e-2", "unit_id": "u", "type": "nps", "value": 9.0}]
     from_api = validate_events(EventBatch.model_validate({"events": events}).events, NOW)
     assert validate_events(events, NOW) == from_api == per_event(events)
+
+
+@pytest.mark.parametrize("value", [
+    datetime(2026, 11, 24, 10, 0, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC),
+    datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    datetime(2026, 2, 3, 4, 5, 6, 7, tzinfo=UTC)])
+def test_sqlite_times_are_bound_as_sqlalchemy_stores_them(value):
+    processor = DateTime(timezone=True).dialect_impl(sqlite.dialect()).bind_processor(
+        sqlite.dialect())
+    assert sqlite_time(value) == processor(value)

@@ -217,4 +217,14 @@ def _compiled_insert(dialect: Dialect) -> Compiled:
 
 def _driver_time(dialect: Dialect) -> BindTime:
     """How the dialect's DateTime column binds an aware UTC datetime (text on SQLite)."""
+    if dialect.name == "sqlite":
+        return sqlite_time
     return DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect) or _as_is
+
+
+def sqlite_time(value: datetime) -> str:
+    """The text SQLAlchemy's SQLite DATETIME stores (a test holds them equal), at half the
+    cost of its bind processor: once per event, it was the dearest step of a clean batch."""
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (  # noqa: UP031 (twice as fast as f"")
+        value.year, value.month, value.day, value.hour, value.minute, value.second,
+        value.microsecond)
