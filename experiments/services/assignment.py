@@ -4,29 +4,24 @@ The decision (:func:`decide`) reads only the cached configuration: forced overri
 targeting, the unit's slice of its layer, traffic inclusion and the variant split,
 each from MurmurHash3 of fixed strings so every host and Python version agrees.
 :func:`assign` then applies history: a stored exposure always wins, and the first
-exposure is inserted (``ON CONFLICT DO NOTHING``) and committed before returning.
+exposure is inserted (``ON CONFLICT DO NOTHING``) and committed before returning
+(how, in as few round trips as possible: :mod:`experiments.services.exposures`).
 """
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from mmh3 import hash as mmh3_hash
 from prometheus_client import Counter
-from sqlalchemy import PoolProxiedConnection, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from experiments.db import utcnow
 from experiments.errors import NotFound
-from experiments.models import Exposure
 from experiments.services.config_cache import (
     HASH_SPACE,
     ConfigCache,
@@ -36,6 +31,7 @@ from experiments.services.config_cache import (
     VariantConfig,
     cache_for,
 )
+from experiments.services.exposures import FirstExposure, UnitWrite, store_for
 from experiments.services.targeting import Condition, matches
 
 REASONS = ("assigned", "override", "traffic", "targeting", "layer", "not_running", "concluded",
@@ -44,7 +40,6 @@ REASONS = ("assigned", "override", "traffic", "targeting", "layer", "not_running
 INCLUSION_SEED = 1
 SPLIT_SEED = 2
 LAYER_SEED = 3
-_EXPOSURES = Exposure.__table__
 
 ASSIGNMENTS = Counter("parcours_assignments_total", "Assignments served, by reason", ["reason"])
 EXPOSURES_RECORDED = Counter("parcours_exposures_recorded_total",
@@ -178,9 +173,9 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
 
     Round trips: none for units whose exposures this worker has already seen; on
     PostgreSQL one statement that inserts the first exposures and returns the rows that
-    already existed (SQLite: the INSERT, then a SELECT only for conflicts); and one
-    SELECT first when history could change the answer without a write (excluded
-    units, ``track: false``, layer mates).
+    already existed, shared with concurrent requests of this process (SQLite: the
+    INSERT, then a SELECT only for conflicts); and one SELECT first when history could
+    change the answer without a write (excluded units, ``track: false``, layer mates).
     """
     wanted = _ids_to_check(snapshot, live, decisions)
     history = cache.known_exposures(request.unit_id, wanted)
@@ -189,23 +184,31 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
     if not unknown:
         _use_history(snapshot, live, decisions, history)
         return
-    with _exposure_store(session) as store:
-        read: dict[int, str] = {}
-        if unknown - writes:
-            read = store.read(request.unit_id, unknown)
-            history.update(read)
-        _use_history(snapshot, live, decisions, history)
-        pending = [config for config in live if config.id in writes and config.id not in history]
-        inserted: dict[int, str] = {}
-        if pending:
-            inserted, existing = store.insert(pending, decisions, request)
-            _use_history(snapshot, live, decisions, existing)  # another request stored it first
-            read.update(existing)
-        store.commit()
+    store = store_for(session)
+    read: dict[int, str] = {}
+    if unknown - writes:
+        read = store.read(request.unit_id, unknown)
+        history.update(read)
+    _use_history(snapshot, live, decisions, history)
+    pending = [config for config in live if config.id in writes and config.id not in history]
+    inserted: dict[int, str] = {}
+    if pending:
+        inserted, existing = store.insert(_first_exposures(pending, decisions, request))
+        _use_history(snapshot, live, decisions, existing)  # another request stored it first
+        read.update(existing)
+    store.commit()
     EXPOSURES_RECORDED.inc(len(inserted))
     read.update(inserted)
     if read:
         cache.remember(request.unit_id, read)
+
+
+def _first_exposures(pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
+                     request: _Request) -> UnitWrite:
+    exposures = tuple(FirstExposure(config.id, decisions[config.id].variant.key,
+                                    decisions[config.id].reason == "override")
+                      for config in pending)
+    return UnitWrite(request.unit_id, exposures, request.now or utcnow(), request.attributes)
 
 
 def _ids_to_check(snapshot: ConfigSnapshot, live: list[ExperimentConfig],
@@ -233,183 +236,3 @@ def _use_history(snapshot: ConfigSnapshot, live: list[ExperimentConfig],
             if mate != config.id
         ):
             decisions[config.id] = Decision(config.control, False, "layer")
-
-
-@contextmanager
-def _exposure_store(session: Session) -> Iterator[_ExposureStore]:
-    """The store for this session's database, released (never left in autocommit) after use."""
-    store: _ExposureStore = (_PostgresExposures(session)
-                             if session.get_bind().dialect.name == "postgresql"
-                             else _SqliteExposures(session))
-    try:
-        yield store
-    except BaseException:
-        store.release(failed=True)
-        raise
-    store.release(failed=False)
-
-
-class _ExposureStore:
-    """Reads and first-exposure writes for one assignment, in as few round trips as possible."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-
-    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> dict[int, str]:
-        """Committed exposures of this unit, by experiment id."""
-        raise NotImplementedError
-
-    def insert(self, pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
-               request: _Request) -> tuple[dict[int, str], dict[int, str]]:
-        """Insert first exposures: (variants this request stored, variants already stored)."""
-        rows = [(config.id, decisions[config.id].variant.key,
-                 decisions[config.id].reason == "override") for config in pending]
-        inserted, existing = self._insert(rows, request.unit_id, request.now or utcnow(),
-                                          request.attributes)
-        lost = {config.id for config in pending} - inserted.keys() - existing.keys()
-        if lost:  # committed by a concurrent request after this statement began
-            existing.update(self.read(request.unit_id, lost))
-        return inserted, existing
-
-    def _insert(self, rows: list[tuple[int, str, bool]], unit_id: str, exposed_at: datetime,
-                attributes: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, str]]:
-        raise NotImplementedError
-
-    def commit(self) -> None:
-        """Make the exposures durable."""
-        self.session.commit()
-
-    def release(self, *, failed: bool) -> None:
-        """Give back what :meth:`read` and :meth:`insert` borrowed."""
-
-
-class _SqliteExposures(_ExposureStore):
-    """SQLite: ORM-free Core statements in the caller's session, committed by it."""
-
-    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> dict[int, str]:
-        rows = self.session.execute(
-            select(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key).where(
-                _EXPOSURES.c.unit_id == unit_id,
-                _EXPOSURES.c.experiment_id.in_(sorted(experiment_ids)))
-        )
-        return {row.experiment_id: row.variant_key for row in rows}
-
-    def _insert(self, rows: list[tuple[int, str, bool]], unit_id: str, exposed_at: datetime,
-                attributes: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, str]]:
-        snapshot = dict(attributes)
-        values = [{"experiment_id": experiment_id, "unit_id": unit_id, "variant_key": variant,
-                   "exposed_at": exposed_at, "attributes": snapshot, "is_override": override}
-                  for experiment_id, variant, override in rows]
-        statement = (sqlite_insert(_EXPOSURES).values(values)
-                     .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
-                     .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
-        inserted = {row.experiment_id: row.variant_key
-                    for row in self.session.execute(statement)}
-        return inserted, {}
-
-
-class _PostgresExposures(_ExposureStore):
-    """PostgreSQL: one driver-level statement per assignment (no ORM or SQL compilation).
-
-    When the caller's session holds no transaction or pending changes, the statements
-    run in autocommit on a pooled connection: each is durable when it returns, and no
-    BEGIN/COMMIT round trips are spent. Otherwise they join the session's transaction,
-    which :meth:`commit` commits.
-    """
-
-    def __init__(self, session: Session) -> None:
-        super().__init__(session)
-        self._autocommit: PoolProxiedConnection | None = None
-        self._joined = False
-
-    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> dict[int, str]:
-        ids = sorted(experiment_ids)
-        params: dict[str, Any] = {"unit_id": unit_id}
-        params.update((f"id{index}", experiment_id) for index, experiment_id in enumerate(ids))
-        return dict(self._execute(_postgres_read_sql(len(ids)), params))
-
-    def _insert(self, rows: list[tuple[int, str, bool]], unit_id: str, exposed_at: datetime,
-                attributes: Mapping[str, Any]) -> tuple[dict[int, str], dict[int, str]]:
-        params: dict[str, Any] = {"unit_id": unit_id, "exposed_at": exposed_at,
-                                  "attributes": json.dumps(dict(attributes))}
-        for index, (experiment_id, variant, override) in enumerate(rows):
-            params[f"id{index}"] = experiment_id
-            params[f"variant{index}"] = variant
-            params[f"override{index}"] = override
-        inserted: dict[int, str] = {}
-        existing: dict[int, str] = {}
-        for experiment_id, variant_key, is_new in self._execute(
-                _postgres_insert_sql(len(rows)), params):
-            (inserted if is_new else existing)[experiment_id] = variant_key
-        return inserted, existing
-
-    def _execute(self, sql: str, params: Mapping[str, Any]) -> list[Any]:
-        cursor = self._connection().cursor()
-        try:
-            cursor.execute(sql, params)
-            return cursor.fetchall()
-        finally:
-            cursor.close()
-
-    def _connection(self) -> PoolProxiedConnection:
-        if self._autocommit is not None:
-            return self._autocommit
-        session = self.session
-        if not self._joined and not session.in_transaction() and not (
-                session.new or session.dirty or session.deleted):
-            pooled = session.get_bind().raw_connection()
-            pooled.driver_connection.autocommit = True
-            self._autocommit = pooled
-            return pooled
-        self._joined = True
-        return session.connection().connection
-
-    def commit(self) -> None:
-        if self._joined:
-            self.session.commit()
-
-    def release(self, *, failed: bool) -> None:
-        pooled, self._autocommit = self._autocommit, None
-        if pooled is None:
-            return
-        if failed:  # its state is unknown: never hand it to another request
-            pooled.invalidate()
-            return
-        pooled.driver_connection.autocommit = False
-        pooled.close()
-
-
-@lru_cache(maxsize=256)
-def _postgres_insert_sql(rows: int) -> str:
-    """First exposures of one unit in ``rows`` experiments, plus the rows that already existed.
-
-    ``NOT EXISTS`` skips stored exposures before the INSERT evaluates the id default, so a
-    returning unit draws no sequence value (each 32nd would force a WAL flush); ``ON
-    CONFLICT DO NOTHING`` settles races with concurrent first requests.
-    """
-    values = ", ".join(f"(%(id{index})s::integer, %(variant{index})s::varchar, "
-                       f"%(override{index})s::boolean)" for index in range(rows))
-    return f"""
-WITH wanted (experiment_id, variant_key, is_override) AS (VALUES {values}),
-inserted AS (
-    INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attributes,
-                           is_override)
-    SELECT w.experiment_id, %(unit_id)s::varchar, w.variant_key, %(exposed_at)s,
-           %(attributes)s::jsonb, w.is_override
-    FROM wanted AS w
-    WHERE NOT EXISTS (SELECT FROM exposures AS e
-                      WHERE e.experiment_id = w.experiment_id AND e.unit_id = %(unit_id)s::varchar)
-    ON CONFLICT (experiment_id, unit_id) DO NOTHING
-    RETURNING experiment_id, variant_key)
-SELECT experiment_id, variant_key, TRUE FROM inserted
-UNION ALL
-SELECT experiment_id, variant_key, FALSE FROM exposures
-WHERE unit_id = %(unit_id)s::varchar AND experiment_id IN (SELECT experiment_id FROM wanted)"""
-
-
-@lru_cache(maxsize=256)
-def _postgres_read_sql(count: int) -> str:
-    """Stored exposures of one unit in ``count`` experiments."""
-    ids = ", ".join(f"%(id{index})s" for index in range(count))
-    return ("SELECT experiment_id, variant_key FROM exposures "
-            f"WHERE unit_id = %(unit_id)s AND experiment_id IN ({ids})")

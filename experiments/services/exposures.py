@@ -1,0 +1,371 @@
+"""Storage of first exposures (SPEC §4): unique per experiment and unit, durable before the answer.
+
+On PostgreSQL one statement inserts a unit's first exposures (``ON CONFLICT DO
+NOTHING``) and returns the ones another request stored earlier. It runs on a pooled
+driver connection in autocommit, so it is durable when it returns and costs no
+BEGIN/COMMIT round trips, and it bypasses the ORM (this is the assignment hot path).
+
+Concurrent requests of one process share that statement and its commit
+(:class:`GroupCommit`): a round trip and a WAL flush serve every unit queued while the
+previous batch was in flight, and each request is answered only once its batch is
+durable. A caller whose session already holds a transaction joins it instead, and its
+commit makes the rows durable. SQLite uses Core statements in the caller's session.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import weakref
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from experiments.models import Exposure
+
+_EXPOSURES = Exposure.__table__
+# Rows per group-commit statement (6 parameters each; PostgreSQL allows 65,535), and how
+# long a queued request waits for its batch before failing.
+MAX_BATCH_ROWS = 1000
+BATCH_WAIT_S = 30.0
+
+Stored = dict[int, str]  # variant key by experiment id
+
+
+class FirstExposure(NamedTuple):
+    """One exposure to store unless the unit already has one in the experiment."""
+
+    experiment_id: int
+    variant_key: str
+    is_override: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UnitWrite:
+    """A unit's first exposures in one request, with the attributes snapshot they store."""
+
+    unit_id: str
+    exposures: tuple[FirstExposure, ...]
+    exposed_at: datetime
+    attributes: Mapping[str, Any]
+
+
+class ExposureWriteFailed(RuntimeError):
+    """The statement carrying this request's first exposures failed: nothing was acknowledged."""
+
+
+def store_for(session: Session) -> ExposureStore:
+    """The exposure store of this session's database, for one assignment."""
+    engine = session.get_bind()
+    assert isinstance(engine, Engine)
+    if engine.dialect.name == "postgresql":
+        return PostgresStore(session, engine)
+    return SqliteStore(session)
+
+
+class ExposureStore:
+    """Reads and first-exposure writes for one assignment, in as few round trips as possible."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> Stored:
+        """Committed exposures of this unit, by experiment id."""
+        raise NotImplementedError
+
+    def insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
+        """Store first exposures: (variants stored by this call, variants stored before)."""
+        inserted, existing = self._insert(write)
+        lost = {exposure.experiment_id for exposure in write.exposures
+                } - inserted.keys() - existing.keys()
+        if lost:  # committed by a concurrent request after this statement began
+            existing.update(self.read(write.unit_id, lost))
+        return inserted, existing
+
+    def _insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        """Make what this store wrote in the caller's session durable."""
+        self.session.commit()
+
+
+class SqliteStore(ExposureStore):
+    """SQLite: Core statements in the caller's session, committed by :meth:`commit`."""
+
+    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> Stored:
+        rows = self.session.execute(
+            select(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key).where(
+                _EXPOSURES.c.unit_id == unit_id,
+                _EXPOSURES.c.experiment_id.in_(sorted(experiment_ids)))
+        )
+        return {row.experiment_id: row.variant_key for row in rows}
+
+    def _insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
+        attributes = dict(write.attributes)
+        values = [{"experiment_id": exposure.experiment_id, "unit_id": write.unit_id,
+                   "variant_key": exposure.variant_key, "exposed_at": write.exposed_at,
+                   "attributes": attributes, "is_override": exposure.is_override}
+                  for exposure in write.exposures]
+        statement = (sqlite_insert(_EXPOSURES).values(values)
+                     .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
+                     .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
+        inserted = {row.experiment_id: row.variant_key
+                    for row in self.session.execute(statement)}
+        return inserted, {}
+
+
+class PostgresStore(ExposureStore):
+    """PostgreSQL: driver-level statements, in autocommit (group-committed) or the session's."""
+
+    def __init__(self, session: Session, engine: Engine) -> None:
+        super().__init__(session)
+        self.engine = engine
+        # Decided at first use: a session holding a transaction or pending changes is joined.
+        self._joined: bool | None = None
+
+    def _joins_session(self) -> bool:
+        if self._joined is None:
+            session = self.session
+            self._joined = session.in_transaction() or bool(
+                session.new or session.dirty or session.deleted)
+        return self._joined
+
+    def _session_connection(self) -> Any:
+        return self.session.connection().connection.driver_connection
+
+    def read(self, unit_id: str, experiment_ids: Iterable[int]) -> Stored:
+        ids = sorted(experiment_ids)
+        sql = _read_sql(len(ids))
+        if self._joins_session():
+            return dict(self._session_connection().execute(sql, (unit_id, *ids)).fetchall())
+        with autocommit_connection(self.engine) as connection:
+            return dict(connection.execute(sql, (unit_id, *ids)).fetchall())
+
+    def _insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
+        if self._joins_session():
+            return write_units(self._session_connection(), [write])[0]
+        return group_commit_for(self.engine).write(write)
+
+    def commit(self) -> None:
+        if self._joins_session():
+            self.session.commit()
+
+
+@contextmanager
+def autocommit_connection(engine: Engine) -> Iterator[Any]:
+    """A pooled driver connection in autocommit, back in the pool as it was found.
+
+    On any error its state is unknown, so it is discarded rather than reused.
+    """
+    pooled = engine.raw_connection()
+    try:
+        driver = pooled.driver_connection
+        driver.autocommit = True
+        yield driver
+        driver.autocommit = False
+    except BaseException:
+        pooled.invalidate()
+        raise
+    finally:
+        pooled.close()
+
+
+def write_units(connection: Any, writes: Sequence[UnitWrite]) -> list[tuple[Stored, Stored]]:
+    """One statement for several units' first exposures: per unit (inserted, already stored).
+
+    When two requests carry the same (experiment, unit), the first one's row is offered
+    and the other sees it as already stored.
+    """
+    owners: dict[tuple[int, str], int] = {}
+    params: list[Any] = []
+    for index, write in enumerate(writes):
+        attributes = json.dumps(dict(write.attributes))
+        for exposure in write.exposures:
+            key = (exposure.experiment_id, write.unit_id)
+            if key not in owners:
+                owners[key] = index
+                params += (exposure.experiment_id, write.unit_id, exposure.variant_key,
+                           exposure.is_override, write.exposed_at, attributes)
+    stored = {(experiment_id, unit_id): (variant_key, is_new)
+              for experiment_id, unit_id, variant_key, is_new
+              in connection.execute(_insert_sql(len(owners)), params).fetchall()}
+    results = []
+    for index, write in enumerate(writes):
+        inserted: Stored = {}
+        existing: Stored = {}
+        for exposure in write.exposures:
+            key = (exposure.experiment_id, write.unit_id)
+            if key in stored:
+                variant_key, is_new = stored[key]
+                mine = is_new and owners[key] == index
+                (inserted if mine else existing)[exposure.experiment_id] = variant_key
+        results.append((inserted, existing))
+    return results
+
+
+@lru_cache(maxsize=256)
+def _insert_sql(rows: int) -> str:
+    """Insert ``rows`` (experiment, unit) first exposures; return them and those stored before.
+
+    ``NOT EXISTS`` skips stored exposures before the id default is evaluated, so a unit
+    seen before draws no sequence value (every 32nd would force a WAL flush); ``ON
+    CONFLICT DO NOTHING`` settles races with concurrent first requests.
+    """
+    first = ("(%s::integer, %s::varchar, %s::varchar, %s::boolean, %s::timestamptz, "
+             "%s::jsonb)")
+    values = ", ".join([first] + ["(%s, %s, %s, %s, %s, %s)"] * (rows - 1))
+    return f"""
+WITH wanted (experiment_id, unit_id, variant_key, is_override, exposed_at, attributes) AS (
+    VALUES {values}),
+inserted AS (
+    INSERT INTO exposures (experiment_id, unit_id, variant_key, is_override, exposed_at,
+                           attributes)
+    SELECT w.experiment_id, w.unit_id, w.variant_key, w.is_override, w.exposed_at,
+           w.attributes
+    FROM wanted AS w
+    WHERE NOT EXISTS (SELECT FROM exposures AS e
+                      WHERE e.experiment_id = w.experiment_id AND e.unit_id = w.unit_id)
+    ON CONFLICT (experiment_id, unit_id) DO NOTHING
+    RETURNING experiment_id, unit_id, variant_key)
+SELECT experiment_id, unit_id, variant_key, TRUE FROM inserted
+UNION ALL
+SELECT e.experiment_id, e.unit_id, e.variant_key, FALSE
+FROM exposures AS e JOIN wanted AS w USING (experiment_id, unit_id)"""
+
+
+@lru_cache(maxsize=256)
+def _read_sql(count: int) -> str:
+    """Stored exposures of one unit in ``count`` experiments."""
+    ids = ", ".join(["%s"] * count)
+    return ("SELECT experiment_id, variant_key FROM exposures "
+            f"WHERE unit_id = %s AND experiment_id IN ({ids})")
+
+
+# --- group commit -----------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Ticket:
+    """A request's place in the queue; ``ready`` fires when its batch is done or it must lead."""
+
+    write: UnitWrite
+    ready: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    outcome: tuple[Stored, Stored] | None = None
+    error: BaseException | None = None
+
+    def result(self) -> tuple[Stored, Stored]:
+        if self.error is not None:
+            raise ExposureWriteFailed(
+                f"storing the first exposure of {self.write.unit_id!r} failed") from self.error
+        assert self.outcome is not None
+        return self.outcome
+
+
+class GroupCommit:
+    """Leader/follower group commit of first exposures, for one engine in one process.
+
+    A request arriving when no statement is in flight writes at once (no added latency
+    when alone). Requests arriving meanwhile queue; when the batch in flight is durable,
+    the oldest queued request leads the next batch: every queued unit (up to
+    ``MAX_BATCH_ROWS`` rows) in one autocommit statement: one round trip, one WAL flush.
+    Each request is answered only after its own batch returned; if that statement fails,
+    every request of the batch raises :class:`ExposureWriteFailed`. Waits are bounded.
+    """
+
+    def __init__(self, engine: Engine, *, wait_s: float = BATCH_WAIT_S) -> None:
+        self.engine = engine
+        self.wait_s = wait_s
+        self._lock = threading.Lock()
+        self._queue: list[_Ticket] = []
+        self._busy = False  # a leader is writing; invariant: not busy → queue empty
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (the one being written not counted)."""
+        with self._lock:
+            return len(self._queue)
+
+    def write(self, write: UnitWrite) -> tuple[Stored, Stored]:
+        """Store one unit's first exposures with whoever else is waiting; durable on return."""
+        ticket = _Ticket(write)
+        with self._lock:
+            self._queue.append(ticket)
+            leads = not self._busy
+            self._busy = True
+        if leads or self._await(ticket):
+            self._lead()
+        return ticket.result()
+
+    def _await(self, ticket: _Ticket) -> bool:
+        """Wait for the batch holding ``ticket``; True when it was promoted to lead instead."""
+        if not ticket.ready.wait(self.wait_s):
+            with self._lock:
+                if not (ticket.lead or ticket.ready.is_set()):
+                    if ticket in self._queue:  # not taken yet: nobody will store it
+                        self._queue.remove(ticket)
+                    raise ExposureWriteFailed(
+                        f"no batch stored {ticket.write.unit_id!r} within {self.wait_s:g} s")
+        return ticket.lead
+
+    def _lead(self) -> None:
+        """Write the oldest queued units (the leader's first) in one statement, then hand over."""
+        batch = self._take_batch()
+        try:
+            with autocommit_connection(self.engine) as connection:
+                outcomes = write_units(connection, [ticket.write for ticket in batch])
+        except BaseException as error:  # every waiter of this batch learns it failed
+            for ticket in batch:
+                ticket.error = error
+            if not isinstance(error, Exception):
+                raise
+        else:
+            for ticket, outcome in zip(batch, outcomes, strict=True):
+                ticket.outcome = outcome
+        finally:
+            for ticket in batch[1:]:
+                ticket.ready.set()
+            self._hand_over()
+
+    def _take_batch(self) -> list[_Ticket]:
+        """The oldest tickets up to ``MAX_BATCH_ROWS`` rows; the leader's (the oldest) always."""
+        with self._lock:
+            size = rows = 0
+            for ticket in self._queue:
+                rows += len(ticket.write.exposures)
+                if size and rows > MAX_BATCH_ROWS:
+                    break
+                size += 1
+            batch = self._queue[:size]
+            del self._queue[:size]
+        return batch
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            if self._queue:
+                successor = self._queue[0]
+                successor.lead = True
+                successor.ready.set()
+            else:
+                self._busy = False
+
+
+_group_commits: weakref.WeakKeyDictionary[Engine, GroupCommit] = weakref.WeakKeyDictionary()
+_group_commits_lock = threading.Lock()
+
+
+def group_commit_for(engine: Engine) -> GroupCommit:
+    """The group commit of this engine's database in this process (created on first use)."""
+    group = _group_commits.get(engine)
+    if group is None:
+        with _group_commits_lock:
+            group = _group_commits.setdefault(engine, GroupCommit(engine))
+    return group
+
