@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+from flask import Response
 
 from experiments.observability import JsonFormatter, redact
 from tests.conftest import make_test_app
@@ -20,6 +21,23 @@ def test_every_response_carries_security_headers(client):
         assert "frame-ancestors 'none'" in csp
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_view_that_sets_a_security_header_keeps_its_own(database_url, tmp_path):
+    app = make_test_app(database_url, tmp_path)
+
+    @app.get("/embeddable")
+    def embeddable() -> Response:
+        return Response("ok", headers={"x-frame-options": "SAMEORIGIN"})
+
+    headers = app.test_client().get("/embeddable").headers
+    assert headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_api_calls_open_no_cookie_session(client):
+    response = client.get("/healthz")
+    assert "Set-Cookie" not in response.headers and "Cookie" not in response.vary
 
 
 def test_request_id_is_echoed_or_generated(client):
