@@ -48,7 +48,7 @@ PHASE_S = float(os.environ.get("PARCOURS_BENCH_ASSIGN_SECONDS", 3))
 ROUNDS = 3
 PHASES = ("returning", "elsewhere", "new")
 DECISIONS = 10_000
-EXPOSED_UNITS = 30_000
+EXPOSED_UNITS = 60_000  # enough for every round's "elsewhere" phase to get units of its own
 RETURNING_UNITS = 200  # a hot set: returning visitors, cached by every worker after warm-up
 ATTRIBUTES = {"country": "FR", "plan": "pro"}
 EXPERIMENTS = ("checkout-redesign", "address-autocomplete", "payment-wallets")
@@ -169,14 +169,15 @@ def gunicorn(target: str, env: dict[str, str], tmp: Path) -> Iterator[int]:
 
 
 def _client(port: int, key: str, phase: str, index: int, start_at: float, stop_at: float,
-            results: Any) -> None:
-    """One process driving CONNECTIONS keep-alive connections; reports (ok, errors)."""
+            first_unit: int, results: Any) -> None:
+    """One process driving CONNECTIONS keep-alive connections; reports (ok, errors, most
+    requests on one connection)."""
     counts = [(0, 0)] * CONNECTIONS
 
     def connection_loop(slot: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-        units = _units(phase, index * CONNECTIONS + slot)
+        units = _units(phase, index * CONNECTIONS + slot, first_unit)
         ok = errors = 0
         while time.time() < start_at:
             time.sleep(0.001)
@@ -194,17 +195,19 @@ def _client(port: int, key: str, phase: str, index: int, start_at: float, stop_a
         thread.start()
     for thread in threads:
         thread.join()
-    results.put((sum(ok for ok, _ in counts), sum(errors for _, errors in counts)))
+    results.put((sum(ok for ok, _ in counts), sum(errors for _, errors in counts),
+                 max(ok + errors for ok, errors in counts)))
 
 
-def _units(phase: str, index: int) -> Iterator[str]:
-    """Unit ids per phase: returning (exposed, revisited), exposed elsewhere, or new."""
+def _units(phase: str, index: int, first_unit: int) -> Iterator[str]:
+    """Unit ids per phase: returning (exposed, revisited), exposed elsewhere (from
+    ``first_unit`` on, interleaved across connections), or new."""
     rng = random.Random(index)
     if phase == "returning":
         while True:
             yield f"old-{rng.randrange(RETURNING_UNITS)}"
     if phase == "elsewhere":
-        for number in range(RETURNING_UNITS + index, EXPOSED_UNITS, CLIENTS * CONNECTIONS):
+        for number in range(first_unit + index, EXPOSED_UNITS, CLIENTS * CONNECTIONS):
             yield f"old-{number}"
         raise RuntimeError("raise EXPOSED_UNITS: the elsewhere phase ran out of units")
     prefix = uuid.uuid4().hex[:8]
@@ -214,24 +217,32 @@ def _units(phase: str, index: int) -> Iterator[str]:
         yield f"new-{prefix}-{number}"
 
 
+# The next "elsewhere" unit no phase has used: each phase gets units exposed earlier that no
+# worker has seen yet (reusing them in later rounds would let some hit a worker's cache).
+_next_elsewhere = RETURNING_UNITS
+
+
 def requests_per_second(port: int, key: str, phase: str, seconds: float = PHASE_S) -> float:
     """Completed 200s per second from CLIENTS processes over ``seconds``."""
+    global _next_elsewhere
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     start_at = time.time() + 0.5
     stop_at = start_at + seconds
-    processes = [context.Process(target=_client,
-                                 args=(port, key, phase, index, start_at, stop_at, results))
+    processes = [context.Process(target=_client, args=(port, key, phase, index, start_at,
+                                                       stop_at, _next_elsewhere, results))
                  for index in range(CLIENTS)]
     for process in processes:
         process.start()
     counts = [results.get(timeout=seconds + 60) for _ in processes]
     for process in processes:
         process.join()
-    errors = sum(error for _, error in counts)
+    if phase == "elsewhere":
+        _next_elsewhere += max(most for _, _, most in counts) * CLIENTS * CONNECTIONS
+    errors = sum(error for _, error, _ in counts)
     if errors:
         raise RuntimeError(f"{errors} non-200 responses in phase {phase!r}")
-    return sum(ok for ok, _ in counts) / seconds
+    return sum(ok for ok, _, _ in counts) / seconds
 
 
 def http_ratios(tmp: Path) -> dict[str, list[float]]:
