@@ -24,6 +24,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+import psycopg
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -145,9 +146,9 @@ class PostgresStore(ExposureStore):
         ids = sorted(experiment_ids)
         sql = _read_sql(len(ids))
         if self._joins_session():
-            return dict(self._session_connection().execute(sql, (unit_id, *ids)).fetchall())
+            return dict(_execute(self._session_connection(), sql, (unit_id, *ids)))
         with autocommit_connection(self.engine) as connection:
-            return dict(connection.execute(sql, (unit_id, *ids)).fetchall())
+            return dict(_execute(connection, sql, (unit_id, *ids)))
 
     def _insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
         if self._joins_session():
@@ -196,7 +197,7 @@ def write_units(connection: Any, writes: Sequence[UnitWrite]) -> list[tuple[Stor
                            exposure.is_override, write.exposed_at, attributes)
     stored = {(experiment_id, unit_id): (variant_key, is_new)
               for experiment_id, unit_id, variant_key, is_new
-              in connection.execute(_insert_sql(len(owners)), params).fetchall()}
+              in _execute(connection, _insert_sql(len(owners)), params)}
     results = []
     for index, write in enumerate(writes):
         inserted: Stored = {}
@@ -211,6 +212,13 @@ def write_units(connection: Any, writes: Sequence[UnitWrite]) -> list[tuple[Stor
     return results
 
 
+def _execute(connection: Any, sql: str, params: Sequence[Any]) -> list[Any]:
+    """Run a statement written with ``$n`` placeholders (psycopg's raw cursor: no
+    client-side query parsing, which it would redo for statements of over 50 parameters)."""
+    with psycopg.RawCursor(connection) as cursor:
+        return cursor.execute(sql, params).fetchall()
+
+
 @lru_cache(maxsize=256)
 def _insert_sql(rows: int) -> str:
     """Insert ``rows`` (experiment, unit) first exposures; return them and those stored before.
@@ -219,9 +227,11 @@ def _insert_sql(rows: int) -> str:
     seen before draws no sequence value (every 32nd would force a WAL flush); ``ON
     CONFLICT DO NOTHING`` settles races with concurrent first requests.
     """
-    first = ("(%s::integer, %s::varchar, %s::varchar, %s::boolean, %s::timestamptz, "
-             "%s::jsonb)")
-    values = ", ".join([first] + ["(%s, %s, %s, %s, %s, %s)"] * (rows - 1))
+    types = ("integer", "varchar", "varchar", "boolean", "timestamptz", "jsonb")
+    values = ", ".join(
+        "(" + ", ".join(f"${row * 6 + column + 1}" + (f"::{kind}" if row == 0 else "")
+                        for column, kind in enumerate(types)) + ")"
+        for row in range(rows))
     return f"""
 WITH wanted (experiment_id, unit_id, variant_key, is_override, exposed_at, attributes) AS (
     VALUES {values}),
@@ -243,10 +253,10 @@ FROM exposures AS e JOIN wanted AS w USING (experiment_id, unit_id)"""
 
 @lru_cache(maxsize=256)
 def _read_sql(count: int) -> str:
-    """Stored exposures of one unit in ``count`` experiments."""
-    ids = ", ".join(["%s"] * count)
+    """Stored exposures of one unit (``$1``) in ``count`` experiments."""
+    ids = ", ".join(f"${index + 2}" for index in range(count))
     return ("SELECT experiment_id, variant_key FROM exposures "
-            f"WHERE unit_id = %s AND experiment_id IN ({ids})")
+            f"WHERE unit_id = $1 AND experiment_id IN ({ids})")
 
 
 # --- group commit -----------------------------------------------------------------------------
