@@ -254,17 +254,22 @@ def test_only_the_first_kib_of_the_response_body_is_kept(app, httpserver, make_e
     assert len(body.encode()) <= 1024 and body.startswith("é" * 500)
 
 
+def deliver_strictly(database_url: str, tmp_path: Any) -> Counter[str]:
+    """Send what is due with an app that refuses internal addresses (no retries)."""
+    strict = make_test_app(database_url, tmp_path, WEBHOOK_ALLOW_PRIVATE=False,
+                           WEBHOOK_RETRY_SCHEDULE_S="0,0")
+    try:
+        return deliver_due(strict)
+    finally:
+        get_db(strict).engine.dispose()
+
+
 def test_the_ssrf_guard_runs_again_at_send_time(app, database_url, tmp_path, httpserver,
                                                 make_endpoint):
     receiver = Receiver(httpserver)
     make_endpoint(receiver.url)  # allowed when it was created
     emit(app)
-    strict = make_test_app(database_url, tmp_path, WEBHOOK_ALLOW_PRIVATE=False,
-                           WEBHOOK_RETRY_SCHEDULE_S="0,0")
-    try:
-        assert deliver_due(strict) == Counter({"pending": 1})
-    finally:
-        get_db(strict).engine.dispose()
+    assert deliver_strictly(database_url, tmp_path) == Counter({"pending": 1})
     delivery = only_delivery(app)
     assert delivery.last_error.startswith("refused by the SSRF guard: localhost resolves to "
                                           "loopback address")
@@ -423,12 +428,7 @@ def test_a_host_rebound_to_an_internal_address_after_the_check_is_not_reached(
     emit(app)
     answers = iter([["93.184.216.34"], ["127.0.0.1"]])  # public for the check, then rebound
     monkeypatch.setattr(ssrf, "resolve_host", lambda host, port: next(answers))
-    strict = make_test_app(database_url, tmp_path, WEBHOOK_ALLOW_PRIVATE=False,
-                           WEBHOOK_RETRY_SCHEDULE_S="0,0")
-    try:
-        assert deliver_due(strict) == Counter({"pending": 1})
-    finally:
-        get_db(strict).engine.dispose()
+    assert deliver_strictly(database_url, tmp_path) == Counter({"pending": 1})
     delivery = only_delivery(app)
     assert delivery.last_error == (
         "refused by the SSRF guard: hooks.example.com resolves to loopback address 127.0.0.1; "
