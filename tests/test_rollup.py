@@ -9,9 +9,13 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.models import Experiment, RollupState, unit_rollups
+from experiments.schemas import ConcludeIn
 from experiments.services.aggregation import MetricSpec, aggregate_experiment
+from experiments.services.analysis import analyze_experiment, analyze_running
+from experiments.services.lifecycle import transition
 from experiments.services.rollup import slots_for
 from tests.test_aggregation import event, expose, hours, make_experiment, seed_dataset
 
@@ -150,3 +154,21 @@ def test_plans_larger_than_the_slots_fall_back_to_the_full_pass():
     assert slots_for([(f"w{i}", "or") for i in range(9)]) is None
     assert slots_for([("m0_y", "sum"), ("m1_y", "min"), ("m2_answer", "max")]) == {
         "m0_y": ("v0", "sum"), "m1_y": ("t0", "min"), "m2_answer": ("a0", "max")}
+
+
+def test_a_concluded_experiment_loses_its_rollup_and_is_analysed_from_its_events(app, db):
+    experiment = make_experiment(db)
+    seed_dataset(db, experiment)
+    for _ in range(2):
+        analyze_experiment(db, experiment.key)
+    postgres = db.get_bind().dialect.name == "postgresql"
+    assert rollup_rows(db, experiment) == (4 if postgres else 0)  # the units with events
+    transition(db, experiment.key, "conclude", SYSTEM,
+               ConcludeIn(outcome="no_difference", winner=None, learnings=""))
+    analyze_running(get_db(app).session)
+    db.expire_all()
+    assert rollup_rows(db, experiment) == 0
+    assert db.get(RollupState, experiment.id) is None
+    report = analyze_experiment(db, experiment.key)   # on demand, from the events
+    assert report.body["units"] == {"control": 3, "one-page": 2}
+    assert db.get(RollupState, experiment.id) is None

@@ -39,6 +39,7 @@ from experiments.services.aggregation import (
 )
 from experiments.services.lifecycle import get_experiment
 from experiments.services.pagination import paginate
+from experiments.services.rollup import drop_rollups
 from stats import (
     Comparison,
     CupedStats,
@@ -326,6 +327,9 @@ def _emit_report_signals(session: Session, experiment: Experiment, report: Repor
     signals.emit(signals.analysis_completed, session, {**base, "summary": _summary(body)})
 
 
+ROLLUP_STATUSES = ("running", "paused")  # experiments whose per-unit rollup is worth keeping
+
+
 def analyze_experiment(session: Session, key: str, *, now: datetime | None = None) -> Report:
     """Analyse one experiment now, store the report (and decision) and commit."""
     now = now or utcnow()
@@ -333,7 +337,8 @@ def analyze_experiment(session: Session, key: str, *, now: datetime | None = Non
     settings = AnalysisSettings.model_validate(experiment.analysis)
     aggregates = aggregate_experiment(
         session, experiment.id, [MetricSpec.of(m) for m in experiment.metrics],
-        hours=settings.conversion_window_hours, cuped=settings.cuped)
+        hours=settings.conversion_window_hours, cuped=settings.cuped,
+        rollup=experiment.status in ROLLUP_STATUSES)
     previous = latest_report(session, experiment.id)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
@@ -368,9 +373,15 @@ def running_experiment_keys(session: Session) -> list[str]:
 
 def analyze_running(session_factory: Callable[[], AbstractContextManager[Session]], *,
                     now: datetime | None = None) -> dict[str, str]:
-    """Analyse every running experiment, each in its own transaction; failures are isolated."""
+    """Analyse every running experiment, each in its own transaction; failures are isolated.
+
+    First drops the per-unit rollups of experiments that can no longer run.
+    """
     with session_factory() as session:
         keys = running_experiment_keys(session)
+        drop_rollups(session, keep=list(session.scalars(
+            select(Experiment.id).where(Experiment.status.in_(ROLLUP_STATUSES)))))
+        session.commit()
     results: dict[str, str] = {}
     for key in keys:
         try:

@@ -95,6 +95,18 @@ def rolled_up_units(session: Session, experiment_id: int, plan_key: str,
     return _rollup_and_live(state, slots, build).subquery("u")
 
 
+def drop_rollups(session: Session, *, keep: Sequence[int]) -> int:
+    """Delete the rollups of every experiment not in ``keep`` (once concluded, an
+    experiment is analysed only on demand, from its events); returns how many."""
+    stale = list(session.scalars(select(RollupState.experiment_id)
+                                 .where(RollupState.experiment_id.not_in(keep))
+                                 .with_for_update(skip_locked=True)))
+    if stale:
+        session.execute(delete(unit_rollups).where(unit_rollups.c.experiment_id.in_(stale)))
+        session.execute(delete(RollupState).where(RollupState.experiment_id.in_(stale)))
+    return len(stale)
+
+
 def _locked_state(session: Session, experiment_id: int, plan_key: str) -> RollupState:
     """The experiment's state row, locked; a new plan drops the rollup and starts over."""
     session.execute(insert(RollupState).values(
@@ -197,5 +209,5 @@ def _live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
             .group_by(*(parts.c[key] for key in KEYS)).subquery("live"))
 
 
-__all__ = ["IdRange", "Merge", "UnitValuesQuery", "merged", "rolled_up_units",
+__all__ = ["IdRange", "Merge", "UnitValuesQuery", "drop_rollups", "merged", "rolled_up_units",
            "slots_for"]
