@@ -566,36 +566,46 @@ def _in_range(column: Any, ids: IdRange | None) -> list[ColumnElement[bool]]:
     return conditions if through is None else [*conditions, column <= through]
 
 
-def unit_values_query(experiment_id: int, plan: Plan, *, hours: float,
-                      events_between: tuple[datetime, datetime] | None = None,
-                      event_ids: IdRange | None = None,
-                      exposure_ids: IdRange | None = None) -> Select[Any]:
+@dataclass(frozen=True)
+class UnitPass:
     """Each unit's values over its events: ONE pass over exposures ⋈ events.
 
-    One row per unit that has a relevant event (``exposure_id``, variant, exposure time,
-    then :func:`unit_values` in order); units without one are absent: their values are
-    all zero and :func:`units_query` counts them. ``events_between`` bounds the event scan
-    (exposure range ± the window); the id ranges restrict the pass to some events and
-    exposures, for the incremental rollup.
+    Built once per analysis (the value expressions are the costly part to build), then
+    queried whole or restricted to id ranges of events and exposures, for the rollup.
+    A query gives one row per unit that has a relevant event (``exposure_id``, variant,
+    exposure time, then :attr:`values` in order); units without one are absent: their
+    values are all zero and :func:`units_query` counts them. ``events_between`` bounds the
+    event scan (exposure range ± the window).
     """
-    x = _units(experiment_id)
-    post = Event.occurred_at >= x.c.exposed_at
-    relevant = or_(Event.step.is_not(None), *[match_condition(m) for m in plan.metrics])
-    join_on = and_(_window(x, hours, with_pre=plan.with_pre), relevant,
-                   *_in_range(Event.id, event_ids), *_in_range(x.c.id, exposure_ids))
-    if events_between is not None:
-        join_on = and_(join_on, Event.occurred_at >= events_between[0],
-                       Event.occurred_at < events_between[1])
-    columns = [value.expression.label(value.label) for value in _unit_values(plan, x, post)]
-    return (select(x.c.id.label("exposure_id"), x.c.variant_key, x.c.exposed_at, *columns)
-            .select_from(x.join(Event, join_on))
-            .group_by(x.c.id, x.c.variant_key, x.c.exposed_at))
 
+    plan: Plan
+    hours: float
+    events_between: tuple[datetime, datetime] | None
+    x: Any
+    values: tuple[UnitValue, ...]
 
-def unit_values(plan: Plan) -> list[UnitValue]:
-    """The per-unit columns of :func:`unit_values_query` (labels and merge rules)."""
-    x = _units(0)  # a stand-in: only the labels and merge rules are used
-    return _unit_values(plan, x, Event.occurred_at >= x.c.exposed_at)
+    @classmethod
+    def of(cls, experiment_id: int, plan: Plan, *, hours: float,
+           events_between: tuple[datetime, datetime] | None = None) -> UnitPass:
+        """The pass of one experiment's first exposures (override units excluded)."""
+        x = _units(experiment_id)
+        values = _unit_values(plan, x, Event.occurred_at >= x.c.exposed_at)
+        return cls(plan, hours, events_between, x, tuple(values))
+
+    def query(self, event_ids: IdRange | None = None,
+              exposure_ids: IdRange | None = None) -> Select[Any]:
+        """The pass over the events and exposures in those id ranges (default: all)."""
+        x, plan = self.x, self.plan
+        relevant = or_(Event.step.is_not(None), *[match_condition(m) for m in plan.metrics])
+        join_on = and_(_window(x, self.hours, with_pre=plan.with_pre), relevant,
+                       *_in_range(Event.id, event_ids), *_in_range(x.c.id, exposure_ids))
+        if self.events_between is not None:
+            join_on = and_(join_on, Event.occurred_at >= self.events_between[0],
+                           Event.occurred_at < self.events_between[1])
+        columns = [value.expression.label(value.label) for value in self.values]
+        return (select(x.c.id.label("exposure_id"), x.c.variant_key, x.c.exposed_at, *columns)
+                .select_from(x.join(Event, join_on))
+                .group_by(x.c.id, x.c.variant_key, x.c.exposed_at))
 
 
 def variant_day_query(plan: Plan, unit: Any) -> Select[Any]:
@@ -706,17 +716,14 @@ def _unit_source(session: Session, experiment_id: int, plan: Plan, *, hours: flo
                  events_between: tuple[datetime, datetime],
                  rollup: bool) -> Select[Any]:
     """The variant/day query over the per-unit values: rolled up where possible."""
-    def build(event_ids: IdRange, exposure_ids: IdRange | None) -> Select[Any]:
-        return unit_values_query(experiment_id, plan, hours=hours, events_between=events_between,
-                                 event_ids=event_ids, exposure_ids=exposure_ids)
-
+    unit_pass = UnitPass.of(experiment_id, plan, hours=hours, events_between=events_between)
     unit = None
     if rollup:
-        values = [(value.label, value.merge) for value in unit_values(plan)]
-        unit = rolled_up_units(session, experiment_id, plan_key(plan, hours), values, build)
+        values = [(value.label, value.merge) for value in unit_pass.values]
+        unit = rolled_up_units(session, experiment_id, plan_key(plan, hours), values,
+                               unit_pass.query)
     if unit is None:
-        unit = unit_values_query(experiment_id, plan, hours=hours,
-                                 events_between=events_between).subquery("u")
+        unit = unit_pass.query().subquery("u")
     return variant_day_query(plan, unit)
 
 
@@ -789,12 +796,12 @@ __all__ = [
     "JourneyCounts",
     "MetricSpec",
     "Plan",
+    "UnitPass",
     "aggregate_experiment",
     "friction_outside_query",
     "hours_between",
     "match_condition",
     "to_stats",
-    "unit_values_query",
     "units_query",
     "utc_day",
     "variant_day_query",

@@ -95,16 +95,15 @@ def rolled_up_units(session: Session, experiment_id: int, plan_key: str,
     return _rollup_and_live(state, slots, build).subquery("u")
 
 
-def drop_rollups(session: Session, *, keep: Sequence[int]) -> int:
+def drop_rollups(session: Session, *, keep: Sequence[int]) -> None:
     """Delete the rollups of every experiment not in ``keep`` (once concluded, an
-    experiment is analysed only on demand, from its events); returns how many."""
+    experiment is analysed only on demand, from its events)."""
     stale = list(session.scalars(select(RollupState.experiment_id)
                                  .where(RollupState.experiment_id.not_in(keep))
                                  .with_for_update(skip_locked=True)))
     if stale:
         session.execute(delete(unit_rollups).where(unit_rollups.c.experiment_id.in_(stale)))
         session.execute(delete(RollupState).where(RollupState.experiment_id.in_(stale)))
-    return len(stale)
 
 
 def _locked_state(session: Session, experiment_id: int, plan_key: str) -> RollupState:
@@ -149,8 +148,7 @@ def _fold(session: Session, state: RollupState, slots: Mapping[str, tuple[str, M
     if state.events_through and state.exposures_seen > state.exposures_through:
         _upsert(session, state.experiment_id, slots,
                 build((0, state.events_through), (state.exposures_through, state.exposures_seen)))
-    state.events_through = max(state.events_through, state.events_seen)
-    state.exposures_through = max(state.exposures_through, state.exposures_seen)
+    state.events_through, state.exposures_through = state.events_seen, state.exposures_seen
 
 
 def _upsert(session: Session, experiment_id: int, slots: Mapping[str, tuple[str, Merge]],
@@ -178,11 +176,11 @@ def _upsert(session: Session, experiment_id: int, slots: Mapping[str, tuple[str,
 
 def _rollup_and_live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
                      build: UnitValuesQuery) -> Select[Any]:
-    """Rollup rows FULL JOIN the live per-unit values, merged column by column (just the
-    live values while nothing is folded)."""
-    live = _live(state, slots, build)
+    """Rollup rows FULL JOIN the live per-unit values, merged column by column (the whole
+    pass while nothing is folded)."""
     if not state.events_through:
-        return select(live)
+        return build((0, None), None)
+    live = _live(state, slots, build)
     rolled = (select(unit_rollups).where(unit_rollups.c.experiment_id == state.experiment_id)
               .subquery("r"))
     # OFFSET 0 keeps PostgreSQL from inlining the merge expressions into every aggregate
@@ -198,10 +196,8 @@ def _rollup_and_live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
 def _live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
           build: UnitValuesQuery) -> Any:
     """Per-unit values of what the rollup lacks: newer events, and units exposed since."""
-    newer = build((state.events_through, None), None)
-    if not state.events_through:
-        return newer.subquery("live")
-    both = union_all(newer, build((0, state.events_through), (state.exposures_through, None)))
+    both = union_all(build((state.events_through, None), None),
+                     build((0, state.events_through), (state.exposures_through, None)))
     parts = both.subquery("parts")
     return (select(*(parts.c[key] for key in KEYS),
                    *(_merge_aggregate(parts.c[label], merge).label(label)
@@ -209,5 +205,4 @@ def _live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
             .group_by(*(parts.c[key] for key in KEYS)).subquery("live"))
 
 
-__all__ = ["IdRange", "Merge", "UnitValuesQuery", "drop_rollups", "merged", "rolled_up_units",
-           "slots_for"]
+__all__ = ["IdRange", "Merge", "UnitValuesQuery", "drop_rollups", "rolled_up_units", "slots_for"]
