@@ -235,15 +235,22 @@ def event_problems(event: EventIn, now: datetime) -> list[dict[str, str]]:
         add("value", "an NPS answer needs an integer value from 0 to 10")
     if event.type in ("conversion", "custom") and event.name is None:
         add("name", f"is required for type {event.type!r}")
-    if event.type == "step":
-        if event.step is None and event.name is None:
-            add("step", "a step event needs 'step' (or 'name')")
-        elif event.step is None and event.name is not None and len(event.name) > MAX_STEP_LENGTH:
-            add("name", f"names the step when 'step' is absent: at most {MAX_STEP_LENGTH} "
-                "characters")
+    if event.type == "step" and (problem := step_problem(event.step, event.name)) is not None:
+        add(*problem)
     if event.occurred_at is not None and event.occurred_at > now + MAX_FUTURE:
         add("occurred_at", "is more than 24 h in the future")
     return problems
+
+
+def step_problem(step: str | None, name: str | None) -> tuple[str, str] | None:
+    """Why a step event cannot name its step, as (field, message); None when it can."""
+    if step is not None:
+        return None
+    if name is None:
+        return "step", "a step event needs 'step' (or 'name')"
+    if len(name) > MAX_STEP_LENGTH:
+        return "name", f"names the step when 'step' is absent: at most {MAX_STEP_LENGTH} characters"
+    return None
 
 
 def _is_nps_score(value: float) -> bool:

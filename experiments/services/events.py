@@ -34,12 +34,12 @@ from experiments.models import Event
 from experiments.schemas.events import (
     CLEAN_EVENTS,
     MAX_FUTURE,
-    MAX_STEP_LENGTH,
     CleanEvents,
     EventIn,
     encode_clean_properties,
     encode_properties,
     event_problems,
+    step_problem,
 )
 
 EVENTS_INGESTED = Counter("parcours_events_ingested_total", "Events received by ingestion",
@@ -133,9 +133,8 @@ def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime
             occurred_at = event.get("occurred_at")
             occurred = (now if occurred_at is None
                         else datetime.fromisoformat(occurred_at).astimezone(UTC))
-            name = event.get("name")
-            if occurred > horizon or (event["type"] == "step" and event.get("step") is None
-                                      and (name is None or len(name) > MAX_STEP_LENGTH)):
+            if occurred > horizon or (event["type"] == "step" and step_problem(
+                    event.get("step"), event.get("name")) is not None):
                 return None
             rows.append(_row(event, bind_time(occurred), received_at, properties))
     except (ValueError, OverflowError):  # an impossible date, or an offset out of range
