@@ -171,8 +171,7 @@ class JobScheduler:
                  lease_ttl_s: float | None = None) -> None:
         self.app = app
         self.holder = holder or default_holder()
-        self.lease_ttl_s = float(lease_ttl_s or app.config.get("SCHEDULER_LEASE_TTL_S")
-                                 or DEFAULT_LEASE_TTL_S)
+        self.lease_ttl_s = float(lease_ttl_s or DEFAULT_LEASE_TTL_S)
         self.jobs = registered_jobs(app)
         self._lease_until: datetime | None = None
         self._stopped = False

@@ -57,7 +57,6 @@ def api_route(
     status: int = 200,
     responses: dict[int, ResponseModel] | None = None,
     errors: tuple[int, ...] = (),
-    summary: str = "",
     tags: tuple[str, ...] = (),
     alternate_media: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -80,7 +79,7 @@ def api_route(
         all_responses = {status: response, **(responses or {})}
         ROUTES.append(RouteSpec(
             rule=(blueprint.url_prefix or "") + rule, method=method.lower(),
-            endpoint=f"{blueprint.name}.{endpoint}", summary=summary or _first_line(view.__doc__),
+            endpoint=f"{blueprint.name}.{endpoint}", summary=_first_line(view.__doc__),
             tags=tags or (blueprint.name,), auth=auth, body=body, query=query,
             responses=all_responses, errors=errors, alternate_media=alternate_media,
         ))
@@ -146,8 +145,6 @@ def to_response(result: Any, status: int) -> Any:
     """Serialise a view's return value: pydantic model, dict/list, or a Response."""
     if isinstance(result, Response):
         return result
-    if isinstance(result, tuple):
-        result, status = result
     if isinstance(result, BaseModel):
         return Response(result.model_dump_json(), status=status, mimetype=JSON_MIMETYPE)
     if result is None:

@@ -301,11 +301,6 @@ class AuditList(BaseModel):
     next_cursor: str | None
 
 
-class ErrorDetail(BaseModel):
-    field: str | None = None
-    message: str
-
-
 class ErrorInfo(BaseModel):
     code: str
     message: str
@@ -318,6 +313,3 @@ class ErrorEnvelope(BaseModel):
     error: ErrorInfo
 
 
-class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
-    database: Literal["ok", "unreachable"]

@@ -45,7 +45,6 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_PROPERTIES_BYTES = 8 * 1024
 MAX_PROPERTIES_DEPTH = 32
 MAX_FUTURE = timedelta(hours=24)
-EVENT_TYPES = ("conversion", "step", "friction", "nps", "custom")
 EventType = Literal["conversion", "step", "friction", "nps", "custom"]
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 ClientEventId = Annotated[str, Field(min_length=1, max_length=200)]

@@ -219,12 +219,6 @@ def _forget_rolled_back(session: Session) -> None:
     session.info.pop(_DIRTY_FLAG, None)
 
 
-def invalidate() -> None:
-    """Force every cache of this process to re-validate on its next use."""
-    global _generation
-    _generation += 1
-
-
 class ConfigCache:
     """The snapshot of one database plus the exposures known to be committed in it."""
 
