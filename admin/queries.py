@@ -6,25 +6,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from experiments.models import Experiment, Report, User
 from experiments.services.pagination import paginate
 
 
 def search_experiments(session: Session, *, status: str | None, text: str | None,
-                       limit: int, cursor: str | None,
-                       descending: bool = True) -> tuple[list[Experiment], str | None]:
+                       limit: int, cursor: str | None) -> tuple[list[Experiment], str | None]:
     """Experiments newest first, filtered by status and a case-insensitive text search."""
-    query = select(Experiment).options(selectinload(Experiment.variants),
-                                       selectinload(Experiment.metrics))
+    query = select(Experiment)
     if status:
         query = query.where(Experiment.status == status)
     if text:
         query = query.where(_matches(text, Experiment.key, Experiment.name, Experiment.owner,
                                      Experiment.hypothesis, Experiment.learnings))
     rows, next_cursor = paginate(session, query, Experiment.id, limit=limit, cursor=cursor,
-                                 descending=descending)
+                                 descending=True)
     return list(rows), next_cursor
 
 

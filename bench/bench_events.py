@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -203,18 +203,13 @@ def run_backend(name: str, url: str, instance: Path) -> float:
 
 
 def _each_backend(tmp: Path) -> Iterator[tuple[str, Callable[[], Any]]]:
-    yield "sqlite", lambda: _null_context(f"sqlite:///{tmp / 'bench.db'}")
+    yield "sqlite", lambda: nullcontext(f"sqlite:///{tmp / 'bench.db'}")
     postgres = (os.environ.get("PARCOURS_BENCH_POSTGRES_URL")
                 or os.environ.get("PARCOURS_TEST_POSTGRES_URL"))
     if postgres:
         yield "postgresql", lambda: scratch_postgres_database(postgres)
     else:
         print("events postgresql skipped: set PARCOURS_BENCH_POSTGRES_URL", flush=True)
-
-
-@contextmanager
-def _null_context(value: str) -> Iterator[str]:
-    yield value
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from experiments.models import ApiKey
 
-ApiRole = Literal["client", "admin"]
 API_ROLES: tuple[str, ...] = ("client", "admin")
 USER_ROLES: tuple[str, ...] = ("viewer", "editor", "admin")
 _KEY_PREFIX = {"client": "pk_", "admin": "sk_"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ class Config:
         instance = Path(self.INSTANCE_PATH)
         url = self.DATABASE_URL or f"sqlite:///{instance / 'parcours.db'}"
         secret = self.SECRET_KEY or _stored_secret_key(instance)
-        return _replace(self, DATABASE_URL=url, SECRET_KEY=secret)
+        return replace(self, DATABASE_URL=url, SECRET_KEY=secret)
 
 
 _PARSERS = {
@@ -104,10 +104,6 @@ def _coerce(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {key: _PARSERS.get(key, str)(value) for key, value in raw.items()}
 
 
-def _replace(config: Config, **changes: Any) -> Config:
-    values = {f.name: getattr(config, f.name) for f in fields(config)}
-    values.update(changes)
-    return Config(**values)
 
 
 def _stored_secret_key(instance: Path) -> str:

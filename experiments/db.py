@@ -87,10 +87,6 @@ class Database:
         self.engine = make_engine(url, statement_timeout_ms=statement_timeout_ms)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
-
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error (jobs, CLI)."""

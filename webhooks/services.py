@@ -141,8 +141,8 @@ def _require_enabled(endpoint: WebhookEndpoint) -> None:
                        f"({endpoint.disabled_reason}); enable it first")
 
 
-def retry_delivery(session: Session, endpoint_id: int, delivery_id: int, principal: Principal,
-                   *, send_now: bool = True) -> WebhookDelivery:
+def retry_delivery(session: Session, endpoint_id: int, delivery_id: int,
+                   principal: Principal) -> WebhookDelivery:
     """Make a delivery due now: one more attempt for a failed one, a resend for a delivered one."""
     delivery = get_delivery(session, endpoint_id, delivery_id)
     _require_enabled(delivery.endpoint)
@@ -154,11 +154,10 @@ def retry_delivery(session: Session, endpoint_id: int, delivery_id: int, princip
                  target_id=str(delivery.id), before=before,
                  after={"status": "pending", "endpoint_id": endpoint_id})
     session.commit()
-    return _sent_now(session, delivery) if send_now else delivery
+    return _sent_now(session, delivery)
 
 
-def send_test(session: Session, endpoint_id: int, principal: Principal, *,
-              send_now: bool = True) -> WebhookDelivery:
+def send_test(session: Session, endpoint_id: int, principal: Principal) -> WebhookDelivery:
     """Queue a ``webhook.test`` event to this endpoint (whatever its filter) and send it."""
     endpoint = get_endpoint(session, endpoint_id)
     _require_enabled(endpoint)
@@ -169,7 +168,7 @@ def send_test(session: Session, endpoint_id: int, principal: Principal, *,
     record_audit(session, principal, "webhook.test", target_type="webhook_delivery",
                  target_id=str(delivery.id), after={"endpoint_id": endpoint.id})
     session.commit()
-    return _sent_now(session, delivery) if send_now else delivery
+    return _sent_now(session, delivery)
 
 
 def _sent_now(session: Session, delivery: WebhookDelivery) -> WebhookDelivery:

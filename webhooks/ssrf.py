@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-Resolver = Callable[[str, int], Iterable[str]]
 ALLOWED_SCHEMES = ("http", "https")
 
 
@@ -40,7 +38,7 @@ def _refusal(address: str) -> str | None:
     return None
 
 
-def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None) -> None:
+def check_url(url: str, *, allow_private: bool) -> None:
     """Refuse non-http(s) URLs and, unless allowed, hosts resolving to internal addresses."""
     if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
         raise UnsafeUrl("the URL must not contain spaces or control characters")
@@ -55,18 +53,17 @@ def check_url(url: str, *, allow_private: bool, resolver: Resolver | None = None
     if not host:
         raise UnsafeUrl("the URL has no host")
     if not allow_private:
-        vetted_addresses(host, port, allow_private=False, resolver=resolver)
+        vetted_addresses(host, port, allow_private=False)
 
 
-def vetted_addresses(host: str, port: int, *, allow_private: bool,
-                     resolver: Resolver | None = None) -> list[str]:
+def vetted_addresses(host: str, port: int, *, allow_private: bool) -> list[str]:
     """The host's addresses, refusing it when any is internal (unless allowed).
 
     The sender connects to one of these very addresses (``webhooks.transport``), so a
     name that resolves differently between the check and the connection (DNS
     rebinding) cannot reach an internal service.
     """
-    addresses = list((resolver or resolve_host)(host, port))
+    addresses = resolve_host(host, port)
     for address in addresses if not allow_private else ():
         reason = _refusal(address)
         if reason is not None:

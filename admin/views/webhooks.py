@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import render_template, request
 from werkzeug.wrappers import Response
 
 from admin.blueprint import bp
@@ -90,11 +90,5 @@ def toggle_webhook(endpoint_id: int) -> Response:
 @requires("admin")
 def delete_webhook(endpoint_id: int) -> Response:
     """Delete an endpoint and its delivery log."""
-    try:
-        services.delete_endpoint(db_session(), endpoint_id, principal())
-    except ApiError as exc:
-        db_session().rollback()
-        flash(error_text(exc), "error")
-        return redirect(url_for("admin.webhooks"))
-    flash("Endpoint deleted.", "success")
-    return redirect(url_for("admin.webhooks"))
+    return run_action(lambda: services.delete_endpoint(db_session(), endpoint_id, principal()),
+                      "Endpoint deleted.", "admin.webhooks")
