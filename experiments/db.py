@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Flask, current_app, g
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -40,6 +41,11 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def dialect_insert(dialect_name: str) -> Any:
+    """The dialect's INSERT construct (both have ON CONFLICT … and RETURNING)."""
+    return postgresql.insert if dialect_name == "postgresql" else sqlite.insert
 
 
 def utcnow() -> datetime:

@@ -32,12 +32,11 @@ from flask import Flask
 from flask.cli import get_debug_flag
 from prometheus_client import Counter, Histogram
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from werkzeug.serving import is_running_from_reloader
 
-from experiments.db import get_db, utcnow
+from experiments.db import dialect_insert, get_db, utcnow
 from experiments.jobs import JobSpec, registered_jobs
 from experiments.models import JobRun, SchedulerLease
 
@@ -60,8 +59,8 @@ def default_holder() -> str:
 
 
 def _insert(session: Session) -> Any:
-    """The dialect's INSERT (both have ON CONFLICT … RETURNING)."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    """The dialect's INSERT for this session's database."""
+    return dialect_insert(session.get_bind().dialect.name)
 
 
 # --- lease -----------------------------------------------------------------------------------

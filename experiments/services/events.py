@@ -24,11 +24,10 @@ from typing import Any
 from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import DateTime
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Compiled, Dialect
 from sqlalchemy.orm import Session
 
-from experiments.db import utcnow
+from experiments.db import dialect_insert, utcnow
 from experiments.errors import validation_details
 from experiments.models import Event
 from experiments.schemas.events import (
@@ -204,8 +203,7 @@ _COMPILED: dict[str, Compiled] = {}
 def _compiled_insert(dialect: Dialect) -> Compiled:
     """``INSERT … ON CONFLICT (event_id) DO NOTHING`` compiled once per dialect."""
     if dialect.name not in _COMPILED:
-        insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
-        statement = insert(_TABLE).values({column: None for column in _COLUMNS})
+        statement = dialect_insert(dialect.name)(_TABLE).values(dict.fromkeys(_COLUMNS))
         compiled = statement.on_conflict_do_nothing(
             index_elements=[_TABLE.c.event_id]).compile(dialect=dialect, for_executemany=True)
         if compiled.positiontup not in (None, list(_COLUMNS)):  # rows are tuples in this order

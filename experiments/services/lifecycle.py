@@ -44,12 +44,14 @@ def new_salt() -> str:
     return secrets.token_hex(8)
 
 
+# What experiment_to_dict reads, loaded with the experiments (no query per row).
+WITH_DEFINITION = (selectinload(Experiment.variants), selectinload(Experiment.metrics))
+
+
 def get_experiment(session: Session, key: str) -> Experiment:
     """The experiment with this key, or 404."""
     experiment = session.scalar(
-        select(Experiment).where(Experiment.key == key)
-        .options(selectinload(Experiment.variants), selectinload(Experiment.metrics))
-    )
+        select(Experiment).where(Experiment.key == key).options(*WITH_DEFINITION))
     if experiment is None:
         raise NotFound(f"no experiment with key {key!r}")
     return experiment
@@ -58,8 +60,7 @@ def get_experiment(session: Session, key: str) -> Experiment:
 def list_experiments(session: Session, *, status: str | None, limit: int,
                      cursor: str | None) -> tuple[list[Experiment], str | None]:
     """Experiments in creation order, optionally filtered by status."""
-    query = select(Experiment).options(selectinload(Experiment.variants),
-                                       selectinload(Experiment.metrics))
+    query = select(Experiment).options(*WITH_DEFINITION, selectinload(Experiment.iteration_of))
     if status is not None:
         query = query.where(Experiment.status == status)
     rows, next_cursor = paginate(session, query, Experiment.id, limit=limit, cursor=cursor)
