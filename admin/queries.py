@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from experiments.models import Experiment, Report, User
 from experiments.services.pagination import paginate
@@ -42,6 +42,14 @@ def latest_reports(session: Session, experiment_ids: Sequence[int]) -> dict[int,
                                                          newest.c.experiment_id)
                                                & (Report.computed_at == newest.c.at)))
     return {row.experiment_id: row for row in rows}
+
+
+def report_history(session: Session, experiment_id: int, *, limit: int) -> list[Report]:
+    """The experiment's latest reports, newest first, bodies left unloaded (the page lists
+    dates; only the report it shows loads its body)."""
+    return list(session.scalars(select(Report).options(defer(Report.body))
+                                .where(Report.experiment_id == experiment_id)
+                                .order_by(Report.id.desc()).limit(limit)))
 
 
 def get_report(session: Session, experiment_id: int, report_id: int) -> Report | None:

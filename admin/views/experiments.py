@@ -150,7 +150,7 @@ def experiment(key: str) -> str:
     """The experiment page: decision, charts, metric table, friction, history, audit, chain."""
     session = db_session()
     row = lifecycle.get_experiment(session, key)
-    history, _ = analysis.list_reports(session, key, limit=50, cursor=None)
+    history = queries.report_history(session, row.id, limit=50)
     report = history[0] if history else None
     if request.args.get("report"):
         wanted = request.args["report"]
