@@ -30,6 +30,7 @@ from sqlalchemy import select, update
 
 import experiments
 from experiments.auth import SYSTEM
+from experiments.config import Config
 from experiments.db import Database, get_db, utcnow
 from webhooks.endpoints import disable_endpoint
 from webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -46,7 +47,7 @@ DUE_STATES = ("pending", "sending")
 class DeliverySettings:
     """How the sender behaves; read from the app config once per run."""
 
-    retry_schedule_s: tuple[int, ...] = (0, 5, 300, 1800, 7200, 18000, 36000)
+    retry_schedule_s: tuple[int, ...] = Config.WEBHOOK_RETRY_SCHEDULE_S
     allow_private: bool = False
     timeout_s: float = 15.0
     batch_size: int = 10
@@ -58,7 +59,7 @@ class DeliverySettings:
         config = app.config["PARCOURS"]
         return cls(retry_schedule_s=tuple(config.WEBHOOK_RETRY_SCHEDULE_S),
                    allow_private=config.WEBHOOK_ALLOW_PRIVATE,
-                   timeout_s=float(app.config.get("WEBHOOK_TIMEOUT_S", 15.0)))
+                   timeout_s=float(app.config.get("WEBHOOK_TIMEOUT_S", cls.timeout_s)))
 
     @property
     def lease(self) -> timedelta:
