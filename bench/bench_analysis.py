@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -35,8 +34,8 @@ from typing import Any
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import make_url
 
-POSTGRES_URL = os.environ.get("PARCOURS_BENCH_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from bench.support import POSTGRES_URL, scratch_postgres_database
+
 UNITS = int(os.environ.get("PARCOURS_BENCH_UNITS", "1000000"))
 EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_EVENTS_PER_UNIT", "10"))
 REPEAT = int(os.environ.get("PARCOURS_BENCH_REPEAT", "3"))
@@ -81,7 +80,7 @@ INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attribut
 SELECT :experiment_id, 'u' || g,
        CASE WHEN random() < 0.5 THEN 'control' ELSE 'one-page' END,
        :started + (g * :span_s / :units) * interval '1 second', '{}'::jsonb, false
-FROM generate_series(:first_unit, :last_unit) AS g
+FROM generate_series(CAST(:first_unit AS bigint), CAST(:last_unit AS bigint)) AS g
 """)
 
 # Ten events per unit on average: journey steps, friction, purchases with values, NPS
@@ -175,22 +174,10 @@ def fresh_database() -> Any:
     """A migrated database next to the configured one, dropped afterwards (unless kept)."""
     from experiments.migrate import upgrade
 
-    name = f"parcours_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     keep = os.environ.get("PARCOURS_BENCH_KEEP_DB") == "1"
-    try:
+    with scratch_postgres_database(POSTGRES_URL, keep=keep) as url:
         upgrade(url)
         yield url
-    finally:
-        if keep:
-            print(f"kept: PARCOURS_BENCH_DATABASE_URL={url}", flush=True)
-        else:
-            with admin.connect() as connection:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def bench_app(url: str) -> Any:

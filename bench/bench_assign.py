@@ -35,12 +35,10 @@ from flask import Flask, jsonify, request
 from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 
+from bench.support import POSTGRES_URL, scratch_postgres_database
 from bench.support import gunicorn as serve
-from bench.support import scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_URL = os.environ.get("PARCOURS_BENCH_POSTGRES_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # gunicorn.conf.py's defaults on this machine's 2 cores: 2 × cores + 1 workers, 4 threads.
 WORKERS, THREADS = 5, 4
 CLIENTS, CONNECTIONS = 4, 8

@@ -16,19 +16,28 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+POSTGRES_URL = os.environ.get("PARCOURS_BENCH_POSTGRES_URL",
+                              "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
 
 @contextmanager
-def scratch_postgres_database(base_url: str, prefix: str = "parcours_bench") -> Iterator[str]:
-    """A new, empty database next to ``base_url``'s, dropped (forcibly) afterwards."""
+def scratch_postgres_database(base_url: str, prefix: str = "parcours_bench", *,
+                              keep: bool = False) -> Iterator[str]:
+    """A new, empty database next to ``base_url``'s, dropped (forcibly) afterwards unless
+    ``keep`` (then its URL is printed, to rerun against it)."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base_url).set(database=name).render_as_string(hide_password=False)
     try:
-        yield make_url(base_url).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if keep:
+            print(f"kept: PARCOURS_BENCH_DATABASE_URL={url}", flush=True)
+        else:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
