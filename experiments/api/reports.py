@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-
 from flask import Blueprint, Response
 
 from experiments.api.routing import api_route
@@ -54,14 +51,8 @@ def list_reports(key: str, query: ReportListQuery) -> ReportList:
 def export_results(key: str, query: ExportQuery) -> ExportOut | Response:
     """Per-variant, per-metric results of the latest report, as JSON or CSV."""
     report = analysis.get_latest_report(db_session(), key)
-    rows = analysis.export_rows(report.body)
     if query.format == "json":
-        return ExportOut.model_validate({"experiment": key, "report_id": report.id,
-                                         "computed_at": report.body["computed_at"],
-                                         "rows": rows})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=analysis.EXPORT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return Response(buffer.getvalue(), mimetype="text/csv", headers={
+        return ExportOut.model_validate(analysis.export_document(key, report))
+    lines = analysis.export_csv_lines(analysis.export_rows(report.body))
+    return Response("".join(lines), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="{key}-results.csv"'})

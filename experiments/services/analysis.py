@@ -13,8 +13,10 @@ minimum over the experiment's reports (always valid, so this keeps the error rat
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -456,6 +458,25 @@ def export_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 # -- standalone calculators -----------------------------------------------------------------
 
+
+
+def export_document(key: str, report: Report) -> dict[str, Any]:
+    """The JSON export: the report's rows and what identifies them (API and admin)."""
+    return {"experiment": key, "report_id": report.id,
+            "computed_at": report.body.get("computed_at"), "rows": export_rows(report.body)}
+
+
+def export_csv_lines(rows: Sequence[Mapping[str, Any]]) -> Iterator[str]:
+    """The CSV export, header first, one line at a time (it can be streamed)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in [None, *rows]:
+        if row is not None:
+            writer.writerow(row)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
 
 def calculate_comparisons(kind: str, variants: Sequence[Mapping[str, Any]], *, method: str,
                           alpha: float, correction: str, direction: str = "increase",
