@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -29,19 +28,6 @@ def search_experiments(session: Session, *, status: str | None, text: str | None
 def _matches(text: str, *columns: Any) -> Any:
     pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     return or_(*(func.lower(column).like(pattern.lower(), escape="\\") for column in columns))
-
-
-def latest_reports(session: Session, experiment_ids: Sequence[int]) -> dict[int, Report]:
-    """The newest report of each experiment (max computed_at), keyed by experiment id."""
-    if not experiment_ids:
-        return {}
-    newest = (select(Report.experiment_id, func.max(Report.computed_at).label("at"))
-              .where(Report.experiment_id.in_(experiment_ids))
-              .group_by(Report.experiment_id).subquery())
-    rows = session.scalars(select(Report).join(newest, (Report.experiment_id ==
-                                                         newest.c.experiment_id)
-                                               & (Report.computed_at == newest.c.at)))
-    return {row.experiment_id: row for row in rows}
 
 
 def report_history(session: Session, experiment_id: int, *, limit: int) -> list[Report]:

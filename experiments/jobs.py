@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from experiments.db import Database, get_db, utcnow
 from experiments.errors import ApiError
-from experiments.models import Experiment, Report
+from experiments.models import Experiment
 
 JOBS_KEY = "parcours.jobs"
 logger = logging.getLogger(__name__)
@@ -81,12 +81,14 @@ def build_digest(session: Session, *, now: datetime | None = None) -> list[str]:
     now = now or utcnow()
     experiments = session.scalars(select(Experiment).where(Experiment.status == "running")
                                   .order_by(Experiment.key)).all()
+    from experiments.services.analysis import latest_reports
+
     lines = [f"{len(experiments)} running experiment(s) on {now:%Y-%m-%d}"]
+    reports = latest_reports(session, [experiment.id for experiment in experiments])
     for experiment in experiments:
-        body = session.scalar(select(Report.body).where(Report.experiment_id == experiment.id)
-                              .order_by(Report.computed_at.desc(), Report.id.desc()).limit(1))
+        report = reports.get(experiment.id)
         days = (now - experiment.started_at).days if experiment.started_at else 0
-        summary = report_summary(body) if body else "no report yet"
+        summary = report_summary(report.body) if report else "no report yet"
         lines.append(f"{experiment.key} (day {days}): {summary}")
     return lines
 

@@ -60,7 +60,7 @@ def experiments() -> str:
     session = db_session()
     rows, next_cursor = queries.search_experiments(
         session, status=status, text=text, limit=PAGE_SIZE, cursor=request.args.get("cursor"))
-    reports = queries.latest_reports(session, [row.id for row in rows])
+    reports = analysis.latest_reports(session, [row.id for row in rows])
     items = [_list_item(row, reports.get(row.id)) for row in rows]
     return render_template("admin/experiments.html", items=items, status=status, q=text or "",
                            statuses=EXPERIMENT_STATUSES, next_cursor=next_cursor)

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -298,6 +298,21 @@ def latest_report(session: Session, experiment_id: int) -> Report | None:
     """The most recent report of an experiment."""
     return session.scalar(select(Report).where(Report.experiment_id == experiment_id)
                           .order_by(Report.id.desc()).limit(1))
+
+
+def latest_reports(session: Session, experiment_ids: Sequence[int]) -> dict[int, Report]:
+    """The newest report of each experiment (max computed_at, then the highest id), keyed
+    by experiment id: the admin list and the daily digest."""
+    if not experiment_ids:
+        return {}
+    newest = (select(Report.experiment_id, func.max(Report.computed_at).label("at"))
+              .where(Report.experiment_id.in_(experiment_ids))
+              .group_by(Report.experiment_id).subquery())
+    rows = session.scalars(select(Report).join(newest, (Report.experiment_id ==
+                                                         newest.c.experiment_id)
+                                               & (Report.computed_at == newest.c.at))
+                           .order_by(Report.id))
+    return {row.experiment_id: row for row in rows}
 
 
 def _summary(body: Mapping[str, Any]) -> dict[str, Any]:
