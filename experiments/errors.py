@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, Response, jsonify, request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
 _CODES = {
@@ -21,6 +21,8 @@ _CODES = {
     429: "rate_limited",
 }
 
+
+M = TypeVar("M", bound=BaseModel)
 
 class ApiError(Exception):
     """An error a view or service raises on purpose; rendered as the envelope."""
@@ -60,6 +62,14 @@ class ValidationFailed(ApiError):
     @classmethod
     def field(cls, field: str, message: str) -> ValidationFailed:
         return cls([{"field": field, "message": message}], message=f"{field}: {message}")
+
+
+def validated(model: type[M], data: Any, message: str = "invalid input") -> M:
+    """``model`` validated from ``data``, or a 422 naming every failing field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValidationFailed(validation_details(exc), message) from None
 
 
 def field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:

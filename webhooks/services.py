@@ -9,13 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from flask import current_app, has_app_context
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from experiments.auth import Principal
 from experiments.db import utcnow
-from experiments.errors import Conflict, NotFound, ValidationFailed, validation_details
+from experiments.errors import Conflict, NotFound, ValidationFailed, validated
 from experiments.services.audit import record_audit
 from experiments.services.pagination import paginate
 from webhooks.delivery import current_settings, deliver_due
@@ -29,12 +28,7 @@ from webhooks.ssrf import UnsafeUrl, check_url
 
 def _validated(model: type[Any], data: Any, message: str) -> Any:
     """Accept the schema or a plain dict (admin forms); a bad dict is a 422."""
-    if isinstance(data, model):
-        return data
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationFailed(validation_details(exc), message) from None
+    return data if isinstance(data, model) else validated(model, data, message)
 
 
 def check_target(url: str) -> None:

@@ -8,7 +8,6 @@ from datetime import datetime
 from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
-from pydantic import ValidationError
 from werkzeug.wrappers import Response
 
 from admin import exports, presenters, queries
@@ -23,7 +22,7 @@ from admin.forms import (
 from admin.session_auth import principal, requires
 from admin.views import flash_refusal, run_action
 from experiments.db import db_session, utcnow
-from experiments.errors import ApiError, Conflict, ValidationFailed, validation_details
+from experiments.errors import ApiError, Conflict, ValidationFailed, validated
 from experiments.models import EXPERIMENT_STATUSES, Experiment
 from experiments.schemas import (
     FRICTION_KINDS,
@@ -124,7 +123,7 @@ def edit_experiment(key: str) -> Response | tuple[str, int]:
     try:
         if errors:
             raise ValidationFailed([])
-        patch = _patch(data)
+        patch = validated(ExperimentPatch, data, "the experiment is invalid")
         lifecycle.update_experiment(session, key, patch, principal())
     except ValidationFailed as exc:
         return _form_page(state, errors=merge_errors(errors, exc.details), experiment=experiment,
@@ -135,13 +134,6 @@ def edit_experiment(key: str) -> Response | tuple[str, int]:
                           experiment=lifecycle.get_experiment(session, key), status=409)
     flash("Saved.", "success")
     return redirect(url_for("admin.experiment", key=key))
-
-
-def _patch(data: dict[str, Any]) -> ExperimentPatch:
-    try:
-        return ExperimentPatch.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationFailed(validation_details(exc), "the experiment is invalid") from None
 
 
 @bp.route("/experiments/<key>")
@@ -211,7 +203,7 @@ for _action in ("start", "pause", "resume"):
 def conclude_experiment(key: str) -> Response:
     """Conclude with an outcome, a winner (for ship) and the learnings."""
     def run() -> None:
-        body = _model(ConcludeIn, {"outcome": request.form.get("outcome", ""),
+        body = validated(ConcludeIn, {"outcome": request.form.get("outcome", ""),
                                    "winner": request.form.get("winner") or None,
                                    "learnings": request.form.get("learnings", "").strip()})
         lifecycle.transition(db_session(), key, "conclude", principal(), body)
@@ -223,7 +215,7 @@ def conclude_experiment(key: str) -> Response:
 def iterate_experiment(key: str) -> Response:
     """Start the next experiment of the chain as a draft, then edit it."""
     try:
-        body = _model(IterateIn, {"key": request.form.get("new_key", "").strip(),
+        body = validated(IterateIn, {"key": request.form.get("new_key", "").strip(),
                                   "name": request.form.get("new_name", "").strip() or None})
         child = lifecycle.iterate_experiment(db_session(), key, body, principal())
     except ApiError as exc:
@@ -289,10 +281,3 @@ def export_experiment(key: str, fmt: str) -> Response:
         abort(404, "export formats are csv and json")
     report = analysis.get_latest_report(db_session(), key)
     return exports.download(key, report, fmt)
-
-
-def _model(model: Any, data: dict[str, Any]) -> Any:
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationFailed(validation_details(exc)) from None

@@ -7,7 +7,6 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -16,7 +15,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from experiments import signals
 from experiments.auth import Principal
 from experiments.db import utcnow
-from experiments.errors import Conflict, NotFound, ValidationFailed, validation_details
+from experiments.errors import Conflict, NotFound, ValidationFailed, validated
 from experiments.models import Decision, Experiment, Metric, Variant
 from experiments.schemas import (
     ConcludeIn,
@@ -110,10 +109,7 @@ def _snapshot(experiment: Experiment) -> dict[str, Any]:
 
 def validate_fields(data: dict[str, Any]) -> ExperimentFields:
     """Validate a full configuration, field rules then cross-field rules (422)."""
-    try:
-        fields = ExperimentFields.model_validate(data)
-    except ValidationError as exc:
-        raise ValidationFailed(validation_details(exc), "the experiment is invalid") from None
+    fields = validated(ExperimentFields, data, "the experiment is invalid")
     problems = experiment_problems(fields)
     if problems:
         raise ValidationFailed(problems, "the experiment is invalid")
@@ -313,4 +309,3 @@ def _flush(session: Session, conflict_message: str) -> None:
     except (IntegrityError, StaleDataError):
         session.rollback()
         raise Conflict(conflict_message) from None
-
