@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from admin import format as fmt
-from admin.session_auth import ROLE_RANK, load_current_user
+from admin.session_auth import has_role, load_current_user
 from experiments.errors import ApiError
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
@@ -43,8 +43,7 @@ def _ids_in_range(_endpoint: str | None, values: dict[str, Any] | None) -> None:
 @bp.app_template_global()
 def can(role: str) -> bool:
     """Whether the logged-in user has at least ``role`` (hide buttons they may not use)."""
-    user = g.get("admin_user")
-    return user is not None and ROLE_RANK.get(user.role, -1) >= ROLE_RANK[role]
+    return has_role(role)
 
 
 @bp.context_processor

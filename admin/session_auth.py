@@ -8,11 +8,11 @@ from typing import Any, TypeVar
 
 from flask import abort, g, session
 
-from experiments.auth import Principal
+from experiments.auth import USER_ROLES, Principal
 from experiments.db import db_session
 from experiments.models import User
 
-ROLE_RANK = {"viewer": 0, "editor": 1, "admin": 2}
+ROLE_RANK = {role: rank for rank, role in enumerate(USER_ROLES)}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -42,14 +42,19 @@ def logout_user() -> None:
     session.clear()
 
 
+def has_role(role: str) -> bool:
+    """Whether the logged-in user has at least ``role``."""
+    user = g.get("admin_user")
+    return user is not None and ROLE_RANK.get(user.role, -1) >= ROLE_RANK[role]
+
+
 def requires(role: str) -> Callable[[F], F]:
     """Refuse (403) users below ``role``; the before_request hook already refused anonymous ones."""
 
     def decorator(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            user = g.get("admin_user")
-            if user is None or ROLE_RANK.get(user.role, -1) < ROLE_RANK[role]:
+            if not has_role(role):
                 abort(403, f"this page needs the {role} role")
             return view(*args, **kwargs)
 
