@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from experiments.auth import Principal
 from experiments.db import utcnow
-from experiments.services.audit import record_audit
+from experiments.services.audit import json_safe, record_audit
 from webhooks.models import WebhookDelivery, WebhookEndpoint
 
 
@@ -23,7 +22,7 @@ def endpoint_to_dict(endpoint: WebhookEndpoint) -> dict[str, Any]:
 
 def endpoint_snapshot(endpoint: WebhookEndpoint) -> dict[str, Any]:
     """A JSON-safe copy for audit entries."""
-    return json.loads(json.dumps(endpoint_to_dict(endpoint), default=str))
+    return json_safe(endpoint_to_dict(endpoint))
 
 
 def delivery_to_dict(delivery: WebhookDelivery) -> dict[str, Any]:

@@ -7,7 +7,6 @@ the commit loses nothing, and a rolled-back change sends nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import timedelta
 from typing import Any
@@ -16,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from experiments.db import utcnow
+from experiments.services.audit import json_safe
 from experiments.signals import DOMAIN_SIGNALS
 from webhooks.delivery import current_settings
 from webhooks.models import WebhookDelivery, WebhookEndpoint
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def event_body(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """The Standard Webhooks body ``{"type", "timestamp", "data"}``, JSON-safe."""
     return {"type": event_type, "timestamp": utcnow().isoformat(),
-            "data": json.loads(json.dumps(data, default=str))}
+            "data": json_safe(data)}
 
 
 def enqueue(session: Session, endpoint: WebhookEndpoint, body: dict[str, Any], *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import select
@@ -10,6 +11,12 @@ from sqlalchemy.orm import Session
 from experiments.auth import Principal
 from experiments.models import AuditEntry
 from experiments.services.pagination import paginate
+
+
+def json_safe(value: Any) -> Any:
+    """A copy made of JSON types only (datetimes as text), for audit snapshots and webhook
+    payloads stored as JSON."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def record_audit(session: Session, principal: Principal, action: str, *,

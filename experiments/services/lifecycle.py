@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ from experiments.schemas import (
     IterateIn,
     experiment_problems,
 )
-from experiments.services.audit import record_audit
+from experiments.services.audit import json_safe, record_audit
 from experiments.services.pagination import paginate
 
 # status -> {action: new status}
@@ -104,7 +103,7 @@ def _metric_to_dict(metric: Metric) -> dict[str, Any]:
 
 def _snapshot(experiment: Experiment) -> dict[str, Any]:
     """A JSON-safe copy for audit entries and webhook payloads."""
-    return json.loads(json.dumps(experiment_to_dict(experiment), default=str))
+    return json_safe(experiment_to_dict(experiment))
 
 
 def validate_fields(data: dict[str, Any]) -> ExperimentFields:
