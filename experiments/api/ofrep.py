@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, get_args
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -19,6 +19,7 @@ from experiments.errors import ApiError, error_response
 from experiments.schemas.assignment import (
     OfrepBulk,
     OfrepError,
+    OfrepErrorCode,
     OfrepEvaluation,
     OfrepRequest,
     attributes_problem,
@@ -28,8 +29,7 @@ from experiments.services import assignment
 
 bp = Blueprint("ofrep", __name__, url_prefix="/ofrep/v1")
 TAGS = ("openfeature",)
-OFREP_ERROR_CODES = {"PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT", "GENERAL",
-                     "FLAG_NOT_FOUND"}
+OFREP_ERROR_CODES = frozenset(get_args(OfrepErrorCode))
 _OFREP_REASONS = {
     "assigned": "SPLIT", "override": "TARGETING_MATCH", "traffic": "DEFAULT",
     "targeting": "DEFAULT", "layer": "DEFAULT", "not_running": "DISABLED",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,14 +21,11 @@ EventName = Annotated[str, Field(min_length=1, max_length=200)]
 UnitId = Annotated[str, Field(min_length=1, max_length=200)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
-FRICTION_KINDS = (
-    "error", "abandonment", "retry", "rage_click", "dead_click", "slow_step",
-    "back_navigation", "form_error", "support_contact", "bounce",
-)
 FrictionKind = Literal[
     "error", "abandonment", "retry", "rage_click", "dead_click", "slow_step",
     "back_navigation", "form_error", "support_contact", "bounce",
 ]
+FRICTION_KINDS: tuple[str, ...] = get_args(FrictionKind)
 MetricKind = Literal["conversion", "mean", "count", "ratio", "friction", "nps", "time_to_convert"]
 TargetingOp = Literal["eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte", "contains",
                       "regex", "exists"]

@@ -134,10 +134,13 @@ class OfrepEvaluation(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+OfrepErrorCode = Literal["PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT", "GENERAL",
+                         "FLAG_NOT_FOUND"]
+
+
 class OfrepError(BaseModel):
     key: str | None = None
-    errorCode: Literal["PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT", "GENERAL",
-                       "FLAG_NOT_FOUND"]
+    errorCode: OfrepErrorCode
     errorDetails: str
 
 

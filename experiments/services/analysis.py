@@ -30,6 +30,7 @@ from experiments.db import utcnow
 from experiments.errors import Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
+from experiments.schemas.reports import ExportRow
 from experiments.services import decisions
 from experiments.services.aggregation import (
     CUPED_KINDS,
@@ -434,12 +435,7 @@ def list_reports(session: Session, key: str, *, limit: int,
     return list(rows), next_cursor
 
 
-EXPORT_COLUMNS = (
-    "metric", "kind", "role", "variant", "units", "estimate", "ci_low", "ci_high",
-    "absolute_effect", "absolute_ci_low", "absolute_ci_high", "relative_effect",
-    "relative_ci_low", "relative_ci_high", "p_value", "adjusted_p_value", "chance_to_win",
-    "expected_loss", "significant", "verdict",
-)
+EXPORT_COLUMNS = tuple(ExportRow.model_fields)  # the CSV columns are the JSON row's fields
 
 
 def _split(pair: Sequence[float] | None) -> tuple[float | None, float | None]:

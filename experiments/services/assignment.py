@@ -14,7 +14,7 @@ from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from mmh3 import hash as mmh3_hash
 from prometheus_client import Counter
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from experiments.db import utcnow
 from experiments.errors import NotFound
+from experiments.schemas.assignment import Reason
 from experiments.services.config_cache import (
     HASH_SPACE,
     ConfigCache,
@@ -34,8 +35,7 @@ from experiments.services.config_cache import (
 from experiments.services.exposures import FirstExposure, UnitWrite, store_for
 from experiments.services.targeting import Condition, matches
 
-REASONS = ("assigned", "override", "traffic", "targeting", "layer", "not_running", "concluded",
-           "not_found")
+REASONS: tuple[str, ...] = get_args(Reason)
 # Seeds of the three independent hashes (documented in the README; never change them).
 INCLUSION_SEED = 1
 SPLIT_SEED = 2
