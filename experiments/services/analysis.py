@@ -40,7 +40,7 @@ from experiments.services.aggregation import (
     aggregate_experiment,
     to_stats,
 )
-from experiments.services.lifecycle import get_experiment
+from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.rollup import drop_rollups
 from stats import (
@@ -419,7 +419,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
 
 def get_latest_report(session: Session, key: str) -> Report:
     """The latest report of an experiment, or 404 when it was never analysed."""
-    report = latest_report(session, get_experiment(session, key).id)
+    report = latest_report(session, experiment_id(session, key))
     if report is None:
         raise NotFound(f"experiment {key!r} has no report yet")
     return report
@@ -428,9 +428,8 @@ def get_latest_report(session: Session, key: str) -> Report:
 def list_reports(session: Session, key: str, *, limit: int,
                  cursor: str | None) -> tuple[list[Report], str | None]:
     """Report history of an experiment, newest first."""
-    experiment = get_experiment(session, key)
     rows, next_cursor = paginate(session, select(Report).where(
-        Report.experiment_id == experiment.id), Report.id, limit=limit, cursor=cursor,
+        Report.experiment_id == experiment_id(session, key)), Report.id, limit=limit, cursor=cursor,
         descending=True)
     return list(rows), next_cursor
 

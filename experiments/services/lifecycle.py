@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
@@ -44,6 +43,14 @@ def new_salt() -> str:
 
 # What experiment_to_dict reads, loaded with the experiments (no query per row).
 WITH_DEFINITION = (selectinload(Experiment.variants), selectinload(Experiment.metrics))
+
+
+def experiment_id(session: Session, key: str) -> int:
+    """The id of the experiment with this key, or 404 (without loading its definition)."""
+    found = session.scalar(select(Experiment.id).where(Experiment.key == key))
+    if found is None:
+        raise NotFound(f"no experiment with key {key!r}")
+    return found
 
 
 def get_experiment(session: Session, key: str) -> Experiment:
@@ -248,7 +255,7 @@ def transition(session: Session, key: str, action: str, principal: Principal,
     after = _snapshot(experiment)
     record_audit(session, principal, f"experiment.{action}", target_type="experiment",
                  target_id=key, experiment_key=key, before=before, after=after)
-    _LIFECYCLE_SIGNALS[action](session, after, action)
+    signals.emit(_LIFECYCLE_SIGNALS[action], session, {"experiment": after, "action": action})
     session.commit()
     return experiment
 
@@ -276,17 +283,9 @@ def _conclude(session: Session, experiment: Experiment, conclusion: ConcludeIn,
                          decided_at=now))
 
 
-def _emit_lifecycle(signal: Any) -> Callable[[Session, dict[str, Any], str], None]:
-    def send(session: Session, snapshot: dict[str, Any], action: str) -> None:
-        signals.emit(signal, session, {"experiment": snapshot, "action": action})
-    return send
-
-
 _LIFECYCLE_SIGNALS = {
-    "start": _emit_lifecycle(signals.experiment_started),
-    "resume": _emit_lifecycle(signals.experiment_started),
-    "pause": _emit_lifecycle(signals.experiment_paused),
-    "conclude": _emit_lifecycle(signals.experiment_concluded),
+    "start": signals.experiment_started, "resume": signals.experiment_started,
+    "pause": signals.experiment_paused, "conclude": signals.experiment_concluded,
 }
 
 
