@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from experiments.schemas import ListQuery, Strict
 from experiments.schemas.assignment import text_problem
@@ -43,34 +43,26 @@ def _unique(events: list[str]) -> list[str]:
 
 EventType = Annotated[str, Field(max_length=64, examples=["experiment.decided"]),
                       AfterValidator(_known_event_type)]
+# Duplicates are dropped (first occurrence kept), so the cap allows a list written twice.
+EventList = Annotated[list[EventType], Field(min_length=1, max_length=len(WEBHOOK_EVENT_TYPES) * 2),
+                      AfterValidator(_unique)]
 
 
 class EndpointIn(Strict):
     """A new endpoint: where to send and which event types."""
 
     url: Url
-    events: list[EventType] = Field(min_length=1, max_length=len(WEBHOOK_EVENT_TYPES) * 2)
+    events: EventList
     description: Description = ""
-
-    @field_validator("events")
-    @classmethod
-    def _events(cls, events: list[str]) -> list[str]:
-        return _unique(events)
 
 
 class EndpointPatch(Strict):
     """Any subset of the writable fields; ``enabled`` turns delivery off or back on."""
 
     url: Url | None = None
-    events: list[EventType] | None = Field(None, min_length=1,
-                                           max_length=len(WEBHOOK_EVENT_TYPES) * 2)
+    events: EventList | None = None
     description: Description | None = None
     enabled: bool | None = None
-
-    @field_validator("events")
-    @classmethod
-    def _events(cls, events: list[str] | None) -> list[str] | None:
-        return None if events is None else _unique(events)
 
 
 class EndpointOut(BaseModel):
