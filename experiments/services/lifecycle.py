@@ -113,9 +113,11 @@ def _snapshot(experiment: Experiment) -> dict[str, Any]:
     return json_safe(experiment_to_dict(experiment))
 
 
-def validate_fields(data: dict[str, Any]) -> ExperimentFields:
-    """Validate a full configuration, field rules then cross-field rules (422)."""
-    fields = validated(ExperimentFields, data, "the experiment is invalid")
+def validate_fields(data: ExperimentFields | dict[str, Any]) -> ExperimentFields:
+    """Validate a full configuration, field rules (unless already parsed, as by the API)
+    then cross-field rules (422)."""
+    fields = (data if isinstance(data, ExperimentFields)
+              else validated(ExperimentFields, data, "the experiment is invalid"))
     problems = experiment_problems(fields)
     if problems:
         raise ValidationFailed(problems, "the experiment is invalid")
@@ -125,7 +127,7 @@ def validate_fields(data: dict[str, Any]) -> ExperimentFields:
 def create_experiment(session: Session, data: ExperimentFields | dict[str, Any],
                       principal: Principal) -> Experiment:
     """Create a draft; a duplicate key is a 409."""
-    fields = validate_fields(data.model_dump() if isinstance(data, ExperimentFields) else data)
+    fields = validate_fields(data)
     if session.scalar(select(Experiment.id).where(Experiment.key == fields.key)) is not None:
         raise Conflict(f"an experiment with key {fields.key!r} already exists")
     experiment = Experiment(key=fields.key, salt=new_salt(), status="draft")
