@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -159,3 +161,78 @@ def test_a_request_waiting_too_long_fails_and_leaves_the_queue(pg_app, monkeypat
     leader.join()
     assert group.write(write("after")) == ({experiment_id: "control"}, {})
     assert set(stored(pg_app)) == {"first", "after"}
+
+
+def experiment_id_of(app: Flask) -> int:
+    with get_db(app).sessionmaker() as session:
+        experiment_id = session.scalar(select(Experiment.id))
+    assert experiment_id is not None
+    return experiment_id
+
+
+def first_exposure(experiment_id: int, unit: str) -> UnitWrite:
+    return UnitWrite(unit, (FirstExposure(experiment_id, "control", False),),
+                     datetime.now(UTC), FR)
+
+
+def writer_backend_pid(group: GroupCommit) -> int:
+    """The server process behind the group commit's own connection."""
+    connection = group._connection()
+    rows = connection.run("SELECT pg_backend_pid()::integer", [])
+    return int(rows[0][0])
+
+
+def test_batches_reuse_one_connection_with_prepared_statements(pg_app):
+    group = GroupCommit(get_db(pg_app).engine)
+    experiment_id = experiment_id_of(pg_app)
+    pid = writer_backend_pid(group)
+    for unit in ("a", "b", "a"):
+        group.write(first_exposure(experiment_id, unit))
+    assert writer_backend_pid(group) == pid  # no pool checkout per batch
+    statements = group._connection().run("SELECT statement::text FROM pg_prepared_statements", [])
+    inserts = [text for (text,) in statements if text == exposures._insert_sql(1)]
+    assert len(inserts) == 1  # one-unit batches: one statement, prepared once
+    assert group.write(first_exposure(experiment_id, "a")) == ({}, {experiment_id: "control"})
+
+
+def test_a_connection_cut_under_the_writer_is_replaced_and_nothing_is_lost(pg_app):
+    group = GroupCommit(get_db(pg_app).engine)
+    experiment_id = experiment_id_of(pg_app)
+    group.write(first_exposure(experiment_id, "before"))
+    old_pid = writer_backend_pid(group)
+    with psycopg.connect(postgres_url(pg_app), autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,)).fetchone() == (True,)
+    # The next batch finds its connection broken, reconnects and sends its statement again.
+    assert group.write(first_exposure(experiment_id, "after")) == ({experiment_id: "control"}, {})
+    assert writer_backend_pid(group) != old_pid
+    assert set(stored(pg_app)) == {"before", "after"}
+
+
+def test_a_forked_child_writes_on_its_own_connection_and_leaves_the_parents_alone(pg_app):
+    group = group_commit_for(get_db(pg_app).engine)
+    experiment_id = experiment_id_of(pg_app)
+    parent_pid = writer_backend_pid(group)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            outcome = group.write(first_exposure(experiment_id, "from-child"))
+            os.write(write, json.dumps([outcome[0].get(experiment_id),
+                                        writer_backend_pid(group)]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_variant, child_pid = json.loads(pipe.read())
+    os.waitpid(child, 0)
+    assert child_variant == "control" and child_pid != parent_pid
+    # The parent's connection survived the child's exit (nothing closed it from there).
+    assert writer_backend_pid(group) == parent_pid
+    group.write(first_exposure(experiment_id, "from-parent"))
+    assert set(stored(pg_app)) == {"from-child", "from-parent"}
+
+
+def postgres_url(app: Flask) -> str:
+    """The app's database as a libpq URL (for an admin connection beside the app's)."""
+    url = get_db(app).engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
