@@ -402,6 +402,12 @@ def group_commit_for(engine: Engine) -> GroupCommit:
 _TEXT_TYPES = frozenset({25, 1043})  # text, varchar
 _INTEGER_TYPES = frozenset({20, 21, 23})  # int8, int2, int4
 _BOOLEAN = 16
+# Every statement here looks rows up by (experiment_id, unit_id), the unique key. A
+# prepared statement keeps the plan it got when first planned: prepared while the table
+# was small, that plan scans the whole table and hashes it, and it would stay in use as
+# the table grows, until the next ANALYZE. On this connection only, lookups by index are
+# the one plan the planner may choose, at every table size.
+_PLAN_BY_KEY = b"SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off"
 # Connections a forked child inherited: kept referenced, never closed or collected there,
 # because closing one would end the parent's session on the same socket.
 _INHERITED: list[Any] = []
@@ -465,6 +471,7 @@ class PreparedConnection:
             driver = pooled.driver_connection
             pooled.detach()  # owned here for good: never returned to the pool
             driver.autocommit = True
+            _check(driver.pgconn.exec_(_PLAN_BY_KEY), ExecStatus.COMMAND_OK)
             self._driver = driver
         return self._driver.pgconn
 
