@@ -32,7 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["parcours.api_keys"] = ApiKeyCache()
 
     from experiments import cli, cors, errors, jobs, limits, observability, scheduler, security
-    from experiments.api import register_blueprints
+    from experiments.api import assign, register_blueprints
 
     observability.configure_logging(settings.LOG_LEVEL, settings.LOG_FORMAT)
     errors.register_error_handlers(app)
@@ -42,6 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     limits.init_app(app, ingest=settings.RATE_LIMIT_INGEST, assign=settings.RATE_LIMIT_ASSIGN,
                     storage_uri=settings.RATE_LIMIT_STORAGE)
     register_blueprints(app)
+    assign.install_fast_path(app)  # outermost: the hot path skips the rest
     cli.register_commands(app)
     jobs.init_app(app)
     for name in settings.EXTENSIONS:

@@ -67,14 +67,23 @@ def _preflight() -> Response | None:
 
 def _add_cors_headers(response: Response) -> Response:
     """Echo an allowed origin on every client-route response, errors included."""
-    if request.path not in CLIENT_ROUTES:
-        return response
-    response.vary.add("Origin")
-    origin = allowed_origin(request.headers.get("Origin"))
-    if origin is not None:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    for name, value in cors_headers(request.path, request.headers.get("Origin")):
+        if name == "Vary":
+            response.vary.add(value)
+        else:
+            response.headers[name] = value
     return response
+
+
+def cors_headers(path: str, origin: str | None) -> list[tuple[str, str]]:
+    """The CORS headers of a response on ``path`` to a request from ``origin``."""
+    if path not in CLIENT_ROUTES:
+        return []
+    allowed = allowed_origin(origin)
+    if allowed is None:
+        return [("Vary", "Origin")]
+    return [("Vary", "Origin"), ("Access-Control-Allow-Origin", allowed),
+            ("Access-Control-Expose-Headers", EXPOSED_HEADERS)]
 
 
 def beacon_key(query_string: str) -> str | None:

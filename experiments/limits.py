@@ -21,6 +21,7 @@ from experiments.errors import ApiError
 # Route groups a limit applies to, by path prefix.
 INGEST_PATHS = ("/api/v1/events",)
 ASSIGN_PATHS = ("/api/v1/assign", "/api/v1/exposures", "/ofrep/v1/")
+EXTENSION_KEY = "parcours.rate_limits"
 
 
 def init_app(app: Flask, *, ingest: str, assign: str, storage_uri: str) -> None:
@@ -30,26 +31,44 @@ def init_app(app: Flask, *, ingest: str, assign: str, storage_uri: str) -> None:
     if not groups:
         return
     limiter = MovingWindowRateLimiter(storage_from_string(storage_uri or "memory://"))
+    limits = RateLimits(limiter, groups)
 
     @app.before_request
     def _rate_limit() -> None:
-        for prefixes, items in groups:
-            if request.path.startswith(prefixes):
-                _check(limiter, items, prefixes[0])
+        limits.enforce(request.path, request.headers.get("Authorization", ""),
+                       request.remote_addr)
 
     app.extensions["parcours.limiter"] = limiter
+    app.extensions[EXTENSION_KEY] = limits
 
 
-def _caller_id() -> str:
+class RateLimits:
+    """The configured limits of each route group, enforced per caller."""
+
+    def __init__(self, limiter: MovingWindowRateLimiter,
+                 groups: list[tuple[tuple[str, ...], list[RateLimitItem]]]) -> None:
+        self.limiter = limiter
+        self.groups = groups
+
+    def enforce(self, path: str, authorization: str, remote_addr: str | None) -> None:
+        """Count one request to ``path``; 429 when a limit of its group is exhausted.
+
+        A refused request is not counted (the moving window records accepted hits only).
+        """
+        for prefixes, items in self.groups:
+            if path.startswith(prefixes):
+                _check(self.limiter, items, prefixes[0], _caller_id(authorization, remote_addr))
+
+
+def _caller_id(authorization: str, remote_addr: str | None) -> str:
     """Limit per API key (hashed: the raw key never reaches the storage), else per address."""
-    header = request.headers.get("Authorization", "")
-    if header:
-        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:32]
-    return "ip:" + (request.remote_addr or "unknown")
+    if authorization:
+        return "key:" + hashlib.sha256(authorization.encode()).hexdigest()[:32]
+    return "ip:" + (remote_addr or "unknown")
 
 
-def _check(limiter: MovingWindowRateLimiter, items: list[RateLimitItem], group: str) -> None:
-    caller = _caller_id()
+def _check(limiter: MovingWindowRateLimiter, items: list[RateLimitItem], group: str,
+           caller: str) -> None:
     for item in items:
         if not limiter.hit(item, group, caller):
             reset_at, _remaining = limiter.get_window_stats(item, group, caller)

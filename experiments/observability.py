@@ -7,6 +7,7 @@ import logging
 import re
 import time
 import uuid
+from contextvars import ContextVar
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
@@ -18,6 +19,10 @@ LATENCY = Histogram("parcours_http_request_duration_seconds", "HTTP request late
                     ["method", "endpoint"])
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# What log lines of a request served outside Flask (the assignment fast path) carry
+# instead of the request context: request_id, method and path.
+REQUEST_LOG_CONTEXT: ContextVar[dict[str, str] | None] = ContextVar("request_log_context",
+                                                                    default=None)
 # Anything that looks like a credential is masked before a log line is written.
 _SECRETS = re.compile(r"(Bearer\s+|whsec_|sk_|pk_)[A-Za-z0-9+/=_-]{6,}")
 
@@ -41,6 +46,8 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = g.get("request_id")
             entry["method"] = request.method
             entry["path"] = request.path
+        else:
+            entry.update(REQUEST_LOG_CONTEXT.get() or {})
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
@@ -67,16 +74,27 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start_request() -> None:
         g.request_started = time.perf_counter()
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
 
     @app.after_request
     def _observe(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        started = g.get("request_started")
-        if started is not None:
-            LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - started)
-        REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        observe_request(request.method, endpoint, response.status_code,
+                        g.get("request_started"))
         if "request_id" in g:
             response.headers[REQUEST_ID_HEADER] = g.request_id
         return response
+
+
+def request_id_for(incoming: str | None) -> str:
+    """The caller's ``X-Request-ID`` when it is safe to echo and log, else a new one."""
+    if incoming and _SAFE_REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def observe_request(method: str, endpoint: str, status: int, started: float | None) -> None:
+    """Count a request and its latency by route template (bounded labels)."""
+    if started is not None:
+        LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
+    REQUESTS.labels(method, endpoint, str(status)).inc()

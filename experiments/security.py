@@ -20,7 +20,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "strict-origin-when-cross-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
-_DEFAULT_HEADERS = (("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+DEFAULT_HEADERS = (("Content-Security-Policy", CONTENT_SECURITY_POLICY),
                     *SECURITY_HEADERS.items())
 
 
@@ -33,7 +33,7 @@ def init_app(app: Flask) -> None:
         headers = response.headers
         # One pass over the few headers already set, instead of a lookup per default.
         chosen = {name.lower() for name, _ in headers}
-        headers.extend([(name, value) for name, value in _DEFAULT_HEADERS
+        headers.extend([(name, value) for name, value in DEFAULT_HEADERS
                         if name.lower() not in chosen])
         return response
 

@@ -94,18 +94,24 @@ def _first_line(doc: str | None) -> str:
 
 def authenticate(required: Literal["admin", "client", "any"]) -> Principal:
     """Resolve the bearer key to a principal and enforce the role (401/403)."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.headers.get("Authorization", ""))
+    if token is None:
         raise ApiError(401, "missing or malformed Authorization: Bearer <api key>",
                        headers={"WWW-Authenticate": "Bearer"})
     cache = current_app.extensions["parcours.api_keys"]
-    principal = cache.lookup(db_session(), token.strip())
+    principal = cache.lookup(db_session(), token)
     if principal is None:
         raise ApiError(401, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     if required == "admin" and principal.role != "admin":
         raise ApiError(403, "this route needs an admin key")
     return principal
+
+
+def bearer_token(header: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, None when malformed."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def current_principal() -> Principal:
@@ -149,4 +155,9 @@ def to_response(result: Any, status: int) -> Any:
         return Response(result.model_dump_json(), status=status, mimetype=JSON_MIMETYPE)
     if result is None:
         return Response(status=status)
-    return Response(json.dumps(result, default=str), status=status, mimetype=JSON_MIMETYPE)
+    return Response(json_text(result), status=status, mimetype=JSON_MIMETYPE)
+
+
+def json_text(result: Any) -> str:
+    """A view's dict or list as the JSON text of its response."""
+    return json.dumps(result, default=str)
