@@ -26,15 +26,12 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 
 from bench.support import gunicorn as serve
-from bench.support import scratch_postgres_database
+from bench.support import gunicorn_defaults, scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 500
 BATCHES = int(os.environ.get("PARCOURS_BENCH_EVENT_BATCHES", 60))
 CLIENT_THREADS = 8
-# The repo's gunicorn.conf.py defaults (2 × cores + 1 gthread workers; its threads: 1 on
-# SQLite, 4 on PostgreSQL) unless overridden.
-WORKERS = int(os.environ.get("PARCOURS_WORKERS", (os.cpu_count() or 1) * 2 + 1))
 COLUMNS = ("event_id", "unit_id", "type", "name", "step", "friction_kind", "value",
            "occurred_at", "received_at", "properties")
 TARGET = 0.5
@@ -162,7 +159,7 @@ def api_throughput(base_url: str, key: str, batches: list[list[dict[str, Any]]])
 def gunicorn(database_url: str, instance: Path) -> Iterator[str]:
     """``gunicorn wsgi:app`` with the repo's gunicorn.conf.py on a free loopback port."""
     env = {"PARCOURS_DATABASE_URL": database_url, "PARCOURS_INSTANCE_PATH": str(instance),
-           "PARCOURS_SCHEDULER": "off", "PARCOURS_WORKERS": str(WORKERS),
+           "PARCOURS_SCHEDULER": "off",
            "PARCOURS_LOG_LEVEL": "WARNING"}
     args = ["-c", "gunicorn.conf.py", "--access-logfile", "/dev/null"]
     with serve("wsgi:app", env=env, cwd=ROOT, args=args) as (port, _):
@@ -189,7 +186,8 @@ def run_backend(name: str, url: str, instance: Path) -> float:
     key = _prepare(url)
     raw = api = 0.0
     with gunicorn(url, instance) as base_url:
-        api_throughput(base_url, key, make_batches(2 * WORKERS, "warm-up"))
+        workers, _threads = gunicorn_defaults(url)
+        api_throughput(base_url, key, make_batches(2 * workers, "warm-up"))
         # Interleaved rounds, best of each: a load spike on a shared machine hits both.
         for round_ in range(ROUNDS):
             raw = max(raw, raw_executemany(url, make_batches(BATCHES, f"raw{round_}")))

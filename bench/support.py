@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import runpy
 import socket
 import subprocess
 import sys
@@ -12,10 +13,12 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("PARCOURS_BENCH_POSTGRES_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -39,6 +42,14 @@ def scratch_postgres_database(base_url: str, prefix: str = "parcours_bench", *,
             with admin.connect() as connection:
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def gunicorn_defaults(database_url: str) -> tuple[int, int]:
+    """Workers and threads gunicorn.conf.py gives this machine for that database
+    (``PARCOURS_WORKERS``/``PARCOURS_THREADS`` still override them)."""
+    with mock.patch.dict(os.environ, {"PARCOURS_DATABASE_URL": database_url}):
+        conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    return int(conf["workers"]), int(conf["threads"])
 
 
 def free_port() -> int:

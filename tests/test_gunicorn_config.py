@@ -1,8 +1,9 @@
-"""gunicorn.conf.py: thread count per database, start-up objects kept out of the collector."""
+"""gunicorn.conf.py: workers and threads per database; start-up objects out of the GC."""
 
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import runpy
 from pathlib import Path
 
@@ -11,18 +12,29 @@ import pytest
 CONFIG = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
 
-@pytest.mark.parametrize(("database_url", "threads"), [
-    (None, 1),
-    ("sqlite:////var/lib/parcours/parcours.db", 1),
-    ("postgresql+psycopg://parcours@db/parcours", 4),
+@pytest.mark.parametrize(("database_url", "workers", "threads"), [
+    (None, 2 * 4 + 1, 1),
+    ("sqlite:////var/lib/parcours/parcours.db", 2 * 4 + 1, 1),
+    ("postgresql+psycopg://parcours@db/parcours", 4, 16),
 ])
-def test_sqlite_workers_serve_one_request_at_a_time(monkeypatch, database_url, threads):
+def test_sqlite_workers_serve_one_request_at_a_time_postgres_workers_many(
+        monkeypatch, database_url, workers, threads):
     monkeypatch.delenv("PARCOURS_THREADS", raising=False)
+    monkeypatch.delenv("PARCOURS_WORKERS", raising=False)
+    monkeypatch.setattr(multiprocessing, "cpu_count", lambda: 4)
     if database_url is None:
         monkeypatch.delenv("PARCOURS_DATABASE_URL", raising=False)
     else:
         monkeypatch.setenv("PARCOURS_DATABASE_URL", database_url)
-    assert runpy.run_path(str(CONFIG))["threads"] == threads
+    conf = runpy.run_path(str(CONFIG))
+    assert (conf["workers"], conf["threads"]) == (workers, threads)
+
+
+def test_a_single_core_still_gets_two_postgres_workers(monkeypatch):
+    monkeypatch.delenv("PARCOURS_WORKERS", raising=False)
+    monkeypatch.setattr(multiprocessing, "cpu_count", lambda: 1)
+    monkeypatch.setenv("PARCOURS_DATABASE_URL", "postgresql+psycopg://parcours@db/parcours")
+    assert runpy.run_path(str(CONFIG))["workers"] == 2  # one can restart while one serves
 
 
 def test_the_thread_count_can_still_be_chosen(monkeypatch):
