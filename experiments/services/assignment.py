@@ -223,6 +223,8 @@ def _ids_to_check(snapshot: ConfigSnapshot, live: list[ExperimentConfig],
 
 def _use_history(snapshot: ConfigSnapshot, live: list[ExperimentConfig],
                  decisions: dict[int, Decision], history: Mapping[int, str]) -> None:
+    if not history:  # nothing stored: the decisions stand
+        return
     for config in live:
         decision = decisions[config.id]
         if decision.reason == "override":

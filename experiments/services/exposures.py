@@ -16,7 +16,6 @@ statements in the caller's session.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import weakref
@@ -29,6 +28,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.pq import ConnStatus, ExecStatus
+from pydantic_core import to_json
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -195,7 +195,7 @@ def write_units(run: Runner, writes: Sequence[UnitWrite]) -> list[tuple[Stored, 
     params: list[str] = []  # all in PostgreSQL's text format: the statement casts them
     for index, write in enumerate(writes):
         exposed_at = write.exposed_at.isoformat()
-        attributes = json.dumps(dict(write.attributes))
+        attributes = to_json(write.attributes).decode()  # jsonb drops the spacing anyway
         for exposure in write.exposures:
             key = (exposure.experiment_id, write.unit_id)
             if key not in owners:
@@ -268,15 +268,35 @@ def _read_sql(count: int) -> str:
 
 # --- group commit -----------------------------------------------------------------------------
 
+def _closed_gate() -> Any:
+    gate = threading.Lock()
+    gate.acquire()
+    return gate
+
+
 @dataclass(eq=False)
 class _Ticket:
-    """A request's place in the queue; ``ready`` fires when its batch is done or it must lead."""
+    """A request's place in the queue, released when its batch is done or it must lead.
+
+    The gate is a lock held from the start: waiting is acquiring it, releasing is
+    opening it (cheaper than an ``Event``, which builds a condition per wait).
+    """
 
     write: UnitWrite
-    ready: threading.Event = field(default_factory=threading.Event)
+    gate: Any = field(default_factory=_closed_gate)
+    released: bool = False
     lead: bool = False
     outcome: tuple[Stored, Stored] | None = None
     error: BaseException | None = None
+
+    def release(self) -> None:
+        """Wake the request (once)."""
+        self.released = True
+        self.gate.release()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until released; False after ``timeout_s``."""
+        return bool(self.gate.acquire(timeout=timeout_s))
 
     def result(self) -> tuple[Stored, Stored]:
         if self.error is not None:
@@ -333,9 +353,9 @@ class GroupCommit:
 
     def _await(self, ticket: _Ticket) -> bool:
         """Wait for the batch holding ``ticket``; True when it was promoted to lead instead."""
-        if not ticket.ready.wait(self.wait_s):
+        if not ticket.wait(self.wait_s):
             with self._lock:
-                if not (ticket.lead or ticket.ready.is_set()):
+                if not (ticket.lead or ticket.released):
                     if ticket in self._queue:  # not taken yet: nobody will store it
                         self._queue.remove(ticket)
                     raise ExposureWriteFailed(
@@ -357,7 +377,7 @@ class GroupCommit:
                 ticket.outcome = outcome
         finally:
             for ticket in batch[1:]:
-                ticket.ready.set()
+                ticket.release()
             self._hand_over()
 
     def _take_batch(self) -> list[_Ticket]:
@@ -378,7 +398,7 @@ class GroupCommit:
             if self._queue:
                 successor = self._queue[0]
                 successor.lead = True
-                successor.ready.set()
+                successor.release()
             else:
                 self._busy = False
 
@@ -495,7 +515,8 @@ def _rows(result: Any) -> list[tuple[Any, ...]]:
             decoders.append(bytes.decode)
         else:
             raise TypeError(f"no decoder for column type {kind}")
-    return [tuple(decode(result.get_value(row, column))
-                  for column, decode in enumerate(decoders))
+    cell = result.get_value
+    columns = tuple(enumerate(decoders))
+    return [tuple([decode(cell(row, column)) for column, decode in columns])
             for row in range(result.ntuples)]
 
