@@ -11,8 +11,9 @@ _CORES = multiprocessing.cpu_count()
 # On PostgreSQL, one worker per core with 16 threads each. A worker runs Python on about
 # one core (the GIL) while its threads wait for the database, and the more requests one
 # process holds, the more first exposures share a statement and a commit (group commit,
-# services/exposures.py). bench_assign on 2 cores, same code: 5×4 gave 0.77×/0.48×/0.38×
-# of a bare endpoint (returning/elsewhere/new units), 2×16 gave 0.91×/0.57×/0.48–0.50×.
+# services/exposures.py). bench_assign on 2 cores, same code, as ratios to a bare endpoint
+# (returning/elsewhere/new units): 5×4 gave 0.77×/0.48×/0.38×, 2×16 0.83–1.09×/0.52–0.66×/
+# 0.42–0.51× over several runs (README, Performance).
 # Each worker holds up to threads + 1 database connections.
 # On SQLite, 2 × cores + 1 workers of one thread: pysqlite releases and retakes the GIL
 # for every row it writes, so a sibling thread busy in Python stalls a write transaction
