@@ -196,3 +196,18 @@ def test_log_lines_written_during_a_fast_answer_carry_its_request_id(fast_app, s
     entry = json.loads(lines[0])
     assert (entry["request_id"], entry["method"], entry["path"]) == (
         "trace-7", "POST", "/api/v1/assign")
+
+
+def test_every_app_wide_request_hook_is_one_the_fast_path_stands_in_for(fast_app):
+    """A new app-wide hook would not run for fast answers: decide, then update this list
+    and AssignFastPath (the admin-only CSRF check never applies to this route)."""
+    def names(functions: dict[Any, list[Any]]) -> list[str]:
+        return [function.__name__ for function in functions.get(None, [])]
+
+    assert names(fast_app.before_request_funcs) == [
+        "_start_request", "_preflight", "_rate_limit", "csrf_protect"]
+    assert names(fast_app.after_request_funcs) == [
+        "_observe", "_secure_headers", "_add_cors_headers"]
+    assert names(fast_app.teardown_request_funcs) == []
+    assert [function.__name__ for function in fast_app.teardown_appcontext_funcs] == [
+        "_close_request_session"]
