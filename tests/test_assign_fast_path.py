@@ -119,6 +119,8 @@ HANDED_OVER = [
     pytest.param({"raw": b'{"unit_id": "u"}', "content_type": "application/json; charset=utf-8"},
                  200, id="JSON with a charset"),
     pytest.param({"raw": b'{"unit_id": "u"}', "Cookie": "session=x"}, 200, id="a cookie"),
+    pytest.param({"raw": b'{"unit_id": "' + b"u" * (2 * 1024 * 1024) + b'"}'}, 413,
+                 id="over the size limit"),
 ]
 
 

@@ -81,7 +81,8 @@ class AssignFastPath:
     def __init__(self, app: Flask, wsgi_app: WsgiApp) -> None:
         self.app = app
         self.wsgi_app = wsgi_app
-        self.max_body = int(app.config["MAX_CONTENT_LENGTH"])
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        self.max_body = int(limit) if limit is not None else None
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]
                  ) -> Iterable[bytes]:
@@ -101,8 +102,9 @@ class AssignFastPath:
         authorization = environ.get("HTTP_AUTHORIZATION", "")
         token = bearer_token(authorization)
         length = environ.get("CONTENT_LENGTH", "")
-        if token is None or not length.isdigit() or int(length) > self.max_body:
-            return None
+        if token is None or not length.isdecimal() or (
+                self.max_body is not None and int(length) > self.max_body):
+            return None  # Flask answers 401, 411/400 or 413
         data = environ["wsgi.input"].read(int(length))
         environ["wsgi.input"] = io.BytesIO(data)  # readable again by Flask if handed over
         request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID"))
