@@ -258,3 +258,14 @@ def test_the_writer_plans_index_lookups_even_when_it_prepares_on_a_small_table(p
     plan = "\n".join(line for (line,) in group._connection().run(
         f"EXPLAIN (COSTS OFF) EXECUTE {name.decode()}({values})", []))
     assert "Index" in plan and "Seq Scan" not in plan and "Hash" not in plan, plan
+
+
+def test_reads_on_pooled_connections_are_never_prepared_on_the_server(pg_app):
+    """Planned each time: a plan kept from when the table was small would stay a scan."""
+    experiment_id = experiment_id_of(pg_app)
+    with psycopg.connect(postgres_url(pg_app), autocommit=True) as connection:
+        for _ in range(10):  # psycopg would prepare from the 5th run on
+            assert exposures._execute(connection, exposures._read_sql(1),
+                                      ("nobody", experiment_id)) == []
+        prepared = connection.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+    assert prepared == (0,)

@@ -221,9 +221,16 @@ def write_units(run: Runner, writes: Sequence[UnitWrite]) -> list[tuple[Stored, 
 
 def _execute(connection: Any, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run a statement written with ``$n`` placeholders (psycopg's raw cursor: no
-    client-side query parsing, which it would redo for statements of over 50 parameters)."""
+    client-side query parsing, which it would redo for statements of over 50 parameters).
+
+    Never prepared on the server: these pooled connections do not get the writer's
+    planner settings, and a plan prepared while the table was small would stay a full
+    scan until the next ANALYZE (see ``_PLAN_BY_KEY``). This path is the rare one
+    (excluded units, ``track: false``, a caller's open transaction), so planning each
+    time costs little.
+    """
     with psycopg.RawCursor(connection) as cursor:
-        return cursor.execute(sql, params).fetchall()
+        return cursor.execute(sql, params, prepare=False).fetchall()
 
 
 @lru_cache(maxsize=256)
