@@ -190,7 +190,8 @@ def test_override_units_are_recorded_but_flagged(client, admin_headers, client_h
     assert exposures(db) == {"qa-user-1": ("one-page", True)}
 
 
-def test_overrides_win_over_a_stored_exposure(client, admin_headers, client_headers):
+def test_overrides_win_over_a_stored_exposure_which_leaves_the_analysis(
+        client, admin_headers, client_headers, db):
     start(client, admin_headers)
     units = [f"u{index}" for index in range(30)]
     control_unit = next(u for u, v in variants_of(client, client_headers, units,
@@ -198,6 +199,9 @@ def test_overrides_win_over_a_stored_exposure(client, admin_headers, client_head
     patch(client, admin_headers, overrides={control_unit: "one-page"})
     [result] = assign(client, client_headers, control_unit, attributes=FR)
     assert (result["variant"], result["reason"]) == ("one-page", "override")
+    stored = exposures(db)
+    assert stored[control_unit] == ("control", True)  # its first exposure, now flagged
+    assert sum(flagged for _variant, flagged in stored.values()) == 1
 
 
 def test_two_experiments_of_a_layer_never_share_a_unit(client, admin_headers, client_headers,

@@ -11,11 +11,11 @@ from sqlalchemy.orm import Session
 
 from experiments.auth import SYSTEM
 from experiments.db import get_db
-from experiments.models import Experiment, RollupState, unit_rollups
-from experiments.schemas import ConcludeIn
+from experiments.models import Experiment, Exposure, RollupState, unit_rollups
+from experiments.schemas import ConcludeIn, ExperimentPatch
 from experiments.services.aggregation import MetricSpec, aggregate_experiment
 from experiments.services.analysis import analyze_experiment, analyze_running
-from experiments.services.lifecycle import transition
+from experiments.services.lifecycle import transition, update_experiment
 from experiments.services.rollup import slots_for
 from tests.test_aggregation import event, expose, hours, make_experiment, seed_dataset
 
@@ -172,3 +172,27 @@ def test_a_concluded_experiment_loses_its_rollup_and_is_analysed_from_its_events
     report = analyze_experiment(db, experiment.key)   # on demand, from the events
     assert report.body["units"] == {"control": 3, "one-page": 2}
     assert db.get(RollupState, experiment.id) is None
+
+
+def test_a_unit_forced_by_a_new_override_leaves_the_analysis_folded_or_not(db):
+    experiment = make_experiment(db)
+    seed_dataset(db, experiment)
+    for round_ in range(1, 4):  # folded into the rollup on PostgreSQL
+        more_traffic(db, experiment, round_)
+        assert_same_numbers(db, experiment)
+    units_before = units_per_arm(db, experiment)
+    update_experiment(db, experiment.key, ExperimentPatch(overrides={"c1": "one-page"}),
+                      SYSTEM)
+    flagged = dict(db.execute(select(Exposure.unit_id, Exposure.is_override)
+                              .where(Exposure.experiment_id == experiment.id)).all())
+    assert flagged["c1"] is True and flagged["c2"] is False
+    assert_same_numbers(db, experiment)
+    assert units_per_arm(db, experiment) == {"control": units_before["control"] - 1,
+                                             "one-page": units_before["one-page"]}
+
+
+def units_per_arm(db: Session, experiment: Experiment) -> dict[str, float]:
+    arms: dict[str, float] = {}
+    for (arm, _day), sums in aggregated(db, experiment, rollup=True)["units"].items():
+        arms[arm] = arms.get(arm, 0) + sums["n"]
+    return arms

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.pq import ConnStatus, ExecStatus
 from pydantic_core import to_json
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -183,6 +183,24 @@ def autocommit_connection(engine: Engine) -> Iterator[Any]:
         raise
     finally:
         pooled.close()
+
+
+def flag_as_overrides(session: Session, experiment_id: int, unit_ids: Iterable[str]
+                      ) -> list[int]:
+    """Mark the stored exposures of units forced by a new override; their ids.
+
+    Such a unit sees the forced variant from now on, so its data no longer measures the
+    arm it was first exposed to: like every override unit it leaves the analysis.
+    """
+    units = sorted(set(unit_ids))
+    if not units:
+        return []
+    return list(session.scalars(
+        update(_EXPOSURES)
+        .where(_EXPOSURES.c.experiment_id == experiment_id, _EXPOSURES.c.unit_id.in_(units),
+               _EXPOSURES.c.is_override.is_(False))
+        .values(is_override=True)
+        .returning(_EXPOSURES.c.id)))
 
 
 def write_units(run: Runner, writes: Sequence[UnitWrite]) -> list[tuple[Stored, Stored]]:

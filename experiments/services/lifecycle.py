@@ -22,6 +22,7 @@ from experiments.schemas import (
     IterateIn,
     experiment_problems,
 )
+from experiments.services import exposures, rollup
 from experiments.services.audit import json_safe, record_audit
 from experiments.services.pagination import paginate
 
@@ -190,10 +191,20 @@ def update_experiment(session: Session, key: str, patch: ExperimentPatch,
     _apply_fields(experiment, fields)
     experiment.updated_at = utcnow()
     _flush(session, "the experiment changed concurrently; reload and retry")
+    _exclude_new_override_units(session, experiment, set(fields.overrides) - set(
+        before["overrides"]))
     record_audit(session, principal, "experiment.update", target_type="experiment",
                  target_id=key, experiment_key=key, before=before, after=_snapshot(experiment))
     session.commit()
     return experiment
+
+
+def _exclude_new_override_units(session: Session, experiment: Experiment,
+                                units: set[str]) -> None:
+    """Units forced after their first exposure leave the analysis, as override units do."""
+    if units and experiment.status != "draft":
+        rollup.forget_exposures(session, exposures.flag_as_overrides(
+            session, experiment.id, units))
 
 
 def _writable(snapshot: dict[str, Any]) -> dict[str, Any]:

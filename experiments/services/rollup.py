@@ -106,6 +106,12 @@ def drop_rollups(session: Session, *, keep: Sequence[int]) -> None:
         session.execute(delete(RollupState).where(RollupState.experiment_id.in_(stale)))
 
 
+def forget_exposures(session: Session, exposure_ids: Sequence[int]) -> None:
+    """Drop the folded values of these exposures (their units left the analysis)."""
+    if exposure_ids:
+        session.execute(delete(unit_rollups).where(unit_rollups.c.exposure_id.in_(exposure_ids)))
+
+
 def _locked_state(session: Session, experiment_id: int, plan_key: str) -> RollupState:
     """The experiment's state row, locked; a new plan drops the rollup and starts over."""
     session.execute(insert(RollupState).values(
