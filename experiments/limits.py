@@ -38,7 +38,6 @@ def init_app(app: Flask, *, ingest: str, assign: str, storage_uri: str) -> None:
         limits.enforce(request.path, request.headers.get("Authorization", ""),
                        request.remote_addr)
 
-    app.extensions["parcours.limiter"] = limiter
     app.extensions[EXTENSION_KEY] = limits
 
 

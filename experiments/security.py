@@ -21,7 +21,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 DEFAULT_HEADERS = (("Content-Security-Policy", CONTENT_SECURITY_POLICY),
-                    *SECURITY_HEADERS.items())
+                   *SECURITY_HEADERS.items())
 
 
 def init_app(app: Flask) -> None:

@@ -192,13 +192,10 @@ def flag_as_overrides(session: Session, experiment_id: int, unit_ids: Iterable[s
     Such a unit sees the forced variant from now on, so its data no longer measures the
     arm it was first exposed to: like every override unit it leaves the analysis.
     """
-    units = sorted(set(unit_ids))
-    if not units:
-        return []
     return list(session.scalars(
         update(_EXPOSURES)
-        .where(_EXPOSURES.c.experiment_id == experiment_id, _EXPOSURES.c.unit_id.in_(units),
-               _EXPOSURES.c.is_override.is_(False))
+        .where(_EXPOSURES.c.experiment_id == experiment_id,
+               _EXPOSURES.c.unit_id.in_(sorted(unit_ids)), _EXPOSURES.c.is_override.is_(False))
         .values(is_override=True)
         .returning(_EXPOSURES.c.id)))
 
@@ -441,7 +438,6 @@ def group_commit_for(engine: Engine) -> GroupCommit:
     return group
 
 
-
 # --- the group commit's connection --------------------------------------------------------
 
 _TEXT_TYPES = frozenset({25, 1043})  # text, varchar
@@ -544,4 +540,3 @@ def _rows(result: Any) -> list[tuple[Any, ...]]:
     columns = tuple(enumerate(decoders))
     return [tuple([decode(cell(row, column)) for column, decode in columns])
             for row in range(result.ntuples)]
-
