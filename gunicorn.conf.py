@@ -8,25 +8,32 @@ from typing import Any
 bind = os.environ.get("PARCOURS_BIND", "127.0.0.1:8000")
 _SQLITE = os.environ.get("PARCOURS_DATABASE_URL", "sqlite:").startswith("sqlite")
 _CORES = multiprocessing.cpu_count()
-# On PostgreSQL, one worker per core with 16 threads each. A worker runs Python on about
-# one core (the GIL) while its threads wait for the database, and the more requests one
-# process holds, the more first exposures share a statement and a commit (group commit,
-# services/exposures.py). bench_assign on 2 cores, same code, as ratios to a bare endpoint
-# (returning/elsewhere/new units): 5×4 gave 0.77×/0.48×/0.38×, 2×16 0.83–1.09×/0.52–0.66×/
-# 0.42–0.51× over several runs (README, Performance).
-# Each worker holds up to threads + 1 database connections.
-# On SQLite, 2 × cores + 1 workers of one thread: pysqlite releases and retakes the GIL
-# for every row it writes, so a sibling thread busy in Python stalls a write transaction
-# that holds the database's only write lock, and every other worker waits behind it.
+# On PostgreSQL, gevent workers, one per core (at least 2). A worker runs Python on
+# about one core (the GIL) while its requests wait for the database, and the more
+# requests one process holds, the more first exposures share a statement and a commit
+# (group commit, services/exposures.py). Greenlets hand a finished batch's requests back
+# without the thread wake-ups and GIL hand-offs that cost gthread about a tenth of its
+# CPU there. psycopg waits through gevent's loop by itself, and so does the writer
+# connection of services/exposures.py. bench_assign on 2 cores, ratios to a bare endpoint
+# under the same settings (returning/elsewhere/new units): gevent 0.95×/0.69–0.78×/
+# 0.58–0.66×; gthread 2×16 0.97–1.06×/0.68–0.77×/0.49–0.59× (README, Performance).
+# Each worker holds up to the pool's 30 database connections + 1.
+# On SQLite, gthread: 2 × cores + 1 workers of one thread. pysqlite releases and retakes
+# the GIL for every row it writes, so a sibling thread busy in Python stalls a write
+# transaction that holds the database's only write lock, and every other worker waits
+# behind it; under gevent, its blocking calls would stall the whole worker.
 workers = int(os.environ.get("PARCOURS_WORKERS", 2 * _CORES + 1 if _SQLITE else max(2, _CORES)))
-threads = int(os.environ.get("PARCOURS_THREADS", 1 if _SQLITE else 16))
-worker_class = "gthread"
+worker_class = "gthread" if _SQLITE else "gevent"
+threads = int(os.environ.get("PARCOURS_THREADS", 1))  # gthread only
+worker_connections = 1000  # gevent only: concurrent clients per worker
 timeout = 30
 graceful_timeout = 30
 keepalive = 5
-# Recycle workers now and then so a slow leak never becomes an outage.
-max_requests = 10_000
-max_requests_jitter = 1_000
+# Recycle workers now and then so a slow leak never becomes an outage, but rarely: a
+# new worker starts with cold caches (configuration, keys, known exposures) and new
+# connections, and at 2,000 requests/s per worker, 10,000 requests meant every 5 s.
+max_requests = 1_000_000
+max_requests_jitter = 100_000
 accesslog = "-"
 errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'

@@ -4,8 +4,8 @@
    configuration) vs the GrowthBook Python SDK's ``GrowthBook(attributes=…).run(
    Experiment(…))`` on the same unit ids. Target ≥ 10× faster.
 2. HTTP: requests/s of ``POST /api/v1/assign`` (3 running experiments) vs a bare Flask
-   JSON endpoint, both under gunicorn with the same workers/threads (gunicorn.conf.py's
-   defaults for the database on this machine), loaded by
+   JSON endpoint, both under gunicorn with the deployed settings (gunicorn.conf.py: its
+   worker class and workers for the database on this machine; no access log), loaded by
    keep-alive ``http.client`` connections from several processes on loopback.
    Target ≥ 0.5×. Phases: returning units (already exposed, seen by the worker), units
    exposed on another worker (first visit here), and new units (first exposure stored).
@@ -36,13 +36,18 @@ from flask import Flask, jsonify, request
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.exc import OperationalError
 
-from bench.support import POSTGRES_URL, gunicorn_defaults, scratch_postgres_database
+from bench.support import (
+    POSTGRES_URL,
+    describe_shape,
+    gunicorn_defaults,
+    scratch_postgres_database,
+)
 from bench.support import gunicorn as serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS, CONNECTIONS = 4, 8
 PHASE_S = float(os.environ.get("PARCOURS_BENCH_ASSIGN_SECONDS", 3))
-ROUNDS = 3
+ROUNDS = 5
 PHASES = ("returning", "elsewhere", "new")
 DECISIONS = 10_000
 EXPOSED_UNITS = 150_000  # enough for every round's "elsewhere" phase to get units of its own
@@ -166,13 +171,11 @@ def settle(engine: Engine) -> None:
 
 
 @contextmanager
-def gunicorn(target: str, env: dict[str, str], tmp: Path, shape: tuple[int, int]
-             ) -> Iterator[int]:
-    """Serve ``target`` with ``shape`` (workers, threads); stop it afterwards."""
-    # cwd=tmp: the repo's gunicorn.conf.py (access log on stdout) must not skew one side.
-    workers, threads = shape
-    args = ["-k", "gthread", "-w", str(workers), "--threads", str(threads),
-            "--keep-alive", "30", "--log-level", "warning"]
+def gunicorn(target: str, env: dict[str, str], tmp: Path) -> Iterator[int]:
+    """Serve ``target`` with the deployed settings (bench/gunicorn_bench.conf.py: the
+    repo's gunicorn.conf.py without access log) for ``env``'s database; stop it after."""
+    args = ["-c", str(ROOT / "bench" / "gunicorn_bench.conf.py"), "--keep-alive", "30",
+            "--log-level", "warning"]
     with serve(target, env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp, args=args) as (port, _):
         yield port
 
@@ -255,16 +258,17 @@ def requests_per_second(port: int, key: str, phase: str, seconds: float = PHASE_
 
 
 def http_ratios(tmp: Path) -> tuple[tuple[int, int], dict[str, list[float]]]:
-    """(workers, threads) and the rates per phase, one per round; rounds interleave the
+    """How gunicorn serves, and the rates per phase, one per round; rounds interleave the
     servers so that load from other processes on the machine hits both sides alike."""
     with database(tmp) as url:
         key = prepare(url, tmp)
-        shape = gunicorn_defaults(url)
+        shape = describe_shape(*gunicorn_defaults(url))
         env = {"PARCOURS_DATABASE_URL": url, "PARCOURS_INSTANCE_PATH": str(tmp),
                "PARCOURS_SECRET_KEY": "bench", "PARCOURS_SCHEDULER": "off",
                "PARCOURS_LOG_LEVEL": "WARNING"}
-        with gunicorn("bench.bench_assign:bare_app()", {}, tmp, shape) as bare_port, \
-                gunicorn("wsgi:app", env, tmp, shape) as port:
+        # The bare app ignores PARCOURS_*; the same database URL gives it the same settings.
+        with gunicorn("bench.bench_assign:bare_app()", env, tmp) as bare_port, \
+                gunicorn("wsgi:app", env, tmp) as port:
             requests_per_second(bare_port, key, "new", 1.0)  # warm-up
             requests_per_second(port, key, "returning", 3.0)  # every worker sees the hot set
             rates: dict[str, list[float]] = {"bare": [], **{phase: [] for phase in PHASES}}
@@ -282,9 +286,9 @@ def main() -> None:
     print(f"  in-process decision: parcours {parcours_us:.2f} µs, growthbook run() "
           f"{growthbook_us:.2f} µs -> {growthbook_us / parcours_us:.1f}x faster (target >= 10x)")
     with tempfile.TemporaryDirectory() as tmp:
-        (workers, threads), rates = http_ratios(Path(tmp))
+        shape, rates = http_ratios(Path(tmp))
     bare = rates.pop("bare")
-    print(f"  HTTP, gunicorn gthread {workers}x{threads}, {CLIENTS}x{CONNECTIONS} keep-alive "
+    print(f"  HTTP, gunicorn {shape}, {CLIENTS}x{CONNECTIONS} keep-alive "
           f"client connections, median of {ROUNDS} rounds: bare Flask JSON endpoint "
           f"{statistics.median(bare):.0f} req/s")
     labels = {"returning": "returning units (exposure cached by the worker)",

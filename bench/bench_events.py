@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 
+from bench.support import describe_shape, gunicorn_defaults, scratch_postgres_database
 from bench.support import gunicorn as serve
-from bench.support import gunicorn_defaults, scratch_postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 500
@@ -186,7 +186,7 @@ def run_backend(name: str, url: str, instance: Path) -> float:
     key = _prepare(url)
     raw = api = 0.0
     with gunicorn(url, instance) as base_url:
-        workers, _threads = gunicorn_defaults(url)
+        worker_class, workers, threads = gunicorn_defaults(url)
         api_throughput(base_url, key, make_batches(2 * workers, "warm-up"))
         # Interleaved rounds, best of each: a load spike on a shared machine hits both.
         for round_ in range(ROUNDS):
@@ -194,7 +194,8 @@ def run_backend(name: str, url: str, instance: Path) -> float:
             api = max(api, api_throughput(base_url, key, make_batches(BATCHES, f"api{round_}")))
     ratio = api / raw
     verdict = "ok" if ratio >= TARGET else f"below target {TARGET}"
-    print(f"events {name:<10} raw executemany {raw:>9,.0f} rows/s   "
+    print(f"events {name:<10} (gunicorn {describe_shape(worker_class, workers, threads)}) "
+          f"raw executemany {raw:>9,.0f} rows/s   "
           f"POST /api/v1/events {api:>9,.0f} rows/s   ratio {ratio:.2f}x ({verdict})",
           flush=True)
     return ratio

@@ -44,12 +44,17 @@ def scratch_postgres_database(base_url: str, prefix: str = "parcours_bench", *,
         admin.dispose()
 
 
-def gunicorn_defaults(database_url: str) -> tuple[int, int]:
-    """Workers and threads gunicorn.conf.py gives this machine for that database
-    (``PARCOURS_WORKERS``/``PARCOURS_THREADS`` still override them)."""
+def gunicorn_defaults(database_url: str) -> tuple[str, int, int]:
+    """Worker class, workers and threads gunicorn.conf.py gives this machine for that
+    database (``PARCOURS_WORKERS``/``PARCOURS_THREADS`` still override them)."""
     with mock.patch.dict(os.environ, {"PARCOURS_DATABASE_URL": database_url}):
         conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    return int(conf["workers"]), int(conf["threads"])
+    return str(conf["worker_class"]), int(conf["workers"]), int(conf["threads"])
+
+
+def describe_shape(worker_class: str, workers: int, threads: int) -> str:
+    """``gevent 2`` or ``gthread 5x1``: how gunicorn serves, for a benchmark's output."""
+    return f"{worker_class} {workers}" + (f"x{threads}" if worker_class == "gthread" else "")
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ from experiments.auth import ApiKeyCache
 from experiments.config import Config
 from experiments.converters import BoundedIntConverter
 from experiments.db import init_db
+from experiments.services.config_cache import configure_cache
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -28,7 +29,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.config.update(settings.extra)
 
-    init_db(app, settings.DATABASE_URL, statement_timeout_ms=settings.STATEMENT_TIMEOUT_MS)
+    database = init_db(app, settings.DATABASE_URL,
+                       statement_timeout_ms=settings.STATEMENT_TIMEOUT_MS)
+    configure_cache(database.engine, settings.CONFIG_REFRESH_S)
     app.extensions["parcours.api_keys"] = ApiKeyCache()
 
     from experiments import cli, cors, errors, jobs, limits, observability, scheduler, security

@@ -42,11 +42,10 @@ def init_app(app: Flask) -> None:
     app.after_request(_add_cors_headers)
 
 
-def allowed_origin(origin: str | None) -> str | None:
-    """The origin to echo back when it is configured, else None (no CORS headers)."""
+def allowed_origin(origin: str | None, configured: frozenset[str]) -> str | None:
+    """The origin to echo back when it is ``configured``, else None (no CORS headers)."""
     if not origin:
         return None
-    configured = current_app.extensions[ORIGINS_KEY]
     if "*" in configured or origin.lower() in configured:
         return origin
     return None
@@ -56,7 +55,7 @@ def _preflight() -> Response | None:
     """Answer ``OPTIONS`` from an allowed origin before routing (the route may 405 it)."""
     if request.method != "OPTIONS" or request.path not in CLIENT_ROUTES:
         return None
-    if allowed_origin(request.headers.get("Origin")) is None:
+    if allowed_origin(request.headers.get("Origin"), current_app.extensions[ORIGINS_KEY]) is None:
         return None
     response = Response(status=204)
     response.headers["Access-Control-Allow-Methods"] = ALLOWED_METHODS
@@ -67,7 +66,8 @@ def _preflight() -> Response | None:
 
 def _add_cors_headers(response: Response) -> Response:
     """Echo an allowed origin on every client-route response, errors included."""
-    for name, value in cors_headers(request.path, request.headers.get("Origin")):
+    for name, value in cors_headers(request.path, request.headers.get("Origin"),
+                                    current_app.extensions[ORIGINS_KEY]):
         if name == "Vary":
             response.vary.add(value)
         else:
@@ -75,11 +75,13 @@ def _add_cors_headers(response: Response) -> Response:
     return response
 
 
-def cors_headers(path: str, origin: str | None) -> list[tuple[str, str]]:
-    """The CORS headers of a response on ``path`` to a request from ``origin``."""
+def cors_headers(path: str, origin: str | None, configured: frozenset[str]
+                 ) -> list[tuple[str, str]]:
+    """The CORS headers of a response on ``path`` to a request from ``origin``, given the
+    ``configured`` origins (the app's ``ORIGINS_KEY`` extension)."""
     if path not in CLIENT_ROUTES:
         return []
-    allowed = allowed_origin(origin)
+    allowed = allowed_origin(origin, configured)
     if allowed is None:
         return [("Vary", "Origin")]
     return [("Vary", "Origin"), ("Access-Control-Allow-Origin", allowed),

@@ -24,6 +24,7 @@ _CODES = {
 
 M = TypeVar("M", bound=BaseModel)
 
+
 class ApiError(Exception):
     """An error a view or service raises on purpose; rendered as the envelope."""
 

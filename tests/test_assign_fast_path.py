@@ -156,6 +156,19 @@ def test_a_failing_service_hands_the_request_to_flask_which_assigns_it_again(
     assert "handing the request to Flask" in caplog.text
 
 
+def test_a_thread_keeps_its_session_and_leaves_it_clean_after_using_the_database(
+        fast_app, spy, key):
+    fast_path = fast_app.wsgi_app
+    pool = get_db(fast_app).engine.pool
+    fast_app.extensions["parcours.api_keys"].clear()  # the key is looked up in the database
+    assert post(fast_app, {"unit_id": "s-1"}, key=key).status_code == 200
+    session = fast_path._threads.session
+    assert not session.in_transaction() and not session.identity_map
+    assert pool.checkedout() == 0  # the lookup's connection went back to the pool
+    assert post(fast_app, {"unit_id": "s-2"}, key=key).status_code == 200
+    assert fast_path._threads.session is session and spy.calls == 0
+
+
 def test_rate_limits_count_each_request_once_on_either_path(fast_app, spy, key):
     invalid = [post(fast_app, {"unit_id": 7}, key=key).status_code for _ in range(5)]
     assert invalid == [422] * 5 and spy.calls == 5  # counted by Flask only

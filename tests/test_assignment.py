@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from scipy.stats import chisquare
 
+from experiments.services import config_cache
 from experiments.services.assignment import (
     Decision,
     condition_holds,
@@ -171,3 +175,26 @@ def test_zero_weight_variants_are_never_assigned():
     experiment = config((0.5, 0.0, 0.5))
     keys = {decide(experiment, unit, {}).variant.key for unit in UNITS[:5000]}
     assert keys == {"v0", "v2"}
+
+
+def test_a_due_refresh_is_made_once_while_the_other_threads_wait_for_its_result(
+        monkeypatch):
+    cache = config_cache.ConfigCache(refresh_s=60)
+    started = threading.Event()
+    calls: list[int] = []
+
+    def slow_fingerprint(_session: Any) -> tuple[int]:
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)  # the other threads arrive while this one re-validates
+        return (1,)
+
+    snapshot = config_cache.ConfigSnapshot()
+    monkeypatch.setattr(config_cache, "_fingerprint", slow_fingerprint)
+    monkeypatch.setattr(config_cache, "load_snapshot", lambda _session: snapshot)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(cache.snapshot, None)
+        started.wait(5)
+        others = [pool.submit(cache.snapshot, None) for _ in range(7)]
+        results = [first.result(), *(future.result() for future in others)]
+    assert calls == [1] and all(result is snapshot for result in results)

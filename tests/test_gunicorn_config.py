@@ -1,24 +1,27 @@
-"""gunicorn.conf.py: workers and threads per database; start-up objects out of the GC."""
+"""gunicorn.conf.py: worker class and workers per database; start-up objects out of the GC."""
 
 from __future__ import annotations
 
 import gc
 import multiprocessing
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-CONFIG = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "gunicorn.conf.py"
 
 
-@pytest.mark.parametrize(("database_url", "workers", "threads"), [
-    (None, 2 * 4 + 1, 1),
-    ("sqlite:////var/lib/parcours/parcours.db", 2 * 4 + 1, 1),
-    ("postgresql+psycopg://parcours@db/parcours", 4, 16),
+@pytest.mark.parametrize(("database_url", "worker_class", "workers", "threads"), [
+    (None, "gthread", 2 * 4 + 1, 1),
+    ("sqlite:////var/lib/parcours/parcours.db", "gthread", 2 * 4 + 1, 1),
+    ("postgresql+psycopg://parcours@db/parcours", "gevent", 4, 1),
 ])
 def test_sqlite_workers_serve_one_request_at_a_time_postgres_workers_many(
-        monkeypatch, database_url, workers, threads):
+        monkeypatch, database_url, worker_class, workers, threads):
     monkeypatch.delenv("PARCOURS_THREADS", raising=False)
     monkeypatch.delenv("PARCOURS_WORKERS", raising=False)
     monkeypatch.setattr(multiprocessing, "cpu_count", lambda: 4)
@@ -27,7 +30,8 @@ def test_sqlite_workers_serve_one_request_at_a_time_postgres_workers_many(
     else:
         monkeypatch.setenv("PARCOURS_DATABASE_URL", database_url)
     conf = runpy.run_path(str(CONFIG))
-    assert (conf["workers"], conf["threads"]) == (workers, threads)
+    assert (conf["worker_class"], conf["workers"], conf["threads"]) == (
+        worker_class, workers, threads)
 
 
 def test_a_single_core_still_gets_two_postgres_workers(monkeypatch):
@@ -49,3 +53,32 @@ def test_a_started_worker_freezes_its_start_up_objects():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_under_gevent_a_password_check_leaves_the_worker_serving_others():
+    """argon2 (~0.1 s of CPU) runs in gevent's thread pool: other greenlets keep running."""
+    script = """
+from gevent import monkey
+monkey.patch_all()
+import time, gevent
+from experiments.auth import hash_password, verify_password
+stored = hash_password("correct horse")
+ticks = []
+def tick():
+    while True:
+        ticks.append(time.monotonic())
+        gevent.sleep(0.005)
+ticker = gevent.spawn(tick)
+gevent.sleep(0.02)
+started = time.monotonic()
+ok = verify_password(stored, "correct horse")
+ended = time.monotonic()
+ticker.kill()
+during = [t for t in ticks if started < t < ended]
+print(ok, round(ended - started, 3), len(during))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True)
+    ok, seconds, ticks = result.stdout.split()
+    assert ok == "True" and float(seconds) > 0.02
+    assert int(ticks) >= float(seconds) / 0.005 / 3  # the loop kept turning meanwhile

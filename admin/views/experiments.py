@@ -204,8 +204,8 @@ def conclude_experiment(key: str) -> Response:
     """Conclude with an outcome, a winner (for ship) and the learnings."""
     def run() -> None:
         body = validated(ConcludeIn, {"outcome": request.form.get("outcome", ""),
-                                   "winner": request.form.get("winner") or None,
-                                   "learnings": request.form.get("learnings", "").strip()})
+                                      "winner": request.form.get("winner") or None,
+                                      "learnings": request.form.get("learnings", "").strip()})
         lifecycle.transition(db_session(), key, "conclude", principal(), body)
     return _act(key, run, "Experiment concluded.")
 
@@ -216,7 +216,7 @@ def iterate_experiment(key: str) -> Response:
     """Start the next experiment of the chain as a draft, then edit it."""
     try:
         body = validated(IterateIn, {"key": request.form.get("new_key", "").strip(),
-                                  "name": request.form.get("new_name", "").strip() or None})
+                                     "name": request.form.get("new_name", "").strip() or None})
         child = lifecycle.iterate_experiment(db_session(), key, body, principal())
     except ApiError as exc:
         flash_refusal(exc)

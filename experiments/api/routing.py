@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from experiments.auth import Principal
 from experiments.db import db_session
-from experiments.errors import ApiError, validation_details
+from experiments.errors import ApiError, validated, validation_details
 
 AuthRole = Literal["admin", "client", "any"] | None
 ResponseModel = type[BaseModel] | None
@@ -140,11 +140,7 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
 
 def parse_query(model: type[BaseModel]) -> BaseModel:
     """Validate query-string parameters against ``model``."""
-    try:
-        return model.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise ApiError(422, "the query string is invalid",
-                       details=validation_details(exc)) from None
+    return validated(model, request.args.to_dict(), "the query string is invalid")
 
 
 def to_response(result: Any, status: int) -> Any:

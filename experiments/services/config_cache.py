@@ -20,7 +20,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import current_app, has_app_context
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
@@ -233,11 +232,13 @@ class ConfigCache:
 
     def snapshot(self, session: Session) -> ConfigSnapshot:
         """The current configuration, re-validated when due or invalidated."""
-        snapshot = self._snapshot
-        if (snapshot is not None and self._generation == _generation
-                and time.monotonic() - self._checked_at < self.refresh_s):
+        snapshot = self._fresh()
+        if snapshot is not None:
             return snapshot
-        with self._lock:
+        with self._lock:  # one thread re-validates; those queued behind it use its result
+            snapshot = self._fresh()
+            if snapshot is not None:
+                return snapshot
             generation = _generation
             fingerprint = _fingerprint(session)
             if self._snapshot is None or fingerprint != self._fingerprint:
@@ -246,6 +247,14 @@ class ConfigCache:
             self._checked_at = time.monotonic()
             self._generation = generation
             return self._snapshot
+
+    def _fresh(self) -> ConfigSnapshot | None:
+        """The snapshot while no re-validation is due, else None."""
+        snapshot = self._snapshot
+        if (snapshot is not None and self._generation == _generation
+                and time.monotonic() - self._checked_at < self.refresh_s):
+            return snapshot
+        return None
 
     def known_exposures(self, unit_id: str, experiment_ids: Iterable[int]) -> dict[int, str]:
         """Variants of this unit already known to be stored, by experiment id."""
@@ -275,17 +284,15 @@ def cache_for(session: Session) -> ConfigCache:
     assert isinstance(engine, Engine)
     cache = _caches.get(engine)
     if cache is None:
-        with _caches_lock:
-            cache = _caches.get(engine)
-            if cache is None:
-                cache = _caches[engine] = ConfigCache(_refresh_interval())
+        cache = configure_cache(engine, DEFAULT_REFRESH_S)
     return cache
 
 
-def _refresh_interval() -> float:
-    if has_app_context():
-        settings = current_app.config.get("PARCOURS")
-        if settings is not None:
-            return float(settings.CONFIG_REFRESH_S)
-    return DEFAULT_REFRESH_S
-
+def configure_cache(engine: Engine, refresh_s: float) -> ConfigCache:
+    """Create the cache of ``engine`` with its refresh interval (the app does at start-up;
+    other engines get the default on first use)."""
+    with _caches_lock:
+        cache = _caches.get(engine)
+        if cache is None:
+            cache = _caches[engine] = ConfigCache(refresh_s)
+        return cache

@@ -4,8 +4,9 @@ The usual batch, every event valid, is checked in one pydantic-core pass
 (``CLEAN_EVENTS``, already while the request body is parsed) and turned straight
 into driver rows; any other batch is validated event by event, so that each
 rejected index gets its own error. The valid rows are inserted in one
-transaction by a driver ``executemany`` of a Core ``INSERT … ON CONFLICT (event_id)
-DO NOTHING`` whose summed rowcount is the number of new events, so the counts stay
+transaction by ``INSERT … ON CONFLICT (event_id) DO NOTHING`` (on PostgreSQL one
+statement over the batch's column arrays, on SQLite a driver ``executemany``) whose
+rowcount is the number of new events, so the counts stay
 exact when several hosts receive the same resend at once (rows are inserted in
 ``event_id`` order, so concurrent batches never deadlock). The function returns
 only after the commit. Values are bound in the driver's own format (ISO text on
@@ -189,12 +190,25 @@ def _insert_new(session: Session, rows: list[Row]) -> int:
     if not rows:
         return 0
     connection = session.connection()
+    if connection.dialect.name == "postgresql":  # one statement, one round trip
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        return int(connection.exec_driver_sql(_UNNEST_INSERT, tuple(columns)).rowcount)
     compiled = _compiled_insert(connection.dialect)
     params: list[Any] = rows
-    if compiled.positiontup is None:  # named parameters (psycopg)
+    if compiled.positiontup is None:  # named parameters
         params = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
     result = connection.exec_driver_sql(compiled.string, params)
     return int(result.rowcount)
+
+
+# PostgreSQL takes a batch as one array per column: a pipelined ``executemany`` costs a
+# network wait per few rows, and under gevent workers each wait is a trip through the
+# event loop (bench_events: 0.34× of the baseline that way, 0.7× with one statement).
+_UNNEST_INSERT = (
+    f"INSERT INTO {_TABLE.name} ({', '.join(_COLUMNS)}) "
+    "SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], "
+    "%s::varchar[], %s::varchar[], %s::float8[], %s::timestamptz[], %s::timestamptz[], "
+    "%s::text[]::jsonb[]) ON CONFLICT (event_id) DO NOTHING")
 
 
 _COMPILED: dict[str, Compiled] = {}

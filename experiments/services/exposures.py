@@ -27,6 +27,7 @@ from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import generators, waiting
 from psycopg.pq import ConnStatus, ExecStatus
 from pydantic_core import to_json
 from sqlalchemy import Engine, select, update
@@ -443,6 +444,7 @@ def group_commit_for(engine: Engine) -> GroupCommit:
 _TEXT_TYPES = frozenset({25, 1043})  # text, varchar
 _INTEGER_TYPES = frozenset({20, 21, 23})  # int8, int2, int4
 _BOOLEAN = 16
+_WAIT_CHECK_S = 1.0  # how often a wait for a result wakes to check the connection
 # Every statement here looks rows up by (experiment_id, unit_id), the unique key. A
 # prepared statement keeps the plan it got when first planned: prepared while the table
 # was small, that plan scans the whole table and hashes it, and it would stay in use as
@@ -459,8 +461,9 @@ class PreparedConnection:
 
     Only the batch leader writes, so one connection serves the process and no pool
     checkout is paid per batch. Each statement text is prepared once on it and then run
-    with text parameters; libpq releases the GIL while it waits. psycopg's cursor costs
-    about three times the Python time of this for a one-row statement.
+    with text parameters, and its result is awaited as psycopg awaits any (:func:`_result`).
+    psycopg's cursor costs about three times the Python time of this for a one-row
+    statement.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -491,9 +494,11 @@ class PreparedConnection:
             name = self._statements.get(sql)
             if name is None:
                 name = f"parcours_exposures_{len(self._statements)}".encode()
-                _check(pgconn.prepare(name, sql.encode()), ExecStatus.COMMAND_OK)
+                pgconn.send_prepare(name, sql.encode())
+                _check(_result(pgconn), ExecStatus.COMMAND_OK)
                 self._statements[sql] = name
-            return _rows(_check(pgconn.exec_prepared(name, params), ExecStatus.TUPLES_OK))
+            pgconn.send_query_prepared(name, params)
+            return _rows(_check(_result(pgconn), ExecStatus.TUPLES_OK))
         except BaseException:
             if pgconn.status != ConnStatus.OK:
                 self.close()
@@ -512,9 +517,18 @@ class PreparedConnection:
             driver = pooled.driver_connection
             pooled.detach()  # owned here for good: never returned to the pool
             driver.autocommit = True
-            _check(driver.pgconn.exec_(_PLAN_BY_KEY), ExecStatus.COMMAND_OK)
+            driver.pgconn.send_query(_PLAN_BY_KEY)
+            _check(_result(driver.pgconn), ExecStatus.COMMAND_OK)
             self._driver = driver
         return self._driver.pgconn
+
+
+def _result(pgconn: Any) -> Any:
+    """The result of the statement just sent, waited for the way psycopg waits in this
+    process: in libpq's poll without the GIL under threads, in the event loop under gevent
+    (so the worker serves other requests meanwhile)."""
+    results = waiting.wait(generators.execute(pgconn), pgconn.socket, interval=_WAIT_CHECK_S)
+    return results[-1]
 
 
 def _check(result: Any, expected: ExecStatus) -> Any:
