@@ -193,11 +193,7 @@ def _insert_new(session: Session, rows: list[Row]) -> int:
     if connection.dialect.name == "postgresql":  # one statement, one round trip
         columns = [list(column) for column in zip(*rows, strict=True)]
         return int(connection.exec_driver_sql(_UNNEST_INSERT, tuple(columns)).rowcount)
-    compiled = _compiled_insert(connection.dialect)
-    params: list[Any] = rows
-    if compiled.positiontup is None:  # named parameters
-        params = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
-    result = connection.exec_driver_sql(compiled.string, params)
+    result = connection.exec_driver_sql(_compiled_insert(connection.dialect).string, rows)
     return int(result.rowcount)
 
 
@@ -215,12 +211,14 @@ _COMPILED: dict[str, Compiled] = {}
 
 
 def _compiled_insert(dialect: Dialect) -> Compiled:
-    """``INSERT … ON CONFLICT (event_id) DO NOTHING`` compiled once per dialect."""
+    """``INSERT … ON CONFLICT (event_id) DO NOTHING`` with positional parameters, compiled
+    once per dialect, for a driver ``executemany`` of rows (SQLite; PostgreSQL takes
+    ``_UNNEST_INSERT``)."""
     if dialect.name not in _COMPILED:
         statement = dialect_insert(dialect.name)(_TABLE).values(dict.fromkeys(_COLUMNS))
         compiled = statement.on_conflict_do_nothing(
             index_elements=[_TABLE.c.event_id]).compile(dialect=dialect, for_executemany=True)
-        if compiled.positiontup not in (None, list(_COLUMNS)):  # rows are tuples in this order
+        if compiled.positiontup != list(_COLUMNS):  # rows are tuples in this order
             raise RuntimeError(f"unexpected parameter order {compiled.positiontup}")
         _COMPILED[dialect.name] = compiled
     return _COMPILED[dialect.name]
