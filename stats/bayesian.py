@@ -6,8 +6,12 @@ the same output (no sampling).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
-from scipy import special
+from scipy import optimize, special
 from scipy import stats as sps
 
 from stats.records import Direction
@@ -89,3 +93,110 @@ def beta_posterior_moments(successes: int, n: int) -> tuple[float, float]:
     """Posterior mean and variance of a rate under a Beta(1, 1) prior."""
     a, b = 1.0 + successes, 1.0 + n - successes
     return a / (a + b), _beta_sd(a, b) * _beta_sd(a, b)
+
+
+# Gauss-Legendre nodes on (0, 1) in probability space: E[g(X)] = ∫ g(F⁻¹(u)) du.
+_U_NODES, _U_WEIGHTS = np.polynomial.legendre.leggauss(256)
+_U_NODES, _U_WEIGHTS = (_U_NODES + 1.0) / 2.0, _U_WEIGHTS / 2.0
+
+
+@dataclass(frozen=True)
+class _Beta:
+    """A Beta(a, b) posterior with the three functions the quadrature needs."""
+
+    a: float
+    b: float
+
+    @classmethod
+    def of(cls, successes: int, n: int) -> _Beta:
+        """The Beta(1 + s, 1 + n − s) posterior of a rate."""
+        return cls(1.0 + successes, 1.0 + n - successes)
+
+    @property
+    def mean(self) -> float:
+        """Posterior mean."""
+        return self.a / (self.a + self.b)
+
+    @property
+    def sd(self) -> float:
+        """Posterior standard deviation."""
+        return _beta_sd(self.a, self.b)
+
+    def cdf(self, x: np.ndarray) -> np.ndarray:
+        """P(X <= x), for any real x."""
+        return special.betainc(self.a, self.b, np.clip(x, 0.0, 1.0))  # type: ignore[no-any-return]
+
+    def quantiles(self) -> np.ndarray:
+        """The posterior at the quadrature nodes (F⁻¹(u))."""
+        return special.betaincinv(self.a, self.b, _U_NODES)  # type: ignore[no-any-return]
+
+
+def _quantile(cdf: Callable[[float], float], target: float, low: float, high: float) -> float:
+    """Solve cdf(x) = target on a bracket that is widened until it holds the answer."""
+    width = high - low
+    for _ in range(200):
+        if cdf(low) <= target:
+            break
+        low -= width
+        width *= 2.0
+    width = high - low
+    for _ in range(200):
+        if cdf(high) >= target:
+            break
+        high += width
+        width *= 2.0
+    return float(optimize.brentq(lambda x: cdf(x) - target, low, high, xtol=1e-12, rtol=1e-12))
+
+
+def _difference_cdf(control: _Beta, treatment: _Beta) -> Callable[[float], float]:
+    """P(T − C <= d), integrating over the narrower posterior (the smoother integrand)."""
+    if control.sd <= treatment.sd:
+        c = control.quantiles()
+        return lambda d: float(np.dot(_U_WEIGHTS, treatment.cdf(c + d)))
+    t = treatment.quantiles()
+    return lambda d: float(np.dot(_U_WEIGHTS, 1.0 - control.cdf(t - d)))
+
+
+def _ratio_cdf(control: _Beta, treatment: _Beta) -> Callable[[float], float]:
+    """P(T / C − 1 <= r) for rates (C > 0, T >= 0), over the narrower posterior."""
+    scale = treatment.mean / control.mean
+    if scale * control.sd <= treatment.sd:
+        c = control.quantiles()
+        return lambda r: float(np.dot(_U_WEIGHTS, treatment.cdf((1.0 + r) * c)))
+    t = treatment.quantiles()
+
+    def by_treatment(r: float) -> float:
+        if r <= -1.0:
+            return 0.0
+        return float(np.dot(_U_WEIGHTS, 1.0 - control.cdf(t / (1.0 + r))))
+
+    return by_treatment
+
+
+def beta_credible_intervals(
+    control: tuple[int, int], treatment: tuple[int, int], *, alpha: float
+) -> tuple[tuple[float, float], tuple[float, float] | None]:
+    """Central (1 − alpha) credible intervals of T − C and T / C − 1 under Beta(1, 1) priors.
+
+    Exact posterior quantiles (quadrature and root finding, no sampling). The relative one is
+    None when the control has no success: its observed rate is 0 and the ratio has no estimate.
+    """
+    c, t = _Beta.of(*control), _Beta.of(*treatment)
+    spread = 10.0 * math.hypot(c.sd, t.sd)
+    diff = _difference_cdf(c, t)
+    centre = t.mean - c.mean
+    absolute = (
+        _quantile(diff, alpha / 2.0, max(centre - spread, -1.0), centre),
+        _quantile(diff, 1.0 - alpha / 2.0, centre, min(centre + spread, 1.0)),
+    )
+    if control[0] == 0:
+        return absolute, None
+    ratio = _ratio_cdf(c, t)
+    centre = t.mean / c.mean - 1.0
+    spread = 10.0 * (t.mean / c.mean) * math.hypot(c.sd / c.mean, t.sd / max(t.mean, 1e-300))
+    spread = min(spread, 1.0 + centre) if spread > 0 else 1.0
+    relative = (
+        _quantile(ratio, alpha / 2.0, centre - spread, centre),
+        _quantile(ratio, 1.0 - alpha / 2.0, centre, centre + spread),
+    )
+    return absolute, relative

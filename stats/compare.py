@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from stats import bayesian, frequentist, sequential
 from stats._numeric import finite, finite_pair
 from stats.correction import adjust_p_values
+from stats.fieller import fieller_interval
 from stats.records import (
     DIRECTIONS,
     KINDS,
@@ -23,13 +24,16 @@ from stats.records import (
 from stats.summary import ArmSummary
 
 WELCH_KINDS: frozenset[str] = frozenset({"mean", "count", "time_to_convert"})
+# Effects in points, not in percent of a score that can be negative or 0 (SPEC §6).
+POINTS_KINDS: frozenset[str] = frozenset({"nps"})
 
 
 @dataclass(frozen=True)
 class Comparison:
     """A treatment against the control, field names as in the report's "comparisons".
 
-    `direction`, `mde` and `alpha` are kept so verdicts can be recomputed after a correction.
+    `direction`, `mde`, `alpha` and `method` are kept so verdicts can be recomputed after a
+    correction (which leaves Bayesian comparisons alone: they carry no p-value).
     """
 
     variant: str
@@ -48,6 +52,7 @@ class Comparison:
     direction: Direction = "increase"
     mde: float | None = None
     alpha: float = 0.05
+    method: Method = "frequentist"
 
 
 def check_options(
@@ -80,8 +85,15 @@ def decide_verdict(
     relative_ci: tuple[float, float] | None,
     direction: Direction,
     mde: float | None,
+    chance_to_win: float | None = None,
 ) -> Verdict:
-    """better/worse when significant; flat when the relative CI sits inside +-mde."""
+    """better/worse when significant; flat when the relative CI sits inside +-mde.
+
+    With a chance to win (Bayesian) its side decides better or worse: it already respects
+    the metric's direction.
+    """
+    if significant and chance_to_win is not None:
+        return "better" if chance_to_win >= 0.5 else "worse"
     if significant and absolute_effect is not None and absolute_effect != 0:
         good = (absolute_effect > 0) == (direction == "increase")
         return "better" if good else "worse"
@@ -128,17 +140,39 @@ def _complete(control: ArmSummary, treatment: ArmSummary) -> tuple[_Arm, _Arm] |
 
 @dataclass(frozen=True)
 class _Test:
-    """Method-specific outputs before they become a Comparison."""
+    """Framework-specific outputs before they become a Comparison.
 
-    p_value: float | None
-    statistic: float | None
-    absolute_ci: tuple[float, float] | None
-    relative_ci: tuple[float, float] | None
+    A frequentist or sequential test fills the p-value; a Bayesian one the chance to win
+    and expected loss; never both (SPEC §6: one framework per report).
+    """
+
+    p_value: float | None = None
+    statistic: float | None = None
+    absolute_ci: tuple[float, float] | None = None
+    relative_ci: tuple[float, float] | None = None
+    chance_to_win: float | None = None
+    expected_loss: float | None = None
+
+
+UNBOUNDED_RATIO = "the control's interval includes 0: no relative interval (the ratio is unbounded)"
 
 
 def _interval(center: float, half_width: float) -> tuple[float, float] | None:
     """Symmetric interval, None when not finite."""
     return finite_pair(center - half_width, center + half_width)
+
+
+def _relative_interval(
+    control: _Arm, treatment: _Arm, critical: float, warnings: list[str]
+) -> tuple[float, float] | None:
+    """Fieller interval at the absolute interval's critical value, noting when it is unbounded."""
+    interval = fieller_interval(
+        control.mean, control.se2, treatment.mean, treatment.se2, critical=critical
+    )
+    if interval is None:
+        warnings.append(UNBOUNDED_RATIO)
+        return None
+    return finite_pair(*interval)
 
 
 def _frequentist(kind: str, control: _Arm, treatment: _Arm) -> tuple[float, float, float | None]:
@@ -151,88 +185,76 @@ def _frequentist(kind: str, control: _Arm, treatment: _Arm) -> tuple[float, floa
     return (*frequentist.z_test(diff, se), None)
 
 
-def _sequential(
+def _sequential_test(
     control: _Arm,
     treatment: _Arm,
+    warnings: list[str],
     *,
-    alpha: float,
-    mde: float | None,
-    previous_p_value: float | None,
-) -> tuple[float, tuple[float, float] | None, tuple[float, float] | None]:
-    """Always-valid p-value and confidence sequences for the absolute and relative effect."""
-    diff, v = treatment.mean - control.mean, control.se2 + treatment.se2
-    mc = control.mean
-    tau2 = sequential.mixing_variance(mc, max(control.variance, treatment.variance), mde)
-    p = float(sequential.msprt_p_value(diff, v, tau2))
-    if previous_p_value is not None:
-        p = min(p, previous_p_value)
-    absolute_ci = _interval(diff, sequential.confidence_sequence_half_width(v, tau2, alpha))
-    relative_ci = None
-    if mc != 0:
-        rel_se = frequentist.relative_se(mc, control.se2, treatment.mean, treatment.se2)
-        half = sequential.confidence_sequence_half_width(rel_se * rel_se, tau2 / (mc * mc), alpha)
-        relative_ci = _interval(frequentist.relative_change(treatment.mean, mc), half)
-    return p, absolute_ci, relative_ci
-
-
-def _run_test(
-    kind: str,
-    control: _Arm,
-    treatment: _Arm,
-    *,
-    method: Method,
     alpha: float,
     mde: float | None,
     previous_p_value: float | None,
 ) -> _Test:
-    """p-value and intervals for the chosen method."""
+    """Always-valid p-value and confidence sequences (one multiplier for both intervals)."""
+    diff, v = treatment.mean - control.mean, control.se2 + treatment.se2
+    tau2 = sequential.mixing_variance(control.mean, max(control.variance, treatment.variance), mde)
+    p = float(sequential.msprt_p_value(diff, v, tau2))
+    if previous_p_value is not None:
+        p = min(p, previous_p_value)
+    multiplier = sequential.confidence_sequence_multiplier(v, tau2, alpha)
+    return _Test(
+        p_value=finite(p),
+        statistic=finite(diff / math.sqrt(v)),
+        absolute_ci=_interval(diff, multiplier * math.sqrt(v)),
+        relative_ci=_relative_interval(control, treatment, multiplier, warnings),
+    )
+
+
+def _frequentist_test(
+    kind: str, control: _Arm, treatment: _Arm, warnings: list[str], *, alpha: float
+) -> _Test:
+    """Wald z or Welch t: p-value and intervals at the same critical value."""
     statistic, p, df = _frequentist(kind, control, treatment)
-    if method == "sequential":
-        p, absolute_ci, relative_ci = _sequential(
-            control, treatment, alpha=alpha, mde=mde, previous_p_value=previous_p_value
-        )
-        return _Test(finite(p), finite(statistic), absolute_ci, relative_ci)
-    mc, mt = control.mean, treatment.mean
-    q = frequentist.critical_value(alpha, df if method == "frequentist" else None)
-    absolute_ci = _interval(mt - mc, q * math.sqrt(control.se2 + treatment.se2))
-    relative_ci = None
-    if mc != 0:
-        rel_se = frequentist.relative_se(mc, control.se2, mt, treatment.se2)
-        relative_ci = _interval(frequentist.relative_change(mt, mc), q * rel_se)
-    return _Test(finite(p), finite(statistic), absolute_ci, relative_ci)
+    q = frequentist.critical_value(alpha, df)
+    return _Test(
+        p_value=finite(p),
+        statistic=finite(statistic),
+        absolute_ci=_interval(
+            treatment.mean - control.mean, q * math.sqrt(control.se2 + treatment.se2)
+        ),
+        relative_ci=_relative_interval(control, treatment, q, warnings),
+    )
 
 
-def _bayesian(
+def _beta_test(
     control: ArmSummary, treatment: ArmSummary, direction: Direction, alpha: float
-) -> tuple[float | None, float | None, tuple[float, float] | None]:
-    """Chance to win, expected loss and credible interval of the difference."""
+) -> _Test:
+    """Exact Beta(1, 1)-binomial posterior: chance to win, loss and credible intervals."""
+    c = (int(control.successes or 0), control.n)
+    t = (int(treatment.successes or 0), treatment.n)
+    ctw, loss = bayesian.beta_comparison(c, t, direction)
+    absolute_ci, relative_ci = bayesian.beta_credible_intervals(c, t, alpha=alpha)
+    return _Test(
+        absolute_ci=finite_pair(*absolute_ci),
+        relative_ci=None if relative_ci is None else finite_pair(*relative_ci),
+        chance_to_win=finite(ctw),
+        expected_loss=finite(loss),
+    )
+
+
+def _normal_test(
+    control: _Arm, treatment: _Arm, warnings: list[str], direction: Direction, alpha: float
+) -> _Test:
+    """Normal posteriors N(mean, se²) per arm (flat prior): the difference's quantiles are
+    exact, and the ratio's are Fieller's at z (exact up to the control's mass below 0)."""
+    diff = treatment.mean - control.mean
+    se = math.sqrt(control.se2 + treatment.se2)
     z = frequentist.critical_value(alpha)
-    if (
-        control.successes is not None
-        and treatment.successes is not None
-        and control.n
-        and treatment.n
-    ):
-        ctw, loss = bayesian.beta_comparison(
-            (control.successes, control.n),
-            (treatment.successes, treatment.n),
-            direction,
-        )
-        mean_c, var_c = bayesian.beta_posterior_moments(control.successes, control.n)
-        mean_t, var_t = bayesian.beta_posterior_moments(treatment.successes, treatment.n)
-        return (
-            finite(ctw),
-            finite(loss),
-            _interval(mean_t - mean_c, z * math.sqrt(var_c + var_t)),
-        )
-    pair = _complete(control, treatment)
-    if isinstance(pair, str) or pair[0].se2 + pair[1].se2 == 0:
-        return None, None, None
-    diff = pair[1].mean - pair[0].mean
-    se = math.sqrt(pair[0].se2 + pair[1].se2)
-    ctw = bayesian.normal_chance_to_win(diff, se, direction)
-    loss = bayesian.normal_expected_loss(diff, se, direction)
-    return finite(ctw), finite(loss), _interval(diff, z * se)
+    return _Test(
+        absolute_ci=_interval(diff, z * se),
+        relative_ci=_relative_interval(control, treatment, z, warnings),
+        chance_to_win=finite(bayesian.normal_chance_to_win(diff, se, direction)),
+        expected_loss=finite(bayesian.normal_expected_loss(diff, se, direction)),
+    )
 
 
 def _tested(
@@ -240,22 +262,51 @@ def _tested(
     control: ArmSummary,
     treatment: ArmSummary,
     warnings: list[str],
+    *,
     method: Method,
     alpha: float,
+    direction: Direction,
     mde: float | None,
     previous_p_value: float | None,
 ) -> _Test:
-    """Run the test when the pair allows it, else note why not in `warnings`."""
+    """Run the report's framework when the pair allows it, else note why not in `warnings`."""
+    exact_beta = control.successes is not None and treatment.successes is not None
+    if method == "bayesian" and exact_beta and control.n and treatment.n:
+        return _beta_test(control, treatment, direction, alpha)
     pair = _complete(control, treatment)
     if isinstance(pair, str):
         warnings.append(f"{pair}: no test")
-        return _Test(None, None, None, None)
+        return _Test()
     if pair[0].se2 + pair[1].se2 == 0:
         warnings.append("zero variance in both variants: no test")
-        return _Test(None, None, None, None)
-    return _run_test(
-        kind, *pair, method=method, alpha=alpha, mde=mde, previous_p_value=previous_p_value
-    )
+        return _Test()
+    if method == "bayesian":
+        return _normal_test(*pair, warnings, direction, alpha)
+    if method == "sequential":
+        return _sequential_test(
+            *pair, warnings, alpha=alpha, mde=mde, previous_p_value=previous_p_value
+        )
+    return _frequentist_test(kind, *pair, warnings, alpha=alpha)
+
+
+def _effects(
+    kind: str, control: ArmSummary, treatment: ArmSummary, warnings: list[str]
+) -> tuple[float | None, float | None]:
+    """Absolute and relative point effects; NPS is in points, so it has no relative effect."""
+    if control.mean is None or treatment.mean is None:
+        return None, None
+    absolute = finite(treatment.mean - control.mean)
+    if kind in POINTS_KINDS:
+        return absolute, None
+    if control.mean == 0:
+        warnings.append("control estimate is 0: no relative effect")
+        return absolute, None
+    return absolute, finite(frequentist.relative_change(treatment.mean, control.mean))
+
+
+def bayesian_significant(chance_to_win: float | None, alpha: float) -> bool:
+    """A Bayesian result is decisive when the chance to win is >= 1 − alpha or <= alpha."""
+    return chance_to_win is not None and (chance_to_win >= 1.0 - alpha or chance_to_win <= alpha)
 
 
 def compare(
@@ -273,48 +324,53 @@ def compare(
     """Compare one treatment summary with the control summary; never raises on degenerate data."""
     check_options(kind=kind, method=method, alpha=alpha, direction=direction, mde=mde)
     warnings: list[str] = []
-    absolute = relative = None
-    if control.mean is not None and treatment.mean is not None:
-        absolute = finite(treatment.mean - control.mean)
-        if control.mean != 0:
-            relative = finite(frequentist.relative_change(treatment.mean, control.mean))
-        else:
-            warnings.append("control estimate is 0: no relative effect")
+    absolute, relative = _effects(kind, control, treatment, warnings)
     try:
-        ctw, loss, credible = _bayesian(control, treatment, direction, alpha)
-        test = _tested(kind, control, treatment, warnings, method, alpha, mde, previous_p_value)
+        test = _tested(
+            kind,
+            control,
+            treatment,
+            warnings,
+            method=method,
+            alpha=alpha,
+            direction=direction,
+            mde=mde,
+            previous_p_value=previous_p_value,
+        )
     except ArithmeticError:  # overflow on absurd magnitudes: report, never raise
         warnings.append("numeric overflow: no test")
-        ctw, loss, credible, test = None, None, None, _Test(None, None, None, None)
-    p_value, absolute_ci = test.p_value, test.absolute_ci
+        test = _Test()
+    relative_ci = test.relative_ci if relative is not None else None
     if method == "bayesian":
-        p_value = None if ctw is None else finite(2.0 * min(ctw, 1.0 - ctw))
-        absolute_ci = credible if test.absolute_ci is not None else None
-    significant = p_value is not None and p_value < alpha
+        significant = bayesian_significant(test.chance_to_win, alpha)
+    else:
+        significant = test.p_value is not None and test.p_value < alpha
     verdict = decide_verdict(
         significant=significant,
         absolute_effect=absolute,
-        relative_ci=test.relative_ci,
+        relative_ci=relative_ci,
         direction=direction,
         mde=mde,
+        chance_to_win=test.chance_to_win,
     )
     return Comparison(
         variant=variant,
         absolute_effect=absolute,
-        absolute_ci=absolute_ci,
+        absolute_ci=test.absolute_ci,
         relative_effect=relative,
-        relative_ci=test.relative_ci,
-        p_value=p_value,
-        adjusted_p_value=p_value,
-        chance_to_win=ctw,
-        expected_loss=loss,
+        relative_ci=relative_ci,
+        p_value=test.p_value,
+        adjusted_p_value=test.p_value,
+        chance_to_win=test.chance_to_win,
+        expected_loss=test.expected_loss,
         significant=significant,
         verdict=verdict,
-        warnings=tuple(warnings),
+        warnings=tuple(dict.fromkeys(warnings)),
         statistic=test.statistic,
         direction=direction,
         mde=mde,
         alpha=alpha,
+        method=method,
     )
 
 
@@ -325,6 +381,9 @@ def apply_correction(
     adjusted = adjust_p_values([c.p_value for c in comparisons], method)
     out = []
     for comparison, p in zip(comparisons, adjusted, strict=True):
+        if comparison.method == "bayesian":  # no p-values: the chance to win decides alone
+            out.append(comparison)
+            continue
         significant = p is not None and p < comparison.alpha
         verdict = decide_verdict(
             significant=significant,

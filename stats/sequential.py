@@ -37,8 +37,17 @@ def msprt_p_value(estimate: float, variance: float, tau2: float) -> float:
     return math.exp(min(log_p, 0.0))
 
 
-def confidence_sequence_half_width(variance: float, tau2: float, alpha: float) -> float:
-    """Half-width of the (1 - alpha) confidence sequence around the estimate."""
+def confidence_sequence_multiplier(variance: float, tau2: float, alpha: float) -> float:
+    """Critical value of the (1 - alpha) confidence sequence: half-width / standard error.
+
+    It plays the part of z in a fixed-horizon interval, so the relative (Fieller) interval
+    can use the same one as the absolute interval.
+    """
     total = variance + tau2
     log_terms = 2.0 * math.log(1.0 / alpha) + math.log(total / variance)
-    return math.sqrt(total / tau2 * variance * log_terms)
+    return math.sqrt(total / tau2 * log_terms)
+
+
+def confidence_sequence_half_width(variance: float, tau2: float, alpha: float) -> float:
+    """Half-width of the (1 - alpha) confidence sequence around the estimate."""
+    return confidence_sequence_multiplier(variance, tau2, alpha) * math.sqrt(variance)
