@@ -162,21 +162,20 @@ def test_nps_matches_raw_scores(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_relative_ci_matches_numeric_delta_method(seed: int) -> None:
+def test_relative_ci_solves_fiellers_equation(seed: int) -> None:
     rng = np.random.default_rng(3000 + seed)
     control = summarize(MeanStats(*_moments(rng)))
     treatment = summarize(MeanStats(*_moments(rng)))
     comparison = compare("ratio", control, treatment, alpha=0.05)
-    # Numeric gradient of g(c, t) = t / c - 1, independent of the closed form.
-    mc, mt, h = control.mean, treatment.mean, 1e-6
-    g = lambda c, t: t / c - 1  # noqa: E731
-    dc = (g(mc + h, mt) - g(mc - h, mt)) / (2 * h)
-    dt = (g(mc, mt + h) - g(mc, mt - h)) / (2 * h)
-    se = np.sqrt(dc**2 * control.se2 + dt**2 * treatment.se2)
-    rel = mt / mc - 1
-    z = sps.norm.isf(0.025)
-    assert comparison.relative_effect == pytest.approx(rel, abs=1e-12)
-    assert comparison.relative_ci == pytest.approx((rel - z * se, rel + z * se), abs=1e-6)
+    # Each end rho - 1 solves (mt - rho mc)^2 = z^2 (vt + rho^2 vc), the test of mt = rho mc.
+    mc, mt, z = control.mean, treatment.mean, sps.norm.isf(0.025)
+    assert comparison.relative_effect == pytest.approx(mt / mc - 1, abs=1e-12)
+    for end in comparison.relative_ci:
+        rho = end + 1
+        lhs = (mt - rho * mc) ** 2
+        rhs = z**2 * (treatment.se2 + rho**2 * control.se2)
+        assert lhs == pytest.approx(rhs, rel=1e-9)
+    assert comparison.relative_ci[0] < comparison.relative_effect < comparison.relative_ci[1]
 
 
 def _moments(rng: np.random.Generator) -> tuple[int, float, float]:

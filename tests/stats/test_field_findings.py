@@ -27,13 +27,24 @@ def test_a_sixfold_rise_of_a_rare_friction_is_detected_sequentially():
     assert comparison.relative_ci is not None and comparison.relative_ci[0] > 1.0
 
 
-def test_relative_effect_keeps_its_sign_when_the_control_is_negative():
+def test_nps_effects_are_in_points_without_a_relative_effect():
     from stats import NpsStats
 
     variants = [VariantInput("control", True, NpsStats(n=1000, promoters=250, detractors=337)),
                 VariantInput("one-page", False, NpsStats(n=1000, promoters=280, detractors=330))]
-    comparison = analyze_variants("nps", variants).comparisons[0]
-    assert comparison.absolute_effect is not None and comparison.absolute_effect > 0
-    assert comparison.relative_effect == pytest.approx((-5.0 - -8.7) / 8.7)
-    assert comparison.relative_ci is not None
-    assert comparison.relative_ci[0] < comparison.relative_effect < comparison.relative_ci[1]
+    for method in ("frequentist", "sequential", "bayesian"):
+        comparison = analyze_variants("nps", variants, method=method).comparisons[0]
+        assert comparison.absolute_effect == pytest.approx(3.7)
+        assert comparison.absolute_ci[0] < 3.7 < comparison.absolute_ci[1]
+        assert comparison.relative_effect is None and comparison.relative_ci is None
+
+
+def test_relative_interval_keeps_its_sign_when_the_control_is_negative():
+    from stats import MeanStats
+
+    variants = [VariantInput("control", True, MeanStats(400, -4000.0, 80000.0)),
+                VariantInput("treatment", False, MeanStats(400, -3000.0, 62500.0))]
+    comparison = analyze_variants("mean", variants).comparisons[0]
+    assert comparison.relative_effect == pytest.approx(0.25)
+    low, high = comparison.relative_ci
+    assert low < 0.25 < high and (low > 0) == (comparison.absolute_ci[0] > 0)
