@@ -72,6 +72,7 @@ class FrictionPoint(BaseModel):
     control_rate: float | None
     relative_effect: float | None
     adjusted_p_value: float | None
+    chance_to_win: float | None = None
 
 
 class FrictionCell(FrictionPoint):
@@ -84,6 +85,8 @@ class TimelinePoint(BaseModel):
     date: str
     variant: str
     units: int
+    absolute_effect: float | None = None
+    absolute_ci: Interval = None
     relative_effect: float | None
     relative_ci: Interval
 

@@ -206,20 +206,30 @@ def friction_matrix(experiment: Experiment, settings: AnalysisSettings,
              "rate": arms[1].mean, "control_rate": arms[0].mean,
              "relative_effect": comparison.relative_effect,
              "adjusted_p_value": comparison.adjusted_p_value,
+             "chance_to_win": comparison.chance_to_win,
              "significant": comparison.significant}
             for comparison, (step, kind, arms) in zip(apply_correction(tests, "bh"), cells,
                                                       strict=True)]
 
 
 FRICTION_POINT_FIELDS = ("step", "friction_kind", "variant", "rate", "control_rate",
-                         "relative_effect", "adjusted_p_value")
+                         "relative_effect", "adjusted_p_value", "chance_to_win")
+
+
+def _uncertainty(point: Mapping[str, Any]) -> float:
+    """How far from decisive a point is, in its report's framework: the adjusted p-value, or
+    (Bayesian) the posterior probability of the other side, min(chance to win, 1 − it)."""
+    if point["adjusted_p_value"] is not None:
+        return float(point["adjusted_p_value"])
+    chance = point.get("chance_to_win")
+    return 1.0 if chance is None else min(chance, 1.0 - chance)
 
 
 def friction_points(matrix: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The significant cells, most significant first (ties: larger |relative effect| first)."""
-    points = [{name: cell[name] for name in FRICTION_POINT_FIELDS}
+    points = [{name: cell.get(name) for name in FRICTION_POINT_FIELDS}
               for cell in matrix if cell["significant"]]
-    points.sort(key=lambda p: (p["adjusted_p_value"], -abs(p["relative_effect"] or 0.0)))
+    points.sort(key=lambda p: (_uncertainty(p), -abs(p["relative_effect"] or 0.0)))
     return points
 
 
@@ -231,7 +241,8 @@ def _days(first: date, last: date) -> list[date]:
 
 def timeline_section(experiment: Experiment, settings: AnalysisSettings,
                      aggregates: ExperimentAggregates, now: datetime) -> list[dict[str, Any]]:
-    """Per day: cumulative units and relative effect (with CI) of the primary metric."""
+    """Per day: cumulative units and the primary metric's absolute and relative effects with
+    their intervals (NPS has only the absolute one, in points)."""
     primary = next((m for m in experiment.metrics if m.role == "primary"), None)
     exposure_days = aggregates.units.days()
     if primary is None or not exposure_days:
@@ -248,6 +259,8 @@ def timeline_section(experiment: Experiment, settings: AnalysisSettings,
         for comparison in comparisons:
             points.append({"date": day.isoformat(), "variant": comparison.variant,
                            "units": int(totals.get(comparison.variant, {}).get("n", 0)),
+                           "absolute_effect": comparison.absolute_effect,
+                           "absolute_ci": _pair(comparison.absolute_ci),
                            "relative_effect": comparison.relative_effect,
                            "relative_ci": _pair(comparison.relative_ci)})
     return points
@@ -316,6 +329,11 @@ def latest_reports(session: Session, experiment_ids: Sequence[int]) -> dict[int,
     return {row.experiment_id: row for row in rows}
 
 
+# Both frameworks' fields: the one the report does not use is null (SPEC §6).
+SUMMARY_FIELDS = ("variant", "absolute_effect", "relative_effect", "adjusted_p_value",
+                  "chance_to_win", "verdict")
+
+
 def _summary(body: Mapping[str, Any]) -> dict[str, Any]:
     """The short form webhooks carry in ``analysis.completed``."""
     primary = next((m for m in body["metrics"] if m["role"] == "primary"), None)
@@ -323,8 +341,7 @@ def _summary(body: Mapping[str, Any]) -> dict[str, Any]:
         "units": body["units"], "srm_detected": body["srm"]["detected"],
         "primary": None if primary is None else {
             "metric": primary["key"],
-            "comparisons": [{key: c[key] for key in ("variant", "relative_effect",
-                                                     "adjusted_p_value", "verdict")}
+            "comparisons": [{key: c.get(key) for key in SUMMARY_FIELDS}
                             for c in primary["comparisons"]]},
         "decision": None if body["decision"] is None else {
             "outcome": body["decision"]["outcome"], "winner": body["decision"]["winner"]},
@@ -339,9 +356,8 @@ def _emit_report_signals(session: Session, experiment: Experiment, report: Repor
                      {**base, "srm": body["srm"], "units": body["units"]})
     for metric, comparison in decisions.breached_guardrails(body):
         signals.emit(signals.guardrail_breached, session, {
-            **base, "metric": metric, "variant": comparison["variant"],
-            "relative_effect": comparison["relative_effect"],
-            "adjusted_p_value": comparison["adjusted_p_value"]})
+            **base, "metric": metric, "method": body["method"],
+            **{key: comparison.get(key) for key in SUMMARY_FIELDS}})
     signals.emit(signals.analysis_completed, session, {**base, "summary": _summary(body)})
 
 

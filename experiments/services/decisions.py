@@ -56,8 +56,22 @@ def breached_guardrails(body: Mapping[str, Any]) -> list[tuple[str, dict[str, An
 
 
 def _lift(comparison: Mapping[str, Any]) -> str:
-    relative = comparison.get("relative_effect")
-    return f" ({relative:+.1%})" if isinstance(relative, float) else ""
+    """The effect and, in a Bayesian report, the chance to win behind a verdict.
+
+    Verdicts come from the report's own framework (p-values, or the chance to win in a
+    Bayesian report, whose p-values are null), so the reason quotes that framework's number.
+    NPS has no relative effect: its effect is quoted in points.
+    """
+    relative, absolute = comparison.get("relative_effect"), comparison.get("absolute_effect")
+    parts = []
+    if isinstance(relative, float):
+        parts.append(f"{relative:+.1%}")
+    elif isinstance(absolute, float):
+        parts.append(f"{absolute:+.3g}")
+    chance = comparison.get("chance_to_win")
+    if isinstance(chance, float):
+        parts.append(f"chance to win {chance:.0%}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _best_treatment(primary: Mapping[str, Any]) -> dict[str, Any] | None:
