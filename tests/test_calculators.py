@@ -90,6 +90,37 @@ def test_nps_and_ratio_kinds_are_supported(client, client_headers):
     assert [v["estimate"] for v in result["variants"]] == pytest.approx([0.25, 0.30])
 
 
+def test_spec_reference_relative_interval_is_fiellers(client, client_headers):
+    variants = [{"key": "control", "is_control": True, "n": 1600, "conversions": 10},
+                {"key": "b", "n": 1700, "conversions": 54}]
+    comparison = client.post(ANALYZE, json=conversion_body(variants=variants),
+                             headers=client_headers).get_json()["comparisons"][0]
+    assert comparison["relative_effect"] == pytest.approx(4.082353, abs=1e-6)
+    assert comparison["relative_ci"] == pytest.approx([1.865612, 12.575347], abs=1e-6)
+    assert comparison["chance_to_win"] is None and comparison["expected_loss"] is None
+
+
+def test_bayesian_calculator_has_no_p_values(client, client_headers):
+    body = conversion_body(method="bayesian", correction="holm")
+    comparison = client.post(ANALYZE, json=body, headers=client_headers).get_json()[
+        "comparisons"][0]
+    assert comparison["p_value"] is None and comparison["adjusted_p_value"] is None
+    assert comparison["chance_to_win"] > 0.95 and comparison["verdict"] == "better"
+    assert comparison["absolute_ci"][0] < 0.03 < comparison["absolute_ci"][1]
+    assert comparison["relative_ci"][0] < 0.3 < comparison["relative_ci"][1]
+
+
+def test_nps_calculator_reports_points_only(client, client_headers):
+    nps = [{"key": "a", "is_control": True, "n": 400, "promoters": 160, "detractors": 80},
+           {"key": "b", "n": 400, "promoters": 200, "detractors": 60}]
+    for method in ("frequentist", "sequential", "bayesian"):
+        comparison = client.post(ANALYZE, json={"kind": "nps", "method": method,
+                                                "variants": nps},
+                                 headers=client_headers).get_json()["comparisons"][0]
+        assert comparison["absolute_effect"] == pytest.approx(15.0)
+        assert comparison["relative_effect"] is None and comparison["relative_ci"] is None
+
+
 @pytest.mark.parametrize(("variants", "field"), [
     ([{"key": "control", "is_control": True, "n": 10, "conversions": 1},
       {"key": "b", "n": 10, "conversions": 11}], "variants[1].conversions"),
