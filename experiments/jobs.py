@@ -119,8 +119,11 @@ def _primary_summary(metric: Mapping[str, Any]) -> str:
         text = f"{comparison.get('variant')} "
         text += f"{effect:+.1%}" if isinstance(effect, int | float) else "n/a"
         text += f" {comparison.get('verdict') or 'inconclusive'}"
+        chance = comparison.get("chance_to_win")
         if isinstance(p_value, int | float):
             text += f" (p={p_value:.3f})"
+        elif isinstance(chance, int | float):  # a Bayesian report has no p-values
+            text += f" (chance to win {chance:.0%})"
         comparisons.append(text)
     return f"{metric.get('key')}: " + (", ".join(comparisons) or "no comparison")
 
