@@ -43,12 +43,3 @@ def relative_change(mean_treatment: float, mean_control: float) -> float:
     one (an NPS of -8.7 rising to -5.0 is +43 %, not -43 %)."""
     return (mean_treatment - mean_control) / abs(mean_control)
 
-
-def relative_se(
-    mean_control: float, se2_control: float, mean_treatment: float, se2_treatment: float
-) -> float:
-    """Delta-method standard error of treatment / control - 1."""
-    mc2 = mean_control * mean_control
-    return float(
-        np.sqrt(se2_treatment / mc2 + mean_treatment * mean_treatment * se2_control / (mc2 * mc2))
-    )
