@@ -40,6 +40,6 @@ def critical_value(alpha: float, df: float | None = None) -> float:
 
 def relative_change(mean_treatment: float, mean_control: float) -> float:
     """(t - c) / |c|: t / c - 1 for a positive control, and still "up is up" for a negative
-    one (an NPS of -8.7 rising to -5.0 is +43 %, not -43 %)."""
+    one (a loss of -8.7 per user shrinking to -5.0 is +43 %, not -43 %)."""
     return (mean_treatment - mean_control) / abs(mean_control)
 
