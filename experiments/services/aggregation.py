@@ -53,6 +53,7 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from experiments.models import Event, Experiment, Exposure, Metric
 from experiments.schemas import FRICTION_KINDS
+from experiments.schemas.events import MAX_ABS_VALUE
 from experiments.services.rollup import IdRange, Merge, rolled_up_units
 from stats import CupedStats, MeanStats, NpsStats, ProportionStats, RatioStats
 from stats.records import Stats
@@ -395,6 +396,12 @@ def _window(x: Any, hours: float, *, with_pre: bool) -> ColumnElement[bool]:
     return and_(same_unit, or_(post, pre))
 
 
+def bounded_value() -> ColumnElement[float]:
+    """An event's value, NULL when out of the ingestion bounds (SPEC §5): rows stored before
+    the bounds existed must never overflow a sum (two 1e308 values do, on every backend)."""
+    return case((func.abs(Event.value) <= literal(MAX_ABS_VALUE, Float()), Event.value))
+
+
 def match_condition(metric: MetricSpec) -> ColumnElement[bool]:
     """Which events feed a metric."""
     if metric.kind == "friction":
@@ -492,7 +499,7 @@ def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> lis
         hit = and_(match, condition)
         if metric.kind == "mean":
             values.append(UnitValue(f"m{index}_{period}", func.sum(
-                case((hit, func.coalesce(Event.value, 0.0)), else_=0.0)), "sum"))
+                case((hit, func.coalesce(bounded_value(), 0.0)), else_=0.0)), "sum"))
         elif metric.kind == "count":
             values.append(UnitValue(f"m{index}_{period}", func.sum(case((hit, 1), else_=0)),
                                     "sum"))
@@ -500,7 +507,7 @@ def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> lis
             for part, name in (("num", metric.numerator), ("den", metric.denominator)):
                 part_hit = and_(Event.name == name, condition)
                 values.append(UnitValue(f"m{index}_{part}", func.sum(
-                    case((part_hit, func.coalesce(Event.value, 1.0)), else_=0.0)), "sum"))
+                    case((part_hit, func.coalesce(bounded_value(), 1.0)), else_=0.0)), "sum"))
         else:  # time_to_convert: the first matching event; hours computed per unit outside
             values.append(UnitValue(f"m{index}_{period}",
                                     func.min(case((hit, Event.occurred_at))), "min"))
@@ -709,7 +716,7 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
 
 
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the join; this only prunes
-PASS_VERSION = 1  # bump when the per-unit values change meaning: stored rollups are rebuilt
+PASS_VERSION = 2  # bump when the per-unit values change meaning: stored rollups are rebuilt
 
 
 def _unit_source(session: Session, experiment_id: int, plan: Plan, *, hours: float,
