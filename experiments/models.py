@@ -156,8 +156,9 @@ class Event(Base):
 ROLLUP_SLOTS = {"w": 8, "v": 16, "t": 4, "a": 4}
 
 # Derived data, written a million rows at a time: no foreign keys (their per-row checks
-# tripled the cost of a first fold). Nothing can dangle: exposures are never deleted, and
-# only drafts, which have no exposures and so no rollup, can be deleted.
+# tripled the cost of a first fold). Nothing can dangle: exposures are deleted only by a
+# unit's erasure, which deletes their rollup rows with them, and only drafts, which have no
+# exposures and so no rollup, can be deleted.
 unit_rollups = Table(
     "unit_rollups", Base.metadata,
     Column("exposure_id", BigIntId, primary_key=True, autoincrement=False),
