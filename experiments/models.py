@@ -103,6 +103,8 @@ class Metric(Base):
     denominator: Mapped[str | None] = mapped_column(String(200))
     friction_kind: Mapped[str | None] = mapped_column(String(32))
     step: Mapped[str | None] = mapped_column(String(64))
+    # Winsorisation {"type": "absolute"|"percentile", "value": x} (SPEC §6), or None.
+    cap: Mapped[dict[str, Any] | None]
     position: Mapped[int] = mapped_column(Integer, default=0)
 
     experiment: Mapped[Experiment] = relationship(back_populates="metrics")

@@ -43,6 +43,15 @@ class ComparisonOut(BaseModel):
     verdict: Verdict
 
 
+class CapUsed(BaseModel):
+    """A metric's cap as configured and the threshold this analysis used."""
+
+    type: Literal["absolute", "percentile"]
+    value: float
+    capped_at: float | None
+    denominator_capped_at: float | None = None
+
+
 class MetricResult(BaseModel):
     key: str
     kind: str
@@ -51,6 +60,7 @@ class MetricResult(BaseModel):
     variants: list[VariantEstimate]
     comparisons: list[ComparisonOut]
     warnings: list[str] = Field(default_factory=list)
+    cap: CapUsed | None = None
 
 
 class SrmOut(BaseModel):
