@@ -214,3 +214,21 @@ def test_a_cap_is_stored_and_echoed(client, admin_headers):
     stored = client.get(f"{CREATE}/checkout-redesign", headers=admin_headers).get_json()
     assert [m.get("cap") for m in stored["metrics"]] == [None, cap]
 
+
+
+def test_caps_on_the_folded_rollup_equal_caps_on_the_full_pass(db):
+    from experiments.models import RollupState
+    from tests.test_rollup import _close, aggregated
+
+    values = seed(db, cuped=True)
+    experiment = db.scalars(select(Experiment)).one()
+    for _ in range(3):  # observe, then fold (PostgreSQL), then read rollup ⊕ live part
+        rolled = aggregated(db, experiment, rollup=True)
+    full = aggregated(db, experiment, rollup=False)
+    if db.get_bind().dialect.name == "postgresql":
+        assert db.get(RollupState, experiment.id).events_through > 0
+    assert _close(rolled["metrics"], full["metrics"])
+    threshold = percentile(values, "revenue", 0.9)
+    expected = sum(np.minimum(values[v]["revenue"], threshold).sum() for v in VARIANTS)
+    assert sum(sums["sum"] for sums in rolled["metrics"]["revenue"].values()) == \
+        pytest.approx(expected)
