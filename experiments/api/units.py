@@ -13,7 +13,7 @@ from experiments.services.erasure import erase_unit
 bp = Blueprint("units", __name__, url_prefix="/api/v1")
 
 
-@api_route(bp, "/units/<path:unit_id>", "DELETE", response=ErasedOut, errors=(422,),
+@api_route(bp, "/units/<path:unit_id>", "DELETE", response=ErasedOut, errors=(404, 422),
            tags=("units",))
 def delete_unit(unit_id: str) -> ErasedOut:
     """Erase a unit everywhere (events, exposures, rollups); audited by a digest of its id."""
