@@ -232,3 +232,23 @@ def test_caps_on_the_folded_rollup_equal_caps_on_the_full_pass(db):
     expected = sum(np.minimum(values[v]["revenue"], threshold).sum() for v in VARIANTS)
     assert sum(sums["sum"] for sums in rolled["metrics"]["revenue"].values()) == \
         pytest.approx(expected)
+
+
+def test_the_admin_form_keeps_a_metrics_cap_both_ways():
+    from werkzeug.datastructures import MultiDict
+
+    from admin.forms import parse_form, state_from_experiment
+
+    cap = {"type": "percentile", "value": 0.99}
+    state = state_from_experiment({"metrics": [
+        {"key": "revenue", "kind": "mean", "event": "purchase", "cap": cap},
+        {"key": "purchase", "kind": "conversion", "event": "purchase", "cap": None}]})
+    assert [(m["cap_type"], m["cap_value"]) for m in state["metrics"]] == [
+        ("percentile", "0.99"), ("", "")]
+    form = MultiDict([("metric_key", "revenue"), ("metric_kind", "mean"),
+                      ("metric_event", "purchase"), ("metric_cap_type", "percentile"),
+                      ("metric_cap_value", "0.99"), ("metric_key", "purchase"),
+                      ("metric_kind", "conversion"), ("metric_event", "purchase"),
+                      ("metric_cap_type", ""), ("metric_cap_value", "")])
+    _, data, _ = parse_form(form)
+    assert [m.get("cap") for m in data["metrics"]] == [cap, None]
