@@ -10,6 +10,7 @@ override lines) is checked here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any
@@ -21,7 +22,8 @@ from experiments.schemas import AnalysisSettings
 VARIANT_FIELDS = ("key", "name", "weight", "role", "payload")
 RULE_FIELDS = ("attribute", "op", "value")
 METRIC_FIELDS = ("key", "kind", "role", "direction", "event", "numerator", "denominator",
-                 "step", "friction_kind")
+                 "step", "friction_kind", "cap_type", "cap_value")
+CAP_FIELDS = {"cap_type": "type", "cap_value": "value"}  # form column -> cap key
 ANALYSIS_NUMBERS = ("alpha", "power", "mde", "min_units_per_variant", "min_days", "max_days",
                     "conversion_window_hours")
 ANALYSIS_CHOICES = ("method", "correction")
@@ -45,7 +47,8 @@ def blank_state() -> dict[str, Any]:
         "targeting": [], "overrides": "",
         "metrics": [{"key": "purchase", "kind": "conversion", "role": "primary",
                      "direction": "", "event": "purchase", "numerator": "",
-                     "denominator": "", "step": "", "friction_kind": ""}],
+                     "denominator": "", "step": "", "friction_kind": "", "cap_type": "",
+                     "cap_value": ""}],
         "analysis": {name: _text(value) for name, value in defaults.items()},
     }
 
@@ -64,8 +67,8 @@ def state_from_experiment(data: dict[str, Any]) -> dict[str, Any]:
                       for r in data.get("targeting") or []],
         "overrides": "\n".join(f"{unit} = {variant}"
                                for unit, variant in (data.get("overrides") or {}).items()),
-        "metrics": [{name: _text(m.get(name)) for name in METRIC_FIELDS}
-                    for m in data.get("metrics") or []],
+        "metrics": [{name: _text({**m, **_cap_columns(m.get("cap"))}.get(name))
+                     for name in METRIC_FIELDS} for m in data.get("metrics") or []],
         "analysis": {name: _text(value) for name, value in (data.get("analysis") or {}).items()},
     }
 
@@ -159,9 +162,21 @@ def _overrides(text: str, errors: Errors) -> dict[str, str]:
     return overrides
 
 
+def _cap_columns(cap: dict[str, Any] | None) -> dict[str, Any]:
+    """A metric's cap as the form's two columns (type, value)."""
+    return {column: (cap or {}).get(key) for column, key in CAP_FIELDS.items()}
+
+
 def _metric(row: dict[str, str]) -> dict[str, Any]:
-    metric = {name: row[name] for name in METRIC_FIELDS if row[name]}
+    """A metric row for the service; a cap type makes the two cap columns one ``cap``
+    (a value that is not a number is left as text for the schema to name)."""
+    metric = {name: row[name] for name in METRIC_FIELDS if row[name] and name not in CAP_FIELDS}
     metric.setdefault("key", "")
+    if row.get("cap_type"):
+        value: Any = row.get("cap_value", "")
+        with contextlib.suppress(ValueError):
+            value = float(value)
+        metric["cap"] = {"type": row["cap_type"], "value": value}
     return metric
 
 

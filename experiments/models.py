@@ -103,6 +103,8 @@ class Metric(Base):
     denominator: Mapped[str | None] = mapped_column(String(200))
     friction_kind: Mapped[str | None] = mapped_column(String(32))
     step: Mapped[str | None] = mapped_column(String(64))
+    # Winsorisation {"type": "absolute"|"percentile", "value": x} (SPEC §6), or None.
+    cap: Mapped[dict[str, Any] | None]
     position: Mapped[int] = mapped_column(Integer, default=0)
 
     experiment: Mapped[Experiment] = relationship(back_populates="metrics")
@@ -156,8 +158,9 @@ class Event(Base):
 ROLLUP_SLOTS = {"w": 8, "v": 16, "t": 4, "a": 4}
 
 # Derived data, written a million rows at a time: no foreign keys (their per-row checks
-# tripled the cost of a first fold). Nothing can dangle: exposures are never deleted, and
-# only drafts, which have no exposures and so no rollup, can be deleted.
+# tripled the cost of a first fold). Nothing can dangle: exposures are deleted only by a
+# unit's erasure, which deletes their rollup rows with them, and only drafts, which have no
+# exposures and so no rollup, can be deleted.
 unit_rollups = Table(
     "unit_rollups", Base.metadata,
     Column("exposure_id", BigIntId, primary_key=True, autoincrement=False),

@@ -16,7 +16,9 @@ def register_blueprints(app: Flask) -> None:
         reports,
         sdk,
         system,
+        units,
     )
 
-    for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators):
+    for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
+                   units):
         app.register_blueprint(module.bp)

@@ -73,6 +73,25 @@ class TargetingRule(Strict):
         return self
 
 
+CAPPABLE_KINDS = frozenset({"mean", "count", "ratio"})
+MAX_ABSOLUTE_CAP = 1e12  # as an event's value (SPEC §5)
+
+
+class MetricCap(Strict):
+    """Winsorisation of per-unit values (SPEC §6): above the cap, a unit counts as the cap."""
+
+    type: Literal["absolute", "percentile"]
+    value: float = Field(allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _value_fits_type(self) -> MetricCap:
+        if self.type == "percentile" and not 0.0 < self.value < 1.0:
+            raise ValueError("a percentile cap needs a value between 0 and 1 (e.g. 0.99)")
+        if self.type == "absolute" and not 0.0 < self.value <= MAX_ABSOLUTE_CAP:
+            raise ValueError("an absolute cap needs a value above 0 and at most 1e12")
+        return self
+
+
 class MetricIn(Strict):
     key: Key
     kind: MetricKind
@@ -83,6 +102,7 @@ class MetricIn(Strict):
     denominator: EventName | None = None
     friction_kind: FrictionKind | None = None
     step: StepName | None = None
+    cap: MetricCap | None = None
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> MetricIn:
@@ -96,6 +116,8 @@ class MetricIn(Strict):
             raise ValueError("a ratio metric needs 'numerator' and 'denominator'")
         if self.friction_kind is not None and self.kind != "friction":
             raise ValueError("'friction_kind' applies to friction metrics only")
+        if self.cap is not None and self.kind not in CAPPABLE_KINDS:
+            raise ValueError("'cap' applies to mean, count and ratio metrics only")
         return self
 
 

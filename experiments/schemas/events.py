@@ -45,8 +45,13 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_PROPERTIES_BYTES = 8 * 1024
 MAX_PROPERTIES_DEPTH = 32
 MAX_FUTURE = timedelta(hours=24)
+# Bounds of SPEC §5: a value beyond them is a bug or an attack (two 1e308 values overflow
+# every sum), and no event happened before the platform's oldest supported date.
+MAX_ABS_VALUE = 1e12
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 EventType = Literal["conversion", "step", "friction", "nps", "custom"]
-FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_VALUE,
+                                      le=MAX_ABS_VALUE)]
 ClientEventId = Annotated[str, Field(min_length=1, max_length=200)]
 
 # RFC 3339 date-time with a mandatory offset; pydantic alone would also take unix times.
@@ -238,6 +243,8 @@ def event_problems(event: EventIn, now: datetime) -> list[dict[str, str]]:
         add(*problem)
     if event.occurred_at is not None and event.occurred_at > now + MAX_FUTURE:
         add("occurred_at", "is more than 24 h in the future")
+    if event.occurred_at is not None and event.occurred_at < EARLIEST_OCCURRED_AT:
+        add("occurred_at", "must be 2000-01-01T00:00:00Z or later")
     return problems
 
 
@@ -261,9 +268,10 @@ _EVENT_DOC = (
     "| friction | nps | custom, required), event_id (client id for dedupe, optional), name, "
     "step, friction_kind (error | abandonment | retry | rage_click | dead_click | slow_step | "
     "back_navigation | form_error | support_contact | bounce; required for friction), value "
-    "(number; NPS: integer 0-10), occurred_at (RFC 3339 with timezone, default now, at most "
-    "24 h ahead), properties (object, at most 8 KiB). Items are validated one by one: an "
-    "invalid item is listed in `rejected` (200) and the others are stored."
+    "(finite number, |value| <= 1e12; NPS: integer 0-10), occurred_at (RFC 3339 with "
+    "timezone, default now, at most 24 h ahead, not before 2000-01-01), properties (object, "
+    "at most 8 KiB). Items are validated one by one: an invalid item is listed in "
+    "`rejected` (200) and the others are stored."
 )
 _EVENT_EXAMPLE = {"event_id": "6f1c-1", "unit_id": "visitor-42", "type": "conversion",
                   "name": "purchase", "step": "payment", "value": 59.9,

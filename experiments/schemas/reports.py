@@ -13,6 +13,12 @@ Verdict = Literal["better", "worse", "flat", "inconclusive"]
 Method = Literal["frequentist", "bayesian", "sequential"]
 Correction = Literal["holm", "bh", "none"]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
+# Calculator inputs: far beyond any real experiment (1e12 per unit × 1e15 units), yet far
+# enough below the float range that squares and variances never overflow into NaN results.
+MAX_STATISTIC = 1e150
+MAX_COUNT = 10 ** 15
+Statistic = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_STATISTIC, le=MAX_STATISTIC)]
+Count = Annotated[int, Field(le=MAX_COUNT)]
 Interval = list[float] | None
 
 
@@ -37,6 +43,15 @@ class ComparisonOut(BaseModel):
     verdict: Verdict
 
 
+class CapUsed(BaseModel):
+    """A metric's cap as configured and the threshold this analysis used."""
+
+    type: Literal["absolute", "percentile"]
+    value: float
+    capped_at: float | None
+    denominator_capped_at: float | None = None
+
+
 class MetricResult(BaseModel):
     key: str
     kind: str
@@ -45,6 +60,7 @@ class MetricResult(BaseModel):
     variants: list[VariantEstimate]
     comparisons: list[ComparisonOut]
     warnings: list[str] = Field(default_factory=list)
+    cap: CapUsed | None = None
 
 
 class SrmOut(BaseModel):
@@ -159,20 +175,20 @@ class StatsVariantIn(Strict):
 
     key: str = Field(min_length=1, max_length=64)
     is_control: bool = False
-    n: int | None = None
-    conversions: int | None = None
-    sum: Finite | None = None
-    sum_squares: Finite | None = None
-    num_sum: Finite | None = None
-    num_sum_squares: Finite | None = None
-    den_sum: Finite | None = None
-    den_sum_squares: Finite | None = None
-    num_den_sum: Finite | None = None
-    promoters: int | None = None
-    detractors: int | None = None
-    pre_sum: Finite | None = None
-    pre_sum_squares: Finite | None = None
-    cross_sum: Finite | None = None
+    n: Count | None = None
+    conversions: Count | None = None
+    sum: Statistic | None = None
+    sum_squares: Statistic | None = None
+    num_sum: Statistic | None = None
+    num_sum_squares: Statistic | None = None
+    den_sum: Statistic | None = None
+    den_sum_squares: Statistic | None = None
+    num_den_sum: Statistic | None = None
+    promoters: Count | None = None
+    detractors: Count | None = None
+    pre_sum: Statistic | None = None
+    pre_sum_squares: Statistic | None = None
+    cross_sum: Statistic | None = None
 
 
 class StatsAnalyzeIn(Strict):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,15 @@ from sqlalchemy.sql.functions import FunctionElement
 
 from experiments.models import Event, Experiment, Exposure, Metric
 from experiments.schemas import FRICTION_KINDS
+from experiments.schemas.events import MAX_ABS_VALUE
+from experiments.services.capping import (
+    CAPPED_PARTS,
+    CapKey,
+    cap_label,
+    cap_thresholds,
+    capped,
+    needs_ranking,
+)
 from experiments.services.rollup import IdRange, Merge, rolled_up_units
 from stats import CupedStats, MeanStats, NpsStats, ProportionStats, RatioStats
 from stats.records import Stats
@@ -146,12 +155,15 @@ class MetricSpec:
     denominator: str | None = None
     friction_kind: str | None = None
     step: str | None = None
+    cap_type: str | None = None  # absolute | percentile (see services.capping)
+    cap_value: float | None = None
 
     @classmethod
     def of(cls, metric: Metric) -> MetricSpec:
         """Copy a Metric row's definition."""
+        cap = metric.cap or {}
         return cls(metric.key, metric.kind, metric.event, metric.numerator, metric.denominator,
-                   metric.friction_kind, metric.step)
+                   metric.friction_kind, metric.step, cap.get("type"), cap.get("value"))
 
 
 @dataclass
@@ -195,6 +207,8 @@ class ExperimentAggregates:
     units: Daily
     metrics: dict[str, Daily]
     journey: JourneyCounts
+    # Per capped metric, the threshold used for each part (y, num, den); None: no value yet.
+    caps: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 # -- packed per-unit flags ------------------------------------------------------------------
@@ -395,6 +409,12 @@ def _window(x: Any, hours: float, *, with_pre: bool) -> ColumnElement[bool]:
     return and_(same_unit, or_(post, pre))
 
 
+def bounded_value() -> ColumnElement[float]:
+    """An event's value, NULL when out of the ingestion bounds (SPEC §5): rows stored before
+    the bounds existed must never overflow a sum (two 1e308 values do, on every backend)."""
+    return case((func.abs(Event.value) <= literal(MAX_ABS_VALUE, Float()), Event.value))
+
+
 def match_condition(metric: MetricSpec) -> ColumnElement[bool]:
     """Which events feed a metric."""
     if metric.kind == "friction":
@@ -492,7 +512,7 @@ def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> lis
         hit = and_(match, condition)
         if metric.kind == "mean":
             values.append(UnitValue(f"m{index}_{period}", func.sum(
-                case((hit, func.coalesce(Event.value, 0.0)), else_=0.0)), "sum"))
+                case((hit, func.coalesce(bounded_value(), 0.0)), else_=0.0)), "sum"))
         elif metric.kind == "count":
             values.append(UnitValue(f"m{index}_{period}", func.sum(case((hit, 1), else_=0)),
                                     "sum"))
@@ -500,7 +520,7 @@ def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> lis
             for part, name in (("num", metric.numerator), ("den", metric.denominator)):
                 part_hit = and_(Event.name == name, condition)
                 values.append(UnitValue(f"m{index}_{part}", func.sum(
-                    case((part_hit, func.coalesce(Event.value, 1.0)), else_=0.0)), "sum"))
+                    case((part_hit, func.coalesce(bounded_value(), 1.0)), else_=0.0)), "sum"))
         else:  # time_to_convert: the first matching event; hours computed per unit outside
             values.append(UnitValue(f"m{index}_{period}",
                                     func.min(case((hit, Event.occurred_at))), "min"))
@@ -514,10 +534,13 @@ def _count_flag(unit: Any, plan: Plan, *labels: str) -> Any:
     return func.count().filter(unit.c[f"w{word}"].op("&")(mask) == mask)
 
 
-def _moment_columns(plan: Plan, metric: MetricSpec, index: int, unit: Any) -> list[Any]:
-    """Per-variant sums of the per-unit values: n-independent sufficient statistics."""
+def _moment_columns(plan: Plan, metric: MetricSpec, index: int, unit: Any,
+                    caps: Mapping[CapKey, Any]) -> list[Any]:
+    """Per-variant sums of the per-unit values (capped where the metric says so):
+    n-independent sufficient statistics."""
     def col(name: str) -> Any:
-        return unit.c[f"m{index}_{name}"]
+        threshold = caps.get((index, "y" if name == "pre" else name))
+        return capped(unit.c[f"m{index}_{name}"], threshold)
 
     def moments(prefix: str, value: Any) -> list[Any]:
         return [func.sum(value).label(f"{prefix}_sum"),
@@ -608,11 +631,16 @@ class UnitPass:
                 .group_by(x.c.id, x.c.variant_key, x.c.exposed_at))
 
 
-def variant_day_query(plan: Plan, unit: Any) -> Select[Any]:
-    """Per variant and UTC exposure day, the sums of the per-unit values of ``unit``."""
-    sums = [c for i, m in enumerate(plan.metrics) for c in _moment_columns(plan, m, i, unit)]
+def variant_day_query(plan: Plan, unit: Any, *, units: int = 0) -> Select[Any]:
+    """Per variant and UTC exposure day, the sums of the per-unit values of ``unit`` (capped
+    among ``units`` exposed units), and each cap's threshold."""
+    caps = cap_thresholds(plan.metrics, unit, units)
+    sums = [c for i, m in enumerate(plan.metrics)
+            for c in _moment_columns(plan, m, i, unit, caps)]
+    thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
     day = utc_day(unit.c.exposed_at)
-    return (select(unit.c.variant_key, day.label("day"), *sums, *_journey_columns(plan, unit))
+    return (select(unit.c.variant_key, day.label("day"), *sums, *_journey_columns(plan, unit),
+                   *thresholds)
             .group_by(unit.c.variant_key, day))
 
 
@@ -675,11 +703,12 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
         journey = session.get(Experiment, experiment_id).journey if experiment_id else []
     plan = Plan.of(specs, list(journey or []), cuped)
     units, by_metric, counts = Daily(), {m.key: Daily() for m in specs}, JourneyCounts()
-    first, last = None, None
+    first, last, exposed = None, None, 0
     zeros = _zero_sums(plan)
     for row in session.execute(units_query(experiment_id)):
         day = day_key(row.day)
         units.add(row.variant_key, day, {"n": _number(row.n)})
+        exposed += int(row.n)
         for metric in specs:
             if metric.kind != "nps":
                 base = {} if metric.kind == "time_to_convert" else {"n": _number(row.n)}
@@ -693,10 +722,12 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
     events_between = (first - margin if plan.with_pre else first - EVENT_RANGE_SLACK,
                       last + margin)
     query = _unit_source(session, experiment_id, plan, hours=hours,
-                         events_between=events_between, rollup=rollup)
+                         events_between=events_between, rollup=rollup, units=exposed)
     outside = 0.0
+    caps = _configured_caps(specs)
     for row in session.execute(query):
         data = row._mapping
+        _read_caps(caps, specs, data)
         for index, metric in enumerate(specs):
             sums = _metric_sums(plan, index, data)
             if metric.kind != "nps" or sums["n"] > 0:
@@ -705,16 +736,16 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
         outside += _number(data["extra_friction"])
     if outside:
         _add_friction_outside(session, counts, experiment_id, plan.journey, hours=hours)
-    return ExperimentAggregates(units, by_metric, counts)
+    return ExperimentAggregates(units, by_metric, counts, caps)
 
 
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the join; this only prunes
-PASS_VERSION = 1  # bump when the per-unit values change meaning: stored rollups are rebuilt
+PASS_VERSION = 2  # bump when the per-unit values change meaning: stored rollups are rebuilt
 
 
 def _unit_source(session: Session, experiment_id: int, plan: Plan, *, hours: float,
                  events_between: tuple[datetime, datetime],
-                 rollup: bool) -> Select[Any]:
+                 rollup: bool, units: int) -> Select[Any]:
     """The variant/day query over the per-unit values: rolled up where possible."""
     unit_pass = UnitPass.of(experiment_id, plan, hours=hours, events_between=events_between)
     unit = None
@@ -724,12 +755,32 @@ def _unit_source(session: Session, experiment_id: int, plan: Plan, *, hours: flo
                                unit_pass.query)
     if unit is None:
         unit = unit_pass.query().subquery("u")
-    return variant_day_query(plan, unit)
+    if needs_ranking(plan.metrics):  # read twice (sums, percentiles): computed once
+        unit = select(*unit.c).cte("unit_values")
+    return variant_day_query(plan, unit, units=units)
+
+
+def _configured_caps(specs: Sequence[MetricSpec]) -> dict[str, dict[str, float | None]]:
+    """The capped metrics' thresholds before the query: absolute ones are known."""
+    return {m.key: {part: m.cap_value if m.cap_type == "absolute" else None
+                    for part in CAPPED_PARTS[m.kind]}
+            for m in specs if m.cap_type is not None and m.kind in CAPPED_PARTS}
+
+
+def _read_caps(caps: dict[str, dict[str, float | None]], specs: Sequence[MetricSpec],
+               data: Mapping[str, Any]) -> None:
+    """The thresholds the query used (the same on every row)."""
+    for index, metric in enumerate(specs):
+        for part in caps.get(metric.key, {}):
+            value = data[cap_label(index, part)]
+            caps[metric.key][part] = None if value is None else float(value)
 
 
 def plan_key(plan: Plan, hours: float) -> str:
     """A fingerprint of everything the per-unit values depend on."""
-    described = repr((PASS_VERSION, plan.metrics, plan.journey, plan.cuped, float(hours)))
+    # Caps apply after the per-unit values: changing one keeps the stored rollup.
+    metrics = tuple(replace(m, cap_type=None, cap_value=None) for m in plan.metrics)
+    described = repr((PASS_VERSION, metrics, plan.journey, plan.cuped, float(hours)))
     return hashlib.sha256(described.encode()).hexdigest()
 
 

@@ -148,11 +148,25 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
         families[family] += [(metric.key, c) for c in comparisons]
         entries.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
                         "direction": metric.direction, "variants": variants,
-                        "warnings": notes})
+                        "warnings": notes,
+                        **_cap_entry(metric.cap, aggregates.caps.get(metric.key, {}))})
     corrected = _corrected(families, settings.correction)
     for entry in entries:
         entry["comparisons"] = [comparison_to_dict(c) for c in corrected.get(entry["key"], [])]
     return entries
+
+
+def _cap_entry(cap: Mapping[str, Any] | None,
+               used: Mapping[str, float | None]) -> dict[str, Any]:
+    """The metric's cap as configured, with the threshold this analysis used
+    (``capped_at``; a ratio's denominator has its own, ``denominator_capped_at``)."""
+    if not cap:
+        return {}
+    entry = {"type": cap["type"], "value": cap["value"],
+             "capped_at": used.get("y", used.get("num"))}
+    if "den" in used:
+        entry["denominator_capped_at"] = used["den"]
+    return {"cap": entry}
 
 
 # -- funnel, friction points, timeline ------------------------------------------------------

@@ -33,6 +33,7 @@ from experiments.errors import validation_details
 from experiments.models import Event
 from experiments.schemas.events import (
     CLEAN_EVENTS,
+    EARLIEST_OCCURRED_AT,
     MAX_FUTURE,
     CleanEvents,
     EventIn,
@@ -133,8 +134,9 @@ def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime
             occurred_at = event.get("occurred_at")
             occurred = (now if occurred_at is None
                         else datetime.fromisoformat(occurred_at).astimezone(UTC))
-            if occurred > horizon or (event["type"] == "step" and step_problem(
-                    event.get("step"), event.get("name")) is not None):
+            if not EARLIEST_OCCURRED_AT <= occurred <= horizon or (
+                    event["type"] == "step"
+                    and step_problem(event.get("step"), event.get("name")) is not None):
                 return None
             rows.append(_row(event, bind_time(occurred), received_at, properties))
     except (ValueError, OverflowError):  # an impossible date, or an offset out of range
