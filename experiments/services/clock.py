@@ -25,14 +25,14 @@ def corrected(occurred_at: datetime, received_at: datetime, sent_at: datetime | 
 
 def exposure_time(occurred_at: datetime | None, sent_at: datetime | None,
                   received_at: datetime, started_at: datetime | None) -> datetime:
-    """When an exposure happened on the server's clock: the corrected client time clamped
-    to [received − 24 h, received] (received when none was sent), and never before the
-    experiment started (nothing could be shown before then; the analysis window starts
-    there)."""
-    when = received_at
-    if occurred_at is not None:
-        when = max(min(corrected(occurred_at, received_at, sent_at), received_at),
-                   received_at - MAX_EXPOSURE_AGE)
+    """When an exposure happened on the server's clock: the client's time corrected and
+    clamped to [received − 24 h, received], and never before the experiment started
+    (nothing was shown before then); without a client time, the received time (which a
+    caller such as the simulator may set in the past on purpose)."""
+    if occurred_at is None:
+        return received_at
+    when = max(min(corrected(occurred_at, received_at, sent_at), received_at),
+               received_at - MAX_EXPOSURE_AGE)
     if started_at is not None and when < started_at:
         when = started_at
     return when
