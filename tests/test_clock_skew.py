@@ -159,9 +159,30 @@ def test_an_exposure_is_corrected_by_sent_at(client, client_headers, started, db
     ("/api/v1/assign", {"unit_id": "u"}),
 ])
 @pytest.mark.parametrize("bad", ["yesterday", 1733300000, "2026-12-04T10:00:00",
-                                 "2026-02-30T10:00:00Z"])
+                                 "2026-02-30T10:00:00Z", "9999-12-31T23:59:59Z",
+                                 "0001-01-01T00:00:00Z"])
 def test_a_bad_sent_at_is_a_422_naming_it(client, client_headers, started, path, body, bad):
     response = client.post(path, headers=client_headers, json={**body, "sent_at": bad})
     assert response.status_code == 422
     fields = [detail["field"] for detail in response.get_json()["error"]["details"]]
     assert fields == ["sent_at"]
+
+
+def test_far_off_client_times_never_overflow(client, client_headers, started, db):
+    """Year-1 and year-9999 client times with a sane sent_at: stored or refused, never a 500."""
+    sent = {"sent_at": stamp(utcnow() - timedelta(days=1))}
+    events = [{"unit_id": "u", "type": "step", "step": "cart", "occurred_at": moment}
+              for moment in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z")]
+    response = client.post("/api/v1/events", headers=client_headers,
+                           json={"events": events, **sent})
+    assert response.status_code == 200
+    assert [item["index"] for item in response.get_json()["rejected"]] == [1]  # > 24 h ahead
+    for moment in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"):
+        response = client.post("/api/v1/exposures", headers=client_headers, json={
+            "experiment": "checkout-redesign", "unit_id": f"far-{moment[:4]}",
+            "occurred_at": moment, **sent})
+        assert response.status_code == 200
+    started_at = db.scalar(select(Experiment.started_at))
+    exposed = {row.unit_id: row.exposed_at for row in db.scalars(select(Exposure))}
+    assert exposed["far-0001"] == started_at  # a day before receipt, then the start
+    assert started_at <= exposed["far-9999"] <= utcnow()  # never after receipt

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from experiments.schemas import Strict, UnitId
-from experiments.schemas.events import ClientTime
+from experiments.schemas.events import ClientTime, SentAt
 
 _OCCURRED_DOC = ("When the variant was shown, on the client's clock (RFC 3339); corrected "
                  "by sent_at and clamped to [received − 24 h, received]. Default: received.")
@@ -89,7 +89,7 @@ class AssignIn(Strict):
                                           examples=[["checkout-redesign"]])
     track: StrictBool = True
     occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC)
-    sent_at: ClientTime = Field(None, description=_SENT_DOC)
+    sent_at: SentAt = Field(None, description=_SENT_DOC)
 
     @field_validator("experiments")
     @classmethod
@@ -120,7 +120,7 @@ class ExposureIn(Strict):
     attributes: Attributes = Field(default_factory=dict)
     occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC,
                                     examples=["2026-11-24T10:00:00Z"])
-    sent_at: ClientTime = Field(None, description=_SENT_DOC,
+    sent_at: SentAt = Field(None, description=_SENT_DOC,
                                 examples=["2026-11-24T10:00:02Z"])
 
 

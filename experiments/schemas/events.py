@@ -161,6 +161,18 @@ def rfc3339(value: Any) -> datetime | None:
 ClientTime = Annotated[datetime | None, BeforeValidator(rfc3339),
                        WithJsonSchema({"type": ["string", "null"], "format": "date-time"})]
 
+# A clock reading used to shift other times: far-off years would overflow the arithmetic.
+_CLOCK_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+
+
+def _plausible_clock(value: datetime | None) -> datetime | None:
+    if value is not None and not _CLOCK_RANGE[0] <= value < _CLOCK_RANGE[1]:
+        raise ValueError("must be a clock reading between 2000-01-01 and 9000-01-01")
+    return value
+
+
+SentAt = Annotated[ClientTime, AfterValidator(_plausible_clock)]
+
 
 _NO_NUL = r"^[^\x00]*$"
 _CLEAN_CONFIG = ConfigDict(extra="forbid", strict=True)
@@ -294,7 +306,7 @@ class EventBatch(BaseModel):
         WithJsonSchema({"type": "array", "items": {}}),
     ]
 
-    sent_at: ClientTime = Field(None, description=(
+    sent_at: SentAt = Field(None, description=(
         "The client's clock when it sent the batch (RFC 3339). Each event's time is then "
         "corrected by (received − sent_at), never later than the received time."),
         examples=["2026-11-24T10:00:02Z"])

@@ -9,7 +9,7 @@ corrected can still not be later than the moment it reached the server.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 MAX_EXPOSURE_AGE = timedelta(hours=24)
 
@@ -20,7 +20,10 @@ def corrected(occurred_at: datetime, received_at: datetime, sent_at: datetime | 
     without ``sent_at`` (an old client: its time is trusted as before)."""
     if sent_at is None:
         return occurred_at
-    return min(occurred_at + (received_at - sent_at), received_at)
+    try:
+        return min(occurred_at + (received_at - sent_at), received_at)
+    except OverflowError:  # a client time near year 1 shifted back: as early as can be
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def exposure_time(occurred_at: datetime | None, sent_at: datetime | None,
