@@ -124,7 +124,10 @@ class Exposure(Base):
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
     unit_id: Mapped[str] = mapped_column(String(200))
     variant_key: Mapped[str] = mapped_column(String(64))
+    # Server clock: the client's time corrected for its clock skew (SPEC §4, §5) and clamped.
     exposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The time the client sent as ``occurred_at``, uncorrected (null: none was sent).
+    client_exposed_at: Mapped[datetime | None]
     attributes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Forced (override) units are recorded for debugging but never analysed.
     is_override: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -148,9 +151,12 @@ class Event(Base):
     step: Mapped[str | None] = mapped_column(String(64))
     friction_kind: Mapped[str | None] = mapped_column(String(32))
     value: Mapped[float | None] = mapped_column(Float)
+    # Server clock: corrected by ``received_at − sent_at`` when the batch had ``sent_at``.
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     properties: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The ``occurred_at`` the client sent, uncorrected (null: none was sent).
+    client_occurred_at: Mapped[datetime | None]
 
 
 # Per-unit rollup slots (see experiments.services.rollup): packed flag words, sums, first

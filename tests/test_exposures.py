@@ -254,6 +254,7 @@ def test_the_writer_plans_index_lookups_even_when_it_prepares_on_a_small_table(p
     write = first_exposure(experiment_id, "explained")
     values = ", ".join(f"'{value}'" for value in (
         experiment_id, write.unit_id, "control", "f", write.exposed_at.isoformat(), "{}"))
+    values += ", NULL"  # no raw client time
     (name,) = group._connection()._statements.values()
     plan = "\n".join(line for (line,) in group._connection().run(
         f"EXPLAIN (COSTS OFF) EXECUTE {name.decode()}({values})", []))

@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import func, select
 
 from experiments.auth import SYSTEM
+from experiments.db import utcnow
 from experiments.models import Event, Exposure
 from experiments.schemas import FRICTION_KINDS
-from experiments.services.lifecycle import create_experiment, transition
+from experiments.services.lifecycle import create_experiment, get_experiment, transition
 from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
 from tests.factories import experiment_payload
 
@@ -26,6 +27,8 @@ def running(app, db):
     with app.app_context():
         create_experiment(db, experiment_payload(targeting=[], layer=None, overrides={}), SYSTEM)
         transition(db, KEY, "start", SYSTEM)
+        # Started long before the simulated window, which the simulator never dates earlier.
+        get_experiment(db, KEY).started_at = END - timedelta(days=30)
         db.commit()
         yield db
 
@@ -75,6 +78,35 @@ def test_events_are_valid_journeys_after_exposure_and_within_the_window(running)
         else:
             assert event.type == "nps" and event.name == "nps"
             assert event.value in {float(score) for score in range(11)}
+
+
+def test_a_new_experiment_gets_nothing_dated_before_its_start(running):
+    """Started an hour ago, simulated over 14 days: everything lies after the start."""
+    experiment = get_experiment(running, KEY)
+    experiment.started_at = utcnow() - timedelta(hours=1)
+    running.commit()
+    started_at = experiment.started_at
+    simulate_traffic(running, KEY, SimulationPlan(units=200, seed=3, days=14))
+    exposed = running.scalars(select(Exposure.exposed_at)).all()
+    occurred = running.scalars(select(Event.occurred_at)).all()
+    assert len(exposed) == 200 and occurred
+    assert min(exposed) >= started_at and min(occurred) > started_at
+    assert max(exposed) - min(exposed) < timedelta(hours=1)  # spread over the hour it ran
+
+
+def test_a_tenth_of_browsers_have_skewed_clocks_that_the_server_corrects(running):
+    simulate(running, units=600, seed=4)
+    exposures = {row.unit_id: row for row in running.scalars(select(Exposure))}
+    skewed = {unit for unit, row in exposures.items() if row.client_exposed_at is not None}
+    assert 40 <= len(skewed) <= 80  # ~10 % of 600
+    offsets = [abs((row.client_exposed_at - row.exposed_at).total_seconds())
+               for unit, row in exposures.items() if unit in skewed]
+    assert min(offsets) >= 4 and max(offsets) > 600  # seconds to hours off
+    events = running.scalars(select(Event)).all()
+    for event in events:  # corrected onto the server's clock: after the exposure, always
+        assert event.occurred_at > exposures[event.unit_id].exposed_at
+        assert (event.client_occurred_at is not None
+                and event.client_occurred_at != event.occurred_at) == (event.unit_id in skewed)
 
 
 def test_units_leave_the_funnel_step_by_step(running):

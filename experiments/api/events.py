@@ -27,7 +27,7 @@ def post_events(body: EventBatch) -> IngestOut:
         # 422 (not 413): the body is well-formed but breaks the documented maxItems.
         raise ValidationFailed.field(
             "events", f"at most {MAX_BATCH_EVENTS} events per batch (got {len(body.events)})")
-    result = ingest_events(db_session(), body.events)
+    result = ingest_events(db_session(), body.events, sent_at=body.sent_at)
     return IngestOut.model_validate(
         {"accepted": result.accepted, "duplicates": result.duplicates,
          "rejected": result.rejected})

@@ -9,6 +9,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from experiments.schemas import Strict, UnitId
+from experiments.schemas.events import ClientTime, SentAt
+
+_OCCURRED_DOC = ("When the variant was shown, on the client's clock (RFC 3339); corrected "
+                 "by sent_at and clamped to [received − 24 h, received]. Default: received.")
+_SENT_DOC = "The client's clock when it sent this request (RFC 3339), for the skew correction."
 
 Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_running",
                  "concluded", "not_found"]
@@ -83,6 +88,8 @@ class AssignIn(Strict):
     experiments: list[str] | None = Field(None, max_length=100,
                                           examples=[["checkout-redesign"]])
     track: StrictBool = True
+    occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC)
+    sent_at: SentAt = Field(None, description=_SENT_DOC)
 
     @field_validator("experiments")
     @classmethod
@@ -111,6 +118,10 @@ class ExposureIn(Strict):
     experiment: str = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
     unit_id: SafeUnitId = Field(examples=["visitor-42"])
     attributes: Attributes = Field(default_factory=dict)
+    occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC,
+                                    examples=["2026-11-24T10:00:00Z"])
+    sent_at: SentAt = Field(None, description=_SENT_DOC,
+                                examples=["2026-11-24T10:00:02Z"])
 
 
 class ExposureOut(AssignmentOut):

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SkipValidation,
@@ -145,15 +146,37 @@ class EventIn(Strict):
     @field_validator("occurred_at", mode="before")
     @classmethod
     def _rfc3339(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not _RFC3339.match(value):
-            raise ValueError("must be an RFC 3339 timestamp with a timezone, "
-                             "e.g. 2026-11-24T10:00:00Z")
-        try:
-            return datetime.fromisoformat(value).astimezone(UTC)
-        except (ValueError, OverflowError):
-            raise ValueError("is not a valid date and time") from None
+        return rfc3339(value)
+
+
+def rfc3339(value: Any) -> datetime | None:
+    """An RFC 3339 timestamp with its zone as an aware UTC datetime (None stays None);
+    ValueError otherwise, so pydantic names the field."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 timestamp with a timezone, "
+                         "e.g. 2026-11-24T10:00:00Z")
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError("is not a valid date and time") from None
+
+
+ClientTime = Annotated[datetime | None, BeforeValidator(rfc3339),
+                       WithJsonSchema({"type": ["string", "null"], "format": "date-time"})]
+
+# A clock reading used to shift other times: far-off years would overflow the arithmetic.
+_CLOCK_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
+
+
+def _plausible_clock(value: datetime | None) -> datetime | None:
+    if value is not None and not _CLOCK_RANGE[0] <= value < _CLOCK_RANGE[1]:
+        raise ValueError("must be a clock reading between 2000-01-01 and 9000-01-01")
+    return value
+
+
+SentAt = Annotated[ClientTime, AfterValidator(_plausible_clock)]
 
 
 _NO_NUL = r"^[^\x00]*$"
@@ -290,6 +313,11 @@ class EventBatch(BaseModel):
               json_schema_extra={"maxItems": MAX_BATCH_EVENTS}),
         WithJsonSchema({"type": "array", "items": {}}),
     ]
+
+    sent_at: SentAt = Field(None, description=(
+        "The client's clock when it sent the batch (RFC 3339). Each event's time is then "
+        "corrected by (received − sent_at), never later than the received time."),
+        examples=["2026-11-24T10:00:02Z"])
 
     @field_validator("events", mode="after")
     @classmethod

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from experiments.db import utcnow
 from experiments.errors import NotFound
 from experiments.schemas.assignment import Reason
+from experiments.services.clock import exposure_time
 from experiments.services.config_cache import (
     HASH_SPACE,
     ConfigCache,
@@ -114,8 +115,13 @@ def condition_holds(condition: Condition, attributes: Mapping[str, Any]) -> bool
 
 def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | None = None,
            experiment_keys: Sequence[str] | None = None, track: bool = True,
-           now: datetime | None = None) -> list[Assignment]:
-    """Assign a unit to the named (default: every running) experiment; commits exposures."""
+           now: datetime | None = None, occurred_at: datetime | None = None,
+           sent_at: datetime | None = None) -> list[Assignment]:
+    """Assign a unit to the named (default: every running) experiment; commits exposures.
+
+    A first exposure is dated ``occurred_at`` (client clock) corrected by ``sent_at``
+    and clamped (:func:`~experiments.services.clock.exposure_time`), else ``now``.
+    """
     attrs = attributes or {}
     cache = cache_for(session)
     snapshot = cache.snapshot(session)
@@ -124,7 +130,7 @@ def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | No
     live = [config for _, config in targets if config is not None and config.status == "running"]
     if live:
         _apply_history(session, cache, snapshot, live, decisions,
-                       _Request(unit_id, attrs, track, now))
+                       _Request(unit_id, attrs, track, now, occurred_at, sent_at))
     results = [_result(key, config, decisions) for key, config in targets]
     for result in results:
         _COUNT_BY_REASON[result.reason].inc()
@@ -133,10 +139,12 @@ def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | No
 
 def record_exposure(session: Session, *, experiment_key: str, unit_id: str,
                     attributes: Mapping[str, Any] | None = None,
-                    now: datetime | None = None) -> Assignment:
+                    now: datetime | None = None, occurred_at: datetime | None = None,
+                    sent_at: datetime | None = None) -> Assignment:
     """Record the exposure of a unit assigned earlier with ``track: false`` (404 if unknown)."""
     result = assign(session, unit_id=unit_id, attributes=attributes,
-                    experiment_keys=[experiment_key], track=True, now=now)[0]
+                    experiment_keys=[experiment_key], track=True, now=now,
+                    occurred_at=occurred_at, sent_at=sent_at)[0]
     if result.reason == "not_found":
         raise NotFound(f"no experiment with key {experiment_key!r}")
     return result
@@ -148,6 +156,8 @@ class _Request:
     attributes: Mapping[str, Any]
     track: bool
     now: datetime | None
+    occurred_at: datetime | None = None
+    sent_at: datetime | None = None
 
 
 def _targets(snapshot: ConfigSnapshot, keys: Sequence[str] | None
@@ -205,10 +215,20 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
 
 def _first_exposures(pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
                      request: _Request) -> UnitWrite:
+    received = request.now or utcnow()
     exposures = tuple(FirstExposure(config.id, decisions[config.id].variant.key,
-                                    decisions[config.id].reason == "override")
+                                    decisions[config.id].reason == "override",
+                                    _exposed_at(request, received, config.started_at))
                       for config in pending)
-    return UnitWrite(request.unit_id, exposures, request.now or utcnow(), request.attributes)
+    return UnitWrite(request.unit_id, exposures, received, request.attributes,
+                     request.occurred_at)
+
+
+def _exposed_at(request: _Request, received: datetime, started_at: datetime | None
+                ) -> datetime | None:
+    """This experiment's exposure time, or None when it is simply the received time."""
+    when = exposure_time(request.occurred_at, request.sent_at, received, started_at)
+    return None if when == received else when
 
 
 def _ids_to_check(snapshot: ConfigSnapshot, live: list[ExperimentConfig],

@@ -18,6 +18,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, event, func, select
@@ -75,6 +76,8 @@ class ExperimentConfig:
     bounds: tuple[float, ...]
     assigned: tuple[Decision, ...]
     excluded: Mapping[str, Decision]
+    # No exposure is dated before this (clock-skew correction floors there).
+    started_at: datetime | None = None
 
     def variant(self, key: str) -> VariantConfig | None:
         """The variant with this key (stored exposures name variants by key)."""
@@ -139,7 +142,8 @@ def _experiment_config(row: Any, variants: list[VariantConfig],
     return experiment_config(
         id=row.id, key=row.key, salt=row.salt, variants=variants, status=row.status,
         traffic=float(row.traffic), targeting=row.targeting or (), layer=row.layer,
-        layer_slot=slot, overrides=row.overrides or {}, outcome=row.outcome, winner=row.winner)
+        layer_slot=slot, overrides=row.overrides or {}, outcome=row.outcome, winner=row.winner,
+        started_at=row.started_at)
 
 
 def experiment_config(*, id: int, key: str, salt: str, variants: Sequence[VariantConfig],
@@ -147,7 +151,8 @@ def experiment_config(*, id: int, key: str, salt: str, variants: Sequence[Varian
                       targeting: Iterable[Mapping[str, Any]] = (), layer: str | None = None,
                       layer_slot: tuple[int, int] | None = None,
                       overrides: Mapping[str, str] | None = None, outcome: str | None = None,
-                      winner: str | None = None) -> ExperimentConfig:
+                      winner: str | None = None, started_at: datetime | None = None
+                      ) -> ExperimentConfig:
     """Build the assignment view of an experiment (also used by tests and benchmarks)."""
     variants = tuple(variants)
     control = next((variant for variant in variants if variant.is_control), variants[0])
@@ -167,6 +172,7 @@ def experiment_config(*, id: int, key: str, salt: str, variants: Sequence[Varian
         assigned=tuple(Decision(variant, True, "assigned") for variant in variants),
         excluded={reason: Decision(control, False, reason)
                   for reason in ("targeting", "layer", "traffic")},
+        started_at=started_at,
     )
 
 

@@ -42,12 +42,13 @@ from experiments.schemas.events import (
     event_problems,
     step_problem,
 )
+from experiments.services.clock import corrected
 
 EVENTS_INGESTED = Counter("parcours_events_ingested_total", "Events received by ingestion",
                           ["result"])
 _TABLE = Event.__table__
 _COLUMNS = ("event_id", "unit_id", "type", "name", "step", "friction_kind", "value",
-            "occurred_at", "received_at", "properties")
+            "occurred_at", "received_at", "properties", "client_occurred_at")
 Row = tuple[Any, ...]  # one event's driver parameters, in _COLUMNS order
 BindTime = Callable[[datetime], Any]  # an aware UTC datetime as the driver takes it
 
@@ -66,10 +67,16 @@ class IngestResult:
 
 
 def ingest_events(session: Session, events: Sequence[Mapping[str, Any]], *,
-                  now: datetime | None = None) -> IngestResult:
-    """Validate each raw event, store the valid ones in one committed transaction."""
+                  now: datetime | None = None, sent_at: datetime | None = None
+                  ) -> IngestResult:
+    """Validate each raw event, store the valid ones in one committed transaction.
+
+    ``sent_at`` (the client's clock when it sent the batch) corrects each event's time
+    for the client's clock skew (:func:`~experiments.services.clock.corrected`).
+    """
     now = (now or utcnow()).astimezone(UTC)  # stored as UTC text on SQLite: normalise first
-    rows, rejected = validate_events(events, now, _driver_time(session.get_bind().dialect))
+    rows, rejected = validate_events(events, now, _driver_time(session.get_bind().dialect),
+                                     sent_at)
     try:
         accepted = _insert_new(session, _unique_by_event_id(rows))
         session.commit()
@@ -83,19 +90,25 @@ def ingest_events(session: Session, events: Sequence[Mapping[str, Any]], *,
     return IngestResult(accepted=accepted, duplicates=duplicates, rejected=rejected)
 
 
-def validate_events(events: Sequence[Any], now: datetime, bind_time: BindTime = _as_is
+def validate_events(events: Sequence[Any], now: datetime, bind_time: BindTime = _as_is,
+                    sent_at: datetime | None = None
                     ) -> tuple[list[Row], list[dict[str, Any]]]:
     """Rows ready to insert, times bound by ``bind_time``; the rejected items as
-    ``{"index", "error"}``."""
-    rows = _clean_rows(events, now, bind_time)
+    ``{"index", "error"}``.
+
+    The 24 h future limit is checked on the client's own clock (``sent_at`` when given),
+    so a client whose clock is ahead is not refused for it.
+    """
+    rows = _clean_rows(events, now, bind_time, sent_at)
     if rows is not None:
         return rows, []
     rows, rejected, received_at = [], [], bind_time(now)
+    client_now = sent_at or now
     for index, parsed in enumerate(_parse_each(events)):
         if isinstance(parsed, list):
             rejected.append({"index": index, "error": _error(parsed)})
             continue
-        problems = event_problems(parsed, now)
+        problems = event_problems(parsed, client_now)
         try:
             properties = encode_properties(parsed.properties)
         except ValueError as exc:
@@ -105,13 +118,13 @@ def validate_events(events: Sequence[Any], now: datetime, bind_time: BindTime = 
                 {"field": f"events[{index}].{p['field']}", "message": p["message"]}
                 for p in problems])})
         else:
-            rows.append(_row(parsed.__dict__, bind_time(parsed.occurred_at or now), received_at,
-                             properties))
+            rows.append(_row(parsed.__dict__, *_times(parsed.occurred_at, now, sent_at, bind_time),
+                             received_at, properties))
     return rows, rejected
 
 
-def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime
-                ) -> list[Row] | None:
+def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime,
+                sent_at: datetime | None) -> list[Row] | None:
     """The rows of a batch whose every event is valid, in one pydantic-core pass; else None.
 
     ``CLEAN_EVENTS`` holds the field and per-type rules; the few left (a step's name,
@@ -128,17 +141,18 @@ def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime
     texts = encode_clean_properties([event.get("properties") for event in clean])
     if texts is None:
         return None
-    horizon, received_at, rows = now + MAX_FUTURE, bind_time(now), []
+    horizon, received_at, rows = (sent_at or now) + MAX_FUTURE, bind_time(now), []
     try:
         for event, properties in zip(clean, texts, strict=True):
             occurred_at = event.get("occurred_at")
-            occurred = (now if occurred_at is None
+            occurred = (None if occurred_at is None
                         else datetime.fromisoformat(occurred_at).astimezone(UTC))
-            if not EARLIEST_OCCURRED_AT <= occurred <= horizon or (
+            if (occurred is not None and not EARLIEST_OCCURRED_AT <= occurred <= horizon) or (
                     event["type"] == "step"
                     and step_problem(event.get("step"), event.get("name")) is not None):
                 return None
-            rows.append(_row(event, bind_time(occurred), received_at, properties))
+            rows.append(_row(event, *_times(occurred, now, sent_at, bind_time), received_at,
+                             properties))
     except (ValueError, OverflowError):  # an impossible date, or an offset out of range
         return None
     return rows
@@ -162,7 +176,17 @@ def _error(details: list[dict[str, Any]]) -> dict[str, Any]:
             "details": details}
 
 
-def _row(event: Mapping[str, Any], occurred_at: Any, received_at: Any, properties: str) -> Row:
+def _times(occurred_at: datetime | None, now: datetime, sent_at: datetime | None,
+           bind_time: BindTime) -> tuple[Any, Any]:
+    """(stored time, raw client time) bound for the driver: the client's time corrected
+    for its skew, or the received time when it sent none (then no raw time)."""
+    if occurred_at is None:
+        return bind_time(now), None
+    return bind_time(corrected(occurred_at, now, sent_at)), bind_time(occurred_at)
+
+
+def _row(event: Mapping[str, Any], occurred_at: Any, client_occurred_at: Any, received_at: Any,
+         properties: str) -> Row:
     """The driver's parameters in ``_COLUMNS`` order, with names and steps defaulted.
 
     An event without ``event_id`` gets a server uuid, so it is never deduplicated.
@@ -176,7 +200,7 @@ def _row(event: Mapping[str, Any], occurred_at: Any, received_at: Any, propertie
         step = name
     return (get("event_id") or str(uuid.uuid4()), event["unit_id"], kind, name, step,
             friction_kind, None if value is None else float(value), occurred_at, received_at,
-            properties)
+            properties, client_occurred_at)
 
 
 def _unique_by_event_id(rows: list[Row]) -> list[Row]:
@@ -206,7 +230,7 @@ _UNNEST_INSERT = (
     f"INSERT INTO {_TABLE.name} ({', '.join(_COLUMNS)}) "
     "SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[], %s::varchar[], "
     "%s::varchar[], %s::varchar[], %s::float8[], %s::timestamptz[], %s::timestamptz[], "
-    "%s::text[]::jsonb[]) ON CONFLICT (event_id) DO NOTHING")
+    "%s::text[]::jsonb[], %s::timestamptz[]) ON CONFLICT (event_id) DO NOTHING")
 
 
 _COMPILED: dict[str, Compiled] = {}

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from experiments.models import Exposure
 
 _EXPOSURES = Exposure.__table__
-# Rows per group-commit statement (6 parameters each; PostgreSQL allows 65,535), and how
+# Rows per group-commit statement (7 parameters each; PostgreSQL allows 65,535), and how
 # long a queued request waits for its batch before failing.
 MAX_BATCH_ROWS = 1000
 BATCH_WAIT_S = 30.0
@@ -53,6 +53,8 @@ class FirstExposure(NamedTuple):
     experiment_id: int
     variant_key: str
     is_override: bool
+    # Per experiment (floored at its start); None: the unit write's ``exposed_at``.
+    exposed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,7 @@ class UnitWrite:
     exposures: tuple[FirstExposure, ...]
     exposed_at: datetime
     attributes: Mapping[str, Any]
+    client_exposed_at: datetime | None = None  # the raw client time, kept as sent
 
 
 class ExposureWriteFailed(RuntimeError):
@@ -119,7 +122,9 @@ class SqliteStore(ExposureStore):
     def _insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
         attributes = dict(write.attributes)
         values = [{"experiment_id": exposure.experiment_id, "unit_id": write.unit_id,
-                   "variant_key": exposure.variant_key, "exposed_at": write.exposed_at,
+                   "variant_key": exposure.variant_key,
+                   "exposed_at": exposure.exposed_at or write.exposed_at,
+                   "client_exposed_at": write.client_exposed_at,
                    "attributes": attributes, "is_override": exposure.is_override}
                   for exposure in write.exposures]
         statement = (sqlite_insert(_EXPOSURES).values(values)
@@ -208,16 +213,19 @@ def write_units(run: Runner, writes: Sequence[UnitWrite]) -> list[tuple[Stored, 
     and the other sees it as already stored.
     """
     owners: dict[tuple[int, str], int] = {}
-    params: list[str] = []  # all in PostgreSQL's text format: the statement casts them
+    params: list[str | None] = []  # PostgreSQL's text format (the statement casts them)
     for index, write in enumerate(writes):
         exposed_at = write.exposed_at.isoformat()
+        client = None if write.client_exposed_at is None else write.client_exposed_at.isoformat()
         attributes = to_json(write.attributes).decode()  # jsonb drops the spacing anyway
         for exposure in write.exposures:
             key = (exposure.experiment_id, write.unit_id)
             if key not in owners:
                 owners[key] = index
                 params += (str(exposure.experiment_id), write.unit_id, exposure.variant_key,
-                           "t" if exposure.is_override else "f", exposed_at, attributes)
+                           "t" if exposure.is_override else "f",
+                           exposed_at if exposure.exposed_at is None
+                           else exposure.exposed_at.isoformat(), attributes, client)
     stored = {(experiment_id, unit_id): (variant_key, is_new)
               for experiment_id, unit_id, variant_key, is_new
               in run(_insert_sql(len(owners)), params)}
@@ -257,19 +265,21 @@ def _insert_sql(rows: int) -> str:
     seen before draws no sequence value (every 32nd would force a WAL flush); ``ON
     CONFLICT DO NOTHING`` settles races with concurrent first requests.
     """
-    types = ("integer", "varchar", "varchar", "boolean", "timestamptz", "jsonb")
+    types = ("integer", "varchar", "varchar", "boolean", "timestamptz", "jsonb", "timestamptz")
+    width = len(types)
     values = ", ".join(
-        "(" + ", ".join(f"${row * 6 + column + 1}" + (f"::{kind}" if row == 0 else "")
+        "(" + ", ".join(f"${row * width + column + 1}" + (f"::{kind}" if row == 0 else "")
                         for column, kind in enumerate(types)) + ")"
         for row in range(rows))
     return f"""
-WITH wanted (experiment_id, unit_id, variant_key, is_override, exposed_at, attributes) AS (
+WITH wanted (experiment_id, unit_id, variant_key, is_override, exposed_at, attributes,
+             client_exposed_at) AS (
     VALUES {values}),
 inserted AS (
     INSERT INTO exposures (experiment_id, unit_id, variant_key, is_override, exposed_at,
-                           attributes)
+                           attributes, client_exposed_at)
     SELECT w.experiment_id, w.unit_id, w.variant_key, w.is_override, w.exposed_at,
-           w.attributes
+           w.attributes, w.client_exposed_at
     FROM wanted AS w
     WHERE NOT EXISTS (SELECT FROM exposures AS e
                       WHERE e.experiment_id = w.experiment_id AND e.unit_id = w.unit_id)
@@ -472,7 +482,7 @@ class PreparedConnection:
         self._driver: Any = None
         self._statements: dict[str, bytes] = {}
 
-    def run(self, sql: str, params: Sequence[str]) -> list[tuple[Any, ...]]:
+    def run(self, sql: str, params: Sequence[str | None]) -> list[tuple[Any, ...]]:
         """Execute ``sql`` (prepared on first use) with text-format parameters; typed rows.
 
         A connection found broken (the server restarted, an idle connection was cut) is
@@ -480,7 +490,7 @@ class PreparedConnection:
         NOTHING``, then the stored rows are read), so a first attempt that did commit
         only makes the second report those rows as stored before.
         """
-        encoded = [value.encode() for value in params]
+        encoded = [None if value is None else value.encode() for value in params]
         try:
             return self._run(sql, encoded)
         except psycopg.Error:
@@ -488,7 +498,7 @@ class PreparedConnection:
                 raise
             return self._run(sql, encoded)
 
-    def _run(self, sql: str, params: list[bytes]) -> list[tuple[Any, ...]]:
+    def _run(self, sql: str, params: list[bytes | None]) -> list[tuple[Any, ...]]:
         pgconn = self._pgconn()
         try:
             name = self._statements.get(sql)

@@ -12,7 +12,13 @@ testable:
 - ``friction[(variant, step, kind)]`` adds that absolute probability of a ``kind``
   friction event to every unit of ``variant`` that reaches ``step``;
 - ``split`` forces the traffic split (e.g. a sample-ratio mismatch) by choosing
-  which units arrive, still assigned deterministically by ``assign``.
+  which units arrive, still assigned deterministically by ``assign``;
+- ``skewed_share`` of the browsers have a clock off by seconds to hours and send
+  ``occurred_at``/``sent_at`` like the SDK, so the server's clock-skew correction is
+  exercised (their exposures and events are sent one unit at a time, at their time).
+
+Exposures are spread over the last ``days`` days, but never before the experiment
+started: a new experiment's lift chart starts on its first day.
 
 Unit and event ids derive from the experiment key and the seed, so a rerun with the
 same seed stores nothing new (exposures are sticky, events are deduplicated).
@@ -66,6 +72,7 @@ class SimulationPlan:
     base_conversion: float = 0.10
     nps_rate: float = 0.2
     start: datetime | None = None  # the end of the window; default now
+    skewed_share: float = 0.1  # browsers with a wrong clock, sending sent_at
     attributes: Mapping[str, Any] = field(default_factory=dict)  # sent with every assignment
 
     def __post_init__(self) -> None:
@@ -77,6 +84,8 @@ class SimulationPlan:
             raise ValueError("base_conversion must be in (0, 1)")
         if not 0 <= self.nps_rate <= 1:
             raise ValueError("nps_rate must be in [0, 1]")
+        if not 0 <= self.skewed_share <= 1:
+            raise ValueError("skewed_share must be in [0, 1]")
         if self.split is not None and not (
                 self.split and all(math.isfinite(share) and share >= 0
                                    for share in self.split.values())
@@ -102,7 +111,12 @@ def simulate_traffic(session: Session, experiment_key: str, plan: SimulationPlan
         raise ValueError(f"experiment {experiment_key!r} is {experiment.status}, not running")
     journey = _Journey.of(experiment, plan)
     end = plan.start or utcnow()
+    last = end - SESSION_MARGIN
+    first = max(last - timedelta(days=plan.days), experiment.started_at or last)
+    last = max(last, first)  # started within the margin: every exposure at its start
     rng = random.Random(plan.seed)
+    # A stream of its own, so that adding skewed clocks left every other draw unchanged.
+    clocks = random.Random(f"{plan.seed}-clocks")
     counts: Counter[str] = Counter({variant.key: 0 for variant in experiment.variants})
     units = _arriving_units(session, experiment_key, plan)
     events: list[dict[str, Any]] = []
@@ -111,11 +125,16 @@ def simulate_traffic(session: Session, experiment_key: str, plan: SimulationPlan
             desc=f"simulating {experiment_key}") as bar:
         for done in range(plan.units):
             unit_id = next(units)
-            exposed_at = end - SESSION_MARGIN - timedelta(days=plan.days) * rng.random()
-            variant = _expose(session, experiment_key, unit_id, plan, exposed_at)
+            exposed_at = last - (last - first) * rng.random()
+            skew = _clock_skew(clocks, plan.skewed_share)
+            variant = _expose(session, experiment_key, unit_id, plan, exposed_at, skew)
             if variant is not None:  # excluded visitors (traffic, targeting…) send nothing
                 counts[variant] += 1
-                events.extend(journey.walk(rng, unit_id, variant, exposed_at))
+                walked = journey.walk(rng, unit_id, variant, exposed_at)
+                if skew is None:
+                    events.extend(walked)
+                else:
+                    _ingest_skewed(session, walked, skew)
             if (done + 1) % CHUNK_UNITS == 0:
                 _ingest(session, events)
                 events = []
@@ -146,18 +165,52 @@ def _relaxed_durability(session: Session) -> Iterator[None]:
         event.remove(session, "after_begin", relax)
 
 
+def _clock_skew(rng: random.Random, share: float) -> timedelta | None:
+    """A browser's clock error (None: a right clock): seconds to hours, behind or ahead,
+    log-uniform like real clocks (most are off by a little, a few by hours)."""
+    if rng.random() >= share:
+        return None
+    return timedelta(seconds=rng.choice((-1, 1)) * math.exp(rng.uniform(math.log(5),
+                                                                       math.log(3 * 3600))))
+
+
 def _expose(session: Session, experiment_key: str, unit_id: str, plan: SimulationPlan,
-            exposed_at: datetime) -> str | None:
-    """Assign through the service (stores the exposure); None when the unit is not in it."""
+            exposed_at: datetime, skew: timedelta | None) -> str | None:
+    """Assign through the service (stores the exposure); None when the unit is not in it.
+
+    A skewed browser sends its own clock's time, as the SDK does, received at once.
+    """
+    client = {} if skew is None else {"occurred_at": exposed_at + skew,
+                                      "sent_at": exposed_at + skew + _SEND_DELAY}
     [result] = assign(session, unit_id=unit_id, attributes=plan.attributes,
-                      experiment_keys=[experiment_key], track=True, now=exposed_at)
+                      experiment_keys=[experiment_key], track=True,
+                      now=exposed_at + (_SEND_DELAY if skew is not None else timedelta()),
+                      **client)
     return result.variant if result.in_experiment else None
 
 
-def _ingest(session: Session, events: list[dict[str, Any]]) -> None:
+# How long after its last event a skewed browser's batch is received (SDK flush + transit).
+_SEND_DELAY = timedelta(milliseconds=50)
+_FLUSH_DELAY = timedelta(seconds=2)
+
+
+def _ingest_skewed(session: Session, events: list[dict[str, Any]], skew: timedelta) -> None:
+    """One browser's events on its wrong clock, in one batch with ``sent_at``, received
+    on the server's clock just after the last of them."""
     if not events:
         return
-    result = ingest_events(session, events)
+    times = [datetime.fromisoformat(item["occurred_at"]) for item in events]
+    sent = max(times) + _FLUSH_DELAY
+    shifted = [{**item, "occurred_at": (at + skew).isoformat()}
+               for item, at in zip(events, times, strict=True)]
+    _ingest(session, shifted, now=sent + _SEND_DELAY, sent_at=sent + skew)
+
+
+def _ingest(session: Session, events: list[dict[str, Any]], *, now: datetime | None = None,
+            sent_at: datetime | None = None) -> None:
+    if not events:
+        return
+    result = ingest_events(session, events, now=now, sent_at=sent_at)
     if result.rejected:  # the simulator only builds valid events: a rejection is a bug
         raise RuntimeError(f"simulated events rejected: {result.rejected[:3]}")
 

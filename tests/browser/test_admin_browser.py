@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from playwright.sync_api import Page, expect
 
-from experiments.db import get_db
+from experiments.db import get_db, utcnow
+from experiments.services.lifecycle import get_experiment
 from experiments.services.simulate import SimulationPlan, simulate_traffic
 from tests.test_admin_support import (
     PASSWORD,
@@ -76,6 +79,9 @@ def test_editor_runs_an_experiment_from_form_to_learnings(page, live_server, app
     expect(page.locator("h1 .badge")).to_have_text("running")
 
     with get_db(app).session() as session:
+        # The simulator dates nothing before the start: pretend it started 5 days ago.
+        get_experiment(session, KEY).started_at = utcnow() - timedelta(days=5, hours=1)
+        session.commit()
         simulate_traffic(session, KEY, SimulationPlan(
             units=3000, seed=7, days=5, effects={"one-page": 0.3},
             friction={("control", "payment", "error"): 0.15}))

@@ -6,6 +6,7 @@
   var QUEUE_PREFIX = "parcours:q:";  // one stored queue per page load, adopted by the next load
   var UNIT_KEY = "parcours:unit";
   var PAGES_KEY = "parcours:pages";
+  var CONVERTED_KEY = "parcours:converted";  // this tab's session tracked a conversion
   var MAX_STORED = 1000;             // oldest items go first when a long outage fills storage
   var MAX_BATCH = 500;               // well under the API's 1000 events / 1 MiB per request
   var BEACON_BYTES = 60000;          // sendBeacon and keepalive fetch share a 64 KiB budget
@@ -55,6 +56,14 @@
     return clip(s, 100);
   }
 
+  function warn(message) {
+    try { console.warn("parcours: " + message); } catch (e) { /* no console: nothing to do */ }
+  }
+
+  function now() {
+    return new Date().toISOString();
+  }
+
   function retryable(status) {
     return status === 0 || status === 408 || status === 429 || status >= 500;
   }
@@ -73,7 +82,9 @@
       this.onEvent = o.onEvent || null;
       this.currentStep = null;
       this.stepsSeen = 0;
-      this.converted = false;
+      this.converted = !!storage("sessionStorage", function (s) {
+        return s.getItem(CONVERTED_KEY);
+      });
       this.startedAt = Date.now();
       this.queue = [];
       this.failures = 0;
@@ -152,8 +163,13 @@
     expose(key) {
       if (this.exposed[key]) return;
       this.exposed[key] = true;
-      this.push({ id: uuid(), k: "x", b: { experiment: key, unit_id: this.unitId } });
-      this.flush();
+      // When it was shown, on this clock: the server corrects it by the request's sent_at.
+      this.push({ id: uuid(), k: "x",
+        b: { experiment: key, unit_id: this.unitId, occurred_at: now() } });
+      // Sent right away, yet after this task: the events the page tracks on reading its
+      // variant go in the same flush, behind the exposure, so none lands before it.
+      var self = this;
+      setTimeout(function () { self.flush(); }, 0);
     }
 
     // ---- events -----------------------------------------------------------------------------
@@ -167,8 +183,13 @@
 
     track(name, o) {
       o = o || {};
-      if (!o.type || o.type === "conversion") this.converted = true;
-      return this.event(o.type || "conversion", name, o);
+      var id = this.event(o.type || "conversion", name, o);
+      if (id && (!o.type || o.type === "conversion")) {
+        // No bounce or abandonment after a conversion, on this page or a later one.
+        this.converted = true;
+        storage("sessionStorage", function (s) { s.setItem(CONVERTED_KEY, "1"); });
+      }
+      return id;
     }
 
     friction(kind, o) {
@@ -177,20 +198,37 @@
 
     nps(score, o) {
       if (!(Number.isInteger(score) && score >= 0 && score <= 10)) {
-        throw new RangeError("NPS score must be an integer from 0 to 10");
+        warn("nps(" + score + ") dropped: the score must be an integer from 0 to 10");
+        return null;
       }
       return this.event("nps", "nps", Object.assign({}, o, { value: score }));
     }
 
+    // Never throws into the host page: a bad event is dropped with a console warning.
     event(type, name, o) {
-      o = o || {};
+      try {
+        return this.record(type, name, o || {});
+      } catch (x) {
+        warn(type + " '" + name + "' dropped: " + (x && x.message));
+        return null;
+      }
+    }
+
+    record(type, name, o) {
       var e = { event_id: uuid(), unit_id: this.unitId, type: type, name: String(name),
-        occurred_at: new Date().toISOString() };
+        occurred_at: now() };
       var step = o.step !== undefined ? o.step : this.currentStep;
       if (step) e.step = String(step);
       if (o.friction_kind) e.friction_kind = o.friction_kind;
-      if (o.value != null) e.value = Number(o.value);
-      if (o.properties) e.properties = o.properties;
+      if (o.value != null) {
+        e.value = typeof o.value === "number" || typeof o.value === "string" ? Number(o.value) : NaN;
+        if (!isFinite(e.value) || o.value === "") {
+          warn(type + " '" + name + "' dropped: value " + JSON.stringify(o.value) +
+            " is not a number");
+          return null;
+        }
+      }
+      if (o.properties) e.properties = JSON.parse(JSON.stringify(o.properties));
       this.push({ id: e.event_id, k: "e", b: e });
       if (this.onEvent) try { this.onEvent(e); } catch (x) { /* a hook never breaks tracking */ }
       if (this.queue.length >= this.batchSize) this.flush();
@@ -243,14 +281,18 @@
       var self = this;
       var items = this.queue.slice(0, MAX_BATCH);
       var events = items.filter(function (i) { return i.k === "e"; });
+      // One sent_at for the exposures and the events after them: both are shifted by the
+      // same clock skew, and the events' later receipt keeps them after their exposure.
+      var sent = now();
       var sends = items.filter(function (i) { return i.k === "x"; }).map(function (i) {
-        return self.send("/api/v1/exposures", i.b, [i]);
+        return self.send("/api/v1/exposures", Object.assign({}, i.b, { sent_at: sent }), [i]);
       });
-      if (events.length) {
-        sends.push(this.send("/api/v1/events",
-          { events: events.map(function (i) { return i.b; }) }, events));
-      }
       this.sending = Promise.all(sends).then(function (results) {
+        if (!events.length) return results;
+        return self.send("/api/v1/events",
+          { events: events.map(function (i) { return i.b; }), sent_at: sent }, events)
+          .then(function (ok) { return results.concat([ok]); });
+      }).then(function (results) {
         self.sending = null;
         if (results.indexOf(false) >= 0) {
           self.failures += 1;
@@ -266,10 +308,18 @@
 
     send(path, body, items) {
       var self = this;
-      return this.post(path, body).then(function (r) { return r.status; }, function () { return 0; })
+      return this.post(path, body).then(function (r) {
+        return r.status === 200 && body.events ? r.json().then(function (res) {
+          (res.rejected || []).forEach(function (x) {
+            var e = body.events[x.index] || {};
+            warn("event '" + e.name + "' rejected: " + (x.error && x.error.message));
+          });
+          return 200;
+        }, function () { return 200; }) : r.status;
+      }, function () { return 0; })
         .then(function (status) {
           if (retryable(status)) return false;
-          if (status >= 400) console.warn("parcours: " + path + " refused with HTTP " + status);
+          if (status >= 400) warn(path + " refused with HTTP " + status);
           var done = {};
           items.forEach(function (i) { done[i.id] = true; });
           self.queue = self.queue.filter(function (i) { return !done[i.id]; });
@@ -297,23 +347,27 @@
     beacon() {
       // sendBeacon cannot carry Authorization: POST /api/v1/events takes the public client key
       // as ?key= for text/plain beacons. Items stay stored until a later page load confirms them.
+      var sent = now();
+      var self = this;
+      var swallow = function () {};
+      this.queue.forEach(function (i) {
+        if (i.k === "x") {
+          self.post("/api/v1/exposures", Object.assign({}, i.b, { sent_at: sent }), true)
+            .catch(swallow);
+        }
+      });
       var events = this.queue.filter(function (i) { return i.k === "e"; }).slice(0, MAX_BATCH)
         .map(function (i) { return i.b; });
-      var body = JSON.stringify({ events: events });
+      var body = JSON.stringify({ events: events, sent_at: sent });
       while (body.length > BEACON_BYTES && events.length > 1) {
         events = events.slice(0, events.length >> 1);
-        body = JSON.stringify({ events: events });
+        body = JSON.stringify({ events: events, sent_at: sent });
       }
       var nav = root.navigator;
       var url = this.endpoint + "/api/v1/events?key=" + encodeURIComponent(this.clientKey);
-      var self = this;
-      var swallow = function () {};
       if (events.length && !(nav && nav.sendBeacon && nav.sendBeacon(url, body))) {
-        this.post("/api/v1/events", { events: events }, true).catch(swallow);
+        this.post("/api/v1/events", JSON.parse(body), true).catch(swallow);
       }
-      this.queue.forEach(function (i) {
-        if (i.k === "x") self.post("/api/v1/exposures", i.b, true).catch(swallow);
-      });
     }
   }
 
@@ -472,7 +526,7 @@
         if (c.abandonment && step && !moving && !p.converted && !last) {
           report("abandonment", {}, step);
         }
-        if (c.bounce && pages === 1 && p.stepsSeen <= 1 && !moving &&
+        if (c.bounce && pages === 1 && p.stepsSeen <= 1 && !moving && !p.converted &&
             now - p.startedAt < c.bounceMs) {
           report("bounce", { duration_ms: now - p.startedAt }, undefined, now - p.startedAt);
         }
