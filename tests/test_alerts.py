@@ -180,3 +180,15 @@ def test_a_breach_under_srm_does_not_roll_back_early():
     assert decide(settings, under_srm, days=1).outcome == "keep_running"
     frequentist = AnalysisSettings(method="frequentist", min_units_per_variant=1000, min_days=7)
     assert decide(frequentist, harmed, days=1).outcome == "keep_running"
+
+
+@pytest.mark.parametrize("cuped", [False, True])
+def test_metric_events_before_and_after_exposure_are_counted_in_the_pass(db, cuped):
+    from tests.test_aggregation import aggregates, make_experiment, seed_dataset
+
+    experiment = make_experiment(db)
+    seed_dataset(db, experiment)
+    # c2's purchase 1 h before its exposure is early; events after the window, friction
+    # at a step no metric reads and the override unit's events never count
+    assert aggregates(db, experiment, cuped=cuped).timing == {
+        "control": [1.0, 11.0], "one-page": [0.0, 6.0]}
