@@ -1,7 +1,8 @@
 """Browser access to the client routes: CORS from ``PARCOURS_CORS_ORIGINS``, and beacons.
 
-Only ``/api/v1/assign``, ``/api/v1/exposures`` and ``/api/v1/events`` are opened to
-other origins, and only for the configured origins (``*`` allows any). Those routes
+Only ``/api/v1/assign``, ``/api/v1/exposures``, ``/api/v1/events`` and the OFREP routes
+(``/ofrep/v1/evaluate/flags[/{key}]``) are opened to other origins, and only for the
+configured origins (``*`` allows any). Those routes
 take client keys, which are public by design: they can only assign and send events.
 No cookies are involved, so ``Access-Control-Allow-Credentials`` is never sent.
 
@@ -21,12 +22,14 @@ from urllib.parse import parse_qs
 
 from flask import Flask, Response, current_app, request
 
-CLIENT_ROUTES = frozenset({"/api/v1/assign", "/api/v1/exposures", "/api/v1/events"})
+CLIENT_ROUTES = frozenset({"/api/v1/assign", "/api/v1/exposures", "/api/v1/events",
+                           "/ofrep/v1/evaluate/flags"})
+OFREP_FLAG_PREFIX = "/ofrep/v1/evaluate/flags/"  # single-flag evaluation, any flag key
 BEACON_ROUTE = "/api/v1/events"
 ORIGINS_KEY = "parcours.cors_origins"  # normalised once at start-up, read per request
 ALLOWED_METHODS = "POST, OPTIONS"
-ALLOWED_HEADERS = "Authorization, Content-Type"
-EXPOSED_HEADERS = "Retry-After"
+ALLOWED_HEADERS = "Authorization, Content-Type, If-None-Match"  # OFREP bulk sends the ETag
+EXPOSED_HEADERS = "Retry-After, ETag"
 PREFLIGHT_MAX_AGE_S = "600"
 _CLIENT_KEY = re.compile(r"pk_[A-Za-z0-9_-]{8,200}")
 
@@ -42,6 +45,12 @@ def init_app(app: Flask) -> None:
     app.after_request(_add_cors_headers)
 
 
+def is_client_route(path: str) -> bool:
+    """Routes a browser may call with a client key (the others never answer CORS)."""
+    return path in CLIENT_ROUTES or (path.startswith(OFREP_FLAG_PREFIX)
+                                     and "/" not in path[len(OFREP_FLAG_PREFIX):])
+
+
 def allowed_origin(origin: str | None, configured: frozenset[str]) -> str | None:
     """The origin to echo back when it is ``configured``, else None (no CORS headers)."""
     if not origin:
@@ -53,7 +62,7 @@ def allowed_origin(origin: str | None, configured: frozenset[str]) -> str | None
 
 def _preflight() -> Response | None:
     """Answer ``OPTIONS`` from an allowed origin before routing (the route may 405 it)."""
-    if request.method != "OPTIONS" or request.path not in CLIENT_ROUTES:
+    if request.method != "OPTIONS" or not is_client_route(request.path):
         return None
     if allowed_origin(request.headers.get("Origin"), current_app.extensions[ORIGINS_KEY]) is None:
         return None
@@ -79,7 +88,7 @@ def cors_headers(path: str, origin: str | None, configured: frozenset[str]
                  ) -> list[tuple[str, str]]:
     """The CORS headers of a response on ``path`` to a request from ``origin``, given the
     ``configured`` origins (the app's ``ORIGINS_KEY`` extension)."""
-    if path not in CLIENT_ROUTES:
+    if not is_client_route(path):
         return []
     allowed = allowed_origin(origin, configured)
     if allowed is None:

@@ -141,4 +141,6 @@ def analyze_one(database: Database, key: str) -> tuple[bool, str]:
     except Exception as exc:
         logger.exception("analysis of %s failed", key)
         return False, f"{key}: error: {type(exc).__name__}: {exc}"
+    if body.get("error"):
+        return False, f"{key}: error: {body['error']}"
     return True, f"{key}: {report_summary(body)}"

@@ -226,6 +226,22 @@ class Decision(Base):
     decided_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class GuardrailNotification(Base):
+    """A guardrail breach already announced (``guardrail.breached`` goes once per metric and
+    variant, not with every report that still shows it)."""
+
+    __tablename__ = "guardrail_notifications"
+    __table_args__ = (UniqueConstraint("experiment_id", "metric_key", "variant_key",
+                                       name="uq_guardrail_notifications_breach"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    metric_key: Mapped[str] = mapped_column(String(64))
+    variant_key: Mapped[str] = mapped_column(String(64))
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id", ondelete="SET NULL"))
+    notified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class User(Base):
     """An admin UI account (argon2 password hash)."""
 

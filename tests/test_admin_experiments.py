@@ -417,3 +417,35 @@ def test_simulate_button_sends_visitors_in_demo_mode(database_url, tmp_path):
             assert session.query(Exposure).count() == 200
     finally:
         get_db(app).engine.dispose()
+
+
+def harmed_report_metrics() -> list[dict[str, Any]]:
+    """The support report's metrics with the guardrail turned worse for one-page."""
+    from tests.test_admin_support import report_body
+
+    metrics = report_body()["metrics"]
+    metrics[1]["comparisons"][0].update(relative_effect=0.43, verdict="worse")
+    return metrics
+
+
+def test_conclude_form_lists_ship_risks_and_needs_the_confirmation(app):
+    seed_experiment(app)
+    insert_report(app, metrics=harmed_report_metrics())
+    client = logged_in(app, "editor")
+    page = client.get("/admin/experiments/checkout-redesign").get_data(as_text=True)
+    (raw,) = re.findall(r'data-ship-risks="([^"]*)"', page)
+    risks = json.loads(html.unescape(raw))
+    assert risks == {"control": [], "one-page": [
+        "guardrail payment-errors is significantly worse for one-page (+43.0%)"]}
+    assert 'name="acknowledge_risks"' in page
+    refused = post(client, "/admin/experiments/checkout-redesign/conclude",
+                   {"outcome": "ship", "winner": "one-page", "acknowledge_risks": ""},
+                   follow_redirects=True)
+    assert "shipping one-page is risky" in html.unescape(refused.get_data(as_text=True))
+    assert load(app, "checkout-redesign")["status"] == "running"
+    post(client, "/admin/experiments/checkout-redesign/conclude",
+         {"outcome": "ship", "winner": "one-page", "acknowledge_risks": "1"})
+    saved = load(app, "checkout-redesign")
+    assert saved["status"] == "concluded"
+    assert saved["decision"]["reasons"][1] == ("risk acknowledged: guardrail payment-errors is "
+                                               "significantly worse for one-page (+43.0%)")

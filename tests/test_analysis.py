@@ -286,7 +286,11 @@ def test_analyze_running_isolates_a_failing_experiment(app, db, monkeypatch):
     results = analyze_running(get_db(app).session, now=NOW)
     assert results == {"bad": "error: RuntimeError: boom", "good": "ok"}
     db.expire_all()
-    assert db.scalar(select(func.count()).select_from(Report)) == 1
+    reports = {r.body["experiment"]: r.body for r in db.scalars(select(Report))}
+    assert set(reports) == {"bad", "good"}
+    assert reports["bad"] == {"experiment": "bad", "computed_at": NOW.isoformat(),
+                              "error": "RuntimeError: boom"}
+    assert "error" not in reports["good"] and reports["good"]["computed_at"] == NOW.isoformat()
 
 
 # -- end to end through the simulator (assignment + ingestion services) ---------------------

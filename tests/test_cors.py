@@ -1,4 +1,4 @@
-"""CORS on the three client routes only, for the configured origins only (SPEC §10)."""
+"""CORS on the client and OFREP routes only, for the configured origins only (SPEC §4, §10)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from experiments.db import get_db
 from tests.conftest import auth_headers, make_test_app
 
 SHOP = "https://shop.example.com"
-CLIENT_ROUTES = ["/api/v1/assign", "/api/v1/exposures", "/api/v1/events"]
+CLIENT_ROUTES = ["/api/v1/assign", "/api/v1/exposures", "/api/v1/events",
+                 "/ofrep/v1/evaluate/flags", "/ofrep/v1/evaluate/flags/checkout-redesign"]
 
 
 @pytest.fixture
@@ -107,3 +108,27 @@ def test_a_star_allows_any_origin(database_url, tmp_path):
         assert response.headers["Access-Control-Allow-Origin"] == "https://anyone.example"
     finally:
         get_db(app).engine.dispose()
+
+
+def test_a_browser_ofrep_provider_can_revalidate_the_bulk_etag(cors_client, key_headers):
+    allowed = preflight(cors_client, "/ofrep/v1/evaluate/flags", SHOP)
+    assert "if-none-match" in allowed.headers["Access-Control-Allow-Headers"].lower()
+    response = cors_client.post("/ofrep/v1/evaluate/flags",
+                                json={"context": {"targetingKey": "visitor-1"}},
+                                headers={**key_headers, "Origin": SHOP})
+    assert response.status_code == 200
+    assert response.headers["Access-Control-Allow-Origin"] == SHOP
+    assert "ETag" in response.headers["Access-Control-Expose-Headers"]
+
+
+def test_an_ofrep_flag_error_is_readable_by_an_allowed_origin(cors_client, key_headers):
+    response = cors_client.post("/ofrep/v1/evaluate/flags/nope",
+                                json={"context": {"targetingKey": "visitor-1"}},
+                                headers={**key_headers, "Origin": SHOP})
+    assert (response.status_code, response.get_json()["errorCode"]) == (404, "FLAG_NOT_FOUND")
+    assert response.headers["Access-Control-Allow-Origin"] == SHOP
+
+
+def test_paths_below_an_ofrep_flag_get_no_cors_headers(cors_client):
+    response = preflight(cors_client, "/ofrep/v1/evaluate/flags/a/b", SHOP)
+    assert "Access-Control-Allow-Origin" not in response.headers

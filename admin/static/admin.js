@@ -158,10 +158,27 @@
     if (summary) { summary.focus(); }
   }
 
+  /* Conclude form: shipping a winner with risks (guardrail breach, SRM) asks first, then
+     sends acknowledge_risks; the server refuses an unacknowledged risky ship anyway. */
+  function riskyShip() {
+    document.addEventListener("submit", function (event) {
+      var form = event.target, raw = form.getAttribute("data-ship-risks");
+      if (!raw || !form.elements.outcome || form.elements.outcome.value !== "ship") { return; }
+      var risks = (JSON.parse(raw) || {})[form.elements.winner.value] || [];
+      form.elements.acknowledge_risks.value = "";
+      if (!risks.length) { return; }
+      var text = "Shipping " + form.elements.winner.value + " is risky:\n- " +
+                 risks.join("\n- ") + "\n\nShip it anyway?";
+      if (window.confirm(text)) { form.elements.acknowledge_risks.value = "1"; }
+      else { event.preventDefault(); }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
     liftChart();
     funnelChart();
     rowBehaviour();
     confirmations();
+    riskyShip();
   });
 })();

@@ -158,8 +158,16 @@ def experiment(key: str) -> str:
         is_latest=bool(history) and report is history[0],
         view=_report_view(row, body), audit_entries=entries,
         children=queries.iterations_of(session, row.id),
-        demo=_demo_mode(),
+        demo=_demo_mode(), ship_risks=_ship_risks(row),
     )
+
+
+def _ship_risks(row: Experiment) -> dict[str, list[str]]:
+    """Per variant, the risks the conclude form's confirmation lists before shipping it."""
+    if row.status not in ("running", "paused"):
+        return {}
+    return {v.key: [risk["message"] for risk in lifecycle.ship_risks(row, v.key)]
+            for v in row.variants}
 
 
 def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +213,9 @@ def conclude_experiment(key: str) -> Response:
     def run() -> None:
         body = validated(ConcludeIn, {"outcome": request.form.get("outcome", ""),
                                       "winner": request.form.get("winner") or None,
-                                      "learnings": request.form.get("learnings", "").strip()})
+                                      "learnings": request.form.get("learnings", "").strip(),
+                                      "acknowledge_risks":
+                                          request.form.get("acknowledge_risks") == "1"})
         lifecycle.transition(db_session(), key, "conclude", principal(), body)
     return _act(key, run, "Experiment concluded.")
 

@@ -1,5 +1,8 @@
 """OpenFeature Remote Evaluation Protocol (SPEC §4): any OpenFeature SDK with the OFREP
-provider evaluates experiments as flags. Evaluations are exposures.
+provider evaluates experiments as flags. A single-flag evaluation is an exposure; a bulk
+evaluation is not (web and mobile providers call it on every start and context change,
+which would enrol every visitor everywhere): the flag read records the exposure through
+an OpenFeature hook (README).
 
 Errors keep the OFREP shapes (``{"key", "errorCode", "errorDetails"}``) so that
 providers map them to OpenFeature error codes; 401/403/429 keep the SPEC envelope.
@@ -75,9 +78,11 @@ def evaluate_flag(key: str, body: OfrepRequest) -> dict[str, Any]:
 @api_route(bp, "/evaluate/flags", "POST", auth="client", body=OfrepRequest, response=OfrepBulk,
            responses={304: None, 400: OfrepError}, tags=TAGS)
 def evaluate_flags(body: OfrepRequest) -> Response:
-    """Evaluate every running experiment; ``If-None-Match`` with the last ETag gives 304."""
+    """Evaluate every running experiment without recording exposures; ``If-None-Match``
+    with the last ETag gives 304."""
     unit_id, attributes = _unit_and_attributes(body)
-    results = assignment.assign(db_session(), unit_id=unit_id, attributes=attributes)
+    results = assignment.assign(db_session(), unit_id=unit_id, attributes=attributes,
+                                track=False)
     payload = json.dumps({"flags": [_evaluation(result) for result in results]},
                          separators=(",", ":"), default=str)
     etag = hashlib.sha256(payload.encode()).hexdigest()[:32]

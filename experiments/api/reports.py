@@ -10,6 +10,7 @@ from experiments.models import Report
 from experiments.schemas.reports import (
     ExportOut,
     ExportQuery,
+    FailedReportOut,
     ReportList,
     ReportListQuery,
     ReportOut,
@@ -20,19 +21,21 @@ bp = Blueprint("reports", __name__, url_prefix="/api/v1")
 TAGS = ("reports",)
 
 
-def _out(report: Report) -> ReportOut:
-    return ReportOut.model_validate(analysis.report_to_dict(report))
+def _out(report: Report) -> ReportOut | FailedReportOut:
+    """A report, or the failure stored in its place (``{"experiment", "computed_at", "error"}``)."""
+    data = analysis.report_to_dict(report)
+    return (FailedReportOut if "error" in data else ReportOut).model_validate(data)
 
 
 @api_route(bp, "/experiments/<key>/analyze", "POST", response=ReportOut, errors=(404, 409),
            tags=TAGS)
-def analyze_experiment(key: str) -> ReportOut:
-    """Run the analysis now and return the new report."""
+def analyze_experiment(key: str) -> ReportOut | FailedReportOut:
+    """Run the analysis now and return the new report (``error`` when it failed)."""
     return _out(analysis.analyze_experiment(db_session(), key))
 
 
 @api_route(bp, "/experiments/<key>/report", response=ReportOut, errors=(404,), tags=TAGS)
-def latest_report(key: str) -> ReportOut:
+def latest_report(key: str) -> ReportOut | FailedReportOut:
     """The latest report (404 until the experiment has been analysed)."""
     return _out(analysis.get_latest_report(db_session(), key))
 

@@ -291,6 +291,7 @@ class ConcludeIn(Strict):
     outcome: Outcome
     winner: Key | None = None
     learnings: str = Field("", max_length=50_000)
+    acknowledge_risks: bool = False
 
 
 class IterateIn(Strict):

@@ -107,6 +107,24 @@ class TimelinePoint(BaseModel):
     relative_ci: Interval
 
 
+class AlertOut(BaseModel):
+    """Something a manager must see now, whatever ``min_days`` (SPEC §6)."""
+
+    kind: Literal["guardrail_breach", "srm", "events_before_exposure"]
+    metric: str | None
+    variant: str | None
+    message: str
+
+
+class FailedReportOut(BaseModel):
+    """An analysis that failed for this experiment (the others went on)."""
+
+    id: int
+    experiment: str
+    computed_at: datetime
+    error: str
+
+
 class ReportOut(BaseModel):
     """One analysis run (SPEC §6)."""
 
@@ -123,10 +141,11 @@ class ReportOut(BaseModel):
     timeline: list[TimelinePoint]
     decision: DecisionOut | None
     warnings: list[str]
+    alerts: list[AlertOut] = Field(default_factory=list)
 
 
 class ReportList(BaseModel):
-    items: list[ReportOut]
+    items: list[ReportOut | FailedReportOut]
     next_cursor: str | None
 
 

@@ -209,6 +209,8 @@ class ExperimentAggregates:
     journey: JourneyCounts
     # Per capped metric, the threshold used for each part (y, num, den); None: no value yet.
     caps: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # variant -> [metric events before, after the exposure] inside the window
+    timing: dict[str, list[float]] = field(default_factory=dict)
 
 
 # -- packed per-unit flags ------------------------------------------------------------------
@@ -468,7 +470,9 @@ class Plan:
 
     @property
     def with_pre(self) -> bool:
-        return self.cuped and any(m.kind in CUPED_KINDS for m in self.metrics)
+        """The pass always reads the window before each exposure too: CUPED covariates come
+        from it, and the ``events_before_exposure`` alert counts the metric events in it."""
+        return True
 
 
 @dataclass(frozen=True)
@@ -499,7 +503,16 @@ def _unit_values(plan: Plan, x: Any, post: ColumnElement[bool]) -> list[UnitValu
                 case((answer, answer_key(Event.occurred_at, Event.id, klass)))), "max"))
         elif metric.kind not in PROPORTION_KINDS:
             values += _unit_columns(metric, index, post, plan.cuped)
-    return values
+    return [*values, *_timing_values(plan, post)]
+
+
+def _timing_values(plan: Plan, post: ColumnElement[bool]) -> list[UnitValue]:
+    """Per unit, its metric events inside the window after and before the exposure: the
+    ``events_before_exposure`` alert (clock or integration trouble) in the same pass."""
+    matches = [match_condition(metric) for metric in plan.metrics]
+    any_metric = or_(*matches) if matches else false()
+    return [UnitValue(label, func.sum(case((and_(period, any_metric), 1), else_=0)), "sum")
+            for label, period in (("events_post", post), ("events_pre", ~post))]
 
 
 def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool) -> list[UnitValue]:
@@ -639,8 +652,9 @@ def variant_day_query(plan: Plan, unit: Any, *, units: int = 0) -> Select[Any]:
             for c in _moment_columns(plan, m, i, unit, caps)]
     thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
     day = utc_day(unit.c.exposed_at)
+    timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
     return (select(unit.c.variant_key, day.label("day"), *sums, *_journey_columns(plan, unit),
-                   *thresholds)
+                   *thresholds, *timing)
             .group_by(unit.c.variant_key, day))
 
 
@@ -723,7 +737,7 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
                       last + margin)
     query = _unit_source(session, experiment_id, plan, hours=hours,
                          events_between=events_between, rollup=rollup, units=exposed)
-    outside = 0.0
+    outside, timing_by_variant = 0.0, {}  # variant -> [events before, after exposure]
     caps = _configured_caps(specs)
     for row in session.execute(query):
         data = row._mapping
@@ -733,10 +747,13 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
             if metric.kind != "nps" or sums["n"] > 0:
                 by_metric[metric.key].add(data["variant_key"], day_key(data["day"]), sums)
         _add_journey(counts, plan, data)
+        timing = timing_by_variant.setdefault(data["variant_key"], [0.0, 0.0])
+        timing[0] += _number(data["events_pre"])
+        timing[1] += _number(data["events_post"])
         outside += _number(data["extra_friction"])
     if outside:
         _add_friction_outside(session, counts, experiment_id, plan.journey, hours=hours)
-    return ExperimentAggregates(units, by_metric, counts, caps)
+    return ExperimentAggregates(units, by_metric, counts, caps=caps, timing=timing_by_variant)
 
 
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the join; this only prunes

@@ -27,11 +27,11 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from experiments import signals
 from experiments.db import utcnow
-from experiments.errors import Conflict, NotFound, ValidationFailed
+from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
-from experiments.services import decisions
+from experiments.services import alerts, decisions
 from experiments.services.aggregation import (
     CUPED_KINDS,
     ExperimentAggregates,
@@ -308,7 +308,7 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
                  if n == 0 and sum(units.values())]
     srm = srm_test(list(units.values()), [v.weight for v in experiment.variants])
     matrix = friction_matrix(experiment, settings, units, aggregates.journey)
-    return {
+    body = {
         "experiment": experiment.key, "computed_at": now.isoformat(), "method": settings.method,
         "units": units, "srm": {"p_value": srm.p_value, "detected": srm.detected},
         "metrics": metrics_section(experiment, settings, aggregates,
@@ -320,12 +320,22 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "decision": None,
         "warnings": list(dict.fromkeys(warnings)),
     }
+    body["alerts"] = alerts.report_alerts(body, aggregates.timing, list(units))
+    return body
 
 
-def latest_report(session: Session, experiment_id: int) -> Report | None:
-    """The most recent report of an experiment."""
-    return session.scalar(select(Report).where(Report.experiment_id == experiment_id)
-                          .order_by(Report.id.desc()).limit(1))
+def latest_report(session: Session, experiment_id: int, *,
+                  successful: bool = False) -> Report | None:
+    """The most recent report of an experiment (``successful``: the latest with results,
+    skipping failed analyses, for the sequential running minimum)."""
+    query = select(Report).where(Report.experiment_id == experiment_id).order_by(Report.id.desc())
+    if not successful:
+        return session.scalar(query.limit(1))
+    for offset in range(20):  # one row at a time: report bodies are large
+        report = session.scalar(query.offset(offset).limit(1))
+        if report is None or not report.body.get("error"):
+            return report
+    return None
 
 
 def latest_reports(session: Session, experiment_ids: Sequence[int]) -> dict[int, Report]:
@@ -362,15 +372,20 @@ def _summary(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _emit_report_signals(session: Session, experiment: Experiment, report: Report) -> None:
-    """analysis.completed always; srm.detected and guardrail.breached when they apply."""
+def _emit_report_signals(session: Session, experiment: Experiment, report: Report,
+                         now: datetime) -> None:
+    """analysis.completed always; srm.detected when it applies; guardrail.breached once per
+    guardrail and variant (the first report that shows the breach)."""
     body, base = report.body, {"experiment": experiment.key, "report_id": report.id}
     if body["srm"]["detected"]:
         signals.emit(signals.srm_detected, session,
                      {**base, "srm": body["srm"], "units": body["units"]})
-    for metric, comparison in decisions.breached_guardrails(body):
+    comparisons = {(metric, c["variant"]): c for metric, c in decisions.breached_guardrails(body)}
+    for alert in alerts.first_breaches(session, experiment.id, report.id, body, now):
+        comparison = comparisons[(alert["metric"], alert["variant"])]
         signals.emit(signals.guardrail_breached, session, {
-            **base, "metric": metric, "method": body["method"],
+            **base, "metric": alert["metric"], "method": body["method"],
+            "message": alert["message"],
             **{key: comparison.get(key) for key in SUMMARY_FIELDS}})
     signals.emit(signals.analysis_completed, session, {**base, "summary": _summary(body)})
 
@@ -379,15 +394,44 @@ ROLLUP_STATUSES = ("running", "paused")  # experiments whose per-unit rollup is 
 
 
 def analyze_experiment(session: Session, key: str, *, now: datetime | None = None) -> Report:
-    """Analyse one experiment now, store the report (and decision) and commit."""
+    """Analyse one experiment now, store the report (and decision) and commit.
+
+    An analysis that fails on the data (a numeric error, a database refusing the query)
+    stores a report carrying only the ``error``, for this experiment alone: the caller,
+    the scheduler's loop included, goes on (SPEC §6).
+    """
     now = now or utcnow()
     experiment = get_experiment(session, key)
+    try:
+        return _analyze(session, experiment, now)
+    except ApiError:
+        raise
+    except Exception as exc:
+        session.rollback()
+        logger.exception("analysis of experiment %s failed", key)
+        return store_failed_report(session, key, f"{type(exc).__name__}: {exc}", now)
+
+
+def store_failed_report(session: Session, key: str, message: str, now: datetime) -> Report:
+    """Keep the failure as the experiment's latest report (API, admin page, job log)."""
+    experiment = get_experiment(session, key)
+    settings = AnalysisSettings.model_validate(experiment.analysis)
+    report = Report(experiment_id=experiment.id, computed_at=now, method=settings.method,
+                    body={"experiment": key, "computed_at": now.isoformat(),
+                          "error": message[:2000]})
+    session.add(report)
+    session.commit()
+    return report
+
+
+def _analyze(session: Session, experiment: Experiment, now: datetime) -> Report:
+    """The analysis proper: aggregates, report, decision, signals, one transaction."""
     settings = AnalysisSettings.model_validate(experiment.analysis)
     aggregates = aggregate_experiment(
         session, experiment.id, [MetricSpec.of(m) for m in experiment.metrics],
         hours=settings.conversion_window_hours, cuped=settings.cuped,
         rollup=experiment.status in ROLLUP_STATUSES)
-    previous = latest_report(session, experiment.id)
+    previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
     result = decisions.report_decision(experiment, settings, body, now)
@@ -401,7 +445,7 @@ def analyze_experiment(session: Session, key: str, *, now: datetime | None = Non
         applies = result is not None and settings.auto_decide
         if applies and decisions.changes_decision(experiment, result):
             decisions.record_decision(session, experiment, result, report, now)
-        _emit_report_signals(session, experiment, report)
+        _emit_report_signals(session, experiment, report, now)
         session.flush()
         if applies and settings.auto_conclude and result.outcome in decisions.CONCLUDING:
             decisions.conclude_automatically(session, experiment, result, report, now)
@@ -434,8 +478,8 @@ def analyze_running(session_factory: Callable[[], AbstractContextManager[Session
     for key in keys:
         try:
             with session_factory() as session:
-                analyze_experiment(session, key, now=now)
-            results[key] = "ok"
+                error = analyze_experiment(session, key, now=now).body.get("error")
+            results[key] = f"error: {error}" if error else "ok"
         except Exception as exc:  # one broken experiment must not stop the others
             logger.exception("analysis of experiment %s failed", key)
             results[key] = f"error: {type(exc).__name__}: {exc}"

@@ -107,16 +107,31 @@ def _blocking_reasons(settings: AnalysisSettings, body: Mapping[str, Any],
     return reasons
 
 
+def _rollback(breached: Sequence[tuple[str, Mapping[str, Any]]]) -> DecisionResult:
+    return DecisionResult("rollback", None, tuple(
+        f"guardrail {key} significantly worse for {c['variant']}{_lift(c)}"
+        for key, c in breached))
+
+
 def decide(settings: AnalysisSettings, body: Mapping[str, Any], *, days: float) -> DecisionResult:
-    """Apply the SPEC §6 rules to a report body (without its decision)."""
+    """Apply the SPEC §6 rules to a report body (without its decision).
+
+    A sequential test is valid at every look, so its guardrail breach rolls back before
+    ``min_units_per_variant`` and ``min_days`` (never under SRM: the split itself is broken).
+    """
     blocking = _blocking_reasons(settings, body, days)
+    breached = breached_guardrails(body)
+    srm_detected = bool((body.get("srm") or {}).get("detected"))
+    if blocking and breached and settings.method == "sequential" and not srm_detected:
+        early = _rollback(breached)
+        return DecisionResult("rollback", None, (
+            *early.reasons, "the sequential test is valid at any time, so the rollback does "
+            "not wait for " + " and ".join(r.removeprefix("waiting for ").split(" (")[0]
+                                           for r in blocking)))
     if blocking:
         return DecisionResult("keep_running", None, tuple(blocking))
-    breached = breached_guardrails(body)
     if breached:
-        return DecisionResult("rollback", None, tuple(
-            f"guardrail {key} significantly worse for {c['variant']}{_lift(c)}"
-            for key, c in breached))
+        return _rollback(breached)
     primaries = _metrics(body, "primary")
     primary = primaries[0] if primaries else {"key": "?", "comparisons": []}
     best = _best_treatment(primary)

@@ -7,14 +7,14 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, object_session, selectinload
 from sqlalchemy.orm.exc import StaleDataError
 
 from experiments import signals
 from experiments.auth import Principal
 from experiments.db import utcnow
-from experiments.errors import Conflict, NotFound, ValidationFailed, validated
-from experiments.models import Decision, Experiment, Metric, Variant
+from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed, validated
+from experiments.models import Decision, Experiment, Metric, Report, Variant
 from experiments.schemas import (
     ConcludeIn,
     ExperimentFields,
@@ -22,7 +22,7 @@ from experiments.schemas import (
     IterateIn,
     experiment_problems,
 )
-from experiments.services import exposures, rollup
+from experiments.services import alerts, exposures, rollup
 from experiments.services.audit import json_safe, record_audit
 from experiments.services.pagination import paginate
 
@@ -256,6 +256,10 @@ def transition(session: Session, key: str, action: str, principal: Principal,
     if target is None:
         raise Conflict(f"cannot {action} an experiment that is {experiment.status}")
     before = _snapshot(experiment)
+    risks: list[str] = []
+    if action == "conclude":  # checked before anything changes: a refusal leaves no trace
+        assert conclusion is not None
+        risks = _check_conclusion(session, experiment, conclusion)
     now = utcnow()
     experiment.status = target
     experiment.updated_at = now
@@ -263,7 +267,7 @@ def transition(session: Session, key: str, action: str, principal: Principal,
         experiment.started_at = now
     if action == "conclude":
         assert conclusion is not None
-        _conclude(session, experiment, conclusion, principal)
+        _conclude(session, experiment, conclusion, principal, risks)
     _flush(session, "the experiment changed concurrently; reload and retry")
     after = _snapshot(experiment)
     record_audit(session, principal, f"experiment.{action}", target_type="experiment",
@@ -273,8 +277,10 @@ def transition(session: Session, key: str, action: str, principal: Principal,
     return experiment
 
 
-def _conclude(session: Session, experiment: Experiment, conclusion: ConcludeIn,
-              principal: Principal) -> None:
+def _check_conclusion(session: Session, experiment: Experiment,
+                      conclusion: ConcludeIn) -> list[str]:
+    """Validate the outcome and winner (422) and the risks of shipping it (409 unless
+    acknowledged); returns the reasons recording acknowledged risks."""
     variant_keys = [v.key for v in experiment.variants]
     if conclusion.outcome == "ship" and conclusion.winner is None:
         raise ValidationFailed.field("winner", "a 'ship' outcome needs the winning variant")
@@ -282,8 +288,15 @@ def _conclude(session: Session, experiment: Experiment, conclusion: ConcludeIn,
         raise ValidationFailed.field("winner", f"unknown variant {conclusion.winner!r}")
     if conclusion.outcome != "ship" and conclusion.winner is not None:
         raise ValidationFailed.field("winner", f"an {conclusion.outcome!r} outcome has no winner")
+    if conclusion.outcome != "ship" or conclusion.winner is None:
+        return []
+    return _acknowledged(ship_risks(experiment, conclusion.winner, session=session), conclusion)
+
+
+def _conclude(session: Session, experiment: Experiment, conclusion: ConcludeIn,
+              principal: Principal, risks: list[str]) -> None:
     now = utcnow()
-    reasons = [f"concluded by {principal.actor}"]
+    reasons = [f"concluded by {principal.actor}", *risks]
     experiment.concluded_at = now
     experiment.outcome = conclusion.outcome
     experiment.winner = conclusion.winner
@@ -294,6 +307,35 @@ def _conclude(session: Session, experiment: Experiment, conclusion: ConcludeIn,
     session.add(Decision(experiment_id=experiment.id, outcome=conclusion.outcome,
                          winner=conclusion.winner, reasons=reasons, automatic=False,
                          decided_at=now))
+
+
+def ship_risks(experiment: Experiment, winner: str, *,
+               session: Session | None = None) -> list[dict[str, Any]]:
+    """The alerts of the latest report that speak against shipping ``winner``: its guardrail
+    breaches and a sample ratio mismatch (what the admin UI's confirmation lists)."""
+    session = session or object_session(experiment)
+    assert session is not None, "the experiment must belong to a session"
+    query = (select(Report).where(Report.experiment_id == experiment.id)
+             .order_by(Report.id.desc()))
+    for offset in range(20):  # the latest report with results (failed analyses show none)
+        report = session.scalar(query.offset(offset).limit(1))
+        if report is None:
+            return []
+        if not report.body.get("error"):
+            return alerts.risks_of_shipping(report.body, winner)
+    return []
+
+
+def _acknowledged(risks: list[dict[str, Any]], conclusion: ConcludeIn) -> list[str]:
+    """The reasons recording acknowledged risks; unacknowledged risks are a 409."""
+    if not risks:
+        return []
+    if not conclusion.acknowledge_risks:
+        listed = "; ".join(risk["message"] for risk in risks)
+        raise ApiError(409, f"shipping {conclusion.winner} is risky: {listed}. Send "
+                       '"acknowledge_risks": true to ship anyway', code="risky_ship",
+                       details=risks)
+    return [f"risk acknowledged: {risk['message']}" for risk in risks]
 
 
 _LIFECYCLE_SIGNALS = {
