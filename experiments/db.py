@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 EXTENSION_KEY = "parcours.db"
+CONNECT_TIMEOUT_S = 5
 
 # Portable column types: JSONB and BIGINT on PostgreSQL, JSON and INTEGER
 # (so that AUTOINCREMENT rowids work) on SQLite.
@@ -65,13 +66,35 @@ def make_engine(url: str, *, statement_timeout_ms: int | None = None) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    connect_args: dict[str, Any] = {}
-    if statement_timeout_ms:
-        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     # No pre-ping: it costs a round trip on every checkout of the hot path. A dropped
     # connection is detected on use and the pool is invalidated, and recycling caps age.
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800,
-                         connect_args=connect_args)
+                         connect_args=postgres_connect_args(url, statement_timeout_ms))
+
+
+def postgres_connect_args(url: str, statement_timeout_ms: int | None = None) -> dict[str, Any]:
+    """Parcours's connection settings merged into the URL's own (SPEC §1).
+
+    SQLAlchemy lets ``connect_args`` replace a URL query parameter of the same name, so
+    an operator's ``?options=-csearch_path%3Dapp`` would vanish behind the statement
+    timeout: both go into one ``options``. ``connect_timeout`` bounds how long a request
+    waits for an unreachable server before it is answered 503 (kept if the URL sets it).
+    """
+    query = make_url(url).query
+    args: dict[str, Any] = {}
+    options = [_last(query.get("options"))] if query.get("options") else []
+    if statement_timeout_ms:
+        options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
+    if options:
+        args["options"] = " ".join(options)
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    return args
+
+
+def _last(value: str | tuple[str, ...] | None) -> str:
+    """A query parameter's value (the last one when the URL repeats it)."""
+    return value[-1] if isinstance(value, tuple) else (value or "")
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
