@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from flask import Flask, current_app, g
 from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -149,6 +153,60 @@ def db_session() -> Session:
 
 
 def _close_request_session(_exc: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()
+
+
+# SQLite's errors for a file it cannot use, as opposed to a statement it cannot run.
+_SQLITE_UNAVAILABLE = ("unable to open database file", "database is locked", "disk I/O error")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not serve a request in time (answered 503 ``unavailable``)."""
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection was lost (server restart, terminated
+    backend, cut idle socket), so the same statement may succeed on a new connection."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        return is_disconnect(exc.__cause__)
+    return _is_raw_disconnect(exc)
+
+
+def _is_raw_disconnect(exc: BaseException) -> bool:
+    # A driver error raised outside SQLAlchemy (the exposure writer's raw connections).
+    return (isinstance(exc, psycopg.OperationalError)
+            and not isinstance(exc, psycopg.errors.QueryCanceled))
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot be reached or cannot keep up (503)."""
+    if isinstance(exc, DBAPIError):
+        return (exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError)
+                or (isinstance(exc.orig, sqlite3.OperationalError)
+                    and str(exc.orig).startswith(_SQLITE_UNAVAILABLE)))
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        return is_unavailable(exc.__cause__)
+    return isinstance(exc, PoolTimeout | DatabaseUnavailable) or _is_raw_disconnect(exc)
+
+
+def forget_lost_connections(engine: Engine, exc: BaseException) -> None:
+    """After a lost connection, make the pool open new ones instead of handing out its
+    other connections, which a restarted or terminated server has cut as well.
+
+    SQLAlchemy does this by itself for errors it sees; a raw driver error needs it here.
+    """
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if not isinstance(exc, DBAPIError):
+        engine.dispose()
+
+
+def discard_request_session() -> None:
+    """Drop the request's session (and its connection) so a retry starts afresh."""
     session = g.pop("db_session", None)
     if session is not None:
         session.close()

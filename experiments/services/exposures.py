@@ -34,6 +34,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from experiments.db import DatabaseUnavailable, forget_lost_connections, is_disconnect
 from experiments.models import Exposure
 
 _EXPOSURES = Exposure.__table__
@@ -65,7 +66,7 @@ class UnitWrite:
     attributes: Mapping[str, Any]
 
 
-class ExposureWriteFailed(RuntimeError):
+class ExposureWriteFailed(DatabaseUnavailable):
     """The statement carrying this request's first exposures failed: nothing was acknowledged."""
 
 
@@ -179,8 +180,10 @@ def autocommit_connection(engine: Engine) -> Iterator[Any]:
         driver.autocommit = True
         yield driver
         driver.autocommit = False
-    except BaseException:
+    except BaseException as error:
         pooled.invalidate()
+        if is_disconnect(error):
+            forget_lost_connections(engine, error)
         raise
     finally:
         pooled.close()
@@ -483,9 +486,10 @@ class PreparedConnection:
         encoded = [value.encode() for value in params]
         try:
             return self._run(sql, encoded)
-        except psycopg.Error:
+        except psycopg.Error as error:
             if self._driver is not None:  # not a broken connection (those are closed)
                 raise
+            forget_lost_connections(self.engine, error)  # the pool's others are cut too
             return self._run(sql, encoded)
 
     def _run(self, sql: str, params: list[bytes]) -> list[tuple[Any, ...]]:
