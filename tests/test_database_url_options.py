@@ -7,18 +7,28 @@ the exposure writer and the analysis, merged with Parcours's statement timeout.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
-from bench.support import scratch_postgres_database
+from bench.support import free_port, scratch_postgres_database
+from experiments.auth import SYSTEM
 from experiments.db import get_db, postgres_connect_args
+from experiments.migrate import upgrade
+from experiments.services.lifecycle import create_experiment, transition
 from tests.conftest import make_test_app
 from tests.factories import experiment_payload
 
+ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("PARCOURS_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason="needs PARCOURS_TEST_POSTGRES_URL")
 
@@ -82,3 +92,47 @@ def test_a_schema_in_the_url_holds_migrations_keys_serving_assignment_and_analys
         reports = connection.scalar(text(f'SELECT count(*) FROM "{schema}".reports'))
     engine.dispose()
     assert (public, exposures, reports) == (0, 3, 1)
+
+
+def scrape(port: int) -> dict[tuple[str, str], float]:
+    """``parcours_job_runs_total`` by (job, result) from a metrics endpoint, {} if down."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return {}
+    return {(sample.labels["job"], sample.labels["result"]): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples if sample.name == "parcours_job_runs_total"}
+
+
+def test_the_scheduler_analyses_in_the_urls_schema_and_serves_its_metrics(
+        schema_url, tmp_path):
+    url, schema = schema_url
+    upgrade(url)
+    app = make_test_app(url, tmp_path)
+    with get_db(app).session() as session:
+        create_experiment(session, experiment_payload(key="sched-exp"), SYSTEM)
+        transition(session, "sched-exp", "start", SYSTEM)
+    get_db(app).engine.dispose()
+    port = free_port()
+    env = {**os.environ, "PARCOURS_DATABASE_URL": url, "PARCOURS_ANALYSIS_INTERVAL_S": "2",
+           "PARCOURS_INSTANCE_PATH": str(tmp_path), "PARCOURS_SECRET_KEY": "sched"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with open(tmp_path / "scheduler.log", "w") as log:
+        process = subprocess.Popen(
+            [str(ROOT / ".venv/bin/flask"), "--app", "wsgi", "scheduler", "--metrics-port",
+             str(port)], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while scrape(port).get(("analysis", "ok"), 0) < 1:
+            assert process.poll() is None, (tmp_path / "scheduler.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "scheduler.log").read_text()
+            time.sleep(0.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    engine = create_engine(url.split("?")[0])
+    with engine.connect() as connection:
+        reports = connection.scalar(text(f'SELECT count(*) FROM "{schema}".reports'))
+    engine.dispose()
+    assert reports >= 1
