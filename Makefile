@@ -6,7 +6,7 @@ FLASK := $(VENV)/bin/flask --app wsgi
 PYTEST_ARGS ?= -n auto
 export PARCOURS_INSTANCE_PATH ?= $(CURDIR)/instance
 
-.PHONY: venv run test lint bench chromium clean
+.PHONY: venv run test lint bench chromium redis clean
 
 venv: $(VENV)/.installed
 
@@ -27,7 +27,13 @@ run: venv
 	PARCOURS_SCHEDULER=$${PARCOURS_SCHEDULER:-on} PARCOURS_DEMO=$${PARCOURS_DEMO:-1} \
 		$(FLASK) run --host 127.0.0.1 --port 5000 --no-reload
 
-test: venv chromium
+# The rate-limit tests use the Redis server at 127.0.0.1:6379: start one if none answers.
+redis:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+		(command -v redis-server >/dev/null && redis-server --bind 127.0.0.1 --port 6379 --daemonize yes \
+		&& for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.5; done) || true
+
+test: venv chromium redis
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -3,7 +3,13 @@
 import gc
 import multiprocessing
 import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from gunicorn.glogging import Logger
 
 bind = os.environ.get("PARCOURS_BIND", "127.0.0.1:8000")
 _SQLITE = os.environ.get("PARCOURS_DATABASE_URL", "sqlite:").startswith("sqlite")
@@ -49,3 +55,62 @@ def post_worker_init(worker: Any) -> None:
     re-scans them all, which cost ingestion a tenth of its CPU (bench_events).
     """
     gc.freeze()
+
+
+# --- API keys never reach the access log (SPEC §2) ------------------------------------
+# A `key=` query value (in the request line, the query string, the referer) and an
+# Authorization header are masked before gunicorn formats the line.
+_KEY_PARAMETER = re.compile(r"((?:^|[?&;])key=)[^&;\s\"]*", re.IGNORECASE)
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger, with credentials masked in every access log atom."""
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any
+              ) -> dict[str, Any]:
+        """gunicorn's atoms with `key=` values and Authorization headers redacted."""
+        atoms = super().atoms(resp, req, environ, request_time)
+        for name, value in atoms.items():
+            if name == "{authorization}i":
+                atoms[name] = "[redacted]"
+            elif isinstance(value, str) and "key=" in value.lower():
+                atoms[name] = _KEY_PARAMETER.sub(r"\1[redacted]", value)
+        return atoms
+
+
+logger_class = RedactingLogger
+
+
+# --- one /metrics for the whole server (prometheus-client's multiprocess mode) --------
+# Each worker writes its metric values to files in PROMETHEUS_MULTIPROC_DIR and /metrics
+# reads them all, so one scrape is every worker, and a dead worker's counts stay. The
+# directory is emptied at start (stale files of an earlier run would add up) and one
+# made here is removed at exit. prometheus_client is only imported after the variable is
+# set, in the workers (never --preload) and in child_exit.
+_MADE_METRICS_DIR: list[str] = []
+
+
+def on_starting(server: Any) -> None:
+    """Create (or empty) the metrics directory before any worker is forked."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        directory = tempfile.mkdtemp(prefix="parcours-metrics-")
+        _MADE_METRICS_DIR.append(directory)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Let the dead worker's live gauges go (its counters are kept)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this server made for itself."""
+    for directory in _MADE_METRICS_DIR:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -164,7 +164,9 @@ def scheduler(metrics_port: int | None) -> None:
     if metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(metrics_port, addr="127.0.0.1")
+        from experiments.observability import metrics_registry
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics_registry())
     run_foreground(current_app._get_current_object(), ready=lambda running: click.echo(
         f"scheduler {running.holder} running "
         f"({'active' if running.is_leader() else 'standby'}): {running.describe_jobs()}; "

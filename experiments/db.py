@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from flask import Flask, current_app, g
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 EXTENSION_KEY = "parcours.db"
+CONNECT_TIMEOUT_S = 5
 
 # Portable column types: JSONB and BIGINT on PostgreSQL, JSON and INTEGER
 # (so that AUTOINCREMENT rowids work) on SQLite.
@@ -65,13 +70,35 @@ def make_engine(url: str, *, statement_timeout_ms: int | None = None) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    connect_args: dict[str, Any] = {}
-    if statement_timeout_ms:
-        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     # No pre-ping: it costs a round trip on every checkout of the hot path. A dropped
     # connection is detected on use and the pool is invalidated, and recycling caps age.
     return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800,
-                         connect_args=connect_args)
+                         connect_args=postgres_connect_args(url, statement_timeout_ms))
+
+
+def postgres_connect_args(url: str, statement_timeout_ms: int | None = None) -> dict[str, Any]:
+    """Parcours's connection settings merged into the URL's own (SPEC §1).
+
+    SQLAlchemy lets ``connect_args`` replace a URL query parameter of the same name, so
+    an operator's ``?options=-csearch_path%3Dapp`` would vanish behind the statement
+    timeout: both go into one ``options``. ``connect_timeout`` bounds how long a request
+    waits for an unreachable server before it is answered 503 (kept if the URL sets it).
+    """
+    query = make_url(url).query
+    args: dict[str, Any] = {}
+    options = [_last(query.get("options"))] if query.get("options") else []
+    if statement_timeout_ms:
+        options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
+    if options:
+        args["options"] = " ".join(options)
+    if "connect_timeout" not in query:
+        args["connect_timeout"] = CONNECT_TIMEOUT_S
+    return args
+
+
+def _last(value: str | tuple[str, ...] | None) -> str:
+    """A query parameter's value (the last one when the URL repeats it)."""
+    return value[-1] if isinstance(value, tuple) else (value or "")
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -126,6 +153,60 @@ def db_session() -> Session:
 
 
 def _close_request_session(_exc: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()
+
+
+# SQLite's errors for a file it cannot use, as opposed to a statement it cannot run.
+_SQLITE_UNAVAILABLE = ("unable to open database file", "database is locked", "disk I/O error")
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not serve a request in time (answered 503 ``unavailable``)."""
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection was lost (server restart, terminated
+    backend, cut idle socket), so the same statement may succeed on a new connection."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        return is_disconnect(exc.__cause__)
+    return _is_raw_disconnect(exc)
+
+
+def _is_raw_disconnect(exc: BaseException) -> bool:
+    # A driver error raised outside SQLAlchemy (the exposure writer's raw connections).
+    return (isinstance(exc, psycopg.OperationalError)
+            and not isinstance(exc, psycopg.errors.QueryCanceled))
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot be reached or cannot keep up (503)."""
+    if isinstance(exc, DBAPIError):
+        return (exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError)
+                or (isinstance(exc.orig, sqlite3.OperationalError)
+                    and str(exc.orig).startswith(_SQLITE_UNAVAILABLE)))
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        return is_unavailable(exc.__cause__)
+    return isinstance(exc, PoolTimeout | DatabaseUnavailable) or _is_raw_disconnect(exc)
+
+
+def forget_lost_connections(engine: Engine, exc: BaseException) -> None:
+    """After a lost connection, make the pool open new ones instead of handing out its
+    other connections, which a restarted or terminated server has cut as well.
+
+    SQLAlchemy does this by itself for errors it sees; a raw driver error needs it here.
+    """
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if not isinstance(exc, DBAPIError):
+        engine.dispose()
+
+
+def discard_request_session() -> None:
+    """Drop the request's session (and its connection) so a retry starts afresh."""
     session = g.pop("db_session", None)
     if session is not None:
         session.close()

@@ -8,6 +8,8 @@ from flask import Flask, Response, jsonify, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException
 
+from experiments.db import is_unavailable
+
 _CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -19,7 +21,9 @@ _CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
     429: "rate_limited",
+    503: "unavailable",
 }
+RETRY_AFTER_S = 5  # a restarted or failed-over database is usually back within seconds
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -140,5 +144,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
+        if is_unavailable(exc):
+            app.logger.warning("database unavailable on %s %s: %s", request.method,
+                               request.path, exc.__class__.__name__)
+            return error_response(503, "the database cannot be reached; retry shortly",
+                                  code="unavailable",
+                                  headers={"Retry-After": str(RETRY_AFTER_S)})
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal error", code="internal_error")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -11,7 +12,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 REQUESTS = Counter("parcours_http_requests_total", "HTTP requests",
                    ["method", "endpoint", "status"])
@@ -98,3 +100,21 @@ def observe_request(method: str, endpoint: str, status: int, started: float | No
     if started is not None:
         LATENCY.labels(method, endpoint).observe(time.perf_counter() - started)
     REQUESTS.labels(method, endpoint, str(status)).inc()
+
+
+def exposition() -> bytes:
+    """The Prometheus text of the whole server, not only of the worker that is asked."""
+    return generate_latest(metrics_registry())
+
+
+def metrics_registry() -> CollectorRegistry:
+    """What a scrape reads: every process's files in multiprocess mode, else this process.
+
+    Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (managed by gunicorn.conf.py) holds every
+    worker's values, dead workers' included, so counters never go back.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return registry
+    return REGISTRY

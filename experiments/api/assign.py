@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
-@api_route(bp, "/assign", "POST", auth="client", body=AssignIn, response=AssignOut, tags=TAGS)
+# Idempotent: the stored first exposure wins (ON CONFLICT), a repeat reads it back.
+@api_route(bp, "/assign", "POST", auth="client", body=AssignIn, response=AssignOut, tags=TAGS,
+           idempotent=True)
 def assign_unit(body: AssignIn) -> dict[str, Any]:
     """Assign a unit to every running (or the named) experiment; stores first exposures."""
     return assigned(db_session(), body)
@@ -52,7 +54,7 @@ def assigned(session: Session, body: AssignIn) -> dict[str, Any]:
 
 
 @api_route(bp, "/exposures", "POST", auth="client", body=ExposureIn, response=ExposureOut,
-           errors=(404,), tags=TAGS)
+           errors=(404,), tags=TAGS, idempotent=True)
 def record_exposure(body: ExposureIn) -> dict[str, Any]:
     """Record that a unit assigned with ``track: false`` was shown its variant."""
     result = assignment.record_exposure(db_session(), experiment_key=body.experiment,

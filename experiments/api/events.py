@@ -19,8 +19,9 @@ def _limit_body() -> None:
     request.max_content_length = MAX_BATCH_BYTES
 
 
+# Idempotent: a resent event_id is a duplicate (ON CONFLICT), never a second row.
 @api_route(bp, "/events", "POST", auth="client", body=EventBatch, response=IngestOut,
-           tags=("events",))
+           tags=("events",), idempotent=True)
 def post_events(body: EventBatch) -> IngestOut:
     """Ingest a batch of events; answered only after the accepted ones are committed."""
     if len(body.events) > MAX_BATCH_EVENTS:

@@ -9,6 +9,7 @@ service → serialise.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
@@ -18,13 +19,20 @@ from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 
 from experiments.auth import Principal
-from experiments.db import db_session
+from experiments.db import (
+    db_session,
+    discard_request_session,
+    forget_lost_connections,
+    get_db,
+    is_disconnect,
+)
 from experiments.errors import ApiError, validated, validation_details
 
 AuthRole = Literal["admin", "client", "any"] | None
 ResponseModel = type[BaseModel] | None
 ROUTES: list[RouteSpec] = []
 JSON_MIMETYPE = "application/json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,17 @@ def api_route(
     errors: tuple[int, ...] = (),
     tags: tuple[str, ...] = (),
     alternate_media: tuple[str, ...] = (),
+    idempotent: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Declare an API view; see the module docstring."""
+    """Declare an API view; see the module docstring.
+
+    ``idempotent`` views are run once more, on a new connection, when the database
+    connection was lost under them (a restart, a terminated backend): repeating them
+    stores nothing twice.
+    """
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(view)
-        def wrapper(**path_args: Any) -> Any:
+        def attempt(**path_args: Any) -> Any:
             if auth is not None:
                 g.principal = authenticate(auth)
             kwargs = dict(path_args)
@@ -73,6 +86,20 @@ def api_route(
             if body is not None:
                 kwargs["body"] = parse_body(body)
             return to_response(view(**kwargs), status)
+
+        @wraps(view)
+        def wrapper(**path_args: Any) -> Any:
+            if not idempotent:
+                return attempt(**path_args)
+            try:
+                return attempt(**path_args)
+            except Exception as exc:
+                if not is_disconnect(exc):
+                    raise
+                log.warning("database connection lost on %s; retrying once", request.path)
+                discard_request_session()
+                forget_lost_connections(get_db().engine, exc)
+                return attempt(**path_args)
 
         endpoint = view.__name__
         blueprint.add_url_rule(rule, endpoint, wrapper, methods=[method])

@@ -3,31 +3,37 @@
 from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, render_template
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from experiments.api.openapi import build_openapi
 from experiments.db import get_db
+from experiments.health import DatabaseHealth
+from experiments.observability import exposition
 
 bp = Blueprint("system", __name__, template_folder="../templates")
 
 
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    """Liveness and database reachability for load balancers."""
+    """Liveness, database reachability and schema version, for load balancers."""
+    health = current_app.extensions.get("parcours.health")
+    if health is None:
+        health = current_app.extensions["parcours.health"] = DatabaseHealth(get_db().engine)
     try:
-        with get_db().engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        schema = health.check()
     except Exception:  # any driver error means "unreachable" to a load balancer
         current_app.logger.warning("health check: database unreachable")
         return jsonify(status="unavailable", database="unreachable"), 503
+    if schema != "ok":
+        current_app.logger.warning("health check: database schema is not at head")
+        return jsonify(status="unavailable", database=schema), 503
     return jsonify(status="ok", database="ok"), 200
 
 
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus exposition of request, assignment, ingestion and job metrics."""
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+    return Response(exposition(), mimetype=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/openapi.json")

@@ -34,6 +34,7 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from experiments.db import DatabaseUnavailable, forget_lost_connections, is_disconnect
 from experiments.models import Exposure
 
 _EXPOSURES = Exposure.__table__
@@ -68,7 +69,7 @@ class UnitWrite:
     client_exposed_at: datetime | None = None  # the raw client time, kept as sent
 
 
-class ExposureWriteFailed(RuntimeError):
+class ExposureWriteFailed(DatabaseUnavailable):
     """The statement carrying this request's first exposures failed: nothing was acknowledged."""
 
 
@@ -184,8 +185,10 @@ def autocommit_connection(engine: Engine) -> Iterator[Any]:
         driver.autocommit = True
         yield driver
         driver.autocommit = False
-    except BaseException:
+    except BaseException as error:
         pooled.invalidate()
+        if is_disconnect(error):
+            forget_lost_connections(engine, error)
         raise
     finally:
         pooled.close()
@@ -493,9 +496,10 @@ class PreparedConnection:
         encoded = [None if value is None else value.encode() for value in params]
         try:
             return self._run(sql, encoded)
-        except psycopg.Error:
+        except psycopg.Error as error:
             if self._driver is not None:  # not a broken connection (those are closed)
                 raise
+            forget_lost_connections(self.engine, error)  # the pool's others are cut too
             return self._run(sql, encoded)
 
     def _run(self, sql: str, params: list[bytes | None]) -> list[tuple[Any, ...]]:

@@ -1,0 +1,161 @@
+"""Database interruptions (SPEC §2): a lost connection is retried once where repeating is
+safe (events dedupe by ``event_id``, exposures ``ON CONFLICT``); an unreachable database
+is 503 ``unavailable`` with ``Retry-After``, never a 500, and nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+
+from bench.support import gunicorn
+from experiments.auth import SYSTEM
+from experiments.db import get_db
+from experiments.models import Event, Experiment, Exposure
+from experiments.services.accounts import create_api_key
+from experiments.services.lifecycle import create_experiment, transition
+from tests.conftest import BACKENDS, make_test_app
+from tests.factories import experiment_payload
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINATE = text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                 "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+def running_experiment(url: str, tmp_path: Path) -> str:
+    """A client key and one running experiment for every unit."""
+    app = make_test_app(url, tmp_path)
+    with get_db(app).session() as session:
+        key = create_api_key(session, name="outage", role="client", principal=SYSTEM)[1]
+        create_experiment(session, experiment_payload(key="outage-exp", targeting=[],
+                                                      overrides={}, layer=None), SYSTEM)
+        transition(session, "outage-exp", "start", SYSTEM)
+    get_db(app).engine.dispose()
+    return key
+
+
+def terminate_backends(url: str) -> int:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        count = int(connection.scalar(TERMINATE))
+    engine.dispose()
+    return count
+
+
+def event(event_id: str, unit: str) -> dict:
+    return {"event_id": event_id, "unit_id": unit, "type": "conversion", "name": "purchase"}
+
+
+def test_the_first_requests_after_terminated_backends_succeed(postgres_database_url, tmp_path):
+    key = running_experiment(postgres_database_url, tmp_path)
+    auth = {"Authorization": f"Bearer {key}"}
+    app = make_test_app(postgres_database_url, tmp_path, CONFIG_REFRESH_S=0)
+    client = app.test_client()
+    assert client.post("/api/v1/assign", json={"unit_id": "warm"}, headers=auth).status_code == 200
+    assert client.post("/api/v1/events", json={"events": [event("e-0", "warm")]},
+                       headers=auth).status_code == 200
+    app.extensions["parcours.api_keys"].clear()  # the next requests read the key again
+    assert terminate_backends(postgres_database_url) >= 1
+    response = client.post("/api/v1/events", json={"events": [event("e-1", "warm")]},
+                           headers=auth)
+    assert (response.status_code, response.get_json()["accepted"]) == (200, 1)
+    assert terminate_backends(postgres_database_url) >= 1
+    response = client.post("/api/v1/assign", json={"unit_id": "after"}, headers=auth)
+    assert response.status_code == 200
+    assert [a["experiment"] for a in response.get_json()["assignments"]] == ["outage-exp"]
+    with get_db(app).session() as session:
+        assert session.scalar(select(func.count()).select_from(Event)) == 2
+        assert session.scalar(select(func.count()).select_from(Exposure)) == 2
+    get_db(app).engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unreachable_database_is_503_unavailable_with_retry_after(backend, tmp_path):
+    url = ("postgresql+psycopg://nobody@127.0.0.1:1/none" if backend == "postgresql"
+           else f"sqlite:///{tmp_path / 'missing-dir' / 'parcours.db'}")
+    app = make_test_app(url, tmp_path)
+    client = app.test_client()
+    auth = {"Authorization": "Bearer pk_client_0123456789abcdef"}
+    for path, body in (("/api/v1/assign", {"unit_id": "u-1"}),
+                       ("/api/v1/events", {"events": [event("e-1", "u-1")]}),
+                       ("/api/v1/experiments", None)):
+        response = (client.get(path, headers=auth) if body is None
+                    else client.post(path, json=body, headers=auth))
+        assert response.status_code == 503, (path, response.get_data(as_text=True))
+        assert response.get_json()["error"]["code"] == "unavailable"
+        assert response.headers["Retry-After"] == "5"
+
+
+def call(port: int, path: str, body: object, key: str) -> tuple[int, dict]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", path, json.dumps(body),
+                           {"Content-Type": "application/json",
+                            "Authorization": f"Bearer {key}"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+@pytest.mark.slow
+def test_backends_terminated_under_load_give_no_500_and_lose_no_acknowledged_write(
+        postgres_database_url, tmp_path):
+    key = running_experiment(postgres_database_url, tmp_path)
+    env = {"PARCOURS_DATABASE_URL": postgres_database_url, "PARCOURS_WORKERS": "2",
+           "PARCOURS_INSTANCE_PATH": str(tmp_path), "PARCOURS_SECRET_KEY": "outage",
+           "PARCOURS_LOG_LEVEL": "WARNING", "PARCOURS_CONFIG_REFRESH_S": "0.2"}
+    statuses: list[int] = []
+    acknowledged_events: set[str] = set()
+    assigned: dict[str, str] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def load(worker: int) -> None:
+        for index in range(60):
+            unit = f"load-{worker}-{index}"
+            status, body = call(port, "/api/v1/assign", {"unit_id": unit}, key)
+            with lock:
+                statuses.append(status)
+                if status == 200:
+                    assigned[unit] = body["assignments"][0]["variant"]
+            status, body = call(port, "/api/v1/events", {"events": [event(unit, unit)]}, key)
+            with lock:
+                statuses.append(status)
+                if status == 200 and body["accepted"] + body["duplicates"] == 1:
+                    acknowledged_events.add(unit)
+
+    def terminator() -> None:
+        while not done.wait(0.25):
+            terminate_backends(postgres_database_url)
+
+    args = ["-c", str(ROOT / "gunicorn.conf.py"), "--access-logfile", "/dev/null"]
+    with gunicorn("wsgi:app", env=env, cwd=ROOT, args=args) as (port, _server):
+        killer = threading.Thread(target=terminator)
+        killer.start()
+        clients = [threading.Thread(target=load, args=(n,)) for n in range(6)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(timeout=300)
+        done.set()
+        killer.join()
+        time.sleep(0.5)
+    assert 500 not in statuses
+    assert set(statuses) <= {200, 503}
+    assert statuses.count(200) >= len(statuses) * 0.9  # one retry rides out most cuts
+    engine = create_engine(postgres_database_url)
+    with engine.connect() as connection:
+        stored_events = set(connection.scalars(select(Event.event_id)))
+        stored_exposures = dict(connection.execute(
+            select(Exposure.unit_id, Exposure.variant_key)
+            .join(Experiment, Experiment.id == Exposure.experiment_id)).all())
+    engine.dispose()
+    assert acknowledged_events <= stored_events
+    assert {unit: stored_exposures.get(unit) for unit in assigned} == assigned
