@@ -17,6 +17,8 @@ def register_blueprints(app: Flask) -> None:
         sdk,
         system,
     )
+    from experiments.api.routing import refuse_nul_in_url
 
+    app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators):
         app.register_blueprint(module.bp)

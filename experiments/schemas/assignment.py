@@ -8,24 +8,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from experiments.schemas import Strict, UnitId
+from experiments.schemas import Strict, UnitId, text_problem
 
 Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_running",
                  "concluded", "not_found"]
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 MAX_DEPTH = 5
-
-
-def text_problem(value: str) -> str | None:
-    """Why a string cannot be hashed and stored as-is (NUL bytes, lone surrogates), if so."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid UTF-8 text"
-    return None
 
 
 def attributes_problem(attributes: dict[str, Any]) -> str | None:
