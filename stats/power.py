@@ -118,8 +118,8 @@ def _units_per_variant(kind: Kind, effect: float, alpha: float, power: float) ->
     if not math.isfinite(effect) or effect > MAX_EFFECT_SIZE:
         raise StatsInputError("mde", f"is more than {MAX_EFFECT_SIZE:g} standard deviations: "
                                      "check baseline_sd")
-    approximate = ((norm.isf(alpha / 2) + norm.ppf(power)) / effect) ** 2 if effect else math.inf
-    if approximate > MAX_UNITS_PER_VARIANT:
+    z_total = float(norm.isf(alpha / 2) + norm.ppf(power))
+    if effect == 0 or z_total / effect > math.sqrt(MAX_UNITS_PER_VARIANT):  # n ≈ (z / effect)²
         raise StatsInputError("mde", "is too small to detect: it would need more than "
                                      f"{MAX_UNITS_PER_VARIANT:,} units per variant")
     solver = NormalIndPower() if kind in PROPORTION_KINDS else TTestIndPower()

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from experiments.schemas import Strict, UnitId, text_problem
+from experiments.schemas import Strict, Text, UnitId, text_problem
 
 Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_running",
                  "concluded", "not_found"]
@@ -69,7 +69,7 @@ class AssignIn(Strict):
 
     unit_id: SafeUnitId = Field(examples=["visitor-42"])
     attributes: Attributes = Field(default_factory=dict, examples=[{"country": "FR"}])
-    experiments: list[str] | None = Field(None, max_length=100,
+    experiments: list[Text] | None = Field(None, max_length=100,
                                           examples=[["checkout-redesign"]])
     track: StrictBool = True
 
@@ -97,7 +97,7 @@ class AssignOut(BaseModel):
 class ExposureIn(Strict):
     """``POST /api/v1/exposures``: the variant was shown; send the same attributes as assign."""
 
-    experiment: str = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
+    experiment: Text = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
     unit_id: SafeUnitId = Field(examples=["visitor-42"])
     attributes: Attributes = Field(default_factory=dict)
 
