@@ -118,7 +118,8 @@ class BeaconAuth:
             key = beacon_key(environ.get("QUERY_STRING", ""))
             if key is not None:
                 environ["HTTP_AUTHORIZATION"] = f"Bearer {key}"
-                content_type = environ.get("CONTENT_TYPE", "")
-                if content_type.split(";")[0].strip().lower() in {"", "text/plain"}:
-                    environ["CONTENT_TYPE"] = "application/json"
+                mimetype, separator, params = environ.get("CONTENT_TYPE", "").partition(";")
+                if mimetype.strip().lower() in {"", "text/plain"}:
+                    # The charset stays: a beacon declared in anything but UTF-8 is a 415.
+                    environ["CONTENT_TYPE"] = "application/json" + separator + params
         return self.wsgi_app(environ, start_response)

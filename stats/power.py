@@ -5,12 +5,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from scipy.stats import norm
 from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from stats.records import KINDS, Kind, StatsInputError
 
 PROPORTION_KINDS = frozenset({"conversion", "friction"})
+# Beyond these the answer is not a plan but a sign of a typo (mde 1e-9, power 0.9999999999):
+# a 422 naming the field says so, where the solver would fail or return nonsense.
+MAX_UNITS_PER_VARIANT = 10**10
+MAX_DAYS = 100 * 365
+MIN_ALPHA, MAX_POWER = 1e-9, 1.0 - 1e-9
+MAX_EFFECT_SIZE = 100.0
+MAX_VARIANTS = 10
 
 
 @dataclass(frozen=True)
@@ -83,16 +91,43 @@ def sample_size(
         raise StatsInputError("mde", "must be a non-zero relative effect")
     alpha = _check_fraction("alpha", alpha)
     power = _check_fraction("power", power)
-    if isinstance(variants, bool) or not isinstance(variants, int) or variants < 2:
-        raise StatsInputError("variants", "must be an integer >= 2")
+    if alpha < MIN_ALPHA:
+        raise StatsInputError("alpha", f"must be at least {MIN_ALPHA:g}")
+    if power > MAX_POWER:
+        raise StatsInputError("power", f"must be at most {MAX_POWER:.9f}")
+    if isinstance(variants, bool) or not isinstance(variants, int) or not (
+            2 <= variants <= MAX_VARIANTS):
+        raise StatsInputError("variants", f"must be an integer from 2 to {MAX_VARIANTS}")
     if daily_units is not None:
         _check_positive("daily_units", daily_units)
     effect = _effect_size(kind, baseline, mde, baseline_sd)
-    solver = NormalIndPower() if kind in PROPORTION_KINDS else TTestIndPower()
-    nobs = solver.solve_power(
-        effect_size=effect, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"
-    )
-    per_variant = math.ceil(float(nobs))
+    per_variant = _units_per_variant(kind, effect, alpha, power)
     total = per_variant * variants
     days = None if daily_units is None else math.ceil(total / daily_units)
+    if days is not None and days > MAX_DAYS:
+        raise StatsInputError("daily_units", f"too low: the test would take {days:.3g} days")
     return PowerResult(per_variant, total, days)
+
+
+def _units_per_variant(kind: Kind, effect: float, alpha: float, power: float) -> int:
+    """statsmodels' sample size, or a StatsInputError on ``mde`` when it is degenerate.
+
+    The normal approximation bounds the answer first: statsmodels' root finder fails
+    (or returns NaN) on effects this tiny or this large.
+    """
+    if not math.isfinite(effect) or effect > MAX_EFFECT_SIZE:
+        raise StatsInputError("mde", f"is more than {MAX_EFFECT_SIZE:g} standard deviations: "
+                                     "check baseline_sd")
+    z_total = float(norm.isf(alpha / 2) + norm.ppf(power))
+    if effect == 0 or z_total / effect > math.sqrt(MAX_UNITS_PER_VARIANT):  # n ≈ (z / effect)²
+        raise StatsInputError("mde", "is too small to detect: it would need more than "
+                                     f"{MAX_UNITS_PER_VARIANT:,} units per variant")
+    solver = NormalIndPower() if kind in PROPORTION_KINDS else TTestIndPower()
+    try:
+        nobs = float(solver.solve_power(
+            effect_size=effect, alpha=alpha, power=power, ratio=1.0, alternative="two-sided"))
+    except ValueError:
+        nobs = math.nan
+    if not math.isfinite(nobs) or nobs <= 0:
+        raise StatsInputError("mde", "gives no usable sample size with this baseline")
+    return math.ceil(nobs)

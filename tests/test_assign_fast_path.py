@@ -220,7 +220,7 @@ def test_every_app_wide_request_hook_is_one_the_fast_path_stands_in_for(fast_app
         return [function.__name__ for function in functions.get(None, [])]
 
     assert names(fast_app.before_request_funcs) == [
-        "_start_request", "_preflight", "_rate_limit", "csrf_protect"]
+        "_start_request", "_preflight", "_rate_limit", "refuse_nul_in_url", "csrf_protect"]
     assert names(fast_app.after_request_funcs) == [
         "_observe", "_secure_headers", "_add_cors_headers"]
     assert names(fast_app.teardown_request_funcs) == []

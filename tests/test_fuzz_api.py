@@ -6,6 +6,7 @@ type and schema. Bounded example counts keep it to seconds per backend.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from experiments.services.accounts import create_api_key
 
 pytestmark = pytest.mark.slow
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = "tests.schemathesis_hooks"  # NUL-bearing strings in bodies and query strings
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance,negative_data_rejection")
 
@@ -25,15 +28,22 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
 def run_schemathesis(url: str, key: str, phases: str, tmp_path: Path) -> str:
     """Run the schemathesis CLI; fail the test with its report when it finds anything."""
     report = tmp_path / f"schemathesis-{phases.replace(',', '-')}.txt"
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PARCOURS_NUL_LOG": str(nul_log(tmp_path)),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
         [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {key}",
          "--checks", CHECKS, "--phases", phases, "--max-examples", "10", "--workers", "1",
          "--continue-on-failure", "--request-timeout", "20", "--seed", "20261124",
          "--suppress-health-check", "all"],
-        capture_output=True, text=True, timeout=400)
+        capture_output=True, text=True, timeout=400, env=env)
     report.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-20000:]
     return result.stdout
+
+
+def nul_log(tmp_path: Path) -> Path:
+    """Where the hooks list each request they sent with a NUL character."""
+    return tmp_path / "nul-requests.txt"
 
 
 @pytest.mark.parametrize("role", ["admin", "client"])
@@ -44,3 +54,8 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(app, live_server
     output = run_schemathesis(live_server.url, key, "examples,coverage,fuzzing,stateful",
                               tmp_path)
     assert "generated" in output
+    nul_requests = nul_log(tmp_path).read_text().splitlines()
+    # The strategy reached the write routes, and none of those requests was a 5xx.
+    assert len(nul_requests) >= 20, nul_requests
+    assert {"POST /experiments", "POST /assign"} & {line.replace("/api/v1", "")
+                                                   for line in nul_requests}

@@ -7,9 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from experiments.schemas import ListQuery, Strict
-from experiments.schemas.assignment import text_problem
+from experiments.schemas import ListQuery, Strict, text_problem
 from experiments.signals import EVENT_TYPES
+from webhooks.delivery import current_settings
+from webhooks.ssrf import UnsafeUrl, check_url
 
 TEST_EVENT = "webhook.test"
 WEBHOOK_EVENT_TYPES: tuple[str, ...] = (*EVENT_TYPES, TEST_EVENT)
@@ -24,9 +25,18 @@ def _storable(value: str) -> str:
     return value
 
 
+def _safe_target(url: str) -> str:
+    """The SSRF guard, checked with the other fields so that one 422 lists every problem."""
+    try:
+        check_url(url, allow_private=current_settings().allow_private)
+    except UnsafeUrl as exc:
+        raise ValueError(str(exc)) from None
+    return url
+
+
 Url = Annotated[str, Field(min_length=1, max_length=2048,
                            examples=["https://hooks.example.com/parcours"]),
-                AfterValidator(_storable)]
+                AfterValidator(_storable), AfterValidator(_safe_target)]
 Description = Annotated[str, Field(max_length=2000), AfterValidator(_storable)]
 
 

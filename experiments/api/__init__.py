@@ -18,7 +18,9 @@ def register_blueprints(app: Flask) -> None:
         system,
         units,
     )
+    from experiments.api.routing import refuse_nul_in_url
 
+    app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
                    units):
         app.register_blueprint(module.bp)

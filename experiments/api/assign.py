@@ -75,12 +75,13 @@ class AssignFastPath:
     same responses.
 
     Anything else is handed to Flask untouched: other routes, cookies, other content
-    types, missing or unknown keys, invalid bodies, refused rate limits, errors. Flask
-    answers it exactly as before. A request handed over after the service raised is
-    assigned again, which is safe because assignment is idempotent (the stored exposure
-    wins). The rate limit counts a request once: what Flask would refuse is handed over
-    before the limit is applied, and a hit the limit refuses is not recorded. Only a
-    request handed over after the service raised counts twice.
+    types (a charset too), a NUL in the query string, missing or unknown keys, invalid
+    bodies, refused rate limits, errors. Flask answers it exactly as before. A request
+    handed over after the service raised is assigned again, which is safe because
+    assignment is idempotent (the stored exposure wins). The rate limit counts a request
+    once: what Flask would refuse is handed over before the limit is applied, and a hit
+    the limit refuses is not recorded. Only a request handed over after the service
+    raised counts twice.
     """
 
     def __init__(self, app: Flask, wsgi_app: WsgiApp) -> None:
@@ -94,7 +95,8 @@ class AssignFastPath:
                  ) -> Iterable[bytes]:
         if (environ.get("PATH_INFO") == ASSIGN_ROUTE and environ.get("REQUEST_METHOD") == "POST"
                 and environ.get("CONTENT_TYPE") == JSON_MIMETYPE
-                and "HTTP_COOKIE" not in environ):
+                and "HTTP_COOKIE" not in environ
+                and "%00" not in environ.get("QUERY_STRING", "")):  # refuse_nul_in_url's 422
             answer = self._answer(environ)
             if answer is not None:
                 headers, body = answer

@@ -42,10 +42,11 @@ _OFREP_REASONS = {
 
 @bp.errorhandler(ApiError)
 def _ofrep_error(exc: ApiError) -> Response:
-    """Input errors become OFREP 400s; auth and rate limits keep the SPEC envelope."""
+    """Input errors become OFREP 400s; auth, media type (415) and rate limits keep the SPEC
+    envelope."""
     if exc.code in OFREP_ERROR_CODES:
         return _failure(exc.status, exc.code, exc.message)
-    if exc.status in (400, 415, 422):
+    if exc.status in (400, 422):
         code = "INVALID_CONTEXT" if exc.status == 422 else "PARSE_ERROR"
         details = "; ".join(f"{d.get('field', 'body')}: {d.get('message')}" for d in exc.details)
         return _failure(400, code, f"{exc.message}{': ' + details if details else ''}")

@@ -26,13 +26,14 @@ from experiments.db import (
     get_db,
     is_disconnect,
 )
-from experiments.errors import ApiError, validated, validation_details
+from experiments.errors import ApiError, ValidationFailed, validated, validation_details
 
 AuthRole = Literal["admin", "client", "any"] | None
 ResponseModel = type[BaseModel] | None
 ROUTES: list[RouteSpec] = []
 JSON_MIMETYPE = "application/json"
 log = logging.getLogger(__name__)
+JSON_CHARSETS = frozenset({"utf-8", "utf8"})  # SPEC §2: JSON is UTF-8, nothing else
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,40 @@ def current_principal() -> Principal:
     return g.principal
 
 
+def refuse_nul_in_url() -> None:
+    """Before every view (API and admin): a NUL character in the path or query string.
+
+    A path key with a NUL names nothing (404), a query parameter with one is a 422 naming
+    it; PostgreSQL could not even compare them, so they must not reach a query.
+    """
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str) and "\x00" in value:
+            raise ApiError(404, f"nothing has that {name}: it contains a NUL character")
+    bad = sorted({name for name, value in request.args.items(multi=True)
+                  if "\x00" in name or "\x00" in value})
+    if bad:
+        raise ValidationFailed([{"field": name.replace("\x00", "\\0"),
+                                 "message": "must not contain NUL characters"} for name in bad],
+                               "the query string is invalid")
+
+
+def check_json_content_type() -> None:
+    """415 unless the body is declared ``application/json`` in UTF-8 (or no charset)."""
+    if request.mimetype != JSON_MIMETYPE:
+        raise ApiError(415, "send the body as application/json")
+    charset = request.mimetype_params.get("charset")
+    if charset is not None and charset.strip().lower() not in JSON_CHARSETS:
+        raise ApiError(415, f"JSON bodies must be UTF-8, not charset={charset}; "
+                            "send Content-Type: application/json")
+
+
 def parse_body(model: type[BaseModel]) -> BaseModel:
     """Parse and validate the JSON body in one pass: 415, 400 or 422 naming each field.
 
     Strict JSON validation: ``"0.5"`` is not a number and ``0`` is not a boolean, so
     what the OpenAPI document says is exactly what is accepted.
     """
-    if request.mimetype != JSON_MIMETYPE:
-        raise ApiError(415, "send the body as application/json")
+    check_json_content_type()
     try:
         return model.model_validate_json(request.get_data(cache=True), strict=True)
     except ValidationError as exc:

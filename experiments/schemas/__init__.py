@@ -11,14 +11,68 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+NUL_MESSAGE = "must not contain NUL characters"
+
+
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be hashed and stored as-is (NUL bytes, lone surrogates), if so."""
+    if "\x00" in value:
+        return NUL_MESSAGE
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid UTF-8 text"
+    return None
+
+
+def json_text_problem(value: Any) -> str | None:
+    """Why a JSON value holds a string (or object key) that cannot be stored, if so.
+
+    PostgreSQL's text and jsonb refuse NUL characters anywhere, nested payloads included,
+    so the problem is found here (naming where) instead of as a 500 on insert.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str):
+            if (problem := text_problem(node)) is not None:
+                return f"{problem} (at {where})" if where else problem
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                if isinstance(key, str) and (problem := text_problem(key)) is not None:
+                    return f"keys {problem} (in {where or 'the object'})"
+                stack.append((item, f"{where}.{key}" if where else str(key)))
+        elif isinstance(node, list):
+            stack.extend((item, f"{where}[{index}]") for index, item in enumerate(node))
+    return None
+
+
+def _storable_text(value: str) -> str:
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _storable_json(value: Any) -> Any:
+    if (problem := json_text_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+# Every string a request can store is Text (or built on it): one rule, one message, on
+# SQLite and PostgreSQL alike. JSON values (payloads, targeting values) are JsonValue.
+Text = Annotated[str, AfterValidator(_storable_text)]
+JsonValue = Annotated[Any, AfterValidator(_storable_json)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
 
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 Key = Annotated[str, Field(pattern=KEY_PATTERN, examples=["checkout-redesign"])]
 MAX_STEP_LENGTH = 64
-StepName = Annotated[str, Field(min_length=1, max_length=MAX_STEP_LENGTH)]
-EventName = Annotated[str, Field(min_length=1, max_length=200)]
-UnitId = Annotated[str, Field(min_length=1, max_length=200)]
+StepName = Annotated[Text, Field(min_length=1, max_length=MAX_STEP_LENGTH)]
+EventName = Annotated[Text, Field(min_length=1, max_length=200)]
+UnitId = Annotated[Text, Field(min_length=1, max_length=200)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 FrictionKind = Literal[
@@ -31,6 +85,7 @@ TargetingOp = Literal["eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte", "co
                       "regex", "exists"]
 Status = Literal["draft", "running", "paused", "concluded"]
 Outcome = Literal["ship", "rollback", "no_difference"]
+WEIGHT_TOLERANCE = 1e-6
 _LOWER_IS_BETTER = {"friction", "time_to_convert"}
 
 
@@ -42,16 +97,16 @@ class Strict(BaseModel):
 
 class VariantIn(Strict):
     key: Key
-    name: str = Field("", max_length=200)
-    weight: float = Field(ge=0.0, le=1_000_000, allow_inf_nan=False)
+    name: Text = Field("", max_length=200)
+    weight: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
     is_control: bool = False
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: JsonObject = Field(default_factory=dict)
 
 
 class TargetingRule(Strict):
-    attribute: str = Field(min_length=1, max_length=200)
+    attribute: Text = Field(min_length=1, max_length=200)
     op: TargetingOp
-    value: Any = None
+    value: JsonValue = None
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> TargetingRule:
@@ -162,9 +217,9 @@ class ExperimentFields(Strict):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXPERIMENT_EXAMPLE]})
 
     key: Key
-    name: str = Field(min_length=1, max_length=200)
-    hypothesis: str = Field("", max_length=10_000)
-    owner: str = Field("", max_length=200)
+    name: Text = Field(min_length=1, max_length=200)
+    hypothesis: Text = Field("", max_length=10_000)
+    owner: Text = Field("", max_length=200)
     journey: list[StepName] = Field(default_factory=list, max_length=50)
     variants: list[VariantIn] = Field(min_length=2, max_length=10)
     traffic: Probability = 1.0
@@ -174,7 +229,7 @@ class ExperimentFields(Strict):
     metrics: list[MetricIn] = Field(min_length=1, max_length=50)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     iteration_of: Key | None = None
-    learnings: str = Field("", max_length=50_000)
+    learnings: Text = Field("", max_length=50_000)
 
 
 class ExperimentPatch(Strict):
@@ -185,9 +240,9 @@ class ExperimentPatch(Strict):
     """
 
     key: Key = None  # type: ignore[assignment]
-    name: str = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
-    hypothesis: str = Field(None, max_length=10_000)  # type: ignore[assignment]
-    owner: str = Field(None, max_length=200)  # type: ignore[assignment]
+    name: Text = Field(None, min_length=1, max_length=200)  # type: ignore[assignment]
+    hypothesis: Text = Field(None, max_length=10_000)  # type: ignore[assignment]
+    owner: Text = Field(None, max_length=200)  # type: ignore[assignment]
     journey: list[StepName] = Field(None, max_length=50)  # type: ignore[assignment]
     variants: list[VariantIn] = Field(None, min_length=2, max_length=10)  # type: ignore[assignment]
     traffic: Probability = None  # type: ignore[assignment]
@@ -196,7 +251,7 @@ class ExperimentPatch(Strict):
     overrides: dict[UnitId, Key] = Field(None, max_length=10_000)  # type: ignore[assignment]
     metrics: list[MetricIn] = Field(None, min_length=1, max_length=50)  # type: ignore[assignment]
     analysis: AnalysisSettings = None  # type: ignore[assignment]
-    learnings: str = Field(None, max_length=50_000)  # type: ignore[assignment]
+    learnings: Text = Field(None, max_length=50_000)  # type: ignore[assignment]
 
 
 def experiment_problems(config: ExperimentFields) -> list[dict[str, str]]:
@@ -216,8 +271,10 @@ def experiment_problems(config: ExperimentFields) -> list[dict[str, str]]:
     controls = sum(variant.is_control for variant in config.variants)
     if controls != 1:
         add("variants", f"exactly one variant must have is_control=true (found {controls})")
-    if sum(variant.weight for variant in config.variants) <= 0:
-        add("variants", "variant weights must sum to more than 0")
+    total = sum(variant.weight for variant in config.variants)
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        # Never normalised silently: 0.1/0.2 is a typo far more often than a 1:2 split.
+        add("variants", f"variant weights must sum to 1 (got {total:.6g})")
     metric_keys = [metric.key for metric in config.metrics]
     for index, metric in enumerate(config.metrics):
         if metric.key in metric_keys[:index]:
@@ -243,7 +300,8 @@ class DecisionOut(BaseModel):
 
 
 class VariantOut(VariantIn):
-    pass
+    # Read back as stored: a weight saved before the 0..1 rule must not break reading it.
+    weight: float
 
 
 class MetricOut(MetricIn):
@@ -280,7 +338,7 @@ class ExperimentList(BaseModel):
 
 class ListQuery(Strict):
     limit: int = Field(50, ge=1, le=500)
-    cursor: str | None = Field(None, max_length=200)
+    cursor: Text | None = Field(None, max_length=200)
 
 
 class ExperimentListQuery(ListQuery):
@@ -290,14 +348,14 @@ class ExperimentListQuery(ListQuery):
 class ConcludeIn(Strict):
     outcome: Outcome
     winner: Key | None = None
-    learnings: str = Field("", max_length=50_000)
+    learnings: Text = Field("", max_length=50_000)
     acknowledge_risks: bool = False
 
 
 class IterateIn(Strict):
     key: Key
-    name: str | None = Field(None, min_length=1, max_length=200)
-    hypothesis: str | None = Field(None, max_length=10_000)
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    hypothesis: Text | None = Field(None, max_length=10_000)
 
 
 class AuditQuery(ListQuery):

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
-from experiments.schemas import Strict, UnitId
+from experiments.schemas import Strict, Text, UnitId, text_problem
 from experiments.schemas.events import ClientTime, SentAt
 
 _OCCURRED_DOC = ("When the variant was shown, on the client's clock (RFC 3339); corrected "
@@ -20,17 +20,6 @@ Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_r
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 MAX_DEPTH = 5
-
-
-def text_problem(value: str) -> str | None:
-    """Why a string cannot be hashed and stored as-is (NUL bytes, lone surrogates), if so."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid UTF-8 text"
-    return None
 
 
 def attributes_problem(attributes: dict[str, Any]) -> str | None:
@@ -85,7 +74,7 @@ class AssignIn(Strict):
 
     unit_id: SafeUnitId = Field(examples=["visitor-42"])
     attributes: Attributes = Field(default_factory=dict, examples=[{"country": "FR"}])
-    experiments: list[str] | None = Field(None, max_length=100,
+    experiments: list[Text] | None = Field(None, max_length=100,
                                           examples=[["checkout-redesign"]])
     track: StrictBool = True
     occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC)
@@ -115,7 +104,7 @@ class AssignOut(BaseModel):
 class ExposureIn(Strict):
     """``POST /api/v1/exposures``: the variant was shown; send the same attributes as assign."""
 
-    experiment: str = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
+    experiment: Text = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
     unit_id: SafeUnitId = Field(examples=["visitor-42"])
     attributes: Attributes = Field(default_factory=dict)
     occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC,

@@ -19,6 +19,7 @@ from experiments.auth import (
 from experiments.db import utcnow
 from experiments.errors import Conflict, NotFound, ValidationFailed
 from experiments.models import ApiKey, User
+from experiments.schemas import text_problem
 from experiments.services.audit import record_audit
 
 
@@ -29,6 +30,8 @@ def create_api_key(session: Session, *, name: str, role: str,
         raise ValidationFailed.field("role", f"must be one of {', '.join(API_ROLES)}")
     if not name.strip() or len(name) > 200:
         raise ValidationFailed.field("name", "must be 1 to 200 characters")
+    if (problem := text_problem(name)) is not None:
+        raise ValidationFailed.field("name", problem)
     raw_key = generate_api_key(role)
     api_key = ApiKey(name=name.strip(), role=role, prefix=raw_key[:10],
                      key_hash=hash_api_key(raw_key))
@@ -64,7 +67,7 @@ def create_user(session: Session, *, email: str, password: str, role: str,
     """Create a UI account with an argon2 password hash."""
     email = email.strip().lower()
     _check_user_role(role)
-    if "@" not in email or len(email) > 254:
+    if "@" not in email or len(email) > 254 or text_problem(email) is not None:
         raise ValidationFailed.field("email", "must be an email address")
     if len(password) < 8:
         raise ValidationFailed.field("password", "must be at least 8 characters")
@@ -127,7 +130,9 @@ def set_active(session: Session, user_id: int, active: bool, principal: Principa
 
 def authenticate_user(session: Session, email: str, password: str) -> User | None:
     """The active user with these credentials, or None (constant-time hash check)."""
-    user = session.scalar(select(User).where(User.email == email.strip().lower()))
+    # An email PostgreSQL could not even compare (NUL) matches no account.
+    user = (None if text_problem(email) is not None
+            else session.scalar(select(User).where(User.email == email.strip().lower())))
     if user is None or not user.active:
         verify_password(_dummy_hash(), password)  # same cost whether or not the user exists
         return None
