@@ -13,10 +13,12 @@ def register_blueprints(app: Flask) -> None:
         events,
         experiments,
         ofrep,
+        portfolio,
         reports,
         sdk,
         system,
     )
 
-    for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators):
+    for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
+                   portfolio):
         app.register_blueprint(module.bp)
