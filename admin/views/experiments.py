@@ -47,7 +47,6 @@ def days_running(experiment: Experiment, now: datetime | None = None) -> int | N
     return max(0, (end - experiment.started_at).days)
 
 
-@bp.route("/")
 @bp.route("/experiments")
 @requires("viewer")
 def experiments() -> str:

@@ -38,7 +38,7 @@ def log_in(page: Page, base: str, email: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Experiments")).to_be_visible()
+    expect(page.get_by_role("heading", name="Portfolio")).to_be_visible()
 
 
 def create_through_the_form(page: Page) -> None:
