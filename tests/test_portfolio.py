@@ -171,3 +171,18 @@ def test_openapi_documents_the_portfolio(client):
     assert set(operation["responses"]) >= {"200", "401", "403"}
     entry = document["components"]["schemas"]["PortfolioEntry"]["properties"]
     assert {"days_left", "units_needed_per_variant", "health", "verdict"} <= set(entry)
+
+
+def test_a_rate_is_measured_over_at_least_one_day(app, client, admin_headers):
+    create(client, admin_headers, "fresh")
+    store_report(app, "fresh", report_body("fresh", {"control": 300, "one-page": 300}),
+                 started_days_ago=0.1, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["fresh"]
+    assert item["daily_units"] == pytest.approx(600)
+    assert item["days_left"] == math.ceil((item["units_needed_per_variant"] - 300) / 300)
+
+
+def test_the_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response.mimetype == "image/svg+xml"
+    assert b"<svg" in response.get_data()

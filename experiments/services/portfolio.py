@@ -30,6 +30,7 @@ POWER_KINDS = ("conversion", "friction", "count")
 ALERT_KINDS = ("srm", "guardrail_breach", "events_before_exposure")
 _VERDICT_RANK = {"worse": 0, "better": 1, "inconclusive": 2, "flat": 3}
 SECONDS_PER_DAY = 86_400.0
+MIN_RATE_WINDOW_DAYS = 1.0
 
 
 def portfolio(session: Session, *, analysis_interval_s: float,
@@ -74,7 +75,7 @@ def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapp
     out: dict[str, Any] = {"baseline": None, "units_needed_per_variant": None,
                            "daily_units": None, "days_left": None, "progress_note": None}
     total = sum(units.values())
-    if elapsed_days is not None and elapsed_days > 0 and total > 0:
+    if elapsed_days is not None and total > 0:
         out["daily_units"] = total / elapsed_days
     primary = next((m for m in experiment.metrics if m.role == "primary"), None)
     if primary is None or not body:
@@ -178,10 +179,15 @@ def primary_verdict(body: Mapping[str, Any]) -> str | None:
 
 
 def _elapsed_days(experiment: Experiment, report: Report | None) -> float | None:
-    """Days from the start to the moment the report counted its units (the rate's window)."""
+    """Days from the start to the moment the report counted its units (the rate's window).
+
+    At least one day: a rate measured over minutes (or over traffic backdated by a
+    simulation) would promise absurd speeds.
+    """
     if experiment.started_at is None or report is None:
         return None
-    return (report.computed_at - experiment.started_at).total_seconds() / SECONDS_PER_DAY
+    elapsed = (report.computed_at - experiment.started_at).total_seconds() / SECONDS_PER_DAY
+    return max(MIN_RATE_WINDOW_DAYS, elapsed)
 
 
 def _whole_days(experiment: Experiment, now: datetime) -> int | None:
