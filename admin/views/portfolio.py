@@ -15,7 +15,6 @@ HEALTH_LABELS = {"srm": "SRM", "guardrail_breach": "Guardrail breach",
 
 
 @bp.route("/")
-@bp.route("/portfolio")
 @requires("viewer")
 def portfolio() -> str:
     """What is running, is it healthy, when will we know: the manager's first page."""
