@@ -417,3 +417,20 @@ def test_simulate_button_sends_visitors_in_demo_mode(database_url, tmp_path):
             assert session.query(Exposure).count() == 200
     finally:
         get_db(app).engine.dispose()
+
+
+def test_iterate_from_the_shipped_winner_in_the_ui(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    post(client, "/admin/experiments/checkout-redesign/conclude",
+         {"outcome": "ship", "winner": "one-page", "learnings": "works"})
+    page = client.get("/admin/experiments/checkout-redesign").get_data(as_text=True)
+    assert 'value="One-page checkout (iteration 2)"' in page
+    assert "Start from the shipped winner (one-page)" in page
+    response = post(client, "/admin/experiments/checkout-redesign/iterate",
+                    {"new_key": "checkout-redesign-2", "new_name": "Checkout v2",
+                     "from_winner": "1"})
+    assert response.headers["Location"] == "/admin/experiments/checkout-redesign-2/edit"
+    child = load(app, "checkout-redesign-2")
+    assert child["name"] == "Checkout v2"
+    assert child["variants"][0]["payload"] == {"layout": "single"}

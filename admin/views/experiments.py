@@ -157,6 +157,7 @@ def experiment(key: str) -> str:
         is_latest=bool(history) and report is history[0],
         view=_report_view(row, body), audit_entries=entries,
         children=queries.iterations_of(session, row.id),
+        iteration_name=lifecycle.iteration_name(row),
         demo=_demo_mode(),
     )
 
@@ -215,7 +216,8 @@ def iterate_experiment(key: str) -> Response:
     """Start the next experiment of the chain as a draft, then edit it."""
     try:
         body = validated(IterateIn, {"key": request.form.get("new_key", "").strip(),
-                                     "name": request.form.get("new_name", "").strip() or None})
+                                     "name": request.form.get("new_name", "").strip() or None,
+                                     "from_winner": request.form.get("from_winner") == "1"})
         child = lifecycle.iterate_experiment(db_session(), key, body, principal())
     except ApiError as exc:
         flash_refusal(exc)
