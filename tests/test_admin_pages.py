@@ -103,7 +103,7 @@ def test_user_creation_errors_are_shown_and_nothing_is_created(app):
     response = post(admin, "/admin/users", {"email": "ana@example.com", "password": "short",
                                             "role": "editor"})
     assert response.status_code == 422
-    assert "password: must be at least 8 characters" in response.get_data(as_text=True)
+    assert "Password: must be at least 8 characters" in response.get_data(as_text=True)
     response = post(admin, "/admin/users", {"email": "admin@example.com", "password": PASSWORD,
                                             "role": "viewer"})
     assert response.status_code == 409
@@ -164,7 +164,7 @@ def test_api_key_is_shown_once_and_works_until_revoked(app, client):
 def test_api_key_with_bad_role_is_refused(app):
     admin = logged_in(app, "admin")
     response = post(admin, "/admin/api-keys", {"name": "x", "role": "root"})
-    assert response.status_code == 422 and "role: must be one of" in response.get_data(
+    assert response.status_code == 422 and "Role: must be one of" in response.get_data(
         as_text=True)
 
 

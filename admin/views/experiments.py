@@ -37,6 +37,7 @@ from experiments.services.simulate import SimulationPlan, simulate_traffic
 
 PAGE_SIZE = 50
 _CONCLUDED_EDITABLE = ("name", "hypothesis", "owner", "learnings")
+PAST_TENSE = {"start": "started", "pause": "paused", "resume": "resumed"}
 
 
 def days_running(experiment: Experiment, now: datetime | None = None) -> int | None:
@@ -186,7 +187,7 @@ def _act(key: str, action: Callable[[], Any], done: str) -> Response:
 def _transition(action: str) -> None:
     def view(key: str) -> Response:
         return _act(key, lambda: lifecycle.transition(db_session(), key, action, principal()),
-                    f"Experiment {action.replace('resume', 'resum')}ed.")
+                    f"Experiment {PAST_TENSE[action]}.")
 
     view.__name__ = f"{action}_experiment"
     view.__doc__ = f"{action.capitalize()} the experiment."
