@@ -102,6 +102,8 @@ def test_the_portfolio_shows_the_health_each_latest_report_implies(page, live_se
     expect(three.get_by_role("link", name="Three ways to pay")).to_have_attribute(
         "href", f"/admin/experiments/{THREE}")
     page.screenshot(path=str(artifacts_dir / "portfolio-desktop.png"), full_page=True)
+    wrap = page.locator("#portfolio-table").locator("xpath=..")
+    assert wrap.evaluate("e => e.scrollWidth - e.clientWidth") <= 0  # fits 1280 px unscrolled
 
     page.get_by_role("button", name="Health").click()
     after = page.locator("#portfolio-table tbody tr").evaluate_all(
