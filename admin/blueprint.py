@@ -10,6 +10,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from admin import format as fmt
+from admin.messages import field_label
 from admin.session_auth import has_role, load_current_user
 from experiments.errors import ApiError
 
@@ -44,6 +45,9 @@ def _ids_in_range(_endpoint: str | None, values: dict[str, Any] | None) -> None:
 def can(role: str) -> bool:
     """Whether the logged-in user has at least ``role`` (hide buttons they may not use)."""
     return has_role(role)
+
+
+bp.add_app_template_global(field_label, "field_label")
 
 
 @bp.context_processor

@@ -6,6 +6,8 @@ import math
 from datetime import datetime
 from typing import Any
 
+from admin.messages import summary_line
+
 DASH = "–"
 VERDICT_LABELS = {"better": "Better", "worse": "Worse", "flat": "Flat",
                   "inconclusive": "Inconclusive"}
@@ -81,5 +83,9 @@ def outcome_label(outcome: Any) -> str:
 
 
 def error_text(exc: Any) -> str:
-    """An ApiError as one line: its message and each field's problem."""
-    return str(exc.summary())
+    """An ApiError as one line for people: each field's label and problem, said once."""
+    details = [d for d in getattr(exc, "details", None) or [] if isinstance(d, dict)]
+    if not details or any(not d.get("field") for d in details):
+        return str(exc.summary()) if details else str(exc.message)
+    lines = dict.fromkeys(summary_line(str(d["field"]), str(d.get("message", ""))) for d in details)
+    return "; ".join(lines)

@@ -17,6 +17,7 @@ from typing import Any
 
 from werkzeug.datastructures import MultiDict
 
+from admin.messages import human_message
 from experiments.schemas import AnalysisSettings
 
 VARIANT_FIELDS = ("key", "name", "weight", "role", "payload")
@@ -104,7 +105,16 @@ def parse_form(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict[str, Any
         "metrics": [_metric(row) for row in state["metrics"]],
         "analysis": _analysis(state["analysis"]),
     }
+    _check_one_control(data["variants"], errors)
     return state, data, errors
+
+
+def _check_one_control(variants: list[dict[str, Any]], errors: Errors) -> None:
+    """Reported with the other errors: the schema's own check only runs once fields parse."""
+    controls = sum(bool(v["is_control"]) for v in variants)
+    if controls != 1:
+        errors.setdefault("variants", []).append(
+            f"choose exactly one control variant (found {controls})")
 
 
 def _rows(form: MultiDict[str, str], prefix: str, names: tuple[str, ...],
@@ -126,7 +136,9 @@ def _variant(row: dict[str, str], index: int, errors: Errors) -> dict[str, Any]:
         try:
             variant["payload"] = json.loads(row["payload"])
         except ValueError as exc:
-            errors.setdefault(f"variants[{index}].payload", []).append(f"invalid JSON: {exc}")
+            errors.setdefault(f"variants[{index}].payload", []).append(
+                f"not valid JSON ({getattr(exc, 'msg', exc)}); "
+                'write an object such as {"layout": "single"}')
             variant["payload"] = row["payload"]
     return variant
 
@@ -192,8 +204,9 @@ def merge_errors(local: Errors, details: list[dict[str, Any]]) -> Errors:
     merged = {path: list(messages) for path, messages in local.items()}
     for detail in details:
         path = str(detail.get("field") or "form")
-        if path not in local:
-            merged.setdefault(path, []).append(str(detail.get("message", "invalid")))
+        message = human_message(path, str(detail.get("message", "invalid")))
+        if path not in local and message not in merged.get(path, []):
+            merged.setdefault(path, []).append(message)
     return merged
 
 

@@ -109,9 +109,11 @@ def test_validation_errors_are_shown_next_to_their_fields_and_nothing_is_created
     assert response.status_code == 422
     page = response.get_data(as_text=True)
     errors = errors_on(page)
-    assert errors["f-variants-1-weight"].startswith("Input should be a valid number")
-    assert errors["f-variants-1-payload"].startswith("invalid JSON")
-    assert errors["f-analysis-alpha"] == "Input should be less than or equal to 0.5"
+    assert errors["f-variants-1-weight"] == "type a number, e.g. 0.5"
+    assert errors["f-variants-1-payload"].startswith("not valid JSON")
+    assert errors["f-analysis-alpha"] == "must be 0.5 or less"
+    assert "Variant 2 weight: type a number, e.g. 0.5" in page  # the summary names the label
+    assert "Input should" not in page and "<code>variants" not in page
     assert 'id="f-variants-1-weight" aria-invalid="true"' in page
     assert 'value="lots"' in page and "{broken" in page  # the typed values are kept
     assert "Please fix" in page
@@ -125,7 +127,7 @@ def test_cross_field_rules_use_the_api_field_paths(app):
         variant_role=["treatment", "treatment"], metric_step=["", "shipping"]))
     assert response.status_code == 422
     errors = errors_on(response.get_data(as_text=True))
-    assert errors["f-variants"] == "exactly one variant must have is_control=true (found 0)"
+    assert errors["f-variants"] == "choose exactly one control variant (found 0)"
     assert errors["f-metrics-1-step"] == "step 'shipping' is not a journey step"
 
 
@@ -237,8 +239,33 @@ def test_conclude_ship_without_winner_is_refused(app):
     client = logged_in(app, "editor")
     response = post(client, "/admin/experiments/checkout-redesign/conclude",
                     {"outcome": "ship", "winner": ""}, follow_redirects=True)
-    assert "a &#39;ship&#39; outcome needs the winning variant" in response.get_data(as_text=True)
+    page = response.get_data(as_text=True)
+    assert "a &#39;ship&#39; outcome needs the winning variant" in page
+    assert page.count("outcome needs the winning variant") == 1  # said once, not repeated
     assert load(app, "checkout-redesign")["status"] == "running"
+
+
+def test_two_controls_are_reported_with_the_other_errors(app):
+    client = logged_in(app, "editor")
+    response = post(client, "/admin/experiments/new", form_data(
+        key="Bad Key", variant_role=["control", "control"]))
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    errors = errors_on(page)
+    assert errors["f-variants"] == "choose exactly one control variant (found 2)"
+    assert errors["f-key"].startswith("lowercase letters, digits, - and _ only")
+    assert "Key: lowercase letters, digits, - and _ only" in page
+
+
+def test_lifecycle_flashes_read_as_english(app):
+    seed_experiment(app, start=False)
+    client = logged_in(app, "editor")
+    flashes = []
+    for action in ("start", "pause", "resume"):
+        page = post(client, f"/admin/experiments/checkout-redesign/{action}",
+                    follow_redirects=True).get_data(as_text=True)
+        flashes.append(re.search(r'class="flash flash-success"[^>]*>([^<]+)<', page)[1])
+    assert flashes == ["Experiment started.", "Experiment paused.", "Experiment resumed."]
 
 
 def test_iterate_creates_a_draft_in_the_chain(app):
@@ -260,7 +287,7 @@ def test_iterate_with_a_bad_key_explains_why(app):
     client = logged_in(app, "editor")
     response = post(client, "/admin/experiments/checkout-redesign/iterate",
                     {"new_key": "Bad Key"}, follow_redirects=True)
-    assert "String should match pattern" in response.get_data(as_text=True)
+    assert "Key: lowercase letters, digits, - and _ only" in response.get_data(as_text=True)
 
 
 def test_delete_draft(app):
@@ -411,7 +438,7 @@ def test_simulate_button_sends_visitors_in_demo_mode(database_url, tmp_path):
             as_text=True)
         refused = post(client, "/admin/experiments/checkout-redesign/simulate",
                        {"units": "lots"}, follow_redirects=True)
-        assert "units: must be a whole number" in refused.get_data(as_text=True)
+        assert "Visitors: must be a whole number" in refused.get_data(as_text=True)
         with get_db(app).session() as session:
             from experiments.models import Exposure
             assert session.query(Exposure).count() == 200
@@ -449,3 +476,20 @@ def test_conclude_form_lists_ship_risks_and_needs_the_confirmation(app):
     assert saved["status"] == "concluded"
     assert saved["decision"]["reasons"][1] == ("risk acknowledged: guardrail payment-errors is "
                                                "significantly worse for one-page (+43.0%)")
+
+
+def test_iterate_from_the_shipped_winner_in_the_ui(app):
+    seed_experiment(app)
+    client = logged_in(app, "editor")
+    post(client, "/admin/experiments/checkout-redesign/conclude",
+         {"outcome": "ship", "winner": "one-page", "learnings": "works"})
+    page = client.get("/admin/experiments/checkout-redesign").get_data(as_text=True)
+    assert 'value="One-page checkout (iteration 2)"' in page
+    assert "Start from the shipped winner (one-page)" in page
+    response = post(client, "/admin/experiments/checkout-redesign/iterate",
+                    {"new_key": "checkout-redesign-2", "new_name": "Checkout v2",
+                     "from_winner": "1"})
+    assert response.headers["Location"] == "/admin/experiments/checkout-redesign-2/edit"
+    child = load(app, "checkout-redesign-2")
+    assert child["name"] == "Checkout v2"
+    assert child["variants"][0]["payload"] == {"layout": "single"}

@@ -10,6 +10,7 @@ from experiments.services.analysis import calculate_power
 from tests.test_admin_support import (
     PASSWORD,
     cheap_argon2,  # noqa: F401  (autouse fixture)
+    insert_report,
     logged_in,
     login,
     post,
@@ -39,6 +40,26 @@ def test_learnings_library_lists_concluded_experiments_and_searches(app):
     assert "checkout-redesign" in found and "address-form" not in found
     assert "No concluded experiments match" in client.get(
         "/admin/learnings?q=zzz").get_data(as_text=True)
+
+
+def test_learnings_show_the_result_numbers_and_search_hypotheses(app):
+    editor = logged_in(app, "editor")
+    seed_experiment(app, "checkout-redesign", layer=None,
+                    hypothesis="Merging address and payment removes friction")
+    insert_report(app, "checkout-redesign")  # purchase +11.8 % [+1.0 %, +23.0 %], guardrail better
+    post(editor, "/admin/experiments/checkout-redesign/conclude",
+         {"outcome": "ship", "winner": "one-page", "learnings": "One page wins"})
+    conclude(app, editor, "address-form", "Autocomplete did not move conversion",
+             name="Address form", hypothesis="Autocomplete saves typing")
+    client = logged_in(app, "viewer")
+    page = client.get("/admin/learnings?q=merging address").get_data(as_text=True)
+    assert "checkout-redesign" in page and "address-form" not in page
+    text = re.sub(r"<[^>]+>|\s+", " ", page)
+    assert "purchase (one-page vs control): +11.8% [+1.0%, +23.0%] Better" in re.sub(
+        r" +", " ", text)
+    assert "Guardrail payment-errors (one-page): Better" in re.sub(r" +", " ", text)
+    other = client.get("/admin/learnings?q=saves typing").get_data(as_text=True)
+    assert "address-form" in other and "No report with results." in other
 
 
 def test_power_calculator_gives_the_stats_package_numbers(app):
@@ -82,7 +103,7 @@ def test_user_creation_errors_are_shown_and_nothing_is_created(app):
     response = post(admin, "/admin/users", {"email": "ana@example.com", "password": "short",
                                             "role": "editor"})
     assert response.status_code == 422
-    assert "password: must be at least 8 characters" in response.get_data(as_text=True)
+    assert "Password: must be at least 8 characters" in response.get_data(as_text=True)
     response = post(admin, "/admin/users", {"email": "admin@example.com", "password": PASSWORD,
                                             "role": "viewer"})
     assert response.status_code == 409
@@ -143,7 +164,7 @@ def test_api_key_is_shown_once_and_works_until_revoked(app, client):
 def test_api_key_with_bad_role_is_refused(app):
     admin = logged_in(app, "admin")
     response = post(admin, "/admin/api-keys", {"name": "x", "role": "root"})
-    assert response.status_code == 422 and "role: must be one of" in response.get_data(
+    assert response.status_code == 422 and "Role: must be one of" in response.get_data(
         as_text=True)
 
 

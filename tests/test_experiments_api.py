@@ -368,3 +368,45 @@ def test_huge_ids_are_404_for_every_method(client, admin_headers, method):
     response = getattr(client, method)("/api/v1/webhooks/38256696056",
                                        headers=admin_headers, json={})
     assert response.status_code == 404
+
+
+def _shipped(client, headers, outcome="ship", winner="one-page"):
+    create(client, headers)
+    client.post("/api/v1/experiments/checkout-redesign/start", headers=headers)
+    assert client.post("/api/v1/experiments/checkout-redesign/conclude", headers=headers,
+                       json={"outcome": outcome, "winner": winner,
+                             "learnings": "x"}).status_code == 200
+
+
+def test_iterate_from_the_shipped_winner_gives_the_control_its_payload(client, admin_headers):
+    _shipped(client, admin_headers)
+    response = client.post("/api/v1/experiments/checkout-redesign/iterate",
+                           headers=admin_headers,
+                           json={"key": "checkout-redesign-2", "from_winner": True})
+    assert response.status_code == 201
+    variants = {v["key"]: v for v in response.get_json()["variants"]}
+    assert variants["control"]["payload"] == {"layout": "single"}
+    assert variants["control"]["is_control"] is True
+    assert variants["one-page"]["payload"] == {"layout": "single"}
+
+
+def test_iterate_from_winner_without_a_shipped_winner_is_409(client, admin_headers):
+    _shipped(client, admin_headers, outcome="no_difference", winner=None)
+    response = client.post("/api/v1/experiments/checkout-redesign/iterate",
+                           headers=admin_headers,
+                           json={"key": "checkout-redesign-2", "from_winner": True})
+    assert response.status_code == 409
+    assert "no shipped winner" in response.get_json()["error"]["message"]
+
+
+def test_an_iteration_without_a_name_is_not_named_like_its_parent(client, admin_headers):
+    _shipped(client, admin_headers)
+    first = client.post("/api/v1/experiments/checkout-redesign/iterate", headers=admin_headers,
+                        json={"key": "checkout-redesign-2"}).get_json()
+    assert first["name"] == "One-page checkout (iteration 2)"
+    assert first["variants"][0]["payload"] == {}  # the old control unless asked
+    client.post("/api/v1/experiments/checkout-redesign-2/start", headers=admin_headers)
+    client.post("/api/v1/experiments/checkout-redesign-2/pause", headers=admin_headers)
+    second = client.post("/api/v1/experiments/checkout-redesign-2/iterate",
+                         headers=admin_headers, json={"key": "checkout-redesign-3"}).get_json()
+    assert second["name"] == "One-page checkout (iteration 3)"

@@ -13,7 +13,7 @@ from admin.format import error_text
 from experiments.db import db_session
 from experiments.errors import ApiError
 
-MODULES = ("auth", "experiments", "library", "accounts", "webhooks", "audit")
+MODULES = ("auth", "portfolio", "experiments", "library", "accounts", "webhooks", "audit")
 
 
 def load_views() -> None:

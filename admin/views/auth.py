@@ -15,7 +15,7 @@ def _safe_next(target: str | None) -> str:
     """Only ever redirect inside the admin UI (no open redirect)."""
     if target and target.startswith("/admin") and not target.startswith("//"):
         return target
-    return url_for("admin.experiments")
+    return url_for("admin.portfolio")
 
 
 @bp.route("/login", methods=["GET", "POST"])

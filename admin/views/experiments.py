@@ -37,6 +37,7 @@ from experiments.services.simulate import SimulationPlan, simulate_traffic
 
 PAGE_SIZE = 50
 _CONCLUDED_EDITABLE = ("name", "hypothesis", "owner", "learnings")
+PAST_TENSE = {"start": "started", "pause": "paused", "resume": "resumed"}
 
 
 def days_running(experiment: Experiment, now: datetime | None = None) -> int | None:
@@ -47,7 +48,6 @@ def days_running(experiment: Experiment, now: datetime | None = None) -> int | N
     return max(0, (end - experiment.started_at).days)
 
 
-@bp.route("/")
 @bp.route("/experiments")
 @requires("viewer")
 def experiments() -> str:
@@ -158,6 +158,7 @@ def experiment(key: str) -> str:
         is_latest=bool(history) and report is history[0],
         view=_report_view(row, body), audit_entries=entries,
         children=queries.iterations_of(session, row.id),
+        iteration_name=lifecycle.iteration_name(row),
         demo=_demo_mode(), ship_risks=_ship_risks(row),
     )
 
@@ -194,7 +195,7 @@ def _act(key: str, action: Callable[[], Any], done: str) -> Response:
 def _transition(action: str) -> None:
     def view(key: str) -> Response:
         return _act(key, lambda: lifecycle.transition(db_session(), key, action, principal()),
-                    f"Experiment {action.replace('resume', 'resum')}ed.")
+                    f"Experiment {PAST_TENSE[action]}.")
 
     view.__name__ = f"{action}_experiment"
     view.__doc__ = f"{action.capitalize()} the experiment."
@@ -226,7 +227,8 @@ def iterate_experiment(key: str) -> Response:
     """Start the next experiment of the chain as a draft, then edit it."""
     try:
         body = validated(IterateIn, {"key": request.form.get("new_key", "").strip(),
-                                     "name": request.form.get("new_name", "").strip() or None})
+                                     "name": request.form.get("new_name", "").strip() or None,
+                                     "from_winner": request.form.get("from_winner") == "1"})
         child = lifecycle.iterate_experiment(db_session(), key, body, principal())
     except ApiError as exc:
         flash_refusal(exc)

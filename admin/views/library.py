@@ -6,12 +6,14 @@ from typing import Any
 
 from flask import render_template, request
 
+from admin import format as fmt
 from admin import queries
 from admin.blueprint import bp
 from admin.session_auth import requires
 from experiments.db import db_session
 from experiments.errors import ValidationFailed
-from experiments.services.analysis import calculate_power
+from experiments.models import Experiment
+from experiments.services.analysis import calculate_power, latest_reports
 from stats.records import KINDS
 
 POWER_KINDS = tuple(kind for kind in KINDS if kind not in ("ratio", "nps"))
@@ -24,10 +26,51 @@ POWER_DEFAULTS = {"kind": "conversion", "baseline": "0.10", "baseline_sd": "", "
 def learnings() -> str:
     """What every concluded experiment taught, newest first, searchable."""
     text = (request.args.get("q") or "").strip()[:200] or None
+    session = db_session()
     rows, next_cursor = queries.search_experiments(
-        db_session(), status="concluded", text=text, limit=100, cursor=request.args.get("cursor"))
-    return render_template("admin/learnings.html", rows=rows, q=text or "",
+        session, status="concluded", text=text, limit=100, cursor=request.args.get("cursor"))
+    reports = latest_reports(session, [row.id for row in rows])
+    results = {row.id: learning_results(row, reports[row.id].body if row.id in reports else {})
+               for row in rows}
+    return render_template("admin/learnings.html", rows=rows, q=text or "", results=results,
                            next_cursor=next_cursor)
+
+
+def learning_results(experiment: Experiment, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The numbers behind a learning: the primary effect (of the winner, else the first
+    treatment) with its interval, and every guardrail's verdict, from the last report."""
+    metrics = [m for m in body.get("metrics") or [] if isinstance(m, dict)]
+    primary = next((m for m in metrics if m.get("role") == "primary"), None)
+    if primary is None:
+        return None
+    comparison = _comparison_of(primary, experiment.winner)
+    return {
+        "metric": primary.get("key"), "kind": primary.get("kind"),
+        "variant": comparison.get("variant") if comparison else None,
+        "effect": _effect_text(comparison) if comparison else None,
+        "verdict": comparison.get("verdict") if comparison else None,
+        "guardrails": [{"metric": m.get("key"), "variant": c.get("variant"),
+                        "verdict": c.get("verdict")}
+                       for m in metrics if m.get("role") == "guardrail"
+                       for c in m.get("comparisons") or [] if isinstance(c, dict)],
+    }
+
+
+def _comparison_of(metric: dict[str, Any], winner: str | None) -> dict[str, Any] | None:
+    comparisons = [c for c in metric.get("comparisons") or [] if isinstance(c, dict)]
+    return next((c for c in comparisons if c.get("variant") == winner),
+                comparisons[0] if comparisons else None)
+
+
+def _effect_text(comparison: dict[str, Any]) -> str:
+    """Relative effect and interval; NPS (and other unbounded ratios) in absolute terms."""
+    if comparison.get("relative_effect") is not None:
+        return (f"{fmt.signed_pct(comparison['relative_effect'])} "
+                f"{fmt.interval(comparison.get('relative_ci'))}")
+    if comparison.get("absolute_effect") is not None:
+        return (f"{fmt.number(comparison['absolute_effect'], 3)} "
+                f"{fmt.interval(comparison.get('absolute_ci'), relative=False)} (absolute)")
+    return fmt.DASH
 
 
 @bp.route("/power")

@@ -13,6 +13,7 @@ def register_blueprints(app: Flask) -> None:
         events,
         experiments,
         ofrep,
+        portfolio,
         reports,
         sdk,
         system,
@@ -22,5 +23,5 @@ def register_blueprints(app: Flask) -> None:
 
     app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
-                   units):
+                   units, portfolio):
         app.register_blueprint(module.bp)

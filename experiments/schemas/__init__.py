@@ -356,6 +356,8 @@ class IterateIn(Strict):
     key: Key
     name: Text | None = Field(None, min_length=1, max_length=200)
     hypothesis: Text | None = Field(None, max_length=10_000)
+    # The shipped winner's payload becomes the new control's (409 without a shipped winner).
+    from_winner: bool = False
 
 
 class AuditQuery(ListQuery):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import re
 import secrets
 from typing import Any
 
@@ -344,15 +346,41 @@ _LIFECYCLE_SIGNALS = {
 }
 
 
+_ITERATION_SUFFIX = re.compile(r"\s*\(iteration \d+\)$")
+
+
 def iterate_experiment(session: Session, key: str, body: IterateIn,
                        principal: Principal) -> Experiment:
     """Start the next experiment of a chain: a draft copying this configuration."""
     parent = get_experiment(session, key)
     data = _writable(_snapshot(parent))
     data.update(key=body.key, iteration_of=parent.key, learnings="",
-                name=body.name or parent.name,
+                name=body.name or iteration_name(parent),
                 hypothesis=parent.hypothesis if body.hypothesis is None else body.hypothesis)
+    if body.from_winner:
+        data["variants"] = _control_gets_winner(parent, data["variants"])
     return create_experiment(session, data, principal)
+
+
+def iteration_name(parent: Experiment) -> str:
+    """A default name that tells the iteration from its parent ("Checkout (iteration 2)")."""
+    depth, ancestor = 2, parent.iteration_of
+    while ancestor is not None and depth < 1000:
+        depth, ancestor = depth + 1, ancestor.iteration_of
+    base = _ITERATION_SUFFIX.sub("", parent.name) or parent.name
+    return f"{base} (iteration {depth})"[:200]
+
+
+def _control_gets_winner(parent: Experiment,
+                         variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shipped winner is what customers now see, so the next control starts from it."""
+    if parent.outcome != "ship" or not parent.winner:
+        raise Conflict(f"experiment {parent.key!r} has no shipped winner to start from")
+    winner = next((v for v in parent.variants if v.key == parent.winner), None)
+    if winner is None:
+        raise Conflict(f"the shipped winner {parent.winner!r} is no longer a variant")
+    return [{**v, "payload": copy.deepcopy(winner.payload)} if v["is_control"] else v
+            for v in variants]
 
 
 def _flush(session: Session, conflict_message: str) -> None:

@@ -41,7 +41,7 @@ def log_in(page: Page, base: str, email: str) -> None:
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Experiments")).to_be_visible()
+    expect(page.get_by_role("heading", name="Portfolio")).to_be_visible()
 
 
 def create_through_the_form(page: Page) -> None:
@@ -127,6 +127,9 @@ def test_validation_errors_show_in_the_browser(page, live_server, app):
     page.locator("input[name='variant_weight']").nth(1).fill("-1")
     page.get_by_role("button", name="Create draft").click()
     expect(page.locator("#error-summary")).to_be_focused()
-    expect(page.locator("#f-variants-1-weight-error")).to_have_text(
-        "Input should be greater than or equal to 0")
-    expect(page.locator("#f-key-error")).to_contain_text("String should match pattern")
+    expect(page.locator("#f-variants-1-weight-error")).to_have_text("must be 0 or more")
+    expect(page.locator("#f-key-error")).to_have_text(
+        "lowercase letters, digits, - and _ only (start with a letter or digit, at most 64)")
+    expect(page.locator("#error-summary")).to_contain_text(
+        "Key: lowercase letters, digits, - and _ only")
+    expect(page.locator("#error-summary")).to_contain_text("Variant 2 weight: must be 0 or more")

@@ -1,0 +1,216 @@
+"""The portfolio: every running and paused experiment with its progress and health.
+
+A manager's first question is "what is running, is it healthy, when will we know".
+This module answers it from each experiment's latest report: units against the
+units the power calculation needs (the same calculator as ``/api/v1/stats/power``,
+on the primary metric's observed control baseline), days left at the observed
+daily rate, and health chips (SRM, guardrail breach, events before exposure,
+stale or failed analysis).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from experiments.db import utcnow
+from experiments.errors import ValidationFailed
+from experiments.models import Experiment, Report
+from experiments.services.analysis import calculate_power, latest_reports
+
+PORTFOLIO_STATUSES = ("running", "paused")
+# Kinds the power calculator covers from a report's estimate alone (count assumes
+# Poisson; mean would need the standard deviation, which reports do not carry).
+POWER_KINDS = ("conversion", "friction", "count")
+ALERT_KINDS = ("srm", "guardrail_breach", "events_before_exposure")
+_VERDICT_RANK = {"worse": 0, "better": 1, "inconclusive": 2, "flat": 3}
+SECONDS_PER_DAY = 86_400.0
+MIN_RATE_WINDOW_DAYS = 1.0
+
+
+def portfolio(session: Session, *, analysis_interval_s: float,
+              now: datetime | None = None) -> list[dict[str, Any]]:
+    """One entry per running or paused experiment, longest running first."""
+    now = now or utcnow()
+    rows = list(session.scalars(
+        select(Experiment).where(Experiment.status.in_(PORTFOLIO_STATUSES))
+        .options(selectinload(Experiment.variants), selectinload(Experiment.metrics))
+        .order_by(Experiment.started_at, Experiment.id)))
+    reports = latest_reports(session, [row.id for row in rows])
+    return [portfolio_entry(row, reports.get(row.id), analysis_interval_s=analysis_interval_s,
+                            now=now) for row in rows]
+
+
+def portfolio_entry(experiment: Experiment, report: Report | None, *,
+                    analysis_interval_s: float, now: datetime) -> dict[str, Any]:
+    """Progress, health and verdict of one experiment from its latest report."""
+    body: Mapping[str, Any] = report.body if report is not None else {}
+    settings = experiment.analysis or {}
+    units = {v.key: int(_dict(body.get("units")).get(v.key, 0) or 0)
+             for v in experiment.variants}
+    progress = sample_progress(experiment, body, units, _elapsed_days(experiment, report))
+    return {
+        "key": experiment.key, "name": experiment.name, "owner": experiment.owner,
+        "status": experiment.status,
+        "started_at": experiment.started_at.isoformat() if experiment.started_at else None,
+        "days_running": _whole_days(experiment, now),
+        "min_days": settings.get("min_days"), "max_days": settings.get("max_days"),
+        "units": units, **progress,
+        "health": health_chips(body, report, analysis_interval_s=analysis_interval_s, now=now),
+        "verdict": primary_verdict(body),
+        "decision": _dict(body.get("decision")).get("outcome") or None,
+        "report_id": report.id if report is not None else None,
+        "report_computed_at": report.computed_at.isoformat() if report is not None else None,
+    }
+
+
+def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapping[str, int],
+                    elapsed_days: float | None) -> dict[str, Any]:
+    """Units needed per variant and days left; nulls with a reason when not computable."""
+    out: dict[str, Any] = {"baseline": None, "units_needed_per_variant": None,
+                           "daily_units": None, "days_left": None, "progress_note": None}
+    total = sum(units.values())
+    if elapsed_days is not None and total > 0:
+        out["daily_units"] = total / elapsed_days
+    primary = next((m for m in experiment.metrics if m.role == "primary"), None)
+    if primary is None or not body:
+        out["progress_note"] = "no report yet" if primary else "no primary metric"
+        return out
+    if primary.kind not in POWER_KINDS:
+        out["progress_note"] = f"the power calculation needs a conversion, friction or count " \
+                               f"primary metric, not {primary.kind}"
+        return out
+    control = next((v.key for v in experiment.variants if v.is_control), None)
+    baseline = control_estimate(body, primary.key, control)
+    out["baseline"] = baseline
+    if baseline is None:
+        out["progress_note"] = "the control has no observed baseline yet"
+        return out
+    settings = experiment.analysis or {}
+    try:
+        needed = calculate_power(primary.kind, baseline=baseline, mde=settings.get("mde", 0.05),
+                                 alpha=settings.get("alpha", 0.05),
+                                 power=settings.get("power", 0.8),
+                                 variants=max(2, len(experiment.variants)))["units_per_variant"]
+    except ValidationFailed as exc:
+        out["progress_note"] = f"power calculation impossible: {exc.details[0]['message']}" \
+            if exc.details else "power calculation impossible"
+        return out
+    out["units_needed_per_variant"] = needed
+    out["days_left"] = days_left(needed, units, elapsed_days)
+    return out
+
+
+def days_left(needed_per_variant: int, units: Mapping[str, int],
+              elapsed_days: float | None) -> int | None:
+    """Whole days until the slowest variant reaches the units it needs, at its observed rate."""
+    if units and all(n >= needed_per_variant for n in units.values()):
+        return 0
+    if not elapsed_days or elapsed_days <= 0 or not units or min(units.values()) <= 0:
+        return None
+    waits = [(needed_per_variant - n) / (n / elapsed_days) for n in units.values()
+             if n < needed_per_variant]
+    return math.ceil(max(waits))
+
+
+def control_estimate(body: Mapping[str, Any], metric_key: str, control: str | None) -> float | None:
+    """The primary metric's observed control rate in the report."""
+    for metric in _list(body.get("metrics")):
+        if _dict(metric).get("key") != metric_key:
+            continue
+        for variant in _list(metric.get("variants")):
+            value = _dict(variant).get("estimate")
+            if _dict(variant).get("variant") == control and _finite(value):
+                return float(value)
+    return None
+
+
+def health_chips(body: Mapping[str, Any], report: Report | None, *, analysis_interval_s: float,
+                 now: datetime) -> list[dict[str, Any]]:
+    """What needs attention: the report's alerts (or SRM, worse guardrails), age, errors."""
+    if report is None:
+        return [{"kind": "not_analyzed", "message": "No analysis yet."}]
+    chips = report_alerts(body)
+    age_s = (now - report.computed_at).total_seconds()
+    if age_s > 2 * analysis_interval_s:
+        chips.append({"kind": "stale", "message": f"Latest analysis is {_age_text(age_s)} old."})
+    if body.get("error"):
+        chips.append({"kind": "analysis_error", "message": str(body["error"])[:300]})
+    return chips
+
+
+def report_alerts(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report's ``alerts`` list when present, else SRM and guardrails verdict "worse"."""
+    alerts = body.get("alerts")
+    if isinstance(alerts, list):
+        return [{"kind": a["kind"], "metric": a.get("metric"), "variant": a.get("variant"),
+                 "message": a.get("message") or a["kind"]}
+                for a in alerts if isinstance(a, dict) and a.get("kind") in ALERT_KINDS]
+    chips: list[dict[str, Any]] = []
+    srm = _dict(body.get("srm"))
+    if srm.get("detected"):
+        chips.append({"kind": "srm", "metric": None, "variant": None,
+                      "message": f"Sample ratio mismatch (p = {srm.get('p_value')})."})
+    for metric in _list(body.get("metrics")):
+        if _dict(metric).get("role") != "guardrail":
+            continue
+        for comparison in _list(metric.get("comparisons")):
+            if _dict(comparison).get("verdict") == "worse":
+                chips.append({"kind": "guardrail_breach", "metric": metric.get("key"),
+                              "variant": comparison.get("variant"),
+                              "message": f"{metric.get('key')} is worse in "
+                                         f"{comparison.get('variant')}."})
+    return chips
+
+
+def primary_verdict(body: Mapping[str, Any]) -> str | None:
+    """The primary metric's headline verdict: any worse, else any better, else the rest."""
+    for metric in _list(body.get("metrics")):
+        if _dict(metric).get("role") == "primary":
+            verdicts = [c.get("verdict") for c in _list(metric.get("comparisons"))
+                        if _dict(c).get("verdict") in _VERDICT_RANK]
+            return min(verdicts, key=_VERDICT_RANK.__getitem__) if verdicts else None
+    return None
+
+
+def _elapsed_days(experiment: Experiment, report: Report | None) -> float | None:
+    """Days from the start to the moment the report counted its units (the rate's window).
+
+    At least one day: a rate measured over minutes (or over traffic backdated by a
+    simulation) would promise absurd speeds.
+    """
+    if experiment.started_at is None or report is None:
+        return None
+    elapsed = (report.computed_at - experiment.started_at).total_seconds() / SECONDS_PER_DAY
+    return max(MIN_RATE_WINDOW_DAYS, elapsed)
+
+
+def _whole_days(experiment: Experiment, now: datetime) -> int | None:
+    if experiment.started_at is None:
+        return None
+    return max(0, (now - experiment.started_at).days)
+
+
+def _age_text(seconds: float) -> str:
+    if seconds >= 2 * SECONDS_PER_DAY:
+        return f"{int(seconds // SECONDS_PER_DAY)} days"
+    if seconds >= 7200:
+        return f"{int(seconds // 3600)} hours"
+    return f"{max(1, int(seconds // 60))} minutes"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _list(value: Any) -> Sequence[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _dict(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}

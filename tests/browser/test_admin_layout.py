@@ -1,0 +1,155 @@
+"""Every admin page on a 390 px phone, and the portfolio's health chips, in Debian's Chromium."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from experiments.auth import SYSTEM
+from experiments.db import get_db
+from experiments.services import analysis, lifecycle
+from experiments.services.simulate import SimulationPlan, simulate_traffic
+from tests.conftest import new_api_key
+from tests.factories import experiment_payload
+from tests.test_admin_support import (
+    PASSWORD,
+    add_user,
+    cheap_argon2,  # noqa: F401  (autouse fixture)
+    insert_report,
+    seed_experiment,
+)
+
+pytestmark = pytest.mark.browser
+THREE = "three-way"
+PHONE = {"width": 390, "height": 844}
+
+
+def three_variant_experiment(app) -> None:
+    """A running 3-variant experiment with simulated traffic and a real report."""
+    variants = [
+        {"key": "control", "name": "Current", "weight": 0.34, "is_control": True, "payload": {}},
+        {"key": "one-page", "name": "One page", "weight": 0.33, "is_control": False,
+         "payload": {"layout": "single"}},
+        {"key": "express-wallet", "name": "Express wallet", "weight": 0.33,
+         "is_control": False, "payload": {"wallet": True}}]
+    with get_db(app).session() as session:
+        lifecycle.create_experiment(session, experiment_payload(
+            THREE, name="Three ways to pay", variants=variants, layer=None, targeting=[],
+            overrides={}), SYSTEM)
+        lifecycle.transition(session, THREE, "start", SYSTEM)
+    with get_db(app).session() as session:
+        simulate_traffic(session, THREE, SimulationPlan(
+            units=1500, seed=3, days=4, effects={"one-page": 0.3},
+            friction={("control", "payment", "error"): 0.15}))
+    with get_db(app).session() as session:
+        analysis.analyze_experiment(session, THREE)
+
+
+def seed_portfolio(app) -> None:
+    """Healthy, SRM + breached guardrail, stale, and a concluded experiment with learnings."""
+    three_variant_experiment(app)
+    seed_experiment(app, "breached", layer=None)
+    insert_report(app, "breached", srm={"p_value": 0.00001, "detected": True},
+                  metrics=[{"key": "payment-errors", "kind": "friction", "role": "guardrail",
+                            "variants": [], "comparisons": [
+                                {"variant": "one-page", "verdict": "worse"}]}])
+    seed_experiment(app, "stale-one", layer=None)
+    insert_report(app, "stale-one", age_hours=30)
+    seed_experiment(app, "alerted", layer=None)
+    insert_report(app, "alerted", alerts=[{
+        "kind": "events_before_exposure", "metric": "purchase", "variant": "control",
+        "message": "9 % of control's purchase events arrived before exposure"}])
+    seed_experiment(app, "finished", layer=None)
+    with get_db(app).session() as session:
+        lifecycle.transition(session, "finished", "pause", SYSTEM)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {new_api_key(app, 'admin')}"}
+    assert client.post("/api/v1/experiments/finished/conclude", headers=headers, json={
+        "outcome": "no_difference", "winner": None,
+        "learnings": "Customers did not notice the new button colour"}).status_code == 200
+    assert client.post("/api/v1/webhooks", headers=headers, json={
+        "url": "https://hooks.example.com/a-rather-long-path/for/parcours/notifications",
+        "events": ["experiment.decided", "guardrail.breached"],
+        "description": "Team channel"}).status_code == 201
+
+
+def log_in(page: Page, base: str, email: str) -> None:
+    page.goto(base + "/admin/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Portfolio")).to_be_visible()
+
+
+def chips(page: Page, key: str) -> list[str]:
+    row = page.locator(f"#portfolio-table tr[data-key='{key}']")
+    return row.locator(".chip").evaluate_all("els => els.map(e => e.dataset.kind)")
+
+
+def test_the_portfolio_shows_the_health_each_latest_report_implies(page, live_server, app,
+                                                                   artifacts_dir):
+    seed_portfolio(app)
+    log_in(page, live_server.url, add_user(app, "admin"))
+    rows = page.locator("#portfolio-table tbody tr")
+    keys = rows.evaluate_all("els => els.map(e => e.dataset.key)")
+    assert sorted(keys) == sorted([THREE, "breached", "stale-one", "alerted"])
+    assert chips(page, THREE) == ["ok"]
+    assert chips(page, "breached") == ["srm", "guardrail_breach"]
+    assert chips(page, "stale-one") == ["stale"]
+    assert chips(page, "alerted") == ["events_before_exposure"]
+    three = page.locator(f"tr[data-key='{THREE}']")
+    expect(three).to_contain_text("express-wallet")
+    expect(three.get_by_role("link", name="Three ways to pay")).to_have_attribute(
+        "href", f"/admin/experiments/{THREE}")
+    page.screenshot(path=str(artifacts_dir / "portfolio-desktop.png"), full_page=True)
+    wrap = page.locator("#portfolio-table").locator("xpath=..")
+    assert wrap.evaluate("e => e.scrollWidth - e.clientWidth") <= 0  # fits 1280 px unscrolled
+
+    page.get_by_role("button", name="Health").click()
+    after = page.locator("#portfolio-table tbody tr").evaluate_all(
+        "els => els.map(e => e.dataset.key)")
+    assert after[-1] == "breached" and after[0] in (THREE, "stale-one", "alerted")
+    expect(page.locator("#portfolio-table th[aria-sort='ascending']")).to_contain_text("Health")
+
+
+def test_every_admin_page_fits_a_phone(page, live_server, app, artifacts_dir):
+    seed_portfolio(app)
+    page.set_viewport_size(PHONE)
+    log_in(page, live_server.url, add_user(app, "admin"))
+    pages = {"portfolio": "/admin/", "list": "/admin/experiments",
+             "report": f"/admin/experiments/{THREE}", "form": "/admin/experiments/new",
+             "learnings": "/admin/learnings", "power": "/admin/power?kind=conversion",
+             "users": "/admin/users", "keys": "/admin/api-keys", "webhooks": "/admin/webhooks",
+             "audit": "/admin/audit"}
+    too_wide = {}
+    for name, path in pages.items():
+        page.goto(live_server.url + path)
+        width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        page.screenshot(path=str(artifacts_dir / f"phone-{name}.png"), full_page=True)
+        if width[0] > width[1]:
+            too_wide[name] = width
+    assert too_wide == {}
+
+
+def test_the_phone_menu_opens_and_closes(page, live_server, app):
+    page.set_viewport_size(PHONE)
+    log_in(page, live_server.url, add_user(app, "admin"))
+    webhooks = page.get_by_role("link", name="Webhooks")
+    expect(webhooks).to_be_hidden()
+    menu = page.get_by_role("button", name="Menu")
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    expect(webhooks).to_be_visible()
+    webhooks.click()
+    expect(page.get_by_role("heading", name="Webhooks", exact=True)).to_be_visible()
+    page.set_viewport_size({"width": 1280, "height": 800})
+    expect(page.get_by_role("link", name="Webhooks")).to_be_visible()
+    expect(page.get_by_role("button", name="Menu")).to_be_hidden()
+
+
+def test_no_page_asks_for_a_missing_favicon(page, live_server, app):
+    missing = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    log_in(page, live_server.url, add_user(app, "viewer"))
+    page.goto(live_server.url + "/favicon.ico")
+    assert missing == []

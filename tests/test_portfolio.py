@@ -1,0 +1,188 @@
+"""Portfolio (SPEC §8): running and paused experiments with progress to power and health."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import proportion_effectsize
+
+from experiments.db import get_db, utcnow
+from experiments.models import Experiment, Report
+from tests.factories import experiment_payload
+
+URL = "/api/v1/portfolio"
+
+
+def create(client, headers, key: str, *, start: bool = True, **overrides: Any) -> None:
+    """An experiment through the API, started unless told otherwise."""
+    payload = experiment_payload(key, layer=None, targeting=[], overrides={}, **overrides)
+    assert client.post("/api/v1/experiments", json=payload, headers=headers).status_code == 201
+    if start:
+        assert client.post(f"/api/v1/experiments/{key}/start",
+                           headers=headers).status_code == 200
+
+
+def report_body(key: str, units: dict[str, int], *, control_rate: float = 0.10,
+                guardrail_verdict: str = "flat", srm: bool = False,
+                **extra: Any) -> dict[str, Any]:
+    """A minimal SPEC §6 report: primary conversion, one guardrail."""
+    treatment = [v for v in units if v != "control"]
+    return {
+        "experiment": key, "method": "sequential", "units": units,
+        "srm": {"p_value": 0.0001 if srm else 0.6, "detected": srm},
+        "metrics": [
+            {"key": "purchase", "kind": "conversion", "role": "primary",
+             "variants": [{"variant": v, "units": n,
+                           "estimate": control_rate if v == "control" else 0.12}
+                          for v, n in units.items()],
+             "comparisons": [{"variant": v, "verdict": "better"} for v in treatment]},
+            {"key": "payment-errors", "kind": "friction", "role": "guardrail",
+             "variants": [], "comparisons": [{"variant": v, "verdict": guardrail_verdict}
+                                             for v in treatment]},
+        ],
+        "decision": {"outcome": "keep_running", "winner": None, "reasons": []},
+        **extra,
+    }
+
+
+def store_report(app, key: str, body: dict[str, Any], *, started_days_ago: float,
+                 age: timedelta = timedelta(minutes=1)) -> None:
+    """Backdate the start and store ``body`` as the latest report, ``age`` old."""
+    with get_db(app).session() as session:
+        experiment = session.scalar(select(Experiment).where(Experiment.key == key))
+        now = utcnow()
+        experiment.started_at = now - timedelta(days=started_days_ago)
+        session.add(Report(experiment_id=experiment.id, computed_at=now - age,
+                           method="sequential", body=body))
+
+
+def items_by_key(client, headers) -> dict[str, dict[str, Any]]:
+    response = client.get(URL, headers=headers)
+    assert response.status_code == 200
+    return {item["key"]: item for item in response.get_json()["items"]}
+
+
+def test_days_left_come_from_the_power_calculator_and_the_observed_daily_rate(
+        app, client, admin_headers):
+    create(client, admin_headers, "checkout")
+    store_report(app, "checkout", report_body("checkout", {"control": 1000, "one-page": 800}),
+                 started_days_ago=4, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["checkout"]
+
+    # Reference: statsmodels directly, relative mde 5 % on the observed 10 % control rate.
+    effect = abs(proportion_effectsize(0.105, 0.10))
+    needed = math.ceil(NormalIndPower().solve_power(effect_size=effect, alpha=0.05, power=0.8,
+                                                    ratio=1.0, alternative="two-sided"))
+    assert item["units_needed_per_variant"] == needed == 57_756
+    assert item["baseline"] == pytest.approx(0.10)
+    assert item["daily_units"] == pytest.approx(1800 / 4, rel=1e-3)
+    # The slower variant (800 units in 4 days = 200/day) decides.
+    assert item["days_left"] == math.ceil((needed - 800) / 200) == 285
+    assert item["units"] == {"control": 1000, "one-page": 800}
+    assert (item["days_running"], item["min_days"], item["max_days"]) == (4, 7, 28)
+    assert item["owner"] == "journey-team@example.com" and item["status"] == "running"
+    assert item["verdict"] == "better" and item["health"] == []
+
+
+def test_the_experiments_alpha_power_and_mde_drive_the_units_needed(app, client, admin_headers):
+    analysis = {**experiment_payload()["analysis"], "alpha": 0.01, "power": 0.9, "mde": 0.2}
+    create(client, admin_headers, "strict", analysis=analysis)
+    store_report(app, "strict", report_body("strict", {"control": 5000, "one-page": 5000},
+                                            control_rate=0.2), started_days_ago=10,
+                 age=timedelta(0))
+    item = items_by_key(client, admin_headers)["strict"]
+    effect = abs(proportion_effectsize(0.24, 0.20))
+    needed = math.ceil(NormalIndPower().solve_power(effect_size=effect, alpha=0.01, power=0.9,
+                                                    ratio=1.0, alternative="two-sided"))
+    assert item["units_needed_per_variant"] == needed
+    assert needed < 5000 and item["days_left"] == 0
+
+
+def test_health_chips_read_the_reports_alerts(app, client, admin_headers):
+    create(client, admin_headers, "alerted")
+    alerts = [{"kind": "guardrail_breach", "metric": "payment-errors", "variant": "one-page",
+               "message": "payment-errors is worse in one-page"},
+              {"kind": "events_before_exposure", "metric": "purchase", "variant": "control",
+               "message": "8 % of events before exposure"}]
+    # The alerts list wins over the fallback (here SRM would otherwise be reported).
+    store_report(app, "alerted", report_body("alerted", {"control": 10, "one-page": 10},
+                                             srm=True, alerts=alerts), started_days_ago=1)
+    health = items_by_key(client, admin_headers)["alerted"]["health"]
+    assert [(c["kind"], c["metric"], c["variant"]) for c in health] == [
+        ("guardrail_breach", "payment-errors", "one-page"),
+        ("events_before_exposure", "purchase", "control")]
+
+
+def test_without_alerts_srm_and_worse_guardrails_are_the_health_chips(app, client,
+                                                                        admin_headers):
+    create(client, admin_headers, "legacy")
+    store_report(app, "legacy", report_body("legacy", {"control": 10, "one-page": 30}, srm=True,
+                                            guardrail_verdict="worse"), started_days_ago=1)
+    health = items_by_key(client, admin_headers)["legacy"]["health"]
+    assert [(c["kind"], c["metric"], c["variant"]) for c in health] == [
+        ("srm", None, None), ("guardrail_breach", "payment-errors", "one-page")]
+
+
+def test_an_old_or_failed_analysis_is_flagged(app, client, admin_headers):
+    create(client, admin_headers, "stale")
+    create(client, admin_headers, "failed")
+    interval = app.config["PARCOURS"].ANALYSIS_INTERVAL_S
+    store_report(app, "stale", report_body("stale", {"control": 10, "one-page": 10}),
+                 started_days_ago=2, age=timedelta(seconds=2 * interval + 60))
+    store_report(app, "failed", {"experiment": "failed", "error": "warehouse unreachable"},
+                 started_days_ago=2)
+    items = items_by_key(client, admin_headers)
+    assert [c["kind"] for c in items["stale"]["health"]] == ["stale"]
+    failed = items["failed"]
+    assert [c["kind"] for c in failed["health"]] == ["analysis_error"]
+    assert failed["health"][0]["message"] == "warehouse unreachable"
+    assert failed["units_needed_per_variant"] is None and failed["days_left"] is None
+
+
+def test_only_running_and_paused_experiments_are_listed(app, client, admin_headers):
+    create(client, admin_headers, "draft", start=False)
+    create(client, admin_headers, "running")
+    create(client, admin_headers, "paused")
+    assert client.post("/api/v1/experiments/paused/pause",
+                       headers=admin_headers).status_code == 200
+    items = items_by_key(client, admin_headers)
+    assert set(items) == {"running", "paused"}
+    assert items["paused"]["status"] == "paused"
+    assert [c["kind"] for c in items["running"]["health"]] == ["not_analyzed"]
+    assert items["running"]["days_left"] is None and items["running"]["report_id"] is None
+
+
+def test_the_portfolio_needs_an_admin_key(client, client_headers):
+    assert client.get(URL).status_code == 401
+    response = client.get(URL, headers=client_headers)
+    assert response.status_code == 403
+    assert response.get_json()["error"]["code"]
+
+
+def test_openapi_documents_the_portfolio(client):
+    document = client.get("/openapi.json").get_json()
+    operation = document["paths"]["/api/v1/portfolio"]["get"]
+    assert operation["security"] == [{"bearer": []}]
+    assert set(operation["responses"]) >= {"200", "401", "403"}
+    entry = document["components"]["schemas"]["PortfolioEntry"]["properties"]
+    assert {"days_left", "units_needed_per_variant", "health", "verdict"} <= set(entry)
+
+
+def test_a_rate_is_measured_over_at_least_one_day(app, client, admin_headers):
+    create(client, admin_headers, "fresh")
+    store_report(app, "fresh", report_body("fresh", {"control": 300, "one-page": 300}),
+                 started_days_ago=0.1, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["fresh"]
+    assert item["daily_units"] == pytest.approx(600)
+    assert item["days_left"] == math.ceil((item["units_needed_per_variant"] - 300) / 300)
+
+
+def test_the_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response.mimetype == "image/svg+xml"
+    assert b"<svg" in response.get_data()
