@@ -74,6 +74,9 @@ def test_metric_table_fits_1280_px_with_five_variants(page, live_server, app, ar
     expect_drawn(page, "series-chart-0", pixels=2000)
     page.screenshot(path=str(artifacts_dir / "experiment-5-variants-desktop.png"),
                     full_page=True)
+    for section in ("metrics-title", "series-title", "funnel-title", "friction-title"):
+        page.locator(f"section[aria-labelledby='{section}']").screenshot(
+            path=str(artifacts_dir / f"experiment-{section}.png"))
     page.get_by_label("Daily").check()
     expect(page.locator("#metric-series")).to_have_attribute("data-view", "daily")
     expect_drawn(page, "series-chart-0", pixels=2000)
