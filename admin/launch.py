@@ -68,7 +68,7 @@ def checklist(data: dict[str, Any], power: dict[str, Any] | None) -> list[dict[s
         {"state": "ok" if guardrails else "warn", "label": "Guardrails present",
          "detail": ", ".join(guardrails) if guardrails
          else "No guardrail: nothing stops a harmful change early"},
-        {"state": "ok" if power else "warn", "label": "Power estimate",
+        {"state": power_state(power, settings), "label": "Power estimate",
          "detail": _power_text(power, settings)},
         {"state": "ok" if len(data.get("variants") or []) >= 2 else "missing",
          "label": "Variants", "detail": f"{len(data.get('variants') or [])} variants"},
@@ -77,16 +77,28 @@ def checklist(data: dict[str, Any], power: dict[str, Any] | None) -> list[dict[s
     ]
 
 
+def power_state(power: dict[str, Any] | None, settings: dict[str, Any]) -> str:
+    """'ok' when the planned minimum sample reaches the power the settings ask for."""
+    if power is None:
+        return "warn"
+    return "ok" if power["units_per_variant"] <= settings.get("min_units_per_variant", 0) \
+        else "warn"
+
+
 def _power_text(power: dict[str, Any] | None, settings: dict[str, Any]) -> str:
     if power is None:
         return "Open the power calculator with the primary metric's baseline"
-    basis = "observed" if power["observed"] else "assumed"
-    enough = power["units_per_variant"] <= settings.get("min_units_per_variant", 0)
-    return (f"{power['units_per_variant']:,} units per variant to detect a "
-            f"{power['mde'] * 100:g}% relative change on a {basis} {power['baseline'] * 100:.1f}% "
-            f"baseline (power {power['power'] * 100:g}%, α {power['alpha']:g})"
-            + ("" if enough else f"; min units per variant is "
-               f"{settings.get('min_units_per_variant', 0):,}"))
+    basis = ("observed in the previous iteration" if power["observed"]
+             else "assumed, nothing observed yet")
+    text = (f"{power['units_per_variant']:,} units per variant to detect a "
+            f"{power['mde'] * 100:g}% relative change of {power['metric']} on a "
+            f"{power['baseline'] * 100:.1f}% baseline ({basis}; power "
+            f"{power['power'] * 100:g}%, α {power['alpha']:g})")
+    minimum = settings.get("min_units_per_variant", 0)
+    if power_state(power, settings) == "ok":
+        return text
+    return (f"{text}. The minimum of {minimum:,} units per variant is lower: an early "
+            "decision would have less power than planned")
 
 
 def sdk_snippet(data: dict[str, Any], endpoint: str) -> str:

@@ -84,6 +84,9 @@ def test_metric_table_fits_1280_px_with_five_variants(page, live_server, app, ar
     page.reload()
     assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
     page.screenshot(path=str(artifacts_dir / "experiment-5-variants-phone.png"), full_page=True)
+    for section in ("metrics-title", "series-title"):
+        page.locator(f"section[aria-labelledby='{section}']").screenshot(
+            path=str(artifacts_dir / f"experiment-{section}-phone.png"))
 
 
 def test_heatmap_colours_exactly_the_reports_significant_friction_points(page, live_server,
