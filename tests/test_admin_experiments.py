@@ -19,6 +19,7 @@ from tests.test_admin_support import (
     insert_report,
     logged_in,
     post,
+    report_body,
     seed_experiment,
 )
 
@@ -431,3 +432,41 @@ def test_simulate_button_sends_visitors_in_demo_mode(database_url, tmp_path):
             assert session.query(Exposure).count() == 200
     finally:
         get_db(app).engine.dispose()
+
+
+def test_bayesian_report_shows_chance_to_win_and_no_p_value(app):
+    seed_experiment(app)
+    body = report_body()
+    for metric in body["metrics"]:
+        for comparison in metric["comparisons"]:
+            comparison.update(p_value=None, adjusted_p_value=None)
+    insert_report(app, method="bayesian", metrics=body["metrics"])
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    table = page[page.index('id="metrics-table"'):]
+    table = table[:table.index("</table>")]
+    assert "Chance to win" in table and "p-value" not in table
+    assert "98%" in table and "0.030" not in table
+    assert "Bayesian: chance to beat control" in page
+
+
+def test_report_alerts_are_listed_in_red_and_nps_changes_are_in_points(app):
+    seed_experiment(app)
+    nps = {"key": "nps", "kind": "nps", "role": "secondary",
+           "variants": [{"variant": "control", "units": 400, "estimate": 12.0,
+                         "promoters": 150, "detractors": 102},
+                        {"variant": "one-page", "units": 410, "estimate": 15.5}],
+           "comparisons": [{"variant": "one-page", "absolute_effect": 3.5,
+                            "absolute_ci": [-1.25, 8.25], "relative_effect": None,
+                            "relative_ci": None, "p_value": 0.2, "adjusted_p_value": 0.4,
+                            "chance_to_win": None, "expected_loss": None,
+                            "significant": False, "verdict": "inconclusive"}]}
+    alert = {"kind": "guardrail_breach", "metric": "payment-errors", "variant": "one-page",
+             "message": "payment-errors is significantly worse for one-page"}
+    insert_report(app, metrics=[*report_body()["metrics"], nps], alerts=[alert])
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    alerts = page[page.index('id="alerts"'):]
+    assert "payment-errors is significantly worse for one-page" in alerts[:alerts.index("</ul>")]
+    assert "+3.5 points" in page and "[−1.2, +8.2] points" in page
+    assert "0.400" in page and "raw 0.200" in page

@@ -198,10 +198,18 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
         "lift": presenters.lift_chart(body),
         "timelines": presenters.metric_timelines(body),
         "risks": _risks(body),
+        "alerts": _alerts(body),
         "funnel": presenters.funnel(body, variants),
         "heatmaps": presenters.friction_heatmaps(body, list(row.journey), treatments),
         "warnings": body.get("warnings") if isinstance(body.get("warnings"), list) else [],
     }
+
+
+def _alerts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's alerts to list in red (SRM has its own banner already)."""
+    alerts = body.get("alerts") if isinstance(body.get("alerts"), list) else []
+    return [a for a in alerts if isinstance(a, dict)
+            and not (a.get("kind") == "srm" and presenters.srm_detected(body))]
 
 
 def _risks(body: dict[str, Any]) -> list[str]:
