@@ -184,17 +184,17 @@ def largest_drop(body: dict[str, Any], rows: list[dict[str, Any]],
     if index is None:
         return None
     units = _dict(body.get("units"))
+
     def reached(i: int) -> float:
         if i < 0:
             return float(sum(_float(units.get(v)) or 0 for v in variants))
         return float(sum(_float(c.get("units")) or 0 for c in rows[i]["cells"]))
     before, after = reached(index - 1), reached(index)
+    kept = [_float(cell.get("from_previous")) for cell in rows[index]["cells"]]
     return {"from": rows[index - 1]["step"] if index else "exposure", "to": rows[index]["step"],
             "change": (after / before - 1) if before else None,
-            "per_variant": [{"variant": v, "change": (
-                None if _float(rows[index]["cells"][i].get("from_previous")) is None
-                else _float(rows[index]["cells"][i].get("from_previous")) - 1)}  # type: ignore[operator]
-                for i, v in enumerate(variants)]}
+            "per_variant": [{"variant": v, "change": None if share is None else share - 1}
+                            for v, share in zip(variants, kept, strict=True)]}
 
 
 def friction_heatmaps(body: dict[str, Any], journey: list[str],
