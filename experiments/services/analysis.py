@@ -302,18 +302,24 @@ def metric_timeline_section(experiment: Experiment, settings: AnalysisSettings,
     out = []
     for metric in experiment.metrics:
         daily = aggregates.metrics[metric.key]
+        running = daily.totals(until=_day_before(days[0]))  # days cut off by the cap
         points = []
         for day in days:
-            running_totals = daily.totals(until=day)
+            for key in (control, *treatments):  # running totals: one pass over the days
+                for name, value in daily.rows.get((key, day), {}).items():
+                    running[key][name] += value
             for variant in treatments:
                 pairs = {"daily": [daily.rows.get((key, day), {}) for key in (control, variant)],
-                         "cumulative": [running_totals.get(key, {})
-                                        for key in (control, variant)]}
+                         "cumulative": [running[key] for key in (control, variant)]}
                 points.append({"date": day, "variant": variant, **{
                     name: _effect(metric.kind, *sums, settings, metric.direction)
                     for name, sums in pairs.items()}})
         out.append({"metric": metric.key, "kind": metric.kind, "points": points})
     return out
+
+
+def _day_before(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
 
 
 # -- the report -----------------------------------------------------------------------------
