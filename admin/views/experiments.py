@@ -160,6 +160,7 @@ def experiment(key: str) -> str:
         view=_report_view(row, body), audit_entries=entries,
         children=queries.iterations_of(session, row.id),
         demo=_demo_mode(), launch=_launch_view(session, row, data),
+        risks=_risks(history[0].body if history else {}),  # the latest, whatever is shown
     )
 
 
@@ -197,7 +198,6 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
         "method_line": presenters.method_line(body.get("method"), row.analysis.get("alpha")),
         "lift": presenters.lift_chart(body),
         "timelines": presenters.metric_timelines(body),
-        "risks": _risks(body),
         "alerts": _alerts(body),
         "funnel": presenters.funnel(body, variants),
         "heatmaps": presenters.friction_heatmaps(body, list(row.journey), treatments),
