@@ -89,3 +89,51 @@ def error_text(exc: Any) -> str:
         return str(exc.summary()) if details else str(exc.message)
     lines = dict.fromkeys(summary_line(str(d["field"]), str(d.get("message", ""))) for d in details)
     return "; ".join(lines)
+
+
+def count(value: Any) -> str:
+    """A whole count with thousands separators: 1644 → '1,644'."""
+    return f"{int(value):,}" if _finite(value) else DASH
+
+
+def counts(kind: Any, entry: Any) -> str:
+    """What an estimate is made of: '(204 / 1,644)' for rates, '(n = 1,644)' otherwise."""
+    if not isinstance(entry, dict):
+        return ""
+    if kind in ("conversion", "friction") and _finite(entry.get("conversions")):
+        return f"({count(entry['conversions'])} / {count(entry.get('units'))})"
+    return f"(n = {count(entry.get('units'))})" if _finite(entry.get("units")) else ""
+
+
+def _effect_number(kind: Any, value: Any) -> str:
+    if kind in ("conversion", "friction"):
+        return f"{value * 100:+.2f}".replace("-", "−")
+    if kind == "nps":
+        return f"{value:+.1f}".replace("-", "−")
+    return f"{value:+.4g}".replace("-", "−")
+
+
+def effect_suffix(kind: Any) -> str:
+    """The unit of an absolute effect: percentage points for rates, points for NPS."""
+    return {"conversion": " pts", "friction": " pts", "nps": " points"}.get(str(kind), "")
+
+
+def effect(kind: Any, value: Any) -> str:
+    """An absolute effect in the metric's unit: '+1.96 pts', '+3.2 points', '+0.41'."""
+    return _effect_number(kind, value) + effect_suffix(kind) if _finite(value) else DASH
+
+
+def effect_interval(kind: Any, bounds: Any) -> str:
+    """An absolute effect's interval in the metric's unit: '[+0.10, +3.80] pts'."""
+    if not isinstance(bounds, list | tuple) or len(bounds) != 2 or not all(
+            _finite(b) for b in bounds):
+        return DASH
+    low, high = (_effect_number(kind, b) for b in bounds)
+    return f"[{low}, {high}]{effect_suffix(kind)}"
+
+
+def share(rate: Any, hits: Any, units: Any) -> str:
+    """A rate with its counts: '4.0% (40 / 1,000 units)'."""
+    if not _finite(hits) or not _finite(units):
+        return pct(rate)
+    return f"{pct(rate)} ({count(hits)} / {count(units)} units)"

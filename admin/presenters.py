@@ -63,24 +63,40 @@ def unit_split(body: dict[str, Any], weights: dict[str, float]) -> list[dict[str
 
 
 def metric_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """One entry per metric with the control estimate and one row per treatment comparison."""
+    """One entry per metric: a row per variant (control first), treatments with their comparison."""
     rows = []
     for metric in _list(body.get("metrics")):
         metric = _dict(metric)
-        estimates = {v.get("variant"): v for v in _list(metric.get("variants"))
-                     if isinstance(v, dict)}
-        comparisons = [c for c in _list(metric.get("comparisons")) if isinstance(c, dict)]
-        compared = {c.get("variant") for c in comparisons}
-        control = next((k for k in estimates if k not in compared), None)
+        estimates = [v for v in _list(metric.get("variants")) if isinstance(v, dict)]
+        comparisons = {c.get("variant"): c for c in _list(metric.get("comparisons"))
+                       if isinstance(c, dict)}
+        control = next((v for v in estimates if v.get("variant") not in comparisons), None)
+        variants = [{**v, "comparison": comparisons.get(v.get("variant"))} for v in estimates]
+        variants.sort(key=lambda v: v["comparison"] is not None)  # control first, stable
         rows.append({
             "key": metric.get("key"), "kind": metric.get("kind"), "role": metric.get("role"),
-            "control": estimates.get(control) if control else None,
-            "comparisons": [{**c, "estimate": _dict(estimates.get(c.get("variant")))
-                             .get("estimate")} for c in comparisons],
+            "control": control, "variants": variants, "has_comparisons": bool(comparisons),
             "warnings": _list(metric.get("warnings")),
         })
     order = {"primary": 0, "guardrail": 1, "secondary": 2}
     return sorted(rows, key=lambda row: order.get(str(row["role"]), 3))
+
+
+METHOD_LINES = {
+    "sequential": "Sequential test: valid however often you look. Intervals are {level} "
+                  "confidence sequences; p-values stay valid at every check.",
+    "bayesian": "Bayesian: chance to beat control. Intervals are {level} credible intervals; "
+                "“better” needs a 95% chance to win.",
+    "frequentist": "Fixed-horizon test: look once at the planned sample. Intervals are {level} "
+                   "confidence intervals.",
+}
+
+
+def method_line(method: Any, alpha: Any) -> str:
+    """One plain sentence that says what the report's framework means for the reader."""
+    level = _float(alpha)
+    text = f"{(1 - level) * 100:g}%" if level is not None and 0 < level < 1 else "95%"
+    return METHOD_LINES.get(str(method), METHOD_LINES["frequentist"]).format(level=text)
 
 
 def lift_chart(body: dict[str, Any]) -> dict[str, Any]:
@@ -101,67 +117,143 @@ def lift_chart(body: dict[str, Any]) -> dict[str, Any]:
             "series": [{"variant": name, **values} for name, values in series.items()]}
 
 
+RATE_KINDS = ("conversion", "friction")
+
+
+def effect_unit(kind: Any) -> tuple[float, str]:
+    """How an absolute effect reads: rates in percentage points, NPS in points, else as is."""
+    if kind in RATE_KINDS:
+        return 100.0, "pts"
+    if kind == "nps":
+        return 1.0, "points"
+    return 1.0, ""
+
+
+def metric_timelines(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per metric, the daily and cumulative absolute effect per treatment, ready to chart."""
+    charts = []
+    for entry in _list(body.get("metric_timeline")):
+        entry = _dict(entry)
+        points = [_dict(p) for p in _list(entry.get("points"))]
+        dates = sorted({str(p.get("date")) for p in points if p.get("date")})
+        scale, unit = effect_unit(entry.get("kind"))
+        series: dict[str, dict[str, Any]] = {}
+        for point in points:
+            line = series.setdefault(str(point.get("variant")), {
+                view: {key: [None] * len(dates) for key in ("effect", "lower", "upper")}
+                for view in ("daily", "cumulative")})
+            index = dates.index(str(point.get("date")))
+            for view in ("daily", "cumulative"):
+                _put(line[view], index, _dict(point.get(view)), scale)
+        charts.append({"metric": entry.get("metric"), "kind": entry.get("kind"), "unit": unit,
+                       "labels": dates,
+                       "series": [{"variant": k, **v} for k, v in series.items()]})
+    return charts
+
+
+def _put(line: dict[str, list[float | None]], index: int, effect: dict[str, Any],
+         scale: float) -> None:
+    value = _float(effect.get("absolute_effect"))
+    ci = [*_list(effect.get("absolute_ci")), None, None]
+    for key, raw in (("effect", value), ("lower", _float(ci[0])), ("upper", _float(ci[1]))):
+        line[key][index] = None if raw is None else raw * scale
+
+
 def funnel(body: dict[str, Any], variants: list[str]) -> dict[str, Any]:
-    """Rates per step and variant for the funnel chart and its table."""
+    """Rates per step and variant for the funnel chart and its table, and the worst transition."""
     steps = [s for s in _list(body.get("funnel")) if isinstance(s, dict)]
     rows = []
     for step in steps:
         cells = _dict(step.get("variants"))
         rows.append({"step": step.get("step"), "largest_drop_off": bool(step.get(
             "largest_drop_off")), "cells": [_dict(cells.get(v)) for v in variants]})
-    return {"variants": variants, "rows": rows,
+    return {"variants": variants, "rows": rows, "drop": largest_drop(body, rows, variants),
             "chart": {"labels": [str(r["step"]) for r in rows], "series": [
                 {"variant": v, "rates": [_float(r["cells"][i].get("rate")) for r in rows]}
                 for i, v in enumerate(variants)]}}
 
 
+def largest_drop(body: dict[str, Any], rows: list[dict[str, Any]],
+                 variants: list[str]) -> dict[str, Any] | None:
+    """The transition into the report's largest-drop-off step: 'payment → confirmation: −60.9%'.
+
+    The loss happens between two steps, so the UI names both; the change is the pooled share
+    of units lost (and per variant, from each one's ``from_previous``).
+    """
+    index = next((i for i, row in enumerate(rows) if row["largest_drop_off"]), None)
+    if index is None:
+        return None
+    units = _dict(body.get("units"))
+
+    def reached(i: int) -> float:
+        if i < 0:
+            return float(sum(_float(units.get(v)) or 0 for v in variants))
+        return float(sum(_float(c.get("units")) or 0 for c in rows[i]["cells"]))
+    before, after = reached(index - 1), reached(index)
+    kept = [_float(cell.get("from_previous")) for cell in rows[index]["cells"]]
+    return {"from": rows[index - 1]["step"] if index else "exposure", "to": rows[index]["step"],
+            "change": (after / before - 1) if before else None,
+            "per_variant": [{"variant": v, "change": None if share is None else share - 1}
+                            for v, share in zip(variants, kept, strict=True)]}
+
+
 def friction_heatmaps(body: dict[str, Any], journey: list[str],
                       treatments: list[str]) -> list[dict[str, Any]]:
-    """One journey-step × friction-kind grid per treatment, coloured by effect vs control.
+    """One journey-step × friction-kind grid per treatment, with its plain top-friction list.
 
-    Uses the report's full cell list (``friction_matrix``/``friction``) when present,
-    else the significant ``friction_points`` only; empty cells show 'no data'.
+    Uses the report's full cell list (``friction_matrix``/``friction``) when present, else
+    the significant ``friction_points`` only; empty cells show 'no data'. Only the report's
+    ``friction_points`` (significant after BH) are coloured: the others are noise.
     """
     cells = _friction_cells(body)
     steps = list(journey) or sorted({str(c.get("step")) for c in cells})
+    steps += sorted({str(c.get("step")) for c in cells} - set(steps))
+    points = [_dict(p) for p in _list(body.get("friction_points"))]
     grids = []
     for treatment in treatments:
         by_key = {(c.get("step"), c.get("friction_kind")): c for c in cells
                   if c.get("variant") == treatment}
         rows = [{"step": step, "cells": [_heat_cell(by_key.get((step, kind)), kind)
                                          for kind in FRICTION_KINDS]} for step in steps]
-        grids.append({"variant": treatment, "kinds": FRICTION_KINDS, "rows": rows})
+        grids.append({"variant": treatment, "kinds": FRICTION_KINDS, "rows": rows,
+                      "cells": [c for c in cells if c.get("variant") == treatment],
+                      "top": [p for p in points if p.get("variant") == treatment][:5]})
     return grids
 
 
+def _point_key(cell: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return cell.get("step"), cell.get("friction_kind"), cell.get("variant")
+
+
 def _friction_cells(body: dict[str, Any]) -> list[dict[str, Any]]:
-    significant = {(p.get("step"), p.get("friction_kind"), p.get("variant"))
-                   for p in _list(body.get("friction_points")) if isinstance(p, dict)}
-    full = _list(body.get("friction_matrix")) or _list(body.get("friction"))
-    source = full or _list(body.get("friction_points"))
-    cells = []
-    for cell in source:
-        if not isinstance(cell, dict):
-            continue
-        key = (cell.get("step"), cell.get("friction_kind"), cell.get("variant"))
-        flagged = cell.get("significant")
-        cells.append({**cell, "significant": bool(flagged) if flagged is not None
-                      else key in significant})
-    return cells
+    """Every cell to draw; ``significant`` means listed in the report's friction points."""
+    points = [p for p in _list(body.get("friction_points")) if isinstance(p, dict)]
+    significant = {_point_key(p) for p in points}
+    full = [c for c in _list(body.get("friction_matrix")) or _list(body.get("friction"))
+            if isinstance(c, dict)]
+    seen = {_point_key(c) for c in full}
+    return [{**cell, "significant": _point_key(cell) in significant}
+            for cell in [*full, *(p for p in points if _point_key(p) not in seen)]]
 
 
 def _heat_cell(cell: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    """Colour scale: friction going down is good (green), up is bad (red); alpha by size."""
+    """Significant cells get colour (green: less friction, red: more), alpha by size; the
+    rest stay grey with their numbers."""
     if cell is None:
         return {"kind": kind, "empty": True}
     effect = _float(cell.get("relative_effect"))
     strength = min(abs(effect), 0.5) / 0.5 if effect is not None else 0.0
-    tone = "neutral" if effect is None or effect == 0 else ("good" if effect < 0 else "bad")
+    significant = bool(cell.get("significant"))
+    tone = "grey"
+    if significant and effect:
+        tone = "good" if effect < 0 else "bad"
     return {"kind": kind, "empty": False, "effect": effect, "tone": tone,
-            "alpha": round(0.15 + 0.75 * strength, 2), "rate": cell.get("rate"),
-            "control_rate": cell.get("control_rate"),
+            "alpha": round(0.35 + 0.55 * strength, 2), "rate": cell.get("rate"),
+            "control_rate": cell.get("control_rate"), "count": cell.get("count"),
+            "units": cell.get("units"), "control_count": cell.get("control_count"),
+            "control_units": cell.get("control_units"),
             "p": cell.get("adjusted_p_value", cell.get("p_value")),
-            "significant": bool(cell.get("significant"))}
+            "significant": significant}
 
 
 def decision_of(status: str, experiment_decision: Any,

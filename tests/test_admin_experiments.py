@@ -19,6 +19,7 @@ from tests.test_admin_support import (
     insert_report,
     logged_in,
     post,
+    report_body,
     seed_experiment,
 )
 
@@ -333,28 +334,42 @@ def test_report_page_shows_decision_metrics_funnel_and_heatmap(app):
         as_text=True)
     assert 'class="decision decision-ship"' in page and "primary metric significant" in page
     assert "srm-banner" not in page
-    assert "+11.8%" in page and "[+1.0%, +23.0%]" in page and "98%" in page
+    assert "+11.8%" in page and "[+1.0%, +23.0%]" in page
+    assert "+1.20 pts" in page and "[+0.10, +2.30] pts" in page and "(n = 5,012)" in page
+    table = page[page.index('id="metrics-table"'):page.index("</table>", page.index(
+        'id="metrics-table"'))]
+    assert "0.030" in table and "98%" not in table  # a sequential report shows no chance to win
+    assert "Sequential test: valid however often you look" in page
     assert "verdict-better" in page and 'id="lift-chart"' in page
     lift = json.loads(re.search(r'id="lift-data">(.*?)</script>', page).group(1))
     assert lift["labels"] == ["2026-11-20", "2026-11-21", "2026-11-22"]
     assert lift["series"][0]["upper"] == [0.24, 0.23, 0.23]
-    assert "largest drop-off" in page
+    assert "landing → cart: −37.5%" in page and "largest drop-off" not in page
     heat = page[page.index('<table class="heatmap"'):]
     heat = heat[:heat.index("</table>")]
     assert heat.count('class="heat-cell') == 5 * 10  # journey steps × friction kinds
     assert heat.count("heat-significant") == 1 and "−43%" in heat
 
 
-def test_heatmap_uses_the_full_friction_matrix_when_present(app):
+def test_heatmap_colours_only_the_significant_friction_points_and_shows_counts(app):
     seed_experiment(app)
     matrix = [{"step": "cart", "friction_kind": "rage_click", "variant": "one-page",
                "rate": 0.02, "control_rate": 0.01, "relative_effect": 1.0,
-               "adjusted_p_value": 0.4, "significant": False}]
-    insert_report(app, friction_matrix=matrix)
+               "adjusted_p_value": 0.4, "significant": False, "count": 99, "units": 4988,
+               "control_count": 50, "control_units": 5012}]
+    insert_report(app, friction_matrix=matrix)  # + the report's one significant point
     page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
         as_text=True)
     heat = page[page.index('<table class="heatmap"'):]
-    assert heat.count("heat-bad") == 1 and "+100%" in heat and "heat-significant" not in heat
+    heat = heat[:heat.index("</table>")]
+    assert heat.count("heat-grey") == 1 and "+100%" in heat  # noise: grey, with its number
+    assert heat.count("heat-bad") == 0 and heat.count("heat-good heat-significant") == 1
+    assert 'data-step="payment" data-kind="error"' in heat
+    assert "2.0% (99 / 4,988 units) vs 1.0% (50 / 5,012 units) in control" in heat
+    counts = page[page.index('<details class="friction-counts">'):]
+    assert "2.0% (99 / 4,988 units)" in counts[:counts.index("</details>")]
+    top = page[page.index('class="top-friction-list"'):]
+    assert "Less <strong>error</strong> at <strong>payment</strong>" in top[:top.index("</ol>")]
 
 
 def test_srm_banner_and_history_navigation(app):
@@ -493,3 +508,41 @@ def test_iterate_from_the_shipped_winner_in_the_ui(app):
     child = load(app, "checkout-redesign-2")
     assert child["name"] == "Checkout v2"
     assert child["variants"][0]["payload"] == {"layout": "single"}
+
+
+def test_bayesian_report_shows_chance_to_win_and_no_p_value(app):
+    seed_experiment(app)
+    body = report_body()
+    for metric in body["metrics"]:
+        for comparison in metric["comparisons"]:
+            comparison.update(p_value=None, adjusted_p_value=None)
+    insert_report(app, method="bayesian", metrics=body["metrics"])
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    table = page[page.index('id="metrics-table"'):]
+    table = table[:table.index("</table>")]
+    assert "Chance to win" in table and "p-value" not in table
+    assert "98%" in table and "0.030" not in table
+    assert "Bayesian: chance to beat control" in page
+
+
+def test_report_alerts_are_listed_in_red_and_nps_changes_are_in_points(app):
+    seed_experiment(app)
+    nps = {"key": "nps", "kind": "nps", "role": "secondary",
+           "variants": [{"variant": "control", "units": 400, "estimate": 12.0,
+                         "promoters": 150, "detractors": 102},
+                        {"variant": "one-page", "units": 410, "estimate": 15.5}],
+           "comparisons": [{"variant": "one-page", "absolute_effect": 3.5,
+                            "absolute_ci": [-1.25, 8.25], "relative_effect": None,
+                            "relative_ci": None, "p_value": 0.2, "adjusted_p_value": 0.4,
+                            "chance_to_win": None, "expected_loss": None,
+                            "significant": False, "verdict": "inconclusive"}]}
+    alert = {"kind": "guardrail_breach", "metric": "payment-errors", "variant": "one-page",
+             "message": "payment-errors is significantly worse for one-page"}
+    insert_report(app, metrics=[*report_body()["metrics"], nps], alerts=[alert])
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    alerts = page[page.index('id="alerts"'):]
+    assert "payment-errors is significantly worse for one-page" in alerts[:alerts.index("</ul>")]
+    assert "+3.5 points" in page and "[−1.2, +8.2] points" in page
+    assert "0.400" in page and "raw 0.200" in page

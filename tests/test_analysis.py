@@ -184,7 +184,7 @@ def test_one_empty_variant_gives_null_tests_and_a_warning(db):
     purchase = metric(body, "purchase")
     assert purchase["variants"][0]["estimate"] == pytest.approx(10 / 30)
     assert purchase["variants"][1] == {"variant": "one-page", "units": 0, "estimate": None,
-                                       "ci": None}
+                                       "ci": None, "conversions": 0}
     assert purchase["comparisons"][0]["p_value"] is None
     assert "variant one-page has no units" in body["warnings"]
     assert body["srm"]["detected"] is True

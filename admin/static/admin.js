@@ -102,6 +102,88 @@
       options: options});
   }
 
+  /* Every metric's absolute change per exposure day, cumulative or daily (a toggle redraws
+     all charts from the same JSON block). Values arrive already in the metric's unit. */
+  function seriesCharts() {
+    var data = readJson("series-data");
+    if (!data || !window.Chart) { return; }
+    var charts = [];
+    function datasetsOf(entry, view) {
+      var out = [];
+      entry.series.forEach(function (series, i) {
+        var color = PALETTE[i % PALETTE.length], line = series[view];
+        out.push({label: series.variant + " upper", data: line.upper, borderWidth: 0, pointRadius: 0,
+          fill: false, borderColor: "transparent", spanGaps: true, band: true});
+        out.push({label: series.variant + " lower", data: line.lower, borderWidth: 0, pointRadius: 0,
+          fill: "-1", backgroundColor: withAlpha(color, 0.16), borderColor: "transparent",
+          spanGaps: true, band: true});
+        out.push({label: series.variant, data: line.effect, borderColor: color, backgroundColor: color,
+          borderWidth: 2, pointRadius: 2, tension: 0.2, spanGaps: view === "cumulative"});
+      });
+      return out;
+    }
+    function fmt(entry, value) {
+      if (!isNum(value)) { return "–"; }
+      var digits = entry.unit === "pts" ? 2 : (entry.unit === "points" ? 1 : 3);
+      return (value > 0 ? "+" : "") + value.toFixed(digits) + (entry.unit ? " " + entry.unit : "");
+    }
+    data.forEach(function (entry, index) {
+      var canvas = document.getElementById("series-chart-" + index);
+      if (!canvas) { return; }
+      var options = {responsive: true, maintainAspectRatio: false, animation: false,
+        interaction: {mode: "index", intersect: false},
+        scales: {y: {title: {display: true, text: "change vs control" + (entry.unit ? " (" + entry.unit + ")" : "")},
+                     grid: {color: function (ctx) { return ctx.tick && ctx.tick.value === 0 ? "#1c2430" : "rgba(0,0,0,0.08)"; }}}},
+        plugins: {legend: {labels: {boxWidth: 12, filter: function (item, chart) {
+                    return !chart.datasets[item.datasetIndex].band; }}},
+                  tooltip: {filter: function (item) { return !item.dataset.band; },
+                    callbacks: {label: function (ctx) {
+                      var s = entry.series[Math.floor(ctx.datasetIndex / 3)][currentView()];
+                      return ctx.dataset.label + ": " + fmt(entry, ctx.parsed.y) + " [" +
+                        fmt(entry, s.lower[ctx.dataIndex]) + ", " + fmt(entry, s.upper[ctx.dataIndex]) + "]";
+                    }}}}};
+      charts.push({entry: entry, chart: new window.Chart(canvas, {type: "line",
+        data: {labels: entry.labels, datasets: datasetsOf(entry, "cumulative")}, options: options})});
+    });
+    function currentView() {
+      var checked = document.querySelector("input[name='series-view']:checked");
+      return checked ? checked.value : "cumulative";
+    }
+    document.querySelectorAll("input[name='series-view']").forEach(function (input) {
+      input.addEventListener("change", function () {
+        var view = currentView();
+        document.getElementById("metric-series").setAttribute("data-view", view);
+        charts.forEach(function (item) {
+          item.chart.data.datasets = datasetsOf(item.entry, view);
+          item.chart.update();
+        });
+      });
+    });
+  }
+
+  /* Concluding asks first; shipping a winner lists what makes it risky (its breached
+     guardrails, SRM: the server's own list) and, once confirmed, sends acknowledge_risks —
+     the server refuses an unacknowledged risky ship anyway. */
+  function concludeConfirmation() {
+    var form = document.getElementById("conclude-form");
+    if (!form) { return; }
+    form.addEventListener("submit", function (event) {
+      var outcome = form.elements.outcome, winner = form.elements.winner;
+      var label = outcome.options[outcome.selectedIndex].text;
+      var shipping = outcome.value === "ship" && winner.value;
+      var risks = shipping ? (JSON.parse(form.getAttribute("data-ship-risks") || "{}")[winner.value] || []) : [];
+      var message = "Conclude " + form.getAttribute("data-confirm-conclude") + " as \"" + label + "\"" +
+        (shipping ? " with " + winner.value : "") +
+        "? Concluding ends the experiment and cannot be undone.";
+      if (risks.length) {
+        message = "Risky ship. " + message + "\n\nRisks:\n- " + risks.join("\n- ");
+      }
+      form.elements.acknowledge_risks.value = "";
+      if (!window.confirm(message)) { event.preventDefault(); event.stopImmediatePropagation(); return; }
+      if (risks.length) { form.elements.acknowledge_risks.value = "1"; }
+    });
+  }
+
   /* Repeatable rows: add from <template id="tpl-NAME">, move up/down, remove. Fields are
      posted as same-named lists in document order, so nothing needs renumbering. */
   function rowBehaviour() {
@@ -158,27 +240,12 @@
     if (summary) { summary.focus(); }
   }
 
-  /* Conclude form: shipping a winner with risks (guardrail breach, SRM) asks first, then
-     sends acknowledge_risks; the server refuses an unacknowledged risky ship anyway. */
-  function riskyShip() {
-    document.addEventListener("submit", function (event) {
-      var form = event.target, raw = form.getAttribute("data-ship-risks");
-      if (!raw || !form.elements.outcome || form.elements.outcome.value !== "ship") { return; }
-      var risks = (JSON.parse(raw) || {})[form.elements.winner.value] || [];
-      form.elements.acknowledge_risks.value = "";
-      if (!risks.length) { return; }
-      var text = "Shipping " + form.elements.winner.value + " is risky:\n- " +
-                 risks.join("\n- ") + "\n\nShip it anyway?";
-      if (window.confirm(text)) { form.elements.acknowledge_risks.value = "1"; }
-      else { event.preventDefault(); }
-    });
-  }
-
   document.addEventListener("DOMContentLoaded", function () {
     liftChart();
     funnelChart();
+    seriesCharts();
+    concludeConfirmation();
     rowBehaviour();
     confirmations();
-    riskyShip();
   });
 })();

@@ -10,7 +10,7 @@ from typing import Any
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from admin import exports, presenters, queries
+from admin import exports, launch, presenters, queries
 from admin.blueprint import MAX_ID, bp
 from admin.forms import (
     blank_state,
@@ -152,14 +152,15 @@ def experiment(key: str) -> str:
             abort(404, "no such report for this experiment")
     body = report.body if report is not None else {}
     entries, _ = audit.list_audit(session, experiment_key=key, limit=50, cursor=None)
+    data = lifecycle.experiment_to_dict(row)
     return render_template(
-        "admin/experiment.html", experiment=row, data=lifecycle.experiment_to_dict(row),
+        "admin/experiment.html", experiment=row, data=data,
         days=days_running(row), report=report, history=history,
         is_latest=bool(history) and report is history[0],
         view=_report_view(row, body), audit_entries=entries,
         children=queries.iterations_of(session, row.id),
         iteration_name=lifecycle.iteration_name(row),
-        demo=_demo_mode(), ship_risks=_ship_risks(row),
+        demo=_demo_mode(), ship_risks=_ship_risks(row), launch=_launch_view(session, row, data),
     )
 
 
@@ -171,6 +172,28 @@ def _ship_risks(row: Experiment) -> dict[str, list[str]]:
             for v in row.variants}
 
 
+def _launch_view(session: Any, row: Experiment, data: dict[str, Any]) -> dict[str, Any]:
+    """Targeting in words, the launch checklist and the SDK snippet (drafts show them open)."""
+    power = launch.power_estimate(data, _parent_baseline(session, row, data))
+    return {"targeting": launch.targeting_lines(data), "power": power,
+            "checklist": launch.checklist(data, power),
+            "snippet": launch.sdk_snippet(data, request.host_url.rstrip("/"))}
+
+
+def _parent_baseline(session: Any, row: Experiment, data: dict[str, Any]) -> float | None:
+    """The control rate of the same primary metric in the experiment this one iterates."""
+    primary = next((m["key"] for m in data["metrics"] if m["role"] == "primary"), None)
+    if row.iteration_of is None or primary is None:
+        return None
+    parent = analysis.latest_reports(session, [row.iteration_of.id]).get(row.iteration_of.id)
+    for metric in (parent.body.get("metrics") or []) if parent is not None else []:
+        if metric.get("key") == primary:
+            control = (presenters.metric_rows({"metrics": [metric]})[0]["control"] or {})
+            estimate = control.get("estimate")
+            return float(estimate) if isinstance(estimate, int | float) else None
+    return None
+
+
 def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
     variants = [v.key for v in row.variants]
     treatments = [v.key for v in row.variants if not v.is_control]
@@ -180,11 +203,22 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
         "srm": body.get("srm") if isinstance(body.get("srm"), dict) else None,
         "split": presenters.unit_split(body, {v.key: v.weight for v in row.variants}),
         "metrics": presenters.metric_rows(body),
+        "method_line": presenters.method_line(body.get("method"), row.analysis.get("alpha")),
         "lift": presenters.lift_chart(body),
+        "timelines": presenters.metric_timelines(body),
+        "alerts": _alerts(body),
         "funnel": presenters.funnel(body, variants),
         "heatmaps": presenters.friction_heatmaps(body, list(row.journey), treatments),
         "warnings": body.get("warnings") if isinstance(body.get("warnings"), list) else [],
     }
+
+
+def _alerts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's alerts to list in red (SRM has its own banner already)."""
+    alerts = body.get("alerts") if isinstance(body.get("alerts"), list) else []
+    return [a for a in alerts if isinstance(a, dict)
+            and not (a.get("kind") == "srm" and presenters.srm_detected(body))]
+
 
 
 def _act(key: str, action: Callable[[], Any], done: str) -> Response:

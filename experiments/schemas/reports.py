@@ -23,10 +23,18 @@ Interval = list[float] | None
 
 
 class VariantEstimate(BaseModel):
+    """One variant's estimate with the counts behind it (which ones depends on the kind)."""
+
     variant: str
     units: int
     estimate: float | None
     ci: Interval = None
+    conversions: int | None = None  # conversion, friction
+    sum: float | None = None  # mean, count, time_to_convert
+    promoters: int | None = None  # nps
+    detractors: int | None = None
+    numerator_sum: float | None = None  # ratio
+    denominator_sum: float | None = None
 
 
 class ComparisonOut(BaseModel):
@@ -95,6 +103,10 @@ class FrictionCell(FrictionPoint):
     """A heatmap cell: every step × friction kind × treatment with any friction."""
 
     significant: bool
+    count: int | None = None  # treatment units that met this friction here
+    units: int | None = None  # treatment units exposed
+    control_count: int | None = None
+    control_units: int | None = None
 
 
 class TimelinePoint(BaseModel):
@@ -125,6 +137,28 @@ class FailedReportOut(BaseModel):
     error: str
 
 
+class EffectPoint(BaseModel):
+    units: int
+    control_units: int
+    absolute_effect: float | None
+    absolute_ci: Interval
+
+
+class MetricTimelinePoint(BaseModel):
+    date: str
+    variant: str
+    daily: EffectPoint  # units first exposed on this day only
+    cumulative: EffectPoint  # every unit exposed up to and including this day
+
+
+class MetricTimeline(BaseModel):
+    """One metric's absolute effect per exposure day and treatment, in the report's framework."""
+
+    metric: str
+    kind: str
+    points: list[MetricTimelinePoint]
+
+
 class ReportOut(BaseModel):
     """One analysis run (SPEC §6)."""
 
@@ -139,6 +173,7 @@ class ReportOut(BaseModel):
     friction_points: list[FrictionPoint]
     friction_matrix: list[FrictionCell] = Field(default_factory=list)
     timeline: list[TimelinePoint]
+    metric_timeline: list[MetricTimeline] = Field(default_factory=list)
     decision: DecisionOut | None
     warnings: list[str]
     alerts: list[AlertOut] = Field(default_factory=list)

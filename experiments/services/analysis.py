@@ -102,8 +102,25 @@ def _analyze_metric(experiment: Experiment, metric: Any, settings: AnalysisSetti
         warnings.extend(f"{metric.key}, {comparison.variant}: {note}"
                         for note in comparison.warnings)
     variants = [{"variant": v.variant, "units": v.units, "estimate": v.estimate,
-                 "ci": _pair(v.ci)} for v in result.variants]
+                 "ci": _pair(v.ci), **counts_of(metric.kind, totals.get(v.variant, {}))}
+                for v in result.variants]
     return variants, list(result.comparisons)
+
+
+COUNT_FIELDS = {"conversion": {"conversions": "sum"}, "friction": {"conversions": "sum"},
+                "mean": {"sum": "sum"}, "count": {"sum": "sum"},
+                "time_to_convert": {"sum": "sum"},
+                "nps": {"promoters": "promoters", "detractors": "detractors"},
+                "ratio": {"numerator_sum": "num_sum", "denominator_sum": "den_sum"}}
+
+
+def counts_of(kind: str, sums: Sums) -> dict[str, float]:
+    """The numerator counts behind an estimate, so a reader sees '204 / 1,644', not a bare rate."""
+    out = {}
+    for name, source in COUNT_FIELDS.get(kind, {}).items():
+        value = float(sums.get(source, 0.0))
+        out[name] = int(value) if name in ("conversions", "promoters", "detractors") else value
+    return out
 
 
 def _pair(value: Sequence[float] | None) -> list[float] | None:
@@ -215,15 +232,17 @@ def friction_matrix(experiment: Experiment, settings: AnalysisSettings,
                 tests.append(compare("friction", *arms, variant=variant,
                                      method=settings.method, alpha=settings.alpha,
                                      direction="decrease", mde=settings.mde))
-                cells.append((step, kind, arms))
+                cells.append((step, kind, arms, (base, hits, units.get(control, 0),
+                                                 units.get(variant, 0))))
     return [{"step": step, "friction_kind": kind, "variant": comparison.variant,
              "rate": arms[1].mean, "control_rate": arms[0].mean,
+             "count": hits, "units": n, "control_count": base, "control_units": control_n,
              "relative_effect": comparison.relative_effect,
              "adjusted_p_value": comparison.adjusted_p_value,
              "chance_to_win": comparison.chance_to_win,
              "significant": comparison.significant}
-            for comparison, (step, kind, arms) in zip(apply_correction(tests, "bh"), cells,
-                                                      strict=True)]
+            for comparison, (step, kind, arms, (base, hits, control_n, n))
+            in zip(apply_correction(tests, "bh"), cells, strict=True)]
 
 
 FRICTION_POINT_FIELDS = ("step", "friction_kind", "variant", "rate", "control_rate",
@@ -280,6 +299,56 @@ def timeline_section(experiment: Experiment, settings: AnalysisSettings,
     return points
 
 
+def _effect(kind: str, control: Sums, treatment: Sums, settings: AnalysisSettings,
+            direction: str) -> dict[str, Any]:
+    """Absolute effect and its interval for one pair of sums (no CUPED, no correction)."""
+    units = {"units": int(treatment.get("n", 0)), "control_units": int(control.get("n", 0))}
+    try:
+        arms = [summarize(to_stats(kind, sums)[0]) for sums in (control, treatment)]
+        result = compare(kind, *arms, method=settings.method,  # type: ignore[arg-type]
+                         alpha=settings.alpha, direction=direction,  # type: ignore[arg-type]
+                         mde=settings.mde)
+    except (StatsInputError, ArithmeticError):
+        return {**units, "absolute_effect": None, "absolute_ci": None}
+    return {**units, "absolute_effect": result.absolute_effect,
+            "absolute_ci": _pair(result.absolute_ci)}
+
+
+def metric_timeline_section(experiment: Experiment, settings: AnalysisSettings,
+                            aggregates: ExperimentAggregates) -> list[dict[str, Any]]:
+    """Per metric, exposure day and treatment: that day's cohort effect and the running total.
+
+    Reuses the per-variant/day sums the analysis already holds: no extra query. Only days
+    with exposures appear (the chart's x-axis), capped at the last MAX_TIMELINE_DAYS.
+    """
+    control = next((v.key for v in experiment.variants if v.is_control), None)
+    days = aggregates.units.days()[-MAX_TIMELINE_DAYS:]
+    if control is None or not days:
+        return []
+    treatments = [v.key for v in experiment.variants if not v.is_control]
+    out = []
+    for metric in experiment.metrics:
+        daily = aggregates.metrics[metric.key]
+        running = daily.totals(until=_day_before(days[0]))  # days cut off by the cap
+        points = []
+        for day in days:
+            for key in (control, *treatments):  # running totals: one pass over the days
+                for name, value in daily.rows.get((key, day), {}).items():
+                    running[key][name] += value
+            for variant in treatments:
+                pairs = {"daily": [daily.rows.get((key, day), {}) for key in (control, variant)],
+                         "cumulative": [running[key] for key in (control, variant)]}
+                points.append({"date": day, "variant": variant, **{
+                    name: _effect(metric.kind, *sums, settings, metric.direction)
+                    for name, sums in pairs.items()}})
+        out.append({"metric": metric.key, "kind": metric.kind, "points": points})
+    return out
+
+
+def _day_before(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+
+
 # -- the report -----------------------------------------------------------------------------
 
 
@@ -317,6 +386,7 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "friction_points": friction_points(matrix),
         "friction_matrix": matrix,
         "timeline": timeline_section(experiment, settings, aggregates, now),
+        "metric_timeline": metric_timeline_section(experiment, settings, aggregates),
         "decision": None,
         "warnings": list(dict.fromkeys(warnings)),
     }

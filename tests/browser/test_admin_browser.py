@@ -73,6 +73,7 @@ def test_editor_runs_an_experiment_from_form_to_learnings(page, live_server, app
     page.on("request", lambda r: None if r.url.startswith(live_server.url)
             else external.append(r.url))
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("dialog", lambda dialog: dialog.accept())  # Start and Conclude ask first
     log_in(page, live_server.url, add_user(app, "editor"))
     create_through_the_form(page)
     page.get_by_role("button", name="Start").click()
