@@ -29,6 +29,7 @@ from experiments.db import Base, get_db
 from experiments.migrate import upgrade
 from experiments.services import lifecycle
 from experiments.services.accounts import create_api_key
+from tests.factories import experiment_payload
 
 POSTGRES_URL = os.environ.get("PARCOURS_TEST_POSTGRES_URL")
 requires_postgres = pytest.mark.skipif(
@@ -172,3 +173,14 @@ def live_server(app: Flask) -> Iterator[LiveServer]:
     server = LiveServer(app)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def started(client: FlaskClient, admin_headers: dict[str, str]) -> dict[str, Any]:
+    """The factory experiment (no layer, targeting or overrides), running."""
+    payload = experiment_payload(layer=None, targeting=[], overrides={})
+    assert client.post("/api/v1/experiments", json=payload,
+                       headers=admin_headers).status_code == 201
+    assert client.post("/api/v1/experiments/checkout-redesign/start",
+                       headers=admin_headers).status_code == 200
+    return payload

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import http.client
+import json
 from typing import Any
 
 
@@ -42,3 +44,17 @@ def experiment_payload(key: str = "checkout-redesign", **overrides: Any) -> dict
     }
     payload.update(copy.deepcopy(overrides))
     return payload
+
+
+def post_json(port: int, path: str, body: object, key: str, *,
+              timeout: float = 10) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to a live server on 127.0.0.1 with a bearer key: (status, JSON answer)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", path, json.dumps(body),
+                           {"Content-Type": "application/json",
+                            "Authorization": f"Bearer {key}"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()

@@ -15,19 +15,9 @@ from sqlalchemy import select, update
 
 from experiments.db import utcnow
 from experiments.models import Event, Experiment, Exposure
-from tests.factories import experiment_payload
 
 BASE = "/api/v1/experiments/checkout-redesign"
 JOURNEY = ["landing", "cart", "checkout", "payment", "confirmation"]
-
-
-@pytest.fixture
-def started(client, admin_headers):
-    payload = experiment_payload(layer=None, targeting=[], overrides={})
-    assert client.post("/api/v1/experiments", json=payload,
-                       headers=admin_headers).status_code == 201
-    assert client.post(f"{BASE}/start", headers=admin_headers).status_code == 200
-    return payload
 
 
 def stamp(moment: datetime) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
 import threading
@@ -21,7 +20,7 @@ from experiments.models import Event, Exposure
 from experiments.services.accounts import create_api_key
 from experiments.services.lifecycle import create_experiment, transition
 from tests.conftest import make_test_app
-from tests.factories import experiment_payload
+from tests.factories import experiment_payload, post_json
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -41,16 +40,6 @@ def worker_pids(master: int) -> list[int]:
     return pids
 
 
-def post(port: int, path: str, body: dict, key: str) -> tuple[int, dict]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request("POST", path, json.dumps(body),
-                           {"Content-Type": "application/json",
-                            "Authorization": f"Bearer {key}"})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        connection.close()
 
 
 class Load:
@@ -86,7 +75,7 @@ class Load:
 
     def _send(self, path: str, body: dict, on_ok) -> None:
         try:
-            status, answer = post(self.port, path, body, self.key)
+            status, answer = post_json(self.port, path, body, self.key)
         except (OSError, http.client.HTTPException, ValueError):
             with self.lock:
                 self.failures += 1

@@ -5,8 +5,6 @@ is 503 ``unavailable`` with ``Retry-After``, never a 500, and nothing acknowledg
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from experiments.models import Event, Experiment, Exposure
 from experiments.services.accounts import create_api_key
 from experiments.services.lifecycle import create_experiment, transition
 from tests.conftest import BACKENDS, make_test_app
-from tests.factories import experiment_payload
+from tests.factories import experiment_payload, post_json
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINATE = text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
@@ -92,16 +90,6 @@ def test_an_unreachable_database_is_503_unavailable_with_retry_after(backend, tm
         assert response.headers["Retry-After"] == "5"
 
 
-def call(port: int, path: str, body: object, key: str) -> tuple[int, dict]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        connection.request("POST", path, json.dumps(body),
-                           {"Content-Type": "application/json",
-                            "Authorization": f"Bearer {key}"})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    finally:
-        connection.close()
 
 
 @pytest.mark.slow
@@ -120,12 +108,14 @@ def test_backends_terminated_under_load_give_no_500_and_lose_no_acknowledged_wri
     def load(worker: int) -> None:
         for index in range(60):
             unit = f"load-{worker}-{index}"
-            status, body = call(port, "/api/v1/assign", {"unit_id": unit}, key)
+            status, body = post_json(port, "/api/v1/assign", {"unit_id": unit}, key,
+                                     timeout=60)
             with lock:
                 statuses.append(status)
                 if status == 200:
                     assigned[unit] = body["assignments"][0]["variant"]
-            status, body = call(port, "/api/v1/events", {"events": [event(unit, unit)]}, key)
+            status, body = post_json(port, "/api/v1/events",
+                                     {"events": [event(unit, unit)]}, key, timeout=60)
             with lock:
                 statuses.append(status)
                 if status == 200 and body["accepted"] + body["duplicates"] == 1:

@@ -12,19 +12,8 @@ from sqlalchemy import select
 from experiments.db import get_db, utcnow
 from experiments.models import Event, Experiment, Exposure
 from experiments.services.analysis import EXPORT_COLUMNS
-from tests.factories import experiment_payload
 
 BASE = "/api/v1/experiments/checkout-redesign"
-
-
-@pytest.fixture
-def started(client, admin_headers):
-    """The factory experiment, running, with a few exposures and a purchase."""
-    payload = experiment_payload(layer=None, targeting=[], overrides={})
-    assert client.post("/api/v1/experiments", json=payload,
-                       headers=admin_headers).status_code == 201
-    assert client.post(f"{BASE}/start", headers=admin_headers).status_code == 200
-    return payload
 
 
 def seed(app, units=20):

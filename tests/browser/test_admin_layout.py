@@ -9,10 +9,10 @@ from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.services import analysis, lifecycle
 from experiments.services.simulate import SimulationPlan, simulate_traffic
+from tests.browser.test_admin_browser import log_in
 from tests.conftest import new_api_key
 from tests.factories import experiment_payload
 from tests.test_admin_support import (
-    PASSWORD,
     add_user,
     cheap_argon2,  # noqa: F401  (autouse fixture)
     insert_report,
@@ -72,13 +72,6 @@ def seed_portfolio(app) -> None:
         "events": ["experiment.decided", "guardrail.breached"],
         "description": "Team channel"}).status_code == 201
 
-
-def log_in(page: Page, base: str, email: str) -> None:
-    page.goto(base + "/admin/")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Portfolio")).to_be_visible()
 
 
 def chips(page: Page, key: str) -> list[str]:
