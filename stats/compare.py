@@ -341,6 +341,8 @@ def compare(
         warnings.append("numeric overflow: no test")
         test = _Test()
     relative_ci = test.relative_ci if relative is not None else None
+    if relative is None:  # no ratio was asked for (NPS in points, or a zero control)
+        warnings = [warning for warning in warnings if warning != UNBOUNDED_RATIO]
     if method == "bayesian":
         significant = bayesian_significant(test.chance_to_win, alpha)
     else:

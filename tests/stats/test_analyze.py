@@ -287,6 +287,17 @@ def test_degenerate_inputs_give_warnings_and_no_tests(
     _json(result)
 
 
+@pytest.mark.parametrize("method", ["frequentist", "bayesian", "sequential"])
+def test_nps_in_points_never_warns_of_an_unbounded_ratio(method: str) -> None:
+    """A negative NPS near 0 has a control interval through 0, but NPS has no ratio to bound."""
+    (comparison,) = analyze_variants(
+        "nps", two_arms(NpsStats(610, 150, 203), NpsStats(583, 150, 179)), method=method
+    ).comparisons
+    assert comparison.relative_effect is None and comparison.relative_ci is None
+    assert comparison.absolute_ci is not None
+    assert not any("unbounded" in warning for warning in comparison.warnings)
+
+
 @pytest.mark.parametrize("method", ["frequentist", "sequential"])
 def test_all_converted_arms_have_no_test(method: str) -> None:
     (comparison,) = analyze_variants(
