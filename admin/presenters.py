@@ -113,6 +113,8 @@ def lift_chart(body: dict[str, Any]) -> dict[str, Any]:
         line["effect"][index] = _float(point.get("relative_effect"))
         line["lower"][index] = _float(ci[0])
         line["upper"][index] = _float(ci[1])
+    if not any(value is not None for line in series.values() for value in line["effect"]):
+        return {"labels": [], "series": []}  # e.g. NPS, in points: no relative lift to chart
     return {"labels": dates,
             "series": [{"variant": name, **values} for name, values in series.items()]}
 

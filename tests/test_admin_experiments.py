@@ -546,3 +546,21 @@ def test_report_alerts_are_listed_in_red_and_nps_changes_are_in_points(app):
     assert "payment-errors is significantly worse for one-page" in alerts[:alerts.index("</ul>")]
     assert "+3.5 points" in page and "[−1.2, +8.2] points" in page
     assert "0.400" in page and "raw 0.200" in page
+
+
+def test_an_nps_primary_has_no_empty_lift_chart(app):
+    """NPS effects are in points (no relative lift): the page says where its chart is."""
+    seed_experiment(app)
+    points = [{"date": "2026-11-20", "variant": "one-page", "units": 300, "relative_effect": None,
+               "relative_ci": None, "absolute_effect": 3.5, "absolute_ci": [-1.0, 8.0]}]
+    insert_report(app, timeline=points, metric_timeline=[{
+        "metric": "nps", "kind": "nps", "points": [{
+            "date": "2026-11-20", "variant": "one-page",
+            "daily": {"units": 300, "control_units": 290, "absolute_effect": 3.5,
+                      "absolute_ci": [-1.0, 8.0]},
+            "cumulative": {"units": 300, "control_units": 290, "absolute_effect": 3.5,
+                           "absolute_ci": [-1.0, 8.0]}}]}])
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    assert 'id="lift-chart"' not in page
+    assert "The primary metric has no relative lift (NPS is in points)" in page
