@@ -8,6 +8,7 @@ kept in process memory (default: per worker) or shared through
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 
@@ -22,6 +23,7 @@ from experiments.errors import ApiError
 INGEST_PATHS = ("/api/v1/events",)
 ASSIGN_PATHS = ("/api/v1/assign", "/api/v1/exposures", "/ofrep/v1/")
 EXTENSION_KEY = "parcours.rate_limits"
+log = logging.getLogger(__name__)
 
 
 def init_app(app: Flask, *, ingest: str, assign: str, storage_uri: str) -> None:
@@ -69,8 +71,22 @@ def _caller_id(authorization: str, remote_addr: str | None) -> str:
 def _check(limiter: MovingWindowRateLimiter, items: list[RateLimitItem], group: str,
            caller: str) -> None:
     for item in items:
-        if not limiter.hit(item, group, caller):
+        if not _admitted(limiter, item, group, caller):
             reset_at, _remaining = limiter.get_window_stats(item, group, caller)
             retry_after = max(1, math.ceil(reset_at - time.time()))
             raise ApiError(429, f"rate limit of {item} exceeded; retry later",
                            code="rate_limited", headers={"Retry-After": str(retry_after)})
+
+
+def _admitted(limiter: MovingWindowRateLimiter, item: RateLimitItem, group: str,
+              caller: str) -> bool:
+    """Whether the limit admits one more hit; admitted when its storage is down.
+
+    A rate limiter protects the service; an outage of its shared store (Redis) must not
+    turn every event and assignment into an error, so the limit fails open and says so.
+    """
+    try:
+        return bool(limiter.hit(item, group, caller))
+    except Exception as exc:  # the storage driver's own errors (connection, timeout…)
+        log.warning("rate-limit storage unavailable, request admitted: %s", exc)
+        return True

@@ -95,3 +95,20 @@ def test_rate_limit_is_per_key_and_answers_429_with_retry_after(database_url, tm
     events = [client.post("/api/v1/events", json={"events": []}, headers=first).status_code
               for _ in range(3)]
     assert events[2] == 429 and 429 not in events[:2]
+
+
+def test_a_rate_limit_store_that_is_down_admits_requests(database_url, tmp_path, client_key,
+                                                          caplog):
+    """Nothing listens on port 1: the limit fails open (logged), never a 500."""
+    app = make_test_app(database_url, tmp_path, RATE_LIMIT_ASSIGN="1/minute",
+                        RATE_LIMIT_INGEST="1/minute",
+                        RATE_LIMIT_STORAGE="redis://127.0.0.1:1/0")
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {client_key}"}
+    assign = [client.post("/api/v1/assign", json={"unit_id": "u1"}, headers=headers).status_code
+              for _ in range(3)]
+    events = [client.post("/api/v1/events", json={"events": [
+        {"unit_id": "u1", "type": "step", "step": "cart"}]}, headers=headers) for _ in range(2)]
+    assert assign == [200, 200, 200]
+    assert [response.get_json()["accepted"] for response in events] == [1, 1]
+    assert "rate-limit storage unavailable" in caplog.text
