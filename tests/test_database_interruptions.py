@@ -149,3 +149,33 @@ def test_backends_terminated_under_load_give_no_500_and_lose_no_acknowledged_wri
     engine.dispose()
     assert acknowledged_events <= stored_events
     assert {unit: stored_exposures.get(unit) for unit in assigned} == assigned
+
+
+def test_a_retry_after_a_landed_commit_stores_events_without_ids_once(client, client_headers, db,
+                                                                       monkeypatch):
+    """The connection drops after the commit landed: the route runs again, and events the
+    client sent without ``event_id`` are recognised as the same rows, not stored twice."""
+    from sqlalchemy.exc import OperationalError
+
+    from experiments.api import events as events_api
+
+    real, calls = events_api.ingest_events, []
+
+    def commit_then_lose_the_connection(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append(kwargs["batch_id"])
+        if len(calls) == 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"),
+                                   connection_invalidated=True)
+        return result
+
+    monkeypatch.setattr(events_api, "ingest_events", commit_then_lose_the_connection)
+    batch = {"events": [{"unit_id": "u1", "type": "step", "step": "cart"},
+                        {"unit_id": "u1", "type": "conversion", "name": "purchase"}]}
+    response = client.post("/api/v1/events", json=batch, headers=client_headers)
+    assert response.status_code == 200
+    assert response.get_json() == {"accepted": 0, "duplicates": 2, "rejected": []}
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert db.scalar(select(func.count()).select_from(Event)) == 2
+    again = client.post("/api/v1/events", json=batch, headers=client_headers)
+    assert again.get_json()["accepted"] == 2  # a new request is a new delivery

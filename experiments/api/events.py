@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, request
+import uuid
+
+from flask import Blueprint, g, request
 
 from experiments.api.routing import api_route
 from experiments.db import db_session
@@ -28,7 +30,9 @@ def post_events(body: EventBatch) -> IngestOut:
         # 422 (not 413): the body is well-formed but breaks the documented maxItems.
         raise ValidationFailed.field(
             "events", f"at most {MAX_BATCH_EVENTS} events per batch (got {len(body.events)})")
-    result = ingest_events(db_session(), body.events, sent_at=body.sent_at)
+    # One id per request, kept when the idempotent route runs again after a lost connection.
+    batch_id = g.setdefault("event_batch_id", uuid.uuid4())
+    result = ingest_events(db_session(), body.events, sent_at=body.sent_at, batch_id=batch_id)
     return IngestOut.model_validate(
         {"accepted": result.accepted, "duplicates": result.duplicates,
          "rejected": result.rejected})

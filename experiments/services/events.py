@@ -67,16 +67,20 @@ class IngestResult:
 
 
 def ingest_events(session: Session, events: Sequence[Mapping[str, Any]], *,
-                  now: datetime | None = None, sent_at: datetime | None = None
-                  ) -> IngestResult:
+                  now: datetime | None = None, sent_at: datetime | None = None,
+                  batch_id: uuid.UUID | None = None) -> IngestResult:
     """Validate each raw event, store the valid ones in one committed transaction.
 
     ``sent_at`` (the client's clock when it sent the batch) corrects each event's time
     for the client's clock skew (:func:`~experiments.services.clock.corrected`).
+    ``batch_id`` names this delivery of the batch: an event without ``event_id`` gets an
+    id derived from it and its position, so running the same delivery again (a retry
+    after a lost connection whose commit may have landed) stores nothing twice.
     """
     now = (now or utcnow()).astimezone(UTC)  # stored as UTC text on SQLite: normalise first
     rows, rejected = validate_events(events, now, _driver_time(session.get_bind().dialect),
                                      sent_at)
+    rows = _with_server_ids(rows, batch_id or uuid.uuid4())
     try:
         accepted = _insert_new(session, _unique_by_event_id(rows))
         session.commit()
@@ -189,7 +193,7 @@ def _row(event: Mapping[str, Any], occurred_at: Any, client_occurred_at: Any, re
          properties: str) -> Row:
     """The driver's parameters in ``_COLUMNS`` order, with names and steps defaulted.
 
-    An event without ``event_id`` gets a server uuid, so it is never deduplicated.
+    An event without ``event_id`` gets its server id in :func:`_with_server_ids`.
     """
     get = event.get
     kind, name, step, friction_kind, value = (
@@ -198,9 +202,15 @@ def _row(event: Mapping[str, Any], occurred_at: Any, client_occurred_at: Any, re
         name = "nps" if kind == "nps" else friction_kind if kind == "friction" else step
     if step is None and kind == "step":
         step = name
-    return (get("event_id") or str(uuid.uuid4()), event["unit_id"], kind, name, step,
+    return (get("event_id"), event["unit_id"], kind, name, step,
             friction_kind, None if value is None else float(value), occurred_at, received_at,
             properties, client_occurred_at)
+
+
+def _with_server_ids(rows: list[Row], batch_id: uuid.UUID) -> list[Row]:
+    """Rows whose event has no ``event_id`` get ``uuid5(batch_id, position)``."""
+    return [row if row[0] else (str(uuid.uuid5(batch_id, str(index))), *row[1:])
+            for index, row in enumerate(rows)]
 
 
 def _unique_by_event_id(rows: list[Row]) -> list[Row]:
