@@ -317,12 +317,9 @@ def ship_risks(experiment: Experiment, winner: str, *,
     breaches and a sample ratio mismatch (what the admin UI's confirmation lists)."""
     session = session or object_session(experiment)
     assert session is not None, "the experiment must belong to a session"
-    query = (select(Report).where(Report.experiment_id == experiment.id)
-             .order_by(Report.id.desc()))
-    for offset in range(20):  # the latest report with results (failed analyses show none)
-        report = session.scalar(query.offset(offset).limit(1))
-        if report is None:
-            return []
+    recent = session.scalars(select(Report).where(Report.experiment_id == experiment.id)
+                             .order_by(Report.id.desc()).limit(20))
+    for report in recent:  # the latest report with results (failed analyses show none)
         if not report.body.get("error"):
             return alerts.risks_of_shipping(report.body, winner)
     return []
