@@ -20,7 +20,7 @@ from stats.records import (
     VariantInput,
 )
 from stats.srm import SrmResult, srm_test
-from stats.summary import ArmSummary, summarize
+from stats.summary import ArmSummary, per_unit_sd, summarize
 
 __all__ = [
     "AnalysisResult",
@@ -41,6 +41,7 @@ __all__ = [
     "apply_correction",
     "compare",
     "decide_verdict",
+    "per_unit_sd",
     "sample_size",
     "srm_test",
     "summarize",

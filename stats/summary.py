@@ -99,6 +99,28 @@ def summarize_nps(stats: NpsStats) -> ArmSummary:
     return ArmSummary(stats.n, (p - d) * NPS_SCALE, variance)
 
 
+def per_unit_sd(stats: Stats) -> float | None:
+    """Observed standard deviation of the per-unit values (ddof=1), for planning power.
+
+    Reports carry it so a power calculation can use the metric's real spread: the sample
+    SD for means, counts and times to convert; the delta-method SD of the ratio for ratios;
+    the SD of the +100 / 0 / -100 scores, in points, for NPS. None for proportions (their
+    SD follows from the rate) and below two units.
+    """
+    if isinstance(stats, MeanStats):
+        variance = _sample_variance(stats.n, stats.sum, stats.sum_squares)
+    elif isinstance(stats, RatioStats):
+        variance = summarize_ratio(stats).variance
+    elif isinstance(stats, NpsStats):
+        score_sum = (stats.promoters - stats.detractors) * NPS_SCALE
+        square_sum = (stats.promoters + stats.detractors) * NPS_SCALE * NPS_SCALE
+        variance = _sample_variance(stats.n, score_sum, square_sum)
+    else:
+        return None
+    variance = finite(variance)
+    return None if variance is None else math.sqrt(variance)
+
+
 def _clean(summary: ArmSummary) -> ArmSummary:
     """Drop an estimate or variance that overflowed, so tests report it instead of NaN."""
     return replace(summary, mean=finite(summary.mean), variance=finite(summary.variance))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -14,7 +15,14 @@ from experiments.db import get_db
 from experiments.models import Decision, Experiment, Report
 from experiments.services import analysis
 from experiments.services.analysis import analyze_experiment, analyze_running
-from tests.test_aggregation import T0, event, expose, hours, make_experiment, seed_traffic
+from tests.test_aggregation import (
+    T0,
+    event,
+    expose,
+    hours,
+    make_experiment,
+    seed_traffic,
+)
 
 NOW = T0 + timedelta(days=10)
 ANALYSIS = {"method": "sequential", "alpha": 0.05, "power": 0.8, "mde": 0.05,
@@ -342,3 +350,60 @@ def test_cuped_is_skipped_silently_for_units_without_pre_exposure_activity(db):
     body = simulated(db, 400, seed=5)
     warnings = [w for m in body["metrics"] for w in m.get("warnings", [])] + body["warnings"]
     assert not [w for w in warnings if "cuped" in w]
+
+
+# -- per-unit standard deviations (the portfolio's power calculation plans with them) -----
+
+
+def seed_spread(db: Session, experiment: Experiment, units: int, seed: int) -> dict[str, Any]:
+    """Seeded per-unit values for every kind of the aggregation metrics; returns them."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, Any] = {}
+    for variant in ("control", "one-page"):
+        out = values[variant] = {"revenue": [], "views": [], "time": [], "sessions": [],
+                                 "nps": []}
+        for i in range(units):
+            unit = f"{variant}-{i}"
+            expose(db, experiment, unit, variant)
+            times = np.sort(rng.uniform(0.1, 60.0, size=rng.poisson(1.0)))
+            amounts = rng.gamma(2.0, 20.0, size=len(times)).round(2)
+            for at, amount in zip(times, amounts, strict=True):
+                event(db, unit, "purchase", hours(float(at)), value=float(amount))
+            out["revenue"].append(float(amounts.sum()))
+            if len(times):
+                out["time"].append(float(times[0]))
+            out["views"].append(int(rng.poisson(2.0)))
+            for j in range(out["views"][-1]):
+                event(db, unit, "page_view", hours(0.05 * (j + 1)), type="step", step="cart")
+            out["sessions"].append(int(rng.poisson(1.5)) + 1)
+            for j in range(out["sessions"][-1]):
+                event(db, unit, "session", hours(0.01 * (j + 1)), type="custom")
+            if rng.random() < 0.7:
+                score = int(rng.integers(0, 11))
+                event(db, unit, "nps", hours(2), type="nps", value=score)
+                out["nps"].append(100 if score >= 9 else -100 if score <= 6 else 0)
+    db.commit()
+    return values
+
+
+def test_each_variant_carries_the_observed_per_unit_sd(db):
+    experiment = make_experiment(db, "spread")
+    experiment.started_at = T0
+    db.commit()
+    values = seed_spread(db, experiment, units=30, seed=11)
+    body = analyze_experiment(db, "spread", now=NOW).body
+    for variant, data in values.items():
+        def sd(key: str, variant: str = variant) -> float | None:
+            return next(v for v in metric(body, key)["variants"]
+                        if v["variant"] == variant).get("sd", "absent")
+
+        assert sd("revenue") == pytest.approx(np.std(data["revenue"], ddof=1), rel=1e-9)
+        assert sd("views") == pytest.approx(np.std(data["views"], ddof=1), rel=1e-9)
+        assert sd("time-to-buy") == pytest.approx(np.std(data["time"], ddof=1), rel=1e-6)
+        assert sd("nps") == pytest.approx(np.std(data["nps"], ddof=1), rel=1e-9)
+        # Ratio: the delta-method SD, i.e. the SD of x - r y over the mean denominator.
+        x, y = np.array(data["revenue"]), np.array(data["sessions"], dtype=float)
+        ratio_sd = np.std(x - x.mean() / y.mean() * y, ddof=1) / y.mean()
+        assert sd("revenue-per-session") == pytest.approx(ratio_sd, rel=1e-9)
+        # Proportions carry no sd: it follows from the rate.
+        assert sd("purchase") == "absent" and sd("payment-errors") == "absent"

@@ -6,13 +6,15 @@ import math
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
-from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.power import NormalIndPower, TTestIndPower
 from statsmodels.stats.proportion import proportion_effectsize
 
 from experiments.db import get_db, utcnow
-from experiments.models import Experiment, Report
+from experiments.models import Event, Experiment, Exposure, Report
+from experiments.services.analysis import analyze_experiment
 from tests.factories import experiment_payload
 
 URL = "/api/v1/portfolio"
@@ -101,6 +103,114 @@ def test_the_experiments_alpha_power_and_mde_drive_the_units_needed(app, client,
                                                     ratio=1.0, alternative="two-sided"))
     assert item["units_needed_per_variant"] == needed
     assert needed < 5000 and item["days_left"] == 0
+
+
+MEAN_PRIMARY = [{"key": "revenue", "kind": "mean", "event": "purchase", "role": "primary",
+                 "direction": "increase"}]
+
+
+def seed_revenue(app, key: str, revenue: dict[str, list[float]], *, now, started_days_ago: float,
+                 ) -> None:
+    """Backdate the start; one exposure per value and, when it is not 0, one purchase."""
+    with get_db(app).session() as session:
+        experiment = session.scalar(select(Experiment).where(Experiment.key == key))
+        experiment.started_at = now - timedelta(days=started_days_ago)
+        exposed_at = now - timedelta(days=started_days_ago / 2)
+        for variant, values in revenue.items():
+            for i, value in enumerate(values):
+                unit = f"{variant}-{i}"
+                session.add(Exposure(experiment_id=experiment.id, unit_id=unit,
+                                     variant_key=variant, exposed_at=exposed_at))
+                if value:
+                    session.add(Event(event_id=f"buy-{unit}", unit_id=unit, type="conversion",
+                                      name="purchase", value=value,
+                                      occurred_at=exposed_at + timedelta(hours=1)))
+
+
+def t_test_units(baseline: float, sd: float, *, mde: float = 0.05, alpha: float = 0.05,
+                 power: float = 0.8) -> int:
+    """statsmodels directly: Cohen's d = |baseline × mde| / sd, two-sided, equal split."""
+    return math.ceil(TTestIndPower().solve_power(effect_size=abs(baseline * mde) / sd,
+                                                 alpha=alpha, power=power, ratio=1.0,
+                                                 alternative="two-sided"))
+
+
+def test_a_mean_primary_is_planned_with_the_control_mean_and_observed_sd(app, client,
+                                                                          admin_headers):
+    create(client, admin_headers, "basket", metrics=MEAN_PRIMARY)
+    rng = np.random.default_rng(42)
+    revenue = {variant: [float(v) if rng.random() < 0.6 else 0.0
+                         for v in rng.gamma(2.0, 25.0, size=n).round(2)]
+               for variant, n in (("control", 40), ("one-page", 30))}
+    now = utcnow()
+    seed_revenue(app, "basket", revenue, now=now, started_days_ago=4)
+    with get_db(app).session() as session:
+        body = analyze_experiment(session, "basket", now=now).body
+    control = next(v for v in body["metrics"][0]["variants"] if v["variant"] == "control")
+    assert control["estimate"] == pytest.approx(np.mean(revenue["control"]), rel=1e-9)
+    assert control["sd"] == pytest.approx(np.std(revenue["control"], ddof=1), rel=1e-9)
+
+    item = items_by_key(client, admin_headers)["basket"]
+    needed = t_test_units(np.mean(revenue["control"]), np.std(revenue["control"], ddof=1))
+    assert item["units_needed_per_variant"] == needed
+    assert item["baseline"] == pytest.approx(np.mean(revenue["control"]))
+    assert item["progress_note"] is None and item["units"] == {"control": 40, "one-page": 30}
+    # The slower variant (30 units in 4 days) decides.
+    assert needed > 40 and item["days_left"] == math.ceil((needed - 30) / (30 / 4))
+
+
+def primary_report(key: str, kind: str, control: dict[str, Any],
+                   units: dict[str, int]) -> dict[str, Any]:
+    """A report whose only metric is a ``kind`` primary with the given control entry."""
+    return {"experiment": key, "method": "sequential", "units": units,
+            "srm": {"p_value": 0.6, "detected": False},
+            "metrics": [{"key": "score", "kind": kind, "role": "primary",
+                         "variants": [{"variant": v, "units": n, "estimate": 1.0,
+                                       **(control if v == "control" else {})}
+                                      for v, n in units.items()],
+                         "comparisons": []}]}
+
+
+@pytest.mark.parametrize(("kind", "control", "expected"), [
+    ("time_to_convert", {"estimate": 20.0, "sd": 15.0}, t_test_units(20.0, 15.0)),
+    ("ratio", {"estimate": 3.5, "sd": 4.0}, t_test_units(3.5, 4.0)),
+    ("nps", {"estimate": 32.0, "sd": 81.0}, t_test_units(32.0, 81.0)),
+    # Count: the observed SD when the report has one, else Poisson (sd = sqrt(mean)).
+    ("count", {"estimate": 2.0, "sd": 3.0}, t_test_units(2.0, 3.0)),
+    ("count", {"estimate": 2.0}, t_test_units(2.0, math.sqrt(2.0))),
+])
+def test_every_kind_with_a_spread_is_planned_with_the_reports_sd(app, client, admin_headers,
+                                                                  kind, control, expected):
+    metric = {"key": "score", "kind": kind, "role": "primary", "direction": "increase",
+              **({"numerator": "purchase", "denominator": "session"} if kind == "ratio"
+                 else {} if kind == "nps" else {"event": "purchase"})}
+    create(client, admin_headers, "planned", metrics=[metric])
+    store_report(app, "planned", primary_report("planned", kind, control,
+                                                {"control": 500, "one-page": 400}),
+                 started_days_ago=5, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["planned"]
+    assert item["units_needed_per_variant"] == expected and item["progress_note"] is None
+    assert item["days_left"] == math.ceil((expected - 400) / (400 / 5))
+
+
+@pytest.mark.parametrize(("kind", "control", "note"), [
+    ("mean", {"estimate": 12.0}, "the control has no observed standard deviation yet"),
+    ("nps", {"estimate": 0.4, "sd": 70.0},
+     "the control NPS (0.4 points) is too close to 0 for a relative minimum detectable effect"),
+    ("mean", {"estimate": 12.0, "sd": 0.0},
+     "power calculation impossible: baseline_sd must be a positive number"),
+])
+def test_without_a_usable_spread_or_baseline_the_progress_note_says_why(
+        app, client, admin_headers, kind, control, note):
+    metric = {"key": "score", "kind": kind, "role": "primary", "direction": "increase",
+              **({} if kind == "nps" else {"event": "purchase"})}
+    create(client, admin_headers, "unplanned", metrics=[metric])
+    store_report(app, "unplanned", primary_report("unplanned", kind, control,
+                                                  {"control": 50, "one-page": 50}),
+                 started_days_ago=2)
+    item = items_by_key(client, admin_headers)["unplanned"]
+    assert item["units_needed_per_variant"] is None and item["days_left"] is None
+    assert item["progress_note"] == note
 
 
 def test_health_chips_read_the_reports_alerts(app, client, admin_headers):

@@ -35,6 +35,9 @@ class VariantEstimate(BaseModel):
     detractors: int | None = None
     numerator_sum: float | None = None  # ratio
     denominator_sum: float | None = None
+    # Observed per-unit standard deviation (ddof=1): mean, count, time_to_convert; the
+    # delta-method SD of a ratio; the SD of the +100/0/-100 scores (points) of NPS.
+    sd: float | None = None
 
 
 class ComparisonOut(BaseModel):

@@ -52,6 +52,7 @@ from stats import (
     analyze_variants,
     apply_correction,
     compare,
+    per_unit_sd,
     sample_size,
     srm_test,
     summarize,
@@ -102,9 +103,24 @@ def _analyze_metric(experiment: Experiment, metric: Any, settings: AnalysisSetti
         warnings.extend(f"{metric.key}, {comparison.variant}: {note}"
                         for note in comparison.warnings)
     variants = [{"variant": v.variant, "units": v.units, "estimate": v.estimate,
-                 "ci": _pair(v.ci), **counts_of(metric.kind, totals.get(v.variant, {}))}
+                 "ci": _pair(v.ci), **counts_of(metric.kind, totals.get(v.variant, {})),
+                 **spread_of(metric.kind, totals.get(v.variant, {}))}
                 for v in result.variants]
     return variants, list(result.comparisons)
+
+
+SD_KINDS = ("mean", "count", "ratio", "time_to_convert", "nps")
+
+
+def spread_of(kind: str, sums: Sums) -> dict[str, float | None]:
+    """The observed per-unit SD (``sd``) of kinds whose spread is not implied by the estimate,
+    so the portfolio's power calculation can plan with it. Raw values, before CUPED."""
+    if kind not in SD_KINDS:
+        return {}
+    try:
+        return {"sd": per_unit_sd(to_stats(kind, sums)[0])}
+    except StatsInputError:
+        return {"sd": None}
 
 
 COUNT_FIELDS = {"conversion": {"conversions": "sum"}, "friction": {"conversions": "sum"},

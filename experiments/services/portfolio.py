@@ -3,8 +3,9 @@
 A manager's first question is "what is running, is it healthy, when will we know".
 This module answers it from each experiment's latest report: units against the
 units the power calculation needs (the same calculator as ``/api/v1/stats/power``,
-on the primary metric's observed control baseline), days left at the observed
-daily rate, and health chips (SRM, guardrail breach, events before exposure,
+on the primary metric's observed control baseline and, for kinds whose spread the
+estimate does not imply, the control's observed standard deviation), days left at
+the observed daily rate, and health chips (SRM, guardrail breach, events before exposure,
 stale or failed analysis).
 """
 
@@ -24,9 +25,15 @@ from experiments.models import Experiment, Report
 from experiments.services.analysis import calculate_power, latest_reports
 
 PORTFOLIO_STATUSES = ("running", "paused")
-# Kinds the power calculator covers from a report's estimate alone (count assumes
-# Poisson; mean would need the standard deviation, which reports do not carry).
-POWER_KINDS = ("conversion", "friction", "count")
+# Kinds the power calculator plans from the control rate alone (SPEC §6 power).
+RATE_KINDS = ("conversion", "friction")
+# Kinds planned as a mean with the control's observed per-unit SD (the report's ``sd``):
+# Welch-style t-test power on a relative mde. Count falls back to Poisson (sd = sqrt(mean))
+# on reports older than the ``sd`` field.
+SD_KINDS = ("mean", "count", "ratio", "time_to_convert", "nps")
+POWER_KINDS = (*RATE_KINDS, *SD_KINDS)
+# Below one point, a relative mde on an NPS means an effect of almost nothing.
+MIN_NPS_BASELINE = 1.0
 ALERT_KINDS = ("srm", "guardrail_breach", "events_before_exposure")
 _VERDICT_RANK = {"worse": 0, "better": 1, "inconclusive": 2, "flat": 3}
 SECONDS_PER_DAY = 86_400.0
@@ -82,24 +89,30 @@ def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapp
         out["progress_note"] = "no report yet" if primary else "no primary metric"
         return out
     if primary.kind not in POWER_KINDS:
-        out["progress_note"] = f"the power calculation needs a conversion, friction or count " \
-                               f"primary metric, not {primary.kind}"
+        out["progress_note"] = f"no power calculation for a {primary.kind} primary metric"
         return out
     control = next((v.key for v in experiment.variants if v.is_control), None)
-    baseline = control_estimate(body, primary.key, control)
+    entry = control_entry(body, primary.key, control)
+    baseline = _number(entry.get("estimate"))
     out["baseline"] = baseline
     if baseline is None:
         out["progress_note"] = "the control has no observed baseline yet"
         return out
+    inputs = power_inputs(primary.kind, baseline, _number(entry.get("sd")))
+    if isinstance(inputs, str):
+        out["progress_note"] = inputs
+        return out
     settings = experiment.analysis or {}
     try:
-        needed = calculate_power(primary.kind, baseline=baseline, mde=settings.get("mde", 0.05),
+        needed = calculate_power(inputs[0], baseline=baseline, baseline_sd=inputs[1],
+                                 mde=settings.get("mde", 0.05),
                                  alpha=settings.get("alpha", 0.05),
                                  power=settings.get("power", 0.8),
                                  variants=max(2, len(experiment.variants)))["units_per_variant"]
     except ValidationFailed as exc:
-        out["progress_note"] = f"power calculation impossible: {exc.details[0]['message']}" \
-            if exc.details else "power calculation impossible"
+        detail = exc.details[0] if exc.details else {}
+        out["progress_note"] = "power calculation impossible" + (
+            f": {detail.get('field')} {detail.get('message')}" if detail else "")
         return out
     out["units_needed_per_variant"] = needed
     out["days_left"] = days_left(needed, units, elapsed_days)
@@ -118,16 +131,34 @@ def days_left(needed_per_variant: int, units: Mapping[str, int],
     return math.ceil(max(waits))
 
 
-def control_estimate(body: Mapping[str, Any], metric_key: str, control: str | None) -> float | None:
-    """The primary metric's observed control rate in the report."""
+def power_inputs(kind: str, baseline: float, sd: float | None) -> tuple[str, float | None] | str:
+    """The calculator's kind and baseline SD for a primary metric, or why there are none.
+
+    Rates need no SD; count uses its observed SD, else the calculator's Poisson default;
+    the others are planned as a mean with the control's observed SD (NPS in points).
+    """
+    if kind in RATE_KINDS:
+        return kind, None
+    if kind == "count":
+        return "count", sd
+    if kind == "nps" and abs(baseline) < MIN_NPS_BASELINE:
+        return (f"the control NPS ({baseline:.2g} points) is too close to 0 for a relative "
+                f"minimum detectable effect")
+    if sd is None:
+        return "the control has no observed standard deviation yet"
+    return ("nps" if kind == "nps" else "mean"), sd
+
+
+def control_entry(body: Mapping[str, Any], metric_key: str,
+                  control: str | None) -> Mapping[str, Any]:
+    """The primary metric's control variant in the report (estimate, sd), or {}."""
     for metric in _list(body.get("metrics")):
         if _dict(metric).get("key") != metric_key:
             continue
         for variant in _list(metric.get("variants")):
-            value = _dict(variant).get("estimate")
-            if _dict(variant).get("variant") == control and _finite(value):
-                return float(value)
-    return None
+            if _dict(variant).get("variant") == control:
+                return _dict(variant)
+    return {}
 
 
 def health_chips(body: Mapping[str, Any], report: Report | None, *, analysis_interval_s: float,
@@ -202,6 +233,10 @@ def _age_text(seconds: float) -> str:
     if seconds >= 7200:
         return f"{int(seconds // 3600)} hours"
     return f"{max(1, int(seconds // 60))} minutes"
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if _finite(value) else None
 
 
 def _finite(value: Any) -> bool:
