@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from experiments import signals
 from experiments.db import get_db
 from experiments.models import Decision, Experiment, Report
-from experiments.services import analysis
 from experiments.services.analysis import analyze_experiment, analyze_running
 from tests.test_aggregation import (
     T0,
@@ -23,6 +22,7 @@ from tests.test_aggregation import (
     make_experiment,
     seed_traffic,
 )
+from tests.test_failed_analysis import fail_analysis_of
 
 NOW = T0 + timedelta(days=10)
 ANALYSIS = {"method": "sequential", "alpha": 0.05, "power": 0.8, "mde": 0.05,
@@ -283,14 +283,7 @@ def test_analyze_running_isolates_a_failing_experiment(app, db, monkeypatch):
     running(db, "bad")
     running(db, "paused-one").status = "paused"
     db.commit()
-    original = analysis.build_report
-
-    def build(experiment: Experiment, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if experiment.key == "bad":
-            raise RuntimeError("boom")
-        return original(experiment, *args, **kwargs)
-
-    monkeypatch.setattr(analysis, "build_report", build)
+    fail_analysis_of(monkeypatch, "bad", RuntimeError("boom"))
     results = analyze_running(get_db(app).session, now=NOW)
     assert results == {"bad": "error: RuntimeError: boom", "good": "ok"}
     db.expire_all()

@@ -14,13 +14,9 @@ import pytest
 from sqlalchemy import create_engine, select
 
 from bench.support import gunicorn
-from experiments.auth import SYSTEM
-from experiments.db import get_db
 from experiments.models import Event, Exposure
-from experiments.services.accounts import create_api_key
-from experiments.services.lifecycle import create_experiment, transition
-from tests.conftest import make_test_app
-from tests.factories import experiment_payload, post_json
+from tests.factories import post_json
+from tests.test_database_interruptions import running_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -86,13 +82,7 @@ class Load:
 
 
 def test_acknowledged_writes_survive_a_killed_worker(postgres_database_url, tmp_path):
-    app = make_test_app(postgres_database_url, tmp_path)
-    with get_db(app).session() as session:
-        key = create_api_key(session, name="load", role="client", principal=SYSTEM)[1]
-        create_experiment(session, experiment_payload(key="crash-test", targeting=[],
-                                                      overrides={}, layer=None), SYSTEM)
-        transition(session, "crash-test", "start", SYSTEM)
-    get_db(app).engine.dispose()
+    key = running_experiment(postgres_database_url, tmp_path, "crash-test")
     env = {"PARCOURS_DATABASE_URL": postgres_database_url,
            "PARCOURS_INSTANCE_PATH": str(tmp_path), "PARCOURS_SECRET_KEY": "crash",
            "PARCOURS_LOG_LEVEL": "WARNING"}

@@ -26,14 +26,14 @@ TERMINATE = text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity 
                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
-def running_experiment(url: str, tmp_path: Path) -> str:
-    """A client key and one running experiment for every unit."""
+def running_experiment(url: str, tmp_path: Path, experiment: str = "outage-exp") -> str:
+    """A client key and one running experiment (every unit included), on a scratch app."""
     app = make_test_app(url, tmp_path)
     with get_db(app).session() as session:
         key = create_api_key(session, name="outage", role="client", principal=SYSTEM)[1]
-        create_experiment(session, experiment_payload(key="outage-exp", targeting=[],
+        create_experiment(session, experiment_payload(key=experiment, targeting=[],
                                                       overrides={}, layer=None), SYSTEM)
-        transition(session, "outage-exp", "start", SYSTEM)
+        transition(session, experiment, "start", SYSTEM)
     get_db(app).engine.dispose()
     return key
 

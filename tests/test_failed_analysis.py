@@ -24,19 +24,24 @@ def start(client: Any, headers: dict[str, str], db: Any, key: str) -> None:
                  conversion={"control": 0.1, "one-page": 0.2}, start=utcnow() - timedelta(hours=2))
 
 
+def fail_analysis_of(monkeypatch: pytest.MonkeyPatch, key: str, error: Exception) -> None:
+    """Analysing experiment ``key`` raises ``error``; every other experiment is analysed."""
+    original = analysis.build_report
+
+    def build(experiment: Experiment, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if experiment.key == key:
+            raise error
+        return original(experiment, *args, **kwargs)
+
+    monkeypatch.setattr(analysis, "build_report", build)
+
+
 @pytest.fixture
 def broken(client, admin_headers, db, monkeypatch) -> None:
     """Two running experiments; analysing ``a-broken`` overflows."""
     start(client, admin_headers, db, "a-broken")
     start(client, admin_headers, db, "b-fine")
-    original = analysis.build_report
-
-    def build(experiment: Experiment, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if experiment.key == "a-broken":
-            raise OverflowError("math range error")
-        return original(experiment, *args, **kwargs)
-
-    monkeypatch.setattr(analysis, "build_report", build)
+    fail_analysis_of(monkeypatch, "a-broken", OverflowError("math range error"))
 
 
 def test_analyze_returns_the_stored_error_report(client, admin_headers, broken):
