@@ -36,14 +36,20 @@ def _lift(comparison: Mapping[str, Any]) -> str:
     return f" ({absolute:+.3g})" if isinstance(absolute, int | float) else ""
 
 
-def guardrail_breaches(body: Mapping[str, Any]) -> list[Alert]:
-    """A ``guardrail_breach`` per guardrail and treatment whose verdict is ``worse``."""
-    return [_alert("guardrail_breach", metric["key"], comparison["variant"],
-                   f"guardrail {metric['key']} is significantly worse for "
-                   f"{comparison['variant']}{_lift(comparison)}")
+def breached_guardrails(body: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(guardrail key, comparison) for every treatment significantly worse on a guardrail."""
+    return [(metric["key"], comparison)
             for metric in body.get("metrics") or [] if metric.get("role") == "guardrail"
             for comparison in metric.get("comparisons") or []
             if comparison.get("verdict") == "worse"]
+
+
+def guardrail_breaches(body: Mapping[str, Any]) -> list[Alert]:
+    """A ``guardrail_breach`` per guardrail and treatment whose verdict is ``worse``."""
+    return [_alert("guardrail_breach", key, comparison["variant"],
+                   f"guardrail {key} is significantly worse for "
+                   f"{comparison['variant']}{_lift(comparison)}")
+            for key, comparison in breached_guardrails(body)]
 
 
 def srm_alerts(body: Mapping[str, Any]) -> list[Alert]:

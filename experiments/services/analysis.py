@@ -466,7 +466,7 @@ def _emit_report_signals(session: Session, experiment: Experiment, report: Repor
     if body["srm"]["detected"]:
         signals.emit(signals.srm_detected, session,
                      {**base, "srm": body["srm"], "units": body["units"]})
-    comparisons = {(metric, c["variant"]): c for metric, c in decisions.breached_guardrails(body)}
+    comparisons = {(metric, c["variant"]): c for metric, c in alerts.breached_guardrails(body)}
     for alert in alerts.first_breaches(session, experiment.id, report.id, body, now):
         comparison = comparisons[(alert["metric"], alert["variant"])]
         signals.emit(signals.guardrail_breached, session, {

@@ -26,6 +26,7 @@ from experiments import signals
 from experiments.auth import SYSTEM
 from experiments.models import Decision, Experiment, Report
 from experiments.schemas import AnalysisSettings, ConcludeIn
+from experiments.services.alerts import breached_guardrails
 from experiments.services.lifecycle import transition
 
 CONCLUDING = ("ship", "rollback", "no_difference")
@@ -47,12 +48,6 @@ class DecisionResult:
 
 def _metrics(body: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
     return [m for m in body.get("metrics", []) if m.get("role") == role]
-
-
-def breached_guardrails(body: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(guardrail key, comparison) for every treatment significantly worse on a guardrail."""
-    return [(metric["key"], comparison) for metric in _metrics(body, "guardrail")
-            for comparison in metric.get("comparisons", []) if comparison["verdict"] == "worse"]
 
 
 def _lift(comparison: Mapping[str, Any]) -> str:
@@ -212,7 +207,7 @@ def current_decision(experiment: Experiment) -> dict[str, Any] | None:
 
 
 __all__: Sequence[str] = (
-    "CONCLUDING", "DecisionResult", "breached_guardrails", "changes_decision",
+    "CONCLUDING", "DecisionResult", "changes_decision",
     "conclude_automatically", "current_decision", "days_running", "decide", "record_decision",
     "report_decision",
 )
