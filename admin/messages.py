@@ -92,12 +92,6 @@ def human_message(path: str | None, message: str) -> str:
     return message
 
 
-def humanize(errors: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Every message of a form's error dict in people's words, repeats removed."""
-    return {path: list(dict.fromkeys(human_message(path, m) for m in messages))
-            for path, messages in errors.items()}
-
-
 def summary_line(path: str | None, message: str) -> str:
     """"Key: lowercase letters, …" — the label (when the field has one) and the message."""
     label = field_label(path)

@@ -564,3 +564,15 @@ def test_an_nps_primary_has_no_empty_lift_chart(app):
         as_text=True)
     assert 'id="lift-chart"' not in page
     assert "The primary metric has no relative lift (NPS is in points)" in page
+
+
+def test_an_iterations_power_estimate_starts_from_its_parents_observed_control(app):
+    """The draft of an iteration plans on the control rate its parent's report observed."""
+    seed_experiment(app)
+    insert_report(app)  # purchase: control 10.1 %
+    client = logged_in(app, "editor")
+    post(client, "/admin/experiments/checkout-redesign/iterate",
+         {"new_key": "checkout-redesign-2", "new_name": "Checkout v2"})
+    page = html.unescape(client.get("/admin/experiments/checkout-redesign-2").get_data(
+        as_text=True))
+    assert "of purchase on a 10.1% baseline (observed in the previous iteration" in page

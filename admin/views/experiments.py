@@ -32,7 +32,7 @@ from experiments.schemas import (
     MetricKind,
     TargetingOp,
 )
-from experiments.services import analysis, audit, lifecycle
+from experiments.services import analysis, audit, lifecycle, portfolio
 from experiments.services.simulate import SimulationPlan, simulate_traffic
 
 PAGE_SIZE = 50
@@ -168,8 +168,8 @@ def _ship_risks(row: Experiment) -> dict[str, list[str]]:
     """Per variant, the risks the conclude form's confirmation lists before shipping it."""
     if row.status not in ("running", "paused"):
         return {}
-    return {v.key: [risk["message"] for risk in lifecycle.ship_risks(row, v.key)]
-            for v in row.variants}
+    return {variant: [risk["message"] for risk in risks]
+            for variant, risks in lifecycle.ship_risks_by_variant(row).items()}
 
 
 def _launch_view(session: Any, row: Experiment, data: dict[str, Any]) -> dict[str, Any]:
@@ -186,12 +186,11 @@ def _parent_baseline(session: Any, row: Experiment, data: dict[str, Any]) -> flo
     if row.iteration_of is None or primary is None:
         return None
     parent = analysis.latest_reports(session, [row.iteration_of.id]).get(row.iteration_of.id)
-    for metric in (parent.body.get("metrics") or []) if parent is not None else []:
-        if metric.get("key") == primary:
-            control = (presenters.metric_rows({"metrics": [metric]})[0]["control"] or {})
-            estimate = control.get("estimate")
-            return float(estimate) if isinstance(estimate, int | float) else None
-    return None
+    if parent is None:
+        return None
+    control = next((v.key for v in row.iteration_of.variants if v.is_control), None)
+    estimate = portfolio.control_entry(parent.body, primary, control).get("estimate")
+    return float(estimate) if isinstance(estimate, int | float) else None
 
 
 def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:

@@ -315,14 +315,22 @@ def ship_risks(experiment: Experiment, winner: str, *,
                session: Session | None = None) -> list[dict[str, Any]]:
     """The alerts of the latest report that speak against shipping ``winner``: its guardrail
     breaches and a sample ratio mismatch (what the admin UI's confirmation lists)."""
+    return alerts.risks_of_shipping(_latest_results(experiment, session), winner)
+
+
+def ship_risks_by_variant(experiment: Experiment) -> dict[str, list[dict[str, Any]]]:
+    """:func:`ship_risks` of every variant, from one read of the latest report."""
+    body = _latest_results(experiment, None)
+    return {v.key: alerts.risks_of_shipping(body, v.key) for v in experiment.variants}
+
+
+def _latest_results(experiment: Experiment, session: Session | None) -> dict[str, Any] | None:
+    """The body of the latest report with results (failed analyses show none), if any."""
     session = session or object_session(experiment)
     assert session is not None, "the experiment must belong to a session"
     recent = session.scalars(select(Report).where(Report.experiment_id == experiment.id)
                              .order_by(Report.id.desc()).limit(20))
-    for report in recent:  # the latest report with results (failed analyses show none)
-        if not report.body.get("error"):
-            return alerts.risks_of_shipping(report.body, winner)
-    return []
+    return next((report.body for report in recent if not report.body.get("error")), None)
 
 
 def _acknowledged(risks: list[dict[str, Any]], conclusion: ConcludeIn) -> list[str]:
