@@ -153,9 +153,7 @@ def db_session() -> Session:
 
 
 def _close_request_session(_exc: BaseException | None) -> None:
-    session = g.pop("db_session", None)
-    if session is not None:
-        session.close()
+    discard_request_session()
 
 
 # SQLite's errors for a file it cannot use, as opposed to a statement it cannot run.
@@ -169,11 +167,17 @@ class DatabaseUnavailable(RuntimeError):
 def is_disconnect(exc: BaseException) -> bool:
     """True when ``exc`` means the connection was lost (server restart, terminated
     backend, cut idle socket), so the same statement may succeed on a new connection."""
+    exc = _underlying(exc)
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated)
-    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
-        return is_disconnect(exc.__cause__)
     return _is_raw_disconnect(exc)
+
+
+def _underlying(exc: BaseException) -> BaseException:
+    """The driver error a :class:`DatabaseUnavailable` wraps, else ``exc`` itself."""
+    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
 
 
 def _is_raw_disconnect(exc: BaseException) -> bool:
@@ -184,12 +188,11 @@ def _is_raw_disconnect(exc: BaseException) -> bool:
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means the database cannot be reached or cannot keep up (503)."""
+    exc = _underlying(exc)
     if isinstance(exc, DBAPIError):
         return (exc.connection_invalidated or isinstance(exc.orig, psycopg.OperationalError)
                 or (isinstance(exc.orig, sqlite3.OperationalError)
                     and str(exc.orig).startswith(_SQLITE_UNAVAILABLE)))
-    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
-        return is_unavailable(exc.__cause__)
     return isinstance(exc, PoolTimeout | DatabaseUnavailable) or _is_raw_disconnect(exc)
 
 
@@ -199,9 +202,7 @@ def forget_lost_connections(engine: Engine, exc: BaseException) -> None:
 
     SQLAlchemy does this by itself for errors it sees; a raw driver error needs it here.
     """
-    if isinstance(exc, DatabaseUnavailable) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if not isinstance(exc, DBAPIError):
+    if not isinstance(_underlying(exc), DBAPIError):
         engine.dispose()
 
 

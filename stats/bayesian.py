@@ -89,12 +89,6 @@ def beta_comparison(
     return 1.0 - p_t_greater, max(loss_c_greater + mean_t - mean_c, 0.0)
 
 
-def beta_posterior_moments(successes: int, n: int) -> tuple[float, float]:
-    """Posterior mean and variance of a rate under a Beta(1, 1) prior."""
-    a, b = 1.0 + successes, 1.0 + n - successes
-    return a / (a + b), _beta_sd(a, b) * _beta_sd(a, b)
-
-
 # Gauss-Legendre nodes on (0, 1) in probability space: E[g(X)] = ∫ g(F⁻¹(u)) du.
 _U_NODES, _U_WEIGHTS = np.polynomial.legendre.leggauss(256)
 _U_NODES, _U_WEIGHTS = (_U_NODES + 1.0) / 2.0, _U_WEIGHTS / 2.0

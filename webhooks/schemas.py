@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from experiments.schemas import ListQuery, Strict, text_problem
+from experiments.schemas import ListQuery, Strict, Text
 from experiments.signals import EVENT_TYPES
 from webhooks.delivery import current_settings
 from webhooks.ssrf import UnsafeUrl, check_url
@@ -15,14 +15,6 @@ from webhooks.ssrf import UnsafeUrl, check_url
 TEST_EVENT = "webhook.test"
 WEBHOOK_EVENT_TYPES: tuple[str, ...] = (*EVENT_TYPES, TEST_EVENT)
 DeliveryStatus = Literal["pending", "sending", "delivered", "failed"]
-
-
-def _storable(value: str) -> str:
-    """PostgreSQL text refuses NUL characters: say so instead of failing on insert."""
-    problem = text_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
 
 
 def _safe_target(url: str) -> str:
@@ -34,10 +26,10 @@ def _safe_target(url: str) -> str:
     return url
 
 
-Url = Annotated[str, Field(min_length=1, max_length=2048,
-                           examples=["https://hooks.example.com/parcours"]),
-                AfterValidator(_storable), AfterValidator(_safe_target)]
-Description = Annotated[str, Field(max_length=2000), AfterValidator(_storable)]
+Url = Annotated[Text, Field(min_length=1, max_length=2048,
+                            examples=["https://hooks.example.com/parcours"]),
+                AfterValidator(_safe_target)]
+Description = Annotated[Text, Field(max_length=2000)]
 
 
 def _known_event_type(event: str) -> str:

@@ -51,13 +51,6 @@ def _value_problem(value: Any, depth: int) -> str | None:
                  if (problem := _value_problem(item, depth + 1)) is not None), None)
 
 
-def _checked_unit_id(value: str) -> str:
-    problem = text_problem(value)
-    if problem:
-        raise ValueError(problem)
-    return value
-
-
 def _checked_attributes(value: dict[str, Any]) -> dict[str, Any]:
     problem = attributes_problem(value)
     if problem:
@@ -65,14 +58,13 @@ def _checked_attributes(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-SafeUnitId = Annotated[UnitId, AfterValidator(_checked_unit_id)]
 Attributes = Annotated[dict[str, Any], AfterValidator(_checked_attributes)]
 
 
 class AssignIn(Strict):
     """``POST /api/v1/assign``: one unit, all (or the named) experiments of a page."""
 
-    unit_id: SafeUnitId = Field(examples=["visitor-42"])
+    unit_id: UnitId = Field(examples=["visitor-42"])
     attributes: Attributes = Field(default_factory=dict, examples=[{"country": "FR"}])
     experiments: list[Text] | None = Field(None, max_length=100,
                                           examples=[["checkout-redesign"]])
@@ -105,7 +97,7 @@ class ExposureIn(Strict):
     """``POST /api/v1/exposures``: the variant was shown; send the same attributes as assign."""
 
     experiment: Text = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
-    unit_id: SafeUnitId = Field(examples=["visitor-42"])
+    unit_id: UnitId = Field(examples=["visitor-42"])
     attributes: Attributes = Field(default_factory=dict)
     occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC,
                                     examples=["2026-11-24T10:00:00Z"])

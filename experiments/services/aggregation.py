@@ -353,7 +353,7 @@ def _sum_terms(terms: Sequence[Any]) -> Any:
     return total
 
 
-def _packed_word(word: Word, post: ColumnElement[bool], with_pre: bool) -> Any:
+def _packed_word(word: Word, post: ColumnElement[bool]) -> Any:
     """The per-event value of one word, as few CASEs as possible (PostgreSQL form)."""
     post_terms, pre_terms = [], []
     if word.steps:
@@ -370,8 +370,6 @@ def _packed_word(word: Word, post: ColumnElement[bool], with_pre: bool) -> Any:
     for flag, bit in word.singles:
         (post_terms if flag.post else pre_terms).append(
             case((flag.condition, _const(1 << bit)), else_=_const(0)))
-    if not with_pre:
-        return _sum_terms(post_terms)
     return case((post, _sum_terms(post_terms)), else_=_sum_terms(pre_terms))
 
 
@@ -468,12 +466,6 @@ class Plan:
             layout.add_step(number, step)
         return cls(tuple(metrics), tuple(journey), cuped, layout)
 
-    @property
-    def with_pre(self) -> bool:
-        """The pass always reads the window before each exposure too: CUPED covariates come
-        from it, and the ``events_before_exposure`` alert counts the metric events in it."""
-        return True
-
 
 @dataclass(frozen=True)
 class UnitValue:
@@ -491,7 +483,7 @@ class UnitValue:
 
 def _unit_values(plan: Plan, x: Any, post: ColumnElement[bool]) -> list[UnitValue]:
     """Per-unit aggregates: packed flags, then sums, first times and last NPS answers."""
-    values = [UnitValue(f"w{number}", packed_flags(_packed_word(word, post, plan.with_pre),
+    values = [UnitValue(f"w{number}", packed_flags(_packed_word(word, post),
                                                    *_flag_by_flag(word, post)), "or")
               for number, word in enumerate(plan.layout.words)]
     for index, metric in enumerate(plan.metrics):
@@ -633,7 +625,7 @@ class UnitPass:
         """The pass over the events and exposures in those id ranges (default: all)."""
         x, plan = self.x, self.plan
         relevant = or_(Event.step.is_not(None), *[match_condition(m) for m in plan.metrics])
-        join_on = and_(_window(x, self.hours, with_pre=plan.with_pre), relevant,
+        join_on = and_(_window(x, self.hours, with_pre=True), relevant,
                        *_in_range(Event.id, event_ids), *_in_range(x.c.id, exposure_ids))
         if self.events_between is not None:
             join_on = and_(join_on, Event.occurred_at >= self.events_between[0],
@@ -733,8 +725,7 @@ def aggregate_experiment(session: Session, experiment_id: int, metrics: Iterable
         return ExperimentAggregates(units, by_metric, counts)
     _tune_session(session)
     margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
-    events_between = (first - margin if plan.with_pre else first - EVENT_RANGE_SLACK,
-                      last + margin)
+    events_between = (first - margin, last + margin)
     query = _unit_source(session, experiment_id, plan, hours=hours,
                          events_between=events_between, rollup=rollup, units=exposed)
     outside, timing_by_variant = 0.0, {}  # variant -> [events before, after exposure]

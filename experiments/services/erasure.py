@@ -41,9 +41,8 @@ def erase_unit(session: Session, unit_id: str, principal: Principal) -> Erased:
     forget_exposures(session, exposure_ids)
     exposures = session.execute(delete(Exposure).where(Exposure.unit_id == unit_id)).rowcount
     events = session.execute(delete(Event).where(Event.unit_id == unit_id)).rowcount
-    record_audit(session, principal, "unit.erased", target_type="unit",
-                 target_id=unit_digest(unit_id),
-                 after={"sha256": unit_digest(unit_id), "events": events,
-                        "exposures": exposures})
+    digest = unit_digest(unit_id)
+    record_audit(session, principal, "unit.erased", target_type="unit", target_id=digest,
+                 after={"sha256": digest, "events": events, "exposures": exposures})
     session.commit()
     return Erased(unit_id, int(events), int(exposures))

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, selectinload
 from experiments.db import utcnow
 from experiments.errors import ValidationFailed
 from experiments.models import Experiment, Report
-from experiments.services.analysis import calculate_power, latest_reports
+from experiments.services.analysis import SD_KINDS, calculate_power, latest_reports
 
 PORTFOLIO_STATUSES = ("running", "paused")
 # Kinds the power calculator plans from the control rate alone (SPEC §6 power).
@@ -30,7 +30,6 @@ RATE_KINDS = ("conversion", "friction")
 # Kinds planned as a mean with the control's observed per-unit SD (the report's ``sd``):
 # Welch-style t-test power on a relative mde. Count falls back to Poisson (sd = sqrt(mean))
 # on reports older than the ``sd`` field.
-SD_KINDS = ("mean", "count", "ratio", "time_to_convert", "nps")
 POWER_KINDS = (*RATE_KINDS, *SD_KINDS)
 # Below one point, a relative mde on an NPS means an effect of almost nothing.
 MIN_NPS_BASELINE = 1.0
