@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
 PYTEST_ARGS ?= -n auto
 export PARCOURS_INSTANCE_PATH ?= $(CURDIR)/instance
+export NO_MKDOCS_2_WARNING ?= 1
 
-.PHONY: venv run test lint bench chromium redis clean
+.PHONY: venv run test lint bench docs chromium redis clean
 
 venv: $(VENV)/.installed
 
@@ -43,5 +44,9 @@ lint: venv
 bench: venv
 	$(PY) -m bench
 
+# The documentation site (docs/, mkdocs.yml) into site/; broken links and missing pages fail.
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache site
