@@ -1,9 +1,11 @@
-"""The README's shell examples, parsed out of README.md, run, and compared with what it says.
+"""The documented shell examples, parsed out of README.md and every ``docs/**/*.md``, run,
+and compared with what the documentation says.
 
-Every ```sh block right after the marker line :data:`MARKER` is checked: each command
+Every ```sh block right after the marker line :data:`MARKER` is checked, in the README and
+in every Markdown page under ``docs/`` (new pages are picked up by themselves): each command
 in it is run by bash against a live server (``localhost:5000`` becomes the server's
-address; ``$KEY``, ``$PK`` and ``$CLIENT`` are real keys), in document order, on one
-database seeded with the demo. A command's documented output is the run of ``#``
+address; ``$KEY``, ``$PK`` and ``$CLIENT`` are real keys), in document order (the README,
+then the pages by path), on one database seeded with the demo. A command's documented output is the run of ``#``
 comment lines right below it that starts with ``{``, ``[`` or a status code and goes on
 with indented ``#   `` lines. Documented JSON must be found in the real output
 (``"…"`` matches any value, objects may have more keys); a status code must be the
@@ -21,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 MARKER = "<!-- example: run by tests/test_readme.py -->"
 ANY = "…"
 _BLOCK = re.compile(r"^[ ]*```sh\n(.*?)^[ ]*```", re.S | re.M)
@@ -30,11 +34,22 @@ _STATUS_LINE = re.compile(r"^HTTP/\S+ (\d{3})", re.M)
 
 @dataclass(frozen=True)
 class Example:
-    """One command of the README and the output it documents (None when it shows none)."""
+    """One documented command and the output it documents (None when it shows none)."""
 
     line: int
     command: str
     documented: str | None
+    source: str = "README.md"
+
+    @property
+    def where(self) -> str:
+        """``path:line`` of the command in its document."""
+        return f"{self.source}:{self.line}"
+
+
+def documents() -> list[Path]:
+    """The README, then every Markdown page of the documentation site, by path."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
 
 
 def checked_blocks(text: str) -> Iterator[tuple[int, str]]:
@@ -45,15 +60,19 @@ def checked_blocks(text: str) -> Iterator[tuple[int, str]]:
             yield text[:match.start()].count("\n") + 2, textwrap.dedent(match.group(1))
 
 
-def examples(text: str | None = None) -> list[Example]:
-    """Every command of the checked blocks, in document order."""
+def examples(text: str | None = None, source: str = "README.md") -> list[Example]:
+    """Every command of the checked blocks of ``text``, or of every document when None."""
+    if text is None:
+        return [example for path in documents()
+                for example in examples(path.read_text(encoding="utf-8"),
+                                        str(path.relative_to(ROOT)))]
     found: list[Example] = []
-    for first_line, block in checked_blocks(README.read_text() if text is None else text):
-        found.extend(_commands(first_line, block.splitlines()))
+    for first_line, block in checked_blocks(text):
+        found.extend(_commands(first_line, block.splitlines(), source))
     return found
 
 
-def _commands(first_line: int, lines: list[str]) -> Iterator[Example]:
+def _commands(first_line: int, lines: list[str], source: str) -> Iterator[Example]:
     index = 0
     while index < len(lines):
         line = lines[index]
@@ -73,7 +92,7 @@ def _commands(first_line: int, lines: list[str]) -> Iterator[Example]:
             while index < len(lines) and lines[index].startswith("#  "):
                 output.append(lines[index].lstrip("#").strip())
                 index += 1
-        yield Example(first_line + start, "\n".join(command), " ".join(output) or None)
+        yield Example(first_line + start, "\n".join(command), " ".join(output) or None, source)
 
 
 def _is_assignment(line: str) -> bool:
@@ -94,7 +113,7 @@ def run(example: Example, base_url: str, env: Mapping[str, str]) -> tuple[int | 
     command = example.command.replace("localhost:5000", base_url)
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                             timeout=60, env={"PATH": "/usr/bin:/bin", **env})
-    assert result.returncode == 0, f"README line {example.line}: {result.stderr}"
+    assert result.returncode == 0, f"{example.where}: {result.stderr}"
     output = result.stdout
     status = _STATUS_LINE.search(output)
     if status is None:
@@ -128,7 +147,7 @@ def mismatch(documented: Any, real: Any, where: str = "") -> str | None:
 
 
 def check(example: Example, status: int | None, body: str) -> str | None:
-    """Why the real answer contradicts the README (None when it does not)."""
+    """Why the real answer contradicts the documentation (None when it does not)."""
     documented = example.documented
     if documented is not None and documented[0].isdigit():
         code, _, documented = documented.partition(" ")

@@ -22,16 +22,16 @@ from sqlalchemy import func, select
 from experiments.models import Exposure
 from tests.test_ofrep import start
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "developers" / "openfeature.md"
 FLAGS = ("a-flag", "b-flag", "c-flag")
 
 
 def readme_hook_class() -> type:
-    """``ParcoursExposureHook`` exactly as the README documents it."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    """``ParcoursExposureHook`` exactly as the OpenFeature guide documents it."""
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
     (source,) = [block for block in blocks if "class ParcoursExposureHook" in block]
     namespace: dict[str, Any] = {}
-    exec(compile(source, str(README), "exec"), namespace)  # our own README
+    exec(compile(source, str(GUIDE), "exec"), namespace)  # our own guide
     return namespace["ParcoursExposureHook"]
 
 
