@@ -5,11 +5,11 @@ Every ```sh block right after the marker line :data:`MARKER` is checked, in the 
 in every Markdown page under ``docs/`` (new pages are picked up by themselves): each command
 in it is run by bash against a live server (``localhost:5000`` becomes the server's
 address; ``$KEY``, ``$PK`` and ``$CLIENT`` are real keys), in document order (the README,
-then the pages by path), on one database seeded with the demo. A command's documented output is the run of ``#``
-comment lines right below it that starts with ``{``, ``[`` or a status code and goes on
-with indented ``#   `` lines. Documented JSON must be found in the real output
-(``"…"`` matches any value, objects may have more keys); a status code must be the
-real one. A command without documented output must still answer a 2xx.
+then the pages by path), on one database seeded with the demo. A command's documented
+output is the run of ``#`` comment lines right below it that starts with ``{``, ``[`` or
+a status code and goes on with indented ``#   `` lines. Documented JSON must be found in
+the real output (``"…"`` matches any value, objects may have more keys); a status code
+must be the real one. A command without documented output must still answer a 2xx.
 """
 
 from __future__ import annotations

@@ -121,9 +121,9 @@ def broken_links(site: Path) -> list[str]:
             name = f"{path.relative_to(site)}: <{tag}> {url}"
             if not target.is_file():
                 broken.append(f"{name}: no such file")
-            elif parts.fragment and target.suffix == ".html":
-                if unquote(parts.fragment) not in pages[target].ids:
-                    broken.append(f"{name}: no anchor #{parts.fragment}")
+            elif (parts.fragment and target.suffix == ".html"
+                  and unquote(parts.fragment) not in pages[target].ids):
+                broken.append(f"{name}: no anchor #{parts.fragment}")
     return broken
 
 
