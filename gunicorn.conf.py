@@ -22,7 +22,7 @@ _CORES = multiprocessing.cpu_count()
 # CPU there. psycopg waits through gevent's loop by itself, and so does the writer
 # connection of services/exposures.py. bench_assign on 2 cores, ratios to a bare endpoint
 # under the same settings (returning/elsewhere/new units): gevent 0.95×/0.69–0.78×/
-# 0.58–0.66×; gthread 2×16 0.97–1.06×/0.68–0.77×/0.49–0.59× (README, Performance).
+# 0.58–0.66×; gthread 2×16 0.97–1.06×/0.68–0.77×/0.49–0.59× (docs/performance.md).
 # Each worker holds up to the pool's 30 database connections + 1.
 # On SQLite, gthread: 2 × cores + 1 workers of one thread. pysqlite releases and retakes
 # the GIL for every row it writes, so a sibling thread busy in Python stalls a write

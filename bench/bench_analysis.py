@@ -65,7 +65,7 @@ GROUP BY x.variant_key ORDER BY x.variant_key
 
 # Not a target, a diagnosis: the cheapest query that touches what a full report needs (every
 # event with a journey step or a metric's name, joined to its unit, one group per unit).
-# A report cannot be faster than this without another data layout (see README).
+# A report cannot be faster than this without another data layout (see docs/performance.md).
 FLOOR_SQL = text("""
 SELECT count(*) FROM (
     SELECT x.id, count(*) FROM exposures x JOIN events e ON e.unit_id = x.unit_id

@@ -2,7 +2,7 @@
 provider evaluates experiments as flags. A single-flag evaluation is an exposure; a bulk
 evaluation is not (web and mobile providers call it on every start and context change,
 which would enrol every visitor everywhere): the flag read records the exposure through
-an OpenFeature hook (README).
+an OpenFeature hook (docs/developers/openfeature.md).
 
 Errors keep the OFREP shapes (``{"key", "errorCode", "errorDetails"}``) so that
 providers map them to OpenFeature error codes; 401/403/429 keep the SPEC envelope.

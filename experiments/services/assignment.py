@@ -37,7 +37,7 @@ from experiments.services.exposures import FirstExposure, UnitWrite, store_for
 from experiments.services.targeting import Condition, matches
 
 REASONS: tuple[str, ...] = get_args(Reason)
-# Seeds of the three independent hashes (documented in the README; never change them).
+# Seeds of the three independent hashes (docs/developers/assignment.md; never change them).
 INCLUSION_SEED = 1
 SPLIT_SEED = 2
 LAYER_SEED = 3
