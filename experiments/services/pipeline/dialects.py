@@ -5,7 +5,8 @@ one of these constructs, and ``@compiles`` picks the spelling for the connection
 dialect (``default`` is SQLite's). What each one hides:
 
 * time arithmetic (:class:`hours_between`, :class:`before_hours_after`): PostgreSQL
-  subtracts timestamps into an interval, SQLite stores text and needs ``julianday``,
+  subtracts timestamps into an interval, SQLite stores text (epoch seconds plus the
+  microsecond tail: exact, where ``julianday`` loses ~50 µs),
   DuckDB has ``epoch``, ClickHouse ``dateDiff``, BigQuery ``TIMESTAMP_DIFF``, Snowflake
   ``DATEDIFF``; PostgreSQL keeps the interval form so the window test can use an index;
 * UTC day truncation (:class:`utc_day`): a DATE of the UTC instant whatever the session
@@ -101,8 +102,11 @@ def _hours_sf(element: hours_between, compiler: Any, **kw: Any) -> str:
 
 @compiles(hours_between)
 def _hours_sqlite(element: hours_between, compiler: Any, **kw: Any) -> str:
+    # Whole seconds since the epoch, then the '.ffffff' tail of the stored text: exact to
+    # the microsecond, like the other engines (julianday's day fractions lose ~50 µs).
     start, end = _args(element, compiler, **kw)
-    return f"((julianday({end}) - julianday({start})) * 24.0)"
+    return (f"(((strftime('%s', {end}) - strftime('%s', {start})) + "
+            f"(CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL))) / 3600.0)")
 
 
 class before_hours_after(FunctionElement[bool]):  # lower case: reads as a SQL function
