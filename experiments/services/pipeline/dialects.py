@@ -168,7 +168,7 @@ def _day_bq(element: utc_day, compiler: Any, **kw: Any) -> str:
 @compiles(utc_day, "snowflake")
 def _day_sf(element: utc_day, compiler: Any, **kw: Any) -> str:
     (column,) = _args(element, compiler, **kw)
-    return f"TO_DATE({column})"
+    return f"TO_DATE(CONVERT_TIMEZONE('UTC', {column}))"
 
 
 @compiles(utc_day)

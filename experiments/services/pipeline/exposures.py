@@ -35,13 +35,13 @@ def _ranked(sources: PipelineSources) -> Any:
 
 def first_exposures(sources: PipelineSources) -> Any:
     """One row per analysed unit: ``exposure_id, unit_id, variant_key, exposed_at`` and the
-    grouping columns (a subquery named ``x``)."""
+    grouping columns."""
     if sources.unique_units:
         return sources.exposures
     r = _ranked(sources)
     return (select(*(r.c[name] for name in (*EXPOSURE_COLUMNS, *sources.grouping)))
             .where(r.c.exposure_rank == 1, r.c.lowest_variant == r.c.highest_variant)
-            .subquery("x"))
+            .subquery("first_exposures"))
 
 
 def multi_variant_units(sources: PipelineSources) -> Any:

@@ -70,7 +70,8 @@ def table_sources(exposures: Any, events: Any, *, experiment: Any = None,
     keeps the exposure rows whose ``experiment_column`` equals it."""
     if experiment is not None:
         exposures = (select(*(exposures.c[name] for name in EXPOSURE_COLUMNS))
-                     .where(exposures.c[experiment_column] == experiment).subquery("x"))
+                     .where(exposures.c[experiment_column] == experiment)
+                     .subquery("experiment_exposures"))
     return PipelineSources(exposures, events)
 
 

@@ -45,9 +45,10 @@ def units_query(sources: PipelineSources) -> Select[Any]:
     """Exposed units per variant and day (and grouping columns), with the first and last
     exposure times."""
     x = first_exposures(sources)
-    day = utc_day(x.c.exposed_at)
+    # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
+    day = utc_day(x.c.exposed_at).label("day")
     groups = [x.c.variant_key, day, *(x.c[name] for name in sources.grouping)]
-    return (select(x.c.variant_key, day.label("day"), *groups[2:], func.count().label("n"),
+    return (select(*groups, func.count().label("n"),
                    func.min(x.c.exposed_at).label("first"),
                    func.max(x.c.exposed_at).label("last"))
             .group_by(*groups))
@@ -98,10 +99,10 @@ def variant_day_query(plan: Plan, unit: Any, *, units: int = 0,
     sums = [c for i, m in enumerate(plan.metrics)
             for c in _moment_columns(plan, m, i, unit, caps)]
     thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
-    day = utc_day(unit.c.exposed_at)
+    day = utc_day(unit.c.exposed_at).label("day")
     extra = [unit.c[name] for name in grouping]
     timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
-    return (select(unit.c.variant_key, day.label("day"), *extra, *sums,
+    return (select(unit.c.variant_key, day, *extra, *sums,
                    *journey_columns(plan, unit), *thresholds, *timing)
             .group_by(unit.c.variant_key, day, *extra))
 
