@@ -30,8 +30,12 @@ from experiments.services.pipeline import (
     ExperimentAggregates,
     MetricSpec,
     PipelineSources,
+    Plan,
+    UnitPass,
     aggregate_experiment,
     table_sources,
+    units_query,
+    variant_day_query,
 )
 from experiments.services.pipeline.exposures import multi_variant_units
 from tests.conftest import POSTGRES_URL, requires_postgres
@@ -339,3 +343,38 @@ def test_own_tables_give_identical_statistics(db: Session,
     assert_identical(run(db, experiment_id=experiment.id), reference)
     db.commit()
     assert_identical(run(db, experiment_id=experiment.id), reference)  # rollup read back
+
+
+def test_a_grouping_column_flows_from_exposures_to_the_variant_rows(tmp_path: Path) -> None:
+    """The hook for segments, bandit periods, holdouts: an exposure column (here a segment
+    derived from the unit id) splits stage 3's rows, and the split rows add up to the rest."""
+    engine = sa.create_engine("duckdb:///:memory:")
+    with engine.begin() as connection:
+        plain = load(connection, None, tmp_path)
+        connection.execute(sa.text("ALTER TABLE parcours_exposures ADD COLUMN segment VARCHAR"))
+        connection.execute(sa.text("UPDATE parcours_exposures SET segment = "
+                                   "CASE WHEN right(unit_id, 1) IN ('0', '1', '2') "
+                                   "THEN 'mobile' ELSE 'desktop' END"))
+        base, _ = plain_tables(None, UtcDateTime)
+        table = sa.Table("parcours_exposures", sa.MetaData(), *(c._copy() for c in base.c),
+                         sa.Column("segment", sa.String))
+        grouped = table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
+        plan = Plan.of(METRICS, JOURNEY, True, grouped.events)
+        unit = UnitPass.of(grouped, plan, hours=HOURS).query().subquery("u")
+        rows = connection.execute(variant_day_query(plan, unit, grouping=grouped.grouping)).all()
+        units = connection.execute(units_query(grouped)).all()
+        whole = run(connection, plain)
+    engine.dispose()
+    assert {row.segment for row in rows} == {row.segment for row in units} == {"mobile",
+                                                                               "desktop"}
+    by_cell: dict[tuple[str, str], float] = {}
+    for row in units:
+        by_cell[(row.variant_key, str(row.day))] = by_cell.get(
+            (row.variant_key, str(row.day)), 0) + row.n
+    assert by_cell == {cell: sums["n"] for cell, sums in whole.units.rows.items()}
+    purchases: dict[str, float] = {}
+    for row in rows:
+        purchases[row.variant_key] = purchases.get(row.variant_key, 0) + row.m0_sum
+    assert purchases == {v: s["sum"] for v, s in whole.metrics["conv"].totals().items()}
+    with pytest.raises(ValueError, match="no column"):
+        plain.with_grouping("segment")

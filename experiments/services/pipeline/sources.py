@@ -64,15 +64,17 @@ def own_sources(experiment_id: int) -> PipelineSources:
 
 
 def table_sources(exposures: Any, events: Any, *, experiment: Any = None,
-                  experiment_column: str = "experiment_id") -> PipelineSources:
+                  experiment_column: str = "experiment_id",
+                  grouping: tuple[str, ...] = ()) -> PipelineSources:
     """Sources over arbitrary tables or subqueries (e.g. ``parcours_exposures`` and
     ``parcours_events`` in a warehouse, or an ``events_sql`` subquery); ``experiment``
-    keeps the exposure rows whose ``experiment_column`` equals it."""
+    keeps the exposure rows whose ``experiment_column`` equals it; ``grouping`` names
+    exposure columns to carry through every stage."""
     if experiment is not None:
-        exposures = (select(*(exposures.c[name] for name in EXPOSURE_COLUMNS))
+        exposures = (select(*(exposures.c[name] for name in (*EXPOSURE_COLUMNS, *grouping)))
                      .where(exposures.c[experiment_column] == experiment)
                      .subquery("experiment_exposures"))
-    return PipelineSources(exposures, events)
+    return PipelineSources(exposures, events).with_grouping(*grouping)
 
 
 __all__ = ["EVENT_COLUMNS", "EXPOSURE_COLUMNS", "PipelineSources", "own_sources",
