@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from experiments.auth import SYSTEM
 from experiments.models import Event, Experiment, Exposure
 from experiments.services import lifecycle
-from experiments.services.aggregation import MetricSpec, aggregate_experiment, to_stats
+from experiments.services.pipeline import MetricSpec, aggregate_experiment, to_stats
 from stats import CupedStats, MeanStats, NpsStats, ProportionStats, RatioStats
 from tests.factories import experiment_payload
 

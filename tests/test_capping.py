@@ -12,9 +12,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from experiments.models import Experiment
-from experiments.services.aggregation import MetricSpec, aggregate_experiment
 from experiments.services.analysis import analyze_experiment
 from experiments.services.capping import nearest_rank
+from experiments.services.pipeline import MetricSpec, aggregate_experiment
 from tests.factories import experiment_payload
 from tests.test_aggregation import T0, event, expose, hours, make_experiment
 

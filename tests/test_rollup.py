@@ -13,9 +13,9 @@ from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.models import Experiment, Exposure, RollupState, unit_rollups
 from experiments.schemas import ConcludeIn, ExperimentPatch
-from experiments.services.aggregation import MetricSpec, aggregate_experiment
 from experiments.services.analysis import analyze_experiment, analyze_running
 from experiments.services.lifecycle import transition, update_experiment
+from experiments.services.pipeline import MetricSpec, aggregate_experiment
 from experiments.services.rollup import slots_for
 from tests.test_aggregation import event, expose, hours, make_experiment, seed_dataset
 

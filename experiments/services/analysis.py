@@ -1,6 +1,6 @@
 """Analysis pipeline (SPEC §6): SQL aggregates → ``stats`` results → a stored report.
 
-``analyze_experiment`` runs the few aggregate queries of ``services.aggregation``, turns
+``analyze_experiment`` runs the few aggregate queries of ``services.pipeline``, turns
 each metric's per-variant sums into comparisons with ``stats.analyze_variants`` and
 assembles the report: units, SRM, metrics, funnel, friction points, timeline, decision
 and warnings. Multiple testing: ``adjusted_p_value`` is corrected (Holm or BH, per
@@ -32,7 +32,9 @@ from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
 from experiments.services import alerts, decisions
-from experiments.services.aggregation import (
+from experiments.services.lifecycle import experiment_id, get_experiment
+from experiments.services.pagination import paginate
+from experiments.services.pipeline import (
     CUPED_KINDS,
     ExperimentAggregates,
     JourneyCounts,
@@ -40,8 +42,6 @@ from experiments.services.aggregation import (
     aggregate_experiment,
     to_stats,
 )
-from experiments.services.lifecycle import experiment_id, get_experiment
-from experiments.services.pagination import paginate
 from experiments.services.rollup import drop_rollups
 from stats import (
     Comparison,

@@ -1,0 +1,31 @@
+"""The portable analysis pipeline (SPEC §15): exposures → per-unit values → per-variant
+sufficient statistics, in SQLAlchemy Core, run on SQLite, PostgreSQL, DuckDB and ClickHouse
+and compiled for BigQuery and Snowflake.
+
+Stages: :mod:`.sources` (what is read), :mod:`.exposures` (1: first exposure per unit),
+:mod:`.unit_values` (2: per-unit values in the window), :mod:`.variant_stats` (3: per
+variant/day sums), :mod:`.journey` (funnel, friction matrix), :mod:`.run` (running them
+on a connection); :mod:`.dialects` holds every dialect difference.
+"""
+
+from experiments.services.pipeline.journey import JourneyCounts, friction_outside_query
+from experiments.services.pipeline.run import (
+    PASS_VERSION,
+    Daily,
+    ExperimentAggregates,
+    aggregate_experiment,
+)
+from experiments.services.pipeline.sources import PipelineSources, own_sources, table_sources
+from experiments.services.pipeline.unit_values import (
+    CUPED_KINDS,
+    MetricSpec,
+    Plan,
+    UnitPass,
+    match_condition,
+)
+from experiments.services.pipeline.variant_stats import to_stats, units_query, variant_day_query
+
+__all__ = ["CUPED_KINDS", "PASS_VERSION", "Daily", "ExperimentAggregates", "JourneyCounts",
+           "MetricSpec", "PipelineSources", "Plan", "UnitPass", "aggregate_experiment",
+           "friction_outside_query", "match_condition", "own_sources", "table_sources",
+           "to_stats", "units_query", "variant_day_query"]

@@ -1,0 +1,406 @@
+"""Every SQL dialect difference of the pipeline, as a named construct compiled per dialect.
+
+The stages are written once in SQLAlchemy Core; wherever engines disagree the stages use
+one of these constructs, and ``@compiles`` picks the spelling for the connection's
+dialect (``default`` is SQLite's). What each one hides:
+
+* time arithmetic (:class:`hours_between`, :class:`before_hours_after`): PostgreSQL
+  subtracts timestamps into an interval, SQLite stores text (epoch seconds plus the
+  microsecond tail: exact, where ``julianday`` loses ~50 µs),
+  DuckDB has ``epoch``, ClickHouse ``dateDiff``, BigQuery ``TIMESTAMP_DIFF``, Snowflake
+  ``DATEDIFF``; PostgreSQL keeps the interval form so the window test can use an index;
+* UTC day truncation (:class:`utc_day`): a DATE of the UTC instant whatever the session
+  time zone (SQLite: the text prefix);
+* conditional aggregates (:class:`count_if`): ``COUNT(*) FILTER (WHERE …)`` where it exists,
+  ``countIf`` on ClickHouse, ``COUNTIF`` on BigQuery, ``COUNT_IF`` on Snowflake;
+* bit packing (:class:`packed_flags`, :class:`has_bits`): the per-unit OR of flags is
+  ``bit_or`` where an OR aggregate exists (PostgreSQL, DuckDB, ClickHouse's ``groupBitOr``,
+  BigQuery ``BIT_OR``, Snowflake ``BITOR_AGG``), one MAX per flag elsewhere; the bit test
+  is ``&`` or ``bitAnd``/``BITAND``;
+* the "last answer" key (:class:`answer_key`, :class:`answer_class`): a sortable (time,
+  event id, class) value whose MAX is the unit's last NPS answer — an array on
+  PostgreSQL/DuckDB, a zero-padded text elsewhere;
+* NULL-filling of outer joins (:func:`prepare`): ClickHouse fills the missing side
+  of an outer join with default values (0, '') unless ``join_use_nulls = 1``;
+* non-equi join conditions: ClickHouse refuses inequalities in ``JOIN … ON``, so the stages
+  join on the unit only and put the window test in ``WHERE`` (the same plan elsewhere).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, Float, Integer, literal_column, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
+
+# Dialect names: duckdb-engine registers "duckdb" (a PostgreSQL subclass, so it must be named
+# where it differs), chdb-sqlalchemy "chdb", clickhouse-connect "clickhousedb".
+CLICKHOUSE = ("chdb", "clickhousedb", "clickhouse")
+
+
+def _args(element: Any, compiler: Any, **kw: Any) -> list[str]:
+    return [compiler.process(c, **kw) for c in element.clauses]
+
+
+def _each(construct: Any, names: tuple[str, ...]) -> Any:
+    """``@compiles`` for several dialect names at once."""
+    def register(function: Any) -> Any:
+        for name in names:
+            compiles(construct, name)(function)
+        return function
+    return register
+
+
+def const(value: int) -> Any:
+    """An inline integer constant (bit masks are not worth a bind parameter each)."""
+    return literal_column(str(int(value)), BigInteger())
+
+
+# -- time arithmetic --------------------------------------------------------------------------
+
+
+class hours_between(FunctionElement[float]):  # lower case: reads as a SQL function
+    """Hours from the first timestamp to the second, as a float, on every backend."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(hours_between, "postgresql")
+def _hours_pg(element: hours_between, compiler: Any, **kw: Any) -> str:
+    start, end = _args(element, compiler, **kw)
+    return f"(EXTRACT(EPOCH FROM ({end} - {start})) / 3600.0)"
+
+
+@compiles(hours_between, "duckdb")
+def _hours_duckdb(element: hours_between, compiler: Any, **kw: Any) -> str:
+    start, end = _args(element, compiler, **kw)
+    return f"((epoch_us({end}) - epoch_us({start})) / 3600000000.0)"
+
+
+@_each(hours_between, CLICKHOUSE)
+def _hours_ch(element: hours_between, compiler: Any, **kw: Any) -> str:
+    start, end = _args(element, compiler, **kw)
+    return f"(dateDiff('microsecond', {start}, {end}) / 3600000000.0)"
+
+
+@compiles(hours_between, "bigquery")
+def _hours_bq(element: hours_between, compiler: Any, **kw: Any) -> str:
+    start, end = _args(element, compiler, **kw)
+    return f"(TIMESTAMP_DIFF({end}, {start}, MICROSECOND) / 3600000000.0)"
+
+
+@compiles(hours_between, "snowflake")
+def _hours_sf(element: hours_between, compiler: Any, **kw: Any) -> str:
+    start, end = _args(element, compiler, **kw)
+    return f"(DATEDIFF('microsecond', {start}, {end}) / 3600000000.0)"
+
+
+@compiles(hours_between)
+def _hours_sqlite(element: hours_between, compiler: Any, **kw: Any) -> str:
+    # Whole seconds since the epoch, then the '.ffffff' tail of the stored text: exact to
+    # the microsecond, like the other engines (julianday's day fractions lose ~50 µs).
+    start, end = _args(element, compiler, **kw)
+    return (f"(((strftime('%s', {end}) - strftime('%s', {start})) + "
+            f"(CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL))) / 3600.0)")
+
+
+class before_hours_after(FunctionElement[bool]):  # lower case: reads as a SQL function
+    """``later < earlier + hours``: index-friendly on PostgreSQL, hours elsewhere."""
+
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(before_hours_after, "postgresql")
+def _before_pg(element: before_hours_after, compiler: Any, **kw: Any) -> str:
+    earlier, later, hours = _args(element, compiler, **kw)
+    return f"({later} < {earlier} + {hours} * INTERVAL '1 hour')"
+
+
+@compiles(before_hours_after)
+def _before_sqlite(element: before_hours_after, compiler: Any, **kw: Any) -> str:
+    earlier, later, hours = element.clauses
+    return f"({compiler.process(hours_between(earlier, later), **kw)} < " \
+           f"{compiler.process(hours, **kw)})"
+
+
+# -- UTC day ------------------------------------------------------------------------------------
+
+
+class utc_day(FunctionElement[Any]):  # lower case: reads as a SQL function
+    """The UTC calendar day of a timestamp, whatever the session time zone (a DATE where the
+    engine has one, far cheaper per row than formatting; 'YYYY-MM-DD' text on SQLite):
+    :func:`day_key` turns either into the text key."""
+
+    inherit_cache = True
+
+
+@compiles(utc_day, "postgresql")
+def _day_pg(element: utc_day, compiler: Any, **kw: Any) -> str:
+    (column,) = _args(element, compiler, **kw)
+    return f"CAST(({column} AT TIME ZONE 'UTC') AS DATE)"
+
+
+@compiles(utc_day, "duckdb")
+def _day_duckdb(element: utc_day, compiler: Any, **kw: Any) -> str:
+    # Parcours's tables hold naive UTC timestamps: the date part is the UTC day.
+    (column,) = _args(element, compiler, **kw)
+    return f"CAST({column} AS DATE)"
+
+
+@_each(utc_day, CLICKHOUSE)
+def _day_ch(element: utc_day, compiler: Any, **kw: Any) -> str:
+    (column,) = _args(element, compiler, **kw)
+    return f"toDate({column}, 'UTC')"
+
+
+@compiles(utc_day, "bigquery")
+def _day_bq(element: utc_day, compiler: Any, **kw: Any) -> str:
+    (column,) = _args(element, compiler, **kw)
+    return f"DATE({column}, 'UTC')"
+
+
+@compiles(utc_day, "snowflake")
+def _day_sf(element: utc_day, compiler: Any, **kw: Any) -> str:
+    (column,) = _args(element, compiler, **kw)
+    return f"TO_DATE(CONVERT_TIMEZONE('UTC', {column}))"
+
+
+@compiles(utc_day)
+def _day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
+    # SQLite stores UtcDateTime as 'YYYY-MM-DD HH:MM:SS.ffffff' in UTC.
+    (column,) = _args(element, compiler, **kw)
+    return f"substr({column}, 1, 10)"
+
+
+def day_key(value: date | str) -> str:
+    """The 'YYYY-MM-DD' key of a :class:`utc_day` value."""
+    return value if isinstance(value, str) else value.isoformat()
+
+
+# -- conditional aggregates ---------------------------------------------------------------------
+
+
+class count_if(FunctionElement[int]):  # lower case: reads as a SQL aggregate
+    """Rows where the condition holds (``COUNT(*) FILTER (WHERE …)``)."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(count_if)
+def _count_if_filter(element: count_if, compiler: Any, **kw: Any) -> str:
+    (condition,) = _args(element, compiler, **kw)
+    return f"count(*) FILTER (WHERE {condition})"
+
+
+@_each(count_if, CLICKHOUSE)
+def _count_if_ch(element: count_if, compiler: Any, **kw: Any) -> str:
+    (condition,) = _args(element, compiler, **kw)
+    return f"toInt64(countIf({condition}))"
+
+
+@compiles(count_if, "bigquery")
+def _count_if_bq(element: count_if, compiler: Any, **kw: Any) -> str:
+    (condition,) = _args(element, compiler, **kw)
+    return f"COUNTIF({condition})"
+
+
+@compiles(count_if, "snowflake")
+def _count_if_sf(element: count_if, compiler: Any, **kw: Any) -> str:
+    (condition,) = _args(element, compiler, **kw)
+    return f"COUNT_IF({condition})"
+
+
+# -- bit packing ----------------------------------------------------------------------------------
+
+
+class packed_flags(FunctionElement[int]):  # lower case: reads as a SQL aggregate
+    """Per-unit OR of event flags: ``bit_or`` of a packed word where the engine has it.
+
+    The first argument is the packed per-event word (a few CASEs per event); the others
+    are the same flags one by one (``CASE WHEN … THEN 2^bit ELSE 0 END``), equal to it by
+    construction, for backends without a bitwise-or aggregate (one MAX per flag).
+    """
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+def _packed_with(function: str) -> Any:
+    def compile_(element: packed_flags, compiler: Any, **kw: Any) -> str:
+        word, *_ = element.clauses
+        return f"{function}({compiler.process(word, **kw)})"
+    return compile_
+
+
+compiles(packed_flags, "postgresql")(_packed_with("bit_or"))
+compiles(packed_flags, "duckdb")(_packed_with("bit_or"))
+compiles(packed_flags, "bigquery")(_packed_with("BIT_OR"))
+compiles(packed_flags, "snowflake")(_packed_with("BITOR_AGG"))
+_each(packed_flags, CLICKHOUSE)(_packed_with("groupBitOr"))
+
+
+@compiles(packed_flags)
+def _packed_generic(element: packed_flags, compiler: Any, **kw: Any) -> str:
+    _, *flags = element.clauses
+    return "(" + " + ".join(f"max({compiler.process(f, **kw)})" for f in flags) + ")"
+
+
+class has_bits(FunctionElement[bool]):  # lower case: reads as a SQL function
+    """``word & mask = mask``: every bit of the mask is set in the word."""
+
+    type = Boolean()
+    inherit_cache = True
+
+
+@compiles(has_bits)
+def _has_bits(element: has_bits, compiler: Any, **kw: Any) -> str:
+    word, mask = _args(element, compiler, **kw)
+    return f"(({word} & {mask}) = {mask})"
+
+
+@_each(has_bits, CLICKHOUSE)
+def _has_bits_ch(element: has_bits, compiler: Any, **kw: Any) -> str:
+    word, mask = _args(element, compiler, **kw)
+    return f"(bitAnd({word}, {mask}) = {mask})"
+
+
+@compiles(has_bits, "snowflake")
+def _has_bits_sf(element: has_bits, compiler: Any, **kw: Any) -> str:
+    word, mask = _args(element, compiler, **kw)
+    return f"(BITAND({word}, {mask}) = {mask})"
+
+
+# -- the last NPS answer ----------------------------------------------------------------------
+
+
+class answer_key(FunctionElement[Any]):  # lower case: reads as a SQL function
+    """A sortable (time, event id, answer class) key: its max is the unit's last answer."""
+
+    inherit_cache = True
+
+
+@compiles(answer_key, "postgresql")
+def _answer_key_pg(element: answer_key, compiler: Any, **kw: Any) -> str:
+    at, event_id, klass = _args(element, compiler, **kw)
+    return (f"ARRAY[CAST(EXTRACT(EPOCH FROM {at}) * 1000000 AS BIGINT), "
+            f"CAST({event_id} AS BIGINT), CAST({klass} AS BIGINT)]")
+
+
+@compiles(answer_key, "duckdb")
+def _answer_key_duckdb(element: answer_key, compiler: Any, **kw: Any) -> str:
+    at, event_id, klass = _args(element, compiler, **kw)
+    return f"[epoch_us({at}), CAST({event_id} AS BIGINT), CAST({klass} AS BIGINT)]"
+
+
+def _padded_key(micros: str, event_id: str, klass: str, concat: str, pad: str) -> str:
+    # Microseconds since the epoch and the id, zero-padded to 20 digits: text order is
+    # (time, id) order, which breaks ties like ORDER BY occurred_at, id; then the class.
+    return concat.format(pad.format(micros), pad.format(event_id), klass)
+
+
+@_each(answer_key, CLICKHOUSE)
+def _answer_key_ch(element: answer_key, compiler: Any, **kw: Any) -> str:
+    at, event_id, klass = _args(element, compiler, **kw)
+    return _padded_key(f"toUnixTimestamp64Micro(toDateTime64({at}, 6, 'UTC'))", event_id, klass,
+                       "concat({}, {}, toString({}))", "leftPad(toString({}), 20, '0')")
+
+
+@compiles(answer_key, "bigquery")
+def _answer_key_bq(element: answer_key, compiler: Any, **kw: Any) -> str:
+    at, event_id, klass = _args(element, compiler, **kw)
+    return _padded_key(f"UNIX_MICROS({at})", event_id, klass,
+                       "CONCAT({}, {}, CAST({} AS STRING))", "LPAD(CAST({} AS STRING), 20, '0')")
+
+
+@compiles(answer_key, "snowflake")
+def _answer_key_sf(element: answer_key, compiler: Any, **kw: Any) -> str:
+    at, event_id, klass = _args(element, compiler, **kw)
+    return _padded_key(f"DATE_PART(EPOCH_MICROSECOND, {at})", event_id, klass,
+                       "CONCAT({}, {}, TO_VARCHAR({}))", "LPAD(TO_VARCHAR({}), 20, '0')")
+
+
+@compiles(answer_key)
+def _answer_key_sqlite(element: answer_key, compiler: Any, **kw: Any) -> str:
+    # SQLite stores UtcDateTime as fixed-width 'YYYY-MM-DD HH:MM:SS.ffffff': text order is
+    # time order, and the zero-padded id breaks ties like ORDER BY occurred_at, id.
+    at, event_id, klass = _args(element, compiler, **kw)
+    return f"({at} || printf('%020d', {event_id}) || {klass})"
+
+
+class answer_class(FunctionElement[int]):  # lower case: reads as a SQL function
+    """The answer class packed in an :class:`answer_key` (NULL when there is no answer)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(answer_class, "postgresql")
+def _answer_class_pg(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = _args(element, compiler, **kw)
+    return f"({key})[3]"
+
+
+@compiles(answer_class, "duckdb")
+def _answer_class_duckdb(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = _args(element, compiler, **kw)
+    return f"({key})[3]"
+
+
+@_each(answer_class, CLICKHOUSE)
+def _answer_class_ch(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = _args(element, compiler, **kw)
+    return f"toInt64OrNull(substring({key}, 41, 1))"
+
+
+@compiles(answer_class, "bigquery")
+def _answer_class_bq(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = _args(element, compiler, **kw)
+    return f"CAST(SUBSTR({key}, -1) AS INT64)"
+
+
+@compiles(answer_class, "snowflake")
+def _answer_class_sf(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = _args(element, compiler, **kw)
+    return f"CAST(RIGHT({key}, 1) AS INTEGER)"
+
+
+@compiles(answer_class)
+def _answer_class_sqlite(element: answer_class, compiler: Any, **kw: Any) -> str:
+    (key,) = _args(element, compiler, **kw)
+    return f"CAST(substr({key}, -1) AS INTEGER)"
+
+
+# -- session settings -------------------------------------------------------------------------
+
+
+def dialect_name(connection: Connection | Session) -> str:
+    """The dialect of a Connection or a Session's bind."""
+    bind = connection.get_bind() if isinstance(connection, Session) else connection
+    return bind.dialect.name
+
+
+def prepare(connection: Connection | Session) -> None:
+    """Engine settings for the pipeline's queries, in the current transaction/session.
+
+    PostgreSQL: no JIT for this transaction (compiling the wide query costs more than it
+    saves; work_mem stays small on purpose, batched hashes are cache friendlier).
+    ClickHouse: ``join_use_nulls = 1`` so the missing side of an outer join is NULL (as in
+    SQL), not the column type's default (0, ''), which would count as a value.
+    """
+    name = dialect_name(connection)
+    if name == "postgresql":
+        connection.execute(text("SET LOCAL jit = off"))
+    elif name in CLICKHOUSE:
+        connection.execute(text("SET join_use_nulls = 1"))
+
+
+__all__ = ["CLICKHOUSE", "answer_class", "answer_key", "before_hours_after", "const",
+           "count_if", "day_key", "dialect_name", "has_bits", "hours_between", "packed_flags",
+           "prepare", "utc_day"]

@@ -1,0 +1,55 @@
+"""Stage 1: the units of the analysis — each unit's first exposure, deduplicated.
+
+A warehouse table may hold several exposure rows per unit (re-exposures, duplicates from
+retries, a unit moved between variants by a configuration change). The analysis keeps the
+first exposure of each unit (earliest ``exposed_at``, then lowest ``exposure_id``) and leaves
+out units exposed to several variants: their outcome cannot be credited to one variant.
+They are counted (:func:`multi_variant_units`) so a report can flag them. Parcours's own
+table is unique per experiment and unit, so the stage is the table itself there (no
+window function over every exposure on the hot path).
+
+The grouping hook: :attr:`PipelineSources.grouping` names extra exposure columns (taken
+from the first exposure); they come out of this stage next to ``variant_key`` and every
+later stage groups by them too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from experiments.services.pipeline.sources import EXPOSURE_COLUMNS, PipelineSources
+
+
+def _ranked(sources: PipelineSources) -> Any:
+    e = sources.exposures
+    by_unit = {"partition_by": e.c.unit_id}
+    return select(*(e.c[name] for name in (*EXPOSURE_COLUMNS, *sources.grouping)),
+                  func.row_number().over(order_by=(e.c.exposed_at, e.c.exposure_id),
+                                         **by_unit).label("exposure_rank"),
+                  func.min(e.c.variant_key).over(**by_unit).label("lowest_variant"),
+                  func.max(e.c.variant_key).over(**by_unit).label("highest_variant"),
+                  ).subquery("ranked_exposures")
+
+
+def first_exposures(sources: PipelineSources) -> Any:
+    """One row per analysed unit: ``exposure_id, unit_id, variant_key, exposed_at`` and the
+    grouping columns."""
+    if sources.unique_units:
+        return sources.exposures
+    r = _ranked(sources)
+    return (select(*(r.c[name] for name in (*EXPOSURE_COLUMNS, *sources.grouping)))
+            .where(r.c.exposure_rank == 1, r.c.lowest_variant == r.c.highest_variant)
+            .subquery("first_exposures"))
+
+
+def multi_variant_units(sources: PipelineSources) -> Any:
+    """The number of units left out because they were exposed to several variants (none
+    when the sources are unique per unit)."""
+    r = _ranked(sources)
+    return (select(func.count()).select_from(r)
+            .where(r.c.exposure_rank == 1, r.c.lowest_variant != r.c.highest_variant))
+
+
+__all__ = ["first_exposures", "multi_variant_units"]

@@ -1,0 +1,81 @@
+"""Where the pipeline reads its exposures and events: Parcours's tables or a warehouse's.
+
+The stages never name an ORM table: they read two relations with fixed column names, so
+the same queries run over Parcours's own ``exposures``/``events`` tables, over the warehouse
+copies ``parcours_exposures``/``parcours_events``, or over a customer's ``events_sql``
+subquery (any selectable with those columns).
+
+* exposures: ``exposure_id, unit_id, variant_key, exposed_at`` (already restricted to one
+  experiment), plus any :attr:`PipelineSources.grouping` columns;
+* events: ``id, unit_id, type, name, step, friction_kind, value, occurred_at``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import false, select
+from sqlalchemy.sql import FromClause
+
+from experiments.models import Event, Exposure
+
+EXPOSURE_COLUMNS = ("exposure_id", "unit_id", "variant_key", "exposed_at")
+EVENT_COLUMNS = ("id", "unit_id", "type", "name", "step", "friction_kind", "value",
+                 "occurred_at")
+
+
+@dataclass(frozen=True)
+class PipelineSources:
+    """The two relations the pipeline reads.
+
+    ``unique_units``: the exposures hold at most one row per unit (Parcours's own table,
+    unique per experiment and unit), so stage 1 need not deduplicate. ``grouping``: extra
+    exposure columns carried from each unit's first exposure into every per-unit and
+    per-variant row (the one place to add a segment, a bandit weight period, a holdout
+    group...). ``own_experiment``: the Parcours experiment id when these are its own tables
+    (the PostgreSQL rollup only applies then).
+    """
+
+    exposures: FromClause
+    events: FromClause
+    unique_units: bool = False
+    grouping: tuple[str, ...] = ()
+    own_experiment: int | None = None
+
+    def with_grouping(self, *columns: str) -> PipelineSources:
+        """The same sources with more grouping columns (they must exist on exposures)."""
+        missing = [c for c in columns if c not in self.exposures.c]
+        if missing:
+            raise ValueError(f"exposures have no column {', '.join(missing)}")
+        return PipelineSources(self.exposures, self.events, self.unique_units,
+                               (*self.grouping, *columns), self.own_experiment)
+
+
+def own_sources(experiment_id: int) -> PipelineSources:
+    """Parcours's own tables: the experiment's exposures (override units excluded)."""
+    exposures = (select(Exposure.id.label("exposure_id"), Exposure.unit_id,
+                        Exposure.variant_key, Exposure.exposed_at)
+                 .where(Exposure.experiment_id == experiment_id,
+                        Exposure.is_override == false())
+                 .subquery("x"))
+    return PipelineSources(exposures, Event.__table__, unique_units=True,
+                           own_experiment=experiment_id)
+
+
+def table_sources(exposures: Any, events: Any, *, experiment: Any = None,
+                  experiment_column: str = "experiment_id",
+                  grouping: tuple[str, ...] = ()) -> PipelineSources:
+    """Sources over arbitrary tables or subqueries (e.g. ``parcours_exposures`` and
+    ``parcours_events`` in a warehouse, or an ``events_sql`` subquery); ``experiment``
+    keeps the exposure rows whose ``experiment_column`` equals it; ``grouping`` names
+    exposure columns to carry through every stage."""
+    if experiment is not None:
+        exposures = (select(*(exposures.c[name] for name in (*EXPOSURE_COLUMNS, *grouping)))
+                     .where(exposures.c[experiment_column] == experiment)
+                     .subquery("experiment_exposures"))
+    return PipelineSources(exposures, events).with_grouping(*grouping)
+
+
+__all__ = ["EVENT_COLUMNS", "EXPOSURE_COLUMNS", "PipelineSources", "own_sources",
+           "table_sources"]

@@ -1,0 +1,367 @@
+"""Stage 2: each unit's values inside each metric's window — ONE pass over exposures ⋈ events.
+
+The pass joins the events of the same ``unit_id`` inside the unit's window (at or after the
+exposure and less than ``conversion_window_hours`` later, and for CUPED the window of the
+same length before it) for every metric, the funnel and the friction matrix, and groups
+by unit: yes/no flags packed into BIGINT words, sums, first times, last NPS answers. Units
+without a relevant event are absent: their values are all zero (stage 3 counts them).
+The join is on the unit only and the window test is in ``WHERE`` (ClickHouse refuses
+inequalities in ``JOIN … ON``; the other engines plan both forms alike).
+
+Metric values per unit (SPEC §3): conversion/friction 1 when the unit has a matching event,
+mean the sum of the events' values (0 when none), count the number of events, ratio the
+sums of numerator and denominator values (an event without a value counts as 1, so ratios
+of counts work), nps the unit's last answer (units without one are not counted),
+time_to_convert the hours to the first matching event (converters only). Caps apply to
+these values in stage 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Float, and_, case, cast, false, func, literal, or_, select, true
+from sqlalchemy.sql import ColumnElement, Select
+
+from experiments.models import Metric
+from experiments.schemas import FRICTION_KINDS
+from experiments.schemas.events import MAX_ABS_VALUE
+from experiments.services.pipeline.dialects import (
+    answer_key,
+    before_hours_after,
+    const,
+    count_if,
+    has_bits,
+    packed_flags,
+)
+from experiments.services.pipeline.exposures import first_exposures
+from experiments.services.pipeline.sources import PipelineSources
+from experiments.services.rollup import IdRange, Merge
+
+PROPORTION_KINDS = frozenset({"conversion", "friction"})
+CUPED_KINDS = frozenset({"conversion", "friction", "mean", "count"})
+PROMOTER_MIN, DETRACTOR_MAX = 9, 6
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """The parts of a metric definition the aggregation needs (decoupled from the ORM)."""
+
+    key: str
+    kind: str
+    event: str | None = None
+    numerator: str | None = None
+    denominator: str | None = None
+    friction_kind: str | None = None
+    step: str | None = None
+    cap_type: str | None = None  # absolute | percentile (see services.capping)
+    cap_value: float | None = None
+
+    @classmethod
+    def of(cls, metric: Metric) -> MetricSpec:
+        """Copy a Metric row's definition."""
+        cap = metric.cap or {}
+        return cls(metric.key, metric.kind, metric.event, metric.numerator, metric.denominator,
+                   metric.friction_kind, metric.step, cap.get("type"), cap.get("value"))
+
+
+# -- packed per-unit flags ------------------------------------------------------------------
+
+WORD_BITS = 62  # flags per BIGINT word; the sign bit stays clear
+FLAG_STEP_SIZE = 1 + len(FRICTION_KINDS)  # a journey step: reached, then one bit per kind
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One per-unit yes/no: some event in the unit's window meets ``condition``."""
+
+    label: str
+    condition: ColumnElement[bool]
+    post: bool = True
+
+
+@dataclass
+class Word:
+    """Flags packed into one BIGINT: single flags, then 11-bit journey step blocks."""
+
+    singles: list[tuple[Flag, int]] = field(default_factory=list)
+    steps: list[tuple[int, str, int]] = field(default_factory=list)  # (index, step, offset)
+    size: int = 0
+
+    def place(self, size: int) -> int | None:
+        """The offset of ``size`` more bits, or None when they do not fit."""
+        if self.size + size > WORD_BITS:
+            return None
+        self.size += size
+        return self.size - size
+
+
+@dataclass
+class FlagLayout:
+    """Where every per-unit flag lives: ``label -> (word, bit)``."""
+
+    words: list[Word] = field(default_factory=lambda: [Word()])
+    bits: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def _offset(self, size: int) -> tuple[int, int]:
+        offset = self.words[-1].place(size)
+        if offset is None:
+            self.words.append(Word())
+            offset = self.words[-1].place(size)
+        assert offset is not None
+        return len(self.words) - 1, offset
+
+    def add_flags(self, *flags: Flag) -> None:
+        """Adjacent bits in one word (a metric's post/pre pair shares a mask)."""
+        index, offset = self._offset(len(flags))
+        for position, flag in enumerate(flags):
+            self.words[index].singles.append((flag, offset + position))
+            self.bits[flag.label] = (index, offset + position)
+
+    def add_step(self, number: int, step: str) -> None:
+        """A journey step's block: reached, then one bit per friction kind."""
+        index, offset = self._offset(FLAG_STEP_SIZE)
+        self.words[index].steps.append((number, step, offset))
+        self.bits[f"reach_{number}"] = (index, offset)
+        for kind_number in range(len(FRICTION_KINDS)):
+            self.bits[f"fric_{number}_{kind_number}"] = (index, offset + 1 + kind_number)
+
+
+def _sum_terms(terms: Sequence[Any]) -> Any:
+    if not terms:
+        return const(0)
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def _packed_word(word: Word, post: ColumnElement[bool], ev: Any) -> Any:
+    """The per-event value of one word, as few CASEs as possible (PostgreSQL form)."""
+    post_terms, pre_terms = [], []
+    if word.steps:
+        reach = case({step: const(1 << offset) for _, step, offset in word.steps},
+                     value=ev.c.step, else_=const(0))
+        step_base = case({step: const(1 << (offset + 1)) for _, step, offset in word.steps},
+                         value=ev.c.step, else_=const(0))
+        kind_bit = case({kind: const(1 << number) for number, kind in enumerate(FRICTION_KINDS)},
+                        value=ev.c.friction_kind, else_=const(0))
+        post_terms += [cast(reach, BigInteger),
+                       case((ev.c.type == "friction",
+                             cast(step_base, BigInteger) * cast(kind_bit, BigInteger)),
+                            else_=const(0))]
+    for flag, bit in word.singles:
+        (post_terms if flag.post else pre_terms).append(
+            case((flag.condition, const(1 << bit)), else_=const(0)))
+    return case((post, _sum_terms(post_terms)), else_=_sum_terms(pre_terms))
+
+
+def _flag_by_flag(word: Word, post: ColumnElement[bool], ev: Any) -> list[Any]:
+    """The same word one flag at a time (the portable form of :func:`_packed_word`)."""
+    terms = [case((and_(post if flag.post else ~post, flag.condition), const(1 << bit)),
+                  else_=const(0)) for flag, bit in word.singles]
+    for _, step, offset in word.steps:
+        terms.append(case((and_(post, ev.c.step == step), const(1 << offset)),
+                          else_=const(0)))
+        for number, kind in enumerate(FRICTION_KINDS):
+            hit = and_(post, ev.c.type == "friction", ev.c.step == step,
+                       ev.c.friction_kind == kind)
+            terms.append(case((hit, const(1 << (offset + 1 + number))), else_=const(0)))
+    return terms
+
+
+def window(x: Any, ev: Any, hours: float, *, with_pre: bool) -> ColumnElement[bool]:
+    """Events inside the unit's analysis window (and its pre-exposure window for CUPED);
+    the caller joins on the unit."""
+    post = and_(ev.c.occurred_at >= x.c.exposed_at,
+                before_hours_after(x.c.exposed_at, ev.c.occurred_at, literal(hours, Float())))
+    if not with_pre:
+        return post
+    pre = and_(ev.c.occurred_at < x.c.exposed_at,
+               before_hours_after(ev.c.occurred_at, x.c.exposed_at, literal(hours, Float())))
+    return or_(post, pre)
+
+
+def bounded_value(ev: Any) -> ColumnElement[float]:
+    """An event's value, NULL when out of the ingestion bounds (SPEC §5): rows stored before
+    the bounds existed must never overflow a sum (two 1e308 values do, on every backend)."""
+    return case((func.abs(ev.c.value) <= literal(MAX_ABS_VALUE, Float()), ev.c.value))
+
+
+def match_condition(metric: MetricSpec, ev: Any) -> ColumnElement[bool]:
+    """Which events feed a metric."""
+    if metric.kind == "friction":
+        conditions = [ev.c.type == "friction"]
+        if metric.friction_kind:
+            conditions.append(ev.c.friction_kind == metric.friction_kind)
+        if metric.step:
+            conditions.append(ev.c.step == metric.step)
+        return and_(*conditions)
+    if metric.kind == "ratio":
+        return ev.c.name.in_([metric.numerator, metric.denominator])
+    return ev.c.name == metric.event
+
+
+def count_flag(unit: Any, plan: Plan, *labels: str) -> Any:
+    """Units with every one of the flags set (the flags share a word)."""
+    (word,) = {plan.layout.bits[label][0] for label in labels}
+    mask = const(sum(1 << plan.layout.bits[label][1] for label in labels))
+    return count_if(has_bits(unit.c[f"w{word}"], mask))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the single pass computes: metrics by position, journey steps, flag positions."""
+
+    metrics: tuple[MetricSpec, ...]
+    journey: tuple[str, ...]
+    cuped: bool
+    layout: FlagLayout
+    events: Any  # the events relation the flag conditions read
+
+    @classmethod
+    def of(cls, metrics: Sequence[MetricSpec], journey: Sequence[str], cuped: bool,
+           events: Any) -> Plan:
+        """Lay out the flags: extra-step friction, proportion metrics, then journey steps."""
+        ev, layout = events, FlagLayout()
+        outside = and_(ev.c.type == "friction", ev.c.step.is_not(None),
+                       ev.c.step.not_in(list(journey)) if journey else true())
+        layout.add_flags(Flag("extra_friction", outside))
+        for index, metric in enumerate(metrics):
+            if metric.kind in PROPORTION_KINDS:
+                match = match_condition(metric, ev)
+                pair = [Flag(f"m{index}_y", match)]
+                if cuped:
+                    pair.append(Flag(f"m{index}_pre", match, post=False))
+                layout.add_flags(*pair)
+        for number, step in enumerate(journey):
+            layout.add_step(number, step)
+        return cls(tuple(metrics), tuple(journey), cuped, layout, events)
+
+
+@dataclass(frozen=True)
+class UnitValue:
+    """One per-unit column of the single pass, and how two partial values of it combine.
+
+    A unit's value over two disjoint sets of its events is the ``merge`` of the values
+    over each set: that is what lets :mod:`experiments.services.rollup` keep per-unit
+    values between analyses and fold only the events that arrived since.
+    """
+
+    label: str
+    expression: Any
+    merge: Merge
+
+
+def _unit_values(plan: Plan, x: Any, post: ColumnElement[bool]) -> list[UnitValue]:
+    """Per-unit aggregates: packed flags, then sums, first times and last NPS answers."""
+    ev = plan.events
+    values = [UnitValue(f"w{number}", packed_flags(_packed_word(word, post, ev),
+                                                   *_flag_by_flag(word, post, ev)), "or")
+              for number, word in enumerate(plan.layout.words)]
+    for index, metric in enumerate(plan.metrics):
+        if metric.kind == "nps":
+            answer = and_(post, match_condition(metric, ev), ev.c.value.between(0, 10))
+            klass = case((ev.c.value >= PROMOTER_MIN, 2), (ev.c.value <= DETRACTOR_MAX, 1),
+                         else_=0)
+            values.append(UnitValue(f"m{index}_answer", func.max(
+                case((answer, answer_key(ev.c.occurred_at, ev.c.id, klass)))), "max"))
+        elif metric.kind not in PROPORTION_KINDS:
+            values += _unit_columns(metric, index, post, plan.cuped, ev)
+    return [*values, *_timing_values(plan, post)]
+
+
+def _timing_values(plan: Plan, post: ColumnElement[bool]) -> list[UnitValue]:
+    """Per unit, its metric events inside the window after and before the exposure: the
+    ``events_before_exposure`` alert (clock or integration trouble) in the same pass."""
+    matches = [match_condition(metric, plan.events) for metric in plan.metrics]
+    any_metric = or_(*matches) if matches else false()
+    return [UnitValue(label, func.sum(case((and_(period, any_metric), 1), else_=0)), "sum")
+            for label, period in (("events_post", post), ("events_pre", ~post))]
+
+
+def _unit_columns(metric: MetricSpec, index: int, post: Any, cuped: bool,
+                  ev: Any) -> list[UnitValue]:
+    """Per-unit sums of a mean/count/ratio metric, or its first event (time to convert)."""
+    match = match_condition(metric, ev)
+    values = []
+    for period, condition in (("y", post), ("pre", ~post)):
+        if period == "pre" and not (cuped and metric.kind in CUPED_KINDS):
+            continue
+        hit = and_(match, condition)
+        if metric.kind == "mean":
+            values.append(UnitValue(f"m{index}_{period}", func.sum(
+                case((hit, func.coalesce(bounded_value(ev), 0.0)), else_=0.0)), "sum"))
+        elif metric.kind == "count":
+            values.append(UnitValue(f"m{index}_{period}", func.sum(case((hit, 1), else_=0)),
+                                    "sum"))
+        elif metric.kind == "ratio":
+            for part, name in (("num", metric.numerator), ("den", metric.denominator)):
+                part_hit = and_(ev.c.name == name, condition)
+                values.append(UnitValue(f"m{index}_{part}", func.sum(
+                    case((part_hit, func.coalesce(bounded_value(ev), 1.0)), else_=0.0)), "sum"))
+        else:  # time_to_convert: the first matching event; hours computed per unit outside
+            values.append(UnitValue(f"m{index}_{period}",
+                                    func.min(case((hit, ev.c.occurred_at))), "min"))
+    return values
+
+
+def _in_range(column: Any, ids: IdRange | None) -> list[ColumnElement[bool]]:
+    if ids is None:
+        return []
+    after, through = ids
+    conditions = [column > after] if after else []
+    return conditions if through is None else [*conditions, column <= through]
+
+
+@dataclass(frozen=True)
+class UnitPass:
+    """Each unit's values over its events: ONE pass over exposures ⋈ events.
+
+    Built once per analysis (the value expressions are the costly part to build), then
+    queried whole or restricted to id ranges of events and exposures, for the rollup.
+    A query gives one row per unit that has a relevant event (``exposure_id``, variant,
+    exposure time, the grouping columns, then :attr:`values` in order); units without one
+    are absent: their values are all zero and stage 3's ``units_query`` counts them.
+    ``events_between`` bounds the event scan (exposure range ± the window).
+    """
+
+    plan: Plan
+    hours: float
+    events_between: tuple[datetime, datetime] | None
+    x: Any
+    keys: tuple[str, ...]  # exposure_id, variant_key, exposed_at, then the grouping columns
+    values: tuple[UnitValue, ...]
+
+    @classmethod
+    def of(cls, sources: PipelineSources, plan: Plan, *, hours: float,
+           events_between: tuple[datetime, datetime] | None = None) -> UnitPass:
+        """The pass over the sources' first exposures (stage 1)."""
+        x = first_exposures(sources)
+        values = _unit_values(plan, x, plan.events.c.occurred_at >= x.c.exposed_at)
+        keys = ("exposure_id", "variant_key", "exposed_at", *sources.grouping)
+        return cls(plan, hours, events_between, x, keys, tuple(values))
+
+    def query(self, event_ids: IdRange | None = None,
+              exposure_ids: IdRange | None = None) -> Select[Any]:
+        """The pass over the events and exposures in those id ranges (default: all)."""
+        x, plan, ev = self.x, self.plan, self.plan.events
+        relevant = or_(ev.c.step.is_not(None), *[match_condition(m, ev) for m in plan.metrics])
+        where = [window(x, ev, self.hours, with_pre=True), relevant,
+                 *_in_range(ev.c.id, event_ids), *_in_range(x.c.exposure_id, exposure_ids)]
+        if self.events_between is not None:
+            where += [ev.c.occurred_at >= self.events_between[0],
+                      ev.c.occurred_at < self.events_between[1]]
+        columns = [value.expression.label(value.label) for value in self.values]
+        keys = [x.c[key] for key in self.keys]
+        return (select(*keys, *columns)
+                .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+                .where(*where)
+                .group_by(*keys))
+
+
+__all__ = ["CUPED_KINDS", "PROPORTION_KINDS", "MetricSpec", "Plan", "UnitPass", "UnitValue",
+           "bounded_value", "count_flag", "match_condition", "window"]

@@ -1,0 +1,139 @@
+"""Stage 3: per-variant, per-UTC-exposure-day sufficient statistics.
+
+Two queries: :func:`units_query` counts the first exposures per variant and day (every
+unit, with or without events), :func:`variant_day_query` sums the per-unit values of
+stage 2 — n-independent sums, sums of squares and cross products, capped where the metric
+says so (caps: :mod:`experiments.services.capping`, one pooled threshold for every arm) —
+plus the funnel/friction counts (:mod:`.journey`) and the event timing. Units absent from
+stage 2 add zero to every sum, so nothing here needs an outer join. The rows are additive
+over days: the report's totals and its cumulative timeline come from the same rows.
+:func:`to_stats` turns one variant's sums into the ``stats`` records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.sql import Select
+
+from experiments.services.capping import CapKey, cap_label, cap_thresholds, capped
+from experiments.services.pipeline.dialects import (
+    answer_class,
+    count_if,
+    hours_between,
+    utc_day,
+)
+from experiments.services.pipeline.exposures import first_exposures
+from experiments.services.pipeline.journey import journey_columns
+from experiments.services.pipeline.sources import PipelineSources
+from experiments.services.pipeline.unit_values import (
+    CUPED_KINDS,
+    PROPORTION_KINDS,
+    MetricSpec,
+    Plan,
+    count_flag,
+)
+from stats import CupedStats, MeanStats, NpsStats, ProportionStats, RatioStats
+from stats.records import Stats
+
+Sums = dict[str, float]
+
+
+def units_query(sources: PipelineSources) -> Select[Any]:
+    """Exposed units per variant and day (and grouping columns), with the first and last
+    exposure times."""
+    x = first_exposures(sources)
+    # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
+    day = utc_day(x.c.exposed_at).label("day")
+    groups = [x.c.variant_key, day, *(x.c[name] for name in sources.grouping)]
+    return (select(*groups, func.count().label("n"),
+                   func.min(x.c.exposed_at).label("first"),
+                   func.max(x.c.exposed_at).label("last"))
+            .group_by(*groups))
+
+
+def _moment_columns(plan: Plan, metric: MetricSpec, index: int, unit: Any,
+                    caps: Mapping[CapKey, Any]) -> list[Any]:
+    """Per-variant sums of the per-unit values (capped where the metric says so):
+    n-independent sufficient statistics."""
+    def col(name: str) -> Any:
+        threshold = caps.get((index, "y" if name == "pre" else name))
+        return capped(unit.c[f"m{index}_{name}"], threshold)
+
+    def moments(prefix: str, value: Any) -> list[Any]:
+        return [func.sum(value).label(f"{prefix}_sum"),
+                func.sum(value * value).label(f"{prefix}_sum_squares")]
+
+    if metric.kind in PROPORTION_KINDS:  # 0/1 values: sum of squares = sum (added later)
+        columns = [count_flag(unit, plan, f"m{index}_y").label(f"m{index}_sum")]
+        if plan.cuped:
+            columns += [count_flag(unit, plan, f"m{index}_pre").label(f"m{index}_pre_sum"),
+                        count_flag(unit, plan, f"m{index}_y", f"m{index}_pre")
+                        .label(f"m{index}_cross_sum")]
+        return columns
+    if metric.kind == "nps":
+        klass = answer_class(col("answer"))
+        return [func.count(col("answer")).label(f"m{index}_n"),
+                count_if(klass == 2).label(f"m{index}_promoters"),
+                count_if(klass == 1).label(f"m{index}_detractors")]
+    if metric.kind == "ratio":
+        return [*moments(f"m{index}_num", col("num")), *moments(f"m{index}_den", col("den")),
+                func.sum(col("num") * col("den")).label(f"m{index}_num_den_sum")]
+    if metric.kind == "time_to_convert":
+        hours = hours_between(unit.c.exposed_at, col("y"))
+        return [func.count(col("y")).label(f"m{index}_n"), *moments(f"m{index}", hours)]
+    columns = moments(f"m{index}", col("y"))
+    if f"m{index}_pre" in unit.c:
+        columns += [*moments(f"m{index}_pre", col("pre")),
+                    func.sum(col("pre") * col("y")).label(f"m{index}_cross_sum")]
+    return columns
+
+
+def variant_day_query(plan: Plan, unit: Any, *, units: int = 0,
+                      grouping: tuple[str, ...] = ()) -> Select[Any]:
+    """Per variant and UTC exposure day (and grouping columns), the sums of the per-unit
+    values of ``unit`` (capped among ``units`` exposed units), and each cap's threshold."""
+    caps = cap_thresholds(plan.metrics, unit, units)
+    sums = [c for i, m in enumerate(plan.metrics)
+            for c in _moment_columns(plan, m, i, unit, caps)]
+    thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
+    day = utc_day(unit.c.exposed_at).label("day")
+    extra = [unit.c[name] for name in grouping]
+    timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
+    return (select(unit.c.variant_key, day, *extra, *sums,
+                   *journey_columns(plan, unit), *thresholds, *timing)
+            .group_by(unit.c.variant_key, day, *extra))
+
+
+def sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
+    """The names of a (non-NPS) metric's sums, as the analysis rows carry them."""
+    if metric.kind == "ratio":
+        return ["num_sum", "num_sum_squares", "den_sum", "den_sum_squares", "num_den_sum"]
+    if metric.kind == "time_to_convert":
+        return ["n", "sum", "sum_squares"]
+    names = ["sum", "sum_squares"]
+    if cuped and metric.kind in CUPED_KINDS:
+        names += ["pre_sum", "pre_sum_squares", "cross_sum"]
+    return names
+
+
+def to_stats(kind: str, sums: Mapping[str, float]) -> tuple[Stats, CupedStats | None]:
+    """Turn one variant's sums into the ``stats`` records (and CUPED covariates, if any)."""
+    n = int(sums.get("n", 0))
+    get = lambda name: float(sums.get(name, 0.0))  # noqa: E731 - tiny local accessor
+    cuped = None
+    if "pre_sum" in sums:
+        cuped = CupedStats(get("pre_sum"), get("pre_sum_squares"), get("cross_sum"))
+    if kind in PROPORTION_KINDS:
+        return ProportionStats(n, int(get("sum"))), cuped
+    if kind == "ratio":
+        return RatioStats(n, get("num_sum"), get("num_sum_squares"), get("den_sum"),
+                          get("den_sum_squares"), get("num_den_sum")), None
+    if kind == "nps":
+        return NpsStats(n, int(get("promoters")), int(get("detractors"))), None
+    return MeanStats(n, get("sum"), get("sum_squares")), cuped
+
+
+__all__ = ["Sums", "sum_names", "to_stats", "units_query", "variant_day_query"]

@@ -1,0 +1,380 @@
+"""Parity of the portable pipeline (SPEC §15): one fixture, four engines, identical statistics.
+
+The same deterministic data (5,200 exposed units, every metric kind, absolute and percentile
+caps, CUPED, late and pre-exposure events, units exposed twice or to two variants, funnel
+steps and friction kinds in and outside the journey) is loaded as plain tables
+``parcours_exposures``/``parcours_events`` into SQLite, PostgreSQL, DuckDB and ClickHouse
+(chDB) and run through the same pipeline; it is also loaded into Parcours's own tables
+(first exposures only) and run through the ORM-table path. Every run must give the same
+``ExperimentAggregates``: integers exactly, floats within 1e-9 relative.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from experiments.db import UtcDateTime
+from experiments.models import Event, Exposure
+from experiments.schemas import FRICTION_KINDS
+from experiments.services.pipeline import (
+    ExperimentAggregates,
+    MetricSpec,
+    PipelineSources,
+    Plan,
+    UnitPass,
+    aggregate_experiment,
+    table_sources,
+    units_query,
+    variant_day_query,
+)
+from experiments.services.pipeline.exposures import multi_variant_units
+from tests.conftest import POSTGRES_URL, requires_postgres
+from tests.test_aggregation import make_experiment
+
+T0 = datetime(2026, 3, 1, 20, 0, tzinfo=UTC)
+EXPERIMENT = 7
+UNITS = 5200
+HOURS = 24.0
+JOURNEY = ["landing", "cart", "payment"]
+METRICS = [
+    MetricSpec("conv", "conversion", event="purchase"),
+    MetricSpec("rev", "mean", event="purchase", cap_type="absolute", cap_value=150.0),
+    MetricSpec("views", "count", event="page_view", cap_type="percentile", cap_value=0.95),
+    MetricSpec("rps", "ratio", numerator="purchase", denominator="session",
+               cap_type="percentile", cap_value=0.9),
+    MetricSpec("pay-errors", "friction", friction_kind="error", step="payment"),
+    MetricSpec("any-friction", "friction"),
+    MetricSpec("nps", "nps", event="survey"),
+    MetricSpec("ttb", "time_to_convert", event="purchase"),
+]
+INTEGER_SUMS = {"n", "promoters", "detractors"}
+EXACT_KINDS = {"conversion", "friction", "count"}
+
+
+# -- the fixture ----------------------------------------------------------------------------
+
+
+def _at(rng: random.Random, start: datetime, low_hours: float, high_hours: float) -> datetime:
+    """A time with random microseconds (no two engines disagree on a window boundary)."""
+    seconds = rng.randrange(int(low_hours * 3600), int(high_hours * 3600))
+    return start + timedelta(seconds=seconds, microseconds=rng.randrange(1_000_000))
+
+
+def _events_of(rng: random.Random, unit: str, exposed: datetime) -> list[dict[str, Any]]:
+    rows = []
+    for _ in range(rng.randrange(8)):
+        # Mostly inside the window, some before the exposure (CUPED, and older than the
+        # pre-window), some after the window closes (late): -36 h … +40 h.
+        at = _at(rng, exposed, -36, 40)
+        kind = rng.randrange(7)
+        if kind == 0:
+            value = None if rng.random() < 0.1 else round(rng.uniform(5, 300), 2)
+            rows.append(("conversion", "purchase", None, None, value, at))
+        elif kind == 1:
+            rows.append(("custom", "session", None, None,
+                         None if rng.random() < 0.5 else float(rng.randrange(1, 4)), at))
+        elif kind == 2:
+            rows.append(("custom", "page_view", None, None, None, at))
+        elif kind == 3:
+            rows.append(("nps", "survey", None, None, float(rng.randrange(11)), at))
+        elif kind == 4:
+            rows.append(("step", "view", rng.choice(JOURNEY), None, None, at))
+        else:
+            step = rng.choice([*JOURNEY, "help"])
+            friction = rng.choice(FRICTION_KINDS[:4])
+            rows.append(("friction", friction, step, friction, None, at))
+    return [dict(zip(("type", "name", "step", "friction_kind", "value", "occurred_at"), row,
+                     strict=True), unit_id=unit) for row in rows]
+
+
+def generate() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Exposure rows (with duplicates and multi-variant units), event rows, and how many
+    units were exposed to two variants."""
+    rng = random.Random(20)
+    exposures: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    multi = 0
+    for index in range(UNITS + 150):
+        unit = f"u{index:05d}"
+        variant = rng.choice(["control", "treatment"])
+        exposed = _at(rng, T0, 0, 72)
+        exposures.append({"unit_id": unit, "variant_key": variant, "exposed_at": exposed})
+        if index >= UNITS:  # exposed again to the other variant: left out
+            other = "treatment" if variant == "control" else "control"
+            exposures.append({"unit_id": unit, "variant_key": other,
+                              "exposed_at": exposed + timedelta(hours=rng.randrange(1, 30))})
+            multi += 1
+        elif index % 25 == 0:  # a duplicate exposure, later, same variant: first one counts
+            exposures.append({"unit_id": unit, "variant_key": variant,
+                              "exposed_at": exposed + timedelta(hours=rng.randrange(1, 30))})
+        events += _events_of(rng, unit, exposed)
+    for index in range(300):  # events of units never exposed
+        events += _events_of(rng, f"stranger{index}", _at(rng, T0, 0, 72))
+    rng.shuffle(exposures)
+    rng.shuffle(events)
+    for number, row in enumerate(exposures, start=1):
+        row.update(exposure_id=number, experiment_id=EXPERIMENT)
+    for number, row in enumerate(events, start=1):
+        row["id"] = number
+    # Another experiment's exposures in the same table (the experiment filter drops them).
+    exposures.append({"exposure_id": len(exposures) + 1, "experiment_id": EXPERIMENT + 1,
+                      "unit_id": "u00001", "variant_key": "control", "exposed_at": T0})
+    return exposures, events, multi
+
+
+DATA = generate()
+
+
+def first_exposures(exposures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What Parcours's own table holds: the first exposure of each single-variant unit."""
+    by_unit: dict[str, list[dict[str, Any]]] = {}
+    for row in exposures:
+        if row["experiment_id"] == EXPERIMENT:
+            by_unit.setdefault(row["unit_id"], []).append(row)
+    return [min(rows, key=lambda r: (r["exposed_at"], r["exposure_id"]))
+            for rows in by_unit.values() if len({r["variant_key"] for r in rows}) == 1]
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+class NaiveUtc(sa.types.TypeDecorator[datetime]):
+    """UTC datetimes stored naive (chDB's DateTime64(6, 'UTC') column takes naive binds)."""
+
+    impl = sa.DateTime()
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def plain_tables(schema: str | None, timestamp: Any) -> tuple[sa.Table, sa.Table]:
+    metadata = sa.MetaData(schema=schema)
+    exposures = sa.Table(
+        "parcours_exposures", metadata, sa.Column("exposure_id", sa.BigInteger),
+        sa.Column("experiment_id", sa.BigInteger), sa.Column("unit_id", sa.String(200)),
+        sa.Column("variant_key", sa.String(64)), sa.Column("exposed_at", timestamp))
+    events = sa.Table(
+        "parcours_events", metadata, sa.Column("id", sa.BigInteger),
+        sa.Column("unit_id", sa.String(200)), sa.Column("type", sa.String(16)),
+        sa.Column("name", sa.String(200)), sa.Column("step", sa.String(64)),
+        sa.Column("friction_kind", sa.String(32)), sa.Column("value", sa.Double),
+        sa.Column("occurred_at", timestamp))
+    return exposures, events
+
+
+def _csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> str:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row[c] is None else
+                             row[c].strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(row[c], datetime)
+                             else row[c] for c in columns])
+    return str(path)
+
+
+CH_EXPOSURES = ("exposure_id Int64, experiment_id Int64, unit_id String, variant_key String, "
+                "exposed_at DateTime64(6, 'UTC')")
+CH_EVENTS = ("id Int64, unit_id String, type String, name String, step Nullable(String), "
+             "friction_kind Nullable(String), value Nullable(Float64), "
+             "occurred_at DateTime64(6, 'UTC')")
+
+
+def load(connection: sa.Connection, schema: str | None, tmp: Path) -> PipelineSources:
+    """The fixture as plain tables on this connection: bulk inserts, or the engine's CSV
+    reader where executemany is slow (DuckDB, chDB)."""
+    exposures_rows, event_rows, _ = DATA
+    name = connection.dialect.name
+    exposures, events = plain_tables(schema, NaiveUtc if name == "chdb" else UtcDateTime)
+    if name == "chdb":
+        for table, columns in ((exposures, CH_EXPOSURES), (events, CH_EVENTS)):
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
+            connection.execute(sa.text(f"CREATE TABLE {table.name} ({columns}) "
+                                       "ENGINE = MergeTree ORDER BY unit_id"))
+            rows = exposures_rows if table is exposures else event_rows
+            path = _csv(tmp / f"{table.name}.csv", rows, [c.name for c in table.c])
+            structure = columns.replace("'", "\\'")
+            connection.execute(sa.text(f"INSERT INTO {table.name} SELECT * FROM "
+                                       f"file('{path}', 'CSVWithNames', '{structure}')"))
+    elif name == "duckdb":
+        exposures.metadata.create_all(connection)
+        for table in (exposures, events):
+            rows = exposures_rows if table is exposures else event_rows
+            path = _csv(tmp / f"{table.name}.csv", rows, [c.name for c in table.c])
+            stamp = "exposed_at" if table is exposures else "occurred_at"
+            columns = ", ".join(f"timezone('UTC', CAST({c.name} AS TIMESTAMP))" if c.name == stamp
+                                else c.name for c in table.c)
+            connection.execute(sa.text(f"INSERT INTO {table.name} SELECT {columns} "
+                                       f"FROM read_csv('{path}', header = true)"))
+    else:
+        exposures.metadata.create_all(connection)
+        connection.execute(exposures.insert(), exposures_rows)
+        connection.execute(events.insert(), event_rows)
+    return table_sources(exposures, events, experiment=EXPERIMENT)
+
+
+def run(connection: Any, sources: PipelineSources | None = None,
+        experiment_id: int | None = None) -> ExperimentAggregates:
+    return aggregate_experiment(connection, experiment_id, METRICS, hours=HOURS, cuped=True,
+                                journey=JOURNEY, sources=sources)
+
+
+# -- comparing -------------------------------------------------------------------------------
+
+
+def assert_identical(got: ExperimentAggregates, expected: ExperimentAggregates) -> None:
+    """Integers exactly, floats within 1e-9 relative; every key present on both sides."""
+    assert dict(got.units.rows) == dict(expected.units.rows)
+    kinds = {m.key: m.kind for m in METRICS}
+    assert got.metrics.keys() == expected.metrics.keys()
+    for key, daily in expected.metrics.items():
+        assert got.metrics[key].rows.keys() == daily.rows.keys(), key
+        for cell, sums in daily.rows.items():
+            other = got.metrics[key].rows[cell]
+            assert other.keys() == sums.keys(), (key, cell)
+            for name, value in sums.items():
+                if name in INTEGER_SUMS or (kinds[key] in EXACT_KINDS and "cross" not in name):
+                    assert other[name] == value, (key, cell, name)
+                else:
+                    assert other[name] == pytest.approx(value, rel=1e-9, abs=1e-12), \
+                        (key, cell, name)
+    assert got.journey.reached == expected.journey.reached
+    assert got.journey.friction == expected.journey.friction
+    assert got.caps == expected.caps
+    assert got.timing == expected.timing
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> ExperimentAggregates:
+    """The plain tables on SQLite."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('parity')}/plain.db")
+    with engine.begin() as connection:
+        result = run(connection, load(connection, None, Path()))
+    engine.dispose()
+    return result
+
+
+def test_the_reference_covers_every_case(reference: ExperimentAggregates) -> None:
+    """The fixture exercises what it claims: both arms, caps that bite, CUPED, the journey
+    and friction outside it, late and early events."""
+    units = sum(sums["n"] for sums in reference.units.rows.values())
+    assert units == len(first_exposures(DATA[0])) == UNITS
+    assert len(reference.units.days()) == 4  # exposures over 72 h from 20:00 UTC
+    assert reference.caps["rev"] == {"y": 150.0}
+    assert reference.caps["views"]["y"] and reference.caps["rps"]["num"]
+    totals = reference.metrics["conv"].totals()
+    assert all(totals[v]["pre_sum"] > 0 and totals[v]["sum"] > 0 for v in ("control", "treatment"))
+    assert reference.metrics["nps"].totals()["control"]["promoters"] > 0
+    assert ("treatment", "help", "error") in reference.journey.friction
+    assert all(reference.journey.reached[(v, s)] > 0 for v in ("control", "treatment")
+               for s in JOURNEY)
+    assert all(before > 0 and after > 0 for before, after in reference.timing.values())
+
+
+@pytest.fixture
+def postgres_schema() -> Iterator[tuple[sa.Engine, str]]:
+    """A schema of its own on the test server (safe under xdist), dropped afterwards."""
+    assert POSTGRES_URL
+    engine = sa.create_engine(POSTGRES_URL)
+    schema = f"parity_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield engine, schema
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["duckdb:///:memory:", "chdb:///:memory:"])
+def test_duckdb_and_clickhouse_give_identical_statistics(
+        url: str, reference: ExperimentAggregates, tmp_path: Path) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        sources = load(connection, None, tmp_path)
+        assert_identical(run(connection, sources), reference)
+        assert connection.scalar(multi_variant_units(sources)) == DATA[2]
+    engine.dispose()
+
+
+@requires_postgres
+def test_postgresql_plain_tables_give_identical_statistics(
+        postgres_schema: tuple[sa.Engine, str], reference: ExperimentAggregates) -> None:
+    engine, schema = postgres_schema
+    with engine.begin() as connection:
+        sources = load(connection, schema, Path())
+        assert_identical(run(connection, sources), reference)
+        assert connection.scalar(multi_variant_units(sources)) == DATA[2]
+
+
+def test_own_tables_give_identical_statistics(db: Session,
+                                               reference: ExperimentAggregates) -> None:
+    """Parcours's own tables (first exposures, plus override units that never count) on
+    SQLite and PostgreSQL, through the ORM-table path and its rollup."""
+    experiment = make_experiment(db)
+    first = first_exposures(DATA[0])
+    db.execute(Exposure.__table__.insert(), [
+        {"experiment_id": experiment.id, "unit_id": row["unit_id"],
+         "variant_key": row["variant_key"], "exposed_at": row["exposed_at"],
+         "is_override": False} for row in first] + [
+        {"experiment_id": experiment.id, "unit_id": f"forced{i}", "variant_key": "treatment",
+         "exposed_at": T0, "is_override": True} for i in range(20)])
+    db.execute(Event.__table__.insert(), [
+        {**row, "event_id": f"e{row['id']}", "received_at": row["occurred_at"],
+         "properties": {}} for row in DATA[1]])
+    db.commit()
+    assert_identical(run(db, experiment_id=experiment.id), reference)
+    db.commit()
+    assert_identical(run(db, experiment_id=experiment.id), reference)  # rollup read back
+
+
+def test_a_grouping_column_flows_from_exposures_to_the_variant_rows(tmp_path: Path) -> None:
+    """The hook for segments, bandit periods, holdouts: an exposure column (here a segment
+    derived from the unit id) splits stage 3's rows, and the split rows add up to the rest."""
+    engine = sa.create_engine("duckdb:///:memory:")
+    with engine.begin() as connection:
+        plain = load(connection, None, tmp_path)
+        connection.execute(sa.text("ALTER TABLE parcours_exposures ADD COLUMN segment VARCHAR"))
+        connection.execute(sa.text("UPDATE parcours_exposures SET segment = "
+                                   "CASE WHEN right(unit_id, 1) IN ('0', '1', '2') "
+                                   "THEN 'mobile' ELSE 'desktop' END"))
+        base, _ = plain_tables(None, UtcDateTime)
+        table = sa.Table("parcours_exposures", sa.MetaData(), *(c._copy() for c in base.c),
+                         sa.Column("segment", sa.String))
+        grouped = table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
+        plan = Plan.of(METRICS, JOURNEY, True, grouped.events)
+        unit = UnitPass.of(grouped, plan, hours=HOURS).query().subquery("u")
+        rows = connection.execute(variant_day_query(plan, unit, grouping=grouped.grouping)).all()
+        units = connection.execute(units_query(grouped)).all()
+        whole = run(connection, plain)
+    engine.dispose()
+    assert {row.segment for row in rows} == {row.segment for row in units} == {"mobile",
+                                                                               "desktop"}
+    by_cell: dict[tuple[str, str], float] = {}
+    for row in units:
+        by_cell[(row.variant_key, str(row.day))] = by_cell.get(
+            (row.variant_key, str(row.day)), 0) + row.n
+    assert by_cell == {cell: sums["n"] for cell, sums in whole.units.rows.items()}
+    purchases: dict[str, float] = {}
+    for row in rows:
+        purchases[row.variant_key] = purchases.get(row.variant_key, 0) + row.m0_sum
+    assert purchases == {v: s["sum"] for v, s in whole.metrics["conv"].totals().items()}
+    with pytest.raises(ValueError, match="no column"):
+        plain.with_grouping("segment")
