@@ -24,6 +24,7 @@ from experiments.services.analysis import analyze_experiment
 from experiments.services.assignment import assign, decide
 from experiments.services.config_cache import cache_for
 from tests.factories import experiment_payload
+from tests.test_admin_support import cheap_argon2, logged_in  # noqa: F401  (autouse fixture)
 from webhooks.models import WebhookDelivery
 
 BANDIT = {"type": "bandit", "burn_in_hours": 24, "update_every_hours": 12,
@@ -194,6 +195,10 @@ def test_a_three_arm_bandit_ends_with_most_traffic_on_the_better_arm(app: Flask)
         assert share >= 0.80
         report = analyze_experiment(session, "banner", now=now)
         body = report.body
+    page = logged_in(app, "viewer").get("/admin/experiments/banner").get_data(as_text=True)
+    assert "Bandit allocation" in page and 'id="weights-data"' in page
+    assert "lifts between arms are biased" in page
+    assert page.count("<tr><th scope=\"row\">") >= 6  # periods 0..5 in the allocation table
     assert body["period_weighted"] is True
     assert body["p_best"]["c"] >= 0.95
     assert body["decision"]["outcome"] == "ship" and body["decision"]["winner"] == "c"
