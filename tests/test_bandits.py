@@ -175,6 +175,11 @@ def test_after_reallocation_new_units_follow_the_new_weights(app: Flask, client:
     items = client.get("/api/v1/experiments/banner/allocations", headers=admin_headers).json
     assert [item["period"] for item in items["items"]] == [0, 1]
     assert items["items"][1]["p_best"]["c"] > 0.9
+    with get_db(app).session() as session:
+        analyze_experiment(session, "banner", now=started + timedelta(hours=25))
+    report = client.get("/api/v1/experiments/banner/report", headers=admin_headers).json
+    assert report["period_weighted"] is True and report["metrics"][0]["period_weighted"] is True
+    assert report["p_best"]["c"] > 0.9
 
 
 def test_a_three_arm_bandit_ends_with_most_traffic_on_the_better_arm(app: Flask) -> None:
@@ -207,6 +212,9 @@ def test_a_three_arm_bandit_ends_with_most_traffic_on_the_better_arm(app: Flask)
     assert estimate["ci"][0] <= 0.15 <= estimate["ci"][1]
     assert set(body["expected_units"]) == set(ARMS)
     assert body["srm"]["detected"] is False
+    assert not [alert for alert in body["alerts"] if alert["kind"] == "srm"]
+    naive = sps.chisquare([body["units"][arm] for arm in ARMS]).pvalue
+    assert naive < 0.001  # against the configured 1/3 each, the moved traffic looks broken
 
 
 def test_period_sums_split_units_by_their_exposure_period(app: Flask) -> None:

@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from experiments.schemas import Strict
+from experiments.schemas import Strict, Text
 from experiments.schemas.reports import Count, SrmOut, Statistic
 
 Weight = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-ArmKey = Annotated[str, Field(min_length=1, max_length=64)]  # as the other calculators' keys
+ArmKey = Annotated[Text, Field(min_length=1, max_length=64)]  # as the other calculators' keys
 
 
 class AllocationOut(BaseModel):

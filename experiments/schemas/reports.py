@@ -72,6 +72,7 @@ class MetricResult(BaseModel):
     comparisons: list[ComparisonOut]
     warnings: list[str] = Field(default_factory=list)
     cap: CapUsed | None = None
+    period_weighted: bool = False  # a bandit's primary metric (SPEC §13)
 
 
 class SrmOut(BaseModel):

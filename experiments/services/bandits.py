@@ -28,7 +28,7 @@ from experiments.db import utcnow
 from experiments.errors import Conflict, ValidationFailed
 from experiments.models import AllocationPeriod, Event, Experiment, Exposure, Metric
 from experiments.schemas import AnalysisSettings, BanditAllocation, ExperimentFields
-from experiments.services import lifecycle
+from experiments.services import alerts, lifecycle
 from experiments.services.aggregation import (
     MetricSpec,
     before_hours_after,
@@ -255,6 +255,8 @@ def calculate_bandit(periods: list[Mapping[str, Any]], *, min_weight: float, see
         try:
             arms = {}
             for position, v in enumerate(period["variants"]):
+                if v["key"] in arms:
+                    raise StatsInputError(f"variants[{position}].key", "duplicate variant key")
                 try:
                     arms[v["key"]] = MeanStats(v["n"], v["sum"], v["sum_squares"])
                 except StatsInputError as error:
@@ -282,6 +284,9 @@ def apply_to_report(session: Session, experiment: Experiment, settings: Analysis
     body["p_best"] = result.p_best
     body["expected_units"] = result.expected_units
     body["srm"] = {"p_value": result.srm.p_value, "detected": result.srm.detected}
+    # The fixed-weight SRM alert of the generic report no longer applies: redo it.
+    body["alerts"] = [*(a for a in body.get("alerts", []) if a["kind"] != "srm"),
+                      *alerts.srm_alerts(body)]
     primary = next(m for m in body["metrics"] if m["role"] == "primary")
     metric = next(m for m in experiment.metrics if m.role == "primary")
     z = critical_value(settings.alpha)
