@@ -139,7 +139,7 @@ def _unit_value(metric: Metric) -> Any:
 
 
 def bandit_result(session: Session, experiment: Experiment, *, seed: int,
-                  settings: BanditAllocation) -> tuple[BanditResult, list[AllocationPeriod]]:
+                  settings: BanditAllocation) -> BanditResult:
     """The stats of every period so far (per-arm sums from :func:`period_sums`)."""
     periods = periods_of(session, experiment.id)
     sums = period_sums(session, experiment)
@@ -147,9 +147,8 @@ def bandit_result(session: Session, experiment: Experiment, *, seed: int,
     inputs = [Period({k: float(p.weights.get(k, 0.0)) for k in arms},
                      {k: sums.get(p.period, {}).get(k, EMPTY) for k in arms}) for p in periods]
     direction = next(m.direction for m in experiment.metrics if m.role == "primary")
-    result = analyze_bandit(inputs, min_weight=settings.min_weight, seed=seed,
-                            direction=direction)  # type: ignore[arg-type]
-    return result, periods
+    return analyze_bandit(inputs, min_weight=settings.min_weight, seed=seed,
+                          direction=direction)  # type: ignore[arg-type]
 
 
 # --- reallocation ------------------------------------------------------------------------------
@@ -184,7 +183,7 @@ def reallocate(session: Session, key: str, now: datetime | None = None, force: b
         logger.info("bandit %s: no update yet (%s)", key, waiting)
         return None
     seed = secrets.randbits(32)
-    result, _ = bandit_result(session, experiment, seed=seed, settings=settings)
+    result = bandit_result(session, experiment, seed=seed, settings=settings)
     short = {arm: e.n for arm, e in result.estimates.items() if e.n < settings.min_units_per_arm}
     if short or result.weights is None:
         message = (f"every arm needs {settings.min_units_per_arm} units before an update ("
@@ -203,11 +202,12 @@ def reallocate(session: Session, key: str, now: datetime | None = None, force: b
     except (IntegrityError, StaleDataError):
         session.rollback()
         raise Conflict("the bandit was reallocated concurrently; retry") from None
-    data = {"experiment": key, "period": _json_period(period)}
+    announced = _json_period(period)
     if principal is not None:
         record_audit(session, principal, "experiment.reallocate", target_type="experiment",
-                     target_id=key, experiment_key=key, after=data["period"])
-    signals.emit(signals.experiment_reallocated, session, data)
+                     target_id=key, experiment_key=key, after=announced)
+    signals.emit(signals.experiment_reallocated, session,
+                 {"experiment": key, "period": announced})
     session.commit()
     return period
 
@@ -279,7 +279,7 @@ def apply_to_report(session: Session, experiment: Experiment, settings: Analysis
     periods = periods_of(session, experiment.id)
     if bandit is None or not periods:
         return
-    result, _ = bandit_result(session, experiment, seed=periods[-1].seed, settings=bandit)
+    result = bandit_result(session, experiment, seed=periods[-1].seed, settings=bandit)
     body["period_weighted"] = True
     body["p_best"] = result.p_best
     body["expected_units"] = result.expected_units
@@ -301,14 +301,14 @@ def apply_to_report(session: Session, experiment: Experiment, settings: Analysis
                      period_weighted=True)
     control = next(v.key for v in experiment.variants if v.is_control)
     method = "frequentist" if settings.method == "sequential" else settings.method
-    comparisons = [compare(metric.kind, arms[control], arms[v.key], variant=v.key,  # type: ignore[arg-type]
-                           method=method, alpha=settings.alpha,  # type: ignore[arg-type]
+    comparisons = [compare(metric.kind, arms[control], arms[v.key],  # type: ignore[arg-type]
+                           variant=v.key, method=method, alpha=settings.alpha,
                            direction=metric.direction, mde=settings.mde)  # type: ignore[arg-type]
                    for v in experiment.variants if not v.is_control]
     from experiments.services.analysis import comparison_to_dict  # analysis imports us
 
     primary["comparisons"] = [comparison_to_dict(c) for c in
-                              apply_correction(comparisons, settings.correction)]  # type: ignore[arg-type]
+                              apply_correction(comparisons, settings.correction)]
     primary["period_weighted"] = True
     primary["warnings"] = [*primary.get("warnings", []), *result.warnings,
                            "lifts between arms are biased under adaptive allocation: "
