@@ -117,6 +117,8 @@ def test_burn_in_and_min_units_per_arm_are_respected(app: Flask, client: FlaskCl
         add_traffic(session, started + timedelta(minutes=1), dict.fromkeys(ARMS, 0.2), 300, rng)
         # Before the burn-in: nothing, even with plenty of units.
         assert bandits.reallocate(session, "banner", started + timedelta(hours=23)) is None
+        assert bandits.reallocate_due(session, started + timedelta(hours=23)) == {
+            "banner": "waiting"}  # the scheduler's pass too
     with get_db(app).session() as session:
         session.execute(Exposure.__table__.delete())
         session.commit()
