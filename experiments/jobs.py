@@ -53,6 +53,8 @@ def init_app(app: Flask) -> None:
     settings = app.config["PARCOURS"]
     register_job(app, JobSpec("analysis", float(settings.ANALYSIS_INTERVAL_S), run_analysis))
     register_job(app, JobSpec("digest", DIGEST_INTERVAL_S, run_digest))
+    # Checked as often as the analysis runs; each bandit's own burn-in and cadence decide.
+    register_job(app, JobSpec("bandits", float(settings.ANALYSIS_INTERVAL_S), run_bandits))
 
 
 def run_analysis(app: Flask) -> None:
@@ -66,6 +68,18 @@ def run_analysis(app: Flask) -> None:
     if failed:
         raise JobFailed(f"{len(failed)} of {len(results)} experiment(s) failed: "
                         + "; ".join(f"{key}: {result}" for key, result in failed.items()))
+
+
+def run_bandits(app: Flask) -> None:
+    """Open a new weight period for every running bandit that is due (SPEC §13)."""
+    from experiments.services.bandits import reallocate_due
+
+    with get_db(app).session() as session:
+        results = reallocate_due(session)
+    failed = {key: result for key, result in results.items() if result.startswith("error")}
+    logger.info("bandits: %s", ", ".join(f"{k}: {r}" for k, r in results.items()) or "none")
+    if failed:
+        raise JobFailed("; ".join(f"{key}: {result}" for key, result in failed.items()))
 
 
 def run_digest(app: Flask) -> None:

@@ -42,6 +42,8 @@ class Experiment(Base):
     layer: Mapped[str | None] = mapped_column(String(64), index=True)
     overrides: Mapped[dict[str, Any]] = mapped_column(default=dict)
     analysis: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # SPEC §13 allocation; null is ``{"type": "fixed"}`` (experiments created before bandits).
+    allocation: Mapped[dict[str, Any] | None]
     iteration_of_id: Mapped[int | None] = mapped_column(ForeignKey("experiments.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="draft", index=True)
     # Hash salt: fixed at creation so assignment never reshuffles units.
@@ -195,6 +197,24 @@ class RollupState(Base):
     events_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     exposures_seen: Mapped[int] = mapped_column(BigInteger, default=0)
     seen_at: Mapped[datetime | None]
+
+
+class AllocationPeriod(Base):
+    """One weight period of a bandit (SPEC §13): from ``started_at`` until the next period,
+    new units are split by ``weights``; ``p_best`` (null for period 0) and the seed of its
+    draws make every update reproducible."""
+
+    __tablename__ = "allocation_periods"
+    __table_args__ = (UniqueConstraint("experiment_id", "period",
+                                       name="uq_allocation_periods_experiment_period"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
+    period: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    weights: Mapped[dict[str, Any]]
+    p_best: Mapped[dict[str, Any] | None]
+    seed: Mapped[int] = mapped_column(BigInteger)
 
 
 class Report(Base):

@@ -22,10 +22,12 @@ experiment_decided = _signals.signal("experiment.decided")
 analysis_completed = _signals.signal("analysis.completed")
 srm_detected = _signals.signal("srm.detected")
 guardrail_breached = _signals.signal("guardrail.breached")
+experiment_reallocated = _signals.signal("experiment.reallocated")
 
 DOMAIN_SIGNALS = (
     experiment_created, experiment_started, experiment_paused, experiment_concluded,
     experiment_decided, analysis_completed, srm_detected, guardrail_breached,
+    experiment_reallocated,
 )
 EVENT_TYPES = tuple(signal.name for signal in DOMAIN_SIGNALS)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from experiments.auth import hash_api_key, verify_password
-from experiments.models import ApiKey, Experiment, Exposure, Report, User
+from experiments.models import AllocationPeriod, ApiKey, Experiment, Exposure, Report, User
 
 
 def test_api_key_is_printed_alone_on_the_last_line_and_stored_hashed(runner, db, client):
@@ -50,14 +50,19 @@ def test_seed_demo_is_idempotent(runner, db):
     first = runner.invoke(args=["seed-demo"])
     second = runner.invoke(args=["seed-demo"])
     assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
-    experiments = db.scalars(select(Experiment)).all()
-    assert [e.key for e in experiments] == ["checkout-redesign"]
-    assert experiments[0].status == "running"
+    experiments = db.scalars(select(Experiment).order_by(Experiment.key)).all()
+    assert [e.key for e in experiments] == ["checkout-redesign", "homepage-banner"]
+    assert all(e.status == "running" for e in experiments)
+    demo = experiments[0]
     # The first run simulated traffic and analysed it once; the second added nothing.
-    reports = db.scalars(select(Report)).all()
+    reports = db.scalars(select(Report).where(Report.experiment_id == demo.id)).all()
     assert len(reports) == 1 and reports[0].body["decision"]["outcome"] == "ship"
-    assert db.scalar(select(func.count()).select_from(Exposure)) == 6000
+    assert db.scalar(select(func.count()).select_from(Exposure)
+                     .where(Exposure.experiment_id == demo.id)) == 6000
     assert "analysed 'checkout-redesign': decision ship one-page" in first.output
+    # The demo bandit: four updates after four chunks of traffic, not repeated.
+    assert db.scalar(select(func.count()).select_from(AllocationPeriod)) == 5
+    assert "demo bandit 'homepage-banner' already exists" in second.output
 
 
 def test_bootstrap_dev_prints_the_same_credentials_twice(runner):

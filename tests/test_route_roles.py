@@ -10,6 +10,7 @@ import pytest
 CLIENT_ROUTES = {
     ("/api/v1/assign", "POST"), ("/api/v1/exposures", "POST"), ("/api/v1/events", "POST"),
     ("/api/v1/stats/analyze", "POST"), ("/api/v1/stats/power", "POST"),
+    ("/api/v1/stats/bandit", "POST"),
     ("/ofrep/v1/evaluate/flags", "POST"), ("/ofrep/v1/evaluate/flags/<key>", "POST"),
 }
 

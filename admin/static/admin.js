@@ -102,6 +102,26 @@
       options: options});
   }
 
+  /* A bandit's share of new traffic per arm, one step per weight period. */
+  function weightsChart() {
+    var canvas = document.getElementById("weights-chart");
+    var data = readJson("weights-data");
+    if (!canvas || !data || !window.Chart) { return; }
+    var datasets = data.series.map(function (series, i) {
+      var color = i === 0 ? CONTROL_COLOR : PALETTE[(i - 1) % PALETTE.length];
+      return {label: series.variant, data: series.weights, borderColor: color,
+              backgroundColor: color, stepped: true, pointRadius: 3};
+    });
+    var options = baseOptions("share of new traffic");
+    options.scales.y.beginAtZero = true;
+    options.scales.y.max = 1;
+    options.plugins.tooltip = {callbacks: {label: function (ctx) {
+      return ctx.dataset.label + ": " + percent(ctx.parsed.y);
+    }}};
+    new window.Chart(canvas, {type: "line", data: {labels: data.labels, datasets: datasets},
+      options: options});
+  }
+
   /* Every metric's absolute change per exposure day, cumulative or daily (a toggle redraws
      all charts from the same JSON block). Values arrive already in the metric's unit. */
   function seriesCharts() {
@@ -243,6 +263,7 @@
   document.addEventListener("DOMContentLoaded", function () {
     liftChart();
     funnelChart();
+    weightsChart();
     seriesCharts();
     concludeConfirmation();
     rowBehaviour();

@@ -32,7 +32,7 @@ from experiments.schemas import (
     MetricKind,
     TargetingOp,
 )
-from experiments.services import analysis, audit, lifecycle, portfolio
+from experiments.services import analysis, audit, bandits, lifecycle, portfolio
 from experiments.services.simulate import SimulationPlan, simulate_traffic
 
 PAGE_SIZE = 50
@@ -161,7 +161,26 @@ def experiment(key: str) -> str:
         children=queries.iterations_of(session, row.id),
         iteration_name=lifecycle.iteration_name(row),
         demo=_demo_mode(), ship_risks=_ship_risks(row), launch=_launch_view(session, row, data),
+        bandit=_bandit_view(session, row, body),
     )
+
+
+def _bandit_view(session: Any, row: Experiment, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Weights over time (one point per period) and the latest chance of being best per arm."""
+    if bandits.bandit_settings(row) is None:
+        return None
+    periods = bandits.list_allocations(session, row.key)
+    arms = [v.key for v in row.variants]
+    p_best = body.get("p_best") if isinstance(body.get("p_best"), dict) else None
+    return {
+        "settings": row.allocation,
+        "periods": periods,
+        "arms": arms,
+        "p_best": p_best or (periods[-1]["p_best"] if periods else None),
+        "chart": {"labels": [f"P{p['period']} {p['started_at']:%Y-%m-%d %H:%M}" for p in periods],
+                  "series": [{"variant": arm, "weights": [p["weights"].get(arm) for p in periods]}
+                             for arm in arms]},
+    }
 
 
 def _ship_risks(row: Experiment) -> dict[str, list[str]]:

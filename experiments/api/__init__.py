@@ -9,6 +9,7 @@ def register_blueprints(app: Flask) -> None:
     """Mount every API blueprint; each module owns one resource."""
     from experiments.api import (
         assign,
+        bandits,
         calculators,
         events,
         experiments,
@@ -23,5 +24,5 @@ def register_blueprints(app: Flask) -> None:
 
     app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
-                   units, portfolio):
+                   units, portfolio, bandits):
         app.register_blueprint(module.bp)

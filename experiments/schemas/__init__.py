@@ -191,6 +191,27 @@ class AnalysisSettings(Strict):
     auto_conclude: bool = False
 
 
+class FixedAllocation(Strict):
+    """Weights as configured, for the whole experiment (the default)."""
+
+    type: Literal["fixed"] = "fixed"
+
+
+class BanditAllocation(Strict):
+    """Weights moved towards the best arm on the primary metric by the scheduler (SPEC §13)."""
+
+    type: Literal["bandit"]
+    burn_in_hours: float = Field(24, ge=0, le=24 * 366, allow_inf_nan=False)
+    update_every_hours: float = Field(24, gt=0, le=24 * 366, allow_inf_nan=False)
+    min_weight: float = Field(0.01, ge=0, le=0.5, allow_inf_nan=False)
+    min_units_per_arm: int = Field(100, ge=2, le=1_000_000_000)
+
+
+Allocation = Annotated[FixedAllocation | BanditAllocation, Field(discriminator="type")]
+# Metrics a bandit can optimise: one number per unit, so periods combine linearly.
+BANDIT_METRIC_KINDS = ("conversion", "mean", "count", "friction")
+
+
 EXPERIMENT_EXAMPLE: dict[str, Any] = {
     "key": "checkout-redesign",
     "name": "One-page checkout",
@@ -228,8 +249,17 @@ class ExperimentFields(Strict):
     overrides: dict[UnitId, Key] = Field(default_factory=dict, max_length=10_000)
     metrics: list[MetricIn] = Field(min_length=1, max_length=50)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    allocation: Allocation = Field(default_factory=FixedAllocation)
     iteration_of: Key | None = None
     learnings: Text = Field("", max_length=50_000)
+
+    @model_validator(mode="after")
+    def _bandits_default_to_fixed_horizon(self) -> ExperimentFields:
+        # A bandit's report is period-weighted, not a sequential test: when the method is
+        # not given, a bandit gets frequentist tests instead of the sequential default.
+        if self.allocation.type == "bandit" and "method" not in self.analysis.model_fields_set:
+            self.analysis.method = "frequentist"
+        return self
 
 
 class ExperimentPatch(Strict):
@@ -251,6 +281,7 @@ class ExperimentPatch(Strict):
     overrides: dict[UnitId, Key] = Field(None, max_length=10_000)  # type: ignore[assignment]
     metrics: list[MetricIn] = Field(None, min_length=1, max_length=50)  # type: ignore[assignment]
     analysis: AnalysisSettings = None  # type: ignore[assignment]
+    allocation: Allocation = None  # type: ignore[assignment]
     learnings: Text = Field(None, max_length=50_000)  # type: ignore[assignment]
 
 
@@ -289,6 +320,14 @@ def experiment_problems(config: ExperimentFields) -> list[dict[str, str]]:
             add(f"overrides.{unit_id}", f"unknown variant {variant_key!r}")
     if config.analysis.max_days < config.analysis.min_days:
         add("analysis.max_days", "must be at least analysis.min_days")
+    if config.allocation.type == "bandit":
+        for index, metric in enumerate(config.metrics):
+            if metric.role == "primary" and metric.kind not in BANDIT_METRIC_KINDS:
+                add(f"metrics[{index}].kind", "a bandit optimises a conversion, mean, count "
+                    f"or friction primary metric, not {metric.kind}")
+        if config.analysis.method == "sequential":
+            add("analysis.method", "a bandit is analysed with period-weighted estimates: "
+                "use frequentist or bayesian, not sequential")
     return problems
 
 
@@ -321,6 +360,7 @@ class ExperimentOut(BaseModel):
     overrides: dict[str, str]
     metrics: list[MetricOut]
     analysis: AnalysisSettings
+    allocation: Allocation
     iteration_of: str | None
     status: Status
     created_at: datetime

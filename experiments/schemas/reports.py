@@ -72,6 +72,7 @@ class MetricResult(BaseModel):
     comparisons: list[ComparisonOut]
     warnings: list[str] = Field(default_factory=list)
     cap: CapUsed | None = None
+    period_weighted: bool = False  # a bandit's primary metric (SPEC §13)
 
 
 class SrmOut(BaseModel):
@@ -180,6 +181,10 @@ class ReportOut(BaseModel):
     decision: DecisionOut | None
     warnings: list[str]
     alerts: list[AlertOut] = Field(default_factory=list)
+    # Bandits (SPEC §13): primary metric period-weighted, chance of being best per arm.
+    period_weighted: bool = False
+    p_best: dict[str, float] | None = None
+    expected_units: dict[str, float] | None = None
 
 
 class ReportList(BaseModel):

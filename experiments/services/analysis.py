@@ -31,7 +31,7 @@ from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
-from experiments.services import alerts, decisions
+from experiments.services import alerts, bandits, decisions
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import (
@@ -520,6 +520,7 @@ def _analyze(session: Session, experiment: Experiment, now: datetime) -> Report:
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
+    bandits.apply_to_report(session, experiment, settings, body)
     result = decisions.report_decision(experiment, settings, body, now)
     body["decision"] = (result.to_dict(now) if result is not None
                         else decisions.current_decision(experiment))

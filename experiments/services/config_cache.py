@@ -17,14 +17,14 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
-from experiments.models import Experiment, Variant
+from experiments.models import AllocationPeriod, Experiment, Variant
 from experiments.services.targeting import Condition, compile_condition
 
 DEFAULT_REFRESH_S = 2.0
@@ -95,7 +95,7 @@ class ConfigSnapshot:
 
 
 def load_snapshot(session: Session) -> ConfigSnapshot:
-    """Read every experiment and variant with two column queries (no ORM objects)."""
+    """Read every experiment, variant and current bandit weight period (column queries only)."""
     variants: dict[int, list[VariantConfig]] = defaultdict(list)
     for row in session.execute(
         select(Variant.experiment_id, Variant.key, Variant.weight, Variant.is_control,
@@ -103,6 +103,9 @@ def load_snapshot(session: Session) -> ConfigSnapshot:
     ):
         variants[row.experiment_id].append(
             VariantConfig(row.key, float(row.weight), bool(row.is_control), row.payload or {}))
+    for experiment_id, weights in _bandit_weights(session).items():
+        variants[experiment_id] = [replace(v, weight=float(weights.get(v.key, 0.0)))
+                                   for v in variants[experiment_id]]
     rows = session.execute(
         select(Experiment.id, Experiment.key, Experiment.status, Experiment.salt,
                Experiment.traffic, Experiment.targeting, Experiment.layer, Experiment.overrides,
@@ -121,6 +124,16 @@ def load_snapshot(session: Session) -> ConfigSnapshot:
         running=tuple(config for config in configs if config.status == "running"),
         layer_members={layer: tuple(ids) for layer, ids in members.items()},
     )
+
+
+def _bandit_weights(session: Session) -> dict[int, dict[str, float]]:
+    """The current weight period of every bandit (SPEC §13): new units follow these."""
+    latest = (select(AllocationPeriod.experiment_id, func.max(AllocationPeriod.period).label("p"))
+              .group_by(AllocationPeriod.experiment_id).subquery())
+    rows = session.execute(select(AllocationPeriod.experiment_id, AllocationPeriod.weights)
+                           .join(latest, (AllocationPeriod.experiment_id == latest.c.experiment_id)
+                                 & (AllocationPeriod.period == latest.c.p)))
+    return {row.experiment_id: row.weights for row in rows}
 
 
 def _layer_slots(rows: Iterable[Any]) -> dict[int, tuple[int, int]]:

@@ -92,7 +92,8 @@ def _blocking_reasons(settings: AnalysisSettings, body: Mapping[str, Any],
                 "automatic decisions are blocked until the traffic split is fixed"]
     reasons = []
     units: Mapping[str, int] = body.get("units", {})
-    if units:
+    # A bandit starves its losing arms by design: min_units_per_arm gated its updates.
+    if units and not body.get("period_weighted"):
         smallest = min(units, key=lambda variant: units[variant])
         if units[smallest] < settings.min_units_per_variant:
             reasons.append(f"waiting for {settings.min_units_per_variant} units per variant "
@@ -129,6 +130,8 @@ def decide(settings: AnalysisSettings, body: Mapping[str, Any], *, days: float) 
         return _rollback(breached)
     primaries = _metrics(body, "primary")
     primary = primaries[0] if primaries else {"key": "?", "comparisons": []}
+    if body.get("period_weighted"):
+        return _bandit_decision(settings, body, primary, days)
     best = _best_treatment(primary)
     if best is not None:
         return DecisionResult("ship", best["variant"], (
@@ -142,6 +145,28 @@ def decide(settings: AnalysisSettings, body: Mapping[str, Any], *, days: float) 
             f"primary metric {primary['key']}"))
     return DecisionResult("keep_running", None, (
         *worse, f"primary metric {primary['key']} is not significantly better yet"))
+
+
+BANDIT_SHIP_P_BEST = 0.95
+
+
+def _bandit_decision(settings: AnalysisSettings, body: Mapping[str, Any],
+                     primary: Mapping[str, Any], days: float) -> DecisionResult:
+    """A bandit ships the arm whose chance of being best reaches 95 % (SPEC §13)."""
+    p_best: Mapping[str, float] = body.get("p_best") or {}
+    arm = max(p_best, key=lambda key: p_best[key], default=None)
+    if arm is not None and p_best[arm] >= BANDIT_SHIP_P_BEST:
+        return DecisionResult("ship", arm, (
+            f"{arm} is the best arm on primary metric {primary['key']} with probability "
+            f"{p_best[arm]:.1%} (bandit: at least {BANDIT_SHIP_P_BEST:.0%})",
+            "no guardrail is significantly worse"))
+    if days >= settings.max_days:
+        return DecisionResult("no_difference", None, (
+            f"{settings.max_days} days reached without an arm best with probability "
+            f"{BANDIT_SHIP_P_BEST:.0%}",))
+    leader = f" (leader {arm}: {p_best[arm]:.1%})" if arm is not None else ""
+    return DecisionResult("keep_running", None, (
+        f"no arm is best with probability {BANDIT_SHIP_P_BEST:.0%} yet{leader}",))
 
 
 def days_running(experiment: Experiment, now: datetime) -> float:

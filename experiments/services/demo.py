@@ -11,9 +11,11 @@ from sqlalchemy.orm import Session
 
 from experiments.auth import SYSTEM
 from experiments.db import utcnow
+from experiments.errors import Conflict
 from experiments.models import Experiment, Exposure
 from experiments.schemas import EXPERIMENT_EXAMPLE
 from experiments.services.analysis import analyze_experiment
+from experiments.services.bandits import periods_of, reallocate
 from experiments.services.lifecycle import create_experiment, get_experiment, transition
 from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
 
@@ -55,6 +57,7 @@ def seed_demo_data(session: Session, *, traffic: bool = True) -> Iterator[str]:
         yield f"created and started demo experiment {DEMO_KEY!r}"
     if traffic:
         yield from _demo_traffic(session)
+    yield from seed_bandit_demo(session, traffic=traffic)
 
 
 def _demo_traffic(session: Session) -> Iterator[str]:
@@ -72,3 +75,62 @@ def _demo_traffic(session: Session) -> Iterator[str]:
     decision = analyze_experiment(session, DEMO_KEY).body.get("decision") or {}
     outcome = " ".join(filter(None, (decision.get("outcome"), decision.get("winner"))))
     yield f"analysed {DEMO_KEY!r}: decision {outcome}"
+
+
+BANDIT_KEY = "homepage-banner"
+# A short-lived choice between three banners: a bandit moves traffic to the best one.
+BANDIT_EXPERIMENT: dict[str, Any] = {
+    "key": BANDIT_KEY, "name": "Homepage banner", "owner": "marketing@example.com",
+    "hypothesis": "A banner naming free returns brings more buyers than a discount banner",
+    "journey": ["landing", "cart", "checkout", "payment", "confirmation"],
+    "variants": [
+        {"key": "discount", "name": "10 % off", "weight": 0.34, "is_control": True,
+         "payload": {"banner": "discount"}},
+        {"key": "free-returns", "name": "Free returns", "weight": 0.33,
+         "payload": {"banner": "free-returns"}},
+        {"key": "new-season", "name": "New season", "weight": 0.33,
+         "payload": {"banner": "new-season"}},
+    ],
+    "metrics": [{"key": "purchase", "kind": "conversion", "event": "purchase",
+                 "role": "primary"}],
+    "allocation": {"type": "bandit", "burn_in_hours": 24, "update_every_hours": 48,
+                   "min_weight": 0.05, "min_units_per_arm": 100},
+    "analysis": {"method": "bayesian", "min_days": 3, "max_days": 21},
+}
+BANDIT_DAYS, BANDIT_CHUNKS, BANDIT_UNITS = 8, 4, 1500
+BANDIT_EFFECTS = {"free-returns": 0.6, "new-season": 0.1}
+
+
+def seed_bandit_demo(session: Session, *, traffic: bool = True) -> Iterator[str]:
+    """The demo bandit: traffic in four 2-day chunks, the weights updated after each one."""
+    if session.scalar(select(Experiment.id).where(Experiment.key == BANDIT_KEY)) is not None:
+        yield f"demo bandit {BANDIT_KEY!r} already exists"
+        return
+    create_experiment(session, BANDIT_EXPERIMENT, SYSTEM)
+    transition(session, BANDIT_KEY, "start", SYSTEM)
+    bandit = get_experiment(session, BANDIT_KEY)
+    start = utcnow() - timedelta(days=BANDIT_DAYS) - SESSION_MARGIN
+    bandit.started_at = start
+    bandit.salt = DEMO_SALT + "-banner"
+    # Period 0 starts with the experiment (the start above is back-dated).
+    periods_of(session, bandit.id)[0].started_at = start
+    session.commit()
+    yield f"created and started demo bandit {BANDIT_KEY!r}"
+    if not traffic:
+        return
+    step = timedelta(days=BANDIT_DAYS / BANDIT_CHUNKS)
+    for chunk in range(BANDIT_CHUNKS):
+        end = start + step * (chunk + 1)
+        simulate_traffic(session, BANDIT_KEY, SimulationPlan(
+            units=BANDIT_UNITS, seed=2026 + chunk, days=int(step.days) or 1,
+            effects=BANDIT_EFFECTS, start=end))
+        try:
+            period = reallocate(session, BANDIT_KEY, end, force=True)
+        except Conflict as refusal:
+            yield f"bandit {BANDIT_KEY!r}: no update ({refusal.message})"
+            continue
+        assert period is not None
+        yield (f"bandit {BANDIT_KEY!r} period {period.period}: "
+               + ", ".join(f"{arm} {weight:.0%}" for arm, weight in period.weights.items()))
+    analyze_experiment(session, BANDIT_KEY)
+    yield f"analysed {BANDIT_KEY!r}"

@@ -24,7 +24,7 @@ from experiments.schemas import (
     IterateIn,
     experiment_problems,
 )
-from experiments.services import alerts, exposures, rollup
+from experiments.services import alerts, bandits, exposures, rollup
 from experiments.services.audit import json_safe, record_audit
 from experiments.services.pagination import paginate
 
@@ -93,6 +93,7 @@ def experiment_to_dict(experiment: Experiment) -> dict[str, Any]:
         "overrides": dict(experiment.overrides),
         "metrics": [_metric_to_dict(m) for m in experiment.metrics],
         "analysis": dict(experiment.analysis),
+        "allocation": dict(experiment.allocation or {"type": "fixed"}),
         "iteration_of": experiment.iteration_of.key if experiment.iteration_of else None,
         "status": experiment.status,
         "created_at": experiment.created_at,
@@ -161,6 +162,7 @@ def _apply_fields(experiment: Experiment, fields: ExperimentFields) -> None:
     experiment.layer = fields.layer
     experiment.overrides = dict(fields.overrides)
     experiment.analysis = fields.analysis.model_dump(mode="json")
+    experiment.allocation = fields.allocation.model_dump(mode="json")
     experiment.learnings = fields.learnings
     experiment.variants = _synced(experiment.variants, Variant,
                                   [v.model_dump() for v in fields.variants])
@@ -190,6 +192,7 @@ def update_experiment(session: Session, key: str, patch: ExperimentPatch,
     _check_patch_allowed(experiment, changes)
     merged = {**_writable(before), **changes}
     fields = validate_fields(merged)
+    bandits.check_allocation_kept(experiment, fields)
     _apply_fields(experiment, fields)
     experiment.updated_at = utcnow()
     _flush(session, "the experiment changed concurrently; reload and retry")
@@ -267,6 +270,7 @@ def transition(session: Session, key: str, action: str, principal: Principal,
     experiment.updated_at = now
     if action == "start":
         experiment.started_at = now
+        bandits.open_first_period(session, experiment, now)
     if action == "conclude":
         assert conclusion is not None
         _conclude(session, experiment, conclusion, principal, risks)
