@@ -53,6 +53,9 @@ def init_app(app: Flask) -> None:
     settings = app.config["PARCOURS"]
     register_job(app, JobSpec("analysis", float(settings.ANALYSIS_INTERVAL_S), run_analysis))
     register_job(app, JobSpec("digest", DIGEST_INTERVAL_S, run_digest))
+    if settings.WAREHOUSES:
+        register_job(app, JobSpec("warehouse-sync", float(settings.ANALYSIS_INTERVAL_S),
+                                  run_warehouse_sync))
 
 
 def run_analysis(app: Flask) -> None:
@@ -66,6 +69,18 @@ def run_analysis(app: Flask) -> None:
     if failed:
         raise JobFailed(f"{len(failed)} of {len(results)} experiment(s) failed: "
                         + "; ".join(f"{key}: {result}" for key, result in failed.items()))
+
+
+def run_warehouse_sync(app: Flask) -> None:
+    """Copy new exposures (and events, where asked) into every configured warehouse (§15)."""
+    from experiments.services.warehouses.sync import sync_all
+
+    with app.app_context():
+        results = sync_all(get_db(app))
+    failed = {name: result for name, result in results.items() if isinstance(result, str)}
+    logger.info("warehouse sync: %d warehouse(s), %d failed", len(results), len(failed))
+    if failed:
+        raise JobFailed("; ".join(f"{name}: {result}" for name, result in failed.items()))
 
 
 def run_digest(app: Flask) -> None:
