@@ -51,6 +51,17 @@ _WAREHOUSE_SETTING = re.compile(
     r"^WAREHOUSE_(?P<name>[A-Za-z0-9_]+?)_(?P<field>URL|TIMEOUT_SECONDS|SYNC_EVENTS)$")
 
 
+def _warehouse_env() -> dict[str, str]:
+    """The ``PARCOURS_WAREHOUSE_*`` env vars, keyed without the prefix."""
+    return {key.removeprefix(ENV_PREFIX): value for key, value in os.environ.items()
+            if key.startswith(ENV_PREFIX + "WAREHOUSE_")}
+
+
+def warehouses_from_env() -> tuple[WarehouseConfig, ...]:
+    """The warehouses the environment names (for code running outside an app)."""
+    return _warehouses(_warehouse_env())
+
+
 def _warehouses(settings: Mapping[str, Any]) -> tuple[WarehouseConfig, ...]:
     """Group ``WAREHOUSE_<NAME>_*`` settings by lower-cased name; a name needs a URL."""
     groups: dict[str, dict[str, Any]] = {}
@@ -100,9 +111,7 @@ class Config:
             env_value = os.environ.get(ENV_PREFIX + name)
             if env_value is not None:
                 raw[name] = env_value
-        warehouse_settings = {key.removeprefix(ENV_PREFIX): value
-                              for key, value in os.environ.items()
-                              if key.startswith(ENV_PREFIX + "WAREHOUSE_")}
+        warehouse_settings = _warehouse_env()
         extra: dict[str, Any] = {}
         for key, value in (overrides or {}).items():
             if key in names:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import ExceptionContext
 
-from experiments.config import WarehouseConfig
+from experiments.config import WarehouseConfig, warehouses_from_env
 from experiments.db import postgres_connect_args
 from experiments.errors import NotFound
 
@@ -85,6 +85,13 @@ def init_app(app: Flask) -> Warehouses:
 def get_warehouses(app: Flask | None = None) -> Warehouses:
     """The warehouse registry of the given (or current) app."""
     return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def configured_warehouses() -> list[str]:
+    """The warehouse names of the current app (of the environment outside an app)."""
+    if has_app_context():
+        return get_warehouses().names()
+    return sorted(config.name for config in warehouses_from_env())
 
 
 def _make_engine(config: WarehouseConfig) -> Engine:
