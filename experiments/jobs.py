@@ -75,8 +75,7 @@ def run_warehouse_sync(app: Flask) -> None:
     """Copy new exposures (and events, where asked) into every configured warehouse (§15)."""
     from experiments.services.warehouses.sync import sync_all
 
-    with app.app_context():
-        results = sync_all(get_db(app))
+    results = sync_all(get_db(app))
     failed = {name: result for name, result in results.items() if isinstance(result, str)}
     logger.info("warehouse sync: %d warehouse(s), %d failed", len(results), len(failed))
     if failed:

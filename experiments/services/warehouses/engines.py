@@ -155,6 +155,8 @@ def _interrupt(raw_connection: Any, info: dict[str, Any]) -> None:
 def _name_errors(engine: Engine, config: WarehouseConfig) -> None:
     """Raise every driver error as a :class:`WarehouseError` naming the warehouse."""
 
+    url = make_url(config.url)
+
     def rename(context: ExceptionContext) -> None:
         original = context.original_exception
         timed_out = (context.connection is not None
@@ -163,7 +165,10 @@ def _name_errors(engine: Engine, config: WarehouseConfig) -> None:
             raise WarehouseError(
                 f"warehouse {config.name!r}: query stopped after {config.timeout_seconds:g} s "
                 f"(PARCOURS_WAREHOUSE_{config.name.upper()}_TIMEOUT_SECONDS)") from original
-        raise WarehouseError(f"warehouse {config.name!r}: {_first_line(original)}") from original
+        message = _first_line(original)
+        if url.password:  # a driver echoing its connection string must not leak it
+            message = message.replace(url.password, "***")
+        raise WarehouseError(f"warehouse {config.name!r}: {message}") from original
 
     event.listen(engine, "handle_error", rename)
 

@@ -23,31 +23,28 @@ from experiments.services.warehouses.engines import WarehouseError
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
-# (engine, exposures, events, experiment, settings) -> the experiment's aggregates
-Pipeline = Callable[[Engine, FromClause, FromClause, Experiment, AnalysisSettings], Any]
 
-
-def pipeline_not_wired(_engine: Engine, _exposures: FromClause, _events: FromClause,
-                       _experiment: Experiment, settings: AnalysisSettings) -> Any:
-    """Stands for the portable pipeline until it runs on warehouses (issue #20, part 1)."""
+def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
+                 experiment: Experiment, settings: AnalysisSettings) -> Any:
+    """Run the analysis pipeline inside the warehouse: the portable pipeline of issue #20
+    part 1 goes here when it lands; until then a clear error, never a silent wrong report."""
     raise WarehouseError(f"warehouse {settings.warehouse!r}: analysis inside warehouses is "
                          "not wired yet (the portable SQL pipeline of issue #20 part 1)")
 
 
-def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                         *, pipeline: Pipeline = pipeline_not_wired) -> Any:
-    """Sync the warehouse, then run ``pipeline`` over its exposures and events, in it."""
+def warehouse_aggregates(session: Session, experiment: Experiment,
+                         settings: AnalysisSettings) -> Any:
+    """Sync the warehouse, then run the pipeline over its exposures and events, in it."""
     name = settings.warehouse
     assert name is not None, "only experiments with analysis.warehouse are routed here"
     sync_before_analysis(session, name)
     engine, exposures, events = warehouse_sources(session, name)
-    return pipeline(engine, exposures, events, experiment, settings)
+    return run_pipeline(engine, exposures, events, experiment, settings)
 
 
 def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                   in_parcours: Callable[[], Any], *,
-                   pipeline: Pipeline = pipeline_not_wired) -> Any:
+                   in_parcours: Callable[[], Any]) -> Any:
     """The experiment's aggregates where its data lives: its warehouse, else Parcours."""
     if settings.warehouse is None:
         return in_parcours()
-    return warehouse_aggregates(session, experiment, settings, pipeline=pipeline)
+    return warehouse_aggregates(session, experiment, settings)
