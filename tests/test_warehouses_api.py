@@ -199,3 +199,15 @@ def test_the_seam_gives_synced_exposures_and_customer_events(
 ])
 def test_engine_type_names_map_to_kinds(type_name: str, kind: str | None) -> None:
     assert type_kind(type_name) == kind
+
+
+def test_the_cli_syncs_one_warehouse_and_names_unknown_ones(shop: Flask) -> None:
+    runner = shop.test_cli_runner()
+    result = runner.invoke(args=["warehouse", "sync", "--name", "shop"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == ("shop: 0 exposure(s), 0 event(s) copied "
+                                              "(through exposure 0, event 0)")
+    assert "warehouse sync" in result.stderr  # the progress bar
+    unknown = runner.invoke(args=["warehouse", "sync", "--name", "lake"])
+    assert unknown.exit_code == 2
+    assert "no warehouse named lake (configured: shop)" in unknown.output
