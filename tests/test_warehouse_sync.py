@@ -34,12 +34,14 @@ def add_traffic(db: Session, experiment_key: str, units: range) -> None:
     db.commit()
 
 
-def run_child(app: Flask, warehouse_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_child(app: Flask, warehouse_url: str, *args: str,
+              **settings: str) -> subprocess.CompletedProcess[str]:
     """``tests.warehouse_child`` against the app's database and the warehouse ``w``."""
     env = {**os.environ, "PARCOURS_DATABASE_URL": app.config["PARCOURS"].DATABASE_URL,
            "PARCOURS_SECRET_KEY": "test", "PARCOURS_INSTANCE_PATH": app.instance_path,
            "PARCOURS_WAREHOUSE_W_URL": warehouse_url, "PARCOURS_WAREHOUSE_W_SYNC_EVENTS": "1",
-           "PARCOURS_LOG_LEVEL": "WARNING"}
+           "PARCOURS_LOG_LEVEL": "WARNING",
+           **{f"PARCOURS_WAREHOUSE_W_{key}": value for key, value in settings.items()}}
     return subprocess.run([sys.executable, "-m", "tests.warehouse_child", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=120)
 
@@ -70,3 +72,28 @@ def test_a_sync_killed_mid_way_resumes_without_duplicate_or_gap(
     db.commit()  # an open transaction would hold the next PostgreSQL sync back
     state = db.get(WarehouseSync, "w")
     assert (state.exposures_through, state.events_through, state.last_error) == (500, 1000, None)
+
+
+CH_SOURCE = ("SELECT toString(number) AS unit_id, now64(6, 'UTC') AS occurred_at, "
+             "'conversion' AS type, 'order' AS name, NULL AS step, toFloat64(number) AS value, "
+             "NULL AS friction_kind FROM numbers(3)")
+
+
+def test_clickhouse_sources_are_probed_and_slow_queries_stopped(app: Flask,
+                                                                tmp_path: Path) -> None:
+    done = run_child(app, f"chdb:///{tmp_path / 'clickhouse'}", "probe", CH_SOURCE,
+                     CH_SOURCE.replace("toString(number)", "number"), "SELECT * FROM refunds",
+                     TIMEOUT_SECONDS="1")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    good, mistyped, refused = result["probes"]
+    assert good == {"unit_id": "String", "occurred_at": "DateTime64(6, 'UTC')",
+                    "type": "String", "name": "String", "step": "Nullable(Nothing)",
+                    "value": "Float64", "friction_kind": "Nullable(Nothing)"}
+    assert mistyped == [{"field": "events_sql", "message": "column 'unit_id' is UInt64, "
+                         "expected text (e.g. CAST(x AS VARCHAR))"}]
+    [refusal] = refused
+    assert refusal["message"].startswith("warehouse 'w': Code: 60. DB::Exception: Unknown "
+                                         "table expression identifier 'refunds'")
+    assert result["slow"] == ("warehouse 'w': query stopped after 1 s "
+                              "(PARCOURS_WAREHOUSE_W_TIMEOUT_SECONDS)")
