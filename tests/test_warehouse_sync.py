@@ -14,7 +14,9 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from experiments.models import Event, Experiment, Exposure, WarehouseSync
+from experiments.auth import SYSTEM
+from experiments.models import AuditEntry, Event, Experiment, Exposure, WarehouseSync
+from experiments.services.erasure import erase_unit
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -60,11 +62,13 @@ def test_a_sync_killed_mid_way_resumes_without_duplicate_or_gap(
     assert crashed.returncode == -9, crashed.stderr
 
     add_traffic(db, "checkout-redesign", range(450, 500))  # traffic goes on meanwhile
+    erase_unit(db, "u0", SYSTEM)  # already copied: its copies go as well
     rerun = run_child(app, warehouse_url, "sync")
     assert rerun.returncode == 0, rerun.stderr
     synced = json.loads(rerun.stdout.splitlines()[-1])
     resumed, again = synced["copied"]
     # The killed run left whole batches (DuckDB rolled the 3rd back; ClickHouse kept it).
+    assert 1 not in synced["parcours_exposures"]
     assert 500 - resumed["w"] in (200, 300)
     assert again == {"w": 0}  # nothing new: nothing copied twice
     assert synced["parcours_exposures"] == sorted(db.scalars(select(Exposure.id)))
@@ -72,6 +76,8 @@ def test_a_sync_killed_mid_way_resumes_without_duplicate_or_gap(
     db.commit()  # an open transaction would hold the next PostgreSQL sync back
     state = db.get(WarehouseSync, "w")
     assert (state.exposures_through, state.events_through, state.last_error) == (500, 1000, None)
+    assert state.erasures_through == db.scalar(select(AuditEntry.id).where(
+        AuditEntry.action == "unit.erased"))
 
 
 CH_SOURCE = ("SELECT toString(number) AS unit_id, now64(6, 'UTC') AS occurred_at, "

@@ -34,6 +34,7 @@ def upgrade() -> None:
     sa.Column('warehouse', sa.String(length=64), nullable=False),
     sa.Column('exposures_through', sa.BigInteger(), nullable=False),
     sa.Column('events_through', sa.BigInteger(), nullable=False),
+    sa.Column('erasures_through', sa.Integer(), nullable=False),
     sa.Column('last_sync_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.PrimaryKeyConstraint('warehouse')

@@ -11,6 +11,10 @@ become visible when it commits, possibly out of order; the sync copies up to the
 id it saw once every transaction that began before it looked has ended (the rollup's
 rule), so a late commit with a smaller id is never skipped. SQLite commits one writer at
 a time, in id order.
+
+Erasures (``DELETE /api/v1/units/{id}``) reach the copies too: each sync deletes, in the
+warehouse, the rows of every unit erased since the last one, matched by the SHA-256
+digest the audit entry keeps (the id itself is gone), and only then advances its mark.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, func, select
+from sqlalchemy import Connection, Select, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from experiments.db import Database, utcnow
-from experiments.models import Event, Experiment, Exposure, WarehouseSync
+from experiments.models import AuditEntry, Event, Experiment, Exposure, WarehouseSync
 from experiments.services.rollup import _settled
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
@@ -95,10 +99,12 @@ def sync_warehouse(session: Session, name: str, *, progress: Progress | None = N
             copied_events, events_through = _copy(
                 session, engine.connect, _event_rows(), Event.id, tables.events,
                 events_upper, progress)
+        erasures_through = _apply_erasures(session, engine.connect, name)
     except WarehouseError as exc:
         _record(session, name, error=str(exc))
         raise
-    _record(session, name, exposures_through=exposures_through, events_through=events_through)
+    _record(session, name, exposures_through=exposures_through, events_through=events_through,
+            erasures_through=erasures_through)
     return SyncResult(name, copied_exposures, copied_events, exposures_through, events_through)
 
 
@@ -128,23 +134,55 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
     return copied, mark
 
 
+# The hex SHA-256 of a unit id, as ``erasure.unit_digest`` computes it, in each dialect.
+_DIGEST_SQL = {"duckdb": "sha256(unit_id)", "postgresql":
+               "encode(sha256(convert_to(unit_id, 'UTF8')), 'hex')",
+               "snowflake": "sha2(unit_id, 256)", "bigquery": "to_hex(sha256(unit_id))"}
+_CLICKHOUSE_DIGEST = "lower(hex(SHA256(unit_id)))"
+
+
+def _apply_erasures(session: Session, connect: Callable[[], Connection], name: str) -> int:
+    """Delete the copies of every unit erased since the last sync; the new erasure mark."""
+    state = session.get(WarehouseSync, name)
+    through = state.erasures_through if state else 0
+    erased = session.execute(select(AuditEntry.id, AuditEntry.target_id).where(
+        AuditEntry.action == "unit.erased", AuditEntry.id > through)
+        .order_by(AuditEntry.id)).all()
+    session.rollback()
+    if not erased:
+        return through
+    digests = sorted({digest for _, digest in erased})
+    with connect() as connection, connection.begin():
+        dialect = connection.dialect.name
+        digest = (_CLICKHOUSE_DIGEST if tables.is_clickhouse(connection)
+                  else _DIGEST_SQL.get(dialect, "sha256(unit_id)"))
+        for table in (tables.exposures, tables.events):
+            connection.execute(table.delete().where(text(f"{digest} IN :digests")
+                                                    .bindparams(bindparam("digests",
+                                                                          expanding=True))),
+                               {"digests": digests})
+    return int(erased[-1][0])
+
+
 def _naive_utc(row: dict[str, Any]) -> dict[str, Any]:
     return {key: value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime)
             else value for key, value in row.items()}
 
 
 def _record(session: Session, name: str, *, exposures_through: int | None = None,
-            events_through: int | None = None, error: str | None = None) -> None:
+            events_through: int | None = None, erasures_through: int | None = None,
+            error: str | None = None) -> None:
     """Keep the outcome for ``GET /api/v1/warehouses`` and the admin page."""
     session.rollback()
     state = session.get(WarehouseSync, name) or WarehouseSync(
-        warehouse=name, exposures_through=0, events_through=0)
+        warehouse=name, exposures_through=0, events_through=0, erasures_through=0)
     session.add(state)
     state.last_error = error
     if error is None:
         state.last_sync_at = utcnow()
         state.exposures_through = exposures_through or 0
         state.events_through = events_through or 0
+        state.erasures_through = erasures_through or 0
     session.commit()
 
 
