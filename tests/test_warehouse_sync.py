@@ -15,8 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from experiments.auth import SYSTEM
+from experiments.db import get_db
 from experiments.models import AuditEntry, Event, Experiment, Exposure, WarehouseSync
 from experiments.services.erasure import erase_unit
+from experiments.services.warehouses import sync
+from experiments.services.warehouses.engines import get_warehouses
+from tests.conftest import auth_headers, make_test_app
+from tests.factories import experiment_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -103,3 +108,26 @@ def test_clickhouse_sources_are_probed_and_slow_queries_stopped(app: Flask,
                                          "table expression identifier 'refunds'")
     assert result["slow"] == ("warehouse 'w': query stopped after 1 s "
                               "(PARCOURS_WAREHOUSE_W_TIMEOUT_SECONDS)")
+
+
+def test_ids_of_a_transaction_still_open_are_left_for_the_next_sync(
+        postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL a smaller id may commit after a larger one: while a transaction that
+    began before the sync looked is open, the sync copies nothing new (never skips it)."""
+    monkeypatch.setattr(sync, "SETTLE_WAIT_S", 0.2)
+    app = make_test_app(postgres_database_url, tmp_path,
+                        WAREHOUSE_W_URL=f"duckdb:///{tmp_path / 'w.duckdb'}")
+    headers = auth_headers(app)
+    payload = experiment_payload(layer=None, targeting=[], overrides={})
+    client = app.test_client()
+    assert client.post("/api/v1/experiments", json=payload, headers=headers).status_code == 201
+    assert client.post("/api/v1/experiments/checkout-redesign/start",
+                       headers=headers).status_code == 200
+    with app.app_context(), get_db(app).sessionmaker() as session:
+        add_traffic(session, "checkout-redesign", range(3))
+        with get_db(app).engine.connect() as other:
+            other.execute(select(1))  # a transaction open since before the sync
+            assert sync.sync_warehouse(session, "w").exposures == 0
+        assert sync.sync_warehouse(session, "w").exposures == 3
+        get_warehouses().dispose()
+    get_db(app).engine.dispose()

@@ -64,8 +64,9 @@ def _event_rows() -> Select[Any]:
                   Event.friction_kind, Event.value, Event.occurred_at)
 
 
-def settled_bounds(session: Session) -> tuple[int, int]:
-    """The largest exposure and event ids that no open transaction can still precede."""
+def settled_bounds(session: Session, name: str) -> tuple[int, int]:
+    """The largest exposure and event ids that no open transaction can still precede
+    (while a long transaction stays open: what the last sync reached, nothing new)."""
     bounds = (session.scalar(select(func.coalesce(func.max(Exposure.id), 0))),
               session.scalar(select(func.coalesce(func.max(Event.id), 0))))
     if session.get_bind().dialect.name != "postgresql":
@@ -74,8 +75,11 @@ def settled_bounds(session: Session) -> tuple[int, int]:
     deadline = time.monotonic() + SETTLE_WAIT_S
     while not _settled(session, seen_at):
         if time.monotonic() > deadline:
-            raise WarehouseError("sync postponed: a long transaction is still open in "
-                                 "Parcours's database; the next sync copies its rows")
+            logger.warning("warehouse sync of %s copies nothing new: a transaction older "
+                           "than %.0f s is still open in Parcours's database", name,
+                           SETTLE_WAIT_S)
+            state = session.get(WarehouseSync, name)
+            return (state.exposures_through, state.events_through) if state else (0, 0)
         time.sleep(0.05)
     return bounds
 
@@ -89,7 +93,7 @@ def sync_warehouse(session: Session, name: str, *, progress: Progress | None = N
     try:
         with engine.begin() as connection:
             tables.create_tables(connection)
-        exposures_upper, events_upper = settled_bounds(session)
+        exposures_upper, events_upper = settled_bounds(session, name)
         session.rollback()  # end the read transaction: nothing below needs its snapshot
         copied_exposures, exposures_through = _copy(
             session, engine.connect, _exposure_rows(), Exposure.id, tables.exposures,
