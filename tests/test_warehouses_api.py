@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, text
 
 from experiments.db import get_db
+from experiments.jobs import registered_jobs
 from experiments.models import AuditEntry, WarehouseSource
 from experiments.services.warehouses.engines import get_warehouses
 from experiments.services.warehouses.sources import type_kind, warehouse_sources
@@ -211,3 +212,16 @@ def test_the_cli_syncs_one_warehouse_and_names_unknown_ones(shop: Flask) -> None
     unknown = runner.invoke(args=["warehouse", "sync", "--name", "lake"])
     assert unknown.exit_code == 2
     assert "no warehouse named lake (configured: shop)" in unknown.output
+
+
+def test_the_scheduler_syncs_configured_warehouses(shop: Flask, tmp_path: Path,
+                                                   database_url: str) -> None:
+    jobs = {job.name: job for job in registered_jobs(shop)}
+    assert jobs["warehouse-sync"].interval_s == 300.0
+    with shop.app_context():
+        jobs["warehouse-sync"].run(shop)
+    listed = shop.test_client().get("/api/v1/warehouses", headers=auth_headers(shop))
+    assert listed.json["items"][0]["last_sync_at"] is not None
+    bare = make_test_app(database_url, tmp_path / "bare")
+    assert "warehouse-sync" not in {job.name for job in registered_jobs(bare)}
+    get_db(bare).engine.dispose()
