@@ -90,8 +90,9 @@ CH_SOURCE = ("SELECT toString(number) AS unit_id, now64(6, 'UTC') AS occurred_at
              "NULL AS friction_kind FROM numbers(3)")
 
 
-def test_clickhouse_sources_are_probed_and_slow_queries_stopped(app: Flask,
+def test_clickhouse_sources_are_probed_and_slow_queries_stopped(sqlite_template: Path,
                                                                 tmp_path: Path) -> None:
+    app = make_test_app(f"sqlite:///{sqlite_template}", tmp_path)  # only read, never written
     done = run_child(app, f"chdb:///{tmp_path / 'clickhouse'}", "probe", CH_SOURCE,
                      CH_SOURCE.replace("toString(number)", "number"), "SELECT * FROM refunds",
                      TIMEOUT_SECONDS="1")
