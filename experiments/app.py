@@ -13,6 +13,7 @@ from experiments.config import Config
 from experiments.converters import BoundedIntConverter
 from experiments.db import init_db
 from experiments.services.config_cache import configure_cache
+from experiments.services.warehouses import engines as warehouses
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -32,6 +33,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     database = init_db(app, settings.DATABASE_URL,
                        statement_timeout_ms=settings.STATEMENT_TIMEOUT_MS)
     configure_cache(database.engine, settings.CONFIG_REFRESH_S)
+    warehouses.init_app(app)
     app.extensions["parcours.api_keys"] = ApiKeyCache()
 
     from experiments import cli, cors, errors, jobs, limits, observability, scheduler, security

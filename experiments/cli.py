@@ -19,11 +19,12 @@ from experiments.models import ApiKey, User
 db_cli = AppGroup("db", help="Database schema.")
 users_cli = AppGroup("users", help="Admin UI accounts.")
 api_keys_cli = AppGroup("api-keys", help="API keys.")
+warehouse_cli = AppGroup("warehouse", help="Warehouses analysed in place (SPEC §15).")
 
 
 def register_commands(app: Flask) -> None:
     """Attach the command groups; other packages add their own groups."""
-    for group in (db_cli, users_cli, api_keys_cli):
+    for group in (db_cli, users_cli, api_keys_cli, warehouse_cli):
         app.cli.add_command(group)
     app.cli.add_command(seed_demo)
     app.cli.add_command(bootstrap_dev)
@@ -228,3 +229,36 @@ def simulate(key: str, units: int, seed: int, days: int, effects: tuple[str, ...
         raise click.ClickException(str(exc)) from None
     click.echo(f"simulated {units} visitors on {key!r}: " + ", ".join(
         f"{variant} {count}" for variant, count in counts.items()) + " exposed")
+
+
+@warehouse_cli.command("sync")
+@click.option("--name", "names", multiple=True,
+              help="Only this warehouse (repeatable; default: every configured one).")
+def warehouse_sync(names: tuple[str, ...]) -> None:
+    """Copy new exposures (and Parcours-ingested events) into the warehouses now."""
+    from tqdm import tqdm
+
+    from experiments.services.warehouses.engines import get_warehouses
+    from experiments.services.warehouses.sync import SyncResult, sync_all
+
+    configured = get_warehouses().names()
+    unknown = sorted(set(names) - set(configured))
+    if unknown:
+        raise click.BadParameter(f"no warehouse named {', '.join(unknown)} "
+                                 f"(configured: {', '.join(configured) or 'none'})",
+                                 param_hint="--name")
+    with tqdm(desc="warehouse sync", unit="row", file=sys.stderr) as bar:
+        results = sync_all(get_db(), list(names) or None,
+                           progress=lambda _table, rows: bar.update(rows))
+    for name, result in results.items():
+        if isinstance(result, SyncResult):
+            click.echo(f"{name}: {result.exposures} exposure(s), {result.events} event(s) "
+                       f"copied (through exposure {result.exposures_through}, "
+                       f"event {result.events_through})")
+        else:
+            click.echo(f"{name}: {result}")
+    failed = [name for name, result in results.items() if isinstance(result, str)]
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(results)} warehouse sync(s) failed")
+    if not results:
+        click.echo("no warehouse configured (PARCOURS_WAREHOUSE_<NAME>_URL)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -36,6 +37,46 @@ def _parse_str_list(value: Any) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class WarehouseConfig:
+    """One ``PARCOURS_WAREHOUSE_<NAME>_*`` group (SPEC §15); the URL carries its secrets."""
+
+    name: str
+    url: str
+    timeout_seconds: float = 300.0
+    sync_events: bool = False
+
+
+# PARCOURS_WAREHOUSE_<NAME>_URL and its companions; <NAME> may contain underscores.
+_WAREHOUSE_SETTING = re.compile(
+    r"^WAREHOUSE_(?P<name>[A-Za-z0-9_]+?)_(?P<field>URL|TIMEOUT_SECONDS|SYNC_EVENTS)$")
+
+
+def _warehouse_env() -> dict[str, str]:
+    """The ``PARCOURS_WAREHOUSE_*`` env vars, keyed without the prefix."""
+    return {key.removeprefix(ENV_PREFIX): value for key, value in os.environ.items()
+            if key.startswith(ENV_PREFIX + "WAREHOUSE_")}
+
+
+def warehouses_from_env() -> tuple[WarehouseConfig, ...]:
+    """The warehouses the environment names (for code running outside an app)."""
+    return _warehouses(_warehouse_env())
+
+
+def _warehouses(settings: Mapping[str, Any]) -> tuple[WarehouseConfig, ...]:
+    """Group ``WAREHOUSE_<NAME>_*`` settings by lower-cased name; a name needs a URL."""
+    groups: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        match = _WAREHOUSE_SETTING.match(key)
+        if match:
+            groups.setdefault(match["name"].lower(), {})[match["field"]] = value
+    return tuple(
+        WarehouseConfig(name=name, url=str(group["URL"]),
+                        timeout_seconds=float(group.get("TIMEOUT_SECONDS", 300.0)),
+                        sync_events=_parse_bool(group.get("SYNC_EVENTS", False)))
+        for name, group in sorted(groups.items()) if group.get("URL"))
+
+
+@dataclass(frozen=True)
 class Config:
     """Every tunable of the service; field names are the env names without the prefix."""
 
@@ -58,24 +99,29 @@ class Config:
     LOG_FORMAT: str = "json"
     STATEMENT_TIMEOUT_MS: int = 600_000
     TESTING: bool = False
+    WAREHOUSES: tuple[WarehouseConfig, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, overrides: Mapping[str, Any] | None = None) -> Config:
         """Merge defaults, ``PARCOURS_*`` env vars and explicit overrides (highest wins)."""
         raw: dict[str, Any] = {}
-        names = {f.name for f in fields(cls)} - {"extra"}
+        names = {f.name for f in fields(cls)} - {"extra", "WAREHOUSES"}
         for name in names:
             env_value = os.environ.get(ENV_PREFIX + name)
             if env_value is not None:
                 raw[name] = env_value
+        warehouse_settings = _warehouse_env()
         extra: dict[str, Any] = {}
         for key, value in (overrides or {}).items():
             if key in names:
                 raw[key] = value
+            elif _WAREHOUSE_SETTING.match(key):
+                warehouse_settings[key] = value
             else:
                 extra[key] = value
-        return cls(**_coerce(raw), extra=extra).with_defaults()
+        return cls(**_coerce(raw), WAREHOUSES=_warehouses(warehouse_settings),
+                   extra=extra).with_defaults()
 
     def with_defaults(self) -> Config:
         """Fill the settings whose default depends on the instance folder."""

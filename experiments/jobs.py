@@ -55,6 +55,9 @@ def init_app(app: Flask) -> None:
     register_job(app, JobSpec("digest", DIGEST_INTERVAL_S, run_digest))
     # Checked as often as the analysis runs; each bandit's own burn-in and cadence decide.
     register_job(app, JobSpec("bandits", float(settings.ANALYSIS_INTERVAL_S), run_bandits))
+    if settings.WAREHOUSES:
+        register_job(app, JobSpec("warehouse-sync", float(settings.ANALYSIS_INTERVAL_S),
+                                  run_warehouse_sync))
 
 
 def run_analysis(app: Flask) -> None:
@@ -80,6 +83,17 @@ def run_bandits(app: Flask) -> None:
     logger.info("bandits: %s", ", ".join(f"{k}: {r}" for k, r in results.items()) or "none")
     if failed:
         raise JobFailed("; ".join(f"{key}: {result}" for key, result in failed.items()))
+
+
+def run_warehouse_sync(app: Flask) -> None:
+    """Copy new exposures (and events, where asked) into every configured warehouse (§15)."""
+    from experiments.services.warehouses.sync import sync_all
+
+    results = sync_all(get_db(app))
+    failed = {name: result for name, result in results.items() if isinstance(result, str)}
+    logger.info("warehouse sync: %d warehouse(s), %d failed", len(results), len(failed))
+    if failed:
+        raise JobFailed("; ".join(f"{name}: {result}" for name, result in failed.items()))
 
 
 def run_digest(app: Flask) -> None:

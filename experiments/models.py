@@ -330,3 +330,33 @@ class JobRun(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class WarehouseSource(Base):
+    """An ``events_sql`` of a warehouse (SPEC §15), as validated by its ``LIMIT 0`` probe."""
+
+    __tablename__ = "warehouse_sources"
+    __table_args__ = (UniqueConstraint("warehouse", "position",
+                                       name="uq_warehouse_sources_position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    warehouse: Mapped[str] = mapped_column(String(64), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    events_sql: Mapped[str] = mapped_column(Text)
+    # The probe's result: column name -> the engine's type name.
+    columns: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    validated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WarehouseSync(Base):
+    """What the last sync into a warehouse copied (the resumable mark lives in the warehouse)."""
+
+    __tablename__ = "warehouse_syncs"
+
+    warehouse: Mapped[str] = mapped_column(String(64), primary_key=True)
+    exposures_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The last ``unit.erased`` audit entry applied to the warehouse's copies.
+    erasures_through: Mapped[int] = mapped_column(Integer, default=0)
+    last_sync_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -19,10 +19,11 @@ def register_blueprints(app: Flask) -> None:
         sdk,
         system,
         units,
+        warehouses,
     )
     from experiments.api.routing import refuse_nul_in_url
 
     app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
-                   units, portfolio, bandits):
+                   units, portfolio, bandits, warehouses):
         app.register_blueprint(module.bp)

@@ -189,6 +189,8 @@ class AnalysisSettings(Strict):
     cuped: bool = True
     auto_decide: bool = True
     auto_conclude: bool = False
+    # Analyse in this warehouse (SPEC §15): a PARCOURS_WAREHOUSE_<NAME>_URL name, lower-cased.
+    warehouse: Key | None = None
 
 
 class FixedAllocation(Strict):

@@ -27,6 +27,7 @@ from experiments.schemas import (
 from experiments.services import alerts, bandits, exposures, rollup
 from experiments.services.audit import json_safe, record_audit
 from experiments.services.pagination import paginate
+from experiments.services.warehouses.engines import configured_warehouses
 
 # status -> {action: new status}
 TRANSITIONS: dict[str, dict[str, str]] = {
@@ -123,6 +124,11 @@ def validate_fields(data: ExperimentFields | dict[str, Any]) -> ExperimentFields
     fields = (data if isinstance(data, ExperimentFields)
               else validated(ExperimentFields, data, "the experiment is invalid"))
     problems = experiment_problems(fields)
+    warehouse = fields.analysis.warehouse
+    if warehouse is not None and warehouse not in configured_warehouses():
+        problems.append({"field": "analysis.warehouse", "message": (
+            f"no warehouse named {warehouse!r} is configured "
+            f"(set PARCOURS_WAREHOUSE_{warehouse.upper()}_URL)")})
     if problems:
         raise ValidationFailed(problems, "the experiment is invalid")
     return fields

@@ -1,0 +1,1 @@
+"""Warehouses as data sources (SPEC §15): engines, events sources, sync, analysis seam."""

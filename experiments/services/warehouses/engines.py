@@ -1,0 +1,179 @@
+"""Named warehouses (SPEC §15): one lazily created engine per name, each with its timeout.
+
+The statement timeout is enforced the way each engine allows:
+
+* DuckDB has no server-side timeout: a timer started before each statement calls the
+  connection's ``interrupt()`` when it fires;
+* ClickHouse (chDB in-process, or a server through clickhouse-connect) stops the query
+  itself with the ``max_execution_time`` setting;
+* PostgreSQL: ``statement_timeout``; Snowflake: ``STATEMENT_TIMEOUT_IN_SECONDS``;
+* any other dialect (BigQuery): the warehouse's own job limits.
+
+Every error is re-raised as :class:`WarehouseError` naming the warehouse, so a report
+says which warehouse failed and why.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import ExceptionContext
+
+from experiments.config import WarehouseConfig, warehouses_from_env
+from experiments.db import postgres_connect_args
+from experiments.errors import NotFound
+
+EXTENSION_KEY = "parcours.warehouses"
+# How ClickHouse and PostgreSQL say that their own timeout stopped a statement.
+TIMEOUT_SIGNS = ("TIMEOUT_EXCEEDED", "statement timeout")
+
+
+class WarehouseError(RuntimeError):
+    """A warehouse could not be reached, refused a statement or ran out of time."""
+
+
+class Warehouses:
+    """The configured warehouses of one app; engines open on first use."""
+
+    def __init__(self, configs: tuple[WarehouseConfig, ...]) -> None:
+        self.configs = {config.name: config for config in configs}
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        """The configured names, sorted."""
+        return sorted(self.configs)
+
+    def config(self, name: str) -> WarehouseConfig:
+        """The settings of ``name`` (404 when no such warehouse is configured)."""
+        try:
+            return self.configs[name]
+        except KeyError:
+            raise NotFound(f"no warehouse named {name!r} is configured "
+                           f"(PARCOURS_WAREHOUSE_{name.upper()}_URL)") from None
+
+    def dialect(self, name: str) -> str:
+        """The SQLAlchemy dialect name of ``name``'s URL, without connecting."""
+        return make_url(self.config(name).url).get_backend_name()
+
+    def engine(self, name: str) -> Engine:
+        """The engine of ``name``, created once (the URL is never shown or logged)."""
+        config = self.config(name)
+        with self._lock:
+            if name not in self._engines:
+                self._engines[name] = _make_engine(config)
+            return self._engines[name]
+
+    def dispose(self) -> None:
+        """Close every pooled warehouse connection (tests, shutdown)."""
+        with self._lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+
+def init_app(app: Flask) -> Warehouses:
+    """Attach the registry of the app's configured warehouses."""
+    registry = Warehouses(app.config["PARCOURS"].WAREHOUSES)
+    app.extensions[EXTENSION_KEY] = registry
+    return registry
+
+
+def get_warehouses(app: Flask | None = None) -> Warehouses:
+    """The warehouse registry of the given (or current) app."""
+    return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def configured_warehouses() -> list[str]:
+    """The warehouse names of the current app (of the environment outside an app)."""
+    if has_app_context():
+        return get_warehouses().names()
+    return sorted(config.name for config in warehouses_from_env())
+
+
+def _make_engine(config: WarehouseConfig) -> Engine:
+    url = make_url(config.url)
+    backend, seconds = url.get_backend_name(), config.timeout_seconds
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = postgres_connect_args(config.url, int(seconds * 1000))
+    elif backend == "clickhousedb":
+        connect_args = {"max_execution_time": max(1, round(seconds))}
+    engine = create_engine(url, connect_args=connect_args)
+    if backend == "duckdb":
+        _interrupt_after(engine, seconds)
+    elif backend == "chdb":
+        _on_connect(engine, f"SET max_execution_time = {max(1, round(seconds))}")
+    elif backend == "snowflake":
+        _on_connect(engine, f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = "
+                            f"{max(1, round(seconds))}")
+    _name_errors(engine, config)
+    return engine
+
+
+def _on_connect(engine: Engine, statement: str) -> None:
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(statement)
+        cursor.close()
+
+    event.listen(engine, "connect", configure)
+
+
+def _interrupt_after(engine: Engine, seconds: float) -> None:
+    """Interrupt a DuckDB statement still running after ``seconds`` (it has no server timeout)."""
+
+    def start(connection: Any, _cursor: Any, _statement: str, _parameters: Any,
+              context: Any, _executemany: bool) -> None:
+        raw = connection.connection.dbapi_connection
+        timer = threading.Timer(seconds, _interrupt, (raw, connection.info))
+        timer.daemon = True
+        connection.info["parcours.timer"] = timer
+        connection.info.pop("parcours.timed_out", None)
+        timer.start()
+
+    def stop(connection: Any, *_args: Any) -> None:
+        if connection is None:  # the connection itself failed to open
+            return
+        timer = connection.info.pop("parcours.timer", None)
+        if timer is not None:
+            timer.cancel()
+
+    event.listen(engine, "before_cursor_execute", start)
+    event.listen(engine, "after_cursor_execute", stop)
+    event.listen(engine, "handle_error", lambda context: stop(context.connection))
+
+
+def _interrupt(raw_connection: Any, info: dict[str, Any]) -> None:
+    info["parcours.timed_out"] = True
+    raw_connection.interrupt()
+
+
+def _name_errors(engine: Engine, config: WarehouseConfig) -> None:
+    """Raise every driver error as a :class:`WarehouseError` naming the warehouse."""
+
+    url = make_url(config.url)
+
+    def rename(context: ExceptionContext) -> None:
+        original = context.original_exception
+        timed_out = (context.connection is not None
+                     and context.connection.info.pop("parcours.timed_out", False))
+        if timed_out or any(sign in str(original) for sign in TIMEOUT_SIGNS):
+            raise WarehouseError(
+                f"warehouse {config.name!r}: query stopped after {config.timeout_seconds:g} s "
+                f"(PARCOURS_WAREHOUSE_{config.name.upper()}_TIMEOUT_SECONDS)") from original
+        message = _first_line(original)
+        if url.password:  # a driver echoing its connection string must not leak it
+            message = message.replace(url.password, "***")
+        raise WarehouseError(f"warehouse {config.name!r}: {message}") from original
+
+    event.listen(engine, "handle_error", rename)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The engine's own message, without the driver's multi-line decoration."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

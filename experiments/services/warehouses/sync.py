@@ -1,0 +1,220 @@
+"""Copy Parcours's exposures (and, if asked, its events) into a warehouse (SPEC §15).
+
+Incremental by id and idempotent, without any state outside the warehouse that could
+disagree with it: the mark is ``max(id)`` of the warehouse table itself. Rows are copied
+in id order, in batches, each batch one INSERT in its own warehouse transaction (DuckDB)
+or one atomic MergeTree insert (ClickHouse), so whatever a crash leaves behind is a
+prefix of the ids; the next run resumes after that prefix: no duplicate, no gap.
+
+Only *settled* ids are copied. On PostgreSQL ids are taken when a transaction inserts but
+become visible when it commits, possibly out of order; the sync copies up to the largest
+id it saw once every transaction that began before it looked has ended (the rollup's
+rule), so a late commit with a smaller id is never skipped. SQLite commits one writer at
+a time, in id order.
+
+Erasures (``DELETE /api/v1/units/{id}``) reach the copies too: each sync deletes, in the
+warehouse, the rows of every unit erased since the last one, matched by the SHA-256
+digest the audit entry keeps (the id itself is gone), and only then advances its mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, bindparam, func, select, text
+from sqlalchemy.orm import Session
+
+from experiments.db import Database, utcnow
+from experiments.models import AuditEntry, Event, Experiment, Exposure, WarehouseSync
+from experiments.services.rollup import _settled
+from experiments.services.warehouses import tables
+from experiments.services.warehouses.engines import WarehouseError, get_warehouses
+
+logger = logging.getLogger(__name__)
+BATCH_ROWS = 5_000
+SETTLE_WAIT_S = 5.0
+Progress = Callable[[str, int], None]  # (table, rows copied so far) after each batch
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync copied into one warehouse."""
+
+    warehouse: str
+    exposures: int
+    events: int
+    exposures_through: int
+    events_through: int
+
+
+def _exposure_rows() -> Select[Any]:
+    return (select(Exposure.id, Exposure.experiment_id, Experiment.key.label("experiment_key"),
+                   Exposure.unit_id, Exposure.variant_key, Exposure.exposed_at,
+                   Exposure.is_override)
+            .join(Experiment, Experiment.id == Exposure.experiment_id))
+
+
+def _event_rows() -> Select[Any]:
+    return select(Event.id, Event.unit_id, Event.type, Event.name, Event.step,
+                  Event.friction_kind, Event.value, Event.occurred_at)
+
+
+def settled_bounds(session: Session, name: str) -> tuple[int, int]:
+    """The largest exposure and event ids that no open transaction can still precede
+    (while a long transaction stays open: what the last sync reached, nothing new)."""
+    bounds = (session.scalar(select(func.coalesce(func.max(Exposure.id), 0))),
+              session.scalar(select(func.coalesce(func.max(Event.id), 0))))
+    if session.get_bind().dialect.name != "postgresql":
+        return bounds
+    seen_at = session.scalar(select(func.clock_timestamp()))
+    deadline = time.monotonic() + SETTLE_WAIT_S
+    while not _settled(session, seen_at):
+        if time.monotonic() > deadline:
+            logger.warning("warehouse sync of %s copies nothing new: a transaction older "
+                           "than %.0f s is still open in Parcours's database", name,
+                           SETTLE_WAIT_S)
+            state = session.get(WarehouseSync, name)
+            return (state.exposures_through, state.events_through) if state else (0, 0)
+        time.sleep(0.05)
+    return bounds
+
+
+def sync_warehouse(session: Session, name: str, *, progress: Progress | None = None
+                   ) -> SyncResult:
+    """Copy every settled exposure (and event, with ``…_SYNC_EVENTS=1``) not yet in ``name``."""
+    warehouses = get_warehouses()
+    config = warehouses.config(name)
+    engine = warehouses.engine(name)
+    try:
+        with engine.begin() as connection:
+            tables.create_tables(connection)
+        exposures_upper, events_upper = settled_bounds(session, name)
+        session.rollback()  # end the read transaction: nothing below needs its snapshot
+        copied_exposures, exposures_through = _copy(
+            session, engine.connect, _exposure_rows(), Exposure.id, tables.exposures,
+            exposures_upper, progress)
+        copied_events, events_through = (0, 0)
+        if config.sync_events:
+            copied_events, events_through = _copy(
+                session, engine.connect, _event_rows(), Event.id, tables.events,
+                events_upper, progress)
+        erasures_through = _apply_erasures(session, engine.connect, name)
+    except WarehouseError as exc:
+        _record(session, name, error=str(exc))
+        raise
+    _record(session, name, exposures_through=exposures_through, events_through=events_through,
+            erasures_through=erasures_through)
+    return SyncResult(name, copied_exposures, copied_events, exposures_through, events_through)
+
+
+def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any], id_column: Any,
+          target: Any, upper: int, progress: Progress | None) -> tuple[int, int]:
+    """Append the rows with ``mark < id <= upper`` in id order; (rows copied, new mark)."""
+    with connect() as connection:
+        with connection.begin():
+            mark = int(connection.scalar(select(func.coalesce(func.max(target.c.id), 0))) or 0)
+        clickhouse = tables.is_clickhouse(connection)
+        copied = 0
+        while mark < upper:
+            batch = [dict(row) for row in session.execute(
+                rows.where(id_column > mark, id_column <= upper).order_by(id_column)
+                .limit(BATCH_ROWS)).mappings()]
+            session.rollback()
+            if not batch:
+                break
+            if clickhouse:  # ClickHouse DateTime64 columns take naive UTC
+                batch = [_naive_utc(row) for row in batch]
+            with connection.begin():
+                connection.execute(target.insert(), batch)
+            mark = int(batch[-1]["id"])
+            copied += len(batch)
+            if progress is not None:
+                progress(target.name, len(batch))
+    return copied, mark
+
+
+# The hex SHA-256 of a unit id, as ``erasure.unit_digest`` computes it, in each dialect.
+_DIGEST_SQL = {"duckdb": "sha256(unit_id)", "postgresql":
+               "encode(sha256(convert_to(unit_id, 'UTF8')), 'hex')",
+               "snowflake": "sha2(unit_id, 256)", "bigquery": "to_hex(sha256(unit_id))"}
+_CLICKHOUSE_DIGEST = "lower(hex(SHA256(unit_id)))"
+
+
+def _apply_erasures(session: Session, connect: Callable[[], Connection], name: str) -> int:
+    """Delete the copies of every unit erased since the last sync; the new erasure mark."""
+    state = session.get(WarehouseSync, name)
+    through = state.erasures_through if state else 0
+    erased = session.execute(select(AuditEntry.id, AuditEntry.target_id).where(
+        AuditEntry.action == "unit.erased", AuditEntry.id > through)
+        .order_by(AuditEntry.id)).all()
+    session.rollback()
+    if not erased:
+        return through
+    digests = sorted({digest for _, digest in erased})
+    with connect() as connection, connection.begin():
+        dialect = connection.dialect.name
+        digest = (_CLICKHOUSE_DIGEST if tables.is_clickhouse(connection)
+                  else _DIGEST_SQL.get(dialect, "sha256(unit_id)"))
+        for table in (tables.exposures, tables.events):
+            connection.execute(table.delete().where(text(f"{digest} IN :digests")
+                                                    .bindparams(bindparam("digests",
+                                                                          expanding=True))),
+                               {"digests": digests})
+    return int(erased[-1][0])
+
+
+def _naive_utc(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime)
+            else value for key, value in row.items()}
+
+
+def _record(session: Session, name: str, *, exposures_through: int | None = None,
+            events_through: int | None = None, erasures_through: int | None = None,
+            error: str | None = None) -> None:
+    """Keep the outcome for ``GET /api/v1/warehouses`` and the admin page."""
+    session.rollback()
+    state = session.get(WarehouseSync, name) or WarehouseSync(
+        warehouse=name, exposures_through=0, events_through=0, erasures_through=0)
+    session.add(state)
+    state.last_error = error
+    if error is None:
+        state.last_sync_at = utcnow()
+        state.exposures_through = exposures_through or 0
+        state.events_through = events_through or 0
+        state.erasures_through = erasures_through or 0
+    session.commit()
+
+
+def pending_rows(session: Session, name: str) -> dict[str, int]:
+    """How many exposures (and events) Parcours holds beyond the last sync: the lag."""
+    state = session.get(WarehouseSync, name)
+    through = (state.exposures_through, state.events_through) if state else (0, 0)
+    lag = {"exposures": session.scalar(select(func.count()).where(Exposure.id > through[0]))}
+    if get_warehouses().config(name).sync_events:
+        lag["events"] = session.scalar(select(func.count()).where(Event.id > through[1]))
+    return {key: int(value or 0) for key, value in lag.items()}
+
+
+def sync_before_analysis(session: Session, name: str) -> SyncResult:
+    """Bring ``name`` up to date right before an experiment is analysed in it."""
+    return sync_warehouse(session, name)
+
+
+def sync_all(database: Database, names: list[str] | None = None, *,
+             progress: Progress | None = None) -> dict[str, SyncResult | str]:
+    """Sync the given (default: every configured) warehouse; one failure never stops the rest."""
+    results: dict[str, SyncResult | str] = {}
+    for name in names or get_warehouses().names():
+        try:
+            with database.sessionmaker() as session:
+                results[name] = sync_warehouse(session, name, progress=progress)
+        except WarehouseError as exc:
+            logger.error("warehouse sync of %s failed: %s", name, exc)
+            results[name] = f"error: {exc}"
+    return results
+

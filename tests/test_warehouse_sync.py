@@ -1,0 +1,134 @@
+"""Syncing exposures and events into a warehouse: incremental, idempotent, crash-safe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from experiments.auth import SYSTEM
+from experiments.db import get_db
+from experiments.models import AuditEntry, Event, Experiment, Exposure, WarehouseSync
+from experiments.services.erasure import erase_unit
+from experiments.services.warehouses import sync
+from experiments.services.warehouses.engines import get_warehouses
+from tests.conftest import auth_headers, make_test_app
+from tests.factories import experiment_payload
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def add_traffic(db: Session, experiment_key: str, units: range) -> None:
+    """Exposures and two events per unit, written the fast way (tests only)."""
+    experiment = db.scalar(select(Experiment).where(Experiment.key == experiment_key))
+    for unit in units:
+        at = T0 + timedelta(minutes=unit)
+        db.add(Exposure(experiment_id=experiment.id, unit_id=f"u{unit}",
+                        variant_key=("control", "one-page")[unit % 2], exposed_at=at))
+        db.add(Event(event_id=f"e{unit}", unit_id=f"u{unit}", type="step", name="cart",
+                     step="cart", occurred_at=at + timedelta(minutes=1)))
+        db.add(Event(event_id=f"p{unit}", unit_id=f"u{unit}", type="conversion", name="purchase",
+                     value=float(unit % 7), occurred_at=at + timedelta(minutes=2)))
+    db.commit()
+
+
+def run_child(app: Flask, warehouse_url: str, *args: str,
+              **settings: str) -> subprocess.CompletedProcess[str]:
+    """``tests.warehouse_child`` against the app's database and the warehouse ``w``."""
+    env = {**os.environ, "PARCOURS_DATABASE_URL": app.config["PARCOURS"].DATABASE_URL,
+           "PARCOURS_SECRET_KEY": "test", "PARCOURS_INSTANCE_PATH": app.instance_path,
+           "PARCOURS_WAREHOUSE_W_URL": warehouse_url, "PARCOURS_WAREHOUSE_W_SYNC_EVENTS": "1",
+           "PARCOURS_LOG_LEVEL": "WARNING",
+           **{f"PARCOURS_WAREHOUSE_W_{key}": value for key, value in settings.items()}}
+    return subprocess.run([sys.executable, "-m", "tests.warehouse_child", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(params=["duckdb", "chdb"])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path / 'analytics.duckdb'}"
+    return f"chdb:///{tmp_path / 'clickhouse'}"
+
+
+def test_a_sync_killed_mid_way_resumes_without_duplicate_or_gap(
+        app: Flask, db: Session, started: dict, warehouse_url: str) -> None:
+    add_traffic(db, "checkout-redesign", range(450))
+    crashed = run_child(app, warehouse_url, "crash", "3")  # killed inside the 3rd batch
+    assert crashed.returncode == -9, crashed.stderr
+
+    add_traffic(db, "checkout-redesign", range(450, 500))  # traffic goes on meanwhile
+    erase_unit(db, "u0", SYSTEM)  # already copied: its copies go as well
+    rerun = run_child(app, warehouse_url, "sync")
+    assert rerun.returncode == 0, rerun.stderr
+    synced = json.loads(rerun.stdout.splitlines()[-1])
+    resumed, again = synced["copied"]
+    # The killed run left whole batches (DuckDB rolled the 3rd back; ClickHouse kept it).
+    assert 1 not in synced["parcours_exposures"]
+    assert 500 - resumed["w"] in (200, 300)
+    assert again == {"w": 0}  # nothing new: nothing copied twice
+    assert synced["parcours_exposures"] == sorted(db.scalars(select(Exposure.id)))
+    assert synced["parcours_events"] == sorted(db.scalars(select(Event.id)))
+    db.commit()  # an open transaction would hold the next PostgreSQL sync back
+    state = db.get(WarehouseSync, "w")
+    assert (state.exposures_through, state.events_through, state.last_error) == (500, 1000, None)
+    assert state.erasures_through == db.scalar(select(AuditEntry.id).where(
+        AuditEntry.action == "unit.erased"))
+
+
+CH_SOURCE = ("SELECT toString(number) AS unit_id, now64(6, 'UTC') AS occurred_at, "
+             "'conversion' AS type, 'order' AS name, NULL AS step, toFloat64(number) AS value, "
+             "NULL AS friction_kind FROM numbers(3)")
+
+
+def test_clickhouse_sources_are_probed_and_slow_queries_stopped(sqlite_template: Path,
+                                                                tmp_path: Path) -> None:
+    app = make_test_app(f"sqlite:///{sqlite_template}", tmp_path)  # only read, never written
+    done = run_child(app, f"chdb:///{tmp_path / 'clickhouse'}", "probe", CH_SOURCE,
+                     CH_SOURCE.replace("toString(number)", "number"), "SELECT * FROM refunds",
+                     TIMEOUT_SECONDS="1")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    good, mistyped, refused = result["probes"]
+    assert good == {"unit_id": "String", "occurred_at": "DateTime64(6, 'UTC')",
+                    "type": "String", "name": "String", "step": "Nullable(Nothing)",
+                    "value": "Float64", "friction_kind": "Nullable(Nothing)"}
+    assert mistyped == [{"field": "events_sql", "message": "column 'unit_id' is UInt64, "
+                         "expected text (e.g. CAST(x AS VARCHAR))"}]
+    [refusal] = refused
+    assert refusal["message"].startswith("warehouse 'w': Code: 60. DB::Exception: Unknown "
+                                         "table expression identifier 'refunds'")
+    assert result["slow"] == ("warehouse 'w': query stopped after 1 s "
+                              "(PARCOURS_WAREHOUSE_W_TIMEOUT_SECONDS)")
+
+
+def test_ids_of_a_transaction_still_open_are_left_for_the_next_sync(
+        postgres_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL a smaller id may commit after a larger one: while a transaction that
+    began before the sync looked is open, the sync copies nothing new (never skips it)."""
+    monkeypatch.setattr(sync, "SETTLE_WAIT_S", 0.2)
+    app = make_test_app(postgres_database_url, tmp_path,
+                        WAREHOUSE_W_URL=f"duckdb:///{tmp_path / 'w.duckdb'}")
+    headers = auth_headers(app)
+    payload = experiment_payload(layer=None, targeting=[], overrides={})
+    client = app.test_client()
+    assert client.post("/api/v1/experiments", json=payload, headers=headers).status_code == 201
+    assert client.post("/api/v1/experiments/checkout-redesign/start",
+                       headers=headers).status_code == 200
+    with app.app_context(), get_db(app).sessionmaker() as session:
+        add_traffic(session, "checkout-redesign", range(3))
+        with get_db(app).engine.connect() as other:
+            other.execute(select(1))  # a transaction open since before the sync
+            assert sync.sync_warehouse(session, "w").exposures == 0
+        assert sync.sync_warehouse(session, "w").exposures == 3
+        get_warehouses().dispose()
+    get_db(app).engine.dispose()

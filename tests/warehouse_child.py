@@ -1,0 +1,75 @@
+"""A separate process for warehouse tests: chDB and DuckDB files belong to one process.
+
+``python -m tests.warehouse_child sync|crash N`` with the Parcours and warehouse URLs in
+``PARCOURS_*`` env vars (warehouse name ``w``). ``sync`` syncs twice and prints the rows
+each run copied and the ids then in the warehouse; ``crash N`` SIGKILLs itself right after
+the N-th INSERT into the warehouse has run and before it commits: a sync killed mid-way.
+``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
+error of a query running past the warehouse's time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+from sqlalchemy import Engine, event, text
+
+from experiments.app import create_app
+from experiments.db import get_db
+from experiments.errors import ValidationFailed
+from experiments.services.warehouses import sync
+from experiments.services.warehouses.engines import WarehouseError, get_warehouses
+from experiments.services.warehouses.sources import probe
+
+SLOW_CLICKHOUSE_QUERY = "SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) = 1"
+
+
+def _probe(engine: Engine, events_sql: str) -> object:
+    try:
+        return probe(engine, events_sql, "events_sql")
+    except ValidationFailed as exc:
+        return exc.details
+
+
+def _error_of(engine: Engine, query: str) -> str:
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(query)).all()
+    except WarehouseError as exc:
+        return str(exc)
+    return "no error"
+
+
+def main(mode: str, *args: str) -> None:
+    app = create_app({"SCHEDULER": False})
+    sync.BATCH_ROWS = 100
+    with app.app_context():
+        engine = get_warehouses().engine("w")
+        if mode == "crash":
+            inserts = {"n": 0}
+
+            def kill(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+                if statement.lstrip().upper().startswith("INSERT"):
+                    inserts["n"] += 1
+                    if inserts["n"] == int(args[0]):
+                        os.kill(os.getpid(), signal.SIGKILL)
+
+            event.listen(engine, "after_cursor_execute", kill)
+        if mode == "probe":
+            print(json.dumps({"probes": [_probe(engine, sql) for sql in args],
+                              "slow": _error_of(engine, SLOW_CLICKHOUSE_QUERY)}))
+            return
+        copied = [{name: getattr(result, "exposures", result)
+                   for name, result in sync.sync_all(get_db()).items()}
+                  for _ in range(2)]
+        with engine.connect() as connection:
+            print(json.dumps({"copied": copied, **{table: [row[0] for row in connection.execute(
+                text(f"SELECT id FROM {table} ORDER BY id"))]
+                for table in ("parcours_exposures", "parcours_events")}}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
