@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from experiments.schemas import DecisionOut, ListQuery, MetricKind, Strict
+from experiments.schemas import (
+    MAX_QUANTILE,
+    MIN_QUANTILE,
+    DecisionOut,
+    ListQuery,
+    MetricKind,
+    Strict,
+)
 
 Verdict = Literal["better", "worse", "flat", "inconclusive"]
 Method = Literal["frequentist", "bayesian", "sequential"]
@@ -20,6 +27,7 @@ MAX_COUNT = 10 ** 15
 Statistic = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_STATISTIC, le=MAX_STATISTIC)]
 Count = Annotated[int, Field(le=MAX_COUNT)]
 Interval = list[float] | None
+MAX_QUANTILE_VALUES = 100_000  # per variant, for the quantile calculator
 
 
 class VariantEstimate(BaseModel):
@@ -246,10 +254,13 @@ class StatsVariantIn(Strict):
     pre_sum: Statistic | None = None
     pre_sum_squares: Statistic | None = None
     cross_sum: Statistic | None = None
+    # kind quantile: the raw values, one per unit (SPEC §11)
+    values: list[Statistic] | None = Field(None, max_length=MAX_QUANTILE_VALUES)
 
 
 class StatsAnalyzeIn(Strict):
-    kind: Literal["conversion", "mean", "count", "ratio", "nps"]
+    kind: Literal["conversion", "mean", "count", "ratio", "nps", "quantile"]
+    quantile: Finite | None = Field(None, ge=MIN_QUANTILE, le=MAX_QUANTILE)
     method: Method = "frequentist"
     alpha: Finite = 0.05
     correction: Correction = "holm"

@@ -44,6 +44,7 @@ from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.rollup import drop_rollups
 from stats import (
+    AnalysisResult,
     Comparison,
     CupedStats,
     ProportionStats,
@@ -661,6 +662,11 @@ def calculate_comparisons(kind: str, variants: Sequence[Mapping[str, Any]], *, m
                                   mde=mde, weights=weights)
     except StatsInputError as error:
         raise ValidationFailed.field(error.field, error.message) from None
+    return calculation_to_dict(result)
+
+
+def calculation_to_dict(result: AnalysisResult) -> dict[str, Any]:
+    """A calculator's answer: the report's variant and comparison shapes, SRM, warnings."""
     notes = [*result.warnings, *(f"{c.variant}: {note}" for c in result.comparisons
                                  for note in c.warnings)]
     return {
