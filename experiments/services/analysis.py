@@ -80,10 +80,19 @@ def _inputs(experiment: Experiment, kind: str, totals: Mapping[str, Sums],
             for v, record, c in records]
 
 
+# Kinds whose inputs the aggregation does not produce yet: reported as pending, never as a
+# mean of the wrong sums. Quantiles need order statistics from the pipeline (#21 phase 2).
+PENDING_KINDS = {"quantile": "quantile metrics are not computed by this analysis yet"}
+
+
 def _analyze_metric(experiment: Experiment, metric: Any, settings: AnalysisSettings,
                     totals: Mapping[str, Sums], previous: Mapping[str, float | None],
                     warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
     """Variant estimates and raw comparisons of one metric (never raises on bad data)."""
+    if metric.kind in PENDING_KINDS:
+        warnings.append(f"{metric.key}: {PENDING_KINDS[metric.kind]}")
+        return [{"variant": v.key, "units": 0, "estimate": None, "ci": None}
+                for v in experiment.variants], []
     options = {"method": settings.method, "alpha": settings.alpha, "correction": "none",
                "direction": metric.direction, "mde": settings.mde,
                "previous_p_values": previous}
@@ -173,7 +182,8 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
     """Every metric's estimates and corrected comparisons, in configuration order."""
     entries, families = [], {"decision": [], "guardrail": []}
     for metric in experiment.metrics:
-        totals = aggregates.metrics[metric.key].totals()
+        pending = metric.kind in PENDING_KINDS
+        totals = {} if pending else aggregates.metrics[metric.key].totals()
         notes: list[str] = []
         variants, comparisons = _analyze_metric(experiment, metric, settings, totals,
                                                 previous.get(metric.key, {}), notes)
@@ -295,7 +305,7 @@ def timeline_section(experiment: Experiment, settings: AnalysisSettings,
     their intervals (NPS has only the absolute one, in points)."""
     primary = next((m for m in experiment.metrics if m.role == "primary"), None)
     exposure_days = aggregates.units.days()
-    if primary is None or not exposure_days:
+    if primary is None or primary.kind in PENDING_KINDS or not exposure_days:
         return []
     first = date.fromisoformat(exposure_days[0])
     if experiment.started_at is not None:
@@ -344,7 +354,7 @@ def metric_timeline_section(experiment: Experiment, settings: AnalysisSettings,
         return []
     treatments = [v.key for v in experiment.variants if not v.is_control]
     out = []
-    for metric in experiment.metrics:
+    for metric in (m for m in experiment.metrics if m.kind not in PENDING_KINDS):
         daily = aggregates.metrics[metric.key]
         running = daily.totals(until=_day_before(days[0]))  # days cut off by the cap
         points = []
@@ -480,7 +490,8 @@ def _emit_report_signals(session: Session, experiment: Experiment, report: Repor
 ROLLUP_STATUSES = ("running", "paused")  # experiments whose per-unit rollup is worth keeping
 
 
-def analyze_experiment(session: Session, key: str, *, now: datetime | None = None) -> Report:
+def analyze_experiment(session: Session, key: str, *, now: datetime | None = None,
+                       dimensions: Sequence[str] = ()) -> Report:
     """Analyse one experiment now, store the report (and decision) and commit.
 
     An analysis that fails on the data (a numeric error, a database refusing the query)
@@ -490,7 +501,7 @@ def analyze_experiment(session: Session, key: str, *, now: datetime | None = Non
     now = now or utcnow()
     experiment = get_experiment(session, key)
     try:
-        return _analyze(session, experiment, now)
+        return _analyze(session, experiment, now, dimensions)
     except ApiError:
         raise
     except Exception as exc:
@@ -511,16 +522,23 @@ def store_failed_report(session: Session, key: str, message: str, now: datetime)
     return report
 
 
-def _analyze(session: Session, experiment: Experiment, now: datetime) -> Report:
+def _analyze(session: Session, experiment: Experiment, now: datetime,
+             dimensions: Sequence[str] = ()) -> Report:
     """The analysis proper: aggregates, report, decision, signals, one transaction."""
     settings = AnalysisSettings.model_validate(experiment.analysis)
+    # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
+    breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
     aggregates = aggregate_experiment(
-        session, experiment.id, [MetricSpec.of(m) for m in experiment.metrics],
+        session, experiment.id,
+        [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS],
         hours=settings.conversion_window_hours, cuped=settings.cuped,
         rollup=experiment.status in ROLLUP_STATUSES)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
+    if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
+        body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
+                                f"this analysis yet")
     result = decisions.report_decision(experiment, settings, body, now)
     body["decision"] = (result.to_dict(now) if result is not None
                         else decisions.current_decision(experiment))
