@@ -65,7 +65,8 @@ def test_only_the_level_where_the_treatment_helps_is_flagged():
 
 
 def test_heterogeneity_is_the_spec_z_test_with_bonferroni_over_the_dimension():
-    levels = [conversion_level("FR", 5_000, 0.10, 0.13), conversion_level("DE", 20_000, 0.10, 0.105)]
+    levels = [conversion_level("FR", 5_000, 0.10, 0.13),
+              conversion_level("DE", 20_000, 0.10, 0.105)]
     body = section(levels)
     fr = level(body, "FR")["heterogeneity"][0]
     expected = level_vs_rest(effect=0.03, variance=0.1 * 0.9 / 5000 + 0.13 * 0.87 / 5000,
