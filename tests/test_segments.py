@@ -41,8 +41,9 @@ def conversion_level(level: str, n: int, control: float, treatment: float,
 
 def section(levels, exp: Experiment | None = None, **settings):
     exp = exp or experiment()
-    return segments_section(exp, AnalysisSettings(method="frequentist", **settings), "country",
-                            levels)
+    [body] = segments_section(exp, AnalysisSettings(method="frequentist", **settings),
+                              {"country": levels})
+    return body
 
 
 def level(body, name):
@@ -75,6 +76,7 @@ def test_heterogeneity_is_the_spec_z_test_with_bonferroni_over_the_dimension():
     assert fr["p_value"] == pytest.approx(3.97166e-4, abs=1e-6)
     assert fr["p_value"] == pytest.approx(expected.p_value, rel=1e-9)
     assert fr["adjusted_p_value"] == pytest.approx(2 * fr["p_value"])  # 2 tests: FR and DE
+    assert fr["detected"] is True and level(body, "DE")["heterogeneity"][0]["detected"] is True
 
 
 def test_adjusted_p_values_are_bh_over_levels_metrics_and_treatments():
@@ -172,3 +174,17 @@ def test_quantile_metrics_in_segments_use_the_order_statistics():
     pending = level(body, "DE")
     assert pending["metrics"][1]["comparisons"] == []
     assert any("not computed" in warning for warning in pending["warnings"])
+
+
+def test_heterogeneity_is_bonferroni_adjusted_over_all_dimensions_of_the_report():
+    country = [conversion_level("FR", 5_000, 0.10, 0.13),
+               conversion_level("DE", 20_000, 0.10, 0.105)]
+    device = [conversion_level(name, 5_000, 0.10, 0.11) for name in ("mobile", "desktop")]
+    by_country, by_device = segments_section(
+        experiment(), AnalysisSettings(method="frequentist"),
+        {"country": country, "device": device})
+    assert [by_country["dimension"], by_device["dimension"]] == ["country", "device"]
+    fr = level(by_country, "FR")["heterogeneity"][0]
+    assert fr["adjusted_p_value"] == pytest.approx(4 * fr["p_value"])  # 2 + 2 tests
+    assert fr["detected"] is True
+    assert level(by_device, "mobile")["heterogeneity"][0]["detected"] is False

@@ -8,8 +8,9 @@ Per level: units, an SRM check, every metric's estimates and comparisons (no CUP
 sequential p-values for sequential experiments, without the running minimum), friction
 points, and one-level-against-the-rest heterogeneity tests. ``adjusted_p_value`` is BH over
 levels × metrics × treatments of the dimension; heterogeneity p-values are Bonferroni-adjusted
-over the same family. A level with fewer than ``MIN_UNITS_PER_ARM`` units in some arm keeps
-its estimates with null tests and a warning. Segments never feed decisions.
+over levels × metrics × treatments of all the report's dimensions. A level with fewer than
+``MIN_UNITS_PER_ARM`` units in some arm keeps its estimates with null tests and a warning.
+Segments never feed decisions.
 """
 
 from __future__ import annotations
@@ -179,9 +180,9 @@ def _heterogeneity(experiment: Experiment, levels: Sequence[LevelAggregates],
     return out
 
 
-def segments_section(experiment: Experiment, settings: AnalysisSettings, dimension: str,
+def _dimension_entry(experiment: Experiment, settings: AnalysisSettings, dimension: str,
                      levels: Sequence[LevelAggregates]) -> dict[str, Any]:
-    """One dimension's report entry: levels with their metrics, SRM, friction, heterogeneity."""
+    """One dimension's entry, heterogeneity p-values not yet adjusted (see segments_section)."""
     plain = settings.model_copy(update={"cuped": False})  # no CUPED in segments (SPEC §11)
     ordered, merged = merge_levels(levels)
     keys = [v.key for v in experiment.variants]
@@ -216,11 +217,26 @@ def segments_section(experiment: Experiment, settings: AnalysisSettings, dimensi
     for (position, index, _), comparison in zip(family, corrected, strict=True):
         entries[position]["metrics"][index]["comparisons"].append(comparison_to_dict(comparison))
     heterogeneity = _heterogeneity(experiment, ordered, tested)
-    flat = [entry for per_level in heterogeneity for entry in per_level]
-    adjusted, detected = bonferroni([entry["p_value"] for entry in flat], alpha=settings.alpha)
-    for entry, p, flag in zip(flat, adjusted, detected, strict=True):
-        entry["adjusted_p_value"], entry["detected"] = p, flag
     for entry, per_level in zip(entries, heterogeneity, strict=True):
         entry["heterogeneity"] = per_level
     return {"dimension": dimension, "levels": entries, "merged_levels": merged,
             "warnings": [SLICE_WARNING]}
+
+
+def segments_section(experiment: Experiment, settings: AnalysisSettings,
+                     breakdowns: Mapping[str, Sequence[LevelAggregates]]) -> list[dict[str, Any]]:
+    """The report's ``segments``: one entry per dimension, in the order given.
+
+    Heterogeneity is Bonferroni-adjusted over every level × metric × treatment of the
+    report's dimensions together, so that "any heterogeneity flagged" in an A/A report stays
+    within alpha however many dimensions are broken down (per dimension, 3 dimensions of 10
+    levels would flag about 12 % of A/A reports).
+    """
+    entries = [_dimension_entry(experiment, settings, dimension, levels)
+               for dimension, levels in breakdowns.items()]
+    tests = [test for entry in entries for level in entry["levels"]
+             for test in level["heterogeneity"]]
+    adjusted, detected = bonferroni([test["p_value"] for test in tests], alpha=settings.alpha)
+    for test, p, flag in zip(tests, adjusted, detected, strict=True):
+        test["adjusted_p_value"], test["detected"] = p, flag
+    return entries
