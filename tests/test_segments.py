@@ -188,3 +188,27 @@ def test_heterogeneity_is_bonferroni_adjusted_over_all_dimensions_of_the_report(
     assert fr["adjusted_p_value"] == pytest.approx(4 * fr["p_value"])  # 2 + 2 tests
     assert fr["detected"] is True
     assert level(by_device, "mobile")["heterogeneity"][0]["detected"] is False
+
+
+def test_export_rows_add_one_row_per_level_metric_and_variant():
+    from experiments.schemas.reports import ExportRow, SegmentOut
+    from experiments.services.analysis import EXPORT_COLUMNS, export_csv_lines, export_rows
+
+    segments = segments_section(experiment(), AnalysisSettings(method="frequentist"), {
+        "country": [conversion_level("FR", 5_000, 0.10, 0.13),
+                    conversion_level("DE", 20_000, 0.10, 0.105)]})
+    body = {"metrics": [], "segments": segments}
+    rows = export_rows(body)
+    assert [(r["dimension"], r["level"], r["variant"]) for r in rows] == [
+        ("country", "DE", "control"), ("country", "DE", "one-page"),
+        ("country", "FR", "control"), ("country", "FR", "one-page")]
+    fr = rows[3]
+    assert fr["heterogeneity_detected"] is True and rows[0]["heterogeneity_detected"] is None
+    assert fr["absolute_effect"] == pytest.approx(0.03)
+    assert [ExportRow.model_validate(row).level for row in rows] == ["DE", "DE", "FR", "FR"]
+    header = next(iter(export_csv_lines(rows)))
+    assert header.strip().split(",")[-4:] == list(EXPORT_COLUMNS[-4:]) == [
+        "dimension", "level", "heterogeneity_adjusted_p_value", "heterogeneity_detected"]
+    shaped = SegmentOut.model_validate(segments[0]).model_dump()
+    assert shaped["levels"][1]["heterogeneity"][0]["detected"] is True
+    assert shaped["levels"][1]["metrics"][0]["variants"][1]["conversions"] == 650

@@ -80,6 +80,8 @@ class MetricResult(BaseModel):
     comparisons: list[ComparisonOut]
     warnings: list[str] = Field(default_factory=list)
     cap: CapUsed | None = None
+    quantile: float | None = None  # kind quantile: the level (0.9 = p90) …
+    source: Literal["event_value", "unit_value", "step_duration"] | None = None  # … and values
 
 
 class SrmOut(BaseModel):
@@ -170,6 +172,48 @@ class MetricTimeline(BaseModel):
     points: list[MetricTimelinePoint]
 
 
+class SegmentMetric(BaseModel):
+    key: str
+    kind: str
+    role: str
+    direction: str
+    variants: list[VariantEstimate]
+    comparisons: list[ComparisonOut]
+    quantile: float | None = None
+    source: Literal["event_value", "unit_value", "step_duration"] | None = None
+
+
+class HeterogeneityOut(BaseModel):
+    """One level's effect against the rest of its dimension (Bonferroni-adjusted)."""
+
+    metric: str
+    variant: str
+    effect: float | None
+    rest_effect: float | None
+    p_value: float | None
+    adjusted_p_value: float | None
+    detected: bool
+
+
+class SegmentLevel(BaseModel):
+    level: str  # the attribute's value; "__other__" (merged levels) and "__null__" (missing)
+    units: dict[str, int]
+    srm: SrmOut
+    metrics: list[SegmentMetric]
+    heterogeneity: list[HeterogeneityOut]
+    friction_points: list[FrictionPoint]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class SegmentOut(BaseModel):
+    """One dimension's breakdown (SPEC §11): for hypotheses, never for decisions."""
+
+    dimension: str
+    levels: list[SegmentLevel]
+    merged_levels: int
+    warnings: list[str] = Field(default_factory=list)
+
+
 class ReportOut(BaseModel):
     """One analysis run (SPEC §6)."""
 
@@ -188,6 +232,7 @@ class ReportOut(BaseModel):
     decision: DecisionOut | None
     warnings: list[str]
     alerts: list[AlertOut] = Field(default_factory=list)
+    segments: list[SegmentOut] = Field(default_factory=list)
 
 
 class ReportList(BaseModel):
@@ -224,6 +269,11 @@ class ExportRow(BaseModel):
     expected_loss: float | None
     significant: bool | None
     verdict: Verdict | None
+    # Segment rows (SPEC §11); null on the whole-report rows.
+    dimension: str | None = None
+    level: str | None = None
+    heterogeneity_adjusted_p_value: float | None = None
+    heterogeneity_detected: bool | None = None
 
 
 class ExportOut(BaseModel):

@@ -192,12 +192,18 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
         families[family] += [(metric.key, c) for c in comparisons]
         entries.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
                         "direction": metric.direction, "variants": variants,
-                        "warnings": notes,
+                        "warnings": notes, **quantile_fields(metric),
                         **_cap_entry(metric.cap, aggregates.caps.get(metric.key, {}))})
     corrected = _corrected(families, settings.correction)
     for entry in entries:
         entry["comparisons"] = [comparison_to_dict(c) for c in corrected.get(entry["key"], [])]
     return entries
+
+
+def quantile_fields(metric: Any) -> dict[str, Any]:
+    """A quantile metric's level and source, so readers label "p90 time on payment (s)"."""
+    return ({"quantile": metric.quantile, "source": metric.source}
+            if metric.kind == "quantile" else {})
 
 
 def _cap_entry(cap: Mapping[str, Any] | None,
@@ -621,16 +627,29 @@ def _split(pair: Sequence[float] | None) -> tuple[float | None, float | None]:
 
 
 def export_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per metric and variant: its estimate and, for treatments, the comparison."""
+    """One row per metric and variant: its estimate and, for treatments, the comparison; then
+    the same rows per segment level (``dimension``, ``level`` and the heterogeneity test)."""
+    rows = _metric_rows(body.get("metrics", []), {})
+    for segment in body.get("segments", []):
+        for level in segment["levels"]:
+            tests = {(t["metric"], t["variant"]): t for t in level.get("heterogeneity", [])}
+            rows += _metric_rows(level["metrics"], {"dimension": segment["dimension"],
+                                                    "level": level["level"]}, tests)
+    return rows
+
+
+def _metric_rows(metrics: Sequence[Mapping[str, Any]], where: Mapping[str, Any],
+                 tests: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+                 ) -> list[dict[str, Any]]:
     rows = []
-    for metric in body.get("metrics", []):
+    for metric in metrics:
         comparisons = {c["variant"]: c for c in metric.get("comparisons", [])}
         for variant in metric.get("variants", []):
             comparison = comparisons.get(variant["variant"], {})
             row = dict.fromkeys(EXPORT_COLUMNS)
             row.update(metric=metric["key"], kind=metric["kind"], role=metric["role"],
                        variant=variant["variant"], units=variant["units"],
-                       estimate=variant["estimate"])
+                       estimate=variant["estimate"], **where)
             row["ci_low"], row["ci_high"] = _split(variant.get("ci"))
             if comparison:
                 for name in ("absolute_effect", "relative_effect", "p_value",
@@ -641,6 +660,10 @@ def export_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
                     comparison.get("absolute_ci"))
                 row["relative_ci_low"], row["relative_ci_high"] = _split(
                     comparison.get("relative_ci"))
+            test = (tests or {}).get((metric["key"], variant["variant"]))
+            if test is not None:
+                row["heterogeneity_adjusted_p_value"] = test["adjusted_p_value"]
+                row["heterogeneity_detected"] = test["detected"]
             rows.append(row)
     return rows
 

@@ -29,6 +29,7 @@ from experiments.services.analysis import (
     comparison_to_dict,
     friction_matrix,
     friction_points,
+    quantile_fields,
 )
 from experiments.services.quantiles import quantile_metric_result
 from stats import Comparison, StatsInputError, apply_correction, srm_test, summarize
@@ -207,7 +208,7 @@ def _dimension_entry(experiment: Experiment, settings: AnalysisSettings, dimensi
                                comparison if testable else _untested(comparison)))
             metrics.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
                             "direction": metric.direction, "variants": variants,
-                            "comparisons": []})
+                            "comparisons": [], **quantile_fields(metric)})
         matrix = friction_matrix(experiment, plain, units, level.journey) if testable else []
         entries.append({"level": level.level, "units": units,
                         "srm": {"p_value": srm.p_value, "detected": srm.detected},
