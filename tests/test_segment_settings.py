@@ -118,3 +118,14 @@ def test_a_quantile_metric_is_reported_pending_not_as_a_mean(client, admin_heade
         assert [v["estimate"] for v in metric["variants"]] == [None, None]
         assert metric["comparisons"] == []
         assert any("not computed" in warning for warning in metric["warnings"])
+
+
+def test_openapi_documents_the_optional_analyze_body(client):
+    document = client.get("/openapi.json").get_json()
+    operation = document["paths"]["/api/v1/experiments/{key}/analyze"]["post"]
+    assert operation["requestBody"]["required"] is False
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["$ref"].endswith("/AnalyzeIn")
+    assert "422" in operation["responses"]
+    assert document["components"]["schemas"]["AnalyzeIn"]["properties"]["dimensions"][
+        "maxItems"] == 3

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
-from experiments.api.routing import api_route, parse_body
+from experiments.api.routing import api_route
 from experiments.db import db_session
 from experiments.models import Report
 from experiments.schemas import AnalyzeIn
@@ -28,16 +28,14 @@ def _out(report: Report) -> ReportOut | FailedReportOut:
     return (FailedReportOut if "error" in data else ReportOut).model_validate(data)
 
 
-@api_route(bp, "/experiments/<key>/analyze", "POST", response=ReportOut,
-           errors=(404, 409, 422), tags=TAGS)
-def analyze_experiment(key: str) -> ReportOut | FailedReportOut:
+@api_route(bp, "/experiments/<key>/analyze", "POST", body=AnalyzeIn, optional_body=True,
+           response=ReportOut, errors=(404, 409), tags=TAGS)
+def analyze_experiment(key: str, body: AnalyzeIn) -> ReportOut | FailedReportOut:
     """Run the analysis now and return the new report (``error`` when it failed).
 
     An optional JSON body ``{"dimensions": ["browser"]}`` adds segment breakdowns for this
     run only (SPEC §11).
     """
-    body = parse_body(AnalyzeIn) if request.get_data(cache=True) else AnalyzeIn()
-    assert isinstance(body, AnalyzeIn)
     return _out(analysis.analyze_experiment(db_session(), key, dimensions=body.dimensions))
 
 
