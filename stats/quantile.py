@@ -151,17 +151,16 @@ def estimate_quantile(
         return QuantileEstimate(stats.n, stats.estimate, None, None, (warning,))
     assert stats.lower is not None and stats.upper is not None  # checked on construction
     z = frequentist.critical_value(alpha)
-    se: float | None = (stats.upper - stats.lower) / (2.0 * z)
-    warnings: tuple[str, ...] = ()
-    if stats.clusters is not None:
-        factor = clustering_factor(stats.clusters, n=stats.n, quantile=quantile)
-        if factor is None:
-            se, warnings = None, ("clustering factor undefined: no test",)
-        else:
-            se = se * math.sqrt(factor)  # type: ignore[operator]
-    return QuantileEstimate(
-        stats.n, stats.estimate, finite(se), finite_pair(stats.lower, stats.upper), warnings
-    )
+    ci = finite_pair(stats.lower, stats.upper)
+    se = (stats.upper - stats.lower) / (2.0 * z)
+    if stats.clusters is None:
+        return QuantileEstimate(stats.n, stats.estimate, finite(se), ci)
+    factor = clustering_factor(stats.clusters, n=stats.n, quantile=quantile)
+    if factor is None:
+        return QuantileEstimate(
+            stats.n, stats.estimate, None, ci, ("clustering factor undefined: no test",)
+        )
+    return QuantileEstimate(stats.n, stats.estimate, finite(se * math.sqrt(factor)), ci)
 
 
 def compare_quantiles(

@@ -84,10 +84,10 @@ def _added(levels: Iterable[LevelAggregates], name: str) -> LevelAggregates:
         for key, by_variant in level.metrics.items():
             for variant, sums in by_variant.items():
                 _add(metrics[key][variant], sums)
-        for counter, source in ((journey.reached, level.journey.reached),
-                                (journey.friction, level.journey.friction)):
-            for cell, count in source.items():
-                counter[cell] = counter.get(cell, 0) + count  # type: ignore[index]
+        for step_cell, count in level.journey.reached.items():
+            journey.reached[step_cell] = journey.reached.get(step_cell, 0) + count
+        for friction_cell, count in level.journey.friction.items():
+            journey.friction[friction_cell] = journey.friction.get(friction_cell, 0) + count
     return LevelAggregates(name, dict(units), {k: dict(v) for k, v in metrics.items()}, journey)
 
 
