@@ -212,3 +212,11 @@ def test_export_rows_add_one_row_per_level_metric_and_variant():
     shaped = SegmentOut.model_validate(segments[0]).model_dump()
     assert shaped["levels"][1]["heterogeneity"][0]["detected"] is True
     assert shaped["levels"][1]["metrics"][0]["variants"][1]["conversions"] == 650
+
+
+def test_an_other_level_merged_by_the_database_keeps_its_count_and_order_statistics():
+    other = LevelAggregates(OTHER, {"control": 10}, merged_levels=7,
+                            quantiles={"p": {"control": stats_from_sorted([1.0], quantile=0.5)}})
+    kept, merged = merge_levels([LevelAggregates("FR", {"control": 50}), other])
+    assert [k.level for k in kept] == ["FR", OTHER] and merged == 7
+    assert kept[1].quantiles == other.quantiles

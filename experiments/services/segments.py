@@ -59,6 +59,7 @@ class LevelAggregates:
     metrics: Mapping[str, Mapping[str, Sums]] = field(default_factory=dict)
     journey: JourneyCounts = field(default_factory=JourneyCounts)
     quantiles: Mapping[str, Mapping[str, QuantileStats]] = field(default_factory=dict)
+    merged_levels: int = 0  # an ``__other__`` the database merged itself: how many it holds
 
 
 def kept_levels(units_by_level: Mapping[str, int], *, limit: int = MAX_LEVELS) -> list[str]:
@@ -111,7 +112,7 @@ def merge_levels(levels: Sequence[LevelAggregates], *,
         ordered.append(_added(rest, OTHER))
     if NULL in by_name:
         ordered.append(by_name[NULL])
-    return ordered, len(merged)
+    return ordered, len(merged) + sum(level.merged_levels for level in rest)
 
 
 def _untested(comparison: Comparison) -> Comparison:
