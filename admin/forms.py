@@ -23,12 +23,14 @@ from experiments.schemas import AnalysisSettings
 VARIANT_FIELDS = ("key", "name", "weight", "role", "payload")
 RULE_FIELDS = ("attribute", "op", "value")
 METRIC_FIELDS = ("key", "kind", "role", "direction", "event", "numerator", "denominator",
-                 "step", "friction_kind", "cap_type", "cap_value")
+                 "step", "friction_kind", "cap_type", "cap_value", "quantile", "source")
 CAP_FIELDS = {"cap_type": "type", "cap_value": "value"}  # form column -> cap key
 ANALYSIS_NUMBERS = ("alpha", "power", "mde", "min_units_per_variant", "min_days", "max_days",
                     "conversion_window_hours")
 ANALYSIS_CHOICES = ("method", "correction")
 ANALYSIS_FLAGS = ("cuped", "auto_decide", "auto_conclude")
+# Segment dimensions are typed as one comma-separated line ("country, device").
+ANALYSIS_LISTS = ("dimensions",)
 TEXT_FIELDS = ("key", "name", "hypothesis", "owner", "layer", "traffic", "learnings")
 Errors = dict[str, list[str]]
 
@@ -49,7 +51,7 @@ def blank_state() -> dict[str, Any]:
         "metrics": [{"key": "purchase", "kind": "conversion", "role": "primary",
                      "direction": "", "event": "purchase", "numerator": "",
                      "denominator": "", "step": "", "friction_kind": "", "cap_type": "",
-                     "cap_value": ""}],
+                     "cap_value": "", "quantile": "", "source": ""}],
         "analysis": {name: _text(value) for name, value in defaults.items()},
     }
 
@@ -77,6 +79,8 @@ def state_from_experiment(data: dict[str, Any]) -> dict[str, Any]:
 def _text(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value)
     if isinstance(value, bool):
         return "on" if value else ""
     return str(value)
@@ -92,7 +96,7 @@ def parse_form(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict[str, Any
     state["metrics"] = _rows(form, "metric", METRIC_FIELDS, ("key", "event", "step"))
     state["overrides"] = form.get("overrides", "").strip()
     state["analysis"] = {name: form.get(f"analysis_{name}", "").strip()
-                         for name in ANALYSIS_NUMBERS + ANALYSIS_CHOICES}
+                         for name in ANALYSIS_NUMBERS + ANALYSIS_CHOICES + ANALYSIS_LISTS}
     state["analysis"].update({name: "on" if form.get(f"analysis_{name}") else ""
                               for name in ANALYSIS_FLAGS})
     data = {
@@ -196,6 +200,8 @@ def _analysis(values: dict[str, str]) -> dict[str, Any]:
     settings: dict[str, Any] = {name: values[name] for name in ANALYSIS_NUMBERS + ANALYSIS_CHOICES
                                 if values.get(name)}
     settings.update({name: bool(values.get(name)) for name in ANALYSIS_FLAGS})
+    settings.update({name: [part.strip() for part in values.get(name, "").split(",")
+                            if part.strip()] for name in ANALYSIS_LISTS})
     return settings
 
 

@@ -76,10 +76,49 @@ def metric_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({
             "key": metric.get("key"), "kind": metric.get("kind"), "role": metric.get("role"),
             "control": control, "variants": variants, "has_comparisons": bool(comparisons),
-            "warnings": _list(metric.get("warnings")),
+            "warnings": _list(metric.get("warnings")), **quantile_label(metric),
         })
     order = {"primary": 0, "guardrail": 1, "secondary": 2}
     return sorted(rows, key=lambda row: order.get(str(row["role"]), 3))
+
+
+QUANTILE_SOURCES = {"event_value": "of event values", "unit_value": "of per-visitor totals",
+                    "step_duration": "of time on step"}
+
+
+def quantile_label(metric: dict[str, Any]) -> dict[str, str]:
+    """A quantile metric's 'p90 of time on step' and its unit (seconds for time on a step)."""
+    level = _float(metric.get("quantile"))
+    if metric.get("kind") != "quantile" or level is None:
+        return {"label": "", "unit": ""}
+    source = str(metric.get("source"))
+    return {"label": f"p{level * 100:g} {QUANTILE_SOURCES.get(source, '')}".strip(),
+            "unit": "s" if source == "step_duration" else ""}
+
+
+def segment_views(body: dict[str, Any], wanted: str | None) -> dict[str, Any]:
+    """The segments picker and the chosen dimension's levels, each with its metric rows."""
+    segments = [_dict(s) for s in _list(body.get("segments")) if _dict(s).get("dimension")]
+    names = [str(s["dimension"]) for s in segments]
+    chosen = next((s for s in segments if s["dimension"] == wanted),
+                  segments[0] if segments else None)
+    if chosen is None:
+        return {"dimensions": names, "chosen": None, "levels": [], "merged_levels": 0}
+    levels = []
+    for level in _list(chosen.get("levels")):
+        level = _dict(level)
+        flags = {(h.get("metric"), h.get("variant")): h
+                 for h in _list(level.get("heterogeneity")) if isinstance(h, dict)}
+        rows = metric_rows({"metrics": level.get("metrics")})
+        for row in rows:
+            for variant in row["variants"]:
+                variant["heterogeneity"] = flags.get((row["key"], variant.get("variant")))
+        levels.append({"level": level.get("level"), "units": _dict(level.get("units")),
+                       "srm": bool(_dict(level.get("srm")).get("detected")), "metrics": rows,
+                       "warnings": _list(level.get("warnings")),
+                       "heterogeneous": any(h.get("detected") for h in flags.values())})
+    return {"dimensions": names, "chosen": chosen["dimension"], "levels": levels,
+            "merged_levels": chosen.get("merged_levels") or 0}
 
 
 METHOD_LINES = {

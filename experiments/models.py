@@ -107,6 +107,10 @@ class Metric(Base):
     step: Mapped[str | None] = mapped_column(String(64))
     # Winsorisation {"type": "absolute"|"percentile", "value": x} (SPEC §6), or None.
     cap: Mapped[dict[str, Any] | None]
+    # Quantile metrics (SPEC §11): the level in [0.01, 0.99] and where the values come from
+    # (event_value | unit_value | step_duration); None for every other kind.
+    quantile: Mapped[float | None] = mapped_column(Float)
+    source: Mapped[str | None] = mapped_column(String(32))
     position: Mapped[int] = mapped_column(Integer, default=0)
 
     experiment: Mapped[Experiment] = relationship(back_populates="metrics")

@@ -7,7 +7,9 @@ import numbers
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["conversion", "mean", "count", "ratio", "nps", "friction", "time_to_convert"]
+Kind = Literal[
+    "conversion", "mean", "count", "ratio", "nps", "friction", "time_to_convert", "quantile"
+]
 Method = Literal["frequentist", "bayesian", "sequential"]
 Correction = Literal["holm", "bh", "none"]
 Direction = Literal["increase", "decrease"]

@@ -158,6 +158,7 @@ def experiment(key: str) -> str:
         days=days_running(row), report=report, history=history,
         is_latest=bool(history) and report is history[0],
         view=_report_view(row, body), audit_entries=entries,
+        segments=presenters.segment_views(body, request.args.get("dimension")),
         children=queries.iterations_of(session, row.id),
         iteration_name=lifecycle.iteration_name(row),
         demo=_demo_mode(), ship_risks=_ship_risks(row), launch=_launch_view(session, row, data),

@@ -8,7 +8,7 @@ from flask import Blueprint
 
 from experiments.api.routing import api_route
 from experiments.schemas.reports import PowerIn, PowerOut, StatsAnalyzeIn, StatsAnalyzeOut
-from experiments.services import analysis
+from experiments.services import analysis, quantiles
 
 bp = Blueprint("calculators", __name__, url_prefix="/api/v1")
 TAGS = ("calculators",)
@@ -17,8 +17,14 @@ TAGS = ("calculators",)
 @api_route(bp, "/stats/analyze", "POST", auth="client", body=StatsAnalyzeIn,
            response=StatsAnalyzeOut, tags=TAGS)
 def analyze_numbers(body: StatsAnalyzeIn) -> dict[str, Any]:
-    """Compare variants from their sufficient statistics (conversions, sums, NPS counts)."""
+    """Compare variants from their sufficient statistics (conversions, sums, NPS counts), or
+    from raw values (kind quantile, at most 100,000 per variant)."""
     variants = [variant.model_dump(exclude_none=True) for variant in body.variants]
+    if body.kind == "quantile":
+        return quantiles.calculate_quantiles(
+            variants, quantile=body.quantile, method=body.method, alpha=body.alpha,
+            correction=body.correction, direction=body.direction, mde=body.mde,
+            weights=body.weights)
     return analysis.calculate_comparisons(
         body.kind, variants, method=body.method, alpha=body.alpha,
         correction=body.correction, direction=body.direction, mde=body.mde,

@@ -98,7 +98,7 @@ def _operation(spec: RouteSpec, parameters: list[dict[str, Any]]) -> dict[str, A
     if spec.auth is not None:
         operation["security"] = [{"bearer": []}]
     if spec.body is not None:
-        operation["requestBody"] = {"required": True,
+        operation["requestBody"] = {"required": spec.body_required,
                                     "content": {"application/json": {"schema": _ref(spec.body)}}}
     return operation
 

@@ -7,6 +7,7 @@ from flask import Blueprint, Response
 from experiments.api.routing import api_route
 from experiments.db import db_session
 from experiments.models import Report
+from experiments.schemas import AnalyzeIn
 from experiments.schemas.reports import (
     ExportOut,
     ExportQuery,
@@ -27,11 +28,15 @@ def _out(report: Report) -> ReportOut | FailedReportOut:
     return (FailedReportOut if "error" in data else ReportOut).model_validate(data)
 
 
-@api_route(bp, "/experiments/<key>/analyze", "POST", response=ReportOut, errors=(404, 409),
-           tags=TAGS)
-def analyze_experiment(key: str) -> ReportOut | FailedReportOut:
-    """Run the analysis now and return the new report (``error`` when it failed)."""
-    return _out(analysis.analyze_experiment(db_session(), key))
+@api_route(bp, "/experiments/<key>/analyze", "POST", body=AnalyzeIn, optional_body=True,
+           response=ReportOut, errors=(404, 409), tags=TAGS)
+def analyze_experiment(key: str, body: AnalyzeIn) -> ReportOut | FailedReportOut:
+    """Run the analysis now and return the new report (``error`` when it failed).
+
+    An optional JSON body ``{"dimensions": ["browser"]}`` adds segment breakdowns for this
+    run only (SPEC §11).
+    """
+    return _out(analysis.analyze_experiment(db_session(), key, dimensions=body.dimensions))
 
 
 @api_route(bp, "/experiments/<key>/report", response=ReportOut, errors=(404,), tags=TAGS)

@@ -52,6 +52,7 @@ class RouteSpec:
     errors: tuple[int, ...] = ()
     # Other media types the success response may have (e.g. text/csv exports).
     alternate_media: tuple[str, ...] = ()
+    body_required: bool = True
 
 
 def api_route(
@@ -69,6 +70,7 @@ def api_route(
     tags: tuple[str, ...] = (),
     alternate_media: tuple[str, ...] = (),
     idempotent: bool = False,
+    optional_body: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API view; see the module docstring.
 
@@ -84,8 +86,9 @@ def api_route(
             kwargs = dict(path_args)
             if query is not None:
                 kwargs["query"] = parse_query(query)
-            if body is not None:
-                kwargs["body"] = parse_body(body)
+            if body is not None:  # an optional body may be absent: its model's defaults
+                absent = optional_body and not request.get_data(cache=True)
+                kwargs["body"] = body() if absent else parse_body(body)
             return to_response(view(**kwargs), status)
 
         @wraps(view)
@@ -110,6 +113,7 @@ def api_route(
             endpoint=f"{blueprint.name}.{endpoint}", summary=_first_line(view.__doc__),
             tags=tags or (blueprint.name,), auth=auth, body=body, query=query,
             responses=all_responses, errors=errors, alternate_media=alternate_media,
+            body_required=not optional_body,
         ))
         return wrapper
 

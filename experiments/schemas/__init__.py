@@ -80,7 +80,14 @@ FrictionKind = Literal[
     "back_navigation", "form_error", "support_contact", "bounce",
 ]
 FRICTION_KINDS: tuple[str, ...] = get_args(FrictionKind)
-MetricKind = Literal["conversion", "mean", "count", "ratio", "friction", "nps", "time_to_convert"]
+MetricKind = Literal["conversion", "mean", "count", "ratio", "friction", "nps", "time_to_convert",
+                     "quantile"]
+QuantileSource = Literal["event_value", "unit_value", "step_duration"]
+QUANTILE_SOURCES: tuple[str, ...] = get_args(QuantileSource)
+MIN_QUANTILE, MAX_QUANTILE = 0.01, 0.99  # as stats.quantile checks
+# A segment dimension is an attribute name, written as targeting rules write one (SPEC §11).
+MAX_DIMENSIONS = 3
+DimensionName = Annotated[Text, Field(min_length=1, max_length=200, examples=["country"])]
 TargetingOp = Literal["eq", "neq", "in", "not_in", "gt", "gte", "lt", "lte", "contains",
                       "regex", "exists"]
 Status = Literal["draft", "running", "paused", "concluded"]
@@ -158,11 +165,15 @@ class MetricIn(Strict):
     friction_kind: FrictionKind | None = None
     step: StepName | None = None
     cap: MetricCap | None = None
+    quantile: float | None = Field(None, ge=MIN_QUANTILE, le=MAX_QUANTILE, allow_inf_nan=False)
+    source: QuantileSource | None = None
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> MetricIn:
         if self.direction is None:
-            self.direction = "decrease" if self.kind in _LOWER_IS_BETTER else "increase"
+            lower = self.kind in _LOWER_IS_BETTER or self.source == "step_duration"
+            self.direction = "decrease" if lower else "increase"
+
         if self.kind == "nps" and self.event is None:
             self.event = "nps"
         if self.kind in ("conversion", "mean", "count", "time_to_convert") and not self.event:
@@ -174,6 +185,24 @@ class MetricIn(Strict):
         if self.cap is not None and self.kind not in CAPPABLE_KINDS:
             raise ValueError("'cap' applies to mean, count and ratio metrics only")
         return self
+
+
+def quantile_problems(metric: MetricIn) -> list[tuple[str, str]]:
+    """(field, message) for a quantile metric's own fields: level, source, event or step."""
+    if metric.kind != "quantile":
+        return [(name, "applies to quantile metrics only") for name in ("quantile", "source")
+                if getattr(metric, name) is not None]
+    problems = []
+    if metric.quantile is None:
+        problems.append(("quantile", "is required for a quantile metric (0.01 to 0.99)"))
+    if metric.source is None:
+        problems.append(("source", f"is required for a quantile metric "
+                                   f"({', '.join(QUANTILE_SOURCES)})"))
+    elif metric.source == "step_duration" and not metric.step:
+        problems.append(("step", "is required for a step_duration quantile metric"))
+    elif metric.source != "step_duration" and not metric.event:
+        problems.append(("event", f"is required for a {metric.source} quantile metric"))
+    return problems
 
 
 class AnalysisSettings(Strict):
@@ -191,6 +220,20 @@ class AnalysisSettings(Strict):
     auto_conclude: bool = False
     # Analyse in this warehouse (SPEC §15): a PARCOURS_WAREHOUSE_<NAME>_URL name, lower-cased.
     warehouse: Key | None = None
+    # Attributes every analysis breaks down by (SPEC §11): segments, never decisions.
+    dimensions: list[DimensionName] = Field(default_factory=list, max_length=MAX_DIMENSIONS)
+
+
+class AnalyzeIn(Strict):
+    """Optional body of ``POST …/analyze``: extra breakdowns for this run only."""
+
+    dimensions: list[DimensionName] = Field(default_factory=list, max_length=MAX_DIMENSIONS)
+
+    @model_validator(mode="after")
+    def _distinct_dimensions(self) -> AnalyzeIn:
+        if len(set(self.dimensions)) != len(self.dimensions):
+            raise ValueError("'dimensions' must not repeat an attribute")
+        return self
 
 
 class FixedAllocation(Strict):
@@ -314,12 +357,18 @@ def experiment_problems(config: ExperimentFields) -> list[dict[str, str]]:
             add(f"metrics[{index}].key", f"duplicate metric key {metric.key!r}")
         if metric.step is not None and metric.step not in config.journey:
             add(f"metrics[{index}].step", f"step {metric.step!r} is not a journey step")
+        for name, message in quantile_problems(metric):
+            add(f"metrics[{index}].{name}", message)
     primaries = sum(metric.role == "primary" for metric in config.metrics)
     if primaries != 1:
         add("metrics", f"exactly one metric must have role=primary (found {primaries})")
     for unit_id, variant_key in config.overrides.items():
         if variant_key not in variant_keys:
             add(f"overrides.{unit_id}", f"unknown variant {variant_key!r}")
+    dimensions = config.analysis.dimensions
+    for index, name in enumerate(dimensions):
+        if name in dimensions[:index]:
+            add(f"analysis.dimensions[{index}]", f"duplicate dimension {name!r}")
     if config.analysis.max_days < config.analysis.min_days:
         add("analysis.max_days", "must be at least analysis.min_days")
     if config.allocation.type == "bandit":

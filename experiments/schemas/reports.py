@@ -7,7 +7,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from experiments.schemas import DecisionOut, ListQuery, MetricKind, Strict
+from experiments.schemas import (
+    MAX_QUANTILE,
+    MIN_QUANTILE,
+    DecisionOut,
+    ListQuery,
+    MetricKind,
+    Strict,
+)
 
 Verdict = Literal["better", "worse", "flat", "inconclusive"]
 Method = Literal["frequentist", "bayesian", "sequential"]
@@ -20,6 +27,7 @@ MAX_COUNT = 10 ** 15
 Statistic = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_STATISTIC, le=MAX_STATISTIC)]
 Count = Annotated[int, Field(le=MAX_COUNT)]
 Interval = list[float] | None
+MAX_QUANTILE_VALUES = 100_000  # per variant, for the quantile calculator
 
 
 class VariantEstimate(BaseModel):
@@ -73,6 +81,8 @@ class MetricResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     cap: CapUsed | None = None
     period_weighted: bool = False  # a bandit's primary metric (SPEC §13)
+    quantile: float | None = None  # kind quantile: the level (0.9 = p90) …
+    source: Literal["event_value", "unit_value", "step_duration"] | None = None  # … and values
 
 
 class SrmOut(BaseModel):
@@ -163,6 +173,48 @@ class MetricTimeline(BaseModel):
     points: list[MetricTimelinePoint]
 
 
+class SegmentMetric(BaseModel):
+    key: str
+    kind: str
+    role: str
+    direction: str
+    variants: list[VariantEstimate]
+    comparisons: list[ComparisonOut]
+    quantile: float | None = None
+    source: Literal["event_value", "unit_value", "step_duration"] | None = None
+
+
+class HeterogeneityOut(BaseModel):
+    """One level's effect against the rest of its dimension (Bonferroni-adjusted)."""
+
+    metric: str
+    variant: str
+    effect: float | None
+    rest_effect: float | None
+    p_value: float | None
+    adjusted_p_value: float | None
+    detected: bool
+
+
+class SegmentLevel(BaseModel):
+    level: str  # the attribute's value; "__other__" (merged levels) and "__null__" (missing)
+    units: dict[str, int]
+    srm: SrmOut
+    metrics: list[SegmentMetric]
+    heterogeneity: list[HeterogeneityOut]
+    friction_points: list[FrictionPoint]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class SegmentOut(BaseModel):
+    """One dimension's breakdown (SPEC §11): for hypotheses, never for decisions."""
+
+    dimension: str
+    levels: list[SegmentLevel]
+    merged_levels: int
+    warnings: list[str] = Field(default_factory=list)
+
+
 class ReportOut(BaseModel):
     """One analysis run (SPEC §6)."""
 
@@ -185,6 +237,7 @@ class ReportOut(BaseModel):
     period_weighted: bool = False
     p_best: dict[str, float] | None = None
     expected_units: dict[str, float] | None = None
+    segments: list[SegmentOut] = Field(default_factory=list)
 
 
 class ReportList(BaseModel):
@@ -221,6 +274,11 @@ class ExportRow(BaseModel):
     expected_loss: float | None
     significant: bool | None
     verdict: Verdict | None
+    # Segment rows (SPEC §11); null on the whole-report rows.
+    dimension: str | None = None
+    level: str | None = None
+    heterogeneity_adjusted_p_value: float | None = None
+    heterogeneity_detected: bool | None = None
 
 
 class ExportOut(BaseModel):
@@ -251,10 +309,13 @@ class StatsVariantIn(Strict):
     pre_sum: Statistic | None = None
     pre_sum_squares: Statistic | None = None
     cross_sum: Statistic | None = None
+    # kind quantile: the raw values, one per unit (SPEC §11)
+    values: list[Statistic] | None = Field(None, max_length=MAX_QUANTILE_VALUES)
 
 
 class StatsAnalyzeIn(Strict):
-    kind: Literal["conversion", "mean", "count", "ratio", "nps"]
+    kind: Literal["conversion", "mean", "count", "ratio", "nps", "quantile"]
+    quantile: Finite | None = Field(None, ge=MIN_QUANTILE, le=MAX_QUANTILE)
     method: Method = "frequentist"
     alpha: Finite = 0.05
     correction: Correction = "holm"

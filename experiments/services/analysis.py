@@ -44,6 +44,7 @@ from experiments.services.pipeline import (
 )
 from experiments.services.rollup import drop_rollups
 from stats import (
+    AnalysisResult,
     Comparison,
     CupedStats,
     ProportionStats,
@@ -79,10 +80,19 @@ def _inputs(experiment: Experiment, kind: str, totals: Mapping[str, Sums],
             for v, record, c in records]
 
 
+# Kinds whose inputs the aggregation does not produce yet: reported as pending, never as a
+# mean of the wrong sums. Quantiles need order statistics from the pipeline (#21 phase 2).
+PENDING_KINDS = {"quantile": "quantile metrics are not computed by this analysis yet"}
+
+
 def _analyze_metric(experiment: Experiment, metric: Any, settings: AnalysisSettings,
                     totals: Mapping[str, Sums], previous: Mapping[str, float | None],
                     warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
     """Variant estimates and raw comparisons of one metric (never raises on bad data)."""
+    if metric.kind in PENDING_KINDS:
+        warnings.append(f"{metric.key}: {PENDING_KINDS[metric.kind]}")
+        return [{"variant": v.key, "units": 0, "estimate": None, "ci": None}
+                for v in experiment.variants], []
     options = {"method": settings.method, "alpha": settings.alpha, "correction": "none",
                "direction": metric.direction, "mde": settings.mde,
                "previous_p_values": previous}
@@ -172,7 +182,8 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
     """Every metric's estimates and corrected comparisons, in configuration order."""
     entries, families = [], {"decision": [], "guardrail": []}
     for metric in experiment.metrics:
-        totals = aggregates.metrics[metric.key].totals()
+        pending = metric.kind in PENDING_KINDS
+        totals = {} if pending else aggregates.metrics[metric.key].totals()
         notes: list[str] = []
         variants, comparisons = _analyze_metric(experiment, metric, settings, totals,
                                                 previous.get(metric.key, {}), notes)
@@ -181,12 +192,18 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
         families[family] += [(metric.key, c) for c in comparisons]
         entries.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
                         "direction": metric.direction, "variants": variants,
-                        "warnings": notes,
+                        "warnings": notes, **quantile_fields(metric),
                         **_cap_entry(metric.cap, aggregates.caps.get(metric.key, {}))})
     corrected = _corrected(families, settings.correction)
     for entry in entries:
         entry["comparisons"] = [comparison_to_dict(c) for c in corrected.get(entry["key"], [])]
     return entries
+
+
+def quantile_fields(metric: Any) -> dict[str, Any]:
+    """A quantile metric's level and source, so readers label "p90 time on payment (s)"."""
+    return ({"quantile": metric.quantile, "source": metric.source}
+            if metric.kind == "quantile" else {})
 
 
 def _cap_entry(cap: Mapping[str, Any] | None,
@@ -294,7 +311,7 @@ def timeline_section(experiment: Experiment, settings: AnalysisSettings,
     their intervals (NPS has only the absolute one, in points)."""
     primary = next((m for m in experiment.metrics if m.role == "primary"), None)
     exposure_days = aggregates.units.days()
-    if primary is None or not exposure_days:
+    if primary is None or primary.kind in PENDING_KINDS or not exposure_days:
         return []
     first = date.fromisoformat(exposure_days[0])
     if experiment.started_at is not None:
@@ -343,7 +360,7 @@ def metric_timeline_section(experiment: Experiment, settings: AnalysisSettings,
         return []
     treatments = [v.key for v in experiment.variants if not v.is_control]
     out = []
-    for metric in experiment.metrics:
+    for metric in (m for m in experiment.metrics if m.kind not in PENDING_KINDS):
         daily = aggregates.metrics[metric.key]
         running = daily.totals(until=_day_before(days[0]))  # days cut off by the cap
         points = []
@@ -479,7 +496,8 @@ def _emit_report_signals(session: Session, experiment: Experiment, report: Repor
 ROLLUP_STATUSES = ("running", "paused")  # experiments whose per-unit rollup is worth keeping
 
 
-def analyze_experiment(session: Session, key: str, *, now: datetime | None = None) -> Report:
+def analyze_experiment(session: Session, key: str, *, now: datetime | None = None,
+                       dimensions: Sequence[str] = ()) -> Report:
     """Analyse one experiment now, store the report (and decision) and commit.
 
     An analysis that fails on the data (a numeric error, a database refusing the query)
@@ -489,7 +507,7 @@ def analyze_experiment(session: Session, key: str, *, now: datetime | None = Non
     now = now or utcnow()
     experiment = get_experiment(session, key)
     try:
-        return _analyze(session, experiment, now)
+        return _analyze(session, experiment, now, dimensions)
     except ApiError:
         raise
     except Exception as exc:
@@ -510,17 +528,24 @@ def store_failed_report(session: Session, key: str, message: str, now: datetime)
     return report
 
 
-def _analyze(session: Session, experiment: Experiment, now: datetime) -> Report:
+def _analyze(session: Session, experiment: Experiment, now: datetime,
+             dimensions: Sequence[str] = ()) -> Report:
     """The analysis proper: aggregates, report, decision, signals, one transaction."""
     settings = AnalysisSettings.model_validate(experiment.analysis)
+    # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
+    breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
     aggregates = aggregate_experiment(
-        session, experiment.id, [MetricSpec.of(m) for m in experiment.metrics],
+        session, experiment.id,
+        [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS],
         hours=settings.conversion_window_hours, cuped=settings.cuped,
         rollup=experiment.status in ROLLUP_STATUSES)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
     bandits.apply_to_report(session, experiment, settings, body)
+    if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
+        body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
+                                f"this analysis yet")
     result = decisions.report_decision(experiment, settings, body, now)
     body["decision"] = (result.to_dict(now) if result is not None
                         else decisions.current_decision(experiment))
@@ -603,16 +628,29 @@ def _split(pair: Sequence[float] | None) -> tuple[float | None, float | None]:
 
 
 def export_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per metric and variant: its estimate and, for treatments, the comparison."""
+    """One row per metric and variant: its estimate and, for treatments, the comparison; then
+    the same rows per segment level (``dimension``, ``level`` and the heterogeneity test)."""
+    rows = _metric_rows(body.get("metrics", []), {})
+    for segment in body.get("segments", []):
+        for level in segment["levels"]:
+            tests = {(t["metric"], t["variant"]): t for t in level.get("heterogeneity", [])}
+            rows += _metric_rows(level["metrics"], {"dimension": segment["dimension"],
+                                                    "level": level["level"]}, tests)
+    return rows
+
+
+def _metric_rows(metrics: Sequence[Mapping[str, Any]], where: Mapping[str, Any],
+                 tests: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+                 ) -> list[dict[str, Any]]:
     rows = []
-    for metric in body.get("metrics", []):
+    for metric in metrics:
         comparisons = {c["variant"]: c for c in metric.get("comparisons", [])}
         for variant in metric.get("variants", []):
             comparison = comparisons.get(variant["variant"], {})
             row = dict.fromkeys(EXPORT_COLUMNS)
             row.update(metric=metric["key"], kind=metric["kind"], role=metric["role"],
                        variant=variant["variant"], units=variant["units"],
-                       estimate=variant["estimate"])
+                       estimate=variant["estimate"], **where)
             row["ci_low"], row["ci_high"] = _split(variant.get("ci"))
             if comparison:
                 for name in ("absolute_effect", "relative_effect", "p_value",
@@ -623,6 +661,10 @@ def export_rows(body: Mapping[str, Any]) -> list[dict[str, Any]]:
                     comparison.get("absolute_ci"))
                 row["relative_ci_low"], row["relative_ci_high"] = _split(
                     comparison.get("relative_ci"))
+            test = (tests or {}).get((metric["key"], variant["variant"]))
+            if test is not None:
+                row["heterogeneity_adjusted_p_value"] = test["adjusted_p_value"]
+                row["heterogeneity_detected"] = test["detected"]
             rows.append(row)
     return rows
 
@@ -662,6 +704,11 @@ def calculate_comparisons(kind: str, variants: Sequence[Mapping[str, Any]], *, m
                                   mde=mde, weights=weights)
     except StatsInputError as error:
         raise ValidationFailed.field(error.field, error.message) from None
+    return calculation_to_dict(result)
+
+
+def calculation_to_dict(result: AnalysisResult) -> dict[str, Any]:
+    """A calculator's answer: the report's variant and comparison shapes, SRM, warnings."""
     notes = [*result.warnings, *(f"{c.variant}: {note}" for c in result.comparisons
                                  for note in c.warnings)]
     return {

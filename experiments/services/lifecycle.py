@@ -110,7 +110,8 @@ def _metric_to_dict(metric: Metric) -> dict[str, Any]:
     return {"key": metric.key, "kind": metric.kind, "role": metric.role,
             "direction": metric.direction, "event": metric.event,
             "numerator": metric.numerator, "denominator": metric.denominator,
-            "friction_kind": metric.friction_kind, "step": metric.step, "cap": metric.cap}
+            "friction_kind": metric.friction_kind, "step": metric.step, "cap": metric.cap,
+            "quantile": metric.quantile, "source": metric.source}
 
 
 def _snapshot(experiment: Experiment) -> dict[str, Any]:
