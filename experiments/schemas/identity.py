@@ -42,8 +42,9 @@ class IdentifyIn(Strict):
         for name, value in single.items():
             if value is None:
                 raise ValidationFailed.field(name, "required (or send links)")
-        return [LinkIn(anonymous_id=self.anonymous_id, user_id=self.user_id,
-                       occurred_at=self.occurred_at)]
+        # Already validated, field by field, as this model's own fields.
+        return [LinkIn.model_construct(anonymous_id=self.anonymous_id, user_id=self.user_id,
+                                       occurred_at=self.occurred_at)]
 
 
 class IdentifyOut(BaseModel):
