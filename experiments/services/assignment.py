@@ -203,12 +203,10 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
         unknown = wanted - history.keys()
     else:
         history = cluster_exposures(session, request.unit_id, request.user_id, wanted)
-        unknown = set()
+        unknown = set()  # read whole: only first exposures may remain to store
     writes = {config.id for config in live if request.track and decisions[config.id].in_experiment}
-    if not unknown and (request.user_id is None or writes <= history.keys()):
+    if not unknown and request.user_id is None:
         _use_history(snapshot, live, decisions, history)
-        if request.user_id is not None:
-            session.commit()  # ends the read's transaction, if it had one (no-op otherwise)
         return
     store = store_for(session)
     read: dict[int, str] = {}
