@@ -257,3 +257,33 @@ def test_one_customer_on_many_devices_at_once_gets_one_variant(postgres_database
     assert all(seen[customer] == {stored[customer]} for customer in customers[1:])
     for app in (setup, *workers):
         get_db(app).engine.dispose()
+
+
+
+def test_the_cluster_lookup_uses_the_indexes_never_a_scan(postgres_database_url, tmp_path):
+    """SPEC §14's cost: one indexed lookup, whatever the number of exposures."""
+    app = make_test_app(postgres_database_url, tmp_path)
+    engine = get_db(app).engine
+    with engine.begin() as connection:
+        experiment_id = connection.execute(insert(Experiment).values(
+            key="big", name="big", salt="s", status="running").returning(Experiment.id)).scalar()
+        connection.exec_driver_sql(
+            "INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, attributes,"
+            " is_override) SELECT %s, 'old-' || i, 'control', now(), '{}', false"
+            " FROM generate_series(1, 50000) AS i", (experiment_id,))
+        connection.exec_driver_sql(
+            "INSERT INTO identity_links (anonymous_id, user_id, occurred_at, created_at)"
+            " SELECT 'old-' || i, 'customer-' || i, now(), now()"
+            " FROM generate_series(1, 5000) AS i")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.exec_driver_sql("ANALYZE exposures")
+        connection.exec_driver_sql("ANALYZE identity_links")
+        sql = str(identity.cluster_statement("laptop-1", "customer-7", [experiment_id]).compile(
+            dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+        plan = "\n".join(connection.exec_driver_sql("EXPLAIN " + sql).scalars())
+    with get_db(app).sessionmaker() as session:
+        found = identity.cluster_exposures(session, "laptop-1", "customer-7", [experiment_id])
+    engine.dispose()
+    assert found == {experiment_id: "control"}
+    assert "ix_identity_links_user_id" in plan  # then exposures by index (either of two)
+    assert "Seq Scan" not in plan

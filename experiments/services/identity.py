@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Select,
     String,
     Subquery,
     case,
@@ -96,15 +97,7 @@ def cluster_exposures(session: Session, unit_id: str, user_id: str,
     Outside a caller's transaction it runs on an autocommit connection on PostgreSQL:
     one round trip, no BEGIN/COMMIT.
     """
-    # One IN over a UNION ALL, not an OR of two INs: PostgreSQL plans the OR as a scan
-    # of every exposure (300 ms at a million rows), the union as index lookups (0.1 ms).
-    cluster = union_all(select(_LINKS.c.anonymous_id).where(_LINKS.c.user_id == user_id),
-                        select(literal(unit_id, String)), select(literal(user_id, String)))
-    statement = (
-        select(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key)
-        .where(_EXPOSURES.c.experiment_id.in_(sorted(experiment_ids)),
-               _EXPOSURES.c.unit_id.in_(cluster))
-        .order_by(_EXPOSURES.c.exposed_at.desc(), _EXPOSURES.c.id.desc()))
+    statement = cluster_statement(unit_id, user_id, experiment_ids)
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     if engine.dialect.name == "postgresql" and not session.in_transaction():
@@ -114,6 +107,19 @@ def cluster_exposures(session: Session, unit_id: str, user_id: str,
         rows = session.execute(statement).all()
     # Newest first, so the earliest exposure of each experiment is written last and wins.
     return {row.experiment_id: row.variant_key for row in rows}
+
+
+def cluster_statement(unit_id: str, user_id: str, experiment_ids: Iterable[int]) -> Select[Any]:
+    """The exposures of a cluster in the experiments, newest first (see cluster_exposures)."""
+    # One IN over a UNION ALL, not an OR of two INs: PostgreSQL plans the OR as a scan
+    # of every exposure (300 ms at a million rows), the union as index lookups (0.1 ms).
+    cluster = union_all(select(_LINKS.c.anonymous_id).where(_LINKS.c.user_id == user_id),
+                        select(literal(unit_id, String)), select(literal(user_id, String)))
+    return (
+        select(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key)
+        .where(_EXPOSURES.c.experiment_id.in_(sorted(experiment_ids)),
+               _EXPOSURES.c.unit_id.in_(cluster))
+        .order_by(_EXPOSURES.c.exposed_at.desc(), _EXPOSURES.c.id.desc()))
 
 
 # --- clusters as selectables (the analysis pipeline joins these) ----------------------------
