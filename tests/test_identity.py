@@ -287,3 +287,13 @@ def test_the_cluster_lookup_uses_the_indexes_never_a_scan(postgres_database_url,
     assert found == {experiment_id: "control"}
     assert "ix_identity_links_user_id" in plan  # then exposures by index (either of two)
     assert "Seq Scan" not in plan
+
+
+def test_links_count_against_the_ingestion_rate_limit(database_url, tmp_path, client_key):
+    app = make_test_app(database_url, tmp_path, RATE_LIMIT_INGEST="2/minute")
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {client_key}"}
+    body = {"anonymous_id": "visitor-1", "user_id": "customer-1"}
+    statuses = [identify(client, headers, body).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    get_db(app).engine.dispose()
