@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -40,7 +41,7 @@ from experiments.auth import Principal
 from experiments.db import dialect_insert, utcnow
 from experiments.models import Exposure, IdentityLink
 from experiments.services.audit import record_audit
-from experiments.services.exposures import Stored
+from experiments.services.exposures import Stored, _execute, autocommit_connection
 from experiments.services.lifecycle import get_experiment
 
 _LINKS = IdentityLink.__table__
@@ -97,16 +98,28 @@ def cluster_exposures(session: Session, unit_id: str, user_id: str,
     Outside a caller's transaction it runs on an autocommit connection on PostgreSQL:
     one round trip, no BEGIN/COMMIT.
     """
-    statement = cluster_statement(unit_id, user_id, experiment_ids)
+    ids = sorted(experiment_ids)
     engine = session.get_bind()
     assert isinstance(engine, Engine)
     if engine.dialect.name == "postgresql" and not session.in_transaction():
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            rows = connection.execute(statement).all()
+        # The driver directly, as the exposure store reads: half the time of a Core execute.
+        with autocommit_connection(engine) as connection:
+            rows = _execute(connection, _cluster_sql(len(ids)), (unit_id, user_id, *ids))
     else:
-        rows = session.execute(statement).all()
+        rows = [tuple(row) for row in session.execute(cluster_statement(unit_id, user_id, ids))]
     # Newest first, so the earliest exposure of each experiment is written last and wins.
-    return {row.experiment_id: row.variant_key for row in rows}
+    return {experiment_id: variant_key for experiment_id, variant_key in rows}
+
+
+@lru_cache(maxsize=256)
+def _cluster_sql(count: int) -> str:
+    """:func:`cluster_statement` for PostgreSQL's driver: ``$1`` unit, ``$2`` user, ids."""
+    ids = ", ".join(f"${index + 3}" for index in range(count))
+    return ("SELECT experiment_id, variant_key FROM exposures "
+            f"WHERE experiment_id IN ({ids}) AND unit_id IN ("
+            "SELECT anonymous_id FROM identity_links WHERE user_id = $2 "
+            "UNION ALL SELECT $1 UNION ALL SELECT $2) "
+            "ORDER BY exposed_at DESC, id DESC")
 
 
 def cluster_statement(unit_id: str, user_id: str, experiment_ids: Iterable[int]) -> Select[Any]:
