@@ -8,7 +8,9 @@
    worker class and workers for the database on this machine; no access log), loaded by
    keep-alive ``http.client`` connections from several processes on loopback.
    Target ≥ 0.5×. Phases: returning units (already exposed, seen by the worker), units
-   exposed on another worker (first visit here), and new units (first exposure stored).
+   exposed on another worker (first visit here), new units (first exposure stored), and
+   logged-in customers on another device (``user_id``: the cluster's exposures are read
+   by one indexed lookup, SPEC §14).
 
 PostgreSQL (``PARCOURS_BENCH_POSTGRES_URL``, default
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``) in a fresh database created and
@@ -48,10 +50,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENTS, CONNECTIONS = 4, 8
 PHASE_S = float(os.environ.get("PARCOURS_BENCH_ASSIGN_SECONDS", 3))
 ROUNDS = 5
-PHASES = ("returning", "elsewhere", "new")
+PHASES = ("returning", "elsewhere", "new", "user")
 DECISIONS = 10_000
 EXPOSED_UNITS = 150_000  # enough for every round's "elsewhere" phase to get units of its own
 RETURNING_UNITS = 200  # a hot set: returning visitors, cached by every worker after warm-up
+LINKED_CUSTOMERS = 20_000  # old-N was identified as customer-N (the "user" phase's customers)
 ATTRIBUTES = {"country": "FR", "plan": "pro"}
 EXPERIMENTS = ("checkout-redesign", "address-autocomplete", "payment-wallets")
 
@@ -136,7 +139,7 @@ def prepare(url: str, instance: Path) -> str:
     from experiments.auth import SYSTEM
     from experiments.db import get_db
     from experiments.migrate import upgrade
-    from experiments.models import Exposure
+    from experiments.models import Exposure, IdentityLink
     from experiments.services import lifecycle
     from experiments.services.accounts import create_api_key
     from experiments.services.assignment import decide
@@ -156,6 +159,9 @@ def prepare(url: str, instance: Path) -> str:
                  "is_override": False}
                 for config in snapshot.running for index in range(EXPOSED_UNITS)]
         session.execute(insert(Exposure), rows)
+        session.execute(insert(IdentityLink), [
+            {"anonymous_id": f"old-{index}", "user_id": f"customer-{index}"}
+            for index in range(LINKED_CUSTOMERS)])
     settle(get_db(app).engine)
     get_db(app).engine.dispose()
     return client_key
@@ -194,7 +200,11 @@ def _client(port: int, key: str, phase: str, index: int, start_at: float, stop_a
         while time.time() < start_at:
             time.sleep(0.001)
         while time.time() < stop_at:
-            body = json.dumps({"unit_id": next(units), "attributes": ATTRIBUTES})
+            unit = next(units)
+            payload = {"unit_id": unit, "attributes": ATTRIBUTES}
+            if phase == "user":  # device-<connection>-<n> belongs to customer-<n>
+                payload["user_id"] = "customer-" + unit.rsplit("-", 1)[1]
+            body = json.dumps(payload)
             connection.request("POST", "/api/v1/assign", body, headers)
             response = connection.getresponse()
             response.read()
@@ -218,6 +228,9 @@ def _units(phase: str, index: int, first_unit: int) -> Iterator[str]:
     if phase == "returning":
         while True:
             yield f"old-{rng.randrange(RETURNING_UNITS)}"
+    if phase == "user":  # a customer's new device: the cluster is read, nothing written
+        while True:
+            yield f"device-{index}-{rng.randrange(LINKED_CUSTOMERS)}"
     if phase == "elsewhere":
         for number in range(first_unit + index, EXPOSED_UNITS, CLIENTS * CONNECTIONS):
             yield f"old-{number}"
@@ -293,7 +306,8 @@ def main() -> None:
           f"{statistics.median(bare):.0f} req/s")
     labels = {"returning": "returning units (exposure cached by the worker)",
               "elsewhere": "exposed units, first visit to this worker",
-              "new": "new units (first exposure stored)"}
+              "new": "new units (first exposure stored)",
+              "user": "logged-in customers, another device (user_id: one cluster lookup)"}
     for phase, values in rates.items():
         ratio = statistics.median(value / base for value, base in zip(values, bare, strict=True))
         print(f"  POST /api/v1/assign x3 experiments, {labels[phase]}: "

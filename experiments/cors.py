@@ -1,8 +1,8 @@
 """Browser access to the client routes: CORS from ``PARCOURS_CORS_ORIGINS``, and beacons.
 
-Only ``/api/v1/assign``, ``/api/v1/exposures``, ``/api/v1/events`` and the OFREP routes
-(``/ofrep/v1/evaluate/flags[/{key}]``) are opened to other origins, and only for the
-configured origins (``*`` allows any). Those routes
+Only ``/api/v1/assign``, ``/api/v1/exposures``, ``/api/v1/events``, ``/api/v1/identify``
+and the OFREP routes (``/ofrep/v1/evaluate/flags[/{key}]``) are opened to other origins,
+and only for the configured origins (``*`` allows any). Those routes
 take client keys, which are public by design: they can only assign and send events.
 No cookies are involved, so ``Access-Control-Allow-Credentials`` is never sent.
 
@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 from flask import Flask, Response, current_app, request
 
 CLIENT_ROUTES = frozenset({"/api/v1/assign", "/api/v1/exposures", "/api/v1/events",
-                           "/ofrep/v1/evaluate/flags"})
+                           "/api/v1/identify", "/ofrep/v1/evaluate/flags"})
 OFREP_FLAG_PREFIX = "/ofrep/v1/evaluate/flags/"  # single-flag evaluation, any flag key
 BEACON_ROUTE = "/api/v1/events"
 ORIGINS_KEY = "parcours.cors_origins"  # normalised once at start-up, read per request

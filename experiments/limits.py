@@ -20,7 +20,7 @@ from limits.strategies import MovingWindowRateLimiter
 from experiments.errors import ApiError
 
 # Route groups a limit applies to, by path prefix.
-INGEST_PATHS = ("/api/v1/events",)
+INGEST_PATHS = ("/api/v1/events", "/api/v1/identify")
 ASSIGN_PATHS = ("/api/v1/assign", "/api/v1/exposures", "/ofrep/v1/")
 EXTENSION_KEY = "parcours.rate_limits"
 log = logging.getLogger(__name__)

@@ -165,6 +165,24 @@ class Event(Base):
     client_occurred_at: Mapped[datetime | None]
 
 
+class IdentityLink(Base):
+    """An anonymous id seen as a customer id (SPEC §14): append-only, one row per pair."""
+
+    __tablename__ = "identity_links"
+    __table_args__ = (
+        UniqueConstraint("anonymous_id", "user_id", name="uq_identity_links_pair"),
+        # Both directions: a customer's anonymous ids (assignment) and an id's customer.
+        Index("ix_identity_links_user_id", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    anonymous_id: Mapped[str] = mapped_column(String(200))
+    user_id: Mapped[str] = mapped_column(String(200))
+    # Client time of the link (when the visitor logged in); the server's is created_at.
+    occurred_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 # Per-unit rollup slots (see experiments.services.rollup): packed flag words, sums, first
 # times and last answers of the analysis pass, kept between analyses on PostgreSQL.
 ROLLUP_SLOTS = {"w": 8, "v": 16, "t": 4, "a": 4}

@@ -5,7 +5,16 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from experiments.auth import hash_api_key, verify_password
-from experiments.models import AllocationPeriod, ApiKey, Experiment, Exposure, Report, User
+from experiments.models import (
+    AllocationPeriod,
+    ApiKey,
+    Event,
+    Experiment,
+    Exposure,
+    IdentityLink,
+    Report,
+    User,
+)
 
 
 def test_api_key_is_printed_alone_on_the_last_line_and_stored_hashed(runner, db, client):
@@ -63,6 +72,11 @@ def test_seed_demo_is_idempotent(runner, db):
     # The demo bandit: four updates after four chunks of traffic, not repeated.
     assert db.scalar(select(func.count()).select_from(AllocationPeriod)) == 5
     assert "demo bandit 'homepage-banner' already exists" in second.output
+    # A few visitors logged in; support recorded their late deliveries under the customer id.
+    assert db.scalar(select(func.count()).select_from(IdentityLink)) == 40
+    late = db.execute(select(Event.unit_id, Event.friction_kind)
+                      .where(Event.name == "late_delivery")).all()
+    assert sorted(late) == sorted((f"customer-{n}", "support_contact") for n in range(1, 41, 4))
 
 
 def test_bootstrap_dev_prints_the_same_credentials_twice(runner):

@@ -6,9 +6,11 @@ import re
 
 import pytest
 
-# The only routes a public (client) key may call: assignment, events, OFREP, calculators.
+# The only routes a public (client) key may call: assignment, events, identity links, OFREP,
+# calculators.
 CLIENT_ROUTES = {
     ("/api/v1/assign", "POST"), ("/api/v1/exposures", "POST"), ("/api/v1/events", "POST"),
+    ("/api/v1/identify", "POST"),
     ("/api/v1/stats/analyze", "POST"), ("/api/v1/stats/power", "POST"),
     ("/api/v1/stats/bandit", "POST"),
     ("/ofrep/v1/evaluate/flags", "POST"), ("/ofrep/v1/evaluate/flags/<key>", "POST"),

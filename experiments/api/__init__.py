@@ -13,6 +13,7 @@ def register_blueprints(app: Flask) -> None:
         calculators,
         events,
         experiments,
+        identity,
         ofrep,
         portfolio,
         reports,
@@ -25,5 +26,5 @@ def register_blueprints(app: Flask) -> None:
 
     app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
-                   units, portfolio, bandits, warehouses):
+                   units, portfolio, bandits, warehouses, identity):
         app.register_blueprint(module.bp)

@@ -49,7 +49,8 @@ def assigned(session: Session, body: AssignIn) -> dict[str, Any]:
     """The ``/assign`` answer: the service's assignments in the SPEC §4 shape."""
     results = assignment.assign(session, unit_id=body.unit_id, attributes=body.attributes,
                                 experiment_keys=body.experiments, track=body.track,
-                                occurred_at=body.occurred_at, sent_at=body.sent_at)
+                                occurred_at=body.occurred_at, sent_at=body.sent_at,
+                                user_id=body.user_id)
     return {"unit_id": body.unit_id, "assignments": [result.to_dict() for result in results]}
 
 
@@ -59,7 +60,8 @@ def record_exposure(body: ExposureIn) -> dict[str, Any]:
     """Record that a unit assigned with ``track: false`` was shown its variant."""
     result = assignment.record_exposure(db_session(), experiment_key=body.experiment,
                                         unit_id=body.unit_id, attributes=body.attributes,
-                                        occurred_at=body.occurred_at, sent_at=body.sent_at)
+                                        occurred_at=body.occurred_at, sent_at=body.sent_at,
+                                        user_id=body.user_id)
     return {"unit_id": body.unit_id, **result.to_dict()}
 
 

@@ -16,7 +16,7 @@ bp = Blueprint("units", __name__, url_prefix="/api/v1")
 @api_route(bp, "/units/<path:unit_id>", "DELETE", response=ErasedOut, errors=(404, 422),
            tags=("units",))
 def delete_unit(unit_id: str) -> ErasedOut:
-    """Erase a unit everywhere (events, exposures, rollups); audited by a digest of its id."""
+    """Erase a unit everywhere (events, exposures, identity links, rollups); audited by digest."""
     if len(unit_id) > MAX_UNIT_ID_LENGTH or "\x00" in unit_id:
         raise ValidationFailed.field(
             "unit_id", f"must be 1 to {MAX_UNIT_ID_LENGTH} characters without NUL")

@@ -14,6 +14,8 @@ from experiments.schemas.events import ClientTime, SentAt
 _OCCURRED_DOC = ("When the variant was shown, on the client's clock (RFC 3339); corrected "
                  "by sent_at and clamped to [received − 24 h, received]. Default: received.")
 _SENT_DOC = "The client's clock when it sent this request (RFC 3339), for the skew correction."
+_USER_DOC = ("The customer id, once known (SPEC §14): a variant stored for any id linked to it "
+             "wins (reason assigned); a first exposure is stored under it.")
 
 Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_running",
                  "concluded", "not_found"]
@@ -65,6 +67,7 @@ class AssignIn(Strict):
     """``POST /api/v1/assign``: one unit, all (or the named) experiments of a page."""
 
     unit_id: UnitId = Field(examples=["visitor-42"])
+    user_id: UnitId | None = Field(None, description=_USER_DOC, examples=["customer-981"])
     attributes: Attributes = Field(default_factory=dict, examples=[{"country": "FR"}])
     experiments: list[Text] | None = Field(None, max_length=100,
                                           examples=[["checkout-redesign"]])
@@ -98,6 +101,7 @@ class ExposureIn(Strict):
 
     experiment: Text = Field(min_length=1, max_length=200, examples=["checkout-redesign"])
     unit_id: UnitId = Field(examples=["visitor-42"])
+    user_id: UnitId | None = Field(None, description=_USER_DOC, examples=["customer-981"])
     attributes: Attributes = Field(default_factory=dict)
     occurred_at: ClientTime = Field(None, description=_OCCURRED_DOC,
                                     examples=["2026-11-24T10:00:00Z"])

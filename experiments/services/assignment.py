@@ -34,6 +34,7 @@ from experiments.services.config_cache import (
     cache_for,
 )
 from experiments.services.exposures import FirstExposure, UnitWrite, store_for
+from experiments.services.identity import cluster_exposures
 from experiments.services.targeting import Condition, matches
 
 REASONS: tuple[str, ...] = get_args(Reason)
@@ -116,21 +117,24 @@ def condition_holds(condition: Condition, attributes: Mapping[str, Any]) -> bool
 def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | None = None,
            experiment_keys: Sequence[str] | None = None, track: bool = True,
            now: datetime | None = None, occurred_at: datetime | None = None,
-           sent_at: datetime | None = None) -> list[Assignment]:
+           sent_at: datetime | None = None, user_id: str | None = None) -> list[Assignment]:
     """Assign a unit to the named (default: every running) experiment; commits exposures.
 
     A first exposure is dated ``occurred_at`` (client clock) corrected by ``sent_at``
     and clamped (:func:`~experiments.services.clock.exposure_time`), else ``now``.
+    With ``user_id`` (SPEC §14) the customer's cluster is the unit: a variant stored for
+    any of its ids wins, and a new one is decided for and stored under the user id.
     """
     attrs = attributes or {}
     cache = cache_for(session)
     snapshot = cache.snapshot(session)
     targets = _targets(snapshot, experiment_keys)
-    decisions = {config.id: decide(config, unit_id, attrs) for _, config in targets if config}
+    decided = unit_id if user_id is None else user_id
+    decisions = {config.id: decide(config, decided, attrs) for _, config in targets if config}
     live = [config for _, config in targets if config is not None and config.status == "running"]
     if live:
         _apply_history(session, cache, snapshot, live, decisions,
-                       _Request(unit_id, attrs, track, now, occurred_at, sent_at))
+                       _Request(unit_id, attrs, track, now, occurred_at, sent_at, user_id))
     results = [_result(key, config, decisions) for key, config in targets]
     for result in results:
         _COUNT_BY_REASON[result.reason].inc()
@@ -140,11 +144,11 @@ def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | No
 def record_exposure(session: Session, *, experiment_key: str, unit_id: str,
                     attributes: Mapping[str, Any] | None = None,
                     now: datetime | None = None, occurred_at: datetime | None = None,
-                    sent_at: datetime | None = None) -> Assignment:
+                    sent_at: datetime | None = None, user_id: str | None = None) -> Assignment:
     """Record the exposure of a unit assigned earlier with ``track: false`` (404 if unknown)."""
     result = assign(session, unit_id=unit_id, attributes=attributes,
                     experiment_keys=[experiment_key], track=True, now=now,
-                    occurred_at=occurred_at, sent_at=sent_at)[0]
+                    occurred_at=occurred_at, sent_at=sent_at, user_id=user_id)[0]
     if result.reason == "not_found":
         raise NotFound(f"no experiment with key {experiment_key!r}")
     return result
@@ -158,6 +162,7 @@ class _Request:
     now: datetime | None
     occurred_at: datetime | None = None
     sent_at: datetime | None = None
+    user_id: str | None = None  # SPEC §14: the cluster is the unit, stored as the user id
 
 
 def _targets(snapshot: ConfigSnapshot, keys: Sequence[str] | None
@@ -186,12 +191,21 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
     already existed, shared with concurrent requests of this process (SQLite: the
     INSERT, then a SELECT only for conflicts); and one SELECT first when history could
     change the answer without a write (excluded units, ``track: false``, layer mates).
+
+    With a user id, one indexed SELECT reads the whole cluster's exposures instead of the
+    process cache (a link made on another host would not be in it). New exposures are
+    stored under the user id, so concurrent devices of one customer race on the unique
+    (experiment, unit) key and every one of them reads back the single winner.
     """
     wanted = _ids_to_check(snapshot, live, decisions)
-    history = cache.known_exposures(request.unit_id, wanted)
-    unknown = wanted - history.keys()
+    if request.user_id is None:
+        history = cache.known_exposures(request.unit_id, wanted)
+        unknown = wanted - history.keys()
+    else:
+        history = cluster_exposures(session, request.unit_id, request.user_id, wanted)
+        unknown = set()  # read whole: only first exposures may remain to store
     writes = {config.id for config in live if request.track and decisions[config.id].in_experiment}
-    if not unknown:
+    if not unknown and request.user_id is None:
         _use_history(snapshot, live, decisions, history)
         return
     store = store_for(session)
@@ -209,7 +223,7 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
     store.commit()
     EXPOSURES_RECORDED.inc(len(inserted))
     read.update(inserted)
-    if read:
+    if read and request.user_id is None:
         cache.remember(request.unit_id, read)
 
 
@@ -220,8 +234,8 @@ def _first_exposures(pending: list[ExperimentConfig], decisions: Mapping[int, De
                                     decisions[config.id].reason == "override",
                                     _exposed_at(request, received, config.started_at))
                       for config in pending)
-    return UnitWrite(request.unit_id, exposures, received, request.attributes,
-                     request.occurred_at)
+    return UnitWrite(request.unit_id if request.user_id is None else request.user_id, exposures,
+                     received, request.attributes, request.occurred_at)
 
 
 def _exposed_at(request: _Request, received: datetime, started_at: datetime | None

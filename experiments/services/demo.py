@@ -16,6 +16,8 @@ from experiments.models import Experiment, Exposure
 from experiments.schemas import EXPERIMENT_EXAMPLE
 from experiments.services.analysis import analyze_experiment
 from experiments.services.bandits import periods_of, reallocate
+from experiments.services.events import ingest_events
+from experiments.services.identity import Link, link_ids
 from experiments.services.lifecycle import create_experiment, get_experiment, transition
 from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
 
@@ -35,6 +37,10 @@ DEMO_SALT = "parcours-demo"
 # errors in the current (control) checkout.
 DEMO_PLAN = SimulationPlan(units=6000, seed=2026, days=14, effects={"one-page": 0.4},
                            friction={("control", "payment", "error"): 0.06})
+# Demo visitors who log in (linked to a customer id, SPEC §14); every fourth then has a late
+# delivery that the support line records under the customer id, two days after the visit.
+DEMO_CUSTOMERS = 40
+LATE_DELIVERY_EVERY = 4
 
 
 def seed_demo_data(session: Session, *, traffic: bool = True) -> Iterator[str]:
@@ -71,6 +77,7 @@ def _demo_traffic(session: Session) -> Iterator[str]:
     counts = simulate_traffic(session, DEMO_KEY, DEMO_PLAN)
     yield (f"simulated {DEMO_PLAN.units} visitors over {DEMO_PLAN.days} days: "
            + ", ".join(f"{variant} {count}" for variant, count in counts.items()))
+    yield _demo_identity(session, experiment.id)
     # A first report right away, so a newcomer does not wait for the scheduler's interval.
     decision = analyze_experiment(session, DEMO_KEY).body.get("decision") or {}
     outcome = " ".join(filter(None, (decision.get("outcome"), decision.get("winner"))))
@@ -134,3 +141,25 @@ def seed_bandit_demo(session: Session, *, traffic: bool = True) -> Iterator[str]
                + ", ".join(f"{arm} {weight:.0%}" for arm, weight in period.weights.items()))
     analyze_experiment(session, BANDIT_KEY)
     yield f"analysed {BANDIT_KEY!r}"
+
+
+def _demo_identity(session: Session, experiment_id: int) -> str:
+    """Log the first demo visitors in and record their back-office events under the
+    customer id (a late delivery: ``friction`` ``support_contact``), as a support tool would."""
+    now = utcnow()
+    visits = session.execute(
+        select(Exposure.unit_id, Exposure.exposed_at).where(Exposure.experiment_id == experiment_id)
+        .order_by(Exposure.id).limit(DEMO_CUSTOMERS)).all()
+    customers = [f"customer-{index + 1}" for index in range(len(visits))]
+    linked = link_ids(session, [Link(visit.unit_id, customer, visit.exposed_at)
+                                for visit, customer in zip(visits, customers, strict=True)],
+                      SYSTEM)
+    late = [{"event_id": f"demo-late-delivery-{customer}", "unit_id": customer,
+             "type": "friction", "name": "late_delivery", "friction_kind": "support_contact",
+             "occurred_at": min(visit.exposed_at + timedelta(days=2), now).isoformat(),
+             "properties": {"channel": "support"}}
+            for index, (visit, customer) in enumerate(zip(visits, customers, strict=True))
+            if index % LATE_DELIVERY_EVERY == 0]
+    result = ingest_events(session, late, now=now)
+    return (f"linked {linked.linked} demo visitors to customer ids; {result.accepted} "
+            "late deliveries recorded by support under the customer id")

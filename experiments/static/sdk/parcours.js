@@ -5,6 +5,7 @@
   var VERSION = "1.0.0";
   var QUEUE_PREFIX = "parcours:q:";  // one stored queue per page load, adopted by the next load
   var UNIT_KEY = "parcours:unit";
+  var USER_KEY = "parcours:user";    // "<unit id> <user id>": the link this browser has sent
   var PAGES_KEY = "parcours:pages";
   var CONVERTED_KEY = "parcours:converted";  // this tab's session tracked a conversion
   var MAX_STORED = 1000;             // oldest items go first when a long outage fills storage
@@ -94,7 +95,11 @@
       this.more = null;
       this.exposed = {};
       this.storeKey = QUEUE_PREFIX + uuid();
+      this.userId = null;
+      var linked = storage("localStorage", function (s) { return s.getItem(USER_KEY); }) || "";
+      if (linked.indexOf(this.unitId + " ") === 0) this.userId = linked.slice(this.unitId.length + 1);
       this.adopt();
+      if (o.userId) this.identify(o.userId);
       var self = this;
       this.timer = setInterval(function () { self.flush(); }, this.flushIntervalMs);
       on(root, "pagehide", function () { self.leave(); });
@@ -149,6 +154,7 @@
 
     assign(keys) {
       var body = { unit_id: this.unitId, attributes: this.attributes, track: false };
+      if (this.userId) body.user_id = this.userId;
       if (keys) body.experiments = keys;
       return this.post("/api/v1/assign", body).then(function (r) {
         return r.ok ? r.json() : null;
@@ -164,10 +170,29 @@
       if (this.exposed[key]) return;
       this.exposed[key] = true;
       // When it was shown, on this clock: the server corrects it by the request's sent_at.
-      this.push({ id: uuid(), k: "x",
-        b: { experiment: key, unit_id: this.unitId, occurred_at: now() } });
+      // With the user id only if it was known when the variant was read (see identify).
+      var b = { experiment: key, unit_id: this.unitId, occurred_at: now() };
+      if (this.userId) b.user_id = this.userId;
+      this.push({ id: uuid(), k: "x", b: b });
       // Sent right away, yet after this task: the events the page tracks on reading its
       // variant go in the same flush, behind the exposure, so none lands before it.
+      var self = this;
+      setTimeout(function () { self.flush(); }, 0);
+    }
+
+    // Links this browser's anonymous id to a customer id (SPEC §14), once per pair; later
+    // assignments and exposures carry user_id, so the customer keeps the variant everywhere.
+    identify(userId) {
+      if (userId == null || userId === "") {
+        warn("identify() dropped: a user id is required");
+        return;
+      }
+      var id = String(userId);
+      if (id === this.userId) return;
+      this.userId = id;
+      var pair = this.unitId + " " + id;
+      storage("localStorage", function (s) { s.setItem(USER_KEY, pair); });
+      this.push({ id: uuid(), k: "i", b: { anonymous_id: this.unitId, user_id: id, occurred_at: now() } });
       var self = this;
       setTimeout(function () { self.flush(); }, 0);
     }
@@ -287,6 +312,11 @@
       var sends = items.filter(function (i) { return i.k === "x"; }).map(function (i) {
         return self.send("/api/v1/exposures", Object.assign({}, i.b, { sent_at: sent }), [i]);
       });
+      var links = items.filter(function (i) { return i.k === "i"; });
+      if (links.length) {
+        sends.push(self.send("/api/v1/identify",
+          { links: links.map(function (i) { return i.b; }) }, links));
+      }
       this.sending = Promise.all(sends).then(function (results) {
         if (!events.length) return results;
         return self.send("/api/v1/events",
@@ -350,12 +380,16 @@
       var sent = now();
       var self = this;
       var swallow = function () {};
+      var links = [];
       this.queue.forEach(function (i) {
         if (i.k === "x") {
           self.post("/api/v1/exposures", Object.assign({}, i.b, { sent_at: sent }), true)
             .catch(swallow);
+        } else if (i.k === "i") {
+          links.push(i.b);
         }
       });
+      if (links.length) self.post("/api/v1/identify", { links: links }, true).catch(swallow);
       var events = this.queue.filter(function (i) { return i.k === "e"; }).slice(0, MAX_BATCH)
         .map(function (i) { return i.b; });
       var body = JSON.stringify({ events: events, sent_at: sent });
