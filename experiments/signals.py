@@ -22,10 +22,13 @@ experiment_decided = _signals.signal("experiment.decided")
 analysis_completed = _signals.signal("analysis.completed")
 srm_detected = _signals.signal("srm.detected")
 guardrail_breached = _signals.signal("guardrail.breached")
+holdout_created = _signals.signal("holdout.created")
+holdout_concluded = _signals.signal("holdout.concluded")
 
 DOMAIN_SIGNALS = (
     experiment_created, experiment_started, experiment_paused, experiment_concluded,
     experiment_decided, analysis_completed, srm_detected, guardrail_breached,
+    holdout_created, holdout_concluded,
 )
 EVENT_TYPES = tuple(signal.name for signal in DOMAIN_SIGNALS)
 

@@ -12,6 +12,7 @@ def register_blueprints(app: Flask) -> None:
         calculators,
         events,
         experiments,
+        holdouts,
         ofrep,
         portfolio,
         reports,
@@ -23,5 +24,5 @@ def register_blueprints(app: Flask) -> None:
 
     app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
-                   units, portfolio):
+                   units, portfolio, holdouts):
         app.register_blueprint(module.bp)

@@ -15,8 +15,8 @@ _OCCURRED_DOC = ("When the variant was shown, on the client's clock (RFC 3339); 
                  "by sent_at and clamped to [received − 24 h, received]. Default: received.")
 _SENT_DOC = "The client's clock when it sent this request (RFC 3339), for the skew correction."
 
-Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_running",
-                 "concluded", "not_found"]
+Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "holdout",
+                 "not_running", "concluded", "not_found"]
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 MAX_DEPTH = 5

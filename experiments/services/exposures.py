@@ -31,13 +31,15 @@ from psycopg import generators, waiting
 from psycopg.pq import ConnStatus, ExecStatus
 from pydantic_core import to_json
 from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from experiments.db import DatabaseUnavailable, forget_lost_connections, is_disconnect
-from experiments.models import Exposure
+from experiments.models import Exposure, HoldoutExposure
 
 _EXPOSURES = Exposure.__table__
+_HOLDOUT_EXPOSURES = HoldoutExposure.__table__
 # Rows per group-commit statement (7 parameters each; PostgreSQL allows 65,535), and how
 # long a queued request waits for its batch before failing.
 MAX_BATCH_ROWS = 1000
@@ -104,9 +106,21 @@ class ExposureStore:
     def _insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
         raise NotImplementedError
 
+    def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
+                                 exposed_at: datetime) -> None:
+        """Store a unit's first holdout exposures (group by holdout id) unless stored before;
+        durable after :meth:`commit`."""
+        raise NotImplementedError
+
     def commit(self) -> None:
         """Make what this store wrote in the caller's session durable."""
         self.session.commit()
+
+
+def _holdout_rows(unit_id: str, groups: Mapping[int, str], exposed_at: datetime
+                  ) -> list[dict[str, Any]]:
+    return [{"holdout_id": holdout_id, "unit_id": unit_id, "group": group,
+             "exposed_at": exposed_at} for holdout_id, group in sorted(groups.items())]
 
 
 class SqliteStore(ExposureStore):
@@ -134,6 +148,12 @@ class SqliteStore(ExposureStore):
         inserted = {row.experiment_id: row.variant_key
                     for row in self.session.execute(statement)}
         return inserted, {}
+
+    def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
+                                 exposed_at: datetime) -> None:
+        self.session.execute(
+            sqlite_insert(_HOLDOUT_EXPOSURES).values(_holdout_rows(unit_id, groups, exposed_at))
+            .on_conflict_do_nothing(index_elements=["holdout_id", "unit_id"]))
 
 
 class PostgresStore(ExposureStore):
@@ -167,6 +187,19 @@ class PostgresStore(ExposureStore):
         if self._joins_session():
             return write_units(partial(_execute, self._session_connection()), [write])[0]
         return group_commit_for(self.engine).write(write)
+
+    def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
+                                 exposed_at: datetime) -> None:
+        """In the caller's transaction when it holds one, else in autocommit: durable on
+        return (rare: once per measured unit and process, so no group commit)."""
+        statement = (postgres_insert(_HOLDOUT_EXPOSURES)
+                     .values(_holdout_rows(unit_id, groups, exposed_at))
+                     .on_conflict_do_nothing(index_elements=["holdout_id", "unit_id"]))
+        if self._joins_session():
+            self.session.execute(statement)
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(statement)
 
     def commit(self) -> None:
         if self._joins_session():
