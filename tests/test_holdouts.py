@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from flask import Flask
 from mmh3 import hash as mmh3_hash
 from sqlalchemy import func, select
 
 from experiments import signals
+from experiments.db import get_db
 from experiments.models import AuditEntry, Exposure, HoldoutExposure
 from experiments.services import assignment, config_cache
 from experiments.services.holdouts import holdout_group
+from tests.conftest import auth_headers, make_test_app
 from tests.factories import experiment_payload
 
 HOLDOUT = {"key": "h2027", "name": "2027 holdout", "percent": 0.05,
@@ -44,11 +50,53 @@ def test_groups_are_murmur3_of_the_documented_string_with_seed_4():
         assert holdout_group("h2027", unit, 0.05) == expected
 
 
-def test_40000_units_split_into_holdout_and_measure_within_3_sd_of_percent():
-    groups = [holdout_group("h2027", f"visitor-{index}", 0.05) for index in range(40_000)]
+@pytest.fixture
+def unsynced_app(database_url: str, tmp_path: Path) -> Iterator[Flask]:
+    """The app, with PostgreSQL commits not waiting for their WAL flush: test speed only
+    (4,000 single-unit durable writes would otherwise wait for 4,000 flushes)."""
+    if database_url.startswith("postgresql"):
+        database_url += "?options=" + quote("-csynchronous_commit=off")
+    app = make_test_app(database_url, tmp_path)
+    yield app
+    get_db(app).engine.dispose()
+
+
+def test_40000_units_in_process_split_within_3_sd_and_none_held_is_stored_anywhere(
+        unsynced_app):
+    app = unsynced_app
+    client, admin_headers = app.test_client(), auth_headers(app)
+    start(client, admin_headers, "shipped")
+    assert client.post("/api/v1/experiments/shipped/conclude", headers=admin_headers, json={
+        "outcome": "ship", "winner": "one-page", "acknowledge_risks": True}).status_code == 200
+    start(client, admin_headers, "before")
+    assert client.post("/api/v1/holdouts", json=HOLDOUT, headers=admin_headers).status_code == 201
+    start(client, admin_headers, "after")  # created after the holdout: `*` covers it too
+    units = [f"visitor-{index}" for index in range(40_000)]
+    with get_db(app).sessionmaker() as session:
+        # The concluded experiment answers from memory: only measured units are written.
+        answers = {unit: assignment.assign(session, unit_id=unit, experiment_keys=["shipped"])[0]
+                   for unit in units}
+        held = [unit for unit, answer in answers.items() if answer.reason == "holdout"]
+        measured = [unit for unit in units if holdout_group("h2027", unit, 0.05) == "measure"]
+        # Every running experiment, for the held units and a sample of measured ones.
+        running = {unit: assignment.assign(session, unit_id=unit)
+                   for unit in held + measured[:100]}
     sd = math.sqrt(40_000 * 0.05 * 0.95)  # ≈ 43.6: SPEC's "2,000 ± 130" is 3 SD
-    for group in ("holdout", "measure"):
-        assert abs(groups.count(group) - 2_000) < 3 * sd
+    assert abs(len(held) - 2_000) < 3 * sd and abs(len(measured) - 2_000) < 3 * sd
+    assert {answers[unit].variant for unit in held} == {"control"}
+    assert {(answers[unit].variant, answers[unit].reason) for unit in measured} == {
+        ("one-page", "concluded")}
+    for unit in held:
+        assert [(r.experiment, r.variant, r.reason) for r in running[unit]] == [
+            ("before", "control", "holdout"), ("after", "control", "holdout")]
+    assert {r.reason for unit in measured[:100] for r in running[unit]} == {"assigned"}
+    with get_db(app).sessionmaker() as db:
+        stored = set(db.scalars(select(Exposure.unit_id)).all())
+        exposed = db.execute(select(HoldoutExposure.group, func.count())
+                             .group_by(HoldoutExposure.group)).all()
+    assert not stored & set(held)
+    assert stored == set(measured[:100])
+    assert dict(exposed) == {"holdout": len(held), "measure": len(measured)}
 
 
 def test_create_validates_percent_scope_and_metrics(client, admin_headers):
@@ -107,18 +155,16 @@ def test_holdout_units_get_control_and_are_stored_nowhere_even_in_later_experime
     start(client, admin_headers, "after")  # created after the holdout: `*` covers it too
     held, measured = units_in("holdout", 30), units_in("measure", 30)
     general = units_in("general", 30)
-    with app.app_context():
-        from experiments.db import get_db
-        with get_db(app).sessionmaker() as session:
-            for unit in held + measured + general:
-                results = assignment.assign(session, unit_id=unit)
-                reasons = {result.reason for result in results}
-                if unit in held:
-                    assert reasons == {"holdout"}
-                    assert {r.variant for r in results} == {"control"}
-                    assert not any(r.in_experiment for r in results)
-                else:
-                    assert reasons == {"assigned"}
+    with get_db(app).sessionmaker() as session:
+        for unit in held + measured + general:
+            results = assignment.assign(session, unit_id=unit)
+            reasons = {result.reason for result in results}
+            if unit in held:
+                assert reasons == {"holdout"}
+                assert {r.variant for r in results} == {"control"}
+                assert not any(r.in_experiment for r in results)
+            else:
+                assert reasons == {"assigned"}
     db.expire_all()
     stored_units = set(db.scalars(select(Exposure.unit_id)).all())
     assert not stored_units & set(held)

@@ -129,16 +129,14 @@ def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | No
     cache = cache_for(session)
     snapshot = cache.snapshot(session)
     targets = _targets(snapshot, experiment_keys)
-    decisions = {config.id: decide(config, unit_id, attrs) for _, config in targets if config}
+    decisions, groups = decide_all(snapshot, [config for _, config in targets if config],
+                                   unit_id, attrs)
     request = _Request(unit_id, attrs, track, now, occurred_at, sent_at)
     live = [config for _, config in targets if config is not None and config.status == "running"]
-    if snapshot.holdouts_of:  # in memory; a round trip only for a measured unit's first time
-        groups = _holdout_groups(snapshot, targets, unit_id)
-        if groups:
-            _hold_out(snapshot, targets, decisions, groups)
-            live = [config for config in live if decisions[config.id].reason != "holdout"]
-            if track:
-                _store_holdout_exposures(session, cache, groups, request)
+    if groups:  # a round trip only for a measured unit's first time on this worker
+        live = [config for config in live if decisions[config.id].reason != "holdout"]
+        if track:
+            _store_holdout_exposures(session, cache, groups, request)
     if live:
         _apply_history(session, cache, snapshot, live, decisions, request)
     results = [_result(key, config, decisions) for key, config in targets]
@@ -223,24 +221,38 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
         cache.remember(request.unit_id, read)
 
 
-def _holdout_groups(snapshot: ConfigSnapshot, targets: list[tuple[str, ExperimentConfig | None]],
+def decide_all(snapshot: ConfigSnapshot, configs: Sequence[ExperimentConfig], unit_id: str,
+               attributes: Mapping[str, Any]
+               ) -> tuple[dict[int, Decision], dict[HoldoutConfig, str]]:
+    """Every experiment's decision for a unit with no history, holdouts applied, and the
+    unit's group in each covering holdout: all in memory, from the cached configuration."""
+    decisions = {config.id: decide(config, unit_id, attributes) for config in configs}
+    if not snapshot.holdouts_of:  # no running holdout: nothing more to pay
+        return decisions, {}
+    groups = _holdout_groups(snapshot, configs, unit_id)
+    if groups:
+        _hold_out(snapshot, configs, decisions, groups)
+    return decisions, groups
+
+
+def _holdout_groups(snapshot: ConfigSnapshot, configs: Sequence[ExperimentConfig],
                     unit_id: str) -> dict[HoldoutConfig, str]:
-    """This unit's group in each running holdout covering one of the targets."""
+    """This unit's group in each running holdout covering one of the experiments."""
     groups: dict[HoldoutConfig, str] = {}
-    for _, config in targets:
-        if config is not None and config.status in _HELD_STATUSES:
+    for config in configs:
+        if config.status in _HELD_STATUSES:
             for holdout in snapshot.holdouts_of.get(config.id, ()):
                 if holdout not in groups:
                     groups[holdout] = holdout.group(unit_id)
     return groups
 
 
-def _hold_out(snapshot: ConfigSnapshot, targets: list[tuple[str, ExperimentConfig | None]],
+def _hold_out(snapshot: ConfigSnapshot, configs: Sequence[ExperimentConfig],
               decisions: dict[int, Decision], groups: Mapping[HoldoutConfig, str]) -> None:
     """A covering holdout's ``holdout`` units see control and are recorded nowhere: before
     every check but overrides, stored exposures and shipped winners included (SPEC §12)."""
-    for _, config in targets:
-        if (config is not None and config.status in _HELD_STATUSES
+    for config in configs:
+        if (config.status in _HELD_STATUSES
                 and decisions[config.id].reason != "override"
                 and any(groups[holdout] == "holdout"
                         for holdout in snapshot.holdouts_of.get(config.id, ()))):

@@ -31,7 +31,6 @@ from psycopg import generators, waiting
 from psycopg.pq import ConnStatus, ExecStatus
 from pydantic_core import to_json
 from sqlalchemy import Engine, select, update
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -40,6 +39,9 @@ from experiments.models import Exposure, HoldoutExposure
 
 _EXPOSURES = Exposure.__table__
 _HOLDOUT_EXPOSURES = HoldoutExposure.__table__
+# One statement for every unit (compiled once; ``values`` in the statement would not be).
+_SQLITE_HOLDOUT_INSERT = sqlite_insert(_HOLDOUT_EXPOSURES).on_conflict_do_nothing(
+    index_elements=["holdout_id", "unit_id"])
 # Rows per group-commit statement (7 parameters each; PostgreSQL allows 65,535), and how
 # long a queued request waits for its batch before failing.
 MAX_BATCH_ROWS = 1000
@@ -117,10 +119,6 @@ class ExposureStore:
         self.session.commit()
 
 
-def _holdout_rows(unit_id: str, groups: Mapping[int, str], exposed_at: datetime
-                  ) -> list[dict[str, Any]]:
-    return [{"holdout_id": holdout_id, "unit_id": unit_id, "group": group,
-             "exposed_at": exposed_at} for holdout_id, group in sorted(groups.items())]
 
 
 class SqliteStore(ExposureStore):
@@ -151,9 +149,9 @@ class SqliteStore(ExposureStore):
 
     def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
                                  exposed_at: datetime) -> None:
-        self.session.execute(
-            sqlite_insert(_HOLDOUT_EXPOSURES).values(_holdout_rows(unit_id, groups, exposed_at))
-            .on_conflict_do_nothing(index_elements=["holdout_id", "unit_id"]))
+        rows = [{"holdout_id": holdout_id, "unit_id": unit_id, "group": group,
+                 "exposed_at": exposed_at} for holdout_id, group in sorted(groups.items())]
+        self.session.execute(_SQLITE_HOLDOUT_INSERT, rows)
 
 
 class PostgresStore(ExposureStore):
@@ -192,14 +190,15 @@ class PostgresStore(ExposureStore):
                                  exposed_at: datetime) -> None:
         """In the caller's transaction when it holds one, else in autocommit: durable on
         return (rare: once per measured unit and process, so no group commit)."""
-        statement = (postgres_insert(_HOLDOUT_EXPOSURES)
-                     .values(_holdout_rows(unit_id, groups, exposed_at))
-                     .on_conflict_do_nothing(index_elements=["holdout_id", "unit_id"]))
+        params: list[Any] = []
+        for holdout_id, group in sorted(groups.items()):
+            params += (holdout_id, unit_id, group, exposed_at)
+        sql = _holdout_insert_sql(len(groups))
         if self._joins_session():
-            self.session.execute(statement)
+            _execute(self._session_connection(), sql, params)
             return
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(statement)
+        with autocommit_connection(self.engine) as connection:
+            _execute(connection, sql, params)
 
     def commit(self) -> None:
         if self._joins_session():
@@ -325,6 +324,15 @@ SELECT experiment_id, unit_id, variant_key, TRUE FROM inserted
 UNION ALL
 SELECT e.experiment_id, e.unit_id, e.variant_key, FALSE
 FROM exposures AS e JOIN wanted AS w USING (experiment_id, unit_id)"""
+
+
+@lru_cache(maxsize=64)
+def _holdout_insert_sql(rows: int) -> str:
+    """Insert ``rows`` (holdout, unit) first holdout exposures unless stored before."""
+    values = ", ".join(f"(${row * 4 + 1}::integer, ${row * 4 + 2}, ${row * 4 + 3}, "
+                       f"${row * 4 + 4}::timestamptz)" for row in range(rows))
+    return (f'INSERT INTO holdout_exposures (holdout_id, unit_id, "group", exposed_at) '
+            f"VALUES {values} ON CONFLICT (holdout_id, unit_id) DO NOTHING RETURNING holdout_id")
 
 
 @lru_cache(maxsize=256)
