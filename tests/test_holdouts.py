@@ -292,3 +292,20 @@ def test_report_has_the_report_shape_with_units_and_srm_and_says_it_is_not_compu
     assert report.json["srm"]["p_value"] == pytest.approx(0.527089, abs=1e-6)  # χ² = 0.4
     assert report.json["error"] == "report not computed yet"
     assert report.json["metrics"] == [] and report.json["funnel"] == []
+
+
+def test_simulated_held_out_visitors_walk_the_control_journey_uncounted(
+        app, client, admin_headers, db):
+    from experiments.models import Event
+    from experiments.services.simulate import SimulationPlan, simulate_traffic
+
+    start(client, admin_headers, "exp")
+    assert client.post("/api/v1/holdouts", json=HOLDOUT, headers=admin_headers).status_code == 201
+    with get_db(app).sessionmaker() as session:
+        counts = simulate_traffic(session, "exp", SimulationPlan(units=400, seed=3, days=1))
+    db.expire_all()
+    groups = dict(db.execute(select(HoldoutExposure.unit_id, HoldoutExposure.group)).all())
+    held = {unit for unit, group in groups.items() if group == "holdout"}
+    assert held and sum(counts.values()) == 400 - len(held)
+    assert db.scalar(select(func.count()).select_from(Exposure)) == 400 - len(held)
+    assert set(db.scalars(select(Event.unit_id).where(Event.unit_id.in_(held)))) == held
