@@ -309,3 +309,16 @@ def test_simulated_held_out_visitors_walk_the_control_journey_uncounted(
     assert held and sum(counts.values()) == 400 - len(held)
     assert db.scalar(select(func.count()).select_from(Exposure)) == 400 - len(held)
     assert set(db.scalars(select(Event.unit_id).where(Event.unit_id.in_(held)))) == held
+
+
+def test_erasing_a_unit_deletes_its_holdout_exposures(client, admin_headers, client_headers, db):
+    start(client, admin_headers, "exp")
+    assert client.post("/api/v1/holdouts", json=HOLDOUT, headers=admin_headers).status_code == 201
+    unit, other = units_in("measure", 2)
+    for visitor in (unit, other):
+        client.post("/api/v1/assign", json={"unit_id": visitor}, headers=client_headers)
+    assert client.delete(f"/api/v1/units/{unit}", headers=admin_headers).status_code == 200
+    db.expire_all()
+    assert db.scalars(select(HoldoutExposure.unit_id)).all() == [other]
+    audit = db.scalars(select(AuditEntry).where(AuditEntry.action == "unit.erased")).one()
+    assert audit.after["holdout_exposures"] == 1

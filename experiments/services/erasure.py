@@ -1,7 +1,8 @@
 """Erasure of one unit everywhere (SPEC §3), for data-protection requests.
 
-A unit lives in three places: its events, its exposures (one per experiment, with the
-attributes snapshot) and, on PostgreSQL, the per-unit rollup rows of those exposures.
+A unit lives in four places: its events, its exposures (one per experiment, with the
+attributes snapshot), its holdout exposures and, on PostgreSQL, the per-unit rollup rows
+of those exposures.
 All go in one transaction, so a report computed afterwards no longer counts the unit and
 no rollup can bring it back. The audit entry keeps a SHA-256 digest of the id, never the
 id itself: the trail proves the request was honoured without keeping what was erased.
@@ -16,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from experiments.auth import Principal
-from experiments.models import Event, Exposure
+from experiments.models import Event, Exposure, HoldoutExposure
 from experiments.services.audit import record_audit
 from experiments.services.rollup import forget_exposures
 
@@ -36,13 +37,17 @@ def unit_digest(unit_id: str) -> str:
 
 
 def erase_unit(session: Session, unit_id: str, principal: Principal) -> Erased:
-    """Delete every event, exposure and rollup row of ``unit_id``, audited, and commit."""
+    """Delete every event, exposure, holdout exposure and rollup row of ``unit_id``,
+    audited, and commit."""
     exposure_ids = list(session.scalars(select(Exposure.id).where(Exposure.unit_id == unit_id)))
     forget_exposures(session, exposure_ids)
     exposures = session.execute(delete(Exposure).where(Exposure.unit_id == unit_id)).rowcount
     events = session.execute(delete(Event).where(Event.unit_id == unit_id)).rowcount
+    held = session.execute(
+        delete(HoldoutExposure).where(HoldoutExposure.unit_id == unit_id)).rowcount
     digest = unit_digest(unit_id)
     record_audit(session, principal, "unit.erased", target_type="unit", target_id=digest,
-                 after={"sha256": digest, "events": events, "exposures": exposures})
+                 after={"sha256": digest, "events": events, "exposures": exposures,
+                        "holdout_exposures": held})
     session.commit()
     return Erased(unit_id, int(events), int(exposures))
