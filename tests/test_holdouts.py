@@ -322,3 +322,18 @@ def test_erasing_a_unit_deletes_its_holdout_exposures(client, admin_headers, cli
     assert db.scalars(select(HoldoutExposure.unit_id)).all() == [other]
     audit = db.scalars(select(AuditEntry).where(AuditEntry.action == "unit.erased")).one()
     assert audit.after["holdout_exposures"] == 1
+
+
+def test_a_bad_patch_is_422_naming_the_field_and_changes_nothing(client, admin_headers):
+    assert client.post("/api/v1/holdouts", json=HOLDOUT, headers=admin_headers).status_code == 201
+    for body, field in [({"scope": {"layers": []}}, "scope.layers"), ({"percent": 0.25}, "percent"),
+                        ({"metrics": [HOLDOUT["metrics"][0]] * 2}, "metrics[1].key")]:
+        refused = client.patch("/api/v1/holdouts/h2027", json=body, headers=admin_headers)
+        assert refused.status_code == 422
+        assert refused.json["error"]["details"][0]["field"] == field
+    kept = client.get("/api/v1/holdouts/h2027", headers=admin_headers).json
+    assert (kept["percent"], kept["scope"], len(kept["metrics"])) == (0.05, HOLDOUT["scope"], 1)
+    client.post("/api/v1/holdouts/h2027/conclude", headers=admin_headers)
+    frozen = client.patch("/api/v1/holdouts/h2027", json={"scope": {"layers": ["x"]}},
+                          headers=admin_headers)
+    assert frozen.status_code == 409 and frozen.json["error"]["details"][0]["field"] == "scope"

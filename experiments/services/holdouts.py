@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from experiments import signals
 from experiments.auth import Principal
 from experiments.db import utcnow
-from experiments.errors import Conflict, NotFound, ValidationFailed
+from experiments.errors import Conflict, NotFound, ValidationFailed, validated
 from experiments.models import Holdout, HoldoutExposure
 from experiments.schemas.holdouts import ALL_EXPERIMENTS, HoldoutFields, HoldoutPatch
 from experiments.services.audit import json_safe, record_audit
@@ -197,7 +197,7 @@ def update_holdout(session: Session, key: str, patch: HoldoutPatch,
                                             "between groups; create a new holdout instead"}])
     merged = {"key": holdout.key, "name": holdout.name, "percent": holdout.percent,
               "scope": holdout.scope, "metrics": holdout.metrics, **changes}
-    _apply(holdout, HoldoutFields.model_validate(merged))
+    _apply(holdout, validated(HoldoutFields, merged, "the holdout is invalid"))
     holdout.updated_at = utcnow()
     record_audit(session, principal, "holdout.update", target_type="holdout", target_id=key,
                  before=before, after=snapshot(session, holdout))
