@@ -337,3 +337,35 @@ def test_a_bad_patch_is_422_naming_the_field_and_changes_nothing(client, admin_h
     frozen = client.patch("/api/v1/holdouts/h2027", json={"scope": {"layers": ["x"]}},
                           headers=admin_headers)
     assert frozen.status_code == 409 and frozen.json["error"]["details"][0]["field"] == "scope"
+
+
+def test_units_in_general_cost_no_round_trip_and_returning_measured_ones_neither(
+        app, client, admin_headers, monkeypatch):
+    from sqlalchemy import event
+
+    start(client, admin_headers, "shipped")
+    assert client.post("/api/v1/experiments/shipped/conclude", headers=admin_headers, json={
+        "outcome": "ship", "winner": "one-page", "acknowledge_risks": True}).status_code == 200
+    assert client.post("/api/v1/holdouts", json=HOLDOUT, headers=admin_headers).status_code == 201
+    engine = get_db(app).engine
+    measured = units_in("holdout", 3) + units_in("measure", 3)
+    statements: list[str] = []
+    with get_db(app).sessionmaker() as session:
+        for unit in measured:  # first visits: one write each, remembered
+            assignment.assign(session, unit_id=unit, experiment_keys=["shipped"])
+        config_cache.cache_for(session).refresh_s = 3600.0  # no re-validation in the window
+        assignment.assign(session, unit_id="warm-up", experiment_keys=["shipped"])
+        def record(*args: Any) -> None:
+            statements.append(args[2])
+
+        def no_store(_session: Any) -> None:
+            raise AssertionError("the exposure store was used")
+
+        monkeypatch.setattr(assignment, "store_for", no_store)  # PostgreSQL writes bypass the ORM
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            for unit in units_in("general", 50) + measured:
+                assignment.assign(session, unit_id=unit, experiment_keys=["shipped"])
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+    assert statements == []
