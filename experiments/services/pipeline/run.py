@@ -248,7 +248,9 @@ def _unit_source(connection: Session | Connection, sources: PipelineSources, pla
                  hours: float, events_between: tuple[datetime, datetime],
                  rollup: bool, units: int) -> Select[Any]:
     """The variant/day query over the per-unit values: rolled up where possible (the rollup
-    holds ungrouped per-unit values: grouping columns are joined from the exposures)."""
+    holds ungrouped per-unit values: grouping columns are joined from the exposures).
+    Otherwise the pass groups by the grouping columns itself: joining them afterwards to a
+    deduplicated (window-ranked) exposures relation made PostgreSQL pick a nested loop."""
     unit = None
     if rollup and sources.own_experiment is not None and isinstance(connection, Session):
         ungrouped = UnitPass.of(replace(sources, grouping=()), plan, hours=hours,
