@@ -395,7 +395,8 @@ def _json_with(template: str) -> Any:
     return compile_
 
 
-# SQLite's json_extract gives numbers as numbers: cast, so every engine gives text.
+# SQLite's json_extract gives numbers as numbers: cast, so every engine gives text (JSON
+# booleans are then '1'/'0' on SQLite, 'true'/'false' elsewhere).
 compiles(json_attribute)(_json_with(
     "CAST(json_extract({column}, '$.\"' || {name} || '\"') AS TEXT)"))
 compiles(json_attribute, "postgresql")(_json_with("(CAST({column} AS JSONB) ->> {name})"))
@@ -405,7 +406,7 @@ _each(json_attribute, CLICKHOUSE)(_json_with(  # JSONType is 'Null' for a missin
     "multiIf(JSONType({column}, {name}) = 'String', JSONExtractString({column}, {name}), "
     "JSONType({column}, {name}) = 'Null', NULL, JSONExtractRaw({column}, {name}))"))
 compiles(json_attribute, "bigquery")(_json_with("JSON_VALUE({column}, CONCAT('$.', {name}))"))
-compiles(json_attribute, "snowflake")(_json_with("PARSE_JSON({column}):{name}::STRING"))
+compiles(json_attribute, "snowflake")(_json_with("GET(PARSE_JSON({column}), {name})::STRING"))
 
 
 # -- session settings -------------------------------------------------------------------------
