@@ -406,6 +406,9 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         warnings.append(f"exposures to unknown variants ignored: {', '.join(unknown)}")
     if sum(units.values()) == 0:
         warnings.append("no exposed units yet")
+    if aggregates.multi_variant_units:
+        warnings.append(f"{aggregates.multi_variant_units} units exposed to several variants "
+                        "left out")
     warnings += [f"variant {key} has no units" for key, n in units.items()
                  if n == 0 and sum(units.values())]
     srm = srm_test(list(units.values()), [v.weight for v in experiment.variants])
@@ -422,6 +425,8 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "metric_timeline": metric_timeline_section(experiment, settings, aggregates),
         "decision": None,
         "warnings": list(dict.fromkeys(warnings)),
+        # Additive (not in SPEC §6): units left out for being exposed to several variants.
+        "data_quality": {"multi_variant_units": aggregates.multi_variant_units},
     }
     body["alerts"] = alerts.report_alerts(body, aggregates.timing, list(units))
     return body
