@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ from sqlalchemy import create_engine, text
 
 from bench.bench_analysis import (
     KEY,
+    REPEAT,
     STARTED,
     bench_experiment,
     best_of,
@@ -299,9 +301,7 @@ def report_seconds(url: str) -> float | None:
         full_report(url)
     except NotImplementedError:
         return None
-    times = sorted(full_report(url) for _ in range(max(1, int(os.environ.get(
-        "PARCOURS_BENCH_REPEAT", "3")))))
-    return times[len(times) // 2]
+    return statistics.median(full_report(url) for _ in range(REPEAT))
 
 
 def print_rss(engine: str, url: str) -> None:
@@ -369,8 +369,8 @@ def warehouses(units: int) -> Iterator[dict[str, str]]:
 
 
 def generate_in_child(url: str, units: int) -> None:
-    """:func:`generate` in a child process (chDB allows one session directory per process;
-    the bench's own RSS stays that of a client)."""
+    """:func:`generate` in a child process (the bench process's RSS stays that of a client,
+    and the engine's files are closed when it exits)."""
     subprocess.run([sys.executable, "-m", "bench.bench_warehouse", "--generate", url, str(units)],
                    check=True)
 
