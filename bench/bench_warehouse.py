@@ -23,9 +23,13 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
    pipeline is wired in, it prints ``full report: pending pipeline``.
 3. Peak RSS of a fresh process running the report (``ru_maxrss``; goal < 500 MB); while the
    report is pending, the baseline's peak RSS is printed for information. DuckDB runs with
-   ``memory_limit`` = ``PARCOURS_BENCH_WH_DUCKDB_MEMORY`` (300MB: its buffer pool, spilling to
-   disk beyond; the rest of the process needs ~150 MB) and ``threads=2`` (this machine's
-   cores), both in its URL; chDB with ClickHouse's defaults (``max_threads`` = cores).
+   ``memory_limit`` = ``PARCOURS_BENCH_WH_DUCKDB_MEMORY`` (1GB: its buffer pool, spilling to
+   disk beyond) and ``threads=2`` (this machine's cores), both in its URL. At 10 M units the
+   hand-written join fails with "Out of Memory" at 300MB and 400MB (also with
+   ``preserve_insertion_order=false``): its hash table of 10 M text unit ids does not spill
+   enough, so a DuckDB process running it peaks at ~1.2 GB RSS. chDB runs with ClickHouse's
+   defaults (``max_threads`` = cores); importing chDB alone maps ~400-500 MB of library
+   (file-backed RSS), which is why the child also prints anonymous vs file-backed RSS.
 4. The PostgreSQL comparison: the same rows at ``PARCOURS_BENCH_WH_POSTGRES_UNITS`` (1 M units,
    10 M events) in Parcours's own schema in a scratch database on ``PARCOURS_BENCH_POSTGRES_URL``,
    analysed by ``analyze_experiment`` (first report, no rollup) vs the full report on DuckDB and
@@ -73,7 +77,7 @@ UNITS = int(os.environ.get("PARCOURS_BENCH_WH_UNITS", "10000000"))
 EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_WH_EVENTS_PER_UNIT", "10"))
 POSTGRES_UNITS = int(os.environ.get("PARCOURS_BENCH_WH_POSTGRES_UNITS", "1000000"))
 WITH_POSTGRES = os.environ.get("PARCOURS_BENCH_WH_POSTGRES", "1") != "0"
-DUCKDB_MEMORY = os.environ.get("PARCOURS_BENCH_WH_DUCKDB_MEMORY", "300MB")
+DUCKDB_MEMORY = os.environ.get("PARCOURS_BENCH_WH_DUCKDB_MEMORY", "1GB")
 ENGINES = ("duckdb", "chdb")
 TARGET_RATIO = 1.5
 TARGET_RSS_MB = 500
