@@ -21,7 +21,7 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
 2. ``full report``: :func:`full_report` (every metric, funnel, friction points, one dimension)
    through the portable pipeline, and its ratio to the baseline (goal ≤ 1.5×). Until the
    pipeline is wired in, it prints ``full report: pending pipeline``.
-3. Peak RSS of a fresh process running the report (``ru_maxrss``; goal < 500 MB); while the
+3. Peak RSS of a fresh process running the report (``VmHWM``; goal < 500 MB); while the
    report is pending, the baseline's peak RSS is printed for information. DuckDB runs with
    ``memory_limit`` = ``PARCOURS_BENCH_WH_DUCKDB_MEMORY`` (1GB: its buffer pool, spilling to
    disk beyond) and ``threads=2`` (this machine's cores), both in its URL. At 10 M units the
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -410,18 +409,22 @@ def child_rss(what: str, url: str) -> dict[str, Any]:
 def _child(what: str, url: str) -> None:
     """Child side of :func:`child_rss`: imports, then one run, printing both peaks (KiB→MB)."""
     create_engine(url).dispose()  # imports the engine's driver: counted with the imports
-    imports_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    imports_mb = memory_mb()["VmHWM"]
     try:
         full_report(url) if what == "report" else baseline(url)
     except NotImplementedError:
         print(json.dumps({"pending": True}))
         return
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    memory = memory_mb()
+    print(json.dumps({"imports_mb": imports_mb, "peak_mb": memory["VmHWM"], **memory}))
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's peak RSS (VmHWM) and current anonymous/file-backed RSS, in MB. Not
+    ``ru_maxrss``: Linux carries the parent's peak over ``fork`` + ``exec`` into it."""
     status = dict(line.split(":", 1) for line in
                   Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    print(json.dumps({"imports_mb": imports_kb / 1024, "peak_mb": peak_kb / 1024,
-                      **{key: int(status[key].split()[0]) / 1024
-                         for key in ("RssAnon", "RssFile") if key in status}}))
+    return {key: int(status[key].split()[0]) / 1024 for key in ("VmHWM", "RssAnon", "RssFile")}
 
 
 def python_baseline(units: int) -> dict[str, tuple[int, float, float]]:
