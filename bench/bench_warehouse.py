@@ -38,6 +38,10 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
+Measured here (2026-12-04, 2 shared cores under load, ``nice -n 10``, 10 M units / 100 M
+events, REPEAT=3): generation DuckDB 266 s, chDB 289 s; baseline query DuckDB 12.9 s (1GB
+limit), chDB 49.6 s; full report pending the pipeline.
+
 The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
 100 M events take about 2 GB in each engine), removed afterwards.
 """
