@@ -40,7 +40,11 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
 
 Measured here (2026-12-04, 2 shared cores under load, ``nice -n 10``, 10 M units / 100 M
 events, REPEAT=3): generation DuckDB 266 s, chDB 289 s; baseline query DuckDB 12.9 s (1GB
-limit), chDB 49.6 s; full report pending the pipeline.
+limit), chDB 49.6 s; peak RSS of a process running the baseline: DuckDB ~1.16 GB, chDB 2.62 GB
+(296 MB after imports; 2.07 GB anonymous at the end). PostgreSQL at 1 M units / 10 M events:
+load 184 s, first report (``analyze_experiment``) 27.4 s; the baseline query at that size:
+DuckDB 4.0 s, chDB 10.0 s (7× and 3× faster than PostgreSQL's report; measured while another
+load ran). Full report and its ratios: pending the pipeline.
 
 The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
 100 M events take about 2 GB in each engine), removed afterwards.
