@@ -178,8 +178,10 @@ def _corrected(families: Mapping[str, list[tuple[str, Comparison]]],
 
 def metrics_section(experiment: Experiment, settings: AnalysisSettings,
                     aggregates: ExperimentAggregates, previous: Mapping[str, Mapping[str, Any]],
-                    warnings: list[str]) -> list[dict[str, Any]]:
-    """Every metric's estimates and corrected comparisons, in configuration order."""
+                    warnings: list[str], bandit: bandits.BanditPeriods | None = None
+                    ) -> list[dict[str, Any]]:
+    """Every metric's estimates and corrected comparisons, in configuration order (a
+    bandit's metrics period-weighted before the correction, SPEC §13)."""
     entries, families = [], {"decision": [], "guardrail": []}
     for metric in experiment.metrics:
         pending = metric.kind in PENDING_KINDS
@@ -187,6 +189,9 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
         notes: list[str] = []
         variants, comparisons = _analyze_metric(experiment, metric, settings, totals,
                                                 previous.get(metric.key, {}), notes)
+        if bandit is not None and not pending:
+            comparisons = bandits.weigh_metric(bandit, settings, metric, variants, comparisons,
+                                               notes)
         warnings += notes
         family = "guardrail" if metric.role == "guardrail" else "decision"
         families[family] += [(metric.key, c) for c in comparisons]
@@ -396,8 +401,11 @@ def previous_p_values(previous: Mapping[str, Any] | None,
 
 def build_report(experiment: Experiment, settings: AnalysisSettings,
                  aggregates: ExperimentAggregates, *, now: datetime,
-                 previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The SPEC §6 report body, without its decision (pure: no database access)."""
+                 previous: Mapping[str, Any] | None = None,
+                 bandit: bandits.BanditPeriods | None = None) -> dict[str, Any]:
+    """The SPEC §6 report body, without its decision (pure: no database access); a
+    bandit's per-period aggregates (whose pooled sums are ``aggregates``) make it
+    period-weighted (SPEC §13)."""
     warnings: list[str] = []
     totals = aggregates.units.totals()
     units = {v.key: int(totals.get(v.key, {}).get("n", 0)) for v in experiment.variants}
@@ -417,7 +425,8 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "experiment": experiment.key, "computed_at": now.isoformat(), "method": settings.method,
         "units": units, "srm": {"p_value": srm.p_value, "detected": srm.detected},
         "metrics": metrics_section(experiment, settings, aggregates,
-                                   previous_p_values(previous, settings.method), warnings),
+                                   previous_p_values(previous, settings.method), warnings,
+                                   bandit),
         "funnel": funnel_section(experiment.journey, units, aggregates.journey),
         "friction_points": friction_points(matrix),
         "friction_matrix": matrix,
@@ -429,6 +438,8 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "data_quality": {"multi_variant_units": aggregates.multi_variant_units},
     }
     body["alerts"] = alerts.report_alerts(body, aggregates.timing, list(units))
+    if bandit is not None:
+        bandits.apply_to_report(bandit, body)
     return body
 
 
@@ -539,15 +550,16 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     settings = AnalysisSettings.model_validate(experiment.analysis)
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
-    aggregates = aggregate_experiment(
-        session, experiment.id,
-        [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS],
-        hours=settings.conversion_window_hours, cuped=settings.cuped,
-        rollup=experiment.status in ROLLUP_STATUSES)
+    specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
+    rollup = experiment.status in ROLLUP_STATUSES
+    # A bandit's one round is grouped by weight period; its pooled sums are the totals.
+    bandit = bandits.report_periods(session, experiment, specs, settings, rollup=rollup)
+    aggregates = bandit.pooled() if bandit is not None else aggregate_experiment(
+        session, experiment.id, specs, hours=settings.conversion_window_hours,
+        cuped=settings.cuped, rollup=rollup)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
-                        previous=previous.body if previous else None)
-    bandits.apply_to_report(session, experiment, settings, body)
+                        previous=previous.body if previous else None, bandit=bandit)
     if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
         body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
                                 f"this analysis yet")
