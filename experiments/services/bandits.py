@@ -30,7 +30,12 @@ from experiments.auth import Principal
 from experiments.db import utcnow
 from experiments.errors import Conflict, ValidationFailed
 from experiments.models import AllocationPeriod, Experiment, Metric
-from experiments.schemas import AnalysisSettings, BanditAllocation, ExperimentFields
+from experiments.schemas import (
+    BANDIT_METRIC_KINDS,
+    AnalysisSettings,
+    BanditAllocation,
+    ExperimentFields,
+)
 from experiments.services import alerts, lifecycle
 from experiments.services.audit import record_audit
 from experiments.services.pipeline import (
@@ -105,7 +110,7 @@ def list_allocations(session: Session, key: str) -> list[dict[str, Any]]:
 
 # --- per-period aggregates ----------------------------------------------------------------------
 
-WEIGHTED_KINDS = ("conversion", "mean", "count", "friction")  # a per-unit mean: SPEC §13's m, V
+
 
 
 @dataclass(frozen=True)
@@ -316,7 +321,7 @@ def weigh_metric(data: BanditPeriods, settings: AnalysisSettings, metric: Metric
     ones (SPEC §13's m and V, per unit); the report corrects them in their usual family.
     Kinds that are not a per-unit mean (ratio, NPS, time to convert) keep their pooled
     numbers, with a warning."""
-    if metric.kind not in WEIGHTED_KINDS:
+    if metric.kind not in BANDIT_METRIC_KINDS:
         notes.append(f"{metric.key}: not period-weighted ({metric.kind} is not a per-unit "
                      "mean): pooled over periods with different weights, which can mislead")
         return comparisons
@@ -356,7 +361,7 @@ def apply_to_report(data: BanditPeriods, body: dict[str, Any]) -> None:
                       *alerts.srm_alerts(body)]
     kinds = {m.key: m.kind for m in data.experiment.metrics}
     for entry in body["metrics"]:
-        entry["period_weighted"] = kinds[entry["key"]] in WEIGHTED_KINDS
+        entry["period_weighted"] = kinds[entry["key"]] in BANDIT_METRIC_KINDS
     primary = next(m for m in body["metrics"] if m["role"] == "primary")
     primary["warnings"] = [*primary.get("warnings", []),
                            "lifts between arms are biased under adaptive allocation: "
