@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 from flask import Flask
 from scipy import stats as sps
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from experiments.db import get_db
 from experiments.models import AllocationPeriod, Event, Exposure
 from experiments.services import bandits, lifecycle
 from experiments.services import pipeline as pipeline_module
 from experiments.services.analysis import analyze_experiment
+from experiments.services.pipeline import MetricSpec, table_sources
 from tests.test_bandits import start_bandit
 
 Z = 1.959963984540054
@@ -156,3 +157,21 @@ def test_a_bandit_reports_secondary_metrics_period_weighted(app: Flask) -> None:
     assert not any(e.get("period_weighted") for e in ratio["variants"])
     assert any("per-click: not period-weighted" in w for w in ratio["warnings"])
     assert any("per-click: not period-weighted" in w for w in body["warnings"])
+
+
+def test_period_aggregates_read_any_pipeline_sources(app: Flask) -> None:
+    """The same per-period sums from table sources (how a warehouse's copies are read)."""
+    spec_bandit(app)
+    with get_db(app).session() as session:
+        experiment = lifecycle.get_experiment(session, "banner")
+        periods = bandits.periods_of(session, experiment.id)
+        copy = select(Exposure.id.label("exposure_id"), Exposure.unit_id, Exposure.variant_key,
+                      Exposure.exposed_at, Exposure.experiment_id).subquery("copy")
+        sources = table_sources(copy, Event.__table__, experiment=experiment.id)
+        spec = [MetricSpec.of(experiment.metrics[0])]
+        own = bandits.period_aggregates(session, experiment, periods, spec, hours=72,
+                                        cuped=False)
+        copied = bandits.period_aggregates(session, experiment, periods, spec, hours=72,
+                                           cuped=False, sources=sources)
+    assert copied.sums("click") == own.sums("click")
+    assert copied.sums("click")[1]["b"].n == 1600
