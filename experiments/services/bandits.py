@@ -340,7 +340,7 @@ def weigh_metric(data: BanditPeriods, settings: AnalysisSettings, metric: Metric
     control = next(v.key for v in data.experiment.variants if v.is_control)
     method = "frequentist" if settings.method == "sequential" else settings.method
     return [compare(metric.kind, arms[control], arms[v.key],  # type: ignore[arg-type]
-                    variant=v.key, method=method, alpha=settings.alpha,  # type: ignore[arg-type]
+                    variant=v.key, method=method, alpha=settings.alpha,
                     direction=metric.direction, mde=settings.mde)  # type: ignore[arg-type]
             for v in data.experiment.variants if not v.is_control]
 
