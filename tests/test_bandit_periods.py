@@ -15,7 +15,7 @@ from sqlalchemy import insert, select
 
 from experiments.db import get_db
 from experiments.models import AllocationPeriod, Event, Exposure
-from experiments.services import bandits, lifecycle
+from experiments.services import analysis, bandits, lifecycle
 from experiments.services import pipeline as pipeline_module
 from experiments.services.analysis import analyze_experiment
 from experiments.services.pipeline import MetricSpec, table_sources
@@ -90,7 +90,11 @@ def test_period_sums_come_from_the_report_pipeline(app: Flask,
         passes.append(kwargs["sources"].grouping)
         return original(*args, **kwargs)
 
+    def second_pass(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a bandit report aggregates once, grouped by period")
+
     monkeypatch.setattr(bandits, "aggregate_grouped", counted)
+    monkeypatch.setattr(analysis, "aggregate_experiment", second_pass)
     with get_db(app).session() as session:
         experiment = lifecycle.get_experiment(session, "banner")
         data = bandits.primary_periods(session, experiment, bandits.periods_of(
