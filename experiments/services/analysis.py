@@ -31,7 +31,7 @@ from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
-from experiments.services import alerts, bandits, decisions
+from experiments.services import alerts, bandits, decisions, identity
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import (
@@ -534,14 +534,17 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     settings = AnalysisSettings.model_validate(experiment.analysis)
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
+    # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
+    sources, linked = identity.analysis_sources(session, experiment.id)
     aggregates = aggregate_experiment(
         session, experiment.id,
         [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS],
         hours=settings.conversion_window_hours, cuped=settings.cuped,
-        rollup=experiment.status in ROLLUP_STATUSES)
+        rollup=experiment.status in ROLLUP_STATUSES, sources=sources)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
+    body["identity"] = _identity_section(linked, body["units"])
     bandits.apply_to_report(session, experiment, settings, body)
     if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
         body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
@@ -567,6 +570,15 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
         session.rollback()
         raise Conflict("the experiment changed while it was analysed; retry") from None
     return report
+
+
+def _identity_section(linked: identity.IdentitySummary | None,
+                      units: Mapping[str, int]) -> dict[str, int]:
+    """The report's ``identity`` field; without links every unit is a cluster of its own."""
+    if linked is None:
+        return {"clusters": sum(units.values()), "linked_units": 0, "conflicts": 0}
+    return {"clusters": linked.clusters, "linked_units": linked.linked_units,
+            "conflicts": linked.conflicts}
 
 
 def running_experiment_keys(session: Session) -> list[str]:
