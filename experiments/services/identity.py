@@ -27,10 +27,10 @@ from typing import Any
 from sqlalchemy import (
     Engine,
     Select,
-    exists,
     String,
     Subquery,
     case,
+    exists,
     func,
     literal,
     or_,
@@ -223,11 +223,20 @@ def cluster_sources(experiment_id: int) -> PipelineSources:
                         clusters.c.variant_key, clusters.c.exposed_at)
                  .where(clusters.c.conflict.is_(False))
                  .subquery("cluster_exposures"))
-    mapping, events = cluster_map(), Event.__table__
-    keyed = (select(events.c.id, cluster_of(events.c.unit_id, mapping).label("unit_id"),
+    # Every id that can belong to an exposed cluster → its key: the linked ids, and the
+    # experiment's unlinked units as themselves. Events join it by their own unit_id, so
+    # the pass reads them by index (ix_events_unit_occurred), never by a computed key.
+    members = union(
+        select(cluster_map()),
+        select(_EXPOSURES.c.unit_id, _EXPOSURES.c.unit_id)
+        .where(_EXPOSURES.c.experiment_id == experiment_id,
+               _EXPOSURES.c.unit_id.not_in(select(_LINKS.c.anonymous_id))),
+    ).subquery("cluster_members")
+    events = Event.__table__
+    keyed = (select(events.c.id, members.c.cluster_key.label("unit_id"),
                     events.c.type, events.c.name, events.c.step, events.c.friction_kind,
                     events.c.value, events.c.occurred_at)
-             .select_from(events.outerjoin(mapping, mapping.c.unit_id == events.c.unit_id))
+             .select_from(events.join(members, members.c.unit_id == events.c.unit_id))
              .subquery("cluster_events"))
     return PipelineSources(exposures, keyed, unique_units=True)
 
