@@ -11,6 +11,7 @@ from experiments.db import utcnow
 from experiments.models import Experiment
 from experiments.services import identity
 from experiments.services.pipeline import MetricSpec, aggregate_experiment, own_sources
+from tests.test_admin_support import logged_in
 from tests.test_identity import KEY, assign, identify, ids_with
 
 
@@ -67,7 +68,7 @@ def test_a_customer_on_two_devices_is_one_unit_and_back_office_events_count_from
 
 
 def test_two_devices_in_two_variants_then_linked_are_left_out_and_counted(
-        client, admin_headers, client_headers, started):
+        app, client, admin_headers, client_headers, started):
     [phone] = ids_with(client, client_headers, "phone", "control")
     [laptop] = ids_with(client, client_headers, "laptop", "one-page")
     [bystander] = ids_with(client, client_headers, "bystander", "one-page")
@@ -87,6 +88,14 @@ def test_two_devices_in_two_variants_then_linked_are_left_out_and_counted(
                             headers=admin_headers).get_json()["items"]
     assert conflict["cluster"] == "customer-3"
     assert sorted(unit["unit_id"] for unit in conflict["units"]) == sorted([phone, laptop])
+    # The admin report says so in one line, linking to the same list.
+    viewer = logged_in(app, "viewer")
+    page = viewer.get(f"/admin/experiments/{KEY}").get_data(as_text=True)
+    assert ("2 customers, 2 devices linked, <a href=\"/admin/experiments/checkout-redesign/"
+            "conflicts.json\">1 conflicting customers left out</a>") in page
+    listed = viewer.get(f"/admin/experiments/{KEY}/conflicts.json").get_json()
+    assert listed["items"] == [{**conflict}]
+    assert viewer.get("/admin/experiments/nope/conflicts.json").status_code == 404
 
 
 def test_without_links_on_its_units_the_analysis_keeps_the_plain_sources(
