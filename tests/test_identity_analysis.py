@@ -65,6 +65,8 @@ def test_a_customer_on_two_devices_is_one_unit_and_back_office_events_count_from
     assert cart["variants"]["one-page"]["units"] == 1  # the laptop's step, in a's journey
     fetched = client.get(f"/api/v1/experiments/{KEY}/report", headers=admin_headers)
     assert fetched.get_json()["identity"] == report["identity"]
+    exported = client.get(f"/api/v1/experiments/{KEY}/export", headers=admin_headers)
+    assert exported.get_json()["identity"] == report["identity"]
 
 
 def test_two_devices_in_two_variants_then_linked_are_left_out_and_counted(

@@ -297,6 +297,7 @@ class ExportOut(BaseModel):
     report_id: int
     computed_at: datetime
     rows: list[ExportRow]
+    identity: IdentityOut | None = None  # the report's identity clusters (SPEC §14)
 
 
 class StatsVariantIn(Strict):

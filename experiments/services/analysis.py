@@ -688,7 +688,8 @@ def _metric_rows(metrics: Sequence[Mapping[str, Any]], where: Mapping[str, Any],
 def export_document(key: str, report: Report) -> dict[str, Any]:
     """The JSON export: the report's rows and what identifies them (API and admin)."""
     return {"experiment": key, "report_id": report.id,
-            "computed_at": report.body.get("computed_at"), "rows": export_rows(report.body)}
+            "computed_at": report.body.get("computed_at"), "rows": export_rows(report.body),
+            "identity": report.body.get("identity")}
 
 
 def export_csv_lines(rows: Sequence[Mapping[str, Any]]) -> Iterator[str]:
