@@ -213,8 +213,9 @@ def cluster_sources(experiment_id: int) -> PipelineSources:
 
     Exposures: one row per exposed cluster, keyed by its cluster key, with the cluster's
     first exposure time and variant; conflicting clusters (two variants) are left out.
-    Events: every event with its ``unit_id`` replaced by its id's cluster key, so events
-    under any id of a cluster (a back-office event under the customer id) join its row,
+    Events: the events of every id that can belong to an exposed cluster, ``unit_id``
+    replaced by the cluster key, so events under any id of a cluster (a back-office event
+    under the customer id) join its row,
     inside the window from the cluster's first exposure. Not rolled up: a new link can
     move past events into another cluster, so the pass is computed in full.
     """
