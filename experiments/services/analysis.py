@@ -31,7 +31,7 @@ from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
-from experiments.services import alerts, bandits, decisions
+from experiments.services import alerts, bandits, decisions, identity
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import (
@@ -552,14 +552,18 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
     specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
     rollup = experiment.status in ROLLUP_STATUSES
+    # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
+    sources, linked = identity.analysis_sources(session, experiment.id)
     # A bandit's one round is grouped by weight period; its pooled sums are the totals.
-    bandit = bandits.report_periods(session, experiment, specs, settings, rollup=rollup)
+    bandit = bandits.report_periods(session, experiment, specs, settings, rollup=rollup,
+                                    sources=sources)
     aggregates = bandit.pooled() if bandit is not None else aggregate_experiment(
         session, experiment.id, specs, hours=settings.conversion_window_hours,
-        cuped=settings.cuped, rollup=rollup)
+        cuped=settings.cuped, rollup=rollup, sources=sources)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None, bandit=bandit)
+    body["identity"] = _identity_section(linked, body["units"])
     if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
         body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
                                 f"this analysis yet")
@@ -584,6 +588,15 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
         session.rollback()
         raise Conflict("the experiment changed while it was analysed; retry") from None
     return report
+
+
+def _identity_section(linked: identity.IdentitySummary | None,
+                      units: Mapping[str, int]) -> dict[str, int]:
+    """The report's ``identity`` field; without links every unit is a cluster of its own."""
+    if linked is None:
+        return {"clusters": sum(units.values()), "linked_units": 0, "conflicts": 0}
+    return {"clusters": linked.clusters, "linked_units": linked.linked_units,
+            "conflicts": linked.conflicts}
 
 
 def running_experiment_keys(session: Session) -> list[str]:
@@ -693,7 +706,8 @@ def _metric_rows(metrics: Sequence[Mapping[str, Any]], where: Mapping[str, Any],
 def export_document(key: str, report: Report) -> dict[str, Any]:
     """The JSON export: the report's rows and what identifies them (API and admin)."""
     return {"experiment": key, "report_id": report.id,
-            "computed_at": report.body.get("computed_at"), "rows": export_rows(report.body)}
+            "computed_at": report.body.get("computed_at"), "rows": export_rows(report.body),
+            "identity": report.body.get("identity")}
 
 
 def export_csv_lines(rows: Sequence[Mapping[str, Any]]) -> Iterator[str]:

@@ -301,7 +301,8 @@ def calculate_bandit(periods: list[Mapping[str, Any]], *, min_weight: float, see
 
 
 def report_periods(session: Session, experiment: Experiment, specs: Sequence[MetricSpec],
-                   settings: AnalysisSettings, *, rollup: bool) -> BanditPeriods | None:
+                   settings: AnalysisSettings, *, rollup: bool,
+                   sources: PipelineSources | None = None) -> BanditPeriods | None:
     """The report's one aggregation round for a started bandit (None otherwise): every
     metric per weight period; :meth:`BanditPeriods.pooled` gives the report's totals."""
     if bandit_settings(experiment) is None:
@@ -311,7 +312,7 @@ def report_periods(session: Session, experiment: Experiment, specs: Sequence[Met
         return None
     return period_aggregates(session, experiment, periods, specs,
                              hours=settings.conversion_window_hours, cuped=settings.cuped,
-                             rollup=rollup)
+                             rollup=rollup, sources=sources)
 
 
 def weigh_metric(data: BanditPeriods, settings: AnalysisSettings, metric: Metric,
