@@ -132,9 +132,8 @@ def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | No
     cache = cache_for(session)
     snapshot = cache.snapshot(session)
     targets = _targets(snapshot, experiment_keys)
-    decided = unit_id if user_id is None else user_id
     decisions, groups = decide_all(snapshot, [config for _, config in targets if config],
-                                   decided, attrs)
+                                   unit_id, attrs, user_id=user_id)
     request = _Request(unit_id, attrs, track, now, occurred_at, sent_at, user_id)
     live = [config for _, config in targets if config is not None and config.status == "running"]
     if groups:  # a round trip only for a measured unit's first time on this worker
@@ -236,11 +235,16 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
 
 
 def decide_all(snapshot: ConfigSnapshot, configs: Sequence[ExperimentConfig], unit_id: str,
-               attributes: Mapping[str, Any]
+               attributes: Mapping[str, Any], *, user_id: str | None = None
                ) -> tuple[dict[int, Decision], dict[HoldoutConfig, str]]:
     """Every experiment's decision for a unit with no history, holdouts applied, and the
-    unit's group in each covering holdout: all in memory, from the cached configuration."""
-    decisions = {config.id: decide(config, unit_id, attributes) for config in configs}
+    unit's group in each covering holdout: all in memory, from the cached configuration.
+
+    A logged-in customer's variants are hashed on ``user_id`` (SPEC §14), but the holdout
+    group stays the device's (``unit_id``): a visitor who logs in must never move into a
+    holdout and lose the variant already seen."""
+    decided = unit_id if user_id is None else user_id
+    decisions = {config.id: decide(config, decided, attributes) for config in configs}
     if not snapshot.holdouts_of:  # no running holdout: nothing more to pay
         return decisions, {}
     groups = _holdout_groups(snapshot, configs, unit_id)
@@ -280,21 +284,20 @@ def _store_holdout_exposures(session: Session, cache: ConfigCache,
     The cache of known exposures remembers them under the holdout's negated id
     (experiment ids are positive), so a returning unit costs no round trip.
     """
-    unit = request.user_id or request.unit_id  # hashed and stored as the decision was
     measured = {-holdout.id: group for holdout, group in groups.items() if group != "general"}
     if not measured:
         return
-    known = cache.known_exposures(unit, measured)
+    known = cache.known_exposures(request.unit_id, measured)
     new = {key: group for key, group in measured.items() if key not in known}
     if not new:
         return
     received = request.now or utcnow()
     store = store_for(session)
     store.insert_holdout_exposures(
-        unit, {-key: group for key, group in new.items()},
+        request.unit_id, {-key: group for key, group in new.items()},
         exposure_time(request.occurred_at, request.sent_at, received, None))
     store.commit()
-    cache.remember(unit, new)
+    cache.remember(request.unit_id, new)
 
 
 def _first_exposures(pending: list[ExperimentConfig], decisions: Mapping[int, Decision],
