@@ -40,6 +40,7 @@ from experiments.services.pipeline import (
     JourneyCounts,
     MetricSpec,
     aggregate_experiment,
+    own_sources,
     to_stats,
 )
 from experiments.services.rollup import drop_rollups
@@ -539,18 +540,23 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     settings = AnalysisSettings.model_validate(experiment.analysis)
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
-    aggregates = aggregate_experiment(
-        session, experiment.id,
-        [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS],
-        hours=settings.conversion_window_hours, cuped=settings.cuped,
-        rollup=experiment.status in ROLLUP_STATUSES)
+    metrics = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
+    options = {"hours": settings.conversion_window_hours, "cuped": settings.cuped,
+               "rollup": experiment.status in ROLLUP_STATUSES}
+    if breakdowns:  # one grouped round gives the whole report and every dimension's levels
+        from experiments.services import segments  # it builds on this module
+
+        aggregates, levels = segments.segmented_aggregates(
+            session, experiment.id, metrics, breakdowns, sources=own_sources(experiment.id),
+            **options)
+    else:
+        aggregates = aggregate_experiment(session, experiment.id, metrics, **options)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
     bandits.apply_to_report(session, experiment, settings, body)
-    if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
-        body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
-                                f"this analysis yet")
+    if breakdowns:  # descriptive only: decisions read the whole report's metrics
+        body["segments"] = segments.segments_section(experiment, settings, levels)
     result = decisions.report_decision(experiment, settings, body, now)
     body["decision"] = (result.to_dict(now) if result is not None
                         else decisions.current_decision(experiment))
