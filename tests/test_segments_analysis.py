@@ -159,7 +159,8 @@ def test_25_countries_and_ad_hoc_dimensions_through_the_api(db, client, admin_he
 
 def _conversion_levels(n: np.ndarray, conversions: np.ndarray) -> list[LevelAggregates]:
     """One report's dimension: per level, (control, treatment) units and conversions."""
-    return [LevelAggregates(f"L{index}", {"control": int(n[index, 0]), "one-page": int(n[index, 1])},
+    return [LevelAggregates(f"L{index}",
+                            {"control": int(n[index, 0]), "one-page": int(n[index, 1])},
                             {"purchase": {arm: {"n": float(n[index, a]),
                                                 "sum": float(conversions[index, a])}
                                           for a, arm in enumerate(("control", "one-page"))}})
