@@ -25,6 +25,7 @@ from experiments.services.segments import (
     segments_section,
 )
 from experiments.services.simulate import SimulationPlan, simulate_traffic
+from tests.test_admin_support import cheap_argon2, logged_in  # noqa: F401  (autouse fixture)
 from tests.test_aggregation import make_experiment
 from tests.test_analysis import ANALYSIS, JOURNEY_METRICS, SIM_END
 
@@ -72,7 +73,7 @@ def flagged(level: dict[str, Any]) -> bool:
     return any(test["detected"] for test in level["heterogeneity"])
 
 
-def test_only_france_is_flagged_small_levels_are_untested_and_units_keep_their_level(db):
+def test_only_france_is_flagged_small_levels_are_untested_and_units_keep_their_level(app, db):
     """The treatment helps only in France: FR significant and heterogeneous, no other level
     flagged; LU (60 units) has estimates, null tests and a warning; a unit assigned again
     with another country stays in its first level; the whole report is the report without
@@ -110,6 +111,14 @@ def test_only_france_is_flagged_small_levels_are_untested_and_units_keep_their_l
     purchase = next(m for m in small["metrics"] if m["key"] == "purchase")
     assert all(v["estimate"] is not None for v in purchase["variants"])
     assert all(test["p_value"] is None for test in small["heterogeneity"])
+
+    # The admin report page shows the computed levels: FR flagged, with its numbers.
+    page = logged_in(app, "viewer").get("/admin/experiments/seg").get_data(as_text=True)
+    section = page[page.index('id="segments"'):page.index('aria-labelledby="funnel-title"')]
+    assert section.count('class="segment-level"') == 6
+    france = section[section.index('data-level="FR"'):section.index('data-level="GB"')]
+    assert "Effect differs from the rest" in france and "verdict-better" in france
+    assert "Effect differs from the rest" not in section.replace(france, "")
 
     experiment.analysis = {**experiment.analysis, "dimensions": []}
     db.commit()
