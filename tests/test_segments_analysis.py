@@ -164,6 +164,14 @@ def test_25_countries_and_ad_hoc_dimensions_through_the_api(db, client, admin_he
     assert later["segments"] == []
 
 
+def test_an_experiment_without_exposures_has_empty_segments(db):
+    segmented_experiment(db, "empty", dimensions=["country", "device"])
+    body = analyze_experiment(db, "empty", now=NOW).body
+    assert "error" not in body and "no exposed units yet" in body["warnings"]
+    assert [(s["dimension"], s["levels"]) for s in body["segments"]] == [("country", []),
+                                                                        ("device", [])]
+
+
 # -- A/A: family-wise rate of heterogeneity flags (stats level, vectorised) ------------------
 
 def _conversion_levels(n: np.ndarray, conversions: np.ndarray) -> list[LevelAggregates]:
