@@ -82,7 +82,7 @@ def test_a_patch_with_bad_dimensions_changes_nothing(client, admin_headers):
     assert body["analysis"]["dimensions"] == ["country"]
 
 
-def test_ad_hoc_dimensions_are_validated_and_noted(client, admin_headers, started):
+def test_ad_hoc_dimensions_are_validated_and_computed(client, admin_headers, started):
     url = "/api/v1/experiments/checkout-redesign/analyze"
     assert failing(client.post(url, json={"dimensions": ["a", "b", "c", "d"]},
                                headers=admin_headers)) == ["dimensions"]
@@ -96,7 +96,8 @@ def test_ad_hoc_dimensions_are_validated_and_noted(client, admin_headers, starte
     assert plain.status_code == 200, plain.get_json()
     ad_hoc = client.post(url, json={"dimensions": ["browser"]}, headers=admin_headers)
     assert ad_hoc.status_code == 200, ad_hoc.get_json()
-    assert any("browser" in warning for warning in ad_hoc.get_json()["warnings"])
+    assert [segment["dimension"] for segment in ad_hoc.get_json()["segments"]] == ["browser"]
+    assert not any("browser" in warning for warning in ad_hoc.get_json()["warnings"])
 
 
 def test_a_quantile_metric_is_reported_pending_not_as_a_mean(client, admin_headers):

@@ -551,22 +551,30 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
     specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
-    rollup = experiment.status in ROLLUP_STATUSES
+    options = {"hours": settings.conversion_window_hours, "cuped": settings.cuped,
+               "rollup": experiment.status in ROLLUP_STATUSES}
     # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
     sources, linked = identity.analysis_sources(session, experiment.id)
     # A bandit's one round is grouped by weight period; its pooled sums are the totals.
-    bandit = bandits.report_periods(session, experiment, specs, settings, rollup=rollup,
-                                    sources=sources)
-    aggregates = bandit.pooled() if bandit is not None else aggregate_experiment(
-        session, experiment.id, specs, hours=settings.conversion_window_hours,
-        cuped=settings.cuped, rollup=rollup, sources=sources)
+    bandit = bandits.report_periods(session, experiment, specs, settings,
+                                    rollup=options["rollup"], sources=sources)
+    levels: dict[str, Any] = {}
+    if breakdowns:  # one grouped round gives the whole report and every dimension's levels
+        from experiments.services import segments  # it builds on this module
+
+        aggregates, levels = segments.segmented_aggregates(
+            session, experiment.id, specs, breakdowns, sources=sources, **options)
+    if bandit is not None:  # a bandit's totals are its periods, pooled
+        aggregates = bandit.pooled()
+    elif not breakdowns:
+        aggregates = aggregate_experiment(session, experiment.id, specs, sources=sources,
+                                          **options)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None, bandit=bandit)
     body["identity"] = _identity_section(linked, body["units"])
-    if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
-        body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
-                                f"this analysis yet")
+    if breakdowns:  # descriptive only: decisions read the whole report's metrics
+        body["segments"] = segments.segments_section(experiment, settings, levels)
     result = decisions.report_decision(experiment, settings, body, now)
     body["decision"] = (result.to_dict(now) if result is not None
                         else decisions.current_decision(experiment))

@@ -220,8 +220,10 @@ def cluster_sources(experiment_id: int) -> PipelineSources:
     move past events into another cluster, so the pass is computed in full.
     """
     clusters = exposed_clusters(experiment_id)
+    # Segments read the attribute snapshot of the cluster's first stored exposure.
     exposures = (select(clusters.c.exposure_id, clusters.c.cluster_key.label("unit_id"),
-                        clusters.c.variant_key, clusters.c.exposed_at)
+                        clusters.c.variant_key, clusters.c.exposed_at, _EXPOSURES.c.attributes)
+                 .join(_EXPOSURES, _EXPOSURES.c.id == clusters.c.exposure_id)
                  .where(clusters.c.conflict.is_(False))
                  .subquery("cluster_exposures"))
     # Every id that can belong to an exposed cluster → its key: the linked ids, and the

@@ -1,8 +1,9 @@
 """Segments (SPEC §11): per-level aggregates of one dimension → the report's ``segments`` entry.
 
-Pure: the database returns, per dimension, one row of sums per level and variant (the
-same sums as the whole report, grouped by one more column: the level of the unit's
-exposure-time attribute snapshot); everything here is arithmetic on those rows.
+:func:`segmented_aggregates` runs the report's aggregation ONCE, grouped by every
+dimension together (one column per dimension: the level of the unit's exposure-time
+attribute snapshot), and folds the groups into the whole report's aggregates and each
+dimension's levels; everything else here is arithmetic on those sums.
 
 Per level: units, an SRM check, every metric's estimates and comparisons (no CUPED;
 sequential p-values for sequential experiments, without the running minimum), friction
@@ -20,6 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
 from experiments.models import Experiment, Metric
 from experiments.schemas import AnalysisSettings
 from experiments.services.analysis import (
@@ -30,7 +34,18 @@ from experiments.services.analysis import (
     friction_points,
     quantile_fields,
 )
-from experiments.services.pipeline import JourneyCounts, to_stats
+from experiments.services.pipeline import (
+    Daily,
+    ExperimentAggregates,
+    JourneyCounts,
+    MetricSpec,
+    PipelineSources,
+    aggregate_grouped,
+    attribute_level,
+    combine,
+    marginal,
+    to_stats,
+)
 from experiments.services.quantiles import quantile_metric_result
 from stats import Comparison, StatsInputError, apply_correction, srm_test, summarize
 from stats.heterogeneity import bonferroni, level_vs_rest
@@ -60,6 +75,37 @@ class LevelAggregates:
     journey: JourneyCounts = field(default_factory=JourneyCounts)
     quantiles: Mapping[str, Mapping[str, QuantileStats]] = field(default_factory=dict)
     merged_levels: int = 0  # an ``__other__`` the database merged itself: how many it holds
+
+
+def segmented_aggregates(connection: Session | Connection, experiment_id: int | None,
+                         metrics: Sequence[MetricSpec], dimensions: Sequence[str], *,
+                         sources: PipelineSources, hours: float, cuped: bool,
+                         journey: Sequence[str] | None = None, rollup: bool = True,
+                         ) -> tuple[ExperimentAggregates, dict[str, list[LevelAggregates]]]:
+    """The whole report's aggregates and each dimension's levels, from ONE grouped round
+    of queries over ``sources`` (Parcours's tables or a warehouse's: the exposures need an
+    ``attributes`` column). The report's caps apply unchanged to every level; CUPED's
+    pre-period sums are computed for the whole report only (segments never use them)."""
+    labels = {f"segment_{index}": attribute_level(sources, name)
+              for index, name in enumerate(dimensions)}
+    groups = aggregate_grouped(connection, experiment_id, metrics, hours=hours, cuped=cuped,
+                               journey=journey, rollup=rollup,
+                               sources=sources.grouped_by(**labels))
+    whole = combine(groups.values())
+    for metric in metrics:  # no exposures yet: every metric still has its (empty) entry
+        whole.metrics.setdefault(metric.key, Daily())
+    return whole, {name: [_level(str(level), aggregates)
+                          for level, aggregates in marginal(groups, position).items()]
+                   for position, name in enumerate(dimensions)}
+
+
+def _level(name: str, aggregates: ExperimentAggregates) -> LevelAggregates:
+    units = aggregates.units.totals()
+    return LevelAggregates(
+        name, {variant: int(sums.get("n", 0)) for variant, sums in units.items()},
+        {key: {variant: dict(sums) for variant, sums in daily.totals().items()}
+         for key, daily in aggregates.metrics.items()},
+        aggregates.journey)
 
 
 def kept_levels(units_by_level: Mapping[str, int], *, limit: int = MAX_LEVELS) -> list[str]:
