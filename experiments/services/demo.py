@@ -31,6 +31,10 @@ DEMO_EXPERIMENT: dict[str, Any] = {
         *EXPERIMENT_EXAMPLE["metrics"],
         {"key": "revenue", "kind": "mean", "event": "purchase", "role": "secondary"},
         {"key": "nps", "kind": "nps", "event": "nps", "role": "secondary"},
+        # Back-office events under the customer id (late deliveries, below) count here, in
+        # the variant the customer saw on the web (SPEC §14).
+        {"key": "support-contacts", "kind": "friction", "friction_kind": "support_contact",
+         "role": "secondary", "direction": "decrease"},
     ],
     "analysis": {"method": "sequential", "min_units_per_variant": 500, "min_days": 0},
 }
