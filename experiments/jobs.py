@@ -61,13 +61,18 @@ def init_app(app: Flask) -> None:
 
 
 def run_analysis(app: Flask) -> None:
-    """Analyse every running experiment; one failure is logged and never stops the others."""
+    """Analyse every running experiment, then every running holdout; one failure is logged
+    and never stops the others."""
     from experiments.services.analysis import analyze_running
+    from experiments.services.holdout_reports import analyze_running_holdouts
 
     results = analyze_running(get_db(app).session)
+    holdouts = analyze_running_holdouts(get_db(app).session)
+    logger.info("analysis: %d running holdout(s) analysed", len(holdouts))
+    results.update({f"holdout {key}": result for key, result in holdouts.items()})
     failed = {key: result for key, result in results.items() if result != "ok"}
     logger.info("analysis: %d running experiment(s) analysed, %d failed",
-                len(results), len(failed))
+                len(results) - len(holdouts), len(failed))
     if failed:
         raise JobFailed(f"{len(failed)} of {len(results)} experiment(s) failed: "
                         + "; ".join(f"{key}: {result}" for key, result in failed.items()))

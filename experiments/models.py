@@ -320,6 +320,18 @@ class HoldoutExposure(Base):
     exposed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class HoldoutReport(Base):
+    """One analysis of a holdout (SPEC §12): the experiment report's shape, kept as history."""
+
+    __tablename__ = "holdout_reports"
+    __table_args__ = (Index("ix_holdout_reports_holdout_computed", "holdout_id", "computed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    holdout_id: Mapped[int] = mapped_column(ForeignKey("holdouts.id", ondelete="CASCADE"))
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    body: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 class User(Base):
     """An admin UI account (argon2 password hash)."""
 

@@ -68,3 +68,21 @@ def test_an_editor_concludes_a_holdout_from_its_page(app):
     done = post(editor, "/admin/holdouts/h2027/conclude", follow_redirects=True)
     assert "Holdout concluded" in done.get_data(as_text=True)
     assert 'status-concluded">concluded' in done.get_data(as_text=True)
+
+
+def test_the_holdout_page_shows_the_metric_table_and_funnel_after_an_analysis(app):
+    editor = logged_in(app, "editor")
+    post(editor, "/admin/holdouts", {**FORM, "scope_kind": "all"})
+    seed_experiment(app, "checkout-redesign", layer="checkout", targeting=[])
+    units = [f"u{i}" for i in range(400)]
+    with get_db(app).sessionmaker() as session:
+        for unit in units:
+            assignment.assign(session, unit_id=unit)
+    done = post(editor, "/admin/holdouts/h2027/analyze", follow_redirects=True)
+    page = done.get_data(as_text=True)
+    assert "Holdout analysed." in page and "Not computed yet" not in page
+    assert 'id="metrics-table"' in page and 'data-metric="purchase"' in page
+    assert "<code>measure</code>" in page and "<code>holdout</code>" in page
+    assert 'id="funnel-table"' in page and '<th scope="row">landing</th>' in page
+    viewer = logged_in(app, "viewer")
+    assert "Analyse now" not in viewer.get("/admin/holdouts/h2027").get_data(as_text=True)

@@ -256,6 +256,12 @@ def run(connection: Any, sources: PipelineSources | None = None,
                                 journey=JOURNEY, sources=sources)
 
 
+def run_open(connection: Any, sources: PipelineSources) -> ExperimentAggregates:
+    """No window end (``hours=None``, a holdout's report): every event from exposure on."""
+    return aggregate_experiment(connection, None, METRICS, hours=None, cuped=False,
+                                journey=JOURNEY, sources=sources)
+
+
 def grouped(sources: PipelineSources) -> PipelineSources:
     """Grouped by two segment dimensions and the bandit period of the exposure."""
     return sources.grouped_by(country=attribute_level(sources, "country"),
@@ -333,6 +339,31 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> ExperimentAggregates:
     return result
 
 
+@pytest.fixture(scope="module")
+def open_reference(tmp_path_factory: pytest.TempPathFactory) -> ExperimentAggregates:
+    """The plain tables on SQLite, without a window end."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('parity')}/open.db")
+    with engine.begin() as connection:
+        result = run_open(connection, load(connection, None, Path()))
+    engine.dispose()
+    return result
+
+
+def test_no_window_end_counts_every_later_event(reference: ExperimentAggregates,
+                                                open_reference: ExperimentAggregates) -> None:
+    """``hours=None``: late events (after the 24 h window) count, events before exposure
+    never do, and the units are the same."""
+    assert open_reference.units.rows == reference.units.rows
+    for variant, (before, after) in open_reference.timing.items():
+        assert before == 0
+        assert after > reference.timing[variant][1]
+    for key in ("views", "conv"):
+        later = open_reference.metrics[key].totals()
+        within = reference.metrics[key].totals()
+        assert all(later[v]["sum"] >= within[v]["sum"] for v in within)
+        assert sum(later[v]["sum"] for v in later) > sum(within[v]["sum"] for v in within)
+
+
 def test_the_reference_covers_every_case(reference: ExperimentAggregates) -> None:
     """The fixture exercises what it claims: both arms, caps that bite, CUPED, the journey
     and friction outside it, late and early events."""
@@ -369,11 +400,13 @@ def postgres_schema() -> Iterator[tuple[sa.Engine, str]]:
 
 @pytest.mark.parametrize("url", ["duckdb:///:memory:", "chdb:///:memory:"])
 def test_duckdb_and_clickhouse_give_identical_statistics(
-        url: str, reference: ExperimentAggregates, tmp_path: Path) -> None:
+        url: str, reference: ExperimentAggregates, open_reference: ExperimentAggregates,
+        tmp_path: Path) -> None:
     engine = sa.create_engine(url)
     with engine.begin() as connection:
         sources = load(connection, None, tmp_path)
         assert_identical(run(connection, sources), reference)
+        assert_identical(run_open(connection, sources), open_reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
         assert_grouped(run_grouped(connection, sources), reference)
     engine.dispose()
@@ -381,11 +414,13 @@ def test_duckdb_and_clickhouse_give_identical_statistics(
 
 @requires_postgres
 def test_postgresql_plain_tables_give_identical_statistics(
-        postgres_schema: tuple[sa.Engine, str], reference: ExperimentAggregates) -> None:
+        postgres_schema: tuple[sa.Engine, str], reference: ExperimentAggregates,
+        open_reference: ExperimentAggregates) -> None:
     engine, schema = postgres_schema
     with engine.begin() as connection:
         sources = load(connection, schema, Path())
         assert_identical(run(connection, sources), reference)
+        assert_identical(run_open(connection, sources), open_reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
         assert_grouped(run_grouped(connection, sources), reference)
 

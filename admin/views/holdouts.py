@@ -7,6 +7,7 @@ from typing import Any
 from flask import redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from admin import presenters
 from admin.blueprint import bp
 from admin.format import error_text
 from admin.session_auth import principal, requires
@@ -14,7 +15,7 @@ from admin.views import run_action
 from experiments.db import db_session
 from experiments.errors import ApiError, ValidationFailed, validated
 from experiments.schemas.holdouts import HoldoutFields
-from experiments.services import holdouts
+from experiments.services import holdout_reports, holdouts
 
 SCOPE_KINDS = ("all", "experiments", "layers")
 EMPTY_FORM = {"key": "", "name": "", "percent": "5", "scope_kind": "all", "scope_keys": "",
@@ -75,8 +76,20 @@ def holdout(key: str) -> str:
     """One holdout: scope, how many units each group holds, and its report."""
     session = db_session()
     found = holdouts.get_holdout(session, key)
-    return render_template("admin/holdout.html", h=found,
-                           report=holdouts.holdout_report(session, key))
+    report = holdouts.holdout_report(session, key)
+    view = {"metrics": presenters.metric_rows(report),
+            "method_line": presenters.method_line(report.get("method"),
+                                                  holdout_reports.SETTINGS.alpha),
+            "funnel": presenters.funnel(report, list(holdouts.GROUPS))}
+    return render_template("admin/holdout.html", h=found, report=report, view=view)
+
+
+@bp.route("/holdouts/<key>/analyze", methods=["POST"])
+@requires("editor")
+def analyze_holdout(key: str) -> Response:
+    """Compute the holdout's report now."""
+    return run_action(lambda: holdout_reports.analyze_holdout(db_session(), key),
+                      "Holdout analysed.", "admin.holdout", key=key)
 
 
 @bp.route("/holdouts/<key>/conclude", methods=["POST"])

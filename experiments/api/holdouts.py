@@ -15,7 +15,7 @@ from experiments.schemas.holdouts import (
     HoldoutPatch,
     HoldoutReportOut,
 )
-from experiments.services import holdouts
+from experiments.services import holdout_reports, holdouts
 
 bp = Blueprint("holdouts", __name__, url_prefix="/api/v1")
 TAGS = ("holdouts",)
@@ -68,3 +68,12 @@ def conclude_holdout(key: str) -> HoldoutOut:
 def holdout_report(key: str) -> HoldoutReportOut:
     """Holdout vs measure: the experiment report's shape, ``holdout`` as the control."""
     return HoldoutReportOut.model_validate(holdouts.holdout_report(db_session(), key))
+
+
+@api_route(bp, "/holdouts/<key>/analyze", "POST", response=HoldoutReportOut, errors=(404,),
+           tags=TAGS)
+def analyze_holdout(key: str) -> HoldoutReportOut:
+    """Run the holdout's analysis now and return the new report (``error`` when it failed)."""
+    session = db_session()
+    holdout_reports.analyze_holdout(session, key)
+    return HoldoutReportOut.model_validate(holdouts.holdout_report(session, key))

@@ -8,6 +8,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from experiments.schemas import Key, ListQuery, MetricIn, MetricOut, Strict, Text
+from experiments.schemas.reports import (
+    AlertOut,
+    FrictionCell,
+    FrictionPoint,
+    FunnelStep,
+    Method,
+    MetricResult,
+    MetricTimeline,
+    TimelinePoint,
+)
 
 HoldoutStatus = Literal["running", "concluded"]
 MAX_PERCENT = 0.2
@@ -74,13 +84,21 @@ class HoldoutListQuery(ListQuery):
 
 
 class HoldoutReportOut(BaseModel):
-    """The experiment report's shape with the groups as variants (``holdout`` is control)."""
+    """The experiment report's shape with the groups as variants (``holdout`` is control);
+    before the first analysis only the units and SRM, with ``error``."""
 
+    id: int | None = None
     holdout: str
     computed_at: datetime | None
-    units: dict[str, int]
-    srm: dict[str, Any] | None
-    metrics: list[dict[str, Any]]
-    funnel: list[dict[str, Any]]
-    friction_points: list[dict[str, Any]]
+    method: Method | None = None
+    units: dict[str, int] = Field(default_factory=dict)
+    srm: dict[str, Any] | None = None
+    metrics: list[MetricResult] = Field(default_factory=list)
+    funnel: list[FunnelStep] = Field(default_factory=list)
+    friction_points: list[FrictionPoint] = Field(default_factory=list)
+    friction_matrix: list[FrictionCell] = Field(default_factory=list)
+    timeline: list[TimelinePoint] = Field(default_factory=list)
+    metric_timeline: list[MetricTimeline] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    alerts: list[AlertOut] = Field(default_factory=list)
     error: str | None = None

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -28,7 +28,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from experiments import signals
 from experiments.db import utcnow
 from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
-from experiments.models import Experiment, Report
+from experiments.models import Experiment, Metric, Report, Variant
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
 from experiments.services import alerts, bandits, decisions, identity
@@ -65,10 +65,26 @@ Sums = Mapping[str, float]
 MAX_TIMELINE_DAYS = 400
 
 
+class ReportSubject(Protocol):
+    """What the report's builders read of what is analysed: an :class:`Experiment`, or a
+    holdout's two groups as variants (:mod:`experiments.services.holdout_reports`)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def variants(self) -> Sequence[Variant]: ...
+    @property
+    def metrics(self) -> Sequence[Metric]: ...
+    @property
+    def journey(self) -> Sequence[str]: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+
+
 # -- per-metric results ---------------------------------------------------------------------
 
 
-def _inputs(experiment: Experiment, kind: str, totals: Mapping[str, Sums],
+def _inputs(experiment: ReportSubject, kind: str, totals: Mapping[str, Sums],
             cuped: bool) -> list[VariantInput]:
     """One VariantInput per configured variant (absent variants have 0 units)."""
     records = [(v, *to_stats(kind, totals.get(v.key, {}))) for v in experiment.variants]
@@ -85,7 +101,7 @@ def _inputs(experiment: Experiment, kind: str, totals: Mapping[str, Sums],
 PENDING_KINDS = {"quantile": "quantile metrics are not computed by this analysis yet"}
 
 
-def _analyze_metric(experiment: Experiment, metric: Any, settings: AnalysisSettings,
+def _analyze_metric(experiment: ReportSubject, metric: Any, settings: AnalysisSettings,
                     totals: Mapping[str, Sums], previous: Mapping[str, float | None],
                     warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
     """Variant estimates and raw comparisons of one metric (never raises on bad data)."""
@@ -176,7 +192,7 @@ def _corrected(families: Mapping[str, list[tuple[str, Comparison]]],
     return out
 
 
-def metrics_section(experiment: Experiment, settings: AnalysisSettings,
+def metrics_section(experiment: ReportSubject, settings: AnalysisSettings,
                     aggregates: ExperimentAggregates, previous: Mapping[str, Mapping[str, Any]],
                     warnings: list[str], bandit: bandits.BanditPeriods | None = None
                     ) -> list[dict[str, Any]]:
@@ -251,7 +267,7 @@ def funnel_section(journey: Sequence[str], units: Mapping[str, int],
     return steps
 
 
-def friction_matrix(experiment: Experiment, settings: AnalysisSettings,
+def friction_matrix(experiment: ReportSubject, settings: AnalysisSettings,
                     units: Mapping[str, int], counts: JourneyCounts) -> list[dict[str, Any]]:
     """Every step × friction kind × treatment cell with friction, BH-adjusted (the heatmap)."""
     control = next(v.key for v in experiment.variants if v.is_control)
@@ -310,7 +326,7 @@ def _days(first: date, last: date) -> list[date]:
     return [start + timedelta(days=i) for i in range(count)]
 
 
-def timeline_section(experiment: Experiment, settings: AnalysisSettings,
+def timeline_section(experiment: ReportSubject, settings: AnalysisSettings,
                      aggregates: ExperimentAggregates, now: datetime) -> list[dict[str, Any]]:
     """Per day: cumulative units and the primary metric's absolute and relative effects with
     their intervals (NPS has only the absolute one, in points)."""
@@ -352,7 +368,7 @@ def _effect(kind: str, control: Sums, treatment: Sums, settings: AnalysisSetting
             "absolute_ci": _pair(result.absolute_ci)}
 
 
-def metric_timeline_section(experiment: Experiment, settings: AnalysisSettings,
+def metric_timeline_section(experiment: ReportSubject, settings: AnalysisSettings,
                             aggregates: ExperimentAggregates) -> list[dict[str, Any]]:
     """Per metric, exposure day and treatment: that day's cohort effect and the running total.
 
@@ -399,7 +415,7 @@ def previous_p_values(previous: Mapping[str, Any] | None,
             for metric in previous.get("metrics", [])}
 
 
-def build_report(experiment: Experiment, settings: AnalysisSettings,
+def build_report(experiment: ReportSubject, settings: AnalysisSettings,
                  aggregates: ExperimentAggregates, *, now: datetime,
                  previous: Mapping[str, Any] | None = None,
                  bandit: bandits.BanditPeriods | None = None) -> dict[str, Any]:

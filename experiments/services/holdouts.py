@@ -21,7 +21,7 @@ from experiments import signals
 from experiments.auth import Principal
 from experiments.db import utcnow
 from experiments.errors import Conflict, NotFound, ValidationFailed, validated
-from experiments.models import Holdout, HoldoutExposure
+from experiments.models import Holdout, HoldoutExposure, HoldoutReport
 from experiments.schemas.holdouts import ALL_EXPERIMENTS, HoldoutFields, HoldoutPatch
 from experiments.services.audit import json_safe, record_audit
 from experiments.services.pagination import paginate
@@ -31,7 +31,7 @@ from stats.srm import srm_test
 HOLDOUT_SEED = 4
 HASH_SPACE = 2 ** 32
 GROUPS = ("holdout", "measure")
-# What the report endpoint says until the analysis pipeline computes holdout metrics.
+# What the report endpoint says until the holdout's first analysis.
 NOT_COMPUTED = "report not computed yet"
 
 
@@ -223,14 +223,22 @@ def conclude_holdout(session: Session, key: str, principal: Principal) -> Holdou
 
 # --- the report -----------------------------------------------------------------------------
 
-def holdout_report(session: Session, key: str) -> dict[str, Any]:
-    """The holdout report: the experiment report's shape, ``holdout`` as the control.
+def latest_holdout_report(session: Session, holdout_id: int) -> HoldoutReport | None:
+    """The newest stored report of a holdout (:mod:`experiments.services.holdout_reports`)."""
+    return session.scalar(select(HoldoutReport).where(HoldoutReport.holdout_id == holdout_id)
+                          .order_by(HoldoutReport.id.desc()).limit(1))
 
-    Units per group and SRM (against 1:1) come from the stored holdout exposures;
-    metrics, funnel and friction points need the analysis pipeline's per-unit stage
-    over holdout exposures, and until it provides it they stay empty with ``error``.
+
+def holdout_report(session: Session, key: str) -> dict[str, Any]:
+    """The latest holdout report: the experiment report's shape, ``holdout`` as the control.
+
+    Until the first analysis, the units per group and SRM (against 1:1) from the stored
+    holdout exposures, with ``error``.
     """
     holdout = get_holdout(session, key)
+    stored = latest_holdout_report(session, holdout.id)
+    if stored is not None:
+        return {"id": stored.id, **stored.body}
     units = group_counts(session, [holdout.id])[holdout.id]
     srm = srm_test([units[group] for group in GROUPS], [0.5, 0.5])
     return {"holdout": holdout.key, "computed_at": None, "units": units,

@@ -41,7 +41,7 @@ def journey_columns(plan: Plan, unit: Any) -> list[Any]:
 
 
 def friction_outside_query(sources: PipelineSources, journey: Sequence[str], *,
-                           hours: float) -> Select[Any]:
+                           hours: float | None) -> Select[Any]:
     """Per variant (and grouping columns) and step outside the journey: units per friction
     kind met there."""
     x, ev = first_exposures(sources), sources.events

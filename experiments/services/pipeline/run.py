@@ -113,7 +113,7 @@ Group = tuple[Any, ...]  # the values of the sources' grouping columns, in order
 
 
 def aggregate_experiment(connection: Session | Connection, experiment_id: int | None,
-                         metrics: Iterable[MetricSpec], *, hours: float, cuped: bool,
+                         metrics: Iterable[MetricSpec], *, hours: float | None, cuped: bool,
                          journey: Sequence[str] | None = None, rollup: bool = True,
                          sources: PipelineSources | None = None) -> ExperimentAggregates:
     """Every sufficient statistic of one experiment, computed by the database.
@@ -123,6 +123,7 @@ def aggregate_experiment(connection: Session | Connection, experiment_id: int | 
     ``journey`` defaults to the experiment's (read from Parcours's database through a
     Session). On PostgreSQL over its own tables the pass reads the per-unit rollup and only
     the events it has not folded; ``rollup=False`` computes it all from the events.
+    ``hours=None``: no window end (every event from the exposure on, no pre-exposure window).
     Sources with grouping columns are summed over their groups.
     """
     grouped = aggregate_grouped(connection, experiment_id, metrics, hours=hours, cuped=cuped,
@@ -131,7 +132,7 @@ def aggregate_experiment(connection: Session | Connection, experiment_id: int | 
 
 
 def aggregate_grouped(connection: Session | Connection, experiment_id: int | None,
-                      metrics: Iterable[MetricSpec], *, hours: float, cuped: bool,
+                      metrics: Iterable[MetricSpec], *, hours: float | None, cuped: bool,
                       journey: Sequence[str] | None = None, rollup: bool = True,
                       sources: PipelineSources | None = None
                       ) -> dict[Group, ExperimentAggregates]:
@@ -177,8 +178,11 @@ def aggregate_grouped(connection: Session | Connection, experiment_id: int | Non
     if first is None:
         empty = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs}, JourneyCounts())
         return groups if sources.grouping else {(): empty}
-    margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
-    events_between = (first - margin, last + margin)
+    if hours is None:  # no window end: events from the first exposure on
+        events_between: tuple[datetime, datetime | None] = (first - EVENT_RANGE_SLACK, None)
+    else:
+        margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
+        events_between = (first - margin, last + margin)
     query = _unit_source(connection, sources, plan, hours=hours,
                          events_between=events_between, rollup=rollup, units=exposed)
     outside = 0.0
@@ -245,7 +249,7 @@ def marginal(grouped: Mapping[Group, ExperimentAggregates], position: int = 0
 
 
 def _unit_source(connection: Session | Connection, sources: PipelineSources, plan: Plan, *,
-                 hours: float, events_between: tuple[datetime, datetime],
+                 hours: float | None, events_between: tuple[datetime, datetime | None],
                  rollup: bool, units: int) -> Select[Any]:
     """The variant/day query over the per-unit values: rolled up where possible (the rollup
     holds ungrouped per-unit values: grouping columns are joined from the exposures).
@@ -287,11 +291,12 @@ def _read_caps(caps: dict[str, dict[str, float | None]], specs: Sequence[MetricS
             caps[metric.key][part] = None if value is None else float(value)
 
 
-def plan_key(plan: Plan, hours: float) -> str:
+def plan_key(plan: Plan, hours: float | None) -> str:
     """A fingerprint of everything the per-unit values depend on."""
     # Caps apply after the per-unit values: changing one keeps the stored rollup.
     metrics = tuple(replace(m, cap_type=None, cap_value=None) for m in plan.metrics)
-    described = repr((PASS_VERSION, metrics, plan.journey, plan.cuped, float(hours)))
+    described = repr((PASS_VERSION, metrics, plan.journey, plan.cuped,
+                      None if hours is None else float(hours)))
     return hashlib.sha256(described.encode()).hexdigest()
 
 

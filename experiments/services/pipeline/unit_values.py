@@ -2,9 +2,10 @@
 
 The pass joins the events of the same ``unit_id`` inside the unit's window (at or after the
 exposure and less than ``conversion_window_hours`` later, and for CUPED the window of the
-same length before it) for every metric, the funnel and the friction matrix, and groups
-by unit: yes/no flags packed into BIGINT words, sums, first times, last NPS answers. Units
-without a relevant event are absent: their values are all zero (stage 3 counts them).
+same length before it; ``hours=None`` has no window end: every event from the exposure
+on) for every metric, the funnel and the friction matrix, and groups by unit: yes/no
+flags packed into BIGINT words, sums, first times, last NPS answers. Units without a
+relevant event are absent: their values are all zero (stage 3 counts them).
 The join is on the unit only and the window test is in ``WHERE`` (ClickHouse refuses
 inequalities in ``JOIN … ON``; the other engines plan both forms alike).
 
@@ -173,9 +174,12 @@ def _flag_by_flag(word: Word, post: ColumnElement[bool], ev: Any) -> list[Any]:
     return terms
 
 
-def window(x: Any, ev: Any, hours: float, *, with_pre: bool) -> ColumnElement[bool]:
+def window(x: Any, ev: Any, hours: float | None, *, with_pre: bool) -> ColumnElement[bool]:
     """Events inside the unit's analysis window (and its pre-exposure window for CUPED);
-    the caller joins on the unit."""
+    the caller joins on the unit. ``hours=None``: no window end, every event from the
+    exposure on (a holdout's months), and no pre-exposure window."""
+    if hours is None:
+        return ev.c.occurred_at >= x.c.exposed_at
     post = and_(ev.c.occurred_at >= x.c.exposed_at,
                 before_hours_after(x.c.exposed_at, ev.c.occurred_at, literal(hours, Float())))
     if not with_pre:
@@ -326,19 +330,20 @@ class UnitPass:
     A query gives one row per unit that has a relevant event (``exposure_id``, variant,
     exposure time, the grouping columns, then :attr:`values` in order); units without one
     are absent: their values are all zero and stage 3's ``units_query`` counts them.
-    ``events_between`` bounds the event scan (exposure range ± the window).
+    ``events_between`` bounds the event scan (exposure range ± the window; no upper bound
+    without a window end, ``hours=None``).
     """
 
     plan: Plan
-    hours: float
-    events_between: tuple[datetime, datetime] | None
+    hours: float | None
+    events_between: tuple[datetime, datetime | None] | None
     x: Any
     keys: tuple[str, ...]  # exposure_id, variant_key, exposed_at, then the grouping columns
     values: tuple[UnitValue, ...]
 
     @classmethod
-    def of(cls, sources: PipelineSources, plan: Plan, *, hours: float,
-           events_between: tuple[datetime, datetime] | None = None) -> UnitPass:
+    def of(cls, sources: PipelineSources, plan: Plan, *, hours: float | None,
+           events_between: tuple[datetime, datetime | None] | None = None) -> UnitPass:
         """The pass over the sources' first exposures (stage 1)."""
         x = first_exposures(sources)
         values = _unit_values(plan, x, plan.events.c.occurred_at >= x.c.exposed_at)
@@ -353,8 +358,10 @@ class UnitPass:
         where = [window(x, ev, self.hours, with_pre=True), relevant,
                  *_in_range(ev.c.id, event_ids), *_in_range(x.c.exposure_id, exposure_ids)]
         if self.events_between is not None:
-            where += [ev.c.occurred_at >= self.events_between[0],
-                      ev.c.occurred_at < self.events_between[1]]
+            after, before = self.events_between
+            where.append(ev.c.occurred_at >= after)
+            if before is not None:
+                where.append(ev.c.occurred_at < before)
         columns = [value.expression.label(value.label) for value in self.values]
         keys = [x.c[key] for key in self.keys]
         return (select(*keys, *columns)

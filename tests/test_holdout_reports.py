@@ -1,0 +1,142 @@
+"""The holdout report through the analysis pipeline (SPEC §12), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from experiments.db import get_db
+from experiments.jobs import run_analysis
+from experiments.models import Event, Holdout, HoldoutExposure, HoldoutReport
+from experiments.services import holdout_reports
+from experiments.services.holdout_reports import analyze_running_holdouts
+from tests.factories import experiment_payload
+
+T0 = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
+UNITS = 1200  # per group
+METRICS = [{"key": "purchase", "kind": "conversion", "event": "purchase", "role": "primary"},
+           {"key": "views", "kind": "count", "event": "page_view", "role": "secondary"}]
+
+
+def create_holdout(client: Any, headers: dict[str, str], key: str, **scope: Any) -> None:
+    body = {"key": key, "name": key, "percent": 0.05,
+            "scope": scope or {"experiments": ["*"]}, "metrics": METRICS}
+    assert client.post("/api/v1/holdouts", json=body, headers=headers).status_code == 201
+
+
+def create_experiment(client: Any, headers: dict[str, str], key: str,
+                      journey: list[str]) -> None:
+    body = experiment_payload(key, journey=journey, layer=None, targeting=[], overrides={},
+                              metrics=METRICS[:1])
+    response = client.post("/api/v1/experiments", json=body, headers=headers)
+    assert response.status_code == 201, response.json
+
+
+def simulate(db: Any, key: str, rates: dict[str, float], seed: int) -> dict[str, int]:
+    """UNITS exposures per group; each unit buys with its group's rate, 1 to 40 days after
+    its exposure (mostly past any conversion window), and some bought before it (never
+    counted). Journey steps: everyone lands, buyers reach the cart. Returns the purchasers
+    the report must count per group."""
+    rng = random.Random(seed)
+    holdout_id = db.scalar(select(Holdout.id).where(Holdout.key == key))
+    exposures, events, buyers = [], [], dict.fromkeys(rates, 0)
+    for group, rate in rates.items():
+        for index in range(UNITS):
+            unit = f"{key}-{group}-{index}"
+            exposed = T0 + timedelta(hours=rng.uniform(0, 72))
+            exposures.append({"holdout_id": holdout_id, "unit_id": unit, "group": group,
+                              "exposed_at": exposed})
+            stamps = [("page_view", "landing", exposed + timedelta(minutes=1))]
+            if rng.random() < rate:
+                buyers[group] += 1
+                bought = exposed + timedelta(days=rng.uniform(1, 40))
+                stamps += [("purchase", None, bought), ("page_view", "cart", bought)]
+            if rng.random() < 0.1:  # before the exposure: never counted
+                stamps.append(("purchase", None, exposed - timedelta(hours=2)))
+            events += [{"event_id": f"{unit}-{number}", "unit_id": unit, "type": "track",
+                        "name": name, "step": step, "occurred_at": at}
+                       for number, (name, step, at) in enumerate(stamps)]
+    db.execute(insert(HoldoutExposure), exposures)
+    db.execute(insert(Event), events)
+    db.commit()
+    return buyers
+
+
+def test_the_report_detects_a_cumulative_effect_and_an_aa_holdout_shows_none(
+        client, admin_headers, db):
+    create_experiment(client, admin_headers, "first", ["landing", "cart"])
+    create_experiment(client, admin_headers, "second", ["cart", "payment", "thanks"])
+    create_experiment(client, admin_headers, "elsewhere", ["search"])
+    create_holdout(client, admin_headers, "h-effect", experiments=["first", "second"])
+    create_holdout(client, admin_headers, "h-aa", experiments=["first", "second"])
+    buyers = simulate(db, "h-effect", {"holdout": 0.20, "measure": 0.30}, seed=1)
+    simulate(db, "h-aa", {"holdout": 0.24, "measure": 0.24}, seed=2)
+
+    response = client.post("/api/v1/holdouts/h-effect/analyze", headers=admin_headers)
+    assert response.status_code == 200
+    report = response.json
+    assert report["error"] is None and report["holdout"] == "h-effect"
+    assert report["units"] == {"holdout": UNITS, "measure": UNITS}
+    assert report["srm"]["p_value"] == pytest.approx(1.0) and not report["srm"]["detected"]
+    purchase = report["metrics"][0]
+    assert purchase["key"] == "purchase"
+    # Every purchase from exposure on (up to 40 days later), none before it.
+    assert {v["variant"]: v["conversions"] for v in purchase["variants"]} == buyers
+    (comparison,) = purchase["comparisons"]
+    assert comparison["variant"] == "measure"
+    assert comparison["absolute_effect"] == pytest.approx(
+        (buyers["measure"] - buyers["holdout"]) / UNITS)
+    assert comparison["absolute_effect"] > 0.06 and comparison["significant"]
+    assert comparison["adjusted_p_value"] < 0.05
+    # Funnel over the union of in-scope journeys, in order of first appearance.
+    assert [step["step"] for step in report["funnel"]] == ["landing", "cart", "payment",
+                                                            "thanks"]
+    assert report["funnel"][0]["variants"]["measure"]["units"] == UNITS
+    assert report["funnel"][1]["variants"]["holdout"]["units"] == buyers["holdout"]
+    assert report["timeline"] and report["friction_points"] == []
+    # GET returns the stored report.
+    stored = client.get("/api/v1/holdouts/h-effect/report", headers=admin_headers).json
+    assert stored["id"] == report["id"] and stored["metrics"] == report["metrics"]
+
+    aa = client.post("/api/v1/holdouts/h-aa/analyze", headers=admin_headers).json
+    (aa_comparison,) = aa["metrics"][0]["comparisons"]
+    assert not aa_comparison["significant"] and aa_comparison["adjusted_p_value"] > 0.05
+    assert not aa["srm"]["detected"]
+
+
+def test_the_analysis_job_computes_every_running_holdout_despite_one_failure(
+        app, client, admin_headers, db, monkeypatch):
+    create_experiment(client, admin_headers, "first", ["landing", "cart"])
+    for key in ("h-a", "h-b", "h-c"):
+        create_holdout(client, admin_headers, key)
+    simulate(db, "h-b", {"holdout": 0.2, "measure": 0.2}, seed=3)
+    assert client.post("/api/v1/holdouts/h-c/conclude", headers=admin_headers).status_code == 200
+    real = holdout_reports.build_report
+
+    def broken(subject: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if subject.key == "h-a":
+            raise ZeroDivisionError("boom")
+        return real(subject, *args, **kwargs)
+
+    monkeypatch.setattr(holdout_reports, "build_report", broken)
+    results = analyze_running_holdouts(get_db(app).session)
+    assert results == {"h-a": "error: ZeroDivisionError: boom", "h-b": "ok"}
+    stored = {row.holdout_id: row.body for row in db.scalars(select(HoldoutReport))}
+    assert len(stored) == 2  # the concluded holdout is not analysed
+    ids = {key: db.scalar(select(Holdout.id).where(Holdout.key == key)) for key in ("h-a", "h-b")}
+    assert stored[ids["h-a"]]["error"] == "ZeroDivisionError: boom"
+    assert stored[ids["h-b"]]["units"] == {"holdout": UNITS, "measure": UNITS}
+    failed = client.get("/api/v1/holdouts/h-a/report", headers=admin_headers)
+    assert failed.status_code == 200 and failed.json["error"] == "ZeroDivisionError: boom"
+    monkeypatch.setattr(holdout_reports, "build_report", real)
+    run_analysis(app)  # the scheduled job: experiments, then holdouts
+    assert len(db.scalars(select(HoldoutReport)).all()) == 4
+
+
+def test_analyze_an_unknown_holdout_is_404(client, admin_headers):
+    response = client.post("/api/v1/holdouts/nope/analyze", headers=admin_headers)
+    assert response.status_code == 404
