@@ -43,6 +43,7 @@ from experiments.services.pipeline import (
     to_stats,
 )
 from experiments.services.rollup import drop_rollups
+from experiments.services.warehouses import routing
 from stats import (
     AnalysisResult,
     Comparison,
@@ -534,11 +535,11 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     settings = AnalysisSettings.model_validate(experiment.analysis)
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
-    aggregates = aggregate_experiment(
-        session, experiment.id,
-        [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS],
-        hours=settings.conversion_window_hours, cuped=settings.cuped,
-        rollup=experiment.status in ROLLUP_STATUSES)
+    specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
+    aggregates = routing.aggregates_for(session, experiment, settings, specs, lambda: (
+        aggregate_experiment(session, experiment.id, specs,
+                             hours=settings.conversion_window_hours, cuped=settings.cuped,
+                             rollup=experiment.status in ROLLUP_STATUSES)))
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None)
