@@ -11,7 +11,7 @@ import json
 import math
 import random
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ METRICS = [
     {"key": "time-to-buy", "kind": "time_to_convert", "event": "purchase", "role": "secondary",
      "direction": "decrease"},
 ]
+T0 = datetime(2026, 11, 20, 9, 0, 0, 123456, tzinfo=UTC)
 JOURNEY = ["landing", "cart", "checkout", "payment", "confirmation"]
 
 
@@ -123,9 +124,11 @@ def test_a_warehouse_report_equals_the_parcours_report(database_url: str, tmp_pa
                                                         warehouse_url: str) -> None:
     app = make_test_app(database_url, tmp_path)
     experiment = start(app, "wh-parity", metrics=METRICS, overrides={})
-    now = experiment.started_at + timedelta(days=6)
-    with get_db(app).sessionmaker() as db:
+    with get_db(app).sessionmaker() as db:  # a fixed start: the same data on every run
+        experiment = db.get(Experiment, experiment.id)
+        experiment.started_at = T0
         add_journey_traffic(db, experiment, 400)
+    now = T0 + timedelta(days=6)
     synced = run_child(app, warehouse_url, "sync")
     assert synced.returncode == 0, synced.stderr
     assert len(json.loads(synced.stdout)["parcours_exposures"]) == 400
