@@ -22,7 +22,6 @@ from typing import Any
 
 from experiments.models import Experiment, Metric
 from experiments.schemas import AnalysisSettings
-from experiments.services.aggregation import JourneyCounts, to_stats
 from experiments.services.analysis import (
     PENDING_KINDS,
     _analyze_metric,
@@ -31,6 +30,7 @@ from experiments.services.analysis import (
     friction_points,
     quantile_fields,
 )
+from experiments.services.pipeline import JourneyCounts, to_stats
 from experiments.services.quantiles import quantile_metric_result
 from stats import Comparison, StatsInputError, apply_correction, srm_test, summarize
 from stats.heterogeneity import bonferroni, level_vs_rest

@@ -13,9 +13,20 @@ from experiments.services.pipeline.run import (
     PASS_VERSION,
     Daily,
     ExperimentAggregates,
+    Group,
     aggregate_experiment,
+    aggregate_grouped,
+    combine,
+    marginal,
 )
-from experiments.services.pipeline.sources import PipelineSources, own_sources, table_sources
+from experiments.services.pipeline.sources import (
+    NULL_LEVEL,
+    PipelineSources,
+    attribute_level,
+    own_sources,
+    period_of,
+    table_sources,
+)
 from experiments.services.pipeline.unit_values import (
     CUPED_KINDS,
     MetricSpec,
@@ -25,7 +36,8 @@ from experiments.services.pipeline.unit_values import (
 )
 from experiments.services.pipeline.variant_stats import to_stats, units_query, variant_day_query
 
-__all__ = ["CUPED_KINDS", "PASS_VERSION", "Daily", "ExperimentAggregates", "JourneyCounts",
-           "MetricSpec", "PipelineSources", "Plan", "UnitPass", "aggregate_experiment",
-           "friction_outside_query", "match_condition", "own_sources", "table_sources",
-           "to_stats", "units_query", "variant_day_query"]
+__all__ = ["CUPED_KINDS", "NULL_LEVEL", "PASS_VERSION", "Daily", "ExperimentAggregates",
+           "Group", "JourneyCounts", "MetricSpec", "PipelineSources", "Plan", "UnitPass",
+           "aggregate_experiment", "aggregate_grouped", "attribute_level", "combine",
+           "friction_outside_query", "marginal", "match_condition", "own_sources",
+           "period_of", "table_sources", "to_stats", "units_query", "variant_day_query"]
