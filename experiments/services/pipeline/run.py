@@ -9,7 +9,8 @@ report's totals and its cumulative timeline.
 On PostgreSQL, over Parcours's own tables, the per-unit values are kept between analyses
 (:mod:`experiments.services.rollup`), so the pass only reads the events and units that
 arrived since. Everywhere else (SQLite, DuckDB, ClickHouse, warehouse sources) the pass
-is computed in full.
+is computed in full. Quantile metrics and the funnel's time on step are not additive: they
+come from :mod:`.quantiles` (order statistics read from the events, never rolled up).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from experiments.services.pipeline.journey import (
     friction_outside_query,
     number,
 )
+from experiments.services.pipeline.quantiles import QuantileSpec, quantile_stats, time_on_step
 from experiments.services.pipeline.sources import PipelineSources, own_sources
 from experiments.services.pipeline.unit_values import (
     PROPORTION_KINDS,
@@ -50,6 +52,7 @@ from experiments.services.pipeline.variant_stats import (
     variant_day_query,
 )
 from experiments.services.rollup import rolled_up_units
+from stats.quantile import QuantileStats
 
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the query; this prunes
 PASS_VERSION = 2  # bump when the per-unit values change meaning: stored rollups are rebuilt
@@ -92,6 +95,10 @@ class ExperimentAggregates:
     caps: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # variant -> [metric events before, after the exposure] inside the window
     timing: dict[str, list[float]] = field(default_factory=dict)
+    # Quantile metric key -> variant -> its order statistics (SPEC §11)
+    quantiles: dict[str, dict[str, QuantileStats]] = field(default_factory=dict)
+    # (variant, step) -> {"p50", "p90": seconds on the step, "n": units that left it}
+    time_on_step: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
 
 def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
@@ -109,7 +116,9 @@ def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
 def aggregate_experiment(connection: Session | Connection, experiment_id: int | None,
                          metrics: Iterable[MetricSpec], *, hours: float, cuped: bool,
                          journey: Sequence[str] | None = None, rollup: bool = True,
-                         sources: PipelineSources | None = None) -> ExperimentAggregates:
+                         sources: PipelineSources | None = None,
+                         quantiles: Sequence[QuantileSpec] = (),
+                         alpha: float = 0.05) -> ExperimentAggregates:
     """Every sufficient statistic of one experiment, computed by the database.
 
     ``sources`` default to Parcours's own tables for ``experiment_id``; any engine the
@@ -117,6 +126,8 @@ def aggregate_experiment(connection: Session | Connection, experiment_id: int | 
     ``journey`` defaults to the experiment's (read from Parcours's database through a
     Session). On PostgreSQL over its own tables the pass reads the per-unit rollup and only
     the events it has not folded; ``rollup=False`` computes it all from the events.
+    ``quantiles``: quantile metrics, whose order statistics (ranks for ``alpha``) are read
+    from the events after the pass, like the journey's time on step.
     """
     if sources is None:
         assert experiment_id is not None, "own sources need an experiment id"
@@ -166,7 +177,12 @@ def aggregate_experiment(connection: Session | Connection, experiment_id: int | 
     if outside:
         add_friction_outside(counts, connection.execute(
             friction_outside_query(sources, plan.journey, hours=hours)))
-    return ExperimentAggregates(units, by_metric, counts, caps=caps, timing=timing_by_variant)
+    return ExperimentAggregates(
+        units, by_metric, counts, caps=caps, timing=timing_by_variant,
+        quantiles={spec.key: {cell[0]: stats for cell, stats in quantile_stats(
+            connection, sources, spec, journey=plan.journey, hours=hours, alpha=alpha).items()}
+            for spec in quantiles},
+        time_on_step=time_on_step(connection, sources, plan.journey, hours=hours))
 
 
 def _unit_source(connection: Session | Connection, sources: PipelineSources, plan: Plan, *,
