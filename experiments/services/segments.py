@@ -126,8 +126,8 @@ def _metric_result(experiment: Experiment, metric: Metric, settings: AnalysisSet
                    level: LevelAggregates,
                    warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
     """One metric's variant entries and raw comparisons within one level."""
-    if metric.kind == "quantile" and metric.key in level.quantiles:
-        return quantile_metric(experiment, metric, settings, level.quantiles[metric.key],
+    if metric.kind in ORDER_STATISTIC_KINDS:
+        return quantile_metric(experiment, metric, settings, level.quantiles.get(metric.key, {}),
                                warnings)
     return _analyze_metric(experiment, metric, settings, level.metrics.get(metric.key, {}), {},
                            warnings)
