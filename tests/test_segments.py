@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from experiments.services.pipeline import JourneyCounts
 
 from experiments.models import Experiment, Metric, Variant
 from experiments.schemas import AnalysisSettings
+from experiments.services.pipeline import JourneyCounts
 from experiments.services.segments import (
     NULL,
     OTHER,
