@@ -420,6 +420,8 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
                  if n == 0 and sum(units.values())]
     srm = srm_test(list(units.values()), [v.weight for v in experiment.variants])
     matrix = friction_matrix(experiment, settings, units, aggregates.journey)
+    if any(m.kind in ORDER_STATISTIC_KINDS for m in experiment.metrics):
+        warnings.append(TIMELINE_NOTE)
     body = {
         "experiment": experiment.key, "computed_at": now.isoformat(), "method": settings.method,
         "units": units, "srm": {"p_value": srm.p_value, "detected": srm.detected},
@@ -434,8 +436,6 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "decision": None,
         "warnings": list(dict.fromkeys(warnings)),
     }
-    if any(m.kind in ORDER_STATISTIC_KINDS for m in experiment.metrics):
-        body["warnings"].append(TIMELINE_NOTE)
     body["alerts"] = alerts.report_alerts(body, aggregates.timing, list(units))
     return body
 
