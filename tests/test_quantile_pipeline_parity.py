@@ -15,17 +15,25 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from experiments.services.pipeline import QuantileSpec, quantile_stats, time_on_step
+from experiments.db import UtcDateTime
+from experiments.services.pipeline import (
+    QuantileSpec,
+    quantile_stats,
+    table_sources,
+    time_on_step,
+)
 from experiments.services.pipeline.dialects import prepare
 from stats.quantile import QuantileStats, needed_ranks, stats_from_sorted
 from stats.records import RatioStats
 from tests.conftest import requires_postgres
 from tests.test_pipeline_parity import (
     DATA,
+    EXPERIMENT,
     HOURS,
     JOURNEY,
     first_exposures,
     load,
+    plain_tables,
     postgres_schema,  # noqa: F401 - the fixture
 )
 
@@ -41,13 +49,15 @@ Result = tuple[dict[str, dict[Any, QuantileStats]], dict[Any, dict[str, Any]]]
 # -- the reference, from the raw rows in Python ---------------------------------------------
 
 
-def _window_events() -> dict[str, tuple[str, list[dict[str, Any]]]]:
+def _window_events(keep: Any = None) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """Per analysed unit: its variant and its events inside the analysis window."""
     by_unit: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in DATA[1]:
         by_unit[row["unit_id"]].append(row)
     out = {}
     for exposure in first_exposures(DATA[0]):
+        if keep is not None and not keep(exposure["unit_id"]):
+            continue
         start = exposure["exposed_at"]
         end = start + timedelta(hours=HOURS)
         out[exposure["unit_id"]] = (exposure["variant_key"], [
@@ -67,11 +77,12 @@ def _durations(events: list[dict[str, Any]], step: str) -> float | None:
     return (min(later) - start).total_seconds() if later else None
 
 
-def python_reference(spec: QuantileSpec) -> dict[str, QuantileStats]:
-    """Per variant, the values sorted by numpy, then the same ranks and cluster sums."""
+def python_reference(spec: QuantileSpec, keep: Any = None) -> dict[str, QuantileStats]:
+    """Per variant (of the units ``keep`` accepts), the values sorted by numpy, then the
+    same ranks and cluster sums."""
     values: dict[str, list[float]] = defaultdict(list)
     per_unit: dict[str, list[list[float]]] = defaultdict(list)  # event level: unit values
-    for variant, events in _window_events().values():
+    for variant, events in _window_events(keep).values():
         purchases = [row["value"] for row in events if row["name"] == spec.event]
         if spec.source == "event_value":
             mine = [v for v in purchases if v is not None]
@@ -202,3 +213,30 @@ def test_postgresql_gives_identical_order_statistics(
         for table in ("parcours_exposures", "parcours_events"):
             connection.execute(sa.text(f'ANALYZE "{schema}".{table}'))
         assert_matches_python(run(connection, sources))
+
+
+def test_grouping_columns_split_the_partitions(tmp_path: Path) -> None:
+    """Segments reuse the builders: a grouping column (a segment derived from the unit id)
+    gives each (variant, level) the order statistics of its own units."""
+    mobile = lambda unit: unit[-1] in "012"  # noqa: E731
+    engine = sa.create_engine("duckdb:///:memory:")
+    with engine.begin() as connection:
+        plain = load(connection, None, tmp_path)
+        connection.execute(sa.text("ALTER TABLE parcours_exposures ADD COLUMN segment VARCHAR"))
+        connection.execute(sa.text("UPDATE parcours_exposures SET segment = "
+                                   "CASE WHEN right(unit_id, 1) IN ('0', '1', '2') "
+                                   "THEN 'mobile' ELSE 'desktop' END"))
+        base, _ = plain_tables(None, UtcDateTime)
+        table = sa.Table("parcours_exposures", sa.MetaData(), *(c._copy() for c in base.c),
+                         sa.Column("segment", sa.String))
+        grouped = table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
+        got = {spec.key: quantile_stats(connection, grouped, spec, journey=JOURNEY, hours=HOURS,
+                                        grouping=grouped.grouping) for spec in SPECS[::2]}
+        steps = time_on_step(connection, grouped, JOURNEY, hours=HOURS, grouping=("segment",))
+    engine.dispose()
+    for spec in SPECS[::2]:
+        for level, keep in (("mobile", mobile), ("desktop", lambda unit: not mobile(unit))):
+            for variant, stats in python_reference(spec, keep).items():
+                assert_same(got[spec.key][(variant, level)], stats, (spec.key, variant, level))
+    assert sum(steps[("control", level, "cart")]["n"] for level in ("mobile", "desktop")) == \
+        python_time_on_step()[("control", "cart")]["n"]
