@@ -18,7 +18,7 @@ from typing import Any
 from werkzeug.datastructures import MultiDict
 
 from admin.messages import human_message
-from experiments.schemas import AnalysisSettings
+from experiments.schemas import AnalysisSettings, BanditAllocation
 
 VARIANT_FIELDS = ("key", "name", "weight", "role", "payload")
 RULE_FIELDS = ("attribute", "op", "value")
@@ -31,6 +31,8 @@ ANALYSIS_CHOICES = ("method", "correction")
 ANALYSIS_FLAGS = ("cuped", "auto_decide", "auto_conclude")
 # Segment dimensions are typed as one comma-separated line ("country, device").
 ANALYSIS_LISTS = ("dimensions",)
+# The allocation (SPEC §13): a type, and a bandit's four settings (blank: the default).
+ALLOCATION_NUMBERS = ("burn_in_hours", "update_every_hours", "min_weight", "min_units_per_arm")
 TEXT_FIELDS = ("key", "name", "hypothesis", "owner", "layer", "traffic", "learnings")
 Errors = dict[str, list[str]]
 
@@ -53,6 +55,7 @@ def blank_state() -> dict[str, Any]:
                      "denominator": "", "step": "", "friction_kind": "", "cap_type": "",
                      "cap_value": "", "quantile": "", "source": ""}],
         "analysis": {name: _text(value) for name, value in defaults.items()},
+        "allocation": _allocation_state({"type": "fixed"}),
     }
 
 
@@ -73,7 +76,16 @@ def state_from_experiment(data: dict[str, Any]) -> dict[str, Any]:
         "metrics": [{name: _text({**m, **_cap_columns(m.get("cap"))}.get(name))
                      for name in METRIC_FIELDS} for m in data.get("metrics") or []],
         "analysis": {name: _text(value) for name, value in (data.get("analysis") or {}).items()},
+        "allocation": _allocation_state(data.get("allocation") or {"type": "fixed"}),
     }
+
+
+def _allocation_state(allocation: dict[str, Any]) -> dict[str, str]:
+    """The allocation's form fields: its type, and a bandit's settings (defaults shown)."""
+    defaults = BanditAllocation(type="bandit").model_dump(mode="json")
+    shown = {**defaults, **allocation} if allocation.get("type") == "bandit" else defaults
+    return {"type": allocation.get("type", "fixed"),
+            **{name: _text(shown[name]) for name in ALLOCATION_NUMBERS}}
 
 
 def _text(value: Any) -> str:
@@ -99,6 +111,8 @@ def parse_form(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict[str, Any
                          for name in ANALYSIS_NUMBERS + ANALYSIS_CHOICES + ANALYSIS_LISTS}
     state["analysis"].update({name: "on" if form.get(f"analysis_{name}") else ""
                               for name in ANALYSIS_FLAGS})
+    state["allocation"] = {name: form.get(f"allocation_{name}", "").strip()
+                           for name in ("type", *ALLOCATION_NUMBERS)}
     data = {
         "key": state["key"], "name": state["name"], "hypothesis": state["hypothesis"],
         "owner": state["owner"], "layer": state["layer"] or None,
@@ -108,6 +122,7 @@ def parse_form(form: MultiDict[str, str]) -> tuple[dict[str, Any], dict[str, Any
         "overrides": _overrides(state["overrides"], errors),
         "metrics": [_metric(row) for row in state["metrics"]],
         "analysis": _analysis(state["analysis"]),
+        "allocation": _allocation(state["allocation"]),
     }
     _check_one_control(data["variants"], errors)
     return state, data, errors
@@ -205,11 +220,22 @@ def _analysis(values: dict[str, str]) -> dict[str, Any]:
     return settings
 
 
+def _allocation(values: dict[str, str]) -> dict[str, Any]:
+    """``{"type": "fixed"}``, or a bandit with the settings typed (numbers left as text for
+    the schema to check and name, e.g. ``allocation.min_weight``)."""
+    kind = values.get("type") or "fixed"
+    if kind == "fixed":
+        return {"type": "fixed"}
+    return {"type": kind, **{name: values[name] for name in ALLOCATION_NUMBERS
+                             if values.get(name)}}
+
+
 def merge_errors(local: Errors, details: list[dict[str, Any]]) -> Errors:
     """Local messages first, then the service's, one list per field path."""
     merged = {path: list(messages) for path, messages in local.items()}
     for detail in details:
-        path = str(detail.get("field") or "form")
+        # The API names a bandit setting under its union tag (allocation.bandit.min_weight).
+        path = str(detail.get("field") or "form").replace("allocation.bandit.", "allocation.")
         message = human_message(path, str(detail.get("message", "invalid")))
         if path not in local and message not in merged.get(path, []):
             merged.setdefault(path, []).append(message)

@@ -17,6 +17,7 @@ LABELS = {
     "mde": "Minimum detectable effect", "alpha": "Alpha", "power": "Power",
     "daily_units": "Daily units", "new_key": "New key", "new_name": "New name",
     "dimensions": "Segment dimensions",
+    "percent": "Share held out", "scope": "Scope",
 }
 ROWS = {"variants": "Variant", "metrics": "Metric", "targeting": "Rule", "journey": "Step"}
 KEY_RULE = "lowercase letters, digits, - and _ only (start with a letter or digit, at most 64)"

@@ -52,6 +52,14 @@ def srm_detected(body: dict[str, Any] | None) -> bool:
     return bool(_dict((body or {}).get("srm")).get("detected"))
 
 
+def identity_line(body: dict[str, Any] | None) -> dict[str, int] | None:
+    """The report's identity clusters (SPEC §14) when any unit was linked, else None."""
+    found = _dict((body or {}).get("identity"))
+    counts = {name: int(found.get(name) or 0) for name in ("clusters", "linked_units",
+                                                           "conflicts")}
+    return counts if counts["linked_units"] or counts["conflicts"] else None
+
+
 def unit_split(body: dict[str, Any], weights: dict[str, float]) -> list[dict[str, Any]]:
     """Observed vs expected share of units per variant (what SRM compares)."""
     units = _dict(body.get("units"))

@@ -189,18 +189,24 @@ def bench_app(url: str) -> Any:
                        "LOG_LEVEL": "WARNING"})
 
 
-def create_running_experiment(url: str) -> int:
-    """The demo experiment's configuration (4 metrics), started DAYS days before NOW."""
+def bench_experiment() -> dict[str, Any]:
+    """The demo experiment's configuration (4 metrics) under the bench's key, with CUPED."""
+    from experiments.services.demo import DEMO_EXPERIMENT
+
+    return {**DEMO_EXPERIMENT, "key": KEY,
+            "analysis": {"method": "sequential", "min_units_per_variant": 1000,
+                         "min_days": 7, "cuped": True}}
+
+
+def create_running_experiment(url: str, payload: dict[str, Any] | None = None) -> int:
+    """``payload`` (default :func:`bench_experiment`), started DAYS days before NOW."""
     from experiments.auth import SYSTEM
     from experiments.db import get_db
     from experiments.models import Experiment
-    from experiments.services.demo import DEMO_EXPERIMENT
     from experiments.services.lifecycle import create_experiment, transition
 
     app = bench_app(url)
-    payload = {**DEMO_EXPERIMENT, "key": KEY,
-               "analysis": {"method": "sequential", "min_units_per_variant": 1000,
-                            "min_days": 7, "cuped": True}}
+    payload = payload or bench_experiment()
     with app.app_context(), get_db(app).session() as session:
         experiment = create_experiment(session, payload, SYSTEM)
         transition(session, KEY, "start", SYSTEM)
@@ -313,8 +319,8 @@ def run_floor(url: str, experiment_id: int) -> None:
     engine.dispose()
 
 
-def run_analysis(url: str) -> dict[str, Any]:
-    """One full report through the same service the scheduler calls."""
+def run_analysis(url: str, *, units: int = UNITS) -> dict[str, Any]:
+    """One full report through the same service the scheduler calls (``units`` exposed)."""
     from experiments.db import get_db
     from experiments.services.analysis import analyze_experiment
 
@@ -323,7 +329,7 @@ def run_analysis(url: str) -> dict[str, Any]:
         report = analyze_experiment(session, KEY, now=NOW)
         body = report.body
     get_db(app).engine.dispose()
-    assert sum(body["units"].values()) >= UNITS, body.get("units")
+    assert sum(body["units"].values()) >= units, body.get("units")
     return body
 
 

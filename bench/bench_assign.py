@@ -2,7 +2,9 @@
 
 1. In-process: µs per decision for one experiment (:func:`decide` on the cached
    configuration) vs the GrowthBook Python SDK's ``GrowthBook(attributes=…).run(
-   Experiment(…))`` on the same unit ids. Target ≥ 10× faster.
+   Experiment(…))`` on the same unit ids. Target ≥ 10× faster. Beside it, the holdout
+   check (SPEC §12): :func:`decide_all` for that experiment with no holdout (its cost
+   over ``decide`` must not be measurable) and with a running holdout covering it.
 2. HTTP: requests/s of ``POST /api/v1/assign`` (3 running experiments) vs a bare Flask
    JSON endpoint, both under gunicorn with the deployed settings (gunicorn.conf.py: its
    worker class and workers for the database on this machine; no access log), loaded by
@@ -102,6 +104,37 @@ def per_decision_us() -> tuple[float, float]:
         growthbook_us = min(growthbook_us, (time.perf_counter() - started) / len(units) * 1e6)
     assert set(ours) == set(theirs) == {"control", "treatment"}
     return parcours_us, growthbook_us
+
+
+def holdout_decision_us() -> tuple[float, float, float]:
+    """µs per decision for one experiment: ``decide``; ``decide_all`` with no holdout; and
+    with a 5 % holdout covering it (every unit hashed for its group, held units answered)."""
+    from experiments.services.assignment import decide, decide_all
+    from experiments.services.config_cache import ConfigSnapshot, VariantConfig, experiment_config
+    from experiments.services.holdouts import HoldoutConfig
+
+    config = experiment_config(
+        id=1, key="checkout-redesign", salt="a1b2c3d4",
+        variants=[VariantConfig("control", 0.5, True, {}),
+                  VariantConfig("treatment", 0.5, False, {})],
+        targeting=[{"attribute": "country", "op": "in", "value": ["FR", "BE"]}])
+    holdout = HoldoutConfig.build(1, "h2027", 0.05, {"experiments": ["*"]})
+    plain = ConfigSnapshot(by_key={config.key: config}, running=(config,))
+    held = ConfigSnapshot(by_key={config.key: config}, running=(config,),
+                          holdouts_of={config.id: (holdout,)})
+    units = [f"visitor-{index}" for index in range(DECISIONS)]
+    configs = [config]
+    best = [float("inf")] * 3
+    for _ in range(5):  # interleaved, best of each, as above
+        for slot, run in enumerate((
+                lambda unit: decide(config, unit, ATTRIBUTES),
+                lambda unit: decide_all(plain, configs, unit, ATTRIBUTES),
+                lambda unit: decide_all(held, configs, unit, ATTRIBUTES))):
+            started = time.perf_counter()
+            for unit in units:
+                run(unit)
+            best[slot] = min(best[slot], (time.perf_counter() - started) / len(units) * 1e6)
+    return best[0], best[1], best[2]
 
 
 # --- 2. HTTP under gunicorn ----------------------------------------------------------------
@@ -298,6 +331,10 @@ def main() -> None:
     parcours_us, growthbook_us = per_decision_us()
     print(f"  in-process decision: parcours {parcours_us:.2f} µs, growthbook run() "
           f"{growthbook_us:.2f} µs -> {growthbook_us / parcours_us:.1f}x faster (target >= 10x)")
+    bare_us, no_holdout_us, holdout_us = holdout_decision_us()
+    print(f"  in-process decision with holdouts applied: no holdout {no_holdout_us:.2f} µs "
+          f"({no_holdout_us / bare_us:.2f}x decide alone), a 5 % holdout covering the "
+          f"experiment {holdout_us:.2f} µs ({holdout_us / bare_us:.2f}x)")
     with tempfile.TemporaryDirectory() as tmp:
         shape, rates = http_ratios(Path(tmp))
     bare = rates.pop("bare")

@@ -284,6 +284,42 @@ class GuardrailNotification(Base):
     notified_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Holdout(Base):
+    """A share of units kept away from every in-scope experiment for months (SPEC §12)."""
+
+    __tablename__ = "holdouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    percent: Mapped[float] = mapped_column(Float)
+    # {"experiments": ["*"]} | {"experiments": [keys]} | {"layers": [layers]}
+    scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Experiment metric definitions (SPEC §3), as JSON: the holdout has no variants to join.
+    metrics: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The assignment cache's fingerprint reads it: a change is seen by every worker.
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    concluded_at: Mapped[datetime | None]
+
+
+class HoldoutExposure(Base):
+    """The first time a ``holdout`` or ``measure`` unit met an in-scope experiment."""
+
+    __tablename__ = "holdout_exposures"
+    __table_args__ = (
+        UniqueConstraint("holdout_id", "unit_id", name="uq_holdout_exposures_holdout_unit"),
+        Index("ix_holdout_exposures_unit_id", "unit_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    holdout_id: Mapped[int] = mapped_column(ForeignKey("holdouts.id", ondelete="CASCADE"))
+    unit_id: Mapped[str] = mapped_column(String(200))
+    group: Mapped[str] = mapped_column(String(16))  # holdout | measure
+    exposed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class User(Base):
     """An admin UI account (argon2 password hash)."""
 

@@ -23,11 +23,14 @@ analysis_completed = _signals.signal("analysis.completed")
 srm_detected = _signals.signal("srm.detected")
 guardrail_breached = _signals.signal("guardrail.breached")
 experiment_reallocated = _signals.signal("experiment.reallocated")
+holdout_created = _signals.signal("holdout.created")
+holdout_concluded = _signals.signal("holdout.concluded")
 
 DOMAIN_SIGNALS = (
     experiment_created, experiment_started, experiment_paused, experiment_concluded,
     experiment_decided, analysis_completed, srm_detected, guardrail_breached,
     experiment_reallocated,
+    holdout_created, holdout_concluded,
 )
 EVENT_TYPES = tuple(signal.name for signal in DOMAIN_SIGNALS)
 

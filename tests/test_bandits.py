@@ -239,7 +239,8 @@ def test_period_sums_split_units_by_their_exposure_period(app: Flask) -> None:
         session.add(Event(event_id="late", unit_id="d", type="conversion", name="click",
                           occurred_at=started + timedelta(hours=31 + 80)))  # out of window
         session.commit()
-        sums = bandits.period_sums(session, experiment)
+        sums = bandits.primary_periods(
+            session, experiment, bandits.periods_of(session, experiment.id)).sums("click")
     assert {p: {v: (s.n, s.sum, s.sum_squares) for v, s in arms.items()}
             for p, arms in sums.items()} == {
         0: {"control": (1, 1.0, 1.0), "b": (1, 0.0, 0.0)},

@@ -15,6 +15,7 @@ from experiments.models import (
     Report,
     User,
 )
+from experiments.services.pipeline import MetricSpec, aggregate_experiment, own_sources
 
 
 def test_api_key_is_printed_alone_on_the_last_line_and_stored_hashed(runner, db, client):
@@ -77,6 +78,25 @@ def test_seed_demo_is_idempotent(runner, db):
     late = db.execute(select(Event.unit_id, Event.friction_kind)
                       .where(Event.name == "late_delivery")).all()
     assert sorted(late) == sorted((f"customer-{n}", "support_contact") for n in range(1, 41, 4))
+    # The report counts them in the variant each customer saw on the web (SPEC §14): its
+    # support contacts are the visitors' own plus the late deliveries of that variant.
+    late_by_variant = dict(db.execute(
+        select(Exposure.variant_key, func.count())
+        .join(IdentityLink, IdentityLink.anonymous_id == Exposure.unit_id)
+        .where(Exposure.experiment_id == demo.id,
+               IdentityLink.user_id.in_([unit for unit, _ in late]))
+        .group_by(Exposure.variant_key)).all())
+    contacts = [MetricSpec("support-contacts", "friction", friction_kind="support_contact")]
+    visitors_only = aggregate_experiment(db, demo.id, contacts, hours=72, cuped=False,
+                                         rollup=False, sources=own_sources(demo.id))
+    own = visitors_only.metrics["support-contacts"].totals()
+    body = reports[0].body
+    [reported] = [m for m in body["metrics"] if m["key"] == "support-contacts"]
+    counted = {v["variant"]: round(v["estimate"] * v["units"]) for v in reported["variants"]}
+    assert counted == {variant: round(own[variant]["sum"]) + late_by_variant.get(variant, 0)
+                       for variant in ("control", "one-page")}
+    assert sum(late_by_variant.values()) == 10
+    assert body["identity"] == {"clusters": 6000, "linked_units": 40, "conflicts": 0}
 
 
 def test_bootstrap_dev_prints_the_same_credentials_twice(runner):

@@ -57,7 +57,8 @@ def test_the_audit_keeps_a_digest_of_the_id_not_the_id(client, admin_headers, db
     erased = [entry for entry in entries if entry["action"] == "unit.erased"]
     digest = hashlib.sha256(WHALE.encode()).hexdigest()
     assert [entry["target_id"] for entry in erased] == [digest]
-    assert erased[0]["after"] == {"sha256": digest, "events": 2, "exposures": 2, "links": 0}
+    assert erased[0]["after"] == {"sha256": digest, "events": 2, "exposures": 2,
+                                  "holdout_exposures": 0, "links": 0}
     assert WHALE not in json.dumps(entries)
 
 

@@ -11,11 +11,18 @@ from flask.testing import FlaskClient
 
 from tests.conftest import auth_headers
 from tests.factories import experiment_payload
-from tests.write_routes import WRITE_ROUTES, NulSpot, WriteRoute, nul_cases, with_nul
+from tests.write_routes import (
+    WRITE_ROUTES,
+    NulSpot,
+    WriteRoute,
+    holdout_body,
+    nul_cases,
+    with_nul,
+)
 
 
 def prepare(client: FlaskClient, admin: dict[str, str], needs: str | None) -> None:
-    """Create what the route acts on: a draft or running experiment, or a webhook."""
+    """Create what the route acts on: a draft or running experiment, a webhook or a holdout."""
     if needs in ("draft", "running"):
         created = client.post("/api/v1/experiments", json=experiment_payload(), headers=admin)
         assert created.status_code == 201, created.get_json()
@@ -26,6 +33,9 @@ def prepare(client: FlaskClient, admin: dict[str, str], needs: str | None) -> No
         hook = client.post("/api/v1/webhooks", headers=admin, json={
             "url": "http://127.0.0.1:9/hook", "events": ["experiment.decided"]})
         assert hook.status_code == 201, hook.get_json()
+    if needs == "holdout":
+        created = client.post("/api/v1/holdouts", json=holdout_body(), headers=admin)
+        assert created.status_code == 201, created.get_json()
 
 
 def send(app: Flask, route: WriteRoute, body: dict[str, Any]) -> Any:

@@ -12,6 +12,7 @@ steps and friction kinds in and outside the journey) is loaded as plain tables
 from __future__ import annotations
 
 import csv
+import json
 import random
 import uuid
 from collections.abc import Iterator
@@ -33,10 +34,17 @@ from experiments.services.pipeline import (
     Plan,
     UnitPass,
     aggregate_experiment,
+    aggregate_grouped,
+    attribute_level,
+    combine,
+    marginal,
+    own_sources,
+    period_of,
     table_sources,
     units_query,
     variant_day_query,
 )
+from experiments.services.pipeline.exposures import first_exposures as first_exposure_rows
 from experiments.services.pipeline.exposures import multi_variant_units
 from tests.conftest import POSTGRES_URL, requires_postgres
 from tests.test_aggregation import make_experiment
@@ -58,6 +66,11 @@ METRICS = [
     MetricSpec("ttb", "time_to_convert", event="purchase"),
 ]
 INTEGER_SUMS = {"n", "promoters", "detractors"}
+# Exposure attribute snapshots: text, a number, JSON null and a missing key (both __null__).
+ATTRIBUTES: list[dict[str, Any]] = [{"country": "FR", "plan": 1}, {"country": "DE", "plan": 2},
+                                    {"country": "FR", "plan": 2}, {"country": None, "plan": 1},
+                                    {"plan": 1}, {"country": "US"}]
+PERIODS = [T0 + timedelta(hours=20), T0 + timedelta(hours=50)]  # bandit weight changes
 EXACT_KINDS = {"conversion", "friction", "count"}
 
 
@@ -120,6 +133,10 @@ def generate() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
         events += _events_of(rng, unit, exposed)
     for index in range(300):  # events of units never exposed
         events += _events_of(rng, f"stranger{index}", _at(rng, T0, 0, 72))
+    for number, row in enumerate(exposures):  # a unit's later exposures carry a changed level
+        later = number and exposures[number - 1]["unit_id"] == row["unit_id"]
+        row["attributes"] = json.dumps({"country": "XX", "plan": 9} if later else
+                                       ATTRIBUTES[int(row["unit_id"][1:]) % len(ATTRIBUTES)])
     rng.shuffle(exposures)
     rng.shuffle(events)
     for number, row in enumerate(exposures, start=1):
@@ -128,7 +145,8 @@ def generate() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
         row["id"] = number
     # Another experiment's exposures in the same table (the experiment filter drops them).
     exposures.append({"exposure_id": len(exposures) + 1, "experiment_id": EXPERIMENT + 1,
-                      "unit_id": "u00001", "variant_key": "control", "exposed_at": T0})
+                      "unit_id": "u00001", "variant_key": "control", "exposed_at": T0,
+                      "attributes": "{}"})
     return exposures, events, multi
 
 
@@ -163,12 +181,14 @@ class NaiveUtc(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def plain_tables(schema: str | None, timestamp: Any) -> tuple[sa.Table, sa.Table]:
+def plain_tables(schema: str | None, timestamp: Any,
+                 attributes: bool = False) -> tuple[sa.Table, sa.Table]:
     metadata = sa.MetaData(schema=schema)
     exposures = sa.Table(
         "parcours_exposures", metadata, sa.Column("exposure_id", sa.BigInteger),
         sa.Column("experiment_id", sa.BigInteger), sa.Column("unit_id", sa.String(200)),
-        sa.Column("variant_key", sa.String(64)), sa.Column("exposed_at", timestamp))
+        sa.Column("variant_key", sa.String(64)), sa.Column("exposed_at", timestamp),
+        *([sa.Column("attributes", sa.Text)] if attributes else []))
     events = sa.Table(
         "parcours_events", metadata, sa.Column("id", sa.BigInteger),
         sa.Column("unit_id", sa.String(200)), sa.Column("type", sa.String(16)),
@@ -190,7 +210,7 @@ def _csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 CH_EXPOSURES = ("exposure_id Int64, experiment_id Int64, unit_id String, variant_key String, "
-                "exposed_at DateTime64(6, 'UTC')")
+                "exposed_at DateTime64(6, 'UTC'), attributes String")
 CH_EVENTS = ("id Int64, unit_id String, type String, name String, step Nullable(String), "
              "friction_kind Nullable(String), value Nullable(Float64), "
              "occurred_at DateTime64(6, 'UTC')")
@@ -201,7 +221,8 @@ def load(connection: sa.Connection, schema: str | None, tmp: Path) -> PipelineSo
     reader where executemany is slow (DuckDB, chDB)."""
     exposures_rows, event_rows, _ = DATA
     name = connection.dialect.name
-    exposures, events = plain_tables(schema, NaiveUtc if name == "chdb" else UtcDateTime)
+    exposures, events = plain_tables(schema, NaiveUtc if name == "chdb" else UtcDateTime,
+                                     attributes=True)
     if name == "chdb":
         for table, columns in ((exposures, CH_EXPOSURES), (events, CH_EVENTS)):
             connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
@@ -233,6 +254,48 @@ def run(connection: Any, sources: PipelineSources | None = None,
         experiment_id: int | None = None) -> ExperimentAggregates:
     return aggregate_experiment(connection, experiment_id, METRICS, hours=HOURS, cuped=True,
                                 journey=JOURNEY, sources=sources)
+
+
+def grouped(sources: PipelineSources) -> PipelineSources:
+    """Grouped by two segment dimensions and the bandit period of the exposure."""
+    return sources.grouped_by(country=attribute_level(sources, "country"),
+                              plan=attribute_level(sources, "plan"),
+                              period=period_of(sources.exposures.c.exposed_at, PERIODS))
+
+
+def run_grouped(connection: Any, sources: PipelineSources | None = None,
+                experiment_id: int | None = None) -> dict[tuple[Any, ...], ExperimentAggregates]:
+    if sources is None:
+        assert experiment_id is not None
+        sources = own_sources(experiment_id)
+    return aggregate_grouped(connection, experiment_id, METRICS, hours=HOURS, cuped=True,
+                             journey=JOURNEY, sources=grouped(sources))
+
+
+def expected_units() -> dict[tuple[str, str, int], int]:
+    """Units per (country, plan, period), from each unit's FIRST exposure, in Python."""
+    counts: dict[tuple[str, str, int], int] = {}
+    for row in first_exposures(DATA[0]):
+        attributes = json.loads(row["attributes"])
+        key = (attributes.get("country") or "__null__", str(attributes.get("plan", "__null__")),
+               sum(row["exposed_at"] >= at for at in PERIODS))
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def assert_grouped(got: dict[tuple[Any, ...], ExperimentAggregates],
+                   reference: ExperimentAggregates, multi: int = DATA[2]) -> None:
+    """The groups add up exactly to the whole report, each unit in the levels of its first
+    exposure (never 'XX', the later snapshot) and the period its exposure time falls in."""
+    units = {(country, plan, int(period)): int(sum(s["n"] for s in a.units.rows.values()))
+             for (country, plan, period), a in got.items()}
+    assert units == expected_units()
+    assert_identical(combine(got.values()), reference)
+    by_country = marginal(got, 0)
+    assert set(by_country) == {"FR", "DE", "US", "__null__"}
+    assert_identical(combine(by_country.values()), reference)
+    assert all(a.caps == reference.caps for a in got.values())  # one threshold for all
+    assert {a.multi_variant_units for a in got.values()} == {multi}
 
 
 # -- comparing -------------------------------------------------------------------------------
@@ -285,6 +348,7 @@ def test_the_reference_covers_every_case(reference: ExperimentAggregates) -> Non
     assert all(reference.journey.reached[(v, s)] > 0 for v in ("control", "treatment")
                for s in JOURNEY)
     assert all(before > 0 and after > 0 for before, after in reference.timing.values())
+    assert reference.multi_variant_units == DATA[2] > 0
 
 
 @pytest.fixture
@@ -311,6 +375,7 @@ def test_duckdb_and_clickhouse_give_identical_statistics(
         sources = load(connection, None, tmp_path)
         assert_identical(run(connection, sources), reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
+        assert_grouped(run_grouped(connection, sources), reference)
     engine.dispose()
 
 
@@ -322,6 +387,7 @@ def test_postgresql_plain_tables_give_identical_statistics(
         sources = load(connection, schema, Path())
         assert_identical(run(connection, sources), reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
+        assert_grouped(run_grouped(connection, sources), reference)
 
 
 def test_own_tables_give_identical_statistics(db: Session,
@@ -333,9 +399,10 @@ def test_own_tables_give_identical_statistics(db: Session,
     db.execute(Exposure.__table__.insert(), [
         {"experiment_id": experiment.id, "unit_id": row["unit_id"],
          "variant_key": row["variant_key"], "exposed_at": row["exposed_at"],
-         "is_override": False} for row in first] + [
+         "attributes": json.loads(row["attributes"]), "is_override": False}
+        for row in first] + [
         {"experiment_id": experiment.id, "unit_id": f"forced{i}", "variant_key": "treatment",
-         "exposed_at": T0, "is_override": True} for i in range(20)])
+         "exposed_at": T0, "attributes": {}, "is_override": True} for i in range(20)])
     db.execute(Event.__table__.insert(), [
         {**row, "event_id": f"e{row['id']}", "received_at": row["occurred_at"],
          "properties": {}} for row in DATA[1]])
@@ -343,6 +410,28 @@ def test_own_tables_give_identical_statistics(db: Session,
     assert_identical(run(db, experiment_id=experiment.id), reference)
     db.commit()
     assert_identical(run(db, experiment_id=experiment.id), reference)  # rollup read back
+    assert_grouped(run_grouped(db, experiment_id=experiment.id), reference, multi=0)
+
+
+def test_sqlite_groups_add_up_and_a_level_is_its_own_analysis(
+        reference: ExperimentAggregates, tmp_path: Path) -> None:
+    """On SQLite too; and one level equals the analysis of that level's units alone (for an
+    uncapped metric: a capped one is capped by the whole experiment's threshold)."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/grouped.db")
+    with engine.begin() as connection:
+        sources = load(connection, None, tmp_path)
+        got = run_grouped(connection, sources)
+        assert_grouped(got, reference)
+        first = first_exposure_rows(grouped(sources))
+        fr = sa.select(first).where(first.c.country == "FR").subquery("fr")
+        alone = aggregate_experiment(connection, None, METRICS[:1], hours=HOURS, cuped=True,
+                                     journey=JOURNEY,
+                                     sources=PipelineSources(fr, sources.events, True))
+    engine.dispose()
+    level = marginal(got, 0)["FR"]
+    assert level.units.rows == alone.units.rows
+    assert level.metrics["conv"].rows == alone.metrics["conv"].rows
+    assert level.journey == alone.journey
 
 
 def test_a_grouping_column_flows_from_exposures_to_the_variant_rows(tmp_path: Path) -> None:

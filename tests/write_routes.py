@@ -37,7 +37,7 @@ class WriteRoute:
     role: str
     body: Callable[[], dict[str, Any]]
     spots: tuple[NulSpot, ...]
-    needs: str | None = None  # "draft", "running" or "webhook"
+    needs: str | None = None  # "draft", "running", "webhook" or "holdout"
     # Where the refusal names its fields: the SPEC envelope unless the route has its own.
     refused: int = 422
     fields_of: Callable[[Any], list[str]] = field(default=lambda body: [
@@ -91,6 +91,17 @@ EXPERIMENT_SPOTS = _spots(
 )
 
 
+def holdout_body() -> dict[str, Any]:
+    return {"key": "h2027", "name": "2027 holdout", "percent": 0.05,
+            "scope": {"experiments": ["checkout-redesign"]},
+            "metrics": [{"key": "purchase", "kind": "conversion", "event": "purchase",
+                         "role": "primary"}]}
+
+
+HOLDOUT_SPOTS = _spots((("name",), "name"), (("scope", "experiments", 0), "scope.experiments"),
+                       (("metrics", 0, "event"), "metrics[0].event"))
+
+
 def _patch() -> dict[str, Any]:
     body = _nested_payload_experiment()
     return {name: body[name] for name in ("name", "hypothesis", "owner", "journey",
@@ -134,6 +145,11 @@ WRITE_ROUTES: tuple[WriteRoute, ...] = (
                lambda: {"url": "http://127.0.0.1:9/other", "description": "BI"},
                _spots((("url",), "url"), (("description",), "description")),
                needs="webhook"),
+    WriteRoute("create holdout", "POST", "/api/v1/holdouts", "admin", holdout_body,
+               (*HOLDOUT_SPOTS, NulSpot(("key",), "key"))),
+    WriteRoute("patch holdout", "PATCH", "/api/v1/holdouts/h2027", "admin",
+               lambda: {name: value for name, value in holdout_body().items() if name != "key"},
+               HOLDOUT_SPOTS, needs="holdout"),
     WriteRoute("assign", "POST", "/api/v1/assign", "client",
                lambda: {"unit_id": "visitor-1", "attributes": {"country": "FR"},
                         "experiments": ["checkout-redesign"]},

@@ -13,8 +13,8 @@ from admin.format import error_text
 from experiments.db import db_session
 from experiments.errors import ApiError
 
-MODULES = ("auth", "portfolio", "experiments", "library", "accounts", "webhooks", "audit",
-           "warehouses")
+MODULES = ("auth", "portfolio", "experiments", "library", "holdouts", "accounts", "webhooks",
+           "audit", "warehouses")
 
 
 def load_views() -> None:

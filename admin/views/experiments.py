@@ -32,7 +32,8 @@ from experiments.schemas import (
     MetricKind,
     TargetingOp,
 )
-from experiments.services import analysis, audit, bandits, lifecycle, portfolio
+from experiments.schemas.identity import ConflictList
+from experiments.services import analysis, audit, bandits, identity, lifecycle, portfolio
 from experiments.services.simulate import SimulationPlan, simulate_traffic
 
 PAGE_SIZE = 50
@@ -229,6 +230,7 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
         "funnel": presenters.funnel(body, variants),
         "heatmaps": presenters.friction_heatmaps(body, list(row.journey), treatments),
         "warnings": body.get("warnings") if isinstance(body.get("warnings"), list) else [],
+        "identity": presenters.identity_line(body),
     }
 
 
@@ -336,6 +338,14 @@ def simulate_experiment(key: str) -> Response:
               "(the others were excluded by traffic, targeting or layer). "
               "Run the analysis to see them.", "success")
     return redirect(url_for("admin.experiment", key=key))
+
+
+@bp.route("/experiments/<key>/conflicts.json")
+@requires("viewer")
+def experiment_conflicts(key: str) -> Response:
+    """The API's conflicts list (SPEC §14), for people signed in without a key."""
+    found = ConflictList.model_validate({"items": identity.conflicts(db_session(), key)})
+    return Response(found.model_dump_json(), mimetype="application/json")
 
 
 @bp.route("/experiments/<key>/export.<fmt>")

@@ -13,6 +13,7 @@ def register_blueprints(app: Flask) -> None:
         calculators,
         events,
         experiments,
+        holdouts,
         identity,
         ofrep,
         portfolio,
@@ -26,5 +27,6 @@ def register_blueprints(app: Flask) -> None:
 
     app.before_request(refuse_nul_in_url)
     for module in (experiments, assign, ofrep, events, sdk, system, reports, calculators,
-                   units, portfolio, bandits, warehouses, identity):
+                   units, portfolio, bandits, warehouses, identity,
+                   holdouts):
         app.register_blueprint(module.bp)

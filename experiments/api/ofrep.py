@@ -35,7 +35,7 @@ TAGS = ("openfeature",)
 OFREP_ERROR_CODES = frozenset(get_args(OfrepErrorCode))
 _OFREP_REASONS = {
     "assigned": "SPLIT", "override": "TARGETING_MATCH", "traffic": "DEFAULT",
-    "targeting": "DEFAULT", "layer": "DEFAULT", "not_running": "DISABLED",
+    "targeting": "DEFAULT", "layer": "DEFAULT", "holdout": "DEFAULT", "not_running": "DISABLED",
     "concluded": "DISABLED",
 }
 

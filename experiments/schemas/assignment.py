@@ -17,8 +17,8 @@ _SENT_DOC = "The client's clock when it sent this request (RFC 3339), for the sk
 _USER_DOC = ("The customer id, once known (SPEC §14): a variant stored for any id linked to it "
              "wins (reason assigned); a first exposure is stored under it.")
 
-Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "not_running",
-                 "concluded", "not_found"]
+Reason = Literal["assigned", "override", "traffic", "targeting", "layer", "holdout",
+                 "not_running", "concluded", "not_found"]
 MAX_ATTRIBUTES = 100
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 MAX_DEPTH = 5

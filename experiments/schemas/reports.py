@@ -215,6 +215,14 @@ class SegmentOut(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class IdentityOut(BaseModel):
+    """Identity clusters (SPEC §14): analysed as units; conflicting ones left out."""
+
+    clusters: int  # exposed clusters, conflicting ones included
+    linked_units: int  # exposed ids in clusters of more than one id
+    conflicts: int  # clusters exposed to two variants, left out of the analysis
+
+
 class ReportOut(BaseModel):
     """One analysis run (SPEC §6)."""
 
@@ -238,6 +246,7 @@ class ReportOut(BaseModel):
     p_best: dict[str, float] | None = None
     expected_units: dict[str, float] | None = None
     segments: list[SegmentOut] = Field(default_factory=list)
+    identity: IdentityOut | None = None  # None: reports stored before identity clusters
 
 
 class ReportList(BaseModel):
@@ -288,6 +297,7 @@ class ExportOut(BaseModel):
     report_id: int
     computed_at: datetime
     rows: list[ExportRow]
+    identity: IdentityOut | None = None  # the report's identity clusters (SPEC §14)
 
 
 class StatsVariantIn(Strict):

@@ -31,7 +31,7 @@ from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
-from experiments.services import alerts, bandits, decisions, quantiles
+from experiments.services import alerts, bandits, decisions, identity, quantiles
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import (
@@ -41,6 +41,8 @@ from experiments.services.pipeline import (
     MetricSpec,
     QuantileSpec,
     aggregate_experiment,
+    quantile_stats,
+    time_on_step,
     to_stats,
 )
 from experiments.services.rollup import drop_rollups
@@ -177,8 +179,10 @@ def _corrected(families: Mapping[str, list[tuple[str, Comparison]]],
 
 def metrics_section(experiment: Experiment, settings: AnalysisSettings,
                     aggregates: ExperimentAggregates, previous: Mapping[str, Mapping[str, Any]],
-                    warnings: list[str]) -> list[dict[str, Any]]:
-    """Every metric's estimates and corrected comparisons, in configuration order."""
+                    warnings: list[str], bandit: bandits.BanditPeriods | None = None
+                    ) -> list[dict[str, Any]]:
+    """Every metric's estimates and corrected comparisons, in configuration order (a
+    bandit's metrics period-weighted before the correction, SPEC §13)."""
     entries, families = [], {"decision": [], "guardrail": []}
     for metric in experiment.metrics:
         notes: list[str] = []
@@ -189,6 +193,9 @@ def metrics_section(experiment: Experiment, settings: AnalysisSettings,
             variants, comparisons = _analyze_metric(
                 experiment, metric, settings, aggregates.metrics[metric.key].totals(),
                 previous.get(metric.key, {}), notes)
+            if bandit is not None:
+                comparisons = bandits.weigh_metric(bandit, settings, metric, variants,
+                                                   comparisons, notes)
         warnings += notes
         family = "guardrail" if metric.role == "guardrail" else "decision"
         families[family] += [(metric.key, c) for c in comparisons]
@@ -406,8 +413,11 @@ def previous_p_values(previous: Mapping[str, Any] | None,
 
 def build_report(experiment: Experiment, settings: AnalysisSettings,
                  aggregates: ExperimentAggregates, *, now: datetime,
-                 previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The SPEC §6 report body, without its decision (pure: no database access)."""
+                 previous: Mapping[str, Any] | None = None,
+                 bandit: bandits.BanditPeriods | None = None) -> dict[str, Any]:
+    """The SPEC §6 report body, without its decision (pure: no database access); a
+    bandit's per-period aggregates (whose pooled sums are ``aggregates``) make it
+    period-weighted (SPEC §13)."""
     warnings: list[str] = []
     totals = aggregates.units.totals()
     units = {v.key: int(totals.get(v.key, {}).get("n", 0)) for v in experiment.variants}
@@ -416,6 +426,9 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         warnings.append(f"exposures to unknown variants ignored: {', '.join(unknown)}")
     if sum(units.values()) == 0:
         warnings.append("no exposed units yet")
+    if aggregates.multi_variant_units:
+        warnings.append(f"{aggregates.multi_variant_units} units exposed to several variants "
+                        "left out")
     warnings += [f"variant {key} has no units" for key, n in units.items()
                  if n == 0 and sum(units.values())]
     srm = srm_test(list(units.values()), [v.weight for v in experiment.variants])
@@ -426,7 +439,8 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "experiment": experiment.key, "computed_at": now.isoformat(), "method": settings.method,
         "units": units, "srm": {"p_value": srm.p_value, "detected": srm.detected},
         "metrics": metrics_section(experiment, settings, aggregates,
-                                   previous_p_values(previous, settings.method), warnings),
+                                   previous_p_values(previous, settings.method), warnings,
+                                   bandit),
         "funnel": funnel_section(experiment.journey, units, aggregates.journey,
                                  aggregates.time_on_step),
         "friction_points": friction_points(matrix),
@@ -435,8 +449,12 @@ def build_report(experiment: Experiment, settings: AnalysisSettings,
         "metric_timeline": metric_timeline_section(experiment, settings, aggregates),
         "decision": None,
         "warnings": list(dict.fromkeys(warnings)),
+        # Additive (not in SPEC §6): units left out for being exposed to several variants.
+        "data_quality": {"multi_variant_units": aggregates.multi_variant_units},
     }
     body["alerts"] = alerts.report_alerts(body, aggregates.timing, list(units))
+    if bandit is not None:
+        bandits.apply_to_report(bandit, body)
     return body
 
 
@@ -547,17 +565,28 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     settings = AnalysisSettings.model_validate(experiment.analysis)
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
-    aggregates = aggregate_experiment(
-        session, experiment.id,
-        [MetricSpec.of(m) for m in experiment.metrics if m.kind not in ORDER_STATISTIC_KINDS],
-        hours=settings.conversion_window_hours, cuped=settings.cuped,
-        rollup=experiment.status in ROLLUP_STATUSES, alpha=settings.alpha,
-        quantiles=[QuantileSpec.of(m) for m in experiment.metrics
-                   if m.kind in ORDER_STATISTIC_KINDS])
+    specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in ORDER_STATISTIC_KINDS]
+    rollup = experiment.status in ROLLUP_STATUSES
+    # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
+    sources, linked = identity.analysis_sources(session, experiment.id)
+    # A bandit's one round is grouped by weight period; its pooled sums are the totals.
+    bandit = bandits.report_periods(session, experiment, specs, settings, rollup=rollup,
+                                    sources=sources)
+    aggregates = bandit.pooled() if bandit is not None else aggregate_experiment(
+        session, experiment.id, specs, hours=settings.conversion_window_hours,
+        cuped=settings.cuped, rollup=rollup, sources=sources)
+    # Quantile metrics and time on step: order statistics, not sums (never period-weighted).
+    aggregates.quantiles = {
+        metric.key: {cell[0]: stats for cell, stats in quantile_stats(
+            session, sources, QuantileSpec.of(metric), journey=experiment.journey,
+            hours=settings.conversion_window_hours, alpha=settings.alpha).items()}
+        for metric in experiment.metrics if metric.kind in ORDER_STATISTIC_KINDS}
+    aggregates.time_on_step = time_on_step(session, sources, experiment.journey,
+                                           hours=settings.conversion_window_hours)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
-                        previous=previous.body if previous else None)
-    bandits.apply_to_report(session, experiment, settings, body)
+                        previous=previous.body if previous else None, bandit=bandit)
+    body["identity"] = _identity_section(linked, body["units"])
     if breakdowns:  # segments.segments_section needs per-level aggregates (#21 phase 2)
         body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed by "
                                 f"this analysis yet")
@@ -582,6 +611,15 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
         session.rollback()
         raise Conflict("the experiment changed while it was analysed; retry") from None
     return report
+
+
+def _identity_section(linked: identity.IdentitySummary | None,
+                      units: Mapping[str, int]) -> dict[str, int]:
+    """The report's ``identity`` field; without links every unit is a cluster of its own."""
+    if linked is None:
+        return {"clusters": sum(units.values()), "linked_units": 0, "conflicts": 0}
+    return {"clusters": linked.clusters, "linked_units": linked.linked_units,
+            "conflicts": linked.conflicts}
 
 
 def running_experiment_keys(session: Session) -> list[str]:
@@ -691,7 +729,8 @@ def _metric_rows(metrics: Sequence[Mapping[str, Any]], where: Mapping[str, Any],
 def export_document(key: str, report: Report) -> dict[str, Any]:
     """The JSON export: the report's rows and what identifies them (API and admin)."""
     return {"experiment": key, "report_id": report.id,
-            "computed_at": report.body.get("computed_at"), "rows": export_rows(report.body)}
+            "computed_at": report.body.get("computed_at"), "rows": export_rows(report.body),
+            "identity": report.body.get("identity")}
 
 
 def export_csv_lines(rows: Sequence[Mapping[str, Any]]) -> Iterator[str]:

@@ -34,6 +34,7 @@ from experiments.services.config_cache import (
     cache_for,
 )
 from experiments.services.exposures import FirstExposure, UnitWrite, store_for
+from experiments.services.holdouts import HoldoutConfig
 from experiments.services.identity import cluster_exposures
 from experiments.services.targeting import Condition, matches
 
@@ -42,6 +43,8 @@ REASONS: tuple[str, ...] = get_args(Reason)
 INCLUSION_SEED = 1
 SPLIT_SEED = 2
 LAYER_SEED = 3
+# Statuses in which a holdout unit is answered ``holdout`` (control, even over a shipped winner).
+_HELD_STATUSES = ("running", "concluded")
 
 ASSIGNMENTS = Counter("parcours_assignments_total", "Assignments served, by reason", ["reason"])
 EXPOSURES_RECORDED = Counter("parcours_exposures_recorded_total",
@@ -130,11 +133,16 @@ def assign(session: Session, *, unit_id: str, attributes: Mapping[str, Any] | No
     snapshot = cache.snapshot(session)
     targets = _targets(snapshot, experiment_keys)
     decided = unit_id if user_id is None else user_id
-    decisions = {config.id: decide(config, decided, attrs) for _, config in targets if config}
+    decisions, groups = decide_all(snapshot, [config for _, config in targets if config],
+                                   decided, attrs)
+    request = _Request(unit_id, attrs, track, now, occurred_at, sent_at, user_id)
     live = [config for _, config in targets if config is not None and config.status == "running"]
+    if groups:  # a round trip only for a measured unit's first time on this worker
+        live = [config for config in live if decisions[config.id].reason != "holdout"]
+        if track:
+            _store_holdout_exposures(session, cache, groups, request)
     if live:
-        _apply_history(session, cache, snapshot, live, decisions,
-                       _Request(unit_id, attrs, track, now, occurred_at, sent_at, user_id))
+        _apply_history(session, cache, snapshot, live, decisions, request)
     results = [_result(key, config, decisions) for key, config in targets]
     for result in results:
         _COUNT_BY_REASON[result.reason].inc()
@@ -225,6 +233,68 @@ def _apply_history(session: Session, cache: ConfigCache, snapshot: ConfigSnapsho
     read.update(inserted)
     if read and request.user_id is None:
         cache.remember(request.unit_id, read)
+
+
+def decide_all(snapshot: ConfigSnapshot, configs: Sequence[ExperimentConfig], unit_id: str,
+               attributes: Mapping[str, Any]
+               ) -> tuple[dict[int, Decision], dict[HoldoutConfig, str]]:
+    """Every experiment's decision for a unit with no history, holdouts applied, and the
+    unit's group in each covering holdout: all in memory, from the cached configuration."""
+    decisions = {config.id: decide(config, unit_id, attributes) for config in configs}
+    if not snapshot.holdouts_of:  # no running holdout: nothing more to pay
+        return decisions, {}
+    groups = _holdout_groups(snapshot, configs, unit_id)
+    if groups:
+        _hold_out(snapshot, configs, decisions, groups)
+    return decisions, groups
+
+
+def _holdout_groups(snapshot: ConfigSnapshot, configs: Sequence[ExperimentConfig],
+                    unit_id: str) -> dict[HoldoutConfig, str]:
+    """This unit's group in each running holdout covering one of the experiments."""
+    groups: dict[HoldoutConfig, str] = {}
+    for config in configs:
+        if config.status in _HELD_STATUSES:
+            for holdout in snapshot.holdouts_of.get(config.id, ()):
+                if holdout not in groups:
+                    groups[holdout] = holdout.group(unit_id)
+    return groups
+
+
+def _hold_out(snapshot: ConfigSnapshot, configs: Sequence[ExperimentConfig],
+              decisions: dict[int, Decision], groups: Mapping[HoldoutConfig, str]) -> None:
+    """A covering holdout's ``holdout`` units see control and are recorded nowhere: before
+    every check but overrides, stored exposures and shipped winners included (SPEC §12)."""
+    for config in configs:
+        if (config.status in _HELD_STATUSES
+                and decisions[config.id].reason != "override"
+                and any(groups[holdout] == "holdout"
+                        for holdout in snapshot.holdouts_of.get(config.id, ()))):
+            decisions[config.id] = Decision(config.control, False, "holdout")
+
+
+def _store_holdout_exposures(session: Session, cache: ConfigCache,
+                             groups: Mapping[HoldoutConfig, str], request: _Request) -> None:
+    """Store the first holdout exposure of a ``holdout``/``measure`` unit, durably, once.
+
+    The cache of known exposures remembers them under the holdout's negated id
+    (experiment ids are positive), so a returning unit costs no round trip.
+    """
+    unit = request.user_id or request.unit_id  # hashed and stored as the decision was
+    measured = {-holdout.id: group for holdout, group in groups.items() if group != "general"}
+    if not measured:
+        return
+    known = cache.known_exposures(unit, measured)
+    new = {key: group for key, group in measured.items() if key not in known}
+    if not new:
+        return
+    received = request.now or utcnow()
+    store = store_for(session)
+    store.insert_holdout_exposures(
+        unit, {-key: group for key, group in new.items()},
+        exposure_time(request.occurred_at, request.sent_at, received, None))
+    store.commit()
+    cache.remember(unit, new)
 
 
 def _first_exposures(pending: list[ExperimentConfig], decisions: Mapping[int, Decision],

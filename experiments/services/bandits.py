@@ -4,20 +4,23 @@ A bandit experiment keeps versioned weight periods (:class:`AllocationPeriod`): 
 holds the configured weights from the start; each reallocation opens the next one. New
 units are split by the current period's weights (read from the in-memory configuration
 cache, like every other assignment input); stored exposures keep their variant. The
-statistics are in :mod:`stats.bandit`; this module reads the per-period per-arm sums of
-the primary metric (:func:`period_sums`), applies the burn-in, cadence and
-``min_units_per_arm`` rules, and records and announces each new period.
+statistics are in :mod:`stats.bandit`; this module reads the per-period per-arm sums from
+the analysis pipeline grouped by weight period (:func:`period_aggregates`: the same SQL,
+caps, windows and value bounds as every report, on any source), applies the burn-in,
+cadence and ``min_units_per_arm`` rules, records and announces each new period, and
+period-weights a bandit's report (:func:`weigh_metric`, :func:`apply_to_report`).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Float, case, false, func, literal, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -26,15 +29,28 @@ from experiments import signals
 from experiments.auth import Principal
 from experiments.db import utcnow
 from experiments.errors import Conflict, ValidationFailed
-from experiments.models import AllocationPeriod, Event, Experiment, Exposure, Metric
-from experiments.schemas import AnalysisSettings, BanditAllocation, ExperimentFields
+from experiments.models import AllocationPeriod, Experiment, Metric
+from experiments.schemas import (
+    BANDIT_METRIC_KINDS,
+    AnalysisSettings,
+    BanditAllocation,
+    ExperimentFields,
+)
 from experiments.services import alerts, lifecycle
 from experiments.services.audit import record_audit
-from experiments.services.pipeline import MetricSpec, match_condition
-from experiments.services.pipeline.dialects import before_hours_after
-from experiments.services.pipeline.unit_values import bounded_value
-from stats import ArmSummary, MeanStats, StatsInputError, apply_correction, compare
-from stats.bandit import BanditResult, Period, analyze_bandit
+from experiments.services.pipeline import (
+    Daily,
+    ExperimentAggregates,
+    MetricSpec,
+    PipelineSources,
+    aggregate_grouped,
+    combine,
+    marginal,
+    own_sources,
+    period_of,
+)
+from stats import ArmSummary, Comparison, MeanStats, StatsInputError, compare
+from stats.bandit import BanditResult, Period, analyze_bandit, period_weighted
 from stats.frequentist import critical_value
 
 logger = logging.getLogger(__name__)
@@ -92,60 +108,76 @@ def list_allocations(session: Session, key: str) -> list[dict[str, Any]]:
     return [period_to_dict(p) for p in periods_of(session, experiment.id)]
 
 
-# --- per-period sums ---------------------------------------------------------------------------
+# --- per-period aggregates ----------------------------------------------------------------------
 
-def period_sums(session: Session, experiment: Experiment) -> PeriodSums:
-    """Per period and arm, the primary metric's (n, sum, sum of squares) over the units first
-    exposed in that period (a unit's period: the last one started at or before its exposure).
 
-    PHASE 1: a plain query over exposures ⋈ events, to be replaced by the analysis
-    pipeline's period grouping in phase 2 (same signature, same result). No caps, no CUPED.
-    """
+
+
+@dataclass(frozen=True)
+class BanditPeriods:
+    """A bandit's weight periods and the pipeline's aggregates per period (the units first
+    exposed in it), from one grouped pass: the report's SQL, caps, windows and value bounds."""
+
+    experiment: Experiment
+    periods: list[AllocationPeriod]
+    by_period: dict[int, ExperimentAggregates]
+
+    def pooled(self) -> ExperimentAggregates:
+        """Every period together: the aggregates an ungrouped report pass would give."""
+        total = combine(self.by_period.values())
+        for metric in self.experiment.metrics:
+            total.metrics.setdefault(metric.key, Daily())  # no exposure yet: empty sums
+        return total
+
+    def sums(self, metric_key: str) -> PeriodSums:
+        """Per period and arm, the metric's (n, sum, sum of squares) per unit."""
+        out: PeriodSums = {}
+        for number, aggregates in self.by_period.items():
+            for arm, totals in aggregates.metrics[metric_key].totals().items():
+                out.setdefault(number, {})[arm] = MeanStats(
+                    int(totals.get("n", 0)), float(totals.get("sum", 0.0)),
+                    float(totals.get("sum_squares", 0.0)))
+        return out
+
+    def inputs(self, metric_key: str) -> list[Period]:
+        """The metric's :class:`stats.bandit.Period` list (arms without units: zero sums)."""
+        sums = self.sums(metric_key)
+        arms = [v.key for v in self.experiment.variants]
+        return [Period({k: float(p.weights.get(k, 0.0)) for k in arms},
+                       {k: sums.get(p.period, {}).get(k, EMPTY) for k in arms})
+                for p in self.periods]
+
+    def result(self, *, seed: int, settings: BanditAllocation) -> BanditResult:
+        """The primary metric's period-weighted estimates, p_best, next weights and SRM."""
+        primary = next(m for m in self.experiment.metrics if m.role == "primary")
+        return analyze_bandit(self.inputs(primary.key), min_weight=settings.min_weight,
+                              seed=seed, direction=primary.direction)  # type: ignore[arg-type]
+
+
+def period_aggregates(session: Session, experiment: Experiment,
+                      periods: Sequence[AllocationPeriod], specs: Sequence[MetricSpec], *,
+                      hours: float, cuped: bool, rollup: bool = False,
+                      sources: PipelineSources | None = None) -> BanditPeriods:
+    """One grouped pipeline pass over ``sources`` (default: Parcours's own tables; a
+    warehouse's work the same), grouped by weight period: a unit's period is the last one
+    started at or before its first exposure (:func:`period_of` over the start times)."""
+    base = sources or own_sources(experiment.id)
+    grouped = base.grouped_by(period=period_of(base.exposures.c.exposed_at,
+                                               [p.started_at for p in periods[1:]]))
+    groups = aggregate_grouped(session, experiment.id, specs, hours=hours, cuped=cuped,
+                               rollup=rollup, sources=grouped)
+    return BanditPeriods(experiment, list(periods),
+                         {int(p): a for p, a in marginal(groups, 0).items()})
+
+
+def primary_periods(session: Session, experiment: Experiment,
+                    periods: Sequence[AllocationPeriod]) -> BanditPeriods:
+    """The primary metric alone, per period (what a reallocation needs). Without the
+    PostgreSQL rollup: it is kept for the report's full set of metrics."""
     metric = next(m for m in experiment.metrics if m.role == "primary")
     hours = AnalysisSettings.model_validate(experiment.analysis).conversion_window_hours
-    period = (select(func.max(AllocationPeriod.period))
-              .where(AllocationPeriod.experiment_id == experiment.id,
-                     AllocationPeriod.started_at <= Exposure.exposed_at)
-              .correlate(Exposure).scalar_subquery())
-    in_window = (Event.unit_id == Exposure.unit_id) & (Event.occurred_at >= Exposure.exposed_at) \
-        & before_hours_after(Exposure.exposed_at, Event.occurred_at, literal(hours, Float())) \
-        & match_condition(MetricSpec.of(metric), Event.__table__)
-    per_unit = (select(func.coalesce(period, 0).label("period"),
-                       Exposure.variant_key.label("variant"), _unit_value(metric).label("y"))
-                .select_from(Exposure).outerjoin(Event, in_window)
-                .where(Exposure.experiment_id == experiment.id, Exposure.is_override == false())
-                .group_by(Exposure.id, Exposure.variant_key, Exposure.exposed_at)
-                .subquery("u"))
-    rows = session.execute(select(per_unit.c.period, per_unit.c.variant, func.count(),
-                                  func.sum(per_unit.c.y), func.sum(per_unit.c.y * per_unit.c.y))
-                           .group_by(per_unit.c.period, per_unit.c.variant))
-    sums: PeriodSums = {}
-    for p, variant, n, total, squares in rows:
-        sums.setdefault(int(p), {})[variant] = MeanStats(int(n), float(total or 0.0),
-                                                         float(squares or 0.0))
-    return sums
-
-
-def _unit_value(metric: Metric) -> Any:
-    """A unit's value: 0/1 for conversion and friction, the sum of values, or the count."""
-    if metric.kind in ("conversion", "friction"):
-        return func.max(case((Event.id.is_not(None), 1.0), else_=0.0))
-    if metric.kind == "mean":
-        return func.coalesce(func.sum(bounded_value(Event.__table__)), 0.0)
-    return func.count(Event.id)
-
-
-def bandit_result(session: Session, experiment: Experiment, *, seed: int,
-                  settings: BanditAllocation) -> BanditResult:
-    """The stats of every period so far (per-arm sums from :func:`period_sums`)."""
-    periods = periods_of(session, experiment.id)
-    sums = period_sums(session, experiment)
-    arms = [v.key for v in experiment.variants]
-    inputs = [Period({k: float(p.weights.get(k, 0.0)) for k in arms},
-                     {k: sums.get(p.period, {}).get(k, EMPTY) for k in arms}) for p in periods]
-    direction = next(m.direction for m in experiment.metrics if m.role == "primary")
-    return analyze_bandit(inputs, min_weight=settings.min_weight, seed=seed,
-                          direction=direction)  # type: ignore[arg-type]
+    return period_aggregates(session, experiment, periods, [MetricSpec.of(metric)],
+                             hours=hours, cuped=False)
 
 
 # --- reallocation ------------------------------------------------------------------------------
@@ -180,7 +212,7 @@ def reallocate(session: Session, key: str, now: datetime | None = None, force: b
         logger.info("bandit %s: no update yet (%s)", key, waiting)
         return None
     seed = secrets.randbits(32)
-    result = bandit_result(session, experiment, seed=seed, settings=settings)
+    result = primary_periods(session, experiment, periods).result(seed=seed, settings=settings)
     short = {arm: e.n for arm, e in result.estimates.items() if e.n < settings.min_units_per_arm}
     if short or result.weights is None:
         message = (f"every arm needs {settings.min_units_per_arm} units before an update ("
@@ -268,15 +300,59 @@ def calculate_bandit(periods: list[Mapping[str, Any]], *, min_weight: float, see
         raise ValidationFailed.field(error.field, error.message) from None
 
 
-def apply_to_report(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                    body: dict[str, Any]) -> None:
-    """Make a bandit's report period-weighted: the primary metric's estimates and comparisons,
-    ``p_best`` per arm and the SRM against the counts the period weights predict."""
-    bandit = bandit_settings(experiment)
+def report_periods(session: Session, experiment: Experiment, specs: Sequence[MetricSpec],
+                   settings: AnalysisSettings, *, rollup: bool,
+                   sources: PipelineSources | None = None) -> BanditPeriods | None:
+    """The report's one aggregation round for a started bandit (None otherwise): every
+    metric per weight period; :meth:`BanditPeriods.pooled` gives the report's totals."""
+    if bandit_settings(experiment) is None:
+        return None
     periods = periods_of(session, experiment.id)
-    if bandit is None or not periods:
-        return
-    result = bandit_result(session, experiment, seed=periods[-1].seed, settings=bandit)
+    if not periods:
+        return None
+    return period_aggregates(session, experiment, periods, specs,
+                             hours=settings.conversion_window_hours, cuped=settings.cuped,
+                             rollup=rollup, sources=sources)
+
+
+def weigh_metric(data: BanditPeriods, settings: AnalysisSettings, metric: Metric,
+                 variants: list[dict[str, Any]], comparisons: list[Comparison],
+                 notes: list[str]) -> list[Comparison]:
+    """Replace a metric's estimates (in ``variants``) and raw comparisons by period-weighted
+    ones (SPEC §13's m and V, per unit); the report corrects them in their usual family.
+    Kinds that are not a per-unit mean (ratio, NPS, time to convert) keep their pooled
+    numbers, with a warning."""
+    if metric.kind not in BANDIT_METRIC_KINDS:
+        notes.append(f"{metric.key}: not period-weighted ({metric.kind} is not a per-unit "
+                     "mean): pooled over periods with different weights, which can mislead")
+        return comparisons
+    estimates, warnings = period_weighted(data.inputs(metric.key))
+    notes.extend(f"{metric.key}: {note}" for note in warnings)
+    z = critical_value(settings.alpha)
+    for entry in variants:
+        estimate = estimates.get(entry["variant"])
+        if estimate is None or estimate.mean is None or estimate.variance is None:
+            continue
+        half = z * estimate.variance ** 0.5
+        entry.update(estimate=estimate.mean, ci=[estimate.mean - half, estimate.mean + half],
+                     period_weighted=True)
+    arms = {arm: ArmSummary(e.n, e.mean, None if e.variance is None else e.variance * e.n)
+            for arm, e in estimates.items()}
+    control = next(v.key for v in data.experiment.variants if v.is_control)
+    method = "frequentist" if settings.method == "sequential" else settings.method
+    return [compare(metric.kind, arms[control], arms[v.key],  # type: ignore[arg-type]
+                    variant=v.key, method=method, alpha=settings.alpha,
+                    direction=metric.direction, mde=settings.mde)  # type: ignore[arg-type]
+            for v in data.experiment.variants if not v.is_control]
+
+
+def apply_to_report(data: BanditPeriods, body: dict[str, Any]) -> None:
+    """The bandit parts of a report whose metrics :func:`weigh_metric` weighted: the flag,
+    ``p_best`` per arm (primary metric) and the SRM against the counts the period weights
+    predict."""
+    bandit = bandit_settings(data.experiment)
+    assert bandit is not None, "only a bandit's report"
+    result = data.result(seed=data.periods[-1].seed, settings=bandit)
     body["period_weighted"] = True
     body["p_best"] = result.p_best
     body["expected_units"] = result.expected_units
@@ -284,29 +360,10 @@ def apply_to_report(session: Session, experiment: Experiment, settings: Analysis
     # The fixed-weight SRM alert of the generic report no longer applies: redo it.
     body["alerts"] = [*(a for a in body.get("alerts", []) if a["kind"] != "srm"),
                       *alerts.srm_alerts(body)]
+    kinds = {m.key: m.kind for m in data.experiment.metrics}
+    for entry in body["metrics"]:
+        entry["period_weighted"] = kinds[entry["key"]] in BANDIT_METRIC_KINDS
     primary = next(m for m in body["metrics"] if m["role"] == "primary")
-    metric = next(m for m in experiment.metrics if m.role == "primary")
-    z = critical_value(settings.alpha)
-    arms = {arm: ArmSummary(e.n, e.mean, None if e.variance is None else e.variance * e.n)
-            for arm, e in result.estimates.items()}
-    for entry in primary["variants"]:
-        estimate = result.estimates.get(entry["variant"])
-        if estimate is None or estimate.mean is None or estimate.variance is None:
-            continue
-        half = z * estimate.variance ** 0.5
-        entry.update(estimate=estimate.mean, ci=[estimate.mean - half, estimate.mean + half],
-                     period_weighted=True)
-    control = next(v.key for v in experiment.variants if v.is_control)
-    method = "frequentist" if settings.method == "sequential" else settings.method
-    comparisons = [compare(metric.kind, arms[control], arms[v.key],  # type: ignore[arg-type]
-                           variant=v.key, method=method, alpha=settings.alpha,
-                           direction=metric.direction, mde=settings.mde)  # type: ignore[arg-type]
-                   for v in experiment.variants if not v.is_control]
-    from experiments.services.analysis import comparison_to_dict  # analysis imports us
-
-    primary["comparisons"] = [comparison_to_dict(c) for c in
-                              apply_correction(comparisons, settings.correction)]
-    primary["period_weighted"] = True
-    primary["warnings"] = [*primary.get("warnings", []), *result.warnings,
+    primary["warnings"] = [*primary.get("warnings", []),
                            "lifts between arms are biased under adaptive allocation: "
                            "read them as directions, not as clean effect sizes"]

@@ -24,7 +24,8 @@ from typing import Any
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
-from experiments.models import AllocationPeriod, Experiment, Variant
+from experiments.models import AllocationPeriod, Experiment, Holdout, Variant
+from experiments.services.holdouts import HoldoutConfig, load_running
 from experiments.services.targeting import Condition, compile_condition
 
 DEFAULT_REFRESH_S = 2.0
@@ -92,6 +93,8 @@ class ConfigSnapshot:
     running: tuple[ExperimentConfig, ...] = ()
     # layer -> ids of the experiments holding a slice of it (running or paused).
     layer_members: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # experiment id -> the running holdouts covering it (absent: none, the common case).
+    holdouts_of: Mapping[int, tuple[HoldoutConfig, ...]] = field(default_factory=dict)
 
 
 def load_snapshot(session: Session) -> ConfigSnapshot:
@@ -119,10 +122,15 @@ def load_snapshot(session: Session) -> ConfigSnapshot:
     for config in configs:
         if config.layer_slot is not None and config.layer is not None:
             members[config.layer].append(config.id)
+    holdouts = load_running(session)
+    covering = {config.id: tuple(holdout for holdout in holdouts
+                                 if holdout.covers(config.key, config.layer))
+                for config in configs} if holdouts else {}
     return ConfigSnapshot(
         by_key={config.key: config for config in configs},
         running=tuple(config for config in configs if config.status == "running"),
         layer_members={layer: tuple(ids) for layer, ids in members.items()},
+        holdouts_of={id_: found for id_, found in covering.items() if found},
     )
 
 
@@ -203,10 +211,12 @@ def _cumulative(variants: Sequence[VariantConfig]) -> tuple[float, ...]:
 
 
 def _fingerprint(session: Session) -> tuple[Any, ...]:
-    """Changes whenever an experiment is created, deleted or updated (version bump)."""
+    """Changes whenever an experiment or a holdout is created, deleted or updated."""
     row = session.execute(
         select(func.count(Experiment.id), func.coalesce(func.sum(Experiment.version), 0),
-               func.max(Experiment.id), func.max(Experiment.updated_at))
+               func.max(Experiment.id), func.max(Experiment.updated_at),
+               select(func.count(Holdout.id)).scalar_subquery(),
+               select(func.max(Holdout.updated_at)).scalar_subquery())
     ).one()
     return tuple(row)
 
@@ -220,7 +230,7 @@ _DIRTY_FLAG = "parcours.experiments_changed"
 @event.listens_for(Session, "after_flush")
 def _note_experiment_changes(session: Session, _context: Any) -> None:
     for instance in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(instance, Experiment | Variant):
+        if isinstance(instance, Experiment | Variant | Holdout):
             session.info[_DIRTY_FLAG] = True
             return
 

@@ -12,11 +12,13 @@ from sqlalchemy.orm import Session
 from experiments.auth import SYSTEM
 from experiments.db import utcnow
 from experiments.errors import Conflict
-from experiments.models import Experiment, Exposure
+from experiments.models import Experiment, Exposure, Holdout
 from experiments.schemas import EXPERIMENT_EXAMPLE
+from experiments.schemas.holdouts import HoldoutFields
 from experiments.services.analysis import analyze_experiment
 from experiments.services.bandits import periods_of, reallocate
 from experiments.services.events import ingest_events
+from experiments.services.holdouts import create_holdout
 from experiments.services.identity import Link, link_ids
 from experiments.services.lifecycle import create_experiment, get_experiment, transition
 from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
@@ -29,12 +31,22 @@ DEMO_EXPERIMENT: dict[str, Any] = {
         *EXPERIMENT_EXAMPLE["metrics"],
         {"key": "revenue", "kind": "mean", "event": "purchase", "role": "secondary"},
         {"key": "nps", "kind": "nps", "event": "nps", "role": "secondary"},
+        # Back-office events under the customer id (late deliveries, below) count here, in
+        # the variant the customer saw on the web (SPEC §14).
+        {"key": "support-contacts", "kind": "friction", "friction_kind": "support_contact",
+         "role": "secondary", "direction": "decrease"},
     ],
     "analysis": {"method": "sequential", "min_units_per_variant": 500, "min_days": 0},
 }
 DEMO_SALT = "parcours-demo"
 # A real effect on the primary metric, and the friction the hypothesis is about: payment
 # errors in the current (control) checkout.
+# Everything the demo ships, measured against 5 % of visitors kept on the controls (SPEC §12).
+DEMO_HOLDOUT = HoldoutFields.model_validate({
+    "key": "demo-holdout", "name": "Everything shipped in the demo", "percent": 0.05,
+    "scope": {"experiments": ["*"]},
+    "metrics": [{"key": "purchase", "kind": "conversion", "event": "purchase", "role": "primary"},
+                {"key": "revenue", "kind": "mean", "event": "purchase", "role": "secondary"}]})
 DEMO_PLAN = SimulationPlan(units=6000, seed=2026, days=14, effects={"one-page": 0.4},
                            friction={("control", "payment", "error"): 0.06})
 # Demo visitors who log in (linked to a customer id, SPEC §14); every fourth then has a late
@@ -44,7 +56,8 @@ LATE_DELIVERY_EVERY = 4
 
 
 def seed_demo_data(session: Session, *, traffic: bool = True) -> Iterator[str]:
-    """Create and start the demo experiment unless it exists; yields progress lines.
+    """Create and start the demo experiment, and the demo holdout, unless they exist; yields
+    progress lines.
 
     ``traffic`` also simulates its visitors (a few seconds); tests that only need the
     configuration pass ``traffic=False``.
@@ -64,6 +77,10 @@ def seed_demo_data(session: Session, *, traffic: bool = True) -> Iterator[str]:
     if traffic:
         yield from _demo_traffic(session)
     yield from seed_bandit_demo(session, traffic=traffic)
+    # After the demo's traffic, so that its documented split and report stay as they are.
+    if session.scalar(select(Holdout.id).where(Holdout.key == DEMO_HOLDOUT.key)) is None:
+        create_holdout(session, DEMO_HOLDOUT, SYSTEM)
+        yield f"created holdout {DEMO_HOLDOUT.key!r} over every experiment"
 
 
 def _demo_traffic(session: Session) -> Iterator[str]:

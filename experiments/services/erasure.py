@@ -1,8 +1,8 @@
 """Erasure of one unit everywhere (SPEC §3), for data-protection requests.
 
 A unit lives in four places: its events, its exposures (one per experiment, with the
-attributes snapshot), its identity links (either side) and, on PostgreSQL, the per-unit
-rollup rows of those exposures.
+attributes snapshot), its holdout exposures, its identity links (either side) and, on
+PostgreSQL, the per-unit rollup rows of those exposures.
 All go in one transaction, so a report computed afterwards no longer counts the unit and
 no rollup can bring it back. The audit entry keeps a SHA-256 digest of the id, never the
 id itself: the trail proves the request was honoured without keeping what was erased.
@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from experiments.auth import Principal
-from experiments.models import Event, Exposure
+from experiments.models import Event, Exposure, HoldoutExposure
 from experiments.services.audit import record_audit
 from experiments.services.identity import unlink_all
 from experiments.services.rollup import forget_exposures
@@ -38,16 +38,18 @@ def unit_digest(unit_id: str) -> str:
 
 
 def erase_unit(session: Session, unit_id: str, principal: Principal) -> Erased:
-    """Delete every event, exposure, identity link and rollup row of ``unit_id``, audited,
-    and commit."""
+    """Delete every event, exposure, holdout exposure, identity link and rollup row of
+    ``unit_id``, audited, and commit."""
     exposure_ids = list(session.scalars(select(Exposure.id).where(Exposure.unit_id == unit_id)))
     forget_exposures(session, exposure_ids)
     exposures = session.execute(delete(Exposure).where(Exposure.unit_id == unit_id)).rowcount
     events = session.execute(delete(Event).where(Event.unit_id == unit_id)).rowcount
+    held = session.execute(
+        delete(HoldoutExposure).where(HoldoutExposure.unit_id == unit_id)).rowcount
     links = unlink_all(session, unit_id)
     digest = unit_digest(unit_id)
     record_audit(session, principal, "unit.erased", target_type="unit", target_id=digest,
                  after={"sha256": digest, "events": events, "exposures": exposures,
-                        "links": links})
+                        "holdout_exposures": held, "links": links})
     session.commit()
     return Erased(unit_id, int(events), int(exposures))

@@ -35,9 +35,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from experiments.db import DatabaseUnavailable, forget_lost_connections, is_disconnect
-from experiments.models import Exposure
+from experiments.models import Exposure, HoldoutExposure
 
 _EXPOSURES = Exposure.__table__
+_HOLDOUT_EXPOSURES = HoldoutExposure.__table__
+# One statement for every unit (compiled once; ``values`` in the statement would not be).
+_SQLITE_HOLDOUT_INSERT = sqlite_insert(_HOLDOUT_EXPOSURES).on_conflict_do_nothing(
+    index_elements=["holdout_id", "unit_id"])
 # Rows per group-commit statement (7 parameters each; PostgreSQL allows 65,535), and how
 # long a queued request waits for its batch before failing.
 MAX_BATCH_ROWS = 1000
@@ -104,9 +108,17 @@ class ExposureStore:
     def _insert(self, write: UnitWrite) -> tuple[Stored, Stored]:
         raise NotImplementedError
 
+    def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
+                                 exposed_at: datetime) -> None:
+        """Store a unit's first holdout exposures (group by holdout id) unless stored before;
+        durable after :meth:`commit`."""
+        raise NotImplementedError
+
     def commit(self) -> None:
         """Make what this store wrote in the caller's session durable."""
         self.session.commit()
+
+
 
 
 class SqliteStore(ExposureStore):
@@ -134,6 +146,12 @@ class SqliteStore(ExposureStore):
         inserted = {row.experiment_id: row.variant_key
                     for row in self.session.execute(statement)}
         return inserted, {}
+
+    def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
+                                 exposed_at: datetime) -> None:
+        rows = [{"holdout_id": holdout_id, "unit_id": unit_id, "group": group,
+                 "exposed_at": exposed_at} for holdout_id, group in sorted(groups.items())]
+        self.session.execute(_SQLITE_HOLDOUT_INSERT, rows)
 
 
 class PostgresStore(ExposureStore):
@@ -167,6 +185,20 @@ class PostgresStore(ExposureStore):
         if self._joins_session():
             return write_units(partial(_execute, self._session_connection()), [write])[0]
         return group_commit_for(self.engine).write(write)
+
+    def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
+                                 exposed_at: datetime) -> None:
+        """In the caller's transaction when it holds one, else in autocommit: durable on
+        return (rare: once per measured unit and process, so no group commit)."""
+        params: list[Any] = []
+        for holdout_id, group in sorted(groups.items()):
+            params += (holdout_id, unit_id, group, exposed_at)
+        sql = _holdout_insert_sql(len(groups))
+        if self._joins_session():
+            _execute(self._session_connection(), sql, params)
+            return
+        with autocommit_connection(self.engine) as connection:
+            _execute(connection, sql, params)
 
     def commit(self) -> None:
         if self._joins_session():
@@ -292,6 +324,15 @@ SELECT experiment_id, unit_id, variant_key, TRUE FROM inserted
 UNION ALL
 SELECT e.experiment_id, e.unit_id, e.variant_key, FALSE
 FROM exposures AS e JOIN wanted AS w USING (experiment_id, unit_id)"""
+
+
+@lru_cache(maxsize=64)
+def _holdout_insert_sql(rows: int) -> str:
+    """Insert ``rows`` (holdout, unit) first holdout exposures unless stored before."""
+    values = ", ".join(f"(${row * 4 + 1}::integer, ${row * 4 + 2}, ${row * 4 + 3}, "
+                       f"${row * 4 + 4}::timestamptz)" for row in range(rows))
+    return (f'INSERT INTO holdout_exposures (holdout_id, unit_id, "group", exposed_at) '
+            f"VALUES {values} ON CONFLICT (holdout_id, unit_id) DO NOTHING RETURNING holdout_id")
 
 
 @lru_cache(maxsize=256)

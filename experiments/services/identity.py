@@ -7,8 +7,10 @@ nobody. Three readers use clusters:
 - assignment (:func:`cluster_exposures`): the variant already stored anywhere in the
   customer's cluster wins, in one indexed statement;
 - the conflicts route (:func:`conflicts`): clusters exposed to two variants;
-- the analysis pipeline (phase 2): :func:`cluster_map` and :func:`exposed_clusters` are
-  plain selectables to join in, so clusters are resolved in SQL, never in Python.
+- the analysis (:func:`analysis_sources`): when links touch the experiment's units, the
+  pipeline reads :func:`cluster_sources` — one row per exposed cluster, events keyed by
+  cluster — built on :func:`cluster_map` and :func:`exposed_clusters`, so clusters are
+  resolved in SQL, never in Python.
 
 An anonymous id linked to several customers (a shared computer) belongs to the cluster
 of its earliest link only, so every id has exactly one cluster key.
@@ -28,6 +30,7 @@ from sqlalchemy import (
     String,
     Subquery,
     case,
+    exists,
     func,
     literal,
     or_,
@@ -39,10 +42,11 @@ from sqlalchemy.orm import Session
 
 from experiments.auth import Principal
 from experiments.db import dialect_insert, utcnow
-from experiments.models import Exposure, IdentityLink
+from experiments.models import Event, Exposure, IdentityLink
 from experiments.services.audit import record_audit
 from experiments.services.exposures import Stored, _execute, autocommit_connection
 from experiments.services.lifecycle import get_experiment
+from experiments.services.pipeline import PipelineSources, own_sources
 
 _LINKS = IdentityLink.__table__
 _EXPOSURES = Exposure.__table__
@@ -164,7 +168,8 @@ def exposed_units(experiment_id: int) -> Subquery:
 
     Columns: ``exposure_id``, ``unit_id``, ``variant_key`` (the unit's own),
     ``cluster_key``, ``cluster_exposed_at`` and ``cluster_variant`` (the cluster's first
-    exposure), ``conflict`` (true when the cluster saw two variants). Override exposures
+    exposure), ``conflict`` (true when the cluster saw two variants), ``linked`` (1 when the
+    unit's id is in a link, else 0). Override exposures
     are left out, as the analysis leaves them out.
     """
     mapping = cluster_map()
@@ -175,6 +180,7 @@ def exposed_units(experiment_id: int) -> Subquery:
         select(
             _EXPOSURES.c.id.label("exposure_id"), _EXPOSURES.c.unit_id,
             _EXPOSURES.c.variant_key, key.label("cluster_key"),
+            case((mapping.c.cluster_key.is_not(None), 1), else_=0).label("linked"),
             func.min(_EXPOSURES.c.exposed_at).over(**window).label("cluster_exposed_at"),
             func.first_value(_EXPOSURES.c.variant_key).over(**first).label("cluster_variant"),
             (func.min(_EXPOSURES.c.variant_key).over(**window)
@@ -187,21 +193,75 @@ def exposed_units(experiment_id: int) -> Subquery:
 
 
 def exposed_clusters(experiment_id: int) -> Subquery:
-    """One row per exposed cluster: ``cluster_key``, ``exposed_at`` (first), ``variant_key``
-    (first), ``units`` (exposed ids), ``conflict``; the pipeline's analysis unit."""
+    """One row per exposed cluster: ``cluster_key``, ``exposure_id`` (its lowest, a key),
+    ``exposed_at`` (first), ``variant_key`` (first), ``units`` (exposed ids), ``linked_units``
+    (exposed ids named in a link), ``conflict``; the pipeline's analysis unit."""
     units = exposed_units(experiment_id)
     return (
-        select(units.c.cluster_key, func.min(units.c.cluster_exposed_at).label("exposed_at"),
+        select(units.c.cluster_key, func.min(units.c.exposure_id).label("exposure_id"),
+               func.min(units.c.cluster_exposed_at).label("exposed_at"),
                func.min(units.c.cluster_variant).label("variant_key"),
                func.count().label("units"),
+               func.sum(units.c.linked).label("linked_units"),
                (func.max(case((units.c.conflict, 1), else_=0)) > 0).label("conflict"))
         .group_by(units.c.cluster_key)
         .subquery("exposed_clusters"))
 
 
+def cluster_sources(experiment_id: int) -> PipelineSources:
+    """The pipeline's sources with the identity cluster as the analysis unit (SPEC §14).
+
+    Exposures: one row per exposed cluster, keyed by its cluster key, with the cluster's
+    first exposure time and variant; conflicting clusters (two variants) are left out.
+    Events: the events of every id that can belong to an exposed cluster, ``unit_id``
+    replaced by the cluster key, so events under any id of a cluster (a back-office event
+    under the customer id) join its row,
+    inside the window from the cluster's first exposure. Not rolled up: a new link can
+    move past events into another cluster, so the pass is computed in full.
+    """
+    clusters = exposed_clusters(experiment_id)
+    exposures = (select(clusters.c.exposure_id, clusters.c.cluster_key.label("unit_id"),
+                        clusters.c.variant_key, clusters.c.exposed_at)
+                 .where(clusters.c.conflict.is_(False))
+                 .subquery("cluster_exposures"))
+    # Every id that can belong to an exposed cluster → its key: the linked ids, and the
+    # experiment's unlinked units as themselves. Events join it by their own unit_id, so
+    # the pass reads them by index (ix_events_unit_occurred), never by a computed key.
+    members = union(
+        select(cluster_map()),
+        select(_EXPOSURES.c.unit_id, _EXPOSURES.c.unit_id)
+        .where(_EXPOSURES.c.experiment_id == experiment_id,
+               _EXPOSURES.c.unit_id.not_in(select(_LINKS.c.anonymous_id))),
+    ).subquery("cluster_members")
+    events = Event.__table__
+    keyed = (select(events.c.id, members.c.cluster_key.label("unit_id"),
+                    events.c.type, events.c.name, events.c.step, events.c.friction_kind,
+                    events.c.value, events.c.occurred_at)
+             .select_from(events.join(members, members.c.unit_id == events.c.unit_id))
+             .subquery("cluster_events"))
+    return PipelineSources(exposures, keyed, unique_units=True)
+
+
+def links_touch(session: Session, experiment_id: int) -> bool:
+    """Whether any link names one of the experiment's exposed units, on either side.
+
+    One indexed semi-join per side (``uq_exposures_experiment_unit`` probed from the links,
+    or ``ix_identity_links_user_id`` / the links' unique key probed from the exposures,
+    whichever the planner finds cheaper). False: every unit is a cluster of its own and
+    no event moves, so the plain sources give the same numbers.
+    """
+    def side(column: Any) -> Any:
+        return exists().where(_EXPOSURES.c.experiment_id == experiment_id,
+                              _EXPOSURES.c.unit_id == column)
+    return bool(session.scalar(select(
+        exists(select(_LINKS.c.id).where(side(_LINKS.c.anonymous_id)))
+        | exists(select(_LINKS.c.id).where(side(_LINKS.c.user_id))))))
+
+
 @dataclass(frozen=True)
 class IdentitySummary:
-    """The report's ``identity`` field: clusters, units in linked clusters, conflicts."""
+    """The report's ``identity`` field: exposed clusters, exposed ids named in a link
+    (devices and customer ids), clusters exposed to two variants."""
 
     clusters: int
     linked_units: int
@@ -213,10 +273,23 @@ def identity_summary(session: Session, experiment_id: int) -> IdentitySummary:
     clusters = exposed_clusters(experiment_id)
     row = session.execute(select(
         func.count(),
-        func.coalesce(func.sum(clusters.c.units).filter(clusters.c.units > 1), 0),
+        func.coalesce(func.sum(clusters.c.linked_units), 0),
         func.count().filter(clusters.c.conflict.is_(True)),
     ).select_from(clusters)).one()
     return IdentitySummary(int(row[0]), int(row[1]), int(row[2]))
+
+
+def analysis_sources(session: Session, experiment_id: int,
+                     ) -> tuple[PipelineSources, IdentitySummary | None]:
+    """What the analysis of an experiment reads, and its identity counts when linked.
+
+    Without links on its units (:func:`links_touch`, one cheap query) the experiment keeps
+    the plain sources (and the PostgreSQL rollup) and the summary is None: every unit is a
+    cluster of its own, the caller counts them. With links: :func:`cluster_sources`.
+    """
+    if not links_touch(session, experiment_id):
+        return own_sources(experiment_id), None
+    return cluster_sources(experiment_id), identity_summary(session, experiment_id)
 
 
 def conflicts(session: Session, experiment_key: str) -> list[dict[str, Any]]:

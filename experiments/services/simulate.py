@@ -127,9 +127,9 @@ def simulate_traffic(session: Session, experiment_key: str, plan: SimulationPlan
             unit_id = next(units)
             exposed_at = last - (last - first) * rng.random()
             skew = _clock_skew(clocks, plan.skewed_share)
-            variant = _expose(session, experiment_key, unit_id, plan, exposed_at, skew)
+            variant, counted = _expose(session, experiment_key, unit_id, plan, exposed_at, skew)
             if variant is not None:  # excluded visitors (traffic, targeting…) send nothing
-                counts[variant] += 1
+                counts[variant] += counted
                 walked = journey.walk(rng, unit_id, variant, exposed_at)
                 if skew is None:
                     events.extend(walked)
@@ -175,8 +175,12 @@ def _clock_skew(rng: random.Random, share: float) -> timedelta | None:
 
 
 def _expose(session: Session, experiment_key: str, unit_id: str, plan: SimulationPlan,
-            exposed_at: datetime, skew: timedelta | None) -> str | None:
-    """Assign through the service (stores the exposure); None when the unit is not in it.
+            exposed_at: datetime, skew: timedelta | None) -> tuple[str | None, bool]:
+    """Assign through the service (stores the exposure): the variant whose journey the unit
+    walks (None when it is not in the experiment) and whether the experiment counts it.
+
+    A held-out unit (SPEC §12) walks the control's journey, uncounted: the holdout
+    report measures it.
 
     A skewed browser sends its own clock's time, as the SDK does, received at once.
     """
@@ -186,7 +190,9 @@ def _expose(session: Session, experiment_key: str, unit_id: str, plan: Simulatio
                       experiment_keys=[experiment_key], track=True,
                       now=exposed_at + (_SEND_DELAY if skew is not None else timedelta()),
                       **client)
-    return result.variant if result.in_experiment else None
+    if result.reason == "holdout":
+        return result.variant, False
+    return (result.variant, True) if result.in_experiment else (None, False)
 
 
 # How long after its last event a skewed browser's batch is received (SDK flush + transit).

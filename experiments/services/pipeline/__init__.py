@@ -15,9 +15,20 @@ from experiments.services.pipeline.run import (
     PASS_VERSION,
     Daily,
     ExperimentAggregates,
+    Group,
     aggregate_experiment,
+    aggregate_grouped,
+    combine,
+    marginal,
 )
-from experiments.services.pipeline.sources import PipelineSources, own_sources, table_sources
+from experiments.services.pipeline.sources import (
+    NULL_LEVEL,
+    PipelineSources,
+    attribute_level,
+    own_sources,
+    period_of,
+    table_sources,
+)
 from experiments.services.pipeline.unit_values import (
     CUPED_KINDS,
     MetricSpec,
@@ -27,8 +38,9 @@ from experiments.services.pipeline.unit_values import (
 )
 from experiments.services.pipeline.variant_stats import to_stats, units_query, variant_day_query
 
-__all__ = ["CUPED_KINDS", "PASS_VERSION", "Daily", "ExperimentAggregates", "JourneyCounts",
-           "MetricSpec", "PipelineSources", "Plan", "QuantileSpec", "UnitPass",
-           "aggregate_experiment", "friction_outside_query", "match_condition", "own_sources",
-           "quantile_stats", "table_sources", "time_on_step", "to_stats", "units_query",
-           "variant_day_query"]
+__all__ = ["CUPED_KINDS", "NULL_LEVEL", "PASS_VERSION", "Daily", "ExperimentAggregates",
+           "Group", "JourneyCounts", "MetricSpec", "PipelineSources", "Plan", "QuantileSpec",
+           "UnitPass", "aggregate_experiment", "aggregate_grouped", "attribute_level", "combine",
+           "friction_outside_query", "marginal", "match_condition", "own_sources",
+           "period_of", "quantile_stats", "table_sources", "time_on_step", "to_stats",
+           "units_query", "variant_day_query"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, Integer, literal_column, text
+from sqlalchemy import BigInteger, Boolean, Float, Integer, String, literal_column, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -377,6 +377,38 @@ def _answer_class_sqlite(element: answer_class, compiler: Any, **kw: Any) -> str
     return f"CAST(substr({key}, -1) AS INTEGER)"
 
 
+# -- JSON attributes ------------------------------------------------------------------------------
+
+
+class json_attribute(FunctionElement[str]):  # lower case: reads as a SQL function
+    """The top-level key ``name`` of a JSON object column, as text (NULL when absent or
+    JSON null): the exposure's attribute snapshot, for segments."""
+
+    type = String()
+    inherit_cache = True
+
+
+def _json_with(template: str) -> Any:
+    def compile_(element: json_attribute, compiler: Any, **kw: Any) -> str:
+        column, name = _args(element, compiler, **kw)
+        return template.format(column=column, name=name)
+    return compile_
+
+
+# SQLite's json_extract gives numbers as numbers: cast, so every engine gives text (JSON
+# booleans are then '1'/'0' on SQLite, 'true'/'false' elsewhere).
+compiles(json_attribute)(_json_with(
+    "CAST(json_extract({column}, '$.\"' || {name} || '\"') AS TEXT)"))
+compiles(json_attribute, "postgresql")(_json_with("(CAST({column} AS JSONB) ->> {name})"))
+compiles(json_attribute, "duckdb")(_json_with(
+    "json_extract_string(CAST({column} AS JSON), '$.\"' || {name} || '\"')"))
+_each(json_attribute, CLICKHOUSE)(_json_with(  # JSONType is 'Null' for a missing key too
+    "multiIf(JSONType({column}, {name}) = 'String', JSONExtractString({column}, {name}), "
+    "JSONType({column}, {name}) = 'Null', NULL, JSONExtractRaw({column}, {name}))"))
+compiles(json_attribute, "bigquery")(_json_with("JSON_VALUE({column}, CONCAT('$.', {name}))"))
+compiles(json_attribute, "snowflake")(_json_with("GET(PARSE_JSON({column}), {name})::STRING"))
+
+
 # -- session settings -------------------------------------------------------------------------
 
 
@@ -402,5 +434,5 @@ def prepare(connection: Connection | Session) -> None:
 
 
 __all__ = ["CLICKHOUSE", "answer_class", "answer_key", "before_hours_after", "const",
-           "count_if", "day_key", "dialect_name", "has_bits", "hours_between", "packed_flags",
-           "prepare", "seconds_between", "utc_day"]
+           "count_if", "day_key", "dialect_name", "has_bits", "hours_between", "json_attribute",
+           "packed_flags", "prepare", "seconds_between", "utc_day"]

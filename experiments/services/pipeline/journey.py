@@ -42,20 +42,23 @@ def journey_columns(plan: Plan, unit: Any) -> list[Any]:
 
 def friction_outside_query(sources: PipelineSources, journey: Sequence[str], *,
                            hours: float) -> Select[Any]:
-    """Per variant and step outside the journey: units per friction kind met there."""
+    """Per variant (and grouping columns) and step outside the journey: units per friction
+    kind met there."""
     x, ev = first_exposures(sources), sources.events
     flags = [func.max(case((ev.c.friction_kind == kind, 1), else_=0)).label(kind)
              for kind in FRICTION_KINDS]
     outside = and_(ev.c.type == "friction", ev.c.step.is_not(None),
                    ev.c.step.not_in(list(journey)) if journey else true())
-    per_unit_step = (select(x.c.variant_key, ev.c.step, *flags)
+    groups = [x.c[name] for name in sources.grouping]
+    per_unit_step = (select(x.c.variant_key, *groups, ev.c.step, *flags)
                      .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
                      .where(window(x, ev, hours, with_pre=False), outside)
-                     .group_by(x.c.exposure_id, x.c.variant_key, ev.c.step)
+                     .group_by(x.c.exposure_id, x.c.variant_key, *groups, ev.c.step)
                      .subquery("s"))
-    return (select(per_unit_step.c.variant_key, per_unit_step.c.step,
-                   *[func.sum(per_unit_step.c[kind]).label(kind) for kind in FRICTION_KINDS])
-            .group_by(per_unit_step.c.variant_key, per_unit_step.c.step))
+    s = per_unit_step
+    keys = [s.c.variant_key, *(s.c[name] for name in sources.grouping), s.c.step]
+    return (select(*keys, *[func.sum(s.c[kind]).label(kind) for kind in FRICTION_KINDS])
+            .group_by(*keys))
 
 
 def number(value: Any) -> float:

@@ -30,6 +30,7 @@ from sqlalchemy.sql import Select
 from experiments.models import Experiment
 from experiments.services.capping import CAPPED_PARTS, cap_label, needs_ranking
 from experiments.services.pipeline.dialects import day_key, prepare
+from experiments.services.pipeline.exposures import first_exposures, multi_variant_units
 from experiments.services.pipeline.journey import (
     JourneyCounts,
     add_friction_outside,
@@ -37,7 +38,6 @@ from experiments.services.pipeline.journey import (
     friction_outside_query,
     number,
 )
-from experiments.services.pipeline.quantiles import QuantileSpec, quantile_stats, time_on_step
 from experiments.services.pipeline.sources import PipelineSources, own_sources
 from experiments.services.pipeline.unit_values import (
     PROPORTION_KINDS,
@@ -99,6 +99,8 @@ class ExperimentAggregates:
     quantiles: dict[str, dict[str, QuantileStats]] = field(default_factory=dict)
     # (variant, step) -> {"p50", "p90": seconds on the step, "n": units that left it}
     time_on_step: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # Units left out of the whole analysis: exposed to several variants (stage 1).
+    multi_variant_units: int = 0
 
 
 def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
@@ -113,12 +115,13 @@ def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
     return sums
 
 
+Group = tuple[Any, ...]  # the values of the sources' grouping columns, in order
+
+
 def aggregate_experiment(connection: Session | Connection, experiment_id: int | None,
                          metrics: Iterable[MetricSpec], *, hours: float, cuped: bool,
                          journey: Sequence[str] | None = None, rollup: bool = True,
-                         sources: PipelineSources | None = None,
-                         quantiles: Sequence[QuantileSpec] = (),
-                         alpha: float = 0.05) -> ExperimentAggregates:
+                         sources: PipelineSources | None = None) -> ExperimentAggregates:
     """Every sufficient statistic of one experiment, computed by the database.
 
     ``sources`` default to Parcours's own tables for ``experiment_id``; any engine the
@@ -126,80 +129,152 @@ def aggregate_experiment(connection: Session | Connection, experiment_id: int | 
     ``journey`` defaults to the experiment's (read from Parcours's database through a
     Session). On PostgreSQL over its own tables the pass reads the per-unit rollup and only
     the events it has not folded; ``rollup=False`` computes it all from the events.
-    ``quantiles``: quantile metrics, whose order statistics (ranks for ``alpha``) are read
-    from the events after the pass, like the journey's time on step.
+    Sources with grouping columns are summed over their groups.
     """
+    grouped = aggregate_grouped(connection, experiment_id, metrics, hours=hours, cuped=cuped,
+                                journey=journey, rollup=rollup, sources=sources)
+    return grouped[()] if set(grouped) == {()} else combine(grouped.values())
+
+
+def aggregate_grouped(connection: Session | Connection, experiment_id: int | None,
+                      metrics: Iterable[MetricSpec], *, hours: float, cuped: bool,
+                      journey: Sequence[str] | None = None, rollup: bool = True,
+                      sources: PipelineSources | None = None
+                      ) -> dict[Group, ExperimentAggregates]:
+    """:func:`aggregate_experiment` per group of the sources' grouping columns (see
+    :meth:`PipelineSources.grouped_by`), in the same round of queries (one pass whatever
+    the number of groups or grouping columns). Keys: the groups' values, in grouping order
+    (``()`` without grouping). Percentile caps are computed once over every exposed unit of
+    the experiment, so a group's values are capped exactly as in the whole report; every
+    group carries those thresholds and the experiment's ``multi_variant_units``.
+    """
+    specs = list(metrics)
     if sources is None:
         assert experiment_id is not None, "own sources need an experiment id"
         sources = own_sources(experiment_id)
-    if sources.grouping:
-        raise ValueError("aggregate_experiment keys rows by (variant, day): run the stage "
-                         "queries directly for grouping columns")
-    specs = list(metrics)
     if journey is None:
         assert isinstance(connection, Session), "pass the journey on a plain connection"
         journey = connection.get(Experiment, experiment_id).journey if experiment_id else []
     plan = Plan.of(specs, list(journey or []), cuped, sources.events)
-    units, by_metric, counts = Daily(), {m.key: Daily() for m in specs}, JourneyCounts()
+    groups: dict[Group, ExperimentAggregates] = {}
+
+    def group_of(data: Mapping[str, Any]) -> ExperimentAggregates:
+        key = tuple(data[name] for name in sources.grouping)
+        if key not in groups:
+            groups[key] = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs},
+                                               JourneyCounts())
+        return groups[key]
+
     first, last, exposed = None, None, 0
     zeros = _zero_sums(plan)
     prepare(connection)
     for row in connection.execute(units_query(sources)):
-        day = day_key(row.day)
-        units.add(row.variant_key, day, {"n": number(row.n)})
+        data, day = row._mapping, day_key(row.day)
+        aggregates = group_of(data)
+        aggregates.units.add(row.variant_key, day, {"n": number(row.n)})
         exposed += int(row.n)
         for metric in specs:
             if metric.kind != "nps":
                 base = {} if metric.kind == "time_to_convert" else {"n": number(row.n)}
-                by_metric[metric.key].add(row.variant_key, day, {**zeros[metric.key], **base})
+                aggregates.metrics[metric.key].add(row.variant_key, day,
+                                                   {**zeros[metric.key], **base})
         first = row.first if first is None else min(first, row.first)
         last = row.last if last is None else max(last, row.last)
     if first is None:
-        return ExperimentAggregates(units, by_metric, counts)
+        empty = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs}, JourneyCounts())
+        return groups if sources.grouping else {(): empty}
     margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
     events_between = (first - margin, last + margin)
     query = _unit_source(connection, sources, plan, hours=hours,
                          events_between=events_between, rollup=rollup, units=exposed)
-    outside, timing_by_variant = 0.0, {}  # variant -> [events before, after exposure]
+    outside = 0.0
     caps = _configured_caps(specs)
     for row in connection.execute(query):
         data = row._mapping
+        aggregates = group_of(data)
         _read_caps(caps, specs, data)
         for index, metric in enumerate(specs):
             sums = _metric_sums(plan, index, data)
             if metric.kind != "nps" or sums["n"] > 0:
-                by_metric[metric.key].add(data["variant_key"], day_key(data["day"]), sums)
-        add_journey(counts, plan, data)
-        timing = timing_by_variant.setdefault(data["variant_key"], [0.0, 0.0])
+                aggregates.metrics[metric.key].add(data["variant_key"], day_key(data["day"]),
+                                                   sums)
+        add_journey(aggregates.journey, plan, data)
+        timing = aggregates.timing.setdefault(data["variant_key"], [0.0, 0.0])
         timing[0] += number(data["events_pre"])
         timing[1] += number(data["events_post"])
         outside += number(data["extra_friction"])
     if outside:
-        add_friction_outside(counts, connection.execute(
-            friction_outside_query(sources, plan.journey, hours=hours)))
-    return ExperimentAggregates(
-        units, by_metric, counts, caps=caps, timing=timing_by_variant,
-        quantiles={spec.key: {cell[0]: stats for cell, stats in quantile_stats(
-            connection, sources, spec, journey=plan.journey, hours=hours, alpha=alpha).items()}
-            for spec in quantiles},
-        time_on_step=time_on_step(connection, sources, plan.journey, hours=hours))
+        for row in connection.execute(friction_outside_query(sources, plan.journey,
+                                                             hours=hours)):
+            add_friction_outside(group_of(row._mapping).journey, [row])
+    multi = 0 if sources.unique_units else int(
+        connection.scalar(multi_variant_units(sources)) or 0)
+    for aggregates in groups.values():
+        aggregates.caps = {key: dict(parts) for key, parts in caps.items()}
+        aggregates.multi_variant_units = multi
+    return groups
+
+
+def combine(parts: Iterable[ExperimentAggregates]) -> ExperimentAggregates:
+    """The sum of several groups' aggregates (they share caps and ``multi_variant_units``)."""
+    parts = list(parts)
+    total = ExperimentAggregates(Daily(), {}, JourneyCounts())
+    for part in parts:
+        for (variant, day), sums in part.units.rows.items():
+            total.units.add(variant, day, sums)
+        for key, daily in part.metrics.items():
+            target = total.metrics.setdefault(key, Daily())
+            for (variant, day), sums in daily.rows.items():
+                target.add(variant, day, sums)
+        for counts, added in ((total.journey.reached, part.journey.reached),
+                              (total.journey.friction, part.journey.friction)):
+            for cell, value in added.items():
+                counts[cell] = counts.get(cell, 0) + value  # type: ignore[index]
+        for variant, (before, after) in part.timing.items():
+            timing = total.timing.setdefault(variant, [0.0, 0.0])
+            timing[0] += before
+            timing[1] += after
+    if parts:
+        total.caps = {key: dict(values) for key, values in parts[0].caps.items()}
+        total.multi_variant_units = parts[0].multi_variant_units
+    return total
+
+
+def marginal(grouped: Mapping[Group, ExperimentAggregates], position: int = 0
+             ) -> dict[Any, ExperimentAggregates]:
+    """Per level of one grouping column (by position), the sum over the others: one
+    dimension's breakdown out of a pass grouped by several."""
+    levels: dict[Any, list[ExperimentAggregates]] = defaultdict(list)
+    for key, aggregates in grouped.items():
+        levels[key[position]].append(aggregates)
+    return {level: combine(parts) for level, parts in levels.items()}
 
 
 def _unit_source(connection: Session | Connection, sources: PipelineSources, plan: Plan, *,
                  hours: float, events_between: tuple[datetime, datetime],
                  rollup: bool, units: int) -> Select[Any]:
-    """The variant/day query over the per-unit values: rolled up where possible."""
-    unit_pass = UnitPass.of(sources, plan, hours=hours, events_between=events_between)
+    """The variant/day query over the per-unit values: rolled up where possible (the rollup
+    holds ungrouped per-unit values: grouping columns are joined from the exposures).
+    Otherwise the pass groups by the grouping columns itself: joining them afterwards to a
+    deduplicated (window-ranked) exposures relation made PostgreSQL pick a nested loop."""
     unit = None
     if rollup and sources.own_experiment is not None and isinstance(connection, Session):
-        values = [(value.label, value.merge) for value in unit_pass.values]
+        ungrouped = UnitPass.of(replace(sources, grouping=()), plan, hours=hours,
+                                events_between=events_between)
+        values = [(value.label, value.merge) for value in ungrouped.values]
         unit = rolled_up_units(connection, sources.own_experiment, plan_key(plan, hours),
-                               values, unit_pass.query)
+                               values, ungrouped.query)
+        if unit is not None and sources.grouping:
+            x = first_exposures(sources)
+            unit = (select(*unit.c, *(x.c[name] for name in sources.grouping))
+                    .select_from(unit.join(x, x.c.exposure_id == unit.c.exposure_id))
+                    .subquery("grouped_u"))
     if unit is None:
-        unit = unit_pass.query().subquery("u")
+        unit = UnitPass.of(sources, plan, hours=hours,
+                           events_between=events_between).query().subquery("u")
     if needs_ranking(plan.metrics):  # read twice (sums, percentiles): computed once
         unit = select(*unit.c).cte("unit_values")
-    return variant_day_query(plan, unit, units=units)
+    return variant_day_query(plan, unit, units=units, grouping=sources.grouping)
 
 
 def _configured_caps(specs: Sequence[MetricSpec]) -> dict[str, dict[str, float | None]]:
@@ -232,4 +307,5 @@ def _zero_sums(plan: Plan) -> dict[str, Sums]:
             for m in plan.metrics if m.kind != "nps"}
 
 
-__all__ = ["PASS_VERSION", "Daily", "ExperimentAggregates", "aggregate_experiment", "plan_key"]
+__all__ = ["PASS_VERSION", "Daily", "ExperimentAggregates", "Group", "aggregate_experiment",
+           "aggregate_grouped", "combine", "marginal", "plan_key"]

@@ -12,13 +12,16 @@ subquery (any selectable with those columns).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import false, select
+from sqlalchemy import Integer, case, false, func, literal, select
 from sqlalchemy.sql import FromClause
 
 from experiments.models import Event, Exposure
+from experiments.services.pipeline.dialects import json_attribute
 
 EXPOSURE_COLUMNS = ("exposure_id", "unit_id", "variant_key", "exposed_at")
 EVENT_COLUMNS = ("id", "unit_id", "type", "name", "step", "friction_kind", "value",
@@ -43,6 +46,14 @@ class PipelineSources:
     grouping: tuple[str, ...] = ()
     own_experiment: int | None = None
 
+    def grouped_by(self, **levels: Any) -> PipelineSources:
+        """The same sources grouped by expressions over the exposures' columns (e.g.
+        :func:`attribute_level`, :func:`period_of`), each added as a column of that name."""
+        e = self.exposures
+        exposures = select(*e.c, *(expression.label(name) for name, expression in levels.items())
+                           ).subquery("grouped_exposures")
+        return replace(self, exposures=exposures, grouping=(*self.grouping, *levels))
+
     def with_grouping(self, *columns: str) -> PipelineSources:
         """The same sources with more grouping columns (they must exist on exposures)."""
         missing = [c for c in columns if c not in self.exposures.c]
@@ -53,9 +64,10 @@ class PipelineSources:
 
 
 def own_sources(experiment_id: int) -> PipelineSources:
-    """Parcours's own tables: the experiment's exposures (override units excluded)."""
+    """Parcours's own tables: the experiment's exposures (override units excluded), with
+    their ``attributes`` snapshot (for :func:`attribute_level`)."""
     exposures = (select(Exposure.id.label("exposure_id"), Exposure.unit_id,
-                        Exposure.variant_key, Exposure.exposed_at)
+                        Exposure.variant_key, Exposure.exposed_at, Exposure.attributes)
                  .where(Exposure.experiment_id == experiment_id,
                         Exposure.is_override == false())
                  .subquery("x"))
@@ -68,14 +80,38 @@ def table_sources(exposures: Any, events: Any, *, experiment: Any = None,
                   grouping: tuple[str, ...] = ()) -> PipelineSources:
     """Sources over arbitrary tables or subqueries (e.g. ``parcours_exposures`` and
     ``parcours_events`` in a warehouse, or an ``events_sql`` subquery); ``experiment``
-    keeps the exposure rows whose ``experiment_column`` equals it; ``grouping`` names
-    exposure columns to carry through every stage."""
+    keeps the exposure rows whose ``experiment_column`` equals it (and their
+    ``attributes`` column, if any); ``grouping`` names exposure columns to carry through
+    every stage."""
     if experiment is not None:
-        exposures = (select(*(exposures.c[name] for name in (*EXPOSURE_COLUMNS, *grouping)))
+        kept = [*EXPOSURE_COLUMNS, *(["attributes"] if "attributes" in exposures.c else []),
+                *grouping]
+        exposures = (select(*(exposures.c[name] for name in kept))
                      .where(exposures.c[experiment_column] == experiment)
                      .subquery("experiment_exposures"))
     return PipelineSources(exposures, events).with_grouping(*grouping)
 
 
-__all__ = ["EVENT_COLUMNS", "EXPOSURE_COLUMNS", "PipelineSources", "own_sources",
-           "table_sources"]
+NULL_LEVEL = "__null__"
+
+
+def attribute_level(sources: PipelineSources, name: str) -> Any:
+    """A unit's level of a segment dimension: the attribute ``name`` of its exposure's
+    ``attributes`` snapshot (JSON), as text; missing or null → ``'__null__'`` (SPEC §11).
+    Taken from the first exposure (stage 1), so a later change never moves a unit."""
+    return func.coalesce(json_attribute(sources.exposures.c.attributes, literal(name)),
+                         NULL_LEVEL)
+
+
+def period_of(exposed_at: Any, boundaries: Sequence[datetime]) -> Any:
+    """The number of the period an exposure time falls in: 0 before the first boundary,
+    k from boundary k-1 (inclusive) to boundary k (a bandit's weight periods)."""
+    ordered = sorted(boundaries)
+    if not ordered:
+        return literal(0, Integer())
+    return case(*((exposed_at < at, number) for number, at in enumerate(ordered)),
+                else_=len(ordered))
+
+
+__all__ = ["EVENT_COLUMNS", "EXPOSURE_COLUMNS", "NULL_LEVEL", "PipelineSources",
+           "attribute_level", "own_sources", "period_of", "table_sources"]

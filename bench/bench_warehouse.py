@@ -1,0 +1,466 @@
+"""Warehouse analysis (SPEC §9, §15): DuckDB and ClickHouse (chDB) at 10 M units / 100 M events.
+
+The data is generated INSIDE each engine by one ``INSERT … SELECT`` per table over a number
+generator (DuckDB ``range()``, ClickHouse ``numbers()``), every column a hash of the unit or
+event number (integer arithmetic modulo a prime, the same in both engines and in Python:
+:func:`draw`), so DuckDB and chDB hold the same logical rows:
+
+- ``parcours_exposures``: one first exposure per unit ``u1…uN`` of experiment ``bench-checkout``,
+  variants ``control`` / ``one-page`` (50/50), exposed at a uniform time over 14 days,
+  ``attributes`` a JSON text with a ``country`` (the one dimension).
+- ``parcours_events``: ``PARCOURS_BENCH_WH_EVENTS_PER_UNIT`` (10) events per unit, from one day
+  before the exposure (pre-period, 20 %) to four days after (late, beyond the 72 h window,
+  20 %): 55 % journey steps over 4 steps, 15 % friction of 5 kinds, 10 % purchases
+  (+1 point in ``one-page``) with whole values 20…99, 5 % NPS answers 0…10, 15 % custom clicks.
+
+Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in one run):
+
+1. ``baseline``: ONE hand-written query per engine of the per-variant sufficient statistics
+   (n, sum, sum of squares) of the per-unit purchase value inside the 72 h window after the
+   exposure — :data:`BASELINE_SQL`, the same text on both engines.
+2. ``full report``: :func:`full_report` (every metric, funnel, friction points, one dimension)
+   through the portable pipeline, and its ratio to the baseline (goal ≤ 1.5×). Until the
+   pipeline is wired in, it prints ``full report: pending pipeline``.
+3. Peak RSS of a fresh process running the report (``VmHWM``; goal < 500 MB); while the
+   report is pending, the baseline's peak RSS is printed for information. DuckDB runs with
+   ``memory_limit`` = ``PARCOURS_BENCH_WH_DUCKDB_MEMORY`` (1GB: its buffer pool, spilling to
+   disk beyond) and ``threads=2`` (this machine's cores), both in its URL. At 10 M units the
+   hand-written join fails with "Out of Memory" at 300MB and 400MB (also with
+   ``preserve_insertion_order=false``): its hash table of 10 M text unit ids does not spill
+   enough, so a DuckDB process running it peaks at ~1.2 GB RSS. chDB runs with ClickHouse's
+   defaults (``max_threads`` = cores); importing chDB alone maps ~400-500 MB of library
+   (file-backed RSS), which is why the child also prints anonymous vs file-backed RSS.
+4. The PostgreSQL comparison: the same rows at ``PARCOURS_BENCH_WH_POSTGRES_UNITS`` (1 M units,
+   10 M events) in Parcours's own schema in a scratch database on ``PARCOURS_BENCH_POSTGRES_URL``,
+   analysed by ``analyze_experiment`` (first report, no rollup) vs the full report on DuckDB and
+   chDB at that size (goal ≥ 10× faster). ``PARCOURS_BENCH_WH_POSTGRES=0`` skips it.
+
+    PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
+        .venv/bin/python -m bench bench_warehouse           # try small first
+
+Measured here (2026-12-04, 2 shared cores under load, ``nice -n 10``, 10 M units / 100 M
+events, REPEAT=3): generation DuckDB 266 s, chDB 289 s; baseline query DuckDB 12.9 s (1GB
+limit), chDB 49.6 s; peak RSS of a process running the baseline: DuckDB ~1.16 GB, chDB 2.62 GB
+(296 MB after imports; 2.07 GB anonymous at the end). PostgreSQL at 1 M units / 10 M events:
+load 184 s, first report (``analyze_experiment``) 27.4 s; the baseline query at that size:
+DuckDB 4.0 s, chDB 10.0 s (7× and 3× faster than PostgreSQL's report; measured while another
+load ran). Full report and its ratios: pending the pipeline.
+
+The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
+100 M events take about 2 GB in each engine), removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bench.bench_analysis import (
+    KEY,
+    REPEAT,
+    STARTED,
+    bench_experiment,
+    best_of,
+    create_running_experiment,
+    drop_rollup,
+    fresh_database,
+    indexes_dropped,
+    run_analysis,
+    timed,
+)
+
+UNITS = int(os.environ.get("PARCOURS_BENCH_WH_UNITS", "10000000"))
+EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_WH_EVENTS_PER_UNIT", "10"))
+POSTGRES_UNITS = int(os.environ.get("PARCOURS_BENCH_WH_POSTGRES_UNITS", "1000000"))
+WITH_POSTGRES = os.environ.get("PARCOURS_BENCH_WH_POSTGRES", "1") != "0"
+DUCKDB_MEMORY = os.environ.get("PARCOURS_BENCH_WH_DUCKDB_MEMORY", "1GB")
+ENGINES = ("duckdb", "chdb")
+TARGET_RATIO = 1.5
+TARGET_RSS_MB = 500
+TARGET_SPEEDUP = 10
+WINDOW_HOURS = 72
+JOURNEY = ("landing", "cart", "checkout", "payment")
+FRICTION_KINDS = ("error", "abandonment", "retry", "rage_click", "slow_step")
+COUNTRIES = ("fr", "de", "es", "it")
+SPAN_S = 14 * 86_400
+DAY_S = 86_400
+
+# The pseudo-random draws: (x·A + B) mod P squared, then (·C + D) mod P, with P = 2³¹ − 1.
+# Every intermediate stays below 2⁶³ for x < 10⁹, so BIGINT/UInt64 compute it exactly.
+PRIME = 2_147_483_647
+STREAMS = {  # stream -> (A, B, C, D): one independent draw per column
+    "variant": (1_103_515_245, 12_345, 48_271, 11), "exposed": (69_069, 1, 16_807, 7),
+    "country": (1_664_525, 1_013_904_223, 39_373, 3), "offset": (22_695_477, 1, 40_692, 5),
+    "kind": (134_775_813, 1, 62_089_911, 13), "pick": (214_013, 2_531_011, 950_706_376, 17),
+    "value": (1_140_671_485, 12_820_163, 742_938_285, 19),
+}
+# Thresholds of the "kind" draw (as fractions of PRIME): step, friction, purchase, nps, custom.
+KIND_CUTS = (0.55, 0.70, 0.80, 0.85)
+TREATMENT_LIFT = 0.01  # purchases are one point more frequent in "one-page"
+
+
+def draw(stream: str, x: int) -> int:
+    """The stream's pseudo-random integer in [0, PRIME) for unit/event number ``x`` (the
+    Python twin of :func:`_draw_sql`, for checking the engines)."""
+    a, b, c, d = STREAMS[stream]
+    y = (x * a + b) % PRIME
+    return ((y * y) % PRIME * c + d) % PRIME
+
+
+def _draw_sql(stream: str, x: str) -> str:
+    a, b, c, d = STREAMS[stream]
+    y = f"(({x}) * {a} + {b}) % {PRIME}"
+    return f"((({y}) * ({y})) % {PRIME} * {c} + {d}) % {PRIME}"
+
+
+def _cut(fraction: float) -> int:
+    return int(fraction * PRIME)
+
+
+def _choice(draw_sql: str, names: tuple[str, ...]) -> str:
+    cases = " ".join(f"WHEN {i} THEN '{name}'" for i, name in enumerate(names))
+    return f"CASE ({draw_sql}) % {len(names)} {cases} END"
+
+
+# Per engine: column types, a number series ``alias(v)`` and epoch seconds → timestamp.
+DIALECTS: dict[str, dict[str, Any]] = {
+    "duckdb": {
+        "types": {"id": "BIGINT", "text": "VARCHAR", "null_text": "VARCHAR", "float": "DOUBLE",
+                  "ts": "TIMESTAMP"},
+        "table_suffix": "",
+        "double": "DOUBLE",
+        "series": lambda alias, start, count: f"range({start}, {start + count}) AS {alias}(v)",
+        "ts": lambda expr: f"make_timestamp(CAST({expr} AS BIGINT) * 1000000)",
+    },
+    "chdb": {
+        "types": {"id": "Int64", "text": "String", "null_text": "Nullable(String)",
+                  "float": "Nullable(Float64)", "ts": "DateTime('UTC')"},
+        "table_suffix": " ENGINE = MergeTree ORDER BY tuple()",
+        "double": "Float64",
+        "series": lambda alias, start, count:
+            f"(SELECT number AS v FROM numbers({start}, {count})) AS {alias}",
+        "ts": lambda expr: f"toDateTime({expr}, 'UTC')",
+    },
+    "postgresql": {  # only the SELECTs: the tables are Parcours's own (migrations)
+        "double": "double precision",
+        "series": lambda alias, start, count:
+            f"generate_series(CAST({start} AS bigint), {start + count - 1}) AS {alias}(v)",
+        "ts": lambda expr: f"to_timestamp({expr})",
+    },
+}
+
+
+def exposures_select(dialect: str, units: int) -> str:
+    """exposure_id, experiment_key, unit_id, variant_key, exposed_at, attributes of every unit."""
+    d = DIALECTS[dialect]
+    exposed = f"{int(STARTED.timestamp())} + ({_draw_sql('exposed', 'u.v')}) % {SPAN_S}"
+    return (
+        f"SELECT u.v AS exposure_id, '{KEY}' AS experiment_key, "
+        f"concat('u', CAST(u.v AS VARCHAR)) AS unit_id, "
+        f"CASE WHEN ({_draw_sql('variant', 'u.v')}) % 2 = 0 THEN 'control' ELSE 'one-page' END"
+        f" AS variant_key, "
+        f"{d['ts'](exposed)} AS exposed_at, "
+        f"concat('{{\"country\": \"', {_choice(_draw_sql('country', 'u.v'), COUNTRIES)}, '\"}}')"
+        f" AS attributes "
+        f"FROM {d['series']('u', 1, units)}")
+
+
+def events_select(dialect: str, units: int) -> str:
+    """id, unit_id, type, name, step, friction_kind, value, occurred_at of every event."""
+    d = DIALECTS[dialect]
+    started = int(STARTED.timestamp())
+    step, friction = _choice(_draw_sql("pick", "n"), JOURNEY), \
+        _choice(_draw_sql("pick", "n"), FRICTION_KINDS)
+    kind = (f"CASE WHEN k < {_cut(KIND_CUTS[0])} THEN 'step' "
+            f"WHEN k < {_cut(KIND_CUTS[1])} THEN 'friction' "
+            f"WHEN k < {_cut(KIND_CUTS[2])} + treated * {_cut(TREATMENT_LIFT)} THEN 'conversion' "
+            f"WHEN k < {_cut(KIND_CUTS[3])} THEN 'nps' ELSE 'custom' END")
+    drawn = (
+        f"SELECT n, u, {_draw_sql('kind', 'n')} AS k, {_draw_sql('value', 'n')} AS r, "
+        f"({_draw_sql('variant', 'u')}) % 2 AS treated, "
+        f"{started} + ({_draw_sql('exposed', 'u')}) % {SPAN_S} "
+        f"+ ({_draw_sql('offset', 'n')}) % {5 * DAY_S} - {DAY_S} AS at_s, "
+        f"{step} AS step, {friction} AS friction "
+        f"FROM (SELECT (us.v - 1) * {EVENTS_PER_UNIT} + es.v AS n, us.v AS u "
+        f"FROM {d['series']('us', 1, units)} CROSS JOIN {d['series']('es', 0, EVENTS_PER_UNIT)}"
+        f") AS numbered")
+    typed = f"SELECT n, u, r, at_s, step, friction, {kind} AS kind FROM ({drawn}) AS drawn"
+    return (
+        f"SELECT n AS id, concat('u', CAST(u AS VARCHAR)) AS unit_id, kind AS type, "
+        f"CASE kind WHEN 'step' THEN step WHEN 'friction' THEN friction "
+        f"WHEN 'conversion' THEN 'purchase' WHEN 'nps' THEN 'nps' ELSE 'click' END AS name, "
+        f"CASE WHEN kind IN ('step', 'friction') THEN step END AS step, "
+        f"CASE WHEN kind = 'friction' THEN friction END AS friction_kind, "
+        f"CASE kind WHEN 'conversion' THEN CAST(20 + r % 80 AS {d['double']}) "
+        f"WHEN 'nps' THEN CAST(r % 11 AS {d['double']}) END AS value, "
+        f"{d['ts']('at_s')} AS occurred_at "
+        f"FROM ({typed}) AS typed")
+
+
+TABLES = {
+    "parcours_exposures": (exposures_select, ("exposure_id id", "experiment_key text",
+                                              "unit_id text", "variant_key text",
+                                              "exposed_at ts", "attributes text")),
+    "parcours_events": (events_select, ("id id", "unit_id text", "type text", "name text",
+                                        "step null_text", "friction_kind null_text",
+                                        "value float", "occurred_at ts")),
+}
+
+# What an analyst writes for the primary metric's sufficient statistics: each unit's purchase
+# value in the 72 h after its exposure (0 without purchase), then n, sum and sum of squares
+# per variant. The same text runs on DuckDB and ClickHouse.
+BASELINE_SQL = f"""
+SELECT x.variant_key AS variant_key, count(*) AS n, sum(coalesce(p.v, 0)) AS total,
+       sum(coalesce(p.v, 0) * coalesce(p.v, 0)) AS total_sq
+FROM parcours_exposures AS x LEFT JOIN (
+    SELECT e.unit_id AS unit_id, sum(e.value) AS v
+    FROM parcours_events AS e JOIN parcours_exposures AS f ON e.unit_id = f.unit_id
+    WHERE e.type = 'conversion' AND e.name = 'purchase' AND e.occurred_at >= f.exposed_at
+      AND e.occurred_at < f.exposed_at + INTERVAL {WINDOW_HOURS} HOUR
+    GROUP BY e.unit_id
+) AS p ON p.unit_id = x.unit_id
+WHERE x.experiment_key = '{KEY}'
+GROUP BY x.variant_key ORDER BY x.variant_key
+"""
+
+
+def engine_url(engine: str, directory: Path) -> str:
+    """The SQLAlchemy URL of ``engine``'s database in ``directory`` (DuckDB's settings in it)."""
+    if engine == "duckdb":
+        return f"duckdb:///{directory}/bench.duckdb?memory_limit={DUCKDB_MEMORY}&threads=2"
+    return f"chdb:///{directory}/chdb"
+
+
+def generate(url: str, units: int) -> None:
+    """Create and fill both tables inside the engine ``url`` names (one INSERT … SELECT each)."""
+    dialect = url.split(":", 1)[0]
+    d = DIALECTS[dialect]
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for table, (select, columns) in TABLES.items():
+            typed = ", ".join(f"{name} {d['types'][kind]}"
+                              for name, kind in (column.split() for column in columns))
+            connection.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            connection.execute(text(f"CREATE TABLE {table} ({typed}){d['table_suffix']}"))
+            names = ", ".join(column.split()[0] for column in columns)
+            connection.execute(text(f"INSERT INTO {table} ({names}) {select(dialect, units)}"))
+    engine.dispose()
+
+
+def baseline(url: str) -> dict[str, tuple[int, float, float]]:
+    """variant → (n, sum, sum of squares) from :data:`BASELINE_SQL`, on a fresh connection."""
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = connection.execute(text(BASELINE_SQL)).all()
+    engine.dispose()
+    return {row.variant_key: (int(row.n), float(row.total), float(row.total_sq)) for row in rows}
+
+
+def full_report(url: str) -> float:
+    """Seconds of the full Parcours report (every metric, funnel, friction points, one
+    dimension) of the bench experiment over the warehouse ``url`` names."""
+    return pending_pipeline(url)
+
+
+def pending_pipeline(url: str) -> float:
+    """Placeholder until ``experiments.services.pipeline`` lands: the integrator replaces the
+    call in :func:`full_report` by the pipeline's report over ``url`` (same bench experiment:
+    :func:`warehouse_experiment`)."""
+    raise NotImplementedError(f"full report on {url.split(':', 1)[0]}: pending pipeline")
+
+
+def warehouse_experiment() -> dict[str, Any]:
+    """The bench experiment's configuration: bench_analysis's (4 metrics, CUPED) on this journey."""
+    return {**bench_experiment(), "journey": list(JOURNEY)}
+
+
+def main() -> None:
+    """Generate, time baseline and full report, RSS, then the PostgreSQL comparison."""
+    print(f"units={UNITS:,} events={UNITS * EVENTS_PER_UNIT:,} duckdb memory_limit="
+          f"{DUCKDB_MEMORY} threads=2; chdb defaults", flush=True)
+    with warehouses(UNITS) as urls:
+        for engine, url in urls.items():
+            baseline_s = best_of(lambda url=url: baseline(url))
+            print(f"{engine:7} baseline query       {baseline_s:8.2f}s", flush=True)
+            report_s = report_seconds(url)
+            if report_s is None:
+                print(f"{engine:7} full report: pending pipeline", flush=True)
+            else:
+                ratio = report_s / baseline_s
+                print(f"{engine:7} full report          {report_s:8.2f}s   ratio {ratio:.2f}x "
+                      f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}",
+                      flush=True)
+            print_rss(engine, url)
+    if WITH_POSTGRES:
+        compare_postgres()
+
+
+def report_seconds(url: str) -> float | None:
+    """Median of REPEAT full reports after a warm-up, or None while the pipeline is pending."""
+    try:
+        full_report(url)
+    except NotImplementedError:
+        return None
+    return statistics.median(full_report(url) for _ in range(REPEAT))
+
+
+def print_rss(engine: str, url: str) -> None:
+    """Peak RSS of a fresh process running the full report (the baseline while pending)."""
+    rss = child_rss("report", url)
+    if rss.get("pending"):
+        rss = child_rss("baseline", url)
+        print(f"{engine:7} peak RSS: report pending; baseline process {rss['peak_mb']:.0f} MB "
+              f"({describe_rss(rss)}; information only)", flush=True)
+        return
+    print(f"{engine:7} report peak RSS      {rss['peak_mb']:8.0f} MB ({describe_rss(rss)}; "
+          f"target < {TARGET_RSS_MB} MB) {'OK' if rss['peak_mb'] < TARGET_RSS_MB else 'MISSED'}",
+          flush=True)
+
+
+def describe_rss(rss: dict[str, Any]) -> str:
+    """After imports, and at the end the anonymous (heap) vs file-backed (mapped libraries:
+    chDB's is ~500 MB) parts of the RSS, for reading the peak."""
+    return (f"after imports {rss['imports_mb']:.0f} MB; at the end anonymous "
+            f"{rss.get('RssAnon', 0):.0f} MB + file-backed {rss.get('RssFile', 0):.0f} MB")
+
+
+def compare_postgres() -> None:
+    """The same rows at POSTGRES_UNITS in Parcours's own PostgreSQL schema: its first report
+    vs the full report (and, for information, the baseline) on DuckDB and chDB at that size."""
+    print(f"postgres comparison: units={POSTGRES_UNITS:,} "
+          f"events={POSTGRES_UNITS * EVENTS_PER_UNIT:,}", flush=True)
+    with fresh_database() as pg_url:
+        experiment_id = create_running_experiment(pg_url, warehouse_experiment())
+        started = time.perf_counter()
+        load_postgres(pg_url, experiment_id, POSTGRES_UNITS)
+        print(f"postgres data loaded in {time.perf_counter() - started:.1f}s", flush=True)
+        drop_rollup(pg_url, experiment_id)
+        postgres_s = timed(lambda: run_analysis(pg_url, units=POSTGRES_UNITS))
+    print(f"postgres first report       {postgres_s:8.2f}s", flush=True)
+    with warehouses(POSTGRES_UNITS) as urls:
+        for engine, url in urls.items():
+            report_s = report_seconds(url)
+            if report_s is None:
+                baseline_s = best_of(lambda url=url: baseline(url))
+                print(f"{engine:7} full report: pending pipeline (baseline query "
+                      f"{baseline_s:.2f}s, {postgres_s / baseline_s:.0f}x faster than "
+                      "postgres' report; information only)", flush=True)
+                continue
+            speedup = postgres_s / report_s
+            print(f"{engine:7} full report          {report_s:8.2f}s   {speedup:.1f}x faster "
+                  f"than postgres (target >= {TARGET_SPEEDUP}x) "
+                  f"{'OK' if speedup >= TARGET_SPEEDUP else 'MISSED'}", flush=True)
+
+
+@contextmanager
+def warehouses(units: int) -> Iterator[dict[str, str]]:
+    """engine → URL of a DuckDB file and a chDB directory filled with ``units`` units, in a
+    temporary directory removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="parcours_wh_",
+                                     dir=os.environ.get("PARCOURS_BENCH_WH_DIR")) as tmp:
+        urls = {}
+        for engine in ENGINES:
+            (Path(tmp) / engine).mkdir()
+            urls[engine] = engine_url(engine, Path(tmp) / engine)
+            generated_s = timed(lambda url=urls[engine]: generate_in_child(url, units))
+            print(f"{engine:7} data generated in {generated_s:.1f}s "
+                  f"({units:,} units, {units * EVENTS_PER_UNIT:,} events)", flush=True)
+        yield urls
+
+
+def generate_in_child(url: str, units: int) -> None:
+    """:func:`generate` in a child process (the bench process's RSS stays that of a client,
+    and the engine's files are closed when it exits)."""
+    subprocess.run([sys.executable, "-m", "bench.bench_warehouse", "--generate", url, str(units)],
+                   check=True)
+
+
+def load_postgres(url: str, experiment_id: int, units: int) -> None:
+    """The warehouse rows, generated by the same SELECTs, into Parcours's exposures and events."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("SET maintenance_work_mem = '512MB'"))
+        connection.execute(text(
+            "INSERT INTO exposures (experiment_id, unit_id, variant_key, exposed_at, "
+            "attributes, is_override) SELECT :experiment_id, unit_id, variant_key, exposed_at, "
+            f"CAST(attributes AS jsonb), false FROM ({exposures_select('postgresql', units)}) x"),
+            {"experiment_id": experiment_id})
+        with indexes_dropped(connection, "events"):
+            connection.execute(text(
+                "INSERT INTO events (event_id, unit_id, type, name, step, friction_kind, value, "
+                "occurred_at, received_at, properties) SELECT 'e' || id, unit_id, type, name, "
+                "step, friction_kind, value, occurred_at, occurred_at, '{}'::jsonb "
+                f"FROM ({events_select('postgresql', units)}) e"))
+        connection.execute(text("VACUUM ANALYZE exposures"))
+        connection.execute(text("VACUUM ANALYZE events"))
+    engine.dispose()
+
+
+def child_rss(what: str, url: str) -> dict[str, Any]:
+    """Peak RSS of ``what`` ("report" or "baseline") run once in a fresh child process."""
+    output = subprocess.run([sys.executable, "-m", "bench.bench_warehouse", "--child", what, url],
+                            check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(output.strip().splitlines()[-1]))
+
+
+def _child(what: str, url: str) -> None:
+    """Child side of :func:`child_rss`: imports, then one run, printing both peaks (KiB→MB)."""
+    create_engine(url).dispose()  # imports the engine's driver: counted with the imports
+    imports_mb = memory_mb()["VmHWM"]
+    try:
+        full_report(url) if what == "report" else baseline(url)
+    except NotImplementedError:
+        print(json.dumps({"pending": True}))
+        return
+    memory = memory_mb()
+    print(json.dumps({"imports_mb": imports_mb, "peak_mb": memory["VmHWM"], **memory}))
+
+
+def memory_mb() -> dict[str, float]:
+    """This process's peak RSS (VmHWM) and current anonymous/file-backed RSS, in MB. Not
+    ``ru_maxrss``: Linux carries the parent's peak over ``fork`` + ``exec`` into it."""
+    status = dict(line.split(":", 1) for line in
+                  Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {key: int(status[key].split()[0]) / 1024 for key in ("VmHWM", "RssAnon", "RssFile")}
+
+
+def python_baseline(units: int) -> dict[str, tuple[int, float, float]]:
+    """:data:`BASELINE_SQL`'s answer computed in Python from :func:`draw` (small ``units``
+    only: the tests' independent check of both the generators and the query)."""
+    started = int(STARTED.timestamp())
+    stats: dict[str, list[float]] = {"control": [0, 0.0, 0.0], "one-page": [0, 0.0, 0.0]}
+    for u in range(1, units + 1):
+        treated = draw("variant", u) % 2
+        exposed = started + draw("exposed", u) % SPAN_S
+        value = 0.0
+        for n in range((u - 1) * EVENTS_PER_UNIT, u * EVENTS_PER_UNIT):
+            at = exposed + draw("offset", n) % (5 * DAY_S) - DAY_S
+            k = draw("kind", n)
+            if (_cut(KIND_CUTS[1]) <= k < _cut(KIND_CUTS[2]) + treated * _cut(TREATMENT_LIFT)
+                    and exposed <= at < exposed + WINDOW_HOURS * 3600):
+                value += 20 + draw("value", n) % 80
+        row = stats["one-page" if treated else "control"]
+        row[0] += 1
+        row[1] += value
+        row[2] += value * value
+    return {variant: (int(n), float(s), float(ss)) for variant, (n, s, ss) in stats.items()}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        _child(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["--generate"]:
+        generate(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()

@@ -1,0 +1,114 @@
+"""Grouped aggregation (SPEC §11–§13 on the §15 pipeline): bandit periods at their exact
+boundaries, attribute levels of every JSON type, the BigQuery/Snowflake spellings, and the
+report's ``data_quality``. The four-engine parity of groups is in test_pipeline_parity."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+import sqlglot
+from sqlalchemy.orm import Session
+
+from experiments.db import UtcDateTime
+from experiments.schemas import AnalysisSettings
+from experiments.services.analysis import build_report
+from experiments.services.pipeline import (
+    MetricSpec,
+    aggregate_experiment,
+    aggregate_grouped,
+    attribute_level,
+    marginal,
+    period_of,
+    table_sources,
+    units_query,
+)
+from tests.test_aggregation import expose, make_experiment
+from tests.test_pipeline_golden import DIALECTS
+from tests.test_pipeline_parity import plain_tables
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+BOUNDARIES = [T0, T0 + timedelta(hours=6)]
+CONV = [MetricSpec("conv", "conversion", event="purchase")]
+
+
+def _sources(connection: sa.Connection, rows: list[tuple[str, str, datetime, object]]) -> object:
+    exposures, events = plain_tables(None, UtcDateTime, attributes=True)
+    exposures.metadata.create_all(connection)
+    connection.execute(exposures.insert(), [
+        {"exposure_id": number, "experiment_id": 1, "unit_id": unit, "variant_key": variant,
+         "exposed_at": at, "attributes": json.dumps(attributes)}
+        for number, (unit, variant, at, attributes) in enumerate(rows, start=1)])
+    return table_sources(exposures, events, experiment=1)
+
+
+def test_periods_split_at_their_exact_boundaries_and_levels_of_every_json_type() -> None:
+    """An exposure AT a boundary opens the next period; a unit's later exposure (another
+    period, another level) never moves it; numbers, booleans, null and missing keys."""
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as connection:
+        sources = _sources(connection, [
+            ("a", "control", T0 - timedelta(microseconds=1), {"country": "FR"}),
+            ("b", "control", T0, {"country": "FR"}),
+            ("b", "control", T0 + timedelta(hours=7), {"country": "DE"}),  # later: ignored
+            ("c", "treatment", T0 + timedelta(hours=6) - timedelta(microseconds=1),
+             {"country": None}),
+            ("d", "treatment", T0 + timedelta(hours=6), {}),
+            ("e", "treatment", T0 + timedelta(hours=9), {"country": 33}),
+        ])
+        grouped = sources.grouped_by(
+            country=attribute_level(sources, "country"),
+            period=period_of(sources.exposures.c.exposed_at, BOUNDARIES))
+        got = aggregate_grouped(connection, None, CONV, hours=24, cuped=False, journey=[],
+                                sources=grouped)
+    engine.dispose()
+    units = {key: int(sum(s["n"] for s in a.units.rows.values())) for key, a in got.items()}
+    assert units == {("FR", 0): 1, ("FR", 1): 1, ("__null__", 1): 1, ("__null__", 2): 1,
+                     ("33", 2): 1}
+    periods = {period: {v: int(s["n"]) for v, s in a.units.totals().items()}
+               for period, a in marginal(got, 1).items()}
+    assert periods == {0: {"control": 1}, 1: {"control": 1, "treatment": 1},
+                       2: {"treatment": 2}}
+
+
+def test_no_boundaries_is_one_period() -> None:
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as connection:
+        sources = _sources(connection, [("a", "control", T0, {})])
+        grouped = sources.grouped_by(period=period_of(sources.exposures.c.exposed_at, []))
+        assert [row.period for row in connection.execute(units_query(grouped))] == [0]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+def test_grouping_compiles_for_bigquery_and_snowflake(dialect: str) -> None:
+    exposures, events = plain_tables(None, sa.DateTime(timezone=True), attributes=True)
+    sources = table_sources(exposures, events, experiment=7)
+    grouped = sources.grouped_by(country=attribute_level(sources, "country"),
+                                 period=period_of(sources.exposures.c.exposed_at, BOUNDARIES))
+    sql = str(units_query(grouped).compile(dialect=DIALECTS[dialect](),
+                                           compile_kwargs={"literal_binds": True}))
+    assert ("JSON_VALUE(" if dialect == "bigquery" else "PARSE_JSON(") in sql
+    (statement,) = sqlglot.parse(sql, read=dialect)
+    assert statement is not None and statement.find(sqlglot.exp.Case) is not None
+
+
+def test_units_exposed_to_several_variants_are_in_the_report(db: Session) -> None:
+    """Own tables hold none (unique per unit); a warehouse's may: the report says how many
+    were left out, under ``data_quality`` (additive to SPEC §6) and as a warning."""
+    experiment = make_experiment(db)
+    expose(db, experiment, "u1", experiment.variants[0].key)
+    db.commit()
+    metrics = [MetricSpec.of(metric) for metric in experiment.metrics]
+    aggregates = aggregate_experiment(db, experiment.id, metrics, hours=24, cuped=False)
+    assert aggregates.multi_variant_units == 0
+    settings = AnalysisSettings.model_validate(experiment.analysis)
+    clean = build_report(experiment, settings, aggregates, now=T0)
+    assert clean["data_quality"] == {"multi_variant_units": 0}
+    body = build_report(experiment, settings, replace(aggregates, multi_variant_units=3),
+                        now=T0)
+    assert body["data_quality"] == {"multi_variant_units": 3}
+    assert "3 units exposed to several variants left out" in body["warnings"]
