@@ -209,14 +209,17 @@ def _put(line: dict[str, list[float | None]], index: int, effect: dict[str, Any]
 
 
 def funnel(body: dict[str, Any], variants: list[str]) -> dict[str, Any]:
-    """Rates per step and variant for the funnel chart and its table, and the worst transition."""
+    """Rates per step and variant for the funnel chart and its table (with the p50/p90 time
+    on each step when the report has it), and the worst transition."""
     steps = [s for s in _list(body.get("funnel")) if isinstance(s, dict)]
     rows = []
     for step in steps:
         cells = _dict(step.get("variants"))
         rows.append({"step": step.get("step"), "largest_drop_off": bool(step.get(
             "largest_drop_off")), "cells": [_dict(cells.get(v)) for v in variants]})
+    timed = any("time_on_step" in cell for row in rows for cell in row["cells"])
     return {"variants": variants, "rows": rows, "drop": largest_drop(body, rows, variants),
+            "time_on_step": timed,
             "chart": {"labels": [str(r["step"]) for r in rows], "series": [
                 {"variant": v, "rates": [_float(r["cells"][i].get("rate")) for r in rows]}
                 for i, v in enumerate(variants)]}}
