@@ -61,7 +61,12 @@ def identity_line(body: dict[str, Any] | None) -> dict[str, int] | None:
 
 
 def unit_split(body: dict[str, Any], weights: dict[str, float]) -> list[dict[str, Any]]:
-    """Observed vs expected share of units per variant (what SRM compares)."""
+    """Observed vs expected share of units per variant (what SRM compares). A bandit's
+    expectation is its periods' weights applied to their traffic (``expected_units``, SPEC
+    §13), never the configured weights, which only held for period 0."""
+    expected = {key: _float(value) for key, value in _dict(body.get("expected_units")).items()}
+    if expected and all(value is not None for value in expected.values()):
+        weights = {key: expected.get(key) or 0.0 for key in weights}
     units = _dict(body.get("units"))
     total = sum(v for v in units.values() if _float(v) is not None) or 0
     weight_sum = sum(weights.values()) or 1.0
