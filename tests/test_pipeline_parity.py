@@ -485,7 +485,8 @@ def test_a_grouping_column_flows_from_exposures_to_the_variant_rows(tmp_path: Pa
         grouped = table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
         plan = Plan.of(METRICS, JOURNEY, True, grouped.events)
         unit = UnitPass.of(grouped, plan, hours=HOURS).query().subquery("u")
-        rows = connection.execute(variant_day_query(plan, unit, grouping=grouped.grouping)).all()
+        rows = connection.execute(variant_day_query(plan, unit,
+                                                    sets=[(grouped.grouping, True)])).all()
         units = connection.execute(units_query(grouped)).all()
         whole = run(connection, plain)
     engine.dispose()

@@ -14,6 +14,7 @@ from experiments.services.pipeline.run import (
     Daily,
     ExperimentAggregates,
     Group,
+    aggregate_dimensions,
     aggregate_experiment,
     aggregate_grouped,
     combine,
@@ -38,6 +39,7 @@ from experiments.services.pipeline.variant_stats import to_stats, units_query, v
 
 __all__ = ["CUPED_KINDS", "NULL_LEVEL", "PASS_VERSION", "Daily", "ExperimentAggregates",
            "Group", "JourneyCounts", "MetricSpec", "PipelineSources", "Plan", "UnitPass",
-           "aggregate_experiment", "aggregate_grouped", "attribute_level", "combine",
-           "friction_outside_query", "marginal", "match_condition", "own_sources",
+           "aggregate_dimensions", "aggregate_experiment", "aggregate_grouped",
+           "attribute_level", "combine", "friction_outside_query", "marginal",
+           "match_condition", "own_sources",
            "period_of", "table_sources", "to_stats", "units_query", "variant_day_query"]
