@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, literal_column, null, select, union_all
+from sqlalchemy import func, literal_column, select, union_all
 
 from experiments.services.capping import CapKey, cap_label, cap_thresholds, capped
 from experiments.services.pipeline.dialects import (
@@ -46,14 +46,18 @@ GroupingSet = tuple[tuple[str, ...], bool]  # grouping columns, and whether also
 def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any]) -> Any:
     """``aggregates`` over ``relation`` per variant and each grouping set, one SELECT per set
     UNION ALL'd (GROUPING SETS, portably): every row names its set (``grouping_set``, the
-    position in ``sets``) and carries ``day`` and every set's columns, NULL where its set
-    does not group by them. One set: a plain grouped SELECT (no ``grouping_set``)."""
+    position in ``sets``) and carries ``day`` and every set's columns; those its set does
+    not group by hold their minimum over the row's units, a value of the right type (a
+    NULL's type in a UNION differs by engine), never read. One set: a plain grouped SELECT
+    (no ``grouping_set``)."""
     names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
     branches = []
     for number, (columns, daily) in enumerate(sets):
         # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
-        day = (utc_day(relation.c.exposed_at) if daily else null()).label("day")
-        keys = [(relation.c[name] if name in columns else null()).label(name) for name in names]
+        day = utc_day(relation.c.exposed_at)
+        day = (day if daily else func.min(day)).label("day")
+        keys = [(relation.c[name] if name in columns else func.min(relation.c[name]))
+                .label(name) for name in names]
         which: list[Any] = ([literal_column(str(number)).label("grouping_set")]
                             if len(sets) > 1 else [])
         branches.append(select(*which, relation.c.variant_key, day, *keys, *aggregates)
