@@ -16,6 +16,7 @@ import json
 import random
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -296,10 +297,8 @@ def totals_only(aggregates: ExperimentAggregates) -> ExperimentAggregates:
     def one_day(daily: Daily) -> Daily:
         return Daily({(variant, ALL_DAYS): dict(sums)
                       for variant, sums in daily.totals().items()})
-    return ExperimentAggregates(one_day(aggregates.units),
-                                {key: one_day(d) for key, d in aggregates.metrics.items()},
-                                aggregates.journey, aggregates.caps, aggregates.timing,
-                                aggregates.multi_variant_units)
+    return replace(aggregates, units=one_day(aggregates.units),
+                   metrics={key: one_day(d) for key, d in aggregates.metrics.items()})
 
 
 def assert_dimensions(got: tuple[ExperimentAggregates, list[dict[Any, ExperimentAggregates]]],
