@@ -55,6 +55,18 @@ def estimate(kind: Any, value: Any) -> str:
     return number(value)
 
 
+def duration(seconds: Any) -> str:
+    """Seconds for people: 42.5 → '42.5 s', 125 → '2 min 5 s', 5400 → '1 h 30 min'."""
+    if not _finite(seconds):
+        return DASH
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    whole = round(seconds)
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
 def pvalue(value: Any) -> str:
     """p-values as statisticians write them."""
     if not _finite(value):

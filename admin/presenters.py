@@ -61,7 +61,12 @@ def identity_line(body: dict[str, Any] | None) -> dict[str, int] | None:
 
 
 def unit_split(body: dict[str, Any], weights: dict[str, float]) -> list[dict[str, Any]]:
-    """Observed vs expected share of units per variant (what SRM compares)."""
+    """Observed vs expected share of units per variant (what SRM compares). A bandit's
+    expectation is its periods' weights applied to their traffic (``expected_units``, SPEC
+    §13), never the configured weights, which only held for period 0."""
+    expected = {key: _float(value) for key, value in _dict(body.get("expected_units")).items()}
+    if expected and all(value is not None for value in expected.values()):
+        weights = {key: expected.get(key) or 0.0 for key in weights}
     units = _dict(body.get("units"))
     total = sum(v for v in units.values() if _float(v) is not None) or 0
     weight_sum = sum(weights.values()) or 1.0
@@ -209,14 +214,17 @@ def _put(line: dict[str, list[float | None]], index: int, effect: dict[str, Any]
 
 
 def funnel(body: dict[str, Any], variants: list[str]) -> dict[str, Any]:
-    """Rates per step and variant for the funnel chart and its table, and the worst transition."""
+    """Rates per step and variant for the funnel chart and its table (with the p50/p90 time
+    on each step when the report has it), and the worst transition."""
     steps = [s for s in _list(body.get("funnel")) if isinstance(s, dict)]
     rows = []
     for step in steps:
         cells = _dict(step.get("variants"))
         rows.append({"step": step.get("step"), "largest_drop_off": bool(step.get(
             "largest_drop_off")), "cells": [_dict(cells.get(v)) for v in variants]})
+    timed = any("time_on_step" in cell for row in rows for cell in row["cells"])
     return {"variants": variants, "rows": rows, "drop": largest_drop(body, rows, variants),
+            "time_on_step": timed,
             "chart": {"labels": [str(r["step"]) for r in rows], "series": [
                 {"variant": v, "rates": [_float(r["cells"][i].get("rate")) for r in rows]}
                 for i, v in enumerate(variants)]}}

@@ -275,3 +275,16 @@ def test_stats_bandit_calculator_reproduces_the_spec_check(client: FlaskClient,
     bad = client.post("/api/v1/stats/bandit", json=body, headers=client_headers)
     assert bad.status_code == 422
     assert bad.json["error"]["details"][0]["field"] == "periods[1].weights"
+
+
+def test_the_units_card_expects_a_bandits_period_weighted_split_not_its_first_weights():
+    """The admin Units card compares observed shares with what SRM expects: for a bandit,
+    each period's weights applied to its traffic (SPEC §13), not the period-0 weights."""
+    from admin.presenters import unit_split
+
+    body = {"units": {"A": 1430, "B": 2570}, "expected_units": {"A": 1400.0, "B": 2600.0}}
+    split = unit_split(body, {"A": 0.5, "B": 0.5})
+    assert [round(row["expected"], 6) for row in split] == [0.35, 0.65]
+    assert [round(row["observed"], 6) for row in split] == [0.3575, 0.6425]
+    assert [row["expected"] for row in unit_split({"units": {"A": 1}}, {"A": 1, "B": 3})] \
+        == [0.25, 0.75]

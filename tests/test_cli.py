@@ -11,6 +11,7 @@ from experiments.models import (
     Event,
     Experiment,
     Exposure,
+    HoldoutReport,
     IdentityLink,
     Report,
     User,
@@ -75,6 +76,10 @@ def test_seed_demo_is_idempotent(runner, db):
     assert "demo bandit 'homepage-banner' already exists" in second.output
     # A few visitors logged in; support recorded their late deliveries under the customer id.
     assert db.scalar(select(func.count()).select_from(IdentityLink)) == 40
+    # The demo bandit's visitors fill the demo holdout's groups; it was analysed once.
+    holdout_reports = db.scalars(select(HoldoutReport)).all()
+    assert len(holdout_reports) == 1
+    assert all(count > 100 for count in holdout_reports[0].body["units"].values())
     late = db.execute(select(Event.unit_id, Event.friction_kind)
                       .where(Event.name == "late_delivery")).all()
     assert sorted(late) == sorted((f"customer-{n}", "support_contact") for n in range(1, 41, 4))

@@ -28,6 +28,13 @@ from experiments.services.pipeline import (
     variant_day_query,
 )
 from experiments.services.pipeline.exposures import multi_variant_units
+from experiments.services.pipeline.quantiles import (
+    QuantileSpec,
+    cluster_sums_query,
+    order_statistics_query,
+    quantile_values,
+    value_counts_query,
+)
 from tests.test_pipeline_parity import HOURS, JOURNEY, METRICS, plain_tables
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -45,7 +52,21 @@ def pipeline_queries() -> dict[str, Any]:
     return {"units": units_query(sources),
             "variant_days": variant_day_query(plan, unit, units=5200),
             "friction_outside": friction_outside_query(sources, JOURNEY, hours=HOURS),
-            "multi_variant_units": multi_variant_units(sources)}
+            "multi_variant_units": multi_variant_units(sources),
+            **quantile_queries(sources)}
+
+
+def quantile_queries(sources: Any) -> dict[str, Any]:
+    """A step_duration metric's counts and order statistics, an event_value one's clusters."""
+    steps = quantile_values(sources, QuantileSpec("t", "step_duration", 0.9, step="cart"),
+                            JOURNEY, hours=HOURS)
+    orders = quantile_values(sources, QuantileSpec("o", "event_value", 0.5, event="purchase"),
+                             JOURNEY, hours=HOURS)
+    return {"quantile_counts": value_counts_query(steps, ["variant_key"]),
+            "quantile_order_statistics": order_statistics_query(steps, ["variant_key"],
+                                                                [450, 461, 472]),
+            "quantile_clusters": cluster_sums_query(orders, ["variant_key"], {
+                ("control",): 59.5, ("treatment",): 61.25})}
 
 
 def compiled(dialect: str) -> str:

@@ -106,3 +106,26 @@ def test_openapi_documents_the_report_and_calculator_routes(client):
         assert path in document["paths"], path
     schemas = document["components"]["schemas"]
     assert {"ReportOut", "StatsAnalyzeIn", "PowerOut"} <= set(schemas)
+
+
+def test_the_api_serves_time_on_step_and_data_quality_as_stored(app, client, admin_headers,
+                                                                started):
+    """Fields the analysis stores must survive the response model: the funnel's time on
+    step (SPEC §11) and the count of units left out for several variants."""
+    seed(app)
+    with get_db(app).session() as session:
+        start = utcnow() - timedelta(hours=3)
+        for unit, (first, second) in {"u0": (100, 160), "u2": (200, 230)}.items():
+            for name, seconds in (("cart", first), ("checkout", second)):
+                session.add(Event(event_id=f"{unit}-{name}", unit_id=unit, type="step",
+                                  name=name, step=name,
+                                  occurred_at=start + timedelta(seconds=seconds)))
+    report = client.post(f"{BASE}/analyze", headers=admin_headers).get_json()
+    assert report["data_quality"] == {"multi_variant_units": 0}
+    steps = {entry["step"]: entry for entry in report["funnel"]}
+    assert "cart" in steps, started["journey"]
+    cart = steps["cart"]["variants"]["one-page"]["time_on_step"]
+    assert cart["n"] == 2
+    assert (cart["p50"], cart["p90"]) == (pytest.approx(30.0), pytest.approx(60.0))
+    assert steps["cart"]["variants"]["control"]["time_on_step"] == {"p50": None, "p90": None,
+                                                                    "n": 0}

@@ -100,7 +100,9 @@ def test_ad_hoc_dimensions_are_validated_and_computed(client, admin_headers, sta
     assert not any("browser" in warning for warning in ad_hoc.get_json()["warnings"])
 
 
-def test_a_quantile_metric_is_reported_pending_not_as_a_mean(client, admin_headers):
+def test_a_quantile_metric_is_computed_not_reported_as_a_mean(client, admin_headers):
+    """One purchase of 10.0: the order p50 is 10.0 in the unit's variant (estimate only,
+    fewer than 100 values), nothing elsewhere; no step events, so no payment time."""
     create(client, admin_headers, layer=None, targeting=[], overrides={},
            metrics=[PURCHASE, PAYMENT_P90, ORDER_P50])
     client.post("/api/v1/experiments/checkout-redesign/start", headers=admin_headers)
@@ -115,10 +117,14 @@ def test_a_quantile_metric_is_reported_pending_not_as_a_mean(client, admin_heade
     assert "error" not in report
     quantile_metrics = [m for m in report["metrics"] if m["kind"] == "quantile"]
     assert [m["key"] for m in quantile_metrics] == ["payment-time-p90", "order-p50"]
+    payment, order = quantile_metrics
+    assert [v["estimate"] for v in payment["variants"]] == [None, None]
+    assert sorted(v["estimate"] for v in order["variants"] if v["estimate"] is not None) == [10.0]
     for metric in quantile_metrics:
-        assert [v["estimate"] for v in metric["variants"]] == [None, None]
-        assert metric["comparisons"] == []
-        assert any("not computed" in warning for warning in metric["warnings"])
+        (comparison,) = metric["comparisons"]
+        assert comparison["p_value"] is None and comparison["absolute_ci"] is None
+        assert not any("not computed" in warning for warning in metric["warnings"])
+    assert any("fewer than 100" in warning for warning in order["warnings"])
 
 
 def test_openapi_documents_the_optional_analyze_body(client):

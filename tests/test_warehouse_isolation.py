@@ -3,7 +3,6 @@ and the admin pages show warehouses, their sync and the failure."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ from experiments.db import get_db
 from experiments.jobs import JobFailed, run_analysis
 from experiments.models import Experiment, Report
 from experiments.schemas import AnalysisSettings
-from experiments.services import analysis
 from experiments.services.warehouses import routing
 from experiments.services.warehouses.engines import get_warehouses
 from tests.conftest import auth_headers, make_test_app
@@ -31,7 +29,7 @@ GOOD_SQL = ("SELECT 'u1' AS unit_id, TIMESTAMPTZ '2026-11-21 10:00+00' AS occurr
 
 
 def fake_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
-                  experiment: Experiment, settings: AnalysisSettings) -> Any:
+                  experiment: Experiment, settings: AnalysisSettings, metrics: Any) -> Any:
     """What the portable pipeline does to a warehouse: query it through the seam's
     relations. ``slow`` runs past its 1 s limit, ``refusing`` names a missing table."""
     query: Any = select(func.count()).select_from(exposures.join(
@@ -55,18 +53,6 @@ def warehouses_app(database_url: str, tmp_path: Path,
         WAREHOUSE_SLOW_TIMEOUT_SECONDS="1",
         WAREHOUSE_REFUSING_URL=f"duckdb:///{tmp_path / 'refusing.duckdb'}")
     monkeypatch.setattr(routing, "run_pipeline", fake_pipeline)
-    if "aggregates_for" not in inspect.getsource(analysis):
-        # Until the analysis calls the branch point itself, route through it here.
-        original = analysis.aggregate_experiment
-
-        def routed(session: Any, experiment_id: int, *args: Any, **kwargs: Any) -> Any:
-            experiment = session.get(Experiment, experiment_id)
-            settings = AnalysisSettings.model_validate(experiment.analysis)
-            return routing.aggregates_for(session, experiment, settings,
-                                          lambda: original(session, experiment_id, *args,
-                                                           **kwargs))
-
-        monkeypatch.setattr(analysis, "aggregate_experiment", routed)
     yield app
     get_warehouses(app).dispose()
     get_db(app).engine.dispose()

@@ -5,7 +5,8 @@
 each run copied and the ids then in the warehouse; ``crash N`` SIGKILLs itself right after
 the N-th INSERT into the warehouse has run and before it commits: a sync killed mid-way.
 ``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
-error of a query running past the warehouse's time limit.
+error of a query running past the warehouse's time limit. ``analyze KEY NOW`` analyses the
+experiment at that ISO time and prints its report body.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import json
 import os
 import signal
 import sys
+from datetime import datetime
 
 from sqlalchemy import Engine, event, text
 
 from experiments.app import create_app
 from experiments.db import get_db
 from experiments.errors import ValidationFailed
+from experiments.services.analysis import analyze_experiment
 from experiments.services.warehouses import sync
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
 from experiments.services.warehouses.sources import probe
@@ -58,6 +61,11 @@ def main(mode: str, *args: str) -> None:
                         os.kill(os.getpid(), signal.SIGKILL)
 
             event.listen(engine, "after_cursor_execute", kill)
+        if mode == "analyze":
+            with get_db().sessionmaker() as session:
+                report = analyze_experiment(session, args[0], now=datetime.fromisoformat(args[1]))
+                print(json.dumps(report.body))
+            return
         if mode == "probe":
             print(json.dumps({"probes": [_probe(engine, sql) for sql in args],
                               "slow": _error_of(engine, SLOW_CLICKHOUSE_QUERY)}))

@@ -90,10 +90,26 @@ class SrmOut(BaseModel):
     detected: bool
 
 
+class TimeOnStep(BaseModel):
+    """Seconds on a journey step, over the units that left it for a later step (SPEC §11)."""
+
+    p50: float | None
+    p90: float | None
+    n: int
+
+
 class FunnelVariant(BaseModel):
     units: int
     rate: float | None
     from_previous: float | None
+    time_on_step: TimeOnStep | None = None  # None: reports stored before time on step
+
+
+class DataQuality(BaseModel):
+    """Units left out of the analysis for exposure problems (a warehouse's exposures may
+    name one unit under two variants; Parcours's own table cannot)."""
+
+    multi_variant_units: int = 0
 
 
 class FunnelStep(BaseModel):
@@ -219,7 +235,7 @@ class IdentityOut(BaseModel):
     """Identity clusters (SPEC §14): analysed as units; conflicting ones left out."""
 
     clusters: int  # exposed clusters, conflicting ones included
-    linked_units: int  # exposed ids in clusters of more than one id
+    linked_units: int  # exposed ids named in a link (devices and customer ids)
     conflicts: int  # clusters exposed to two variants, left out of the analysis
 
 
@@ -247,6 +263,7 @@ class ReportOut(BaseModel):
     expected_units: dict[str, float] | None = None
     segments: list[SegmentOut] = Field(default_factory=list)
     identity: IdentityOut | None = None  # None: reports stored before identity clusters
+    data_quality: DataQuality | None = None  # None: reports stored before it was counted
 
 
 class ReportList(BaseModel):

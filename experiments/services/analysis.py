@@ -31,7 +31,7 @@ from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Metric, Report, Variant
 from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.schemas.reports import ExportRow
-from experiments.services import alerts, bandits, decisions, identity
+from experiments.services import alerts, bandits, decisions, identity, quantiles
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import (
@@ -39,10 +39,14 @@ from experiments.services.pipeline import (
     ExperimentAggregates,
     JourneyCounts,
     MetricSpec,
+    QuantileSpec,
     aggregate_experiment,
+    quantile_stats,
+    time_on_step,
     to_stats,
 )
 from experiments.services.rollup import drop_rollups
+from experiments.services.warehouses import routing
 from stats import (
     AnalysisResult,
     Comparison,
@@ -63,6 +67,8 @@ from stats import (
 logger = logging.getLogger(__name__)
 Sums = Mapping[str, float]
 MAX_TIMELINE_DAYS = 400
+TIMELINE_NOTE = ("quantile metrics are not in the timelines: order statistics do not add up "
+                 "per day")
 
 
 class ReportSubject(Protocol):
@@ -96,19 +102,15 @@ def _inputs(experiment: ReportSubject, kind: str, totals: Mapping[str, Sums],
             for v, record, c in records]
 
 
-# Kinds whose inputs the aggregation does not produce yet: reported as pending, never as a
-# mean of the wrong sums. Quantiles need order statistics from the pipeline (#21 phase 2).
-PENDING_KINDS = {"quantile": "quantile metrics are not computed by this analysis yet"}
+# Kinds computed from order statistics, not from additive sums (SPEC §11): outside the
+# single pass, its rollup and the per-day timelines.
+ORDER_STATISTIC_KINDS = frozenset({"quantile"})
 
 
 def _analyze_metric(experiment: ReportSubject, metric: Any, settings: AnalysisSettings,
                     totals: Mapping[str, Sums], previous: Mapping[str, float | None],
                     warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
     """Variant estimates and raw comparisons of one metric (never raises on bad data)."""
-    if metric.kind in PENDING_KINDS:
-        warnings.append(f"{metric.key}: {PENDING_KINDS[metric.kind]}")
-        return [{"variant": v.key, "units": 0, "estimate": None, "ci": None}
-                for v in experiment.variants], []
     options = {"method": settings.method, "alpha": settings.alpha, "correction": "none",
                "direction": metric.direction, "mde": settings.mde,
                "previous_p_values": previous}
@@ -200,14 +202,17 @@ def metrics_section(experiment: ReportSubject, settings: AnalysisSettings,
     bandit's metrics period-weighted before the correction, SPEC §13)."""
     entries, families = [], {"decision": [], "guardrail": []}
     for metric in experiment.metrics:
-        pending = metric.kind in PENDING_KINDS
-        totals = {} if pending else aggregates.metrics[metric.key].totals()
         notes: list[str] = []
-        variants, comparisons = _analyze_metric(experiment, metric, settings, totals,
-                                                previous.get(metric.key, {}), notes)
-        if bandit is not None and not pending:
-            comparisons = bandits.weigh_metric(bandit, settings, metric, variants, comparisons,
-                                               notes)
+        if metric.kind in ORDER_STATISTIC_KINDS:
+            variants, comparisons = quantiles.quantile_metric(
+                experiment, metric, settings, aggregates.quantiles.get(metric.key, {}), notes)
+        else:
+            variants, comparisons = _analyze_metric(
+                experiment, metric, settings, aggregates.metrics[metric.key].totals(),
+                previous.get(metric.key, {}), notes)
+            if bandit is not None:
+                comparisons = bandits.weigh_metric(bandit, settings, metric, variants,
+                                                   comparisons, notes)
         warnings += notes
         family = "guardrail" if metric.role == "guardrail" else "decision"
         families[family] += [(metric.key, c) for c in comparisons]
@@ -247,9 +252,12 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def funnel_section(journey: Sequence[str], units: Mapping[str, int],
-                   counts: JourneyCounts) -> list[dict[str, Any]]:
-    """Units reaching each journey step per variant; marks the largest pooled drop-off."""
+def funnel_section(journey: Sequence[str], units: Mapping[str, int], counts: JourneyCounts,
+                   time_on_step: Mapping[tuple[str, str], Mapping[str, Any]] | None = None,
+                   ) -> list[dict[str, Any]]:
+    """Units reaching each journey step per variant, with the p50/p90 seconds spent on the
+    step by the units that left it for a later one (``time_on_step``, SPEC §11); marks the
+    largest pooled drop-off."""
     steps, previous = [], dict(units)
     drops: list[float] = []
     for step in journey:
@@ -258,6 +266,9 @@ def funnel_section(journey: Sequence[str], units: Mapping[str, int],
             reached = counts.reached.get((variant, step), 0)
             variants[variant] = {"units": reached, "rate": _ratio(reached, total),
                                  "from_previous": _ratio(reached, previous[variant])}
+            if time_on_step is not None:
+                variants[variant]["time_on_step"] = dict(time_on_step.get(
+                    (variant, step), {"p50": None, "p90": None, "n": 0}))
         before, now = sum(previous.values()), sum(v["units"] for v in variants.values())
         drops.append(1.0 - now / before if before else -1.0)
         previous = {variant: entry["units"] for variant, entry in variants.items()}
@@ -329,10 +340,11 @@ def _days(first: date, last: date) -> list[date]:
 def timeline_section(experiment: ReportSubject, settings: AnalysisSettings,
                      aggregates: ExperimentAggregates, now: datetime) -> list[dict[str, Any]]:
     """Per day: cumulative units and the primary metric's absolute and relative effects with
-    their intervals (NPS has only the absolute one, in points)."""
+    their intervals (NPS has only the absolute one, in points). None for a quantile metric:
+    its order statistics do not add up per day (the report says so)."""
     primary = next((m for m in experiment.metrics if m.role == "primary"), None)
     exposure_days = aggregates.units.days()
-    if primary is None or primary.kind in PENDING_KINDS or not exposure_days:
+    if primary is None or primary.kind in ORDER_STATISTIC_KINDS or not exposure_days:
         return []
     first = date.fromisoformat(exposure_days[0])
     if experiment.started_at is not None:
@@ -374,6 +386,7 @@ def metric_timeline_section(experiment: ReportSubject, settings: AnalysisSetting
 
     Reuses the per-variant/day sums the analysis already holds: no extra query. Only days
     with exposures appear (the chart's x-axis), capped at the last MAX_TIMELINE_DAYS.
+    Quantile metrics are left out (not additive per day).
     """
     control = next((v.key for v in experiment.variants if v.is_control), None)
     days = aggregates.units.days()[-MAX_TIMELINE_DAYS:]
@@ -381,7 +394,7 @@ def metric_timeline_section(experiment: ReportSubject, settings: AnalysisSetting
         return []
     treatments = [v.key for v in experiment.variants if not v.is_control]
     out = []
-    for metric in (m for m in experiment.metrics if m.kind not in PENDING_KINDS):
+    for metric in (m for m in experiment.metrics if m.kind not in ORDER_STATISTIC_KINDS):
         daily = aggregates.metrics[metric.key]
         running = daily.totals(until=_day_before(days[0]))  # days cut off by the cap
         points = []
@@ -437,13 +450,16 @@ def build_report(experiment: ReportSubject, settings: AnalysisSettings,
                  if n == 0 and sum(units.values())]
     srm = srm_test(list(units.values()), [v.weight for v in experiment.variants])
     matrix = friction_matrix(experiment, settings, units, aggregates.journey)
+    if any(m.kind in ORDER_STATISTIC_KINDS for m in experiment.metrics):
+        warnings.append(TIMELINE_NOTE)
     body = {
         "experiment": experiment.key, "computed_at": now.isoformat(), "method": settings.method,
         "units": units, "srm": {"p_value": srm.p_value, "detected": srm.detected},
         "metrics": metrics_section(experiment, settings, aggregates,
                                    previous_p_values(previous, settings.method), warnings,
                                    bandit),
-        "funnel": funnel_section(experiment.journey, units, aggregates.journey),
+        "funnel": funnel_section(experiment.journey, units, aggregates.journey,
+                                 aggregates.time_on_step),
         "friction_points": friction_points(matrix),
         "friction_matrix": matrix,
         "timeline": timeline_section(experiment, settings, aggregates, now),
@@ -566,31 +582,51 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     settings = AnalysisSettings.model_validate(experiment.analysis)
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
-    specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
+    specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in ORDER_STATISTIC_KINDS]
     options = {"hours": settings.conversion_window_hours, "cuped": settings.cuped,
                "rollup": experiment.status in ROLLUP_STATUSES}
-    # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
-    sources, linked = identity.analysis_sources(session, experiment.id)
-    # A bandit's one round is grouped by weight period; its pooled sums are the totals.
-    bandit = bandits.report_periods(session, experiment, specs, settings,
-                                    rollup=options["rollup"], sources=sources)
-    levels: dict[str, Any] = {}
-    if breakdowns:  # one grouped round gives the whole report and every dimension's levels
-        from experiments.services import segments  # it builds on this module
+    linked: identity.IdentitySummary | None = None
+    bandit: Any = None
+    levels: dict[str, Any] | None = None
+    from experiments.services import segments  # it builds on this module
 
-        aggregates, levels = segments.segmented_aggregates(
-            session, experiment.id, specs, breakdowns, sources=sources, **options)
-    if bandit is not None:  # a bandit's totals are its periods, pooled
-        aggregates = bandit.pooled()
-    elif not breakdowns:
-        aggregates = aggregate_experiment(session, experiment.id, specs, sources=sources,
-                                          **options)
+    def in_parcours() -> ExperimentAggregates:
+        nonlocal linked, bandit, levels
+        # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
+        sources, linked = identity.analysis_sources(session, experiment.id)
+        # A bandit's one round is grouped by weight period; its pooled sums are the totals.
+        bandit = bandits.report_periods(session, experiment, specs, settings,
+                                        rollup=options["rollup"], sources=sources)
+        whole = None
+        if breakdowns:  # one grouped round gives the whole report and every level
+            whole, levels = segments.segmented_aggregates(
+                session, experiment.id, specs, breakdowns, sources=sources, **options)
+        if bandit is not None:
+            whole = bandit.pooled()
+        elif whole is None:
+            whole = aggregate_experiment(session, experiment.id, specs, sources=sources,
+                                         **options)
+        # Quantile metrics and time on step: order statistics, not sums (never period-weighted).
+        whole.quantiles = {
+            metric.key: {cell[0]: stats for cell, stats in quantile_stats(
+                session, sources, QuantileSpec.of(metric), journey=experiment.journey,
+                hours=settings.conversion_window_hours, alpha=settings.alpha).items()}
+            for metric in experiment.metrics if metric.kind in ORDER_STATISTIC_KINDS}
+        whole.time_on_step = time_on_step(session, sources, experiment.journey,
+                                          hours=settings.conversion_window_hours)
+        return whole
+
+    # In its warehouse (SPEC §15) an experiment is analysed per unit, without periods.
+    aggregates = routing.aggregates_for(session, experiment, settings, specs, in_parcours)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None, bandit=bandit)
     body["identity"] = _identity_section(linked, body["units"])
-    if breakdowns:  # descriptive only: decisions read the whole report's metrics
+    if levels is not None:  # descriptive only: decisions read the whole report's metrics
         body["segments"] = segments.segments_section(experiment, settings, levels)
+    elif breakdowns:
+        body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed in "
+                                "a warehouse yet")
     result = decisions.report_decision(experiment, settings, body, now)
     body["decision"] = (result.to_dict(now) if result is not None
                         else decisions.current_decision(experiment))

@@ -18,6 +18,7 @@ from experiments.schemas.holdouts import HoldoutFields
 from experiments.services.analysis import analyze_experiment
 from experiments.services.bandits import periods_of, reallocate
 from experiments.services.events import ingest_events
+from experiments.services.holdout_reports import analyze_holdout
 from experiments.services.holdouts import create_holdout
 from experiments.services.identity import Link, link_ids
 from experiments.services.lifecycle import create_experiment, get_experiment, transition
@@ -76,11 +77,18 @@ def seed_demo_data(session: Session, *, traffic: bool = True) -> Iterator[str]:
         yield f"created and started demo experiment {DEMO_KEY!r}"
     if traffic:
         yield from _demo_traffic(session)
-    yield from seed_bandit_demo(session, traffic=traffic)
-    # After the demo's traffic, so that its documented split and report stay as they are.
+    # After the checkout demo's traffic, so that its documented split and report stay as
+    # they are; before the bandit's, whose visitors then fill the holdout's two groups.
     if session.scalar(select(Holdout.id).where(Holdout.key == DEMO_HOLDOUT.key)) is None:
         create_holdout(session, DEMO_HOLDOUT, SYSTEM)
         yield f"created holdout {DEMO_HOLDOUT.key!r} over every experiment"
+        held = True
+    else:
+        held = False
+    yield from seed_bandit_demo(session, traffic=traffic)
+    if held and traffic:
+        analyze_holdout(session, DEMO_HOLDOUT.key)
+        yield f"analysed holdout {DEMO_HOLDOUT.key!r}"
 
 
 def _demo_traffic(session: Session) -> Iterator[str]:

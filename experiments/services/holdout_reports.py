@@ -34,7 +34,7 @@ from experiments.models import (
     Variant,
 )
 from experiments.schemas import AnalysisSettings
-from experiments.services.analysis import PENDING_KINDS, build_report
+from experiments.services.analysis import ORDER_STATISTIC_KINDS, build_report
 from experiments.services.holdouts import (
     GROUPS,
     HoldoutConfig,
@@ -94,8 +94,9 @@ def holdout_sources(holdout_id: int) -> PipelineSources:
 
 def _body(session: Session, holdout: Holdout, now: datetime) -> dict[str, Any]:
     subject = subject_of(session, holdout)
+    specs = [MetricSpec.of(m) for m in subject.metrics if m.kind not in ORDER_STATISTIC_KINDS]
     aggregates = aggregate_experiment(
-        session, None, [MetricSpec.of(m) for m in subject.metrics if m.kind not in PENDING_KINDS],
+        session, None, specs,
         hours=None, cuped=False, journey=subject.journey, rollup=False,
         sources=holdout_sources(holdout.id))
     previous = latest_holdout_report(session, holdout.id)

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 
 from experiments.errors import ValidationFailed
-from experiments.services.analysis import calculation_to_dict
-from stats import StatsInputError
+from experiments.models import Experiment, Metric
+from experiments.schemas import AnalysisSettings
+from experiments.services import analysis  # a module: analysis imports this one too
+from stats import Comparison, StatsInputError
 from stats.quantile import (
     QuantileStats,
     QuantileVariantInput,
@@ -46,7 +48,7 @@ def calculate_quantiles(variants: Sequence[Mapping[str, Any]], *, quantile: floa
                                    weights=weights)
     except StatsInputError as error:
         raise ValidationFailed.field(error.field, error.message) from None
-    return calculation_to_dict(result)
+    return analysis.calculation_to_dict(result)
 
 
 def quantile_metric_result(variants: Sequence[tuple[str, bool, QuantileStats]], *,
@@ -69,3 +71,19 @@ def quantile_metric_result(variants: Sequence[tuple[str, bool, QuantileStats]], 
     entries = [{"variant": v.variant, "units": v.units, "estimate": v.estimate,
                 "ci": None if v.ci is None else list(v.ci)} for v in result.variants]
     return entries, list(result.comparisons), notes
+
+
+def quantile_metric(experiment: Experiment, metric: Metric, settings: AnalysisSettings,
+                    order_statistics: Mapping[str, QuantileStats],
+                    warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
+    """A quantile metric's variant entries and raw comparisons in a report (or a segment
+    level) from each variant's order statistics (a variant without values has none)."""
+    variants = [(v.key, v.is_control, order_statistics.get(v.key, QuantileStats(0, None, None,
+                                                                                None)))
+                for v in experiment.variants]
+    entries, comparisons, notes = quantile_metric_result(
+        variants, quantile=float(metric.quantile),  # type: ignore[arg-type]
+        method=settings.method, alpha=settings.alpha, direction=metric.direction,
+        mde=settings.mde)
+    warnings.extend(f"{metric.key}: {note}" for note in notes)
+    return entries, comparisons

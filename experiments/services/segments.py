@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from experiments.models import Experiment, Metric
 from experiments.schemas import AnalysisSettings
 from experiments.services.analysis import (
-    PENDING_KINDS,
+    ORDER_STATISTIC_KINDS,
     _analyze_metric,
     comparison_to_dict,
     friction_matrix,
@@ -43,7 +43,7 @@ from experiments.services.pipeline import (
     attribute_level,
     to_stats,
 )
-from experiments.services.quantiles import quantile_metric_result
+from experiments.services.quantiles import quantile_metric
 from stats import Comparison, StatsInputError, apply_correction, srm_test, summarize
 from stats.heterogeneity import bonferroni, level_vs_rest
 from stats.quantile import QuantileStats
@@ -165,17 +165,9 @@ def _metric_result(experiment: Experiment, metric: Metric, settings: AnalysisSet
                    level: LevelAggregates,
                    warnings: list[str]) -> tuple[list[dict[str, Any]], list[Comparison]]:
     """One metric's variant entries and raw comparisons within one level."""
-    if metric.kind == "quantile" and metric.key in level.quantiles:
-        order_statistics = level.quantiles[metric.key]
-        variants = [(v.key, v.is_control, order_statistics.get(v.key, QuantileStats(0, None,
-                                                                                    None, None)))
-                    for v in experiment.variants]
-        entries, comparisons, notes = quantile_metric_result(
-            variants, quantile=float(metric.quantile),  # type: ignore[arg-type]
-            method=settings.method,
-            alpha=settings.alpha, direction=metric.direction, mde=settings.mde)
-        warnings.extend(f"{metric.key}: {note}" for note in notes)
-        return entries, comparisons
+    if metric.kind in ORDER_STATISTIC_KINDS:
+        return quantile_metric(experiment, metric, settings, level.quantiles.get(metric.key, {}),
+                               warnings)
     return _analyze_metric(experiment, metric, settings, level.metrics.get(metric.key, {}), {},
                            warnings)
 
@@ -197,7 +189,7 @@ def _heterogeneity(experiment: Experiment, levels: Sequence[LevelAggregates],
     """Per level: each metric × treatment effect against the rest of the dimension's units."""
     control = next(v.key for v in experiment.variants if v.is_control)
     treatments = [v.key for v in experiment.variants if not v.is_control]
-    additive = [m for m in experiment.metrics if m.kind not in PENDING_KINDS]
+    additive = [m for m in experiment.metrics if m.kind not in ORDER_STATISTIC_KINDS]
     out: list[list[dict[str, Any]]] = []
     for level, testable in zip(levels, tested, strict=True):
         # Added, not subtracted from a total: exact sums, and at most 22 levels.

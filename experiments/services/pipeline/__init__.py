@@ -4,11 +4,13 @@ and compiled for BigQuery and Snowflake.
 
 Stages: :mod:`.sources` (what is read), :mod:`.exposures` (1: first exposure per unit),
 :mod:`.unit_values` (2: per-unit values in the window), :mod:`.variant_stats` (3: per
-variant/day sums), :mod:`.journey` (funnel, friction matrix), :mod:`.run` (running them
-on a connection); :mod:`.dialects` holds every dialect difference.
+variant/day sums), :mod:`.journey` (funnel, friction matrix), :mod:`.quantiles` (order
+statistics of quantile metrics, time on step), :mod:`.run` (running them on a connection);
+:mod:`.dialects` holds every dialect difference.
 """
 
 from experiments.services.pipeline.journey import JourneyCounts, friction_outside_query
+from experiments.services.pipeline.quantiles import QuantileSpec, quantile_stats, time_on_step
 from experiments.services.pipeline.run import (
     PASS_VERSION,
     Daily,
@@ -38,8 +40,8 @@ from experiments.services.pipeline.unit_values import (
 from experiments.services.pipeline.variant_stats import to_stats, units_query, variant_day_query
 
 __all__ = ["CUPED_KINDS", "NULL_LEVEL", "PASS_VERSION", "Daily", "ExperimentAggregates",
-           "Group", "JourneyCounts", "MetricSpec", "PipelineSources", "Plan", "UnitPass",
-           "aggregate_dimensions", "aggregate_experiment", "aggregate_grouped",
+           "Group", "JourneyCounts", "MetricSpec", "PipelineSources", "Plan", "QuantileSpec",
+           "UnitPass", "aggregate_dimensions", "aggregate_experiment", "aggregate_grouped",
            "attribute_level", "combine", "friction_outside_query", "marginal",
-           "match_condition", "own_sources",
-           "period_of", "table_sources", "to_stats", "units_query", "variant_day_query"]
+           "match_condition", "own_sources", "period_of", "quantile_stats", "table_sources",
+           "time_on_step", "to_stats", "units_query", "variant_day_query"]

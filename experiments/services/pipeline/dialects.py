@@ -4,7 +4,8 @@ The stages are written once in SQLAlchemy Core; wherever engines disagree the st
 one of these constructs, and ``@compiles`` picks the spelling for the connection's
 dialect (``default`` is SQLite's). What each one hides:
 
-* time arithmetic (:class:`hours_between`, :class:`before_hours_after`): PostgreSQL
+* time arithmetic (:class:`seconds_between`, :class:`hours_between`,
+  :class:`before_hours_after`): PostgreSQL
   subtracts timestamps into an interval, SQLite stores text (epoch seconds plus the
   microsecond tail: exact, where ``julianday`` loses ~50 µs),
   DuckDB has ``epoch``, ClickHouse ``dateDiff``, BigQuery ``TIMESTAMP_DIFF``, Snowflake
@@ -63,6 +64,13 @@ def const(value: int) -> Any:
 # -- time arithmetic --------------------------------------------------------------------------
 
 
+class seconds_between(FunctionElement[float]):  # lower case: reads as a SQL function
+    """Seconds from the first timestamp to the second, as a float, on every backend."""
+
+    type = Float()
+    inherit_cache = True
+
+
 class hours_between(FunctionElement[float]):  # lower case: reads as a SQL function
     """Hours from the first timestamp to the second, as a float, on every backend."""
 
@@ -70,43 +78,35 @@ class hours_between(FunctionElement[float]):  # lower case: reads as a SQL funct
     inherit_cache = True
 
 
-@compiles(hours_between, "postgresql")
-def _hours_pg(element: hours_between, compiler: Any, **kw: Any) -> str:
-    start, end = _args(element, compiler, **kw)
-    return f"(EXTRACT(EPOCH FROM ({end} - {start})) / 3600.0)"
+# Per dialect: the elapsed time from {start} to {end}, and its units per second.
+_ELAPSED: dict[str | None, tuple[str, int]] = {
+    "postgresql": ("EXTRACT(EPOCH FROM ({end} - {start}))", 1),
+    "duckdb": ("(epoch_us({end}) - epoch_us({start}))", 1_000_000),
+    **dict.fromkeys(CLICKHOUSE, ("dateDiff('microsecond', {start}, {end})", 1_000_000)),
+    "bigquery": ("TIMESTAMP_DIFF({end}, {start}, MICROSECOND)", 1_000_000),
+    "snowflake": ("DATEDIFF('microsecond', {start}, {end})", 1_000_000),
+    # SQLite (the default): whole seconds since the epoch, then the '.ffffff' tail of the
+    # stored text: exact to the microsecond, like the other engines (julianday's day
+    # fractions lose ~50 µs).
+    None: ("((strftime('%s', {end}) - strftime('%s', {start})) + "
+           "(CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL)))", 1),
+}
 
 
-@compiles(hours_between, "duckdb")
-def _hours_duckdb(element: hours_between, compiler: Any, **kw: Any) -> str:
-    start, end = _args(element, compiler, **kw)
-    return f"((epoch_us({end}) - epoch_us({start})) / 3600000000.0)"
+def _elapsed_in(seconds: int, template: str, per_second: int) -> Any:
+    def compile_(element: Any, compiler: Any, **kw: Any) -> str:
+        start, end = _args(element, compiler, **kw)
+        return f"({template.format(start=start, end=end)} / {seconds * per_second}.0)"
+    return compile_
 
 
-@_each(hours_between, CLICKHOUSE)
-def _hours_ch(element: hours_between, compiler: Any, **kw: Any) -> str:
-    start, end = _args(element, compiler, **kw)
-    return f"(dateDiff('microsecond', {start}, {end}) / 3600000000.0)"
-
-
-@compiles(hours_between, "bigquery")
-def _hours_bq(element: hours_between, compiler: Any, **kw: Any) -> str:
-    start, end = _args(element, compiler, **kw)
-    return f"(TIMESTAMP_DIFF({end}, {start}, MICROSECOND) / 3600000000.0)"
-
-
-@compiles(hours_between, "snowflake")
-def _hours_sf(element: hours_between, compiler: Any, **kw: Any) -> str:
-    start, end = _args(element, compiler, **kw)
-    return f"(DATEDIFF('microsecond', {start}, {end}) / 3600000000.0)"
-
-
-@compiles(hours_between)
-def _hours_sqlite(element: hours_between, compiler: Any, **kw: Any) -> str:
-    # Whole seconds since the epoch, then the '.ffffff' tail of the stored text: exact to
-    # the microsecond, like the other engines (julianday's day fractions lose ~50 µs).
-    start, end = _args(element, compiler, **kw)
-    return (f"(((strftime('%s', {end}) - strftime('%s', {start})) + "
-            f"(CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL))) / 3600.0)")
+for _dialect, (_template, _per_second) in _ELAPSED.items():
+    for _construct, _seconds in ((seconds_between, 1), (hours_between, 3600)):
+        _compile = _elapsed_in(_seconds, _template, _per_second)
+        if _dialect is None:
+            compiles(_construct)(_compile)
+        else:
+            compiles(_construct, _dialect)(_compile)
 
 
 class before_hours_after(FunctionElement[bool]):  # lower case: reads as a SQL function
@@ -435,5 +435,4 @@ def prepare(connection: Connection | Session) -> None:
 
 __all__ = ["CLICKHOUSE", "answer_class", "answer_key", "before_hours_after", "const",
            "count_if", "day_key", "dialect_name", "has_bits", "hours_between", "json_attribute",
-           "packed_flags",
-           "prepare", "utc_day"]
+           "packed_flags", "prepare", "seconds_between", "utc_day"]

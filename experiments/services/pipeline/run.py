@@ -9,7 +9,8 @@ report's totals and its cumulative timeline.
 On PostgreSQL, over Parcours's own tables, the per-unit values are kept between analyses
 (:mod:`experiments.services.rollup`), so the pass only reads the events and units that
 arrived since. Everywhere else (SQLite, DuckDB, ClickHouse, warehouse sources) the pass
-is computed in full.
+is computed in full. Quantile metrics and the funnel's time on step are not additive: they
+come from :mod:`.quantiles` (order statistics read from the events, never rolled up).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from experiments.services.pipeline.variant_stats import (
     variant_day_query,
 )
 from experiments.services.rollup import rolled_up_units
+from stats.quantile import QuantileStats
 
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the query; this prunes
 PASS_VERSION = 2  # bump when the per-unit values change meaning: stored rollups are rebuilt
@@ -93,6 +95,10 @@ class ExperimentAggregates:
     caps: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # variant -> [metric events before, after the exposure] inside the window
     timing: dict[str, list[float]] = field(default_factory=dict)
+    # Quantile metric key -> variant -> its order statistics (SPEC §11)
+    quantiles: dict[str, dict[str, QuantileStats]] = field(default_factory=dict)
+    # (variant, step) -> {"p50", "p90": seconds on the step, "n": units that left it}
+    time_on_step: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     # Units left out of the whole analysis: exposed to several variants (stage 1).
     multi_variant_units: int = 0
 

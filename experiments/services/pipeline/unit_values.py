@@ -12,7 +12,9 @@ inequalities in ``JOIN … ON``; the other engines plan both forms alike).
 Metric values per unit (SPEC §3): conversion/friction 1 when the unit has a matching event,
 mean the sum of the events' values (0 when none), count the number of events, ratio the
 sums of numerator and denominator values (an event without a value counts as 1, so ratios
-of counts work), nps the unit's last answer (units without one are not counted),
+of counts work), nps the unit's last answer (units without one are not counted; answers
+at the same instant: the higher event id wins, a row without id — an ``events_sql`` source
+in a warehouse — counting as id 0, then the higher class; nothing else reads event ids),
 time_to_convert the hours to the first matching event (converters only). Caps apply to
 these values in stage 3.
 """
@@ -272,7 +274,8 @@ def _unit_values(plan: Plan, x: Any, post: ColumnElement[bool]) -> list[UnitValu
             klass = case((ev.c.value >= PROMOTER_MIN, 2), (ev.c.value <= DETRACTOR_MAX, 1),
                          else_=0)
             values.append(UnitValue(f"m{index}_answer", func.max(
-                case((answer, answer_key(ev.c.occurred_at, ev.c.id, klass)))), "max"))
+                case((answer, answer_key(ev.c.occurred_at, func.coalesce(ev.c.id, 0), klass)))),
+                "max"))
         elif metric.kind not in PROPORTION_KINDS:
             values += _unit_columns(metric, index, post, plan.cuped, ev)
     return [*values, *_timing_values(plan, post)]

@@ -10,41 +10,62 @@ that experiment's failed report and goes on with the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, false, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import FromClause
 
 from experiments.models import Experiment
 from experiments.schemas import AnalysisSettings
-from experiments.services.warehouses.engines import WarehouseError
+from experiments.services.pipeline import (
+    ExperimentAggregates,
+    MetricSpec,
+    aggregate_experiment,
+    table_sources,
+)
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
-                 experiment: Experiment, settings: AnalysisSettings) -> Any:
-    """Run the analysis pipeline inside the warehouse: the portable pipeline of issue #20
-    part 1 goes here when it lands; until then a clear error, never a silent wrong report."""
-    raise WarehouseError(f"warehouse {settings.warehouse!r}: analysis inside warehouses is "
-                         "not wired yet (the portable SQL pipeline of issue #20 part 1)")
+                 experiment: Experiment, settings: AnalysisSettings,
+                 metrics: Sequence[MetricSpec]) -> ExperimentAggregates:
+    """The portable pipeline on the warehouse's connection, over its relations.
+
+    The exposures are the experiment's, override units left out: those the exposure says
+    (``is_override``) and those ``experiment.overrides`` lists now, as the sync only
+    appends and an exposure stored before its unit got an override is flagged in Parcours
+    only. The events (``parcours_events`` and every ``events_sql`` source) are read in full
+    (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
+    depends on (the last-NPS-answer tie-break treats a missing id as 0).
+    """
+    kept = [exposures.c.is_override == false()]
+    if experiment.overrides:
+        kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
+    sources = table_sources(select(*exposures.c).where(*kept).subquery("kept_exposures"),
+                            events, experiment=experiment.id)
+    with engine.connect() as connection:
+        return aggregate_experiment(connection, None, metrics,
+                                    hours=settings.conversion_window_hours,
+                                    cuped=settings.cuped, journey=experiment.journey,
+                                    rollup=False, sources=sources)
 
 
-def warehouse_aggregates(session: Session, experiment: Experiment,
-                         settings: AnalysisSettings) -> Any:
+def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
+                         metrics: Sequence[MetricSpec]) -> ExperimentAggregates:
     """Sync the warehouse, then run the pipeline over its exposures and events, in it."""
     name = settings.warehouse
     assert name is not None, "only experiments with analysis.warehouse are routed here"
     sync_before_analysis(session, name)
     engine, exposures, events = warehouse_sources(session, name)
-    return run_pipeline(engine, exposures, events, experiment, settings)
+    return run_pipeline(engine, exposures, events, experiment, settings, metrics)
 
 
 def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                   in_parcours: Callable[[], Any]) -> Any:
+                   metrics: Sequence[MetricSpec],
+                   in_parcours: Callable[[], ExperimentAggregates]) -> ExperimentAggregates:
     """The experiment's aggregates where its data lives: its warehouse, else Parcours."""
     if settings.warehouse is None:
         return in_parcours()
-    return warehouse_aggregates(session, experiment, settings)
+    return warehouse_aggregates(session, experiment, settings, metrics)

@@ -119,6 +119,7 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
         with connection.begin():
             mark = int(connection.scalar(select(func.coalesce(func.max(target.c.id), 0))) or 0)
         clickhouse = tables.is_clickhouse(connection)
+        insert = tables.text_times_insert(target) if clickhouse else target.insert()
         copied = 0
         while mark < upper:
             batch = [dict(row) for row in session.execute(
@@ -127,10 +128,10 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
             session.rollback()
             if not batch:
                 break
-            if clickhouse:  # ClickHouse DateTime64 columns take naive UTC
-                batch = [_naive_utc(row) for row in batch]
+            if clickhouse:  # DateTime64(6) columns parse UTC text to the microsecond
+                batch = [_utc_text(row) for row in batch]
             with connection.begin():
-                connection.execute(target.insert(), batch)
+                connection.execute(insert, batch)
             mark = int(batch[-1]["id"])
             copied += len(batch)
             if progress is not None:
@@ -168,9 +169,9 @@ def _apply_erasures(session: Session, connect: Callable[[], Connection], name: s
     return int(erased[-1][0])
 
 
-def _naive_utc(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: value.astimezone(UTC).replace(tzinfo=None) if isinstance(value, datetime)
-            else value for key, value in row.items()}
+def _utc_text(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+            if isinstance(value, datetime) else value for key, value in row.items()}
 
 
 def _record(session: Session, name: str, *, exposures_through: int | None = None,

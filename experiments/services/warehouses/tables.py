@@ -8,11 +8,14 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
-    Float,
+    Double,
     MetaData,
     String,
     Table,
+    column,
 )
+from sqlalchemy import table as sql_table
+from sqlalchemy.sql import Insert
 
 metadata = MetaData()
 exposures = Table(
@@ -22,11 +25,12 @@ exposures = Table(
     Column("variant_key", String, nullable=False),
     Column("exposed_at", DateTime(timezone=True), nullable=False),
     Column("is_override", Boolean, nullable=False))
+# value: DOUBLE (DuckDB's FLOAT is 32-bit: amounts would lose cents against Parcours's own).
 events = Table(
     "parcours_events", metadata,
     Column("id", BigInteger, nullable=False), Column("unit_id", String, nullable=False),
     Column("type", String, nullable=False), Column("name", String, nullable=False),
-    Column("step", String), Column("friction_kind", String), Column("value", Float),
+    Column("step", String), Column("friction_kind", String), Column("value", Double),
     Column("occurred_at", DateTime(timezone=True), nullable=False))
 
 # ClickHouse needs an engine clause; ORDER BY id keeps max(id), the sync's mark, cheap.
@@ -44,6 +48,13 @@ CLICKHOUSE_DIALECTS = ("chdb", "clickhousedb", "clickhouse")
 def is_clickhouse(connection: Connection) -> bool:
     """True for ClickHouse, in-process (chDB) or a server."""
     return connection.dialect.name in CLICKHOUSE_DIALECTS
+
+
+def text_times_insert(table: Table) -> Insert:
+    """An INSERT into ``table`` binding its times as text: ClickHouse dialects wrap a
+    DateTime bind in ``toDateTime(?)``, which drops the microseconds of a DateTime64(6)."""
+    return sql_table(table.name, *[column(c.name, String() if isinstance(c.type, DateTime)
+                                          else c.type) for c in table.c]).insert()
 
 
 def create_tables(connection: Connection) -> None:

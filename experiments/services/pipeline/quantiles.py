@@ -1,0 +1,259 @@
+"""Quantile metrics (SPEC §11): exact order statistics computed by the database.
+
+Quantiles are not sums, so they stay out of the single pass and its rollup: they read the
+events directly, in three small queries per metric, and Python only ever sees a few rows
+per partition (a partition is a variant, times any grouping columns — segment levels —
+times the step for :func:`time_on_step`).
+
+1. :func:`quantile_values`: one row per value — ``unit`` (the exposure id), the partition
+   columns and ``value``. Sources:
+
+   * ``event_value``: every matching event's ``value`` inside the unit's analysis window
+     (at or after the exposure and less than ``conversion_window_hours`` later, as every
+     other metric; events without a value, or out of the ingestion bounds, are left out);
+   * ``unit_value``: per unit, the sum of its matching events' values in the window (an
+     event without a value adds 0, as for mean metrics), over units with at least one;
+   * ``step_duration``: per unit and step, the seconds from its first ``step`` event of the
+     step in the window to its first ``step`` event of a later journey step at or after
+     it, also in the window; units that never leave the step are left out.
+
+2. :func:`value_counts_query` (``count(*)`` per partition) gives n, hence the ranks
+   ``stats.quantile.needed_ranks`` asks for; :func:`order_statistics_query` numbers the
+   values (``ROW_NUMBER() OVER (PARTITION BY … ORDER BY value)``) and returns only the
+   rows at those ranks.
+3. ``event_value`` only: :func:`cluster_sums_query`, once the point estimates are known,
+   sums per partition Sᵢ (the unit's events at or below the estimate) and Nᵢ (its events)
+   into the ``RatioStats`` moments of the clustering correction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Float, and_, case, func, literal, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import Select
+
+from experiments.services.pipeline.dialects import seconds_between
+from experiments.services.pipeline.exposures import first_exposures
+from experiments.services.pipeline.journey import number
+from experiments.services.pipeline.sources import PipelineSources
+from experiments.services.pipeline.unit_values import bounded_value, window
+from stats.quantile import QuantileStats, needed_ranks
+from stats.records import RatioStats
+
+QUANTILE_SOURCES = ("event_value", "unit_value", "step_duration")
+TIME_ON_STEP_LEVELS = {"p50": 0.5, "p90": 0.9}
+Partition = tuple[Any, ...]  # (variant_key, *grouping values[, step])
+
+
+@dataclass(frozen=True)
+class QuantileSpec:
+    """What the order statistics of one quantile metric depend on (decoupled from the ORM)."""
+
+    key: str
+    source: str  # event_value | unit_value | step_duration
+    quantile: float
+    event: str | None = None
+    step: str | None = None
+
+    @classmethod
+    def of(cls, metric: Any) -> QuantileSpec:
+        """Copy a quantile Metric row's definition."""
+        return cls(metric.key, metric.source, metric.quantile, metric.event, metric.step)
+
+
+def _partition_columns(x: Any, grouping: Sequence[str]) -> list[Any]:
+    return [x.c.variant_key, *(x.c[name] for name in grouping)]
+
+
+def _event_values(sources: PipelineSources, event: str | None, grouping: Sequence[str], *,
+                  hours: float) -> Select[Any]:
+    """One row per matching event in the window: its unit, partition and value."""
+    x, ev = first_exposures(sources), sources.events
+    value = bounded_value(ev)
+    return (select(x.c.exposure_id.label("unit"), *_partition_columns(x, grouping),
+                   value.label("value"))
+            .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+            .where(window(x, ev, hours, with_pre=False), ev.c.name == event,
+                   value.is_not(None)))
+
+
+def _unit_values(sources: PipelineSources, event: str | None, grouping: Sequence[str], *,
+                 hours: float) -> Select[Any]:
+    """One row per unit with a matching event in the window: the sum of their values."""
+    x, ev = first_exposures(sources), sources.events
+    keys = _partition_columns(x, grouping)
+    return (select(x.c.exposure_id.label("unit"), *keys,
+                   func.sum(func.coalesce(bounded_value(ev), 0.0)).label("value"))
+            .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+            .where(window(x, ev, hours, with_pre=False), ev.c.name == event)
+            .group_by(x.c.exposure_id, *keys))
+
+
+def step_durations(sources: PipelineSources, journey: Sequence[str],
+                   steps: Collection[str], grouping: Sequence[str] = (), *,
+                   hours: float) -> Select[Any]:
+    """Per unit and step of ``steps``: seconds from its first step event there to its first
+    step event of a later journey step at or after it (both in the window); a ``step``
+    column follows the partition columns."""
+    x, ev = first_exposures(sources), sources.events
+    position = {step: number for number, step in enumerate(journey)}
+    keys = _partition_columns(x, grouping)
+    entered = (select(x.c.exposure_id, x.c.unit_id, x.c.exposed_at, *keys,
+                      ev.c.step.label("step"), func.min(ev.c.occurred_at).label("entered"))
+               .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+               .where(window(x, ev, hours, with_pre=False), ev.c.type == "step",
+                      ev.c.step.in_([step for step in steps if step in position]))
+               .group_by(x.c.exposure_id, x.c.unit_id, x.c.exposed_at, *keys, ev.c.step)
+               .subquery("entered_steps"))
+    later = sources.events.alias("later_events")
+    entered_keys = [entered.c.variant_key, *(entered.c[name] for name in grouping)]
+    return (select(entered.c.exposure_id.label("unit"), *entered_keys, entered.c.step,
+                   seconds_between(entered.c.entered, func.min(later.c.occurred_at))
+                   .label("value"))
+            .select_from(entered.join(later, later.c.unit_id == entered.c.unit_id))
+            .where(window(entered, later, hours, with_pre=False), later.c.type == "step",
+                   case(position, value=later.c.step) > case(position, value=entered.c.step),
+                   later.c.occurred_at >= entered.c.entered)
+            .group_by(entered.c.exposure_id, *entered_keys, entered.c.step,
+                      entered.c.entered))
+
+
+def quantile_values(sources: PipelineSources, spec: QuantileSpec, journey: Sequence[str],
+                    grouping: Sequence[str] = (), *, hours: float) -> Any:
+    """Stage 1: the metric's values, one row each (``unit``, partition columns, ``value``)."""
+    if spec.source == "event_value":
+        query = _event_values(sources, spec.event, grouping, hours=hours)
+    elif spec.source == "unit_value":
+        query = _unit_values(sources, spec.event, grouping, hours=hours)
+    elif spec.source == "step_duration":
+        query = step_durations(sources, journey, [spec.step or ""], grouping, hours=hours)
+    else:
+        raise ValueError(f"unknown quantile source {spec.source!r}")
+    return query.subquery("quantile_values")
+
+
+def value_counts_query(values: Any, partition: Sequence[str]) -> Select[Any]:
+    """Stage 2a: ``n`` per partition."""
+    keys = [values.c[name] for name in partition]
+    return select(*keys, func.count().label("n")).group_by(*keys)
+
+
+def order_statistics_query(values: Any, partition: Sequence[str],
+                           ranks: Collection[int]) -> Select[Any]:
+    """Stage 2b: the values at the given 1-based ranks of each partition (partitions may
+    need different ranks: the caller keeps each partition's own)."""
+    keys = [values.c[name] for name in partition]
+    ranked = select(*keys, values.c.value,
+                    func.row_number().over(partition_by=keys, order_by=values.c.value)
+                    .label("value_rank")).subquery("ranked_values")
+    return (select(*(ranked.c[name] for name in partition), ranked.c.value_rank,
+                   ranked.c.value)
+            .where(ranked.c.value_rank.in_(sorted(set(ranks)))))
+
+
+def cluster_sums_query(values: Any, partition: Sequence[str],
+                       estimates: Mapping[Partition, float]) -> Select[Any]:
+    """Stage 3 (event level): per partition, the moments of (Sᵢ, Nᵢ) over its units."""
+    keys = [values.c[name] for name in partition]
+    threshold = case(*((and_(*(key == level for key, level in zip(keys, cell, strict=True))),
+                        literal(estimate, Float())) for cell, estimate in estimates.items()))
+    per_unit = (select(*keys, func.sum(case((values.c.value <= threshold, 1), else_=0))
+                       .label("s"), func.count().label("events"))
+                .group_by(values.c.unit, *keys).subquery("unit_clusters"))
+    s, events = per_unit.c.s, per_unit.c.events
+    cells = [per_unit.c[name] for name in partition]
+    return (select(*cells, func.count().label("n"), func.sum(s).label("num_sum"),
+                   func.sum(s * s).label("num_sum_squares"), func.sum(events).label("den_sum"),
+                   func.sum(events * events).label("den_sum_squares"),
+                   func.sum(s * events).label("num_den_sum"))
+            .group_by(*cells))
+
+
+def _cell(row: Any, partition: Sequence[str]) -> Partition:
+    return tuple(row._mapping[name] for name in partition)
+
+
+def order_statistics(connection: Session | Connection, values: Any,
+                     partition: Sequence[str], levels: Sequence[float], *,
+                     alpha: float) -> dict[Partition, tuple[int, dict[int, float]]]:
+    """Per partition: n and the values at the ranks every quantile level in ``levels``
+    needs (point, lower, upper) — two queries, a few rows per partition."""
+    counts = {_cell(row, partition): int(row.n)
+              for row in connection.execute(value_counts_query(values, partition))}
+    wanted: dict[Partition, set[int]] = {}
+    for cell, n in counts.items():
+        for level in levels:
+            ranks = needed_ranks(n, quantile=level, alpha=alpha)
+            if ranks is not None:
+                wanted.setdefault(cell, set()).update((ranks.point, ranks.lower, ranks.upper))
+    found: dict[Partition, dict[int, float]] = {cell: {} for cell in counts}
+    if wanted:
+        query = order_statistics_query(values, partition, set().union(*wanted.values()))
+        for row in connection.execute(query):
+            cell = _cell(row, partition)
+            if int(row.value_rank) in wanted.get(cell, ()):
+                found[cell][int(row.value_rank)] = float(row.value)
+    return {cell: (n, found[cell]) for cell, n in counts.items()}
+
+
+def _stats(n: int, values: Mapping[int, float], *, quantile: float, alpha: float,
+           clusters: RatioStats | None = None) -> QuantileStats:
+    ranks = needed_ranks(n, quantile=quantile, alpha=alpha)
+    if ranks is None:
+        return QuantileStats(0, None, None, None, clusters)
+    return QuantileStats(n, values[ranks.point], values[ranks.lower], values[ranks.upper],
+                         clusters)
+
+
+def quantile_stats(connection: Session | Connection, sources: PipelineSources,
+                   spec: QuantileSpec, *, journey: Sequence[str], hours: float,
+                   alpha: float = 0.05,
+                   grouping: Sequence[str] = ()) -> dict[Partition, QuantileStats]:
+    """One quantile metric's ``QuantileStats`` per (variant, *grouping values)."""
+    values = quantile_values(sources, spec, journey, grouping, hours=hours)
+    partition = ["variant_key", *grouping]
+    statistics = order_statistics(connection, values, partition, [spec.quantile], alpha=alpha)
+    out = {cell: _stats(n, found, quantile=spec.quantile, alpha=alpha)
+           for cell, (n, found) in statistics.items()}
+    estimates = {cell: stats.estimate for cell, stats in out.items()
+                 if stats.estimate is not None}
+    if spec.source == "event_value" and estimates:
+        for row in connection.execute(cluster_sums_query(values, partition, estimates)):
+            cell, data = _cell(row, partition), row._mapping
+            clusters = RatioStats(int(data["n"]), *(number(data[name]) for name in (
+                "num_sum", "num_sum_squares", "den_sum", "den_sum_squares", "num_den_sum")))
+            n, found = statistics[cell]
+            out[cell] = _stats(n, found, quantile=spec.quantile, alpha=alpha,
+                               clusters=clusters)
+    return out
+
+
+def time_on_step(connection: Session | Connection, sources: PipelineSources,
+                 journey: Sequence[str], *, hours: float,
+                 grouping: Sequence[str] = ()) -> dict[Partition, dict[str, Any]]:
+    """The funnel's "time on step": per (variant, *grouping values, step), the p50 and p90
+    of the step durations in seconds and how many units left the step (``n``)."""
+    if not journey:
+        return {}
+    values = step_durations(sources, journey, journey, grouping, hours=hours).subquery("d")
+    partition = ["variant_key", *grouping, "step"]
+    levels = list(TIME_ON_STEP_LEVELS.values())
+    out = {}
+    for cell, (n, found) in order_statistics(connection, values, partition, levels,
+                                             alpha=0.05).items():
+        entry: dict[str, Any] = {}
+        for name, level in TIME_ON_STEP_LEVELS.items():
+            ranks = needed_ranks(n, quantile=level)
+            entry[name] = None if ranks is None else found[ranks.point]
+        out[cell] = {**entry, "n": n}
+    return out
+
+
+__all__ = ["QUANTILE_SOURCES", "TIME_ON_STEP_LEVELS", "QuantileSpec", "cluster_sums_query",
+           "order_statistics", "order_statistics_query", "quantile_stats", "quantile_values",
+           "step_durations", "time_on_step", "value_counts_query"]

@@ -1,0 +1,40 @@
+"""The admin funnel table shows the p50/p90 time on each step per variant (SPEC §11)."""
+
+from __future__ import annotations
+
+from admin import format as fmt
+from tests.test_admin_support import insert_report, logged_in, seed_experiment
+
+
+def _cell(units: int, p50: float | None, p90: float | None, n: int) -> dict[str, object]:
+    return {"units": units, "rate": units / 5000, "from_previous": 1.0,
+            "time_on_step": {"p50": p50, "p90": p90, "n": n}}
+
+
+def test_the_funnel_table_shows_time_on_step(app):
+    seed_experiment(app)
+    insert_report(app, funnel=[
+        {"step": "cart", "variants": {"control": _cell(3100, 42.5, 125.0, 2900),
+                                      "one-page": _cell(3150, 30.0, 5400.0, 3000)}},
+        {"step": "payment", "variants": {"control": _cell(2500, None, None, 0),
+                                         "one-page": _cell(2700, None, None, 0)}}])
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    table = page[page.index('id="funnel-table"'):]
+    table = table[:table.index("</table>")]
+    assert table.count("time on step p50 / p90") == 2  # one column per variant
+    assert "42.5 s / 2 min 5 s" in table and "(n = 2,900)" in table
+    assert "30 s / 1 h 30 min" in table and "– / –" in table
+
+
+def test_reports_without_time_on_step_keep_the_plain_table(app):
+    seed_experiment(app)
+    insert_report(app)  # a report stored before time on step existed
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    assert 'id="funnel-table"' in page and "time on step" not in page
+
+
+def test_durations_read_like_people_say_them():
+    assert [fmt.duration(v) for v in (0.25, 59.4, 60, 3599.6, 3600, 90061, None)] == [
+        "0.25 s", "59.4 s", "1 min 0 s", "1 h 0 min", "1 h 0 min", "25 h 1 min", "–"]

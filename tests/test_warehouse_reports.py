@@ -1,0 +1,267 @@
+"""Analysis inside a warehouse (SPEC §15): the same report as in Parcours's own database, and
+a report over a customer's own tables.
+
+The warehouse runs in a child process (``tests.warehouse_child``): a chDB path, like a
+DuckDB file, belongs to one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from experiments.db import get_db
+from experiments.models import Event, Experiment, Exposure, Report
+from experiments.services.analysis import analyze_experiment
+from experiments.services.exposures import flag_as_overrides
+from experiments.services.warehouses.engines import get_warehouses
+from tests.conftest import auth_headers, make_test_app
+from tests.factories import experiment_payload
+from tests.test_admin_support import cheap_argon2, logged_in  # noqa: F401  (autouse fixture)
+from tests.test_warehouse_sync import run_child
+
+METRICS = [
+    {"key": "purchase", "kind": "conversion", "event": "purchase", "role": "primary",
+     "direction": "increase"},
+    {"key": "revenue", "kind": "mean", "event": "purchase", "role": "secondary",
+     "direction": "increase", "cap": {"type": "percentile", "value": 0.9}},
+    {"key": "views", "kind": "count", "event": "page_view", "role": "secondary",
+     "direction": "increase"},
+    {"key": "revenue-per-session", "kind": "ratio", "numerator": "purchase",
+     "denominator": "session", "role": "secondary", "direction": "increase"},
+    {"key": "payment-errors", "kind": "friction", "friction_kind": "error", "step": "payment",
+     "role": "guardrail", "direction": "decrease"},
+    {"key": "nps", "kind": "nps", "event": "nps", "role": "secondary", "direction": "increase"},
+    {"key": "time-to-buy", "kind": "time_to_convert", "event": "purchase", "role": "secondary",
+     "direction": "decrease"},
+]
+T0 = datetime(2026, 11, 20, 9, 0, 0, 123456, tzinfo=UTC)
+JOURNEY = ["landing", "cart", "checkout", "payment", "confirmation"]
+
+
+def start(app: Flask, key: str, **fields: Any) -> Experiment:
+    """A running experiment (no targeting, no layer), read back from the database."""
+    client, headers = app.test_client(), auth_headers(app)
+    body = experiment_payload(key, layer=None, targeting=[], **fields)
+    assert client.post("/api/v1/experiments", json=body, headers=headers).status_code == 201
+    assert client.post(f"/api/v1/experiments/{key}/start", headers=headers).status_code == 200
+    with get_db(app).sessionmaker() as session:
+        return session.scalar(select(Experiment).where(Experiment.key == key))
+
+
+def add_journey_traffic(db: Session, experiment: Experiment, units: int) -> None:
+    """Exposures and events of every kind: in the window, before the exposure (CUPED),
+    after the window (late), friction in and outside the journey, NPS answers."""
+    rng = random.Random(2026)
+    at0 = experiment.started_at
+    for index in range(units):
+        unit = f"u{index:04d}"
+        exposed = at0 + timedelta(hours=rng.uniform(0, 96))
+        db.add(Exposure(experiment_id=experiment.id, unit_id=unit,
+                        variant_key=rng.choice(["control", "one-page"]), exposed_at=exposed,
+                        is_override=index == 0))
+        for number in range(rng.randrange(9)):
+            at = exposed + timedelta(hours=rng.uniform(-80, 90))
+            kind = rng.randrange(6)
+            event: dict[str, Any] = {"type": "custom", "name": "page_view"}
+            if kind == 0:
+                event = {"type": "conversion", "name": "purchase",
+                         "value": round(rng.uniform(5, 200), 2)}
+            elif kind == 1:
+                event = {"type": "custom", "name": "session", "value": float(rng.randrange(3))}
+            elif kind == 2:
+                event = {"type": "nps", "name": "nps", "value": float(rng.randrange(11))}
+            elif kind == 3:
+                event = {"type": "step", "name": "view", "step": rng.choice(JOURNEY)}
+            elif kind == 4:
+                friction = rng.choice(["error", "retry", "rage_click"])
+                event = {"type": "friction", "name": friction, "friction_kind": friction,
+                         "step": rng.choice([*JOURNEY, "help"])}
+            db.add(Event(event_id=f"{unit}-{number}", unit_id=unit, occurred_at=at, **event))
+    db.commit()
+
+
+@pytest.fixture(params=["duckdb", "chdb"])
+def warehouse_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "duckdb":
+        return f"duckdb:///{tmp_path / 'analytics.duckdb'}"
+    return f"chdb:///{tmp_path / 'clickhouse'}"
+
+
+def without_times(body: dict[str, Any]) -> dict[str, Any]:
+    """The report body without when it was computed."""
+    return {name: value for name, value in body.items() if name != "computed_at"}
+
+
+def differences(left: Any, right: Any, path: str = "") -> list[str]:
+    """Where two JSON documents differ (paths and both values), for a readable failure:
+    everything exactly but floats, within 1e-9 relative (sums in another order)."""
+    if isinstance(left, dict) and isinstance(right, dict):
+        return [d for k in sorted(left.keys() | right.keys())
+                for d in differences(left.get(k), right.get(k), f"{path}.{k}")]
+    if isinstance(left, list) and isinstance(right, list) and len(left) == len(right):
+        return [d for i, (a, b) in enumerate(zip(left, right, strict=True))
+                for d in differences(a, b, f"{path}[{i}]")]
+    if isinstance(left, float) and isinstance(right, float):
+        same = math.isclose(left, right, rel_tol=1e-9, abs_tol=1e-12)
+    else:
+        same = type(left) is type(right) and left == right
+    return [] if same else [f"{path}: {left!r} != {right!r}"]
+
+
+def test_a_warehouse_report_equals_the_parcours_report(database_url: str, tmp_path: Path,
+                                                        warehouse_url: str) -> None:
+    app = make_test_app(database_url, tmp_path)
+    experiment = start(app, "wh-parity", metrics=METRICS, overrides={})
+    with get_db(app).sessionmaker() as db:  # a fixed start: the same data on every run
+        experiment = db.get(Experiment, experiment.id)
+        experiment.started_at = T0
+        add_journey_traffic(db, experiment, 400)
+    now = T0 + timedelta(days=6)
+    synced = run_child(app, warehouse_url, "sync")
+    assert synced.returncode == 0, synced.stderr
+    assert len(json.loads(synced.stdout)["parcours_exposures"]) == 400
+    with get_db(app).sessionmaker() as db:
+        # An override given after u0001's exposure was synced: flagged in Parcours only.
+        stored = db.get(Experiment, experiment.id)
+        stored.overrides = {"u0001": "one-page"}
+        assert len(flag_as_overrides(db, experiment.id, ["u0001"])) == 1
+        db.commit()
+        in_parcours = analyze_experiment(db, "wh-parity", now=now).body
+        db.execute(delete(Report))
+        stored = db.get(Experiment, experiment.id)
+        stored.analysis = {**stored.analysis, "warehouse": "w"}
+        db.commit()
+    analysed = run_child(app, warehouse_url, "analyze", "wh-parity", now.isoformat())
+    assert analysed.returncode == 0, analysed.stderr
+    in_warehouse = json.loads(analysed.stdout)
+
+    assert "error" not in in_warehouse
+    assert sum(in_parcours["units"].values()) == 398  # u0000 and u0001 are overrides
+    assert {m["key"] for m in in_parcours["metrics"]} == {m["key"] for m in METRICS}
+    assert in_parcours["funnel"] and in_parcours["friction_points"] is not None
+    diffs = differences(without_times(in_warehouse), without_times(in_parcours))
+    assert not diffs, "\n".join(diffs)
+    get_db(app).engine.dispose()
+
+
+# -- a customer's own tables ----------------------------------------------------------------
+
+ORDERS_SQL = ("SELECT customer AS unit_id, ts AS occurred_at, 'conversion' AS type, "
+              "'purchase' AS name, NULL AS step, amount AS value, NULL AS friction_kind "
+              "FROM orders")
+SUPPORT_SQL = ("SELECT customer AS unit_id, ts AS occurred_at, 'friction' AS type, "
+               "'support_call' AS name, NULL AS step, NULL AS value, "
+               "'support_contact' AS friction_kind FROM support_calls")
+SHOP_METRICS = [
+    {"key": "purchase", "kind": "conversion", "event": "purchase", "role": "primary",
+     "direction": "increase"},
+    {"key": "order-value", "kind": "mean", "event": "purchase", "role": "secondary",
+     "direction": "increase"},
+    {"key": "support", "kind": "friction", "friction_kind": "support_contact",
+     "role": "guardrail", "direction": "decrease"},
+]
+
+
+@pytest.fixture
+def shop(database_url: str, tmp_path: Path) -> Iterator[tuple[Flask, Path]]:
+    """An app whose warehouse ``shop`` is a DuckDB file holding the customer's tables."""
+    path = tmp_path / "shop.duckdb"
+    app = make_test_app(database_url, tmp_path, WAREHOUSE_SHOP_URL=f"duckdb:///{path}")
+    yield app, path
+    get_warehouses(app).dispose()
+    get_db(app).engine.dispose()
+
+
+def customer_tables(path: Path, exposed: dict[str, tuple[str, datetime]]
+                    ) -> tuple[list[tuple[str, datetime, float]], list[tuple[str, datetime]]]:
+    """``orders(customer, ts, amount)`` and ``support_calls(customer, ts)`` in the DuckDB
+    file: in the 72 h window, before the exposure, after the window, and strangers'."""
+    rng = random.Random(7)
+    orders, calls = [], []
+    for unit, (_, at) in exposed.items():
+        for _ in range(rng.randrange(3)):
+            orders.append((unit, at + timedelta(hours=rng.uniform(-30, 100)),
+                           round(rng.uniform(10, 90), 2)))
+        if rng.random() < 0.3:
+            calls.append((unit, at + timedelta(hours=rng.uniform(-10, 80))))
+    orders.append(("stranger", next(iter(exposed.values()))[1], 500.0))
+    engine = sa.create_engine(f"duckdb:///{path}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE orders (customer VARCHAR, ts TIMESTAMPTZ, "
+                                   "amount DOUBLE)")
+        connection.exec_driver_sql("CREATE TABLE support_calls (customer VARCHAR, "
+                                   "ts TIMESTAMPTZ)")
+        connection.execute(sa.text("INSERT INTO orders VALUES (:c, :t, :a)"),
+                           [{"c": c, "t": t, "a": a} for c, t, a in orders])
+        connection.execute(sa.text("INSERT INTO support_calls VALUES (:c, :t)"),
+                           [{"c": c, "t": t} for c, t in calls])
+    engine.dispose()
+    return orders, calls
+
+
+def test_events_sql_over_customer_tables_analyses_parcours_exposures(
+        shop: tuple[Flask, Path]) -> None:
+    app, path = shop
+    experiment = start(app, "shop-test", metrics=SHOP_METRICS, overrides={})
+    rng = random.Random(11)
+    exposed = {f"c{index:03d}": (rng.choice(["control", "one-page"]),
+                                 experiment.started_at + timedelta(hours=rng.uniform(0, 48)))
+               for index in range(120)}
+    with get_db(app).sessionmaker() as db:
+        for unit, (variant, at) in exposed.items():
+            db.add(Exposure(experiment_id=experiment.id, unit_id=unit, variant_key=variant,
+                            exposed_at=at))
+        db.commit()
+    orders, calls = customer_tables(path, exposed)
+    client, headers = app.test_client(), auth_headers(app)
+    answer = client.put("/api/v1/warehouses/shop/sources",
+                        json={"events_sql": [ORDERS_SQL, SUPPORT_SQL]}, headers=headers)
+    assert answer.status_code == 200, answer.get_json()
+    with app.app_context(), get_db(app).sessionmaker() as db:  # as the scheduler runs jobs
+        stored = db.get(Experiment, experiment.id)
+        stored.analysis = {**stored.analysis, "warehouse": "shop", "cuped": False}
+        db.commit()
+        body = analyze_experiment(db, "shop-test",
+                                  now=experiment.started_at + timedelta(days=5)).body
+
+    window = timedelta(hours=72)
+
+    def inside(unit: str, at: datetime) -> bool:
+        return unit in exposed and exposed[unit][1] <= at < exposed[unit][1] + window
+
+    expected: dict[str, dict[str, Any]] = {}
+    for variant in ("control", "one-page"):
+        units = [u for u, (v, _) in exposed.items() if v == variant]
+        spent = {u: sum(a for c, t, a in orders if c == u and inside(u, t)) for u in units}
+        bought = {u for u, _, _ in ((c, t, a) for c, t, a in orders if inside(c, t))
+                  if u in units}
+        called = {c for c, t in calls if inside(c, t) and c in units}
+        expected[variant] = {"units": len(units), "purchase": len(bought) / len(units),
+                             "order-value": sum(spent.values()) / len(units),
+                             "support": len(called) / len(units)}
+    assert "error" not in body
+    assert body["units"] == {v: expected[v]["units"] for v in expected}
+    estimates = {m["key"]: {e["variant"]: e["estimate"] for e in m["variants"]}
+                 for m in body["metrics"]}
+    for key in ("purchase", "order-value", "support"):
+        for variant in expected:
+            assert estimates[key][variant] == pytest.approx(expected[variant][key], rel=1e-9)
+    assert 0 < expected["control"]["support"] < 1 and expected["control"]["purchase"] > 0
+
+    page = logged_in(app, "viewer").get("/admin/experiments/shop-test")
+    text = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert 'analysed in warehouse <code id="warehouse-name">shop</code>' in text
+    assert 'id="analysis-error"' not in text and "order-value" in text
