@@ -96,6 +96,23 @@ def test_grouping_compiles_for_bigquery_and_snowflake(dialect: str) -> None:
     assert statement is not None and statement.find(sqlglot.exp.Case) is not None
 
 
+@pytest.mark.parametrize("dialect", sorted(DIALECTS))
+def test_grouping_sets_compile_for_bigquery_and_snowflake(dialect: str) -> None:
+    """Segments' grouping sets (whole report per day, each dimension per level): one
+    UNION ALL branch per set over the exposures computed once."""
+    exposures, events = plain_tables(None, sa.DateTime(timezone=True), attributes=True)
+    sources = table_sources(exposures, events, experiment=7)
+    grouped = sources.grouped_by(country=attribute_level(sources, "country"),
+                                 device=attribute_level(sources, "device"))
+    sets = [((), True), (("country",), False), (("device",), False)]
+    sql = str(units_query(grouped, sets).compile(dialect=DIALECTS[dialect](),
+                                                 compile_kwargs={"literal_binds": True}))
+    (statement,) = sqlglot.parse(sql, read=dialect)
+    assert statement is not None
+    assert len(list(statement.find_all(sqlglot.exp.Union))) == 2
+    assert len(list(statement.find_all(sqlglot.exp.CTE))) == 1
+
+
 def test_units_exposed_to_several_variants_are_in_the_report(db: Session) -> None:
     """Own tables hold none (unique per unit); a warehouse's may: the report says how many
     were left out, under ``data_quality`` (additive to SPEC §6) and as a warning."""

@@ -16,6 +16,7 @@ import json
 import random
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ from experiments.db import UtcDateTime
 from experiments.models import Event, Exposure
 from experiments.schemas import FRICTION_KINDS
 from experiments.services.pipeline import (
+    Daily,
     ExperimentAggregates,
     MetricSpec,
     PipelineSources,
     Plan,
     UnitPass,
+    aggregate_dimensions,
     aggregate_experiment,
     aggregate_grouped,
     attribute_level,
@@ -46,6 +49,7 @@ from experiments.services.pipeline import (
 )
 from experiments.services.pipeline.exposures import first_exposures as first_exposure_rows
 from experiments.services.pipeline.exposures import multi_variant_units
+from experiments.services.pipeline.run import ALL_DAYS
 from tests.conftest import POSTGRES_URL, requires_postgres
 from tests.test_aggregation import make_experiment
 
@@ -278,6 +282,42 @@ def run_grouped(connection: Any, sources: PipelineSources | None = None,
                              journey=JOURNEY, sources=grouped(sources))
 
 
+def run_dimensions(connection: Any, sources: PipelineSources | None = None,
+                   experiment_id: int | None = None
+                   ) -> tuple[ExperimentAggregates, list[dict[Any, ExperimentAggregates]]]:
+    if sources is None:
+        assert experiment_id is not None
+        sources = own_sources(experiment_id)
+    return aggregate_dimensions(connection, experiment_id, METRICS, hours=HOURS, cuped=True,
+                                journey=JOURNEY, sources=grouped(sources))
+
+
+def totals_only(aggregates: ExperimentAggregates) -> ExperimentAggregates:
+    """The same sums over every day, as one ``ALL_DAYS`` row per variant."""
+    def one_day(daily: Daily) -> Daily:
+        return Daily({(variant, ALL_DAYS): dict(sums)
+                      for variant, sums in daily.totals().items()})
+    return replace(aggregates, units=one_day(aggregates.units),
+                   metrics={key: one_day(d) for key, d in aggregates.metrics.items()})
+
+
+def assert_dimensions(got: tuple[ExperimentAggregates, list[dict[Any, ExperimentAggregates]]],
+                      crossed: dict[tuple[Any, ...], ExperimentAggregates],
+                      reference: ExperimentAggregates) -> None:
+    """Summed per grouping set (the whole report per day, each dimension per level) equals
+    the crossed groups' report and marginal totals: same sums, caps, friction, timing."""
+    whole, dimensions = got
+    assert_identical(whole, reference)
+    assert whole.multi_variant_units == combine(crossed.values()).multi_variant_units
+    assert len(dimensions) == 3
+    for position, levels in enumerate(dimensions):
+        expected = marginal(crossed, position)
+        assert levels.keys() == expected.keys()
+        for level, aggregates in levels.items():
+            assert_identical(aggregates, totals_only(expected[level]))
+            assert aggregates.multi_variant_units == expected[level].multi_variant_units
+
+
 def expected_units() -> dict[tuple[str, str, int], int]:
     """Units per (country, plan, period), from each unit's FIRST exposure, in Python."""
     counts: dict[tuple[str, str, int], int] = {}
@@ -408,7 +448,9 @@ def test_duckdb_and_clickhouse_give_identical_statistics(
         assert_identical(run(connection, sources), reference)
         assert_identical(run_open(connection, sources), open_reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
-        assert_grouped(run_grouped(connection, sources), reference)
+        crossed = run_grouped(connection, sources)
+        assert_grouped(crossed, reference)
+        assert_dimensions(run_dimensions(connection, sources), crossed, reference)
     engine.dispose()
 
 
@@ -422,7 +464,9 @@ def test_postgresql_plain_tables_give_identical_statistics(
         assert_identical(run(connection, sources), reference)
         assert_identical(run_open(connection, sources), open_reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
-        assert_grouped(run_grouped(connection, sources), reference)
+        crossed = run_grouped(connection, sources)
+        assert_grouped(crossed, reference)
+        assert_dimensions(run_dimensions(connection, sources), crossed, reference)
 
 
 def test_own_tables_give_identical_statistics(db: Session,
@@ -445,7 +489,9 @@ def test_own_tables_give_identical_statistics(db: Session,
     assert_identical(run(db, experiment_id=experiment.id), reference)
     db.commit()
     assert_identical(run(db, experiment_id=experiment.id), reference)  # rollup read back
-    assert_grouped(run_grouped(db, experiment_id=experiment.id), reference, multi=0)
+    crossed = run_grouped(db, experiment_id=experiment.id)
+    assert_grouped(crossed, reference, multi=0)
+    assert_dimensions(run_dimensions(db, experiment_id=experiment.id), crossed, reference)
 
 
 def test_sqlite_groups_add_up_and_a_level_is_its_own_analysis(
@@ -457,6 +503,7 @@ def test_sqlite_groups_add_up_and_a_level_is_its_own_analysis(
         sources = load(connection, None, tmp_path)
         got = run_grouped(connection, sources)
         assert_grouped(got, reference)
+        assert_dimensions(run_dimensions(connection, sources), got, reference)
         first = first_exposure_rows(grouped(sources))
         fr = sa.select(first).where(first.c.country == "FR").subquery("fr")
         alone = aggregate_experiment(connection, None, METRICS[:1], hours=HOURS, cuped=True,
@@ -485,7 +532,8 @@ def test_a_grouping_column_flows_from_exposures_to_the_variant_rows(tmp_path: Pa
         grouped = table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
         plan = Plan.of(METRICS, JOURNEY, True, grouped.events)
         unit = UnitPass.of(grouped, plan, hours=HOURS).query().subquery("u")
-        rows = connection.execute(variant_day_query(plan, unit, grouping=grouped.grouping)).all()
+        rows = connection.execute(variant_day_query(plan, unit,
+                                                    sets=[(grouped.grouping, True)])).all()
         units = connection.execute(units_query(grouped)).all()
         whole = run(connection, plain)
     engine.dispose()

@@ -1,9 +1,9 @@
 """Segments (SPEC §11): per-level aggregates of one dimension → the report's ``segments`` entry.
 
-:func:`segmented_aggregates` runs the report's aggregation ONCE, grouped by every
-dimension together (one column per dimension: the level of the unit's exposure-time
-attribute snapshot), and folds the groups into the whole report's aggregates and each
-dimension's levels; everything else here is arithmetic on those sums.
+:func:`segmented_aggregates` runs the report's aggregation ONCE (one column per dimension:
+the level of the unit's exposure-time attribute snapshot), summed per day for the whole
+report and per level for each dimension separately (never their cross product);
+everything else here is arithmetic on those sums.
 
 Per level: units, an SRM check, every metric's estimates and comparisons (no CUPED;
 sequential p-values for sequential experiments, without the running minimum), friction
@@ -35,15 +35,12 @@ from experiments.services.analysis import (
     quantile_fields,
 )
 from experiments.services.pipeline import (
-    Daily,
     ExperimentAggregates,
     JourneyCounts,
     MetricSpec,
     PipelineSources,
-    aggregate_grouped,
+    aggregate_dimensions,
     attribute_level,
-    combine,
-    marginal,
     to_stats,
 )
 from experiments.services.quantiles import quantile_metric
@@ -88,15 +85,11 @@ def segmented_aggregates(connection: Session | Connection, experiment_id: int | 
     pre-period sums are computed for the whole report only (segments never use them)."""
     labels = {f"segment_{index}": attribute_level(sources, name)
               for index, name in enumerate(dimensions)}
-    groups = aggregate_grouped(connection, experiment_id, metrics, hours=hours, cuped=cuped,
-                               journey=journey, rollup=rollup,
-                               sources=sources.grouped_by(**labels))
-    whole = combine(groups.values())
-    for metric in metrics:  # no exposures yet: every metric still has its (empty) entry
-        whole.metrics.setdefault(metric.key, Daily())
-    return whole, {name: [_level(str(level), aggregates)
-                          for level, aggregates in marginal(groups, position).items()]
-                   for position, name in enumerate(dimensions)}
+    whole, breakdowns = aggregate_dimensions(connection, experiment_id, metrics, hours=hours,
+                                             cuped=cuped, journey=journey, rollup=rollup,
+                                             sources=sources.grouped_by(**labels))
+    return whole, {name: [_level(str(level), aggregates) for level, aggregates in levels.items()]
+                   for name, levels in zip(dimensions, breakdowns, strict=True)}
 
 
 def _level(name: str, aggregates: ExperimentAggregates) -> LevelAggregates:

@@ -16,6 +16,7 @@ from experiments.services.pipeline.run import (
     Daily,
     ExperimentAggregates,
     Group,
+    aggregate_dimensions,
     aggregate_experiment,
     aggregate_grouped,
     combine,
@@ -40,7 +41,7 @@ from experiments.services.pipeline.variant_stats import to_stats, units_query, v
 
 __all__ = ["CUPED_KINDS", "NULL_LEVEL", "PASS_VERSION", "Daily", "ExperimentAggregates",
            "Group", "JourneyCounts", "MetricSpec", "PipelineSources", "Plan", "QuantileSpec",
-           "UnitPass", "aggregate_experiment", "aggregate_grouped", "attribute_level", "combine",
-           "friction_outside_query", "marginal", "match_condition", "own_sources",
-           "period_of", "quantile_stats", "table_sources", "time_on_step", "to_stats",
-           "units_query", "variant_day_query"]
+           "UnitPass", "aggregate_dimensions", "aggregate_experiment", "aggregate_grouped",
+           "attribute_level", "combine", "friction_outside_query", "marginal",
+           "match_condition", "own_sources", "period_of", "quantile_stats", "table_sources",
+           "time_on_step", "to_stats", "units_query", "variant_day_query"]

@@ -83,7 +83,8 @@ def add_friction_outside(counts: JourneyCounts, rows: Any) -> None:
     for row in rows:
         data = row._mapping
         for kind in FRICTION_KINDS:
-            counts.friction[(data["variant_key"], data["step"], kind)] = int(number(data[kind]))
+            cell = (data["variant_key"], data["step"], kind)
+            counts.friction[cell] = counts.friction.get(cell, 0) + int(number(data[kind]))
 
 
 __all__ = ["JourneyCounts", "add_friction_outside", "add_journey", "friction_outside_query",

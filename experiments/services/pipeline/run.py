@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import Select
 
 from experiments.models import Experiment
 from experiments.services.capping import CAPPED_PARTS, cap_label, needs_ranking
@@ -46,6 +45,7 @@ from experiments.services.pipeline.unit_values import (
     UnitPass,
 )
 from experiments.services.pipeline.variant_stats import (
+    GroupingSet,
     Sums,
     sum_names,
     units_query,
@@ -103,11 +103,17 @@ class ExperimentAggregates:
     multi_variant_units: int = 0
 
 
-def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
+def _metric_columns(plan: Plan, keys: Sequence[str]) -> list[list[tuple[str, int]]]:
+    """Per metric, its sums' names and positions in the analysis rows (resolved once per
+    query, not per row)."""
+    return [[(name.removeprefix(f"m{index}_"), position) for position, name in enumerate(keys)
+             if name.startswith(f"m{index}_")] for index in range(len(plan.metrics))]
+
+
+def _metric_sums(plan: Plan, index: int, row: Sequence[Any],
+                 columns: Sequence[tuple[str, int]]) -> Sums:
     """One metric's sums from an analysis row (without ``n`` unless the metric has its own)."""
-    prefix = f"m{index}_"
-    sums = {name.removeprefix(prefix): number(value) for name, value in data.items()
-            if name.startswith(prefix)}
+    sums = {name: number(row[position]) for name, position in columns}
     if plan.metrics[index].kind in PROPORTION_KINDS:  # 0/1 values
         sums["sum_squares"] = sums["sum"]
         if "pre_sum" in sums:
@@ -116,6 +122,7 @@ def _metric_sums(plan: Plan, index: int, data: Mapping[str, Any]) -> Sums:
 
 
 Group = tuple[Any, ...]  # the values of the sources' grouping columns, in order
+ALL_DAYS = ""  # the day key of a grouping set without days (its rows are already totals)
 
 
 def aggregate_experiment(connection: Session | Connection, experiment_id: int | None,
@@ -143,37 +150,74 @@ def aggregate_grouped(connection: Session | Connection, experiment_id: int | Non
                       sources: PipelineSources | None = None
                       ) -> dict[Group, ExperimentAggregates]:
     """:func:`aggregate_experiment` per group of the sources' grouping columns (see
-    :meth:`PipelineSources.grouped_by`), in the same round of queries (one pass whatever
-    the number of groups or grouping columns). Keys: the groups' values, in grouping order
-    (``()`` without grouping). Percentile caps are computed once over every exposed unit of
-    the experiment, so a group's values are capped exactly as in the whole report; every
-    group carries those thresholds and the experiment's ``multi_variant_units``.
+    :meth:`PipelineSources.grouped_by`) and UTC day, in the same round of queries (one pass
+    whatever the number of groups or grouping columns: rows per crossed group × variant ×
+    day — use :func:`aggregate_dimensions` for several independent breakdowns). Keys: the
+    groups' values, in grouping order (``()`` without grouping). Percentile caps are
+    computed once over every exposed unit of the experiment, so a group's values are capped
+    exactly as in the whole report; every group carries those thresholds and the
+    experiment's ``multi_variant_units``.
     """
-    specs = list(metrics)
     if sources is None:
         assert experiment_id is not None, "own sources need an experiment id"
         sources = own_sources(experiment_id)
+    (groups,) = _aggregate_sets(connection, experiment_id, list(metrics), hours=hours,
+                                cuped=cuped, journey=journey, rollup=rollup, sources=sources,
+                                sets=[(sources.grouping, True)])
+    return groups
+
+
+def aggregate_dimensions(connection: Session | Connection, experiment_id: int | None,
+                         metrics: Iterable[MetricSpec], *, hours: float | None, cuped: bool,
+                         sources: PipelineSources, journey: Sequence[str] | None = None,
+                         rollup: bool = True
+                         ) -> tuple[ExperimentAggregates, list[dict[Any, ExperimentAggregates]]]:
+    """The whole report's aggregates (per UTC day) and, per grouping column of ``sources``
+    (a dimension), its levels' aggregates (totals: their single day is ``ALL_DAYS``), in
+    ONE round of queries: the per-unit values are computed once and summed per grouping set
+    (variant × day; variant × each dimension's level), so the rows are the days plus the
+    sum of the dimensions' levels, per variant — not their cross product."""
+    specs = list(metrics)
+    sets: list[GroupingSet] = [((), True), *(((name,), False) for name in sources.grouping)]
+    whole, *dimensions = _aggregate_sets(connection, experiment_id, specs, hours=hours,
+                                         cuped=cuped, journey=journey, rollup=rollup,
+                                         sources=sources, sets=sets)
+    return whole[()], [{key[0]: a for key, a in levels.items()} for levels in dimensions]
+
+
+def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
+                    specs: list[MetricSpec], *, hours: float | None, cuped: bool,
+                    journey: Sequence[str] | None, rollup: bool, sources: PipelineSources,
+                    sets: Sequence[GroupingSet]) -> list[dict[Group, ExperimentAggregates]]:
+    """Per grouping set, the aggregates per group of its columns (see :func:`grouped_rows`);
+    a set without the grouping columns and with days: ``{(): whole report}``."""
     if journey is None:
         assert isinstance(connection, Session), "pass the journey on a plain connection"
         journey = connection.get(Experiment, experiment_id).journey if experiment_id else []
     plan = Plan.of(specs, list(journey or []), cuped, sources.events)
-    groups: dict[Group, ExperimentAggregates] = {}
+    results: list[dict[Group, ExperimentAggregates]] = [{} for _ in sets]
 
-    def group_of(data: Mapping[str, Any]) -> ExperimentAggregates:
-        key = tuple(data[name] for name in sources.grouping)
+    def group_of(number: int, data: Mapping[str, Any]) -> ExperimentAggregates:
+        groups = results[number]
+        key = tuple(data[name] for name in sets[number][0])
         if key not in groups:
             groups[key] = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs},
                                                JourneyCounts())
         return groups[key]
 
+    def day_of(number: int, data: Mapping[str, Any]) -> str:
+        return day_key(data["day"]) if sets[number][1] else ALL_DAYS
+
     first, last, exposed = None, None, 0
     zeros = _zero_sums(plan)
     prepare(connection)
-    for row in connection.execute(units_query(sources)):
-        data, day = row._mapping, day_key(row.day)
-        aggregates = group_of(data)
+    for row in connection.execute(units_query(sources, sets)):
+        data = row._mapping
+        number_ = int(data["grouping_set"]) if len(sets) > 1 else 0
+        aggregates, day = group_of(number_, data), day_of(number_, data)
         aggregates.units.add(row.variant_key, day, {"n": number(row.n)})
-        exposed += int(row.n)
+        if number_ == 0:  # every set counts every unit once
+            exposed += int(row.n)
         for metric in specs:
             if metric.kind != "nps":
                 base = {} if metric.kind == "time_to_convert" else {"n": number(row.n)}
@@ -182,41 +226,49 @@ def aggregate_grouped(connection: Session | Connection, experiment_id: int | Non
         first = row.first if first is None else min(first, row.first)
         last = row.last if last is None else max(last, row.last)
     if first is None:
-        empty = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs}, JourneyCounts())
-        return groups if sources.grouping else {(): empty}
+        if not sets[0][0]:  # no grouping columns: the (empty) whole report
+            results[0][()] = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs},
+                                                  JourneyCounts())
+        return results
     if hours is None:  # no window end: events from the first exposure on
         events_between: tuple[datetime, datetime | None] = (first - EVENT_RANGE_SLACK, None)
     else:
         margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
         events_between = (first - margin, last + margin)
     query = _unit_source(connection, sources, plan, hours=hours,
-                         events_between=events_between, rollup=rollup, units=exposed)
+                         events_between=events_between, rollup=rollup, units=exposed,
+                         sets=sets)
     outside = 0.0
     caps = _configured_caps(specs)
-    for row in connection.execute(query):
+    result = connection.execute(query)
+    columns = _metric_columns(plan, list(result.keys()))
+    for row in result:
         data = row._mapping
-        aggregates = group_of(data)
+        number_ = int(data["grouping_set"]) if len(sets) > 1 else 0
+        aggregates, day = group_of(number_, data), day_of(number_, data)
         _read_caps(caps, specs, data)
         for index, metric in enumerate(specs):
-            sums = _metric_sums(plan, index, data)
+            sums = _metric_sums(plan, index, row, columns[index])
             if metric.kind != "nps" or sums["n"] > 0:
-                aggregates.metrics[metric.key].add(data["variant_key"], day_key(data["day"]),
-                                                   sums)
+                aggregates.metrics[metric.key].add(data["variant_key"], day, sums)
         add_journey(aggregates.journey, plan, data)
         timing = aggregates.timing.setdefault(data["variant_key"], [0.0, 0.0])
         timing[0] += number(data["events_pre"])
         timing[1] += number(data["events_post"])
-        outside += number(data["extra_friction"])
+        if number_ == 0:  # every set counts every unit once
+            outside += number(data["extra_friction"])
     if outside:
         for row in connection.execute(friction_outside_query(sources, plan.journey,
                                                              hours=hours)):
-            add_friction_outside(group_of(row._mapping).journey, [row])
+            for number_ in range(len(sets)):  # per crossed group: added into each set's
+                add_friction_outside(group_of(number_, row._mapping).journey, [row])
     multi = 0 if sources.unique_units else int(
         connection.scalar(multi_variant_units(sources)) or 0)
-    for aggregates in groups.values():
-        aggregates.caps = {key: dict(parts) for key, parts in caps.items()}
-        aggregates.multi_variant_units = multi
-    return groups
+    for groups in results:
+        for aggregates in groups.values():
+            aggregates.caps = {key: dict(parts) for key, parts in caps.items()}
+            aggregates.multi_variant_units = multi
+    return results
 
 
 def combine(parts: Iterable[ExperimentAggregates]) -> ExperimentAggregates:
@@ -256,7 +308,7 @@ def marginal(grouped: Mapping[Group, ExperimentAggregates], position: int = 0
 
 def _unit_source(connection: Session | Connection, sources: PipelineSources, plan: Plan, *,
                  hours: float | None, events_between: tuple[datetime, datetime | None],
-                 rollup: bool, units: int) -> Select[Any]:
+                 rollup: bool, units: int, sets: Sequence[GroupingSet]) -> Any:
     """The variant/day query over the per-unit values: rolled up where possible (the rollup
     holds ungrouped per-unit values: grouping columns are joined from the exposures).
     Otherwise the pass groups by the grouping columns itself: joining them afterwards to a
@@ -276,9 +328,9 @@ def _unit_source(connection: Session | Connection, sources: PipelineSources, pla
     if unit is None:
         unit = UnitPass.of(sources, plan, hours=hours,
                            events_between=events_between).query().subquery("u")
-    if needs_ranking(plan.metrics):  # read twice (sums, percentiles): computed once
+    if needs_ranking(plan.metrics) or len(sets) > 1:  # read several times: computed once
         unit = select(*unit.c).cte("unit_values")
-    return variant_day_query(plan, unit, units=units, grouping=sources.grouping)
+    return variant_day_query(plan, unit, units=units, sets=sets)
 
 
 def _configured_caps(specs: Sequence[MetricSpec]) -> dict[str, dict[str, float | None]]:
@@ -312,5 +364,6 @@ def _zero_sums(plan: Plan) -> dict[str, Sums]:
             for m in plan.metrics if m.kind != "nps"}
 
 
-__all__ = ["PASS_VERSION", "Daily", "ExperimentAggregates", "Group", "aggregate_experiment",
-           "aggregate_grouped", "combine", "marginal", "plan_key"]
+__all__ = ["ALL_DAYS", "PASS_VERSION", "Daily", "ExperimentAggregates", "Group",
+           "aggregate_dimensions", "aggregate_experiment", "aggregate_grouped", "combine",
+           "marginal", "plan_key"]

@@ -12,11 +12,10 @@ over days: the report's totals and its cumulative timeline come from the same ro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.sql import Select
+from sqlalchemy import func, literal_column, select, union_all
 
 from experiments.services.capping import CapKey, cap_label, cap_thresholds, capped
 from experiments.services.pipeline.dialects import (
@@ -41,17 +40,41 @@ from stats.records import Stats
 Sums = dict[str, float]
 
 
-def units_query(sources: PipelineSources) -> Select[Any]:
-    """Exposed units per variant and day (and grouping columns), with the first and last
-    exposure times."""
+GroupingSet = tuple[tuple[str, ...], bool]  # grouping columns, and whether also per UTC day
+
+
+def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any]) -> Any:
+    """``aggregates`` over ``relation`` per variant and each grouping set, one SELECT per set
+    UNION ALL'd (GROUPING SETS, portably): every row names its set (``grouping_set``, the
+    position in ``sets``) and carries ``day`` and every set's columns; those its set does
+    not group by hold their minimum over the row's units, a value of the right type (a
+    NULL's type in a UNION differs by engine), never read. One set: a plain grouped SELECT
+    (no ``grouping_set``)."""
+    names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
+    branches = []
+    for number, (columns, daily) in enumerate(sets):
+        # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
+        day = utc_day(relation.c.exposed_at)
+        day = (day if daily else func.min(day)).label("day")
+        keys = [(relation.c[name] if name in columns else func.min(relation.c[name]))
+                .label(name) for name in names]
+        which: list[Any] = ([literal_column(str(number)).label("grouping_set")]
+                            if len(sets) > 1 else [])
+        branches.append(select(*which, relation.c.variant_key, day, *keys, *aggregates)
+                        .group_by(relation.c.variant_key, *([day] if daily else []),
+                                  *(relation.c[name] for name in columns)))
+    return branches[0] if len(branches) == 1 else union_all(*branches)
+
+
+def units_query(sources: PipelineSources, sets: Sequence[GroupingSet] | None = None) -> Any:
+    """Exposed units per variant and grouping set (default: per day and every grouping
+    column), with the first and last exposure times."""
     x = first_exposures(sources)
-    # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
-    day = utc_day(x.c.exposed_at).label("day")
-    groups = [x.c.variant_key, day, *(x.c[name] for name in sources.grouping)]
-    return (select(*groups, func.count().label("n"),
-                   func.min(x.c.exposed_at).label("first"),
-                   func.max(x.c.exposed_at).label("last"))
-            .group_by(*groups))
+    if sets is not None and len(sets) > 1:  # read once per set: computed once
+        x = select(*x.c).cte("exposed_units")
+    return grouped_rows(x, sets or [(sources.grouping, True)],
+                        [func.count().label("n"), func.min(x.c.exposed_at).label("first"),
+                         func.max(x.c.exposed_at).label("last")])
 
 
 def _moment_columns(plan: Plan, metric: MetricSpec, index: int, unit: Any,
@@ -92,19 +115,15 @@ def _moment_columns(plan: Plan, metric: MetricSpec, index: int, unit: Any,
 
 
 def variant_day_query(plan: Plan, unit: Any, *, units: int = 0,
-                      grouping: tuple[str, ...] = ()) -> Select[Any]:
-    """Per variant and UTC exposure day (and grouping columns), the sums of the per-unit
+                      sets: Sequence[GroupingSet] = (((), True),)) -> Any:
+    """Per variant and grouping set (see :func:`grouped_rows`), the sums of the per-unit
     values of ``unit`` (capped among ``units`` exposed units), and each cap's threshold."""
     caps = cap_thresholds(plan.metrics, unit, units)
     sums = [c for i, m in enumerate(plan.metrics)
             for c in _moment_columns(plan, m, i, unit, caps)]
     thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
-    day = utc_day(unit.c.exposed_at).label("day")
-    extra = [unit.c[name] for name in grouping]
     timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
-    return (select(unit.c.variant_key, day, *extra, *sums,
-                   *journey_columns(plan, unit), *thresholds, *timing)
-            .group_by(unit.c.variant_key, day, *extra))
+    return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *thresholds, *timing])
 
 
 def sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
@@ -136,4 +155,5 @@ def to_stats(kind: str, sums: Mapping[str, float]) -> tuple[Stats, CupedStats | 
     return MeanStats(n, get("sum"), get("sum_squares")), cuped
 
 
-__all__ = ["Sums", "sum_names", "to_stats", "units_query", "variant_day_query"]
+__all__ = ["GroupingSet", "Sums", "grouped_rows", "sum_names", "to_stats", "units_query",
+           "variant_day_query"]
