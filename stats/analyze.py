@@ -10,7 +10,6 @@ from stats import frequentist
 from stats._numeric import finite, finite_pair
 from stats.compare import Comparison, apply_correction, check_options, compare
 from stats.records import (
-    CORRECTIONS,
     STATS_FOR_KIND,
     Correction,
     CupedStats,
@@ -110,9 +109,9 @@ def analyze_variants(
     previous_p_values: Mapping[str, float | None] | None = None,
 ) -> AnalysisResult:
     """Compare every treatment with the control for one metric, corrected across treatments."""
-    check_options(kind=kind, method=method, alpha=alpha, direction=direction, mde=mde)
-    if correction not in CORRECTIONS:
-        raise StatsInputError("correction", f"must be one of {', '.join(CORRECTIONS)}")
+    check_options(
+        kind=kind, method=method, alpha=alpha, direction=direction, mde=mde, correction=correction
+    )
     control_index = _check_variants(kind, variants)
     summaries, warnings = summarize_variants(variants)
     previous = previous_p_values or {}

@@ -11,6 +11,7 @@ from stats._numeric import finite, finite_pair
 from stats.correction import adjust_p_values
 from stats.fieller import fieller_interval
 from stats.records import (
+    CORRECTIONS,
     DIRECTIONS,
     KINDS,
     METHODS,
@@ -62,6 +63,7 @@ def check_options(
     alpha: float,
     direction: str,
     mde: float | None,
+    correction: str | None = None,
 ) -> None:
     """Validate shared keyword options, naming the offending one."""
     if kind is not None and kind not in KINDS:
@@ -76,6 +78,8 @@ def check_options(
         isinstance(mde, bool) or not isinstance(mde, (int, float)) or not 0.0 < mde < math.inf
     ):
         raise StatsInputError("mde", "must be a positive relative effect")
+    if correction is not None and correction not in CORRECTIONS:
+        raise StatsInputError("correction", f"must be one of {', '.join(CORRECTIONS)}")
 
 
 def decide_verdict(
@@ -295,13 +299,20 @@ def _effects(
     """Absolute and relative point effects; NPS is in points, so it has no relative effect."""
     if control.mean is None or treatment.mean is None:
         return None, None
-    absolute = finite(treatment.mean - control.mean)
     if kind in POINTS_KINDS:
-        return absolute, None
-    if control.mean == 0:
+        return finite(treatment.mean - control.mean), None
+    return point_effects(control.mean, treatment.mean, warnings)
+
+
+def point_effects(
+    control: float, treatment: float, warnings: list[str]
+) -> tuple[float | None, float | None]:
+    """Δ = treatment − control and Δ/|control|; a zero control has no relative effect."""
+    absolute = finite(treatment - control)
+    if control == 0:
         warnings.append("control estimate is 0: no relative effect")
         return absolute, None
-    return absolute, finite(frequentist.relative_change(treatment.mean, control.mean))
+    return absolute, finite(frequentist.relative_change(treatment, control))
 
 
 def bayesian_significant(chance_to_win: float | None, alpha: float) -> bool:

@@ -17,9 +17,15 @@ import numpy as np
 from stats import bayesian, frequentist
 from stats._numeric import finite, finite_pair
 from stats.analyze import AnalysisResult, VariantResult
-from stats.compare import Comparison, apply_correction, check_options, decide_verdict
+from stats.compare import (
+    Comparison,
+    apply_correction,
+    bayesian_significant,
+    check_options,
+    decide_verdict,
+    point_effects,
+)
 from stats.records import (
-    CORRECTIONS,
     Correction,
     Direction,
     Method,
@@ -176,13 +182,10 @@ def compare_quantiles(
     """Δ = q_T − q_C with a normal CI and p; relative effect Δ/q_C by the delta method."""
     check_options(method=method, alpha=alpha, direction=direction, mde=mde)
     warnings: list[str] = []
-    absolute = relative = None
+    absolute: float | None = None
+    relative: float | None = None
     if control.estimate is not None and treatment.estimate is not None:
-        absolute = finite(treatment.estimate - control.estimate)
-        if control.estimate == 0:
-            warnings.append("control estimate is 0: no relative effect")
-        else:
-            relative = finite(frequentist.relative_change(treatment.estimate, control.estimate))
+        absolute, relative = point_effects(control.estimate, treatment.estimate, warnings)
     if method == "sequential":
         warnings.append("quantile metrics use a fixed-horizon test, not a sequential one")
     p = statistic = ctw = loss = None
@@ -207,7 +210,7 @@ def compare_quantiles(
             raw_statistic, raw_p = frequentist.z_test(absolute, se)
             statistic, p = finite(raw_statistic), finite(raw_p)
     if method == "bayesian":
-        significant = ctw is not None and (ctw >= 1.0 - alpha or ctw <= alpha)
+        significant = bayesian_significant(ctw, alpha)
     else:
         significant = p is not None and p < alpha
     verdict = decide_verdict(
@@ -262,9 +265,9 @@ def analyze_quantiles(
 ) -> AnalysisResult:
     """Every treatment's quantile against the control's, corrected across treatments."""
     check_quantile(quantile)
-    check_options(method=method, alpha=alpha, direction=direction, mde=mde)
-    if correction not in CORRECTIONS:
-        raise StatsInputError("correction", f"must be one of {', '.join(CORRECTIONS)}")
+    check_options(
+        method=method, alpha=alpha, direction=direction, mde=mde, correction=correction
+    )
     if not variants:
         raise StatsInputError("variants", "must be a non-empty list")
     controls = [v for v in variants if v.is_control]

@@ -516,20 +516,26 @@ def test_sqlite_groups_add_up_and_a_level_is_its_own_analysis(
     assert level.journey == alone.journey
 
 
+def segmented(connection: sa.Connection, plain: PipelineSources) -> PipelineSources:
+    """Adds a `segment` exposure column derived from the unit id (units ending in 0-2 are
+    "mobile", the rest "desktop") to the loaded tables; the sources grouped by it."""
+    connection.execute(sa.text("ALTER TABLE parcours_exposures ADD COLUMN segment VARCHAR"))
+    connection.execute(sa.text("UPDATE parcours_exposures SET segment = "
+                               "CASE WHEN right(unit_id, 1) IN ('0', '1', '2') "
+                               "THEN 'mobile' ELSE 'desktop' END"))
+    base, _ = plain_tables(None, UtcDateTime)
+    table = sa.Table("parcours_exposures", sa.MetaData(), *(c._copy() for c in base.c),
+                     sa.Column("segment", sa.String))
+    return table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
+
+
 def test_a_grouping_column_flows_from_exposures_to_the_variant_rows(tmp_path: Path) -> None:
     """The hook for segments, bandit periods, holdouts: an exposure column (here a segment
     derived from the unit id) splits stage 3's rows, and the split rows add up to the rest."""
     engine = sa.create_engine("duckdb:///:memory:")
     with engine.begin() as connection:
         plain = load(connection, None, tmp_path)
-        connection.execute(sa.text("ALTER TABLE parcours_exposures ADD COLUMN segment VARCHAR"))
-        connection.execute(sa.text("UPDATE parcours_exposures SET segment = "
-                                   "CASE WHEN right(unit_id, 1) IN ('0', '1', '2') "
-                                   "THEN 'mobile' ELSE 'desktop' END"))
-        base, _ = plain_tables(None, UtcDateTime)
-        table = sa.Table("parcours_exposures", sa.MetaData(), *(c._copy() for c in base.c),
-                         sa.Column("segment", sa.String))
-        grouped = table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
+        grouped = segmented(connection, plain)
         plan = Plan.of(METRICS, JOURNEY, True, grouped.events)
         unit = UnitPass.of(grouped, plan, hours=HOURS).query().subquery("u")
         rows = connection.execute(variant_day_query(plan, unit,

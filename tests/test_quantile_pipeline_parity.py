@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from experiments.db import UtcDateTime
 from experiments.services.pipeline import (
     QuantileSpec,
     quantile_stats,
-    table_sources,
     time_on_step,
 )
 from experiments.services.pipeline.dialects import prepare
@@ -28,13 +26,12 @@ from stats.records import RatioStats
 from tests.conftest import requires_postgres
 from tests.test_pipeline_parity import (
     DATA,
-    EXPERIMENT,
     HOURS,
     JOURNEY,
     first_exposures,
     load,
-    plain_tables,
     postgres_schema,  # noqa: F401 - the fixture
+    segmented,
 )
 
 ALPHA = 0.05
@@ -222,14 +219,7 @@ def test_grouping_columns_split_the_partitions(tmp_path: Path) -> None:
     engine = sa.create_engine("duckdb:///:memory:")
     with engine.begin() as connection:
         plain = load(connection, None, tmp_path)
-        connection.execute(sa.text("ALTER TABLE parcours_exposures ADD COLUMN segment VARCHAR"))
-        connection.execute(sa.text("UPDATE parcours_exposures SET segment = "
-                                   "CASE WHEN right(unit_id, 1) IN ('0', '1', '2') "
-                                   "THEN 'mobile' ELSE 'desktop' END"))
-        base, _ = plain_tables(None, UtcDateTime)
-        table = sa.Table("parcours_exposures", sa.MetaData(), *(c._copy() for c in base.c),
-                         sa.Column("segment", sa.String))
-        grouped = table_sources(table, plain.events, experiment=EXPERIMENT, grouping=("segment",))
+        grouped = segmented(connection, plain)
         got = {spec.key: quantile_stats(connection, grouped, spec, journey=JOURNEY, hours=HOURS,
                                         grouping=grouped.grouping) for spec in SPECS[::2]}
         steps = time_on_step(connection, grouped, JOURNEY, hours=HOURS, grouping=("segment",))

@@ -84,6 +84,17 @@
 
   function niceStep(value, round) { return round(value * 20) / 20; }
 
+  /* Chart options for shares: a y axis from 0 to 1, tooltips in percent. */
+  function shareOptions(title) {
+    var options = baseOptions(title);
+    options.scales.y.beginAtZero = true;
+    options.scales.y.max = 1;
+    options.plugins.tooltip = {callbacks: {label: function (ctx) {
+      return ctx.dataset.label + ": " + percent(ctx.parsed.y);
+    }}};
+    return options;
+  }
+
   function funnelChart() {
     var canvas = document.getElementById("funnel-chart");
     var data = readJson("funnel-data");
@@ -92,12 +103,7 @@
       var color = i === 0 ? CONTROL_COLOR : PALETTE[(i - 1) % PALETTE.length];
       return {label: series.variant, data: series.rates, backgroundColor: color, borderRadius: 3};
     });
-    var options = baseOptions("share of units reaching the step");
-    options.scales.y.beginAtZero = true;
-    options.scales.y.max = 1;
-    options.plugins.tooltip = {callbacks: {label: function (ctx) {
-      return ctx.dataset.label + ": " + percent(ctx.parsed.y);
-    }}};
+    var options = shareOptions("share of units reaching the step");
     new window.Chart(canvas, {type: "bar", data: {labels: data.labels, datasets: datasets},
       options: options});
   }
@@ -112,12 +118,7 @@
       return {label: series.variant, data: series.weights, borderColor: color,
               backgroundColor: color, stepped: true, pointRadius: 3};
     });
-    var options = baseOptions("share of new traffic");
-    options.scales.y.beginAtZero = true;
-    options.scales.y.max = 1;
-    options.plugins.tooltip = {callbacks: {label: function (ctx) {
-      return ctx.dataset.label + ": " + percent(ctx.parsed.y);
-    }}};
+    var options = shareOptions("share of new traffic");
     new window.Chart(canvas, {type: "line", data: {labels: data.labels, datasets: datasets},
       options: options});
   }

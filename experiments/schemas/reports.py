@@ -71,18 +71,23 @@ class CapUsed(BaseModel):
     denominator_capped_at: float | None = None
 
 
-class MetricResult(BaseModel):
+class SegmentMetric(BaseModel):
+    """A metric's estimates and comparisons (one segment level's; the report's adds more)."""
+
     key: str
     kind: str
     role: str
     direction: str
     variants: list[VariantEstimate]
     comparisons: list[ComparisonOut]
+    quantile: float | None = None  # kind quantile: the level (0.9 = p90) …
+    source: Literal["event_value", "unit_value", "step_duration"] | None = None  # … and values
+
+
+class MetricResult(SegmentMetric):
     warnings: list[str] = Field(default_factory=list)
     cap: CapUsed | None = None
     period_weighted: bool = False  # a bandit's primary metric (SPEC §13)
-    quantile: float | None = None  # kind quantile: the level (0.9 = p90) …
-    source: Literal["event_value", "unit_value", "step_duration"] | None = None  # … and values
 
 
 class SrmOut(BaseModel):
@@ -187,17 +192,6 @@ class MetricTimeline(BaseModel):
     metric: str
     kind: str
     points: list[MetricTimelinePoint]
-
-
-class SegmentMetric(BaseModel):
-    key: str
-    kind: str
-    role: str
-    direction: str
-    variants: list[VariantEstimate]
-    comparisons: list[ComparisonOut]
-    quantile: float | None = None
-    source: Literal["event_value", "unit_value", "step_duration"] | None = None
 
 
 class HeterogeneityOut(BaseModel):

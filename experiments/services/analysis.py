@@ -676,14 +676,22 @@ def analyze_running(session_factory: Callable[[], AbstractContextManager[Session
         drop_rollups(session, keep=list(session.scalars(
             select(Experiment.id).where(Experiment.status.in_(ROLLUP_STATUSES)))))
         session.commit()
+    return analyze_each(session_factory, keys, analyze_experiment, subject="experiment", now=now)
+
+
+def analyze_each(session_factory: Callable[[], AbstractContextManager[Session]], keys: list[str],
+                 analyze: Callable[..., Any], *, subject: str,
+                 now: datetime | None = None) -> dict[str, str]:
+    """Run `analyze(session, key, now=now)` for each key in its own transaction: "ok" or
+    "error: …" (the stored report's error or the exception) per key; failures are isolated."""
     results: dict[str, str] = {}
     for key in keys:
         try:
             with session_factory() as session:
-                error = analyze_experiment(session, key, now=now).body.get("error")
+                error = analyze(session, key, now=now).body.get("error")
             results[key] = f"error: {error}" if error else "ok"
-        except Exception as exc:  # one broken experiment must not stop the others
-            logger.exception("analysis of experiment %s failed", key)
+        except Exception as exc:  # one broken subject must not stop the others
+            logger.exception("analysis of %s %s failed", subject, key)
             results[key] = f"error: {type(exc).__name__}: {exc}"
     return results
 

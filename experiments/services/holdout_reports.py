@@ -34,7 +34,7 @@ from experiments.models import (
     Variant,
 )
 from experiments.schemas import AnalysisSettings
-from experiments.services.analysis import ORDER_STATISTIC_KINDS, build_report
+from experiments.services.analysis import ORDER_STATISTIC_KINDS, analyze_each, build_report
 from experiments.services.holdouts import (
     GROUPS,
     HoldoutConfig,
@@ -133,16 +133,7 @@ def analyze_running_holdouts(session_factory: Callable[[], AbstractContextManage
     with session_factory() as session:
         keys = list(session.scalars(select(Holdout.key).where(Holdout.status == "running")
                                     .order_by(Holdout.key)))
-    results: dict[str, str] = {}
-    for key in keys:
-        try:
-            with session_factory() as session:
-                error = analyze_holdout(session, key, now=now).body.get("error")
-            results[key] = f"error: {error}" if error else "ok"
-        except Exception as exc:  # one broken holdout must not stop the others
-            logger.exception("analysis of holdout %s failed", key)
-            results[key] = f"error: {type(exc).__name__}: {exc}"
-    return results
+    return analyze_each(session_factory, keys, analyze_holdout, subject="holdout", now=now)
 
 
 __all__ = ["HoldoutSubject", "analyze_holdout", "analyze_running_holdouts", "holdout_sources",

@@ -318,10 +318,11 @@ def test_events_survive_an_outage_and_are_stored_exactly_once(page, shop, api_ap
         ("step", "cart"), ("conversion", "purchase"), ("nps", "nps")}
 
 
-def unit_in(api: LiveServer, key: str, variant: str) -> str:
-    """A visitor id the assignment API puts in ``variant`` (assignment is deterministic)."""
+def unit_in(api: LiveServer, key: str, variant: str, *, prefix: str = "demo-visitor") -> str:
+    """A unit id ``{prefix}-{i}`` the assignment API puts in ``variant`` (assignment is
+    deterministic); with ``prefix="customer"``, a customer id the hash alone puts there."""
     for i in range(100):
-        unit = f"demo-visitor-{i}"
+        unit = f"{prefix}-{i}"
         answer = requests.post(f"{api.url}/api/v1/assign", timeout=10, json={
             "unit_id": unit, "experiments": [DEMO_KEY], "track": False},
             headers={"Authorization": f"Bearer {key}"}).json()

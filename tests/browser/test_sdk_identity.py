@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import select
 
 from experiments.db import get_db
@@ -22,18 +21,6 @@ shop, api_app, api, client_key, sdk = base.shop, base.api_app, base.api, base.cl
 pytestmark = pytest.mark.browser
 
 
-def customer_in(api: Any, key: str, variant: str) -> str:
-    """A customer id that the hash alone would put in ``variant``."""
-    for i in range(100):
-        customer = f"customer-{i}"
-        answer = requests.post(f"{api.url}/api/v1/assign", timeout=10, json={
-            "unit_id": customer, "experiments": [DEMO_KEY], "track": False},
-            headers={"Authorization": f"Bearer {key}"}).json()
-        if answer["assignments"][0]["variant"] == variant:
-            return customer
-    raise AssertionError(f"no customer lands in {variant}")
-
-
 def posts_to(page: Any, path: str) -> list[dict[str, Any]]:
     """Bodies of the page's POSTs to ``path``, collected from now on."""
     seen: list[dict[str, Any]] = []
@@ -45,7 +32,7 @@ def posts_to(page: Any, path: str) -> list[dict[str, Any]]:
 def test_identify_sends_one_link_and_the_customer_keeps_the_variant_everywhere(
         sdk, page, browser, shop, api, api_app, client_key):
     visitor = unit_in(api, client_key, "one-page")
-    customer = customer_in(api, client_key, "control")
+    customer = unit_in(api, client_key, "control", prefix="customer")
     sdk(unit=visitor)
     links = posts_to(page, "/api/v1/identify")
     before = page.evaluate(f'() => p.variant("{DEMO_KEY}")')
