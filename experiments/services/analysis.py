@@ -39,11 +39,10 @@ from experiments.services.pipeline import (
     ExperimentAggregates,
     JourneyCounts,
     MetricSpec,
-    QuantileSpec,
     aggregate_experiment,
-    quantile_stats,
-    time_on_step,
+    quantile_specs,
     to_stats,
+    with_order_statistics,
 )
 from experiments.services.rollup import drop_rollups
 from experiments.services.warehouses import routing
@@ -607,14 +606,11 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
             whole = aggregate_experiment(session, experiment.id, specs, sources=sources,
                                          **options)
         # Quantile metrics and time on step: order statistics, not sums (never period-weighted).
-        whole.quantiles = {
-            metric.key: {cell[0]: stats for cell, stats in quantile_stats(
-                session, sources, QuantileSpec.of(metric), journey=experiment.journey,
-                hours=settings.conversion_window_hours, alpha=settings.alpha).items()}
-            for metric in experiment.metrics if metric.kind in ORDER_STATISTIC_KINDS}
-        whole.time_on_step = time_on_step(session, sources, experiment.journey,
-                                          hours=settings.conversion_window_hours)
-        return whole
+        return with_order_statistics(session, sources, whole,
+                                     quantile_specs(experiment.metrics),
+                                     journey=experiment.journey,
+                                     hours=settings.conversion_window_hours,
+                                     alpha=settings.alpha)
 
     # In its warehouse (SPEC §15) an experiment is analysed per unit, without periods.
     aggregates = routing.aggregates_for(session, experiment, settings, specs, in_parcours)

@@ -10,7 +10,13 @@ statistics of quantile metrics, time on step), :mod:`.run` (running them on a co
 """
 
 from experiments.services.pipeline.journey import JourneyCounts, friction_outside_query
-from experiments.services.pipeline.quantiles import QuantileSpec, quantile_stats, time_on_step
+from experiments.services.pipeline.quantiles import (
+    QuantileSpec,
+    quantile_specs,
+    quantile_stats,
+    time_on_step,
+    with_order_statistics,
+)
 from experiments.services.pipeline.run import (
     PASS_VERSION,
     Daily,
@@ -39,9 +45,35 @@ from experiments.services.pipeline.unit_values import (
 )
 from experiments.services.pipeline.variant_stats import to_stats, units_query, variant_day_query
 
-__all__ = ["CUPED_KINDS", "NULL_LEVEL", "PASS_VERSION", "Daily", "ExperimentAggregates",
-           "Group", "JourneyCounts", "MetricSpec", "PipelineSources", "Plan", "QuantileSpec",
-           "UnitPass", "aggregate_dimensions", "aggregate_experiment", "aggregate_grouped",
-           "attribute_level", "combine", "friction_outside_query", "marginal",
-           "match_condition", "own_sources", "period_of", "quantile_stats", "table_sources",
-           "time_on_step", "to_stats", "units_query", "variant_day_query"]
+__all__ = [
+    "CUPED_KINDS",
+    "NULL_LEVEL",
+    "PASS_VERSION",
+    "Daily",
+    "ExperimentAggregates",
+    "Group",
+    "JourneyCounts",
+    "MetricSpec",
+    "PipelineSources",
+    "Plan",
+    "QuantileSpec",
+    "UnitPass",
+    "aggregate_dimensions",
+    "aggregate_experiment",
+    "aggregate_grouped",
+    "attribute_level",
+    "combine",
+    "friction_outside_query",
+    "marginal",
+    "match_condition",
+    "own_sources",
+    "period_of",
+    "quantile_specs",
+    "quantile_stats",
+    "table_sources",
+    "time_on_step",
+    "to_stats",
+    "units_query",
+    "variant_day_query",
+    "with_order_statistics",
+]

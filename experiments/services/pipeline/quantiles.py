@@ -28,7 +28,7 @@ times the step for :func:`time_on_step`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from sqlalchemy.sql import Select
 from experiments.services.pipeline.dialects import seconds_between
 from experiments.services.pipeline.exposures import first_exposures
 from experiments.services.pipeline.journey import number
+from experiments.services.pipeline.run import ExperimentAggregates
 from experiments.services.pipeline.sources import PipelineSources
 from experiments.services.pipeline.unit_values import bounded_value, window
 from stats.quantile import QuantileStats, needed_ranks
@@ -254,6 +255,38 @@ def time_on_step(connection: Session | Connection, sources: PipelineSources,
     return out
 
 
-__all__ = ["QUANTILE_SOURCES", "TIME_ON_STEP_LEVELS", "QuantileSpec", "cluster_sums_query",
-           "order_statistics", "order_statistics_query", "quantile_stats", "quantile_values",
-           "step_durations", "time_on_step", "value_counts_query"]
+def quantile_specs(metrics: Iterable[Any]) -> list[QuantileSpec]:
+    """The metrics (Metric rows) read as order statistics rather than sums."""
+    return [QuantileSpec.of(metric) for metric in metrics if metric.kind == "quantile"]
+
+
+def with_order_statistics(connection: Session | Connection, sources: PipelineSources,
+                          aggregates: ExperimentAggregates, specs: Sequence[QuantileSpec], *,
+                          journey: Sequence[str], hours: float,
+                          alpha: float) -> ExperimentAggregates:
+    """``aggregates`` with what sums cannot give, read over the same sources (Parcours's
+    tables, identity clusters or a warehouse's): each quantile metric's order statistics
+    per variant and the funnel's time on step."""
+    aggregates.quantiles = {
+        spec.key: {cell[0]: stats for cell, stats in quantile_stats(
+            connection, sources, spec, journey=journey, hours=hours, alpha=alpha).items()}
+        for spec in specs}
+    aggregates.time_on_step = time_on_step(connection, sources, journey, hours=hours)
+    return aggregates
+
+
+__all__ = [
+    "QUANTILE_SOURCES",
+    "TIME_ON_STEP_LEVELS",
+    "QuantileSpec",
+    "cluster_sums_query",
+    "order_statistics",
+    "order_statistics_query",
+    "quantile_specs",
+    "quantile_stats",
+    "quantile_values",
+    "step_durations",
+    "time_on_step",
+    "value_counts_query",
+    "with_order_statistics",
+]

@@ -22,7 +22,9 @@ from experiments.services.pipeline import (
     ExperimentAggregates,
     MetricSpec,
     aggregate_experiment,
+    quantile_specs,
     table_sources,
+    with_order_statistics,
 )
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
@@ -46,10 +48,15 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     sources = table_sources(select(*exposures.c).where(*kept).subquery("kept_exposures"),
                             events, experiment=experiment.id)
     with engine.connect() as connection:
-        return aggregate_experiment(connection, None, metrics,
-                                    hours=settings.conversion_window_hours,
-                                    cuped=settings.cuped, journey=experiment.journey,
-                                    rollup=False, sources=sources)
+        aggregates = aggregate_experiment(connection, None, metrics,
+                                          hours=settings.conversion_window_hours,
+                                          cuped=settings.cuped, journey=experiment.journey,
+                                          rollup=False, sources=sources)
+        return with_order_statistics(
+            connection, sources, aggregates,
+            quantile_specs(experiment.metrics),
+            journey=experiment.journey, hours=settings.conversion_window_hours,
+            alpha=settings.alpha)
 
 
 def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
