@@ -68,6 +68,7 @@ from sqlalchemy import create_engine, text
 
 from bench.bench_analysis import (
     KEY,
+    NOW,
     REPEAT,
     STARTED,
     bench_experiment,
@@ -108,6 +109,8 @@ STREAMS = {  # stream -> (A, B, C, D): one independent draw per column
 # Thresholds of the "kind" draw (as fractions of PRIME): step, friction, purchase, nps, custom.
 KIND_CUTS = (0.55, 0.70, 0.80, 0.85)
 TREATMENT_LIFT = 0.01  # purchases are one point more frequent in "one-page"
+EXPERIMENT_ID = 1  # the bench experiment's id in the scratch Parcours database (the first)
+DIMENSIONS = ("country",)
 
 
 def draw(stream: str, x: int) -> int:
@@ -137,7 +140,7 @@ def _choice(draw_sql: str, names: tuple[str, ...]) -> str:
 DIALECTS: dict[str, dict[str, Any]] = {
     "duckdb": {
         "types": {"id": "BIGINT", "text": "VARCHAR", "null_text": "VARCHAR", "float": "DOUBLE",
-                  "ts": "TIMESTAMP"},
+                  "ts": "TIMESTAMP", "bool": "BOOLEAN"},
         "table_suffix": "",
         "double": "DOUBLE",
         "series": lambda alias, start, count: f"range({start}, {start + count}) AS {alias}(v)",
@@ -145,7 +148,7 @@ DIALECTS: dict[str, dict[str, Any]] = {
     },
     "chdb": {
         "types": {"id": "Int64", "text": "String", "null_text": "Nullable(String)",
-                  "float": "Nullable(Float64)", "ts": "DateTime('UTC')"},
+                  "float": "Nullable(Float64)", "ts": "DateTime('UTC')", "bool": "Bool"},
         "table_suffix": " ENGINE = MergeTree ORDER BY tuple()",
         "double": "Float64",
         "series": lambda alias, start, count:
@@ -162,15 +165,15 @@ DIALECTS: dict[str, dict[str, Any]] = {
 
 
 def exposures_select(dialect: str, units: int) -> str:
-    """exposure_id, experiment_key, unit_id, variant_key, exposed_at, attributes of every unit."""
+    """Every unit's exposure, in the sync's ``parcours_exposures`` shape (with ``attributes``)."""
     d = DIALECTS[dialect]
     exposed = f"{int(STARTED.timestamp())} + ({_draw_sql('exposed', 'u.v')}) % {SPAN_S}"
     return (
-        f"SELECT u.v AS exposure_id, '{KEY}' AS experiment_key, "
+        f"SELECT u.v AS id, {EXPERIMENT_ID} AS experiment_id, '{KEY}' AS experiment_key, "
         f"concat('u', CAST(u.v AS VARCHAR)) AS unit_id, "
         f"CASE WHEN ({_draw_sql('variant', 'u.v')}) % 2 = 0 THEN 'control' ELSE 'one-page' END"
         f" AS variant_key, "
-        f"{d['ts'](exposed)} AS exposed_at, "
+        f"{d['ts'](exposed)} AS exposed_at, false AS is_override, "
         f"concat('{{\"country\": \"', {_choice(_draw_sql('country', 'u.v'), COUNTRIES)}, '\"}}')"
         f" AS attributes "
         f"FROM {d['series']('u', 1, units)}")
@@ -209,9 +212,10 @@ def events_select(dialect: str, units: int) -> str:
 
 
 TABLES = {
-    "parcours_exposures": (exposures_select, ("exposure_id id", "experiment_key text",
+    "parcours_exposures": (exposures_select, ("id id", "experiment_id id", "experiment_key text",
                                               "unit_id text", "variant_key text",
-                                              "exposed_at ts", "attributes text")),
+                                              "exposed_at ts", "is_override bool",
+                                              "attributes text")),
     "parcours_events": (events_select, ("id id", "unit_id text", "type text", "name text",
                                         "step null_text", "friction_kind null_text",
                                         "value float", "occurred_at ts")),
@@ -269,15 +273,59 @@ def baseline(url: str) -> dict[str, tuple[int, float, float]]:
 
 def full_report(url: str) -> float:
     """Seconds of the full Parcours report (every metric, funnel, friction points, one
-    dimension) of the bench experiment over the warehouse ``url`` names."""
-    return pending_pipeline(url)
+    dimension) of the bench experiment over the warehouse ``url`` names: what the analysis
+    does for a warehouse experiment (``routing.run_pipeline`` on the warehouse engine, over
+    the relations ``warehouse_sources`` gives, then the report and its segments), without
+    the sync (the bench's tables are already ``parcours_exposures`` / ``parcours_events``)."""
+    from sqlalchemy import select
+
+    from experiments.config import WarehouseConfig
+    from experiments.services.analysis import build_report
+    from experiments.services.segments import segments_section
+    from experiments.services.warehouses import engines, routing, tables
+
+    experiment, settings, specs = bench_subject()
+    exposures = select(tables.exposures.c.id.label("exposure_id"),
+                       *[c for c in tables.exposures.c if c.name != "id"]).subquery("exposures")
+    events = select(*tables.events.c).subquery("events")
+    started = time.perf_counter()
+    engine = engines._make_engine(WarehouseConfig("bench", url, timeout_seconds=3600))
+    aggregates, levels = routing.run_pipeline(engine, exposures, events, experiment, settings,
+                                              specs, DIMENSIONS)
+    body = build_report(experiment, settings, aggregates, now=NOW)
+    body["segments"] = segments_section(experiment, settings, levels or {})
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    assert sum(body["units"].values()) > 0 and body["segments"], body.get("warnings")
+    return seconds
 
 
-def pending_pipeline(url: str) -> float:
-    """Placeholder until ``experiments.services.pipeline`` lands: the integrator replaces the
-    call in :func:`full_report` by the pipeline's report over ``url`` (same bench experiment:
-    :func:`warehouse_experiment`)."""
-    raise NotImplementedError(f"full report on {url.split(':', 1)[0]}: pending pipeline")
+_SUBJECT: list[Any] = []
+
+
+def bench_subject() -> tuple[Any, Any, Any]:
+    """The bench experiment (:func:`warehouse_experiment`) as the analysis reads it, from a
+    scratch SQLite Parcours database (created once per process): experiment, settings, specs."""
+    if not _SUBJECT:
+        from sqlalchemy.orm import Session
+
+        from experiments.migrate import upgrade
+        from experiments.models import Experiment
+        from experiments.schemas import AnalysisSettings
+        from experiments.services.analysis import PENDING_KINDS
+        from experiments.services.pipeline import MetricSpec
+
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='parcours_whbench_')}/parcours.db"
+        upgrade(url)
+        assert create_running_experiment(url, warehouse_experiment()) == EXPERIMENT_ID
+        session = Session(create_engine(url), expire_on_commit=False)
+        experiment = session.get(Experiment, EXPERIMENT_ID)
+        specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
+        for loaded in (experiment.variants, experiment.journey, experiment.overrides):
+            assert loaded is not None
+        _SUBJECT.extend([experiment, AnalysisSettings.model_validate(experiment.analysis),
+                         specs, session])
+    return _SUBJECT[0], _SUBJECT[1], _SUBJECT[2]
 
 
 def warehouse_experiment() -> dict[str, Any]:
@@ -346,7 +394,8 @@ def compare_postgres() -> None:
         load_postgres(pg_url, experiment_id, POSTGRES_UNITS)
         print(f"postgres data loaded in {time.perf_counter() - started:.1f}s", flush=True)
         drop_rollup(pg_url, experiment_id)
-        postgres_s = timed(lambda: run_analysis(pg_url, units=POSTGRES_UNITS))
+        postgres_s = timed(lambda: run_analysis(pg_url, units=POSTGRES_UNITS,
+                                                dimensions=DIMENSIONS))
     print(f"postgres first report       {postgres_s:8.2f}s", flush=True)
     with warehouses(POSTGRES_UNITS) as urls:
         for engine, url in urls.items():

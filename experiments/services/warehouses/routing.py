@@ -11,6 +11,7 @@ that experiment's failed report and goes on with the others.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import Engine, false, select
 from sqlalchemy.orm import Session
@@ -27,11 +28,16 @@ from experiments.services.pipeline import (
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
+Levels = dict[str, list[Any]]  # dimension → its segments.LevelAggregates
+Aggregated = tuple[ExperimentAggregates, Levels | None]
+
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
                  experiment: Experiment, settings: AnalysisSettings,
-                 metrics: Sequence[MetricSpec]) -> ExperimentAggregates:
-    """The portable pipeline on the warehouse's connection, over its relations.
+                 metrics: Sequence[MetricSpec], dimensions: Sequence[str] = ()) -> Aggregated:
+    """The portable pipeline on the warehouse's connection, over its relations: the
+    report's aggregates and, with ``dimensions``, each dimension's levels (segments, from
+    the exposures' ``attributes`` snapshot; ``None`` without dimensions).
 
     The exposures are the experiment's, override units left out: those the exposure says
     (``is_override``) and those ``experiment.overrides`` lists now, as the sync only
@@ -40,32 +46,37 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
     depends on (the last-NPS-answer tie-break treats a missing id as 0).
     """
+    from experiments.services.segments import segmented_aggregates  # it imports the analysis
+
     kept = [exposures.c.is_override == false()]
     if experiment.overrides:
         kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
     sources = table_sources(select(*exposures.c).where(*kept).subquery("kept_exposures"),
                             events, experiment=experiment.id)
+    options = {"hours": settings.conversion_window_hours, "cuped": settings.cuped,
+               "journey": experiment.journey, "rollup": False, "sources": sources}
     with engine.connect() as connection:
-        return aggregate_experiment(connection, None, metrics,
-                                    hours=settings.conversion_window_hours,
-                                    cuped=settings.cuped, journey=experiment.journey,
-                                    rollup=False, sources=sources)
+        if dimensions:
+            return segmented_aggregates(connection, None, metrics, dimensions, **options)
+        return aggregate_experiment(connection, None, metrics, **options), None
 
 
 def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                         metrics: Sequence[MetricSpec]) -> ExperimentAggregates:
+                         metrics: Sequence[MetricSpec], dimensions: Sequence[str] = ()
+                         ) -> Aggregated:
     """Sync the warehouse, then run the pipeline over its exposures and events, in it."""
     name = settings.warehouse
     assert name is not None, "only experiments with analysis.warehouse are routed here"
     sync_before_analysis(session, name)
     engine, exposures, events = warehouse_sources(session, name)
-    return run_pipeline(engine, exposures, events, experiment, settings, metrics)
+    return run_pipeline(engine, exposures, events, experiment, settings, metrics, dimensions)
 
 
 def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                   metrics: Sequence[MetricSpec],
-                   in_parcours: Callable[[], ExperimentAggregates]) -> ExperimentAggregates:
-    """The experiment's aggregates where its data lives: its warehouse, else Parcours."""
+                   metrics: Sequence[MetricSpec], in_parcours: Callable[[], Aggregated],
+                   dimensions: Sequence[str] = ()) -> Aggregated:
+    """The experiment's aggregates (and segment levels) where its data lives: its
+    warehouse, else Parcours."""
     if settings.warehouse is None:
         return in_parcours()
-    return warehouse_aggregates(session, experiment, settings, metrics)
+    return warehouse_aggregates(session, experiment, settings, metrics, dimensions)
