@@ -80,6 +80,7 @@ from bench.bench_analysis import (
     run_analysis,
     timed,
 )
+from experiments.config import setting_pairs
 
 UNITS = int(os.environ.get("PARCOURS_BENCH_WH_UNITS", "10000000"))
 EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_WH_EVENTS_PER_UNIT", "10"))
@@ -111,6 +112,8 @@ KIND_CUTS = (0.55, 0.70, 0.80, 0.85)
 TREATMENT_LIFT = 0.01  # purchases are one point more frequent in "one-page"
 EXPERIMENT_ID = 1  # the bench experiment's id in the scratch Parcours database (the first)
 DIMENSIONS = ("country",)
+# Engine settings over the warehouse engine's defaults (as PARCOURS_WAREHOUSE_<NAME>_SETTINGS).
+SETTINGS = setting_pairs(os.environ.get("PARCOURS_BENCH_WH_SETTINGS", ""))
 
 
 def draw(stream: str, x: int) -> int:
@@ -289,7 +292,8 @@ def full_report(url: str) -> float:
                        *[c for c in tables.exposures.c if c.name != "id"]).subquery("exposures")
     events = select(*tables.events.c).subquery("events")
     started = time.perf_counter()
-    engine = engines._make_engine(WarehouseConfig("bench", url, timeout_seconds=3600))
+    engine = engines._make_engine(WarehouseConfig("bench", url, timeout_seconds=3600,
+                                                  settings=SETTINGS))
     aggregates, levels = routing.run_pipeline(engine, exposures, events, experiment, settings,
                                               specs, DIMENSIONS)
     body = build_report(experiment, settings, aggregates, now=NOW)
