@@ -53,12 +53,14 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
         kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
     sources = table_sources(select(*exposures.c).where(*kept).subquery("kept_exposures"),
                             events, experiment=experiment.id)
-    options = {"hours": settings.conversion_window_hours, "cuped": settings.cuped,
-               "journey": experiment.journey, "rollup": False, "sources": sources}
+    hours, cuped, journey = settings.conversion_window_hours, settings.cuped, experiment.journey
     with engine.connect() as connection:
         if dimensions:
-            return segmented_aggregates(connection, None, metrics, dimensions, **options)
-        return aggregate_experiment(connection, None, metrics, **options), None
+            return segmented_aggregates(connection, None, metrics, dimensions, hours=hours,
+                                        cuped=cuped, journey=journey, rollup=False,
+                                        sources=sources)
+        return aggregate_experiment(connection, None, metrics, hours=hours, cuped=cuped,
+                                    journey=journey, rollup=False, sources=sources), None
 
 
 def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
