@@ -19,20 +19,23 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
    (n, sum, sum of squares) of the per-unit purchase value inside the 72 h window after the
    exposure — :data:`BASELINE_SQL`, the same text on both engines.
 2. ``full report``: :func:`full_report` (every metric, funnel, friction points, one dimension)
-   through the portable pipeline, and its ratio to the baseline (goal ≤ 1.5×). Until the
-   pipeline is wired in, it prints ``full report: pending pipeline``.
-3. Peak RSS of a fresh process running the report (``VmHWM``; goal < 500 MB); while the
-   report is pending, the baseline's peak RSS is printed for information. DuckDB runs with
+   through the warehouse analysis path (``routing.run_pipeline`` on the engine, then the
+   report and its segments), and its ratio to the baseline (goal ≤ 1.5×).
+3. Peak RSS of a fresh process running the report (``VmHWM``; goal < 500 MB). DuckDB runs with
    ``memory_limit`` = ``PARCOURS_BENCH_WH_DUCKDB_MEMORY`` (1GB: its buffer pool, spilling to
    disk beyond) and ``threads=2`` (this machine's cores), both in its URL. At 10 M units the
    hand-written join fails with "Out of Memory" at 300MB and 400MB (also with
    ``preserve_insertion_order=false``): its hash table of 10 M text unit ids does not spill
-   enough, so a DuckDB process running it peaks at ~1.2 GB RSS. chDB runs with ClickHouse's
-   defaults (``max_threads`` = cores); importing chDB alone maps ~400-500 MB of library
-   (file-backed RSS), which is why the child also prints anonymous vs file-backed RSS.
+   enough, so a DuckDB process running it peaks at ~1.2 GB RSS. The report's engine gets the
+   warehouse defaults (``engines.ENGINE_SETTINGS``: chDB's grace hash join and spilling,
+   DuckDB's ``preserve_insertion_order=false``) and ``PARCOURS_BENCH_WH_SETTINGS``
+   (``name=value,…``, as ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``); importing chDB alone maps
+   ~300-500 MB of library (file-backed RSS), which is why the child also prints anonymous
+   vs file-backed RSS.
 4. The PostgreSQL comparison: the same rows at ``PARCOURS_BENCH_WH_POSTGRES_UNITS`` (1 M units,
    10 M events) in Parcours's own schema in a scratch database on ``PARCOURS_BENCH_POSTGRES_URL``,
-   analysed by ``analyze_experiment`` (first report, no rollup) vs the full report on DuckDB and
+   analysed by ``analyze_experiment`` (first report, no rollup, the same ``country``
+   dimension) vs the full report on DuckDB and
    chDB at that size (goal ≥ 10× faster). ``PARCOURS_BENCH_WH_POSTGRES=0`` skips it.
 
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
@@ -44,7 +47,21 @@ limit), chDB 49.6 s; peak RSS of a process running the baseline: DuckDB ~1.16 GB
 (296 MB after imports; 2.07 GB anonymous at the end). PostgreSQL at 1 M units / 10 M events:
 load 184 s, first report (``analyze_experiment``) 27.4 s; the baseline query at that size:
 DuckDB 4.0 s, chDB 10.0 s (7× and 3× faster than PostgreSQL's report; measured while another
-load ran). Full report and its ratios: pending the pipeline.
+load ran).
+
+Full report, measured 2026-12-04 at 1 M units / 10 M events only (REPEAT=1, ``nice -n 10``,
+load average ~8 on the 2 cores: noisy), every goal MISSED:
+
+- run 1 (no engine defaults yet): DuckDB baseline 1.99 s, full report 8.04 s (4.05×), peak
+  RSS 765 MB; chDB baseline 1.91 s, full report 8.69 s (4.55×), peak RSS 2,052 MB;
+  PostgreSQL first report 14.17 s (load 115 s) vs the full report DuckDB 4.95 s (2.9×
+  faster), chDB 19.03 s (0.7×).
+- run 2 (chDB grace hash + spilling defaults; no PostgreSQL): DuckDB baseline 0.97 s, full
+  report 10.54 s (10.9×), peak RSS 765 MB; chDB baseline 2.38 s, full report 33.86 s
+  (14.2×), peak RSS 928 MB.
+
+10 M units / 100 M events with the full report: not measured yet. The memory settings
+tried are in docs/performance.md (Warehouses).
 
 The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
 100 M events take about 2 GB in each engine), removed afterwards.
@@ -68,6 +85,7 @@ from sqlalchemy import create_engine, text
 
 from bench.bench_analysis import (
     KEY,
+    NOW,
     REPEAT,
     STARTED,
     bench_experiment,
@@ -79,6 +97,7 @@ from bench.bench_analysis import (
     run_analysis,
     timed,
 )
+from experiments.config import setting_pairs
 
 UNITS = int(os.environ.get("PARCOURS_BENCH_WH_UNITS", "10000000"))
 EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_WH_EVENTS_PER_UNIT", "10"))
@@ -108,6 +127,10 @@ STREAMS = {  # stream -> (A, B, C, D): one independent draw per column
 # Thresholds of the "kind" draw (as fractions of PRIME): step, friction, purchase, nps, custom.
 KIND_CUTS = (0.55, 0.70, 0.80, 0.85)
 TREATMENT_LIFT = 0.01  # purchases are one point more frequent in "one-page"
+EXPERIMENT_ID = 1  # the bench experiment's id in the scratch Parcours database (the first)
+DIMENSIONS = ("country",)
+# Engine settings over the warehouse engine's defaults (as PARCOURS_WAREHOUSE_<NAME>_SETTINGS).
+SETTINGS = setting_pairs(os.environ.get("PARCOURS_BENCH_WH_SETTINGS", ""))
 
 
 def draw(stream: str, x: int) -> int:
@@ -137,7 +160,7 @@ def _choice(draw_sql: str, names: tuple[str, ...]) -> str:
 DIALECTS: dict[str, dict[str, Any]] = {
     "duckdb": {
         "types": {"id": "BIGINT", "text": "VARCHAR", "null_text": "VARCHAR", "float": "DOUBLE",
-                  "ts": "TIMESTAMP"},
+                  "ts": "TIMESTAMP", "bool": "BOOLEAN"},
         "table_suffix": "",
         "double": "DOUBLE",
         "series": lambda alias, start, count: f"range({start}, {start + count}) AS {alias}(v)",
@@ -145,7 +168,7 @@ DIALECTS: dict[str, dict[str, Any]] = {
     },
     "chdb": {
         "types": {"id": "Int64", "text": "String", "null_text": "Nullable(String)",
-                  "float": "Nullable(Float64)", "ts": "DateTime('UTC')"},
+                  "float": "Nullable(Float64)", "ts": "DateTime('UTC')", "bool": "Bool"},
         "table_suffix": " ENGINE = MergeTree ORDER BY tuple()",
         "double": "Float64",
         "series": lambda alias, start, count:
@@ -162,15 +185,15 @@ DIALECTS: dict[str, dict[str, Any]] = {
 
 
 def exposures_select(dialect: str, units: int) -> str:
-    """exposure_id, experiment_key, unit_id, variant_key, exposed_at, attributes of every unit."""
+    """Every unit's exposure, in the sync's ``parcours_exposures`` shape (with ``attributes``)."""
     d = DIALECTS[dialect]
     exposed = f"{int(STARTED.timestamp())} + ({_draw_sql('exposed', 'u.v')}) % {SPAN_S}"
     return (
-        f"SELECT u.v AS exposure_id, '{KEY}' AS experiment_key, "
+        f"SELECT u.v AS id, {EXPERIMENT_ID} AS experiment_id, '{KEY}' AS experiment_key, "
         f"concat('u', CAST(u.v AS VARCHAR)) AS unit_id, "
         f"CASE WHEN ({_draw_sql('variant', 'u.v')}) % 2 = 0 THEN 'control' ELSE 'one-page' END"
         f" AS variant_key, "
-        f"{d['ts'](exposed)} AS exposed_at, "
+        f"{d['ts'](exposed)} AS exposed_at, false AS is_override, "
         f"concat('{{\"country\": \"', {_choice(_draw_sql('country', 'u.v'), COUNTRIES)}, '\"}}')"
         f" AS attributes "
         f"FROM {d['series']('u', 1, units)}")
@@ -209,9 +232,10 @@ def events_select(dialect: str, units: int) -> str:
 
 
 TABLES = {
-    "parcours_exposures": (exposures_select, ("exposure_id id", "experiment_key text",
+    "parcours_exposures": (exposures_select, ("id id", "experiment_id id", "experiment_key text",
                                               "unit_id text", "variant_key text",
-                                              "exposed_at ts", "attributes text")),
+                                              "exposed_at ts", "is_override bool",
+                                              "attributes text")),
     "parcours_events": (events_select, ("id id", "unit_id text", "type text", "name text",
                                         "step null_text", "friction_kind null_text",
                                         "value float", "occurred_at ts")),
@@ -269,15 +293,60 @@ def baseline(url: str) -> dict[str, tuple[int, float, float]]:
 
 def full_report(url: str) -> float:
     """Seconds of the full Parcours report (every metric, funnel, friction points, one
-    dimension) of the bench experiment over the warehouse ``url`` names."""
-    return pending_pipeline(url)
+    dimension) of the bench experiment over the warehouse ``url`` names: what the analysis
+    does for a warehouse experiment (``routing.run_pipeline`` on the warehouse engine, over
+    the relations ``warehouse_sources`` gives, then the report and its segments), without
+    the sync (the bench's tables are already ``parcours_exposures`` / ``parcours_events``)."""
+    from sqlalchemy import select
+
+    from experiments.config import WarehouseConfig
+    from experiments.services.analysis import build_report
+    from experiments.services.segments import segments_section
+    from experiments.services.warehouses import engines, routing, tables
+
+    experiment, settings, specs = bench_subject()
+    exposures = select(tables.exposures.c.id.label("exposure_id"),
+                       *[c for c in tables.exposures.c if c.name != "id"]).subquery("exposures")
+    events = select(*tables.events.c).subquery("events")
+    started = time.perf_counter()
+    engine = engines._make_engine(WarehouseConfig("bench", url, timeout_seconds=3600,
+                                                  settings=SETTINGS))
+    aggregates, levels = routing.run_pipeline(engine, exposures, events, experiment, settings,
+                                              specs, DIMENSIONS)
+    body = build_report(experiment, settings, aggregates, now=NOW)
+    body["segments"] = segments_section(experiment, settings, levels or {})
+    seconds = time.perf_counter() - started
+    engine.dispose()
+    assert sum(body["units"].values()) > 0 and body["segments"], body.get("warnings")
+    return seconds
 
 
-def pending_pipeline(url: str) -> float:
-    """Placeholder until ``experiments.services.pipeline`` lands: the integrator replaces the
-    call in :func:`full_report` by the pipeline's report over ``url`` (same bench experiment:
-    :func:`warehouse_experiment`)."""
-    raise NotImplementedError(f"full report on {url.split(':', 1)[0]}: pending pipeline")
+_SUBJECT: list[Any] = []
+
+
+def bench_subject() -> tuple[Any, Any, Any]:
+    """The bench experiment (:func:`warehouse_experiment`) as the analysis reads it, from a
+    scratch SQLite Parcours database (created once per process): experiment, settings, specs."""
+    if not _SUBJECT:
+        from sqlalchemy.orm import Session
+
+        from experiments.migrate import upgrade
+        from experiments.models import Experiment
+        from experiments.schemas import AnalysisSettings
+        from experiments.services.analysis import PENDING_KINDS
+        from experiments.services.pipeline import MetricSpec
+
+        url = f"sqlite:///{tempfile.mkdtemp(prefix='parcours_whbench_')}/parcours.db"
+        upgrade(url)
+        assert create_running_experiment(url, warehouse_experiment()) == EXPERIMENT_ID
+        session = Session(create_engine(url), expire_on_commit=False)
+        experiment = session.get(Experiment, EXPERIMENT_ID)
+        specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
+        for loaded in (experiment.variants, experiment.journey, experiment.overrides):
+            assert loaded is not None
+        _SUBJECT.extend([experiment, AnalysisSettings.model_validate(experiment.analysis),
+                         specs, session])
+    return _SUBJECT[0], _SUBJECT[1], _SUBJECT[2]
 
 
 def warehouse_experiment() -> dict[str, Any]:
@@ -288,41 +357,31 @@ def warehouse_experiment() -> dict[str, Any]:
 def main() -> None:
     """Generate, time baseline and full report, RSS, then the PostgreSQL comparison."""
     print(f"units={UNITS:,} events={UNITS * EVENTS_PER_UNIT:,} duckdb memory_limit="
-          f"{DUCKDB_MEMORY} threads=2; chdb defaults", flush=True)
+          f"{DUCKDB_MEMORY} threads=2; warehouse engine defaults, settings {dict(SETTINGS)}",
+          flush=True)
     with warehouses(UNITS) as urls:
         for engine, url in urls.items():
             baseline_s = best_of(lambda url=url: baseline(url))
             print(f"{engine:7} baseline query       {baseline_s:8.2f}s", flush=True)
             report_s = report_seconds(url)
-            if report_s is None:
-                print(f"{engine:7} full report: pending pipeline", flush=True)
-            else:
-                ratio = report_s / baseline_s
-                print(f"{engine:7} full report          {report_s:8.2f}s   ratio {ratio:.2f}x "
-                      f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}",
-                      flush=True)
+            ratio = report_s / baseline_s
+            print(f"{engine:7} full report          {report_s:8.2f}s   ratio {ratio:.2f}x "
+                  f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}",
+                  flush=True)
             print_rss(engine, url)
     if WITH_POSTGRES:
         compare_postgres()
 
 
-def report_seconds(url: str) -> float | None:
-    """Median of REPEAT full reports after a warm-up, or None while the pipeline is pending."""
-    try:
-        full_report(url)
-    except NotImplementedError:
-        return None
+def report_seconds(url: str) -> float:
+    """Median of REPEAT full reports after a warm-up."""
+    full_report(url)
     return statistics.median(full_report(url) for _ in range(REPEAT))
 
 
 def print_rss(engine: str, url: str) -> None:
-    """Peak RSS of a fresh process running the full report (the baseline while pending)."""
+    """Peak RSS of a fresh process running the full report."""
     rss = child_rss("report", url)
-    if rss.get("pending"):
-        rss = child_rss("baseline", url)
-        print(f"{engine:7} peak RSS: report pending; baseline process {rss['peak_mb']:.0f} MB "
-              f"({describe_rss(rss)}; information only)", flush=True)
-        return
     print(f"{engine:7} report peak RSS      {rss['peak_mb']:8.0f} MB ({describe_rss(rss)}; "
           f"target < {TARGET_RSS_MB} MB) {'OK' if rss['peak_mb'] < TARGET_RSS_MB else 'MISSED'}",
           flush=True)
@@ -346,17 +405,12 @@ def compare_postgres() -> None:
         load_postgres(pg_url, experiment_id, POSTGRES_UNITS)
         print(f"postgres data loaded in {time.perf_counter() - started:.1f}s", flush=True)
         drop_rollup(pg_url, experiment_id)
-        postgres_s = timed(lambda: run_analysis(pg_url, units=POSTGRES_UNITS))
+        postgres_s = timed(lambda: run_analysis(pg_url, units=POSTGRES_UNITS,
+                                                dimensions=DIMENSIONS))
     print(f"postgres first report       {postgres_s:8.2f}s", flush=True)
     with warehouses(POSTGRES_UNITS) as urls:
         for engine, url in urls.items():
             report_s = report_seconds(url)
-            if report_s is None:
-                baseline_s = best_of(lambda url=url: baseline(url))
-                print(f"{engine:7} full report: pending pipeline (baseline query "
-                      f"{baseline_s:.2f}s, {postgres_s / baseline_s:.0f}x faster than "
-                      "postgres' report; information only)", flush=True)
-                continue
             speedup = postgres_s / report_s
             print(f"{engine:7} full report          {report_s:8.2f}s   {speedup:.1f}x faster "
                   f"than postgres (target >= {TARGET_SPEEDUP}x) "
@@ -418,11 +472,7 @@ def _child(what: str, url: str) -> None:
     """Child side of :func:`child_rss`: imports, then one run, printing both peaks (KiB→MB)."""
     create_engine(url).dispose()  # imports the engine's driver: counted with the imports
     imports_mb = memory_mb()["VmHWM"]
-    try:
-        full_report(url) if what == "report" else baseline(url)
-    except NotImplementedError:
-        print(json.dumps({"pending": True}))
-        return
+    full_report(url) if what == "report" else baseline(url)
     memory = memory_mb()
     print(json.dumps({"imports_mb": imports_mb, "peak_mb": memory["VmHWM"], **memory}))
 

@@ -44,11 +44,14 @@ class WarehouseConfig:
     url: str
     timeout_seconds: float = 300.0
     sync_events: bool = False
+    # Engine settings over the dialect's defaults (``engines.ENGINE_SETTINGS``), from
+    # ``…_SETTINGS="name=value,name=value"``.
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 # PARCOURS_WAREHOUSE_<NAME>_URL and its companions; <NAME> may contain underscores.
 _WAREHOUSE_SETTING = re.compile(
-    r"^WAREHOUSE_(?P<name>[A-Za-z0-9_]+?)_(?P<field>URL|TIMEOUT_SECONDS|SYNC_EVENTS)$")
+    r"^WAREHOUSE_(?P<name>[A-Za-z0-9_]+?)_(?P<field>URL|TIMEOUT_SECONDS|SYNC_EVENTS|SETTINGS)$")
 
 
 def _warehouse_env() -> dict[str, str]:
@@ -72,8 +75,17 @@ def _warehouses(settings: Mapping[str, Any]) -> tuple[WarehouseConfig, ...]:
     return tuple(
         WarehouseConfig(name=name, url=str(group["URL"]),
                         timeout_seconds=float(group.get("TIMEOUT_SECONDS", 300.0)),
-                        sync_events=_parse_bool(group.get("SYNC_EVENTS", False)))
+                        sync_events=_parse_bool(group.get("SYNC_EVENTS", False)),
+                        settings=setting_pairs(str(group.get("SETTINGS", ""))))
         for name, group in sorted(groups.items()) if group.get("URL"))
+
+
+def setting_pairs(text: str) -> tuple[tuple[str, str], ...]:
+    """``"a=1, b=x"`` → ``(("a", "1"), ("b", "x"))``; empty items are ignored."""
+    items = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if any(len(item) != 2 or not item[0].strip() for item in items):
+        raise ValueError(f"warehouse settings must read name=value,name=value: {text!r}")
+    return tuple((name.strip(), value.strip()) for name, value in items)
 
 
 @dataclass(frozen=True)

@@ -21,3 +21,26 @@ def test_warehouses_are_read_from_env_and_overrides(monkeypatch: pytest.MonkeyPa
     assert warehouses == expected
     assert "WAREHOUSE_CH_URL" not in config.extra
     assert [w.name for w in warehouses_from_env()] == ["shop_dw"]
+
+
+def test_engine_settings_come_from_the_dialect_defaults_then_env(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from sqlalchemy import text
+
+    from experiments.services.warehouses.engines import _make_engine
+
+    monkeypatch.setenv("PARCOURS_WAREHOUSE_DW_URL", f"duckdb:///{tmp_path / 'dw.duckdb'}")
+    monkeypatch.setenv("PARCOURS_WAREHOUSE_DW_SETTINGS", "threads=1, memory_limit=300MB")
+    [config] = warehouses_from_env()
+    assert config.settings == (("threads", "1"), ("memory_limit", "300MB"))
+    engine = _make_engine(config)
+    with engine.connect() as connection:
+        current = dict(connection.execute(text(
+            "SELECT name, value FROM duckdb_settings() WHERE name IN "
+            "('threads', 'memory_limit', 'preserve_insertion_order')")).all())
+    engine.dispose()
+    assert current["threads"] == "1" and current["preserve_insertion_order"] == "false"
+    assert current["memory_limit"] == "286.1 MiB"  # 300 MB
+    monkeypatch.setenv("PARCOURS_WAREHOUSE_DW_SETTINGS", "threads")
+    with pytest.raises(ValueError, match="name=value"):
+        warehouses_from_env()

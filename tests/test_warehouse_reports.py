@@ -63,14 +63,17 @@ def start(app: Flask, key: str, **fields: Any) -> Experiment:
 def add_journey_traffic(db: Session, experiment: Experiment, units: int) -> None:
     """Exposures and events of every kind: in the window, before the exposure (CUPED),
     after the window (late), friction in and outside the journey, NPS answers."""
-    rng = random.Random(2026)
+    rng, countries = random.Random(2026), random.Random(11)
     at0 = experiment.started_at
     for index in range(units):
         unit = f"u{index:04d}"
         exposed = at0 + timedelta(hours=rng.uniform(0, 96))
+        # The segment dimension: text levels, a missing attribute and a JSON null.
+        country = countries.choice(["fr", "fr", "de", "de", "es", None, "absent"])
         db.add(Exposure(experiment_id=experiment.id, unit_id=unit,
                         variant_key=rng.choice(["control", "one-page"]), exposed_at=exposed,
-                        is_override=index == 0))
+                        is_override=index == 0,
+                        attributes={} if country == "absent" else {"country": country}))
         for number in range(rng.randrange(9)):
             at = exposed + timedelta(hours=rng.uniform(-80, 90))
             kind = rng.randrange(6)
@@ -123,7 +126,8 @@ def differences(left: Any, right: Any, path: str = "") -> list[str]:
 def test_a_warehouse_report_equals_the_parcours_report(database_url: str, tmp_path: Path,
                                                         warehouse_url: str) -> None:
     app = make_test_app(database_url, tmp_path)
-    experiment = start(app, "wh-parity", metrics=METRICS, overrides={})
+    experiment = start(app, "wh-parity", metrics=METRICS, overrides={},
+                       analysis={"dimensions": ["country"]})
     with get_db(app).sessionmaker() as db:  # a fixed start: the same data on every run
         experiment = db.get(Experiment, experiment.id)
         experiment.started_at = T0
@@ -151,6 +155,10 @@ def test_a_warehouse_report_equals_the_parcours_report(database_url: str, tmp_pa
     assert sum(in_parcours["units"].values()) == 398  # u0000 and u0001 are overrides
     assert {m["key"] for m in in_parcours["metrics"]} == {m["key"] for m in METRICS}
     assert in_parcours["funnel"] and in_parcours["friction_points"] is not None
+    [segment] = in_parcours["segments"]  # computed inside the warehouse too, identically
+    assert segment["dimension"] == "country"
+    assert {level["level"] for level in segment["levels"]} == {"fr", "de", "es", "__null__"}
+    assert not any("segments" in warning for warning in in_warehouse["warnings"])
     diffs = differences(without_times(in_warehouse), without_times(in_parcours))
     assert not diffs, "\n".join(diffs)
     get_db(app).engine.dispose()

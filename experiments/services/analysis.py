@@ -586,17 +586,16 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
                "rollup": experiment.status in ROLLUP_STATUSES}
     linked: identity.IdentitySummary | None = None
     bandit: Any = None
-    levels: dict[str, Any] | None = None
     from experiments.services import segments  # it builds on this module
 
-    def in_parcours() -> ExperimentAggregates:
-        nonlocal linked, bandit, levels
+    def in_parcours() -> routing.Aggregated:
+        nonlocal linked, bandit
         # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
         sources, linked = identity.analysis_sources(session, experiment.id)
         # A bandit's one round is grouped by weight period; its pooled sums are the totals.
         bandit = bandits.report_periods(session, experiment, specs, settings,
                                         rollup=options["rollup"], sources=sources)
-        whole = None
+        whole, levels = None, None
         if breakdowns:  # one grouped round gives the whole report and every level
             whole, levels = segments.segmented_aggregates(
                 session, experiment.id, specs, breakdowns, sources=sources, **options)
@@ -610,19 +609,18 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
                                      quantile_specs(experiment.metrics),
                                      journey=experiment.journey,
                                      hours=settings.conversion_window_hours,
-                                     alpha=settings.alpha)
+                                     alpha=settings.alpha), levels
 
-    # In its warehouse (SPEC §15) an experiment is analysed per unit, without periods.
-    aggregates = routing.aggregates_for(session, experiment, settings, specs, in_parcours)
+    # In its warehouse (SPEC §15) an experiment is analysed per unit, without periods, its
+    # segments from the exposures' attribute snapshots copied there.
+    aggregates, levels = routing.aggregates_for(session, experiment, settings, specs,
+                                                in_parcours, breakdowns)
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None, bandit=bandit)
     body["identity"] = _identity_section(linked, body["units"])
     if levels is not None:  # descriptive only: decisions read the whole report's metrics
         body["segments"] = segments.segments_section(experiment, settings, levels)
-    elif breakdowns:
-        body["warnings"].append(f"segments by {', '.join(breakdowns)} are not computed in "
-                                "a warehouse yet")
     result = decisions.report_decision(experiment, settings, body, now)
     body["decision"] = (result.to_dict(now) if result is not None
                         else decisions.current_decision(experiment))

@@ -27,6 +27,18 @@ from experiments.db import postgres_connect_args
 from experiments.errors import NotFound
 
 EXTENSION_KEY = "parcours.warehouses"
+# Each engine's memory settings unless the URL or ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``
+# says otherwise (measured with bench/bench_warehouse.py: docs/performance.md, Warehouses).
+# chDB: at 1 M units / 10 M events the report's process peaked at 2.1 GB with ClickHouse's
+# defaults, 0.9 GB with a grace hash join and group/sort spilling beyond 50 MB (time +8 %).
+# DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
+# memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory").
+ENGINE_SETTINGS: dict[str, dict[str, str]] = {
+    "duckdb": {"preserve_insertion_order": "false"},
+    "chdb": {"join_algorithm": "grace_hash", "grace_hash_join_initial_buckets": "8",
+             "max_bytes_before_external_group_by": "50000000",
+             "max_bytes_before_external_sort": "50000000"},
+}
 # How ClickHouse and PostgreSQL say that their own timeout stopped a statement.
 TIMEOUT_SIGNS = ("TIMEOUT_EXCEEDED", "statement timeout")
 
@@ -97,16 +109,22 @@ def configured_warehouses() -> list[str]:
 def _make_engine(config: WarehouseConfig) -> Engine:
     url = make_url(config.url)
     backend, seconds = url.get_backend_name(), config.timeout_seconds
+    settings = {name: value for name, value in ENGINE_SETTINGS.get(backend, {}).items()
+                if name not in url.query}
+    settings.update(config.settings)
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
         connect_args = postgres_connect_args(config.url, int(seconds * 1000))
     elif backend == "clickhousedb":
-        connect_args = {"max_execution_time": max(1, round(seconds))}
+        connect_args = {"max_execution_time": max(1, round(seconds)), **settings}
+    elif backend == "duckdb" and settings:
+        connect_args = {"config": settings}
     engine = create_engine(url, connect_args=connect_args)
     if backend == "duckdb":
         _interrupt_after(engine, seconds)
     elif backend == "chdb":
-        _on_connect(engine, f"SET max_execution_time = {max(1, round(seconds))}")
+        _on_connect(engine, f"SET max_execution_time = {max(1, round(seconds))}",
+                    *(f"SET {name} = {_literal(value)}" for name, value in settings.items()))
     elif backend == "snowflake":
         _on_connect(engine, f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = "
                             f"{max(1, round(seconds))}")
@@ -114,10 +132,16 @@ def _make_engine(config: WarehouseConfig) -> Engine:
     return engine
 
 
-def _on_connect(engine: Engine, statement: str) -> None:
+def _literal(value: str) -> str:
+    """A ClickHouse setting's value: numbers as they are, anything else quoted."""
+    return value if value.replace(".", "", 1).isdigit() else "'" + value.replace("'", "") + "'"
+
+
+def _on_connect(engine: Engine, *statements: str) -> None:
     def configure(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(statement)
+        for statement in statements:
+            cursor.execute(statement)
         cursor.close()
 
     event.listen(engine, "connect", configure)

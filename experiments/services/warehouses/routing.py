@@ -11,6 +11,7 @@ that experiment's failed report and goes on with the others.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy import Engine, false, select
 from sqlalchemy.orm import Session
@@ -29,11 +30,16 @@ from experiments.services.pipeline import (
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
+Levels = dict[str, list[Any]]  # dimension → its segments.LevelAggregates
+Aggregated = tuple[ExperimentAggregates, Levels | None]
+
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
                  experiment: Experiment, settings: AnalysisSettings,
-                 metrics: Sequence[MetricSpec]) -> ExperimentAggregates:
-    """The portable pipeline on the warehouse's connection, over its relations.
+                 metrics: Sequence[MetricSpec], dimensions: Sequence[str] = ()) -> Aggregated:
+    """The portable pipeline on the warehouse's connection, over its relations: the
+    report's aggregates and, with ``dimensions``, each dimension's levels (segments, from
+    the exposures' ``attributes`` snapshot; ``None`` without dimensions).
 
     The exposures are the experiment's, override units left out: those the exposure says
     (``is_override``) and those ``experiment.overrides`` lists now, as the sync only
@@ -42,37 +48,45 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
     depends on (the last-NPS-answer tie-break treats a missing id as 0).
     """
+    from experiments.services.segments import segmented_aggregates  # it imports the analysis
+
     kept = [exposures.c.is_override == false()]
     if experiment.overrides:
         kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
     sources = table_sources(select(*exposures.c).where(*kept).subquery("kept_exposures"),
                             events, experiment=experiment.id)
+    hours, cuped, journey = settings.conversion_window_hours, settings.cuped, experiment.journey
     with engine.connect() as connection:
-        aggregates = aggregate_experiment(connection, None, metrics,
-                                          hours=settings.conversion_window_hours,
-                                          cuped=settings.cuped, journey=experiment.journey,
-                                          rollup=False, sources=sources)
-        return with_order_statistics(
-            connection, sources, aggregates,
-            quantile_specs(experiment.metrics),
-            journey=experiment.journey, hours=settings.conversion_window_hours,
-            alpha=settings.alpha)
+        levels = None
+        if dimensions:
+            aggregates, levels = segmented_aggregates(
+                connection, None, metrics, dimensions, hours=hours, cuped=cuped,
+                journey=journey, rollup=False, sources=sources)
+        else:
+            aggregates = aggregate_experiment(connection, None, metrics, hours=hours,
+                                              cuped=cuped, journey=journey, rollup=False,
+                                              sources=sources)
+        return with_order_statistics(connection, sources, aggregates,
+                                     quantile_specs(experiment.metrics), journey=journey,
+                                     hours=hours, alpha=settings.alpha), levels
 
 
 def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                         metrics: Sequence[MetricSpec]) -> ExperimentAggregates:
+                         metrics: Sequence[MetricSpec], dimensions: Sequence[str] = ()
+                         ) -> Aggregated:
     """Sync the warehouse, then run the pipeline over its exposures and events, in it."""
     name = settings.warehouse
     assert name is not None, "only experiments with analysis.warehouse are routed here"
     sync_before_analysis(session, name)
     engine, exposures, events = warehouse_sources(session, name)
-    return run_pipeline(engine, exposures, events, experiment, settings, metrics)
+    return run_pipeline(engine, exposures, events, experiment, settings, metrics, dimensions)
 
 
 def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                   metrics: Sequence[MetricSpec],
-                   in_parcours: Callable[[], ExperimentAggregates]) -> ExperimentAggregates:
-    """The experiment's aggregates where its data lives: its warehouse, else Parcours."""
+                   metrics: Sequence[MetricSpec], in_parcours: Callable[[], Aggregated],
+                   dimensions: Sequence[str] = ()) -> Aggregated:
+    """The experiment's aggregates (and segment levels) where its data lives: its
+    warehouse, else Parcours."""
     if settings.warehouse is None:
         return in_parcours()
-    return warehouse_aggregates(session, experiment, settings, metrics)
+    return warehouse_aggregates(session, experiment, settings, metrics, dimensions)

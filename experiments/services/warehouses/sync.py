@@ -19,6 +19,7 @@ digest the audit entry keeps (the id itself is gone), and only then advances its
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -55,7 +56,7 @@ class SyncResult:
 def _exposure_rows() -> Select[Any]:
     return (select(Exposure.id, Exposure.experiment_id, Experiment.key.label("experiment_key"),
                    Exposure.unit_id, Exposure.variant_key, Exposure.exposed_at,
-                   Exposure.is_override)
+                   Exposure.is_override, Exposure.attributes)
             .join(Experiment, Experiment.id == Exposure.experiment_id))
 
 
@@ -128,6 +129,8 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
             session.rollback()
             if not batch:
                 break
+            if "attributes" in batch[0]:  # the snapshot travels as JSON text
+                batch = [{**row, "attributes": json.dumps(row["attributes"])} for row in batch]
             if clickhouse:  # DateTime64(6) columns parse UTC text to the microsecond
                 batch = [_utc_text(row) for row in batch]
             with connection.begin():

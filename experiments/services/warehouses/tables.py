@@ -24,7 +24,8 @@ exposures = Table(
     Column("experiment_key", String, nullable=False), Column("unit_id", String, nullable=False),
     Column("variant_key", String, nullable=False),
     Column("exposed_at", DateTime(timezone=True), nullable=False),
-    Column("is_override", Boolean, nullable=False))
+    Column("is_override", Boolean, nullable=False),
+    Column("attributes", String))  # the exposure's attribute snapshot, as JSON text (segments)
 # value: DOUBLE (DuckDB's FLOAT is 32-bit: amounts would lose cents against Parcours's own).
 events = Table(
     "parcours_events", metadata,
@@ -37,12 +38,16 @@ events = Table(
 _CLICKHOUSE_DDL = (
     "CREATE TABLE IF NOT EXISTS parcours_exposures (id Int64, experiment_id Int64, "
     "experiment_key String, unit_id String, variant_key String, "
-    "exposed_at DateTime64(6, 'UTC'), is_override Bool) ENGINE = MergeTree ORDER BY id",
+    "exposed_at DateTime64(6, 'UTC'), is_override Bool, attributes Nullable(String)) "
+    "ENGINE = MergeTree ORDER BY id",
     "CREATE TABLE IF NOT EXISTS parcours_events (id Int64, unit_id String, type String, "
     "name String, step Nullable(String), friction_kind Nullable(String), "
     "value Nullable(Float64), occurred_at DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY id",
 )
 CLICKHOUSE_DIALECTS = ("chdb", "clickhousedb", "clickhouse")
+# Tables created before segments were computed in warehouses lack this column: add it (the
+# rows already copied keep NULL, so their units fall in the ``__null__`` level).
+_ADD_ATTRIBUTES = ("ALTER TABLE parcours_exposures ADD COLUMN IF NOT EXISTS attributes {type}")
 
 
 def is_clickhouse(connection: Connection) -> bool:
@@ -64,3 +69,6 @@ def create_tables(connection: Connection) -> None:
             connection.exec_driver_sql(statement)
     else:
         metadata.create_all(connection, checkfirst=True)
+    connection.exec_driver_sql(_ADD_ATTRIBUTES.format(
+        type="Nullable(String)" if is_clickhouse(connection)
+        else connection.dialect.type_compiler_instance.process(String())))
