@@ -300,7 +300,7 @@ def full_report(url: str) -> float:
     from sqlalchemy import select
 
     from experiments.config import WarehouseConfig
-    from experiments.services.analysis import build_report
+    from experiments.services.report import build_report
     from experiments.services.segments import segments_section
     from experiments.services.warehouses import engines, routing, tables
 
@@ -333,15 +333,16 @@ def bench_subject() -> tuple[Any, Any, Any]:
         from experiments.migrate import upgrade
         from experiments.models import Experiment
         from experiments.schemas import AnalysisSettings
-        from experiments.services.analysis import PENDING_KINDS
         from experiments.services.pipeline import MetricSpec
+        from experiments.services.report import ORDER_STATISTIC_KINDS
 
         url = f"sqlite:///{tempfile.mkdtemp(prefix='parcours_whbench_')}/parcours.db"
         upgrade(url)
         assert create_running_experiment(url, warehouse_experiment()) == EXPERIMENT_ID
         session = Session(create_engine(url), expire_on_commit=False)
         experiment = session.get(Experiment, EXPERIMENT_ID)
-        specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in PENDING_KINDS]
+        specs = [MetricSpec.of(m) for m in experiment.metrics
+                 if m.kind not in ORDER_STATISTIC_KINDS]
         for loaded in (experiment.variants, experiment.journey, experiment.overrides):
             assert loaded is not None
         _SUBJECT.extend([experiment, AnalysisSettings.model_validate(experiment.analysis),

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from experiments.db import utcnow
 from experiments.models import Experiment, Report
-from experiments.services import analysis
+from experiments.services import analysis, report
 from tests.factories import experiment_payload
 from tests.test_aggregation import seed_traffic
 
@@ -81,13 +81,13 @@ def test_a_later_sequential_report_skips_the_failed_one(client, admin_headers, d
                         "error": "OperationalError: warehouse down"}))
     db.commit()
     seen: list[Any] = []
-    original = analysis.previous_p_values
+    original = report.previous_p_values
 
     def spy(previous: Any, method: str) -> Any:
         seen.append(previous)
         return original(previous, method)
 
-    monkeypatch.setattr(analysis, "previous_p_values", spy)
+    monkeypatch.setattr(report, "previous_p_values", spy)
     again = client.post("/api/v1/experiments/b-fine/analyze", headers=admin_headers)
     assert again.status_code == 200 and "error" not in again.get_json()
     assert "error" not in seen[0]

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from experiments.db import UtcDateTime
 from experiments.schemas import AnalysisSettings
-from experiments.services.analysis import build_report
 from experiments.services.pipeline import (
     MetricSpec,
     aggregate_experiment,
@@ -26,6 +25,7 @@ from experiments.services.pipeline import (
     table_sources,
     units_query,
 )
+from experiments.services.report import build_report
 from tests.test_aggregation import expose, make_experiment
 from tests.test_pipeline_golden import DIALECTS
 from tests.test_pipeline_parity import plain_tables

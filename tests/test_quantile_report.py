@@ -15,8 +15,9 @@ import pytest
 from sqlalchemy.orm import Session
 
 from experiments.models import Event, Exposure
-from experiments.services.analysis import TIMELINE_NOTE, analyze_experiment
+from experiments.services.analysis import analyze_experiment
 from experiments.services.pipeline import QuantileSpec, own_sources, quantile_stats
+from experiments.services.report import TIMELINE_NOTE
 from stats.quantile import (
     QuantileStats,
     QuantileVariantInput,

@@ -5,7 +5,7 @@ The exposures relation is the holdout's stored exposures with the group as the v
 the holdout's metrics count every event from the unit's holdout exposure on (no
 conversion window: ``hours=None``), no CUPED, no rollup. Funnel and friction points run
 over the union of the in-scope experiments' journeys, in order of first appearance. The
-body is built by :func:`experiments.services.analysis.build_report` (the same sections as
+body is built by :func:`experiments.services.report.build_report` (the same sections as
 an experiment report), its ``experiment`` field named ``holdout``, and stored in
 ``holdout_reports``; the scheduler's analysis job computes every running holdout.
 """
@@ -34,7 +34,7 @@ from experiments.models import (
     Variant,
 )
 from experiments.schemas import AnalysisSettings
-from experiments.services.analysis import ORDER_STATISTIC_KINDS, analyze_each, build_report
+from experiments.services.analysis import analyze_each
 from experiments.services.holdouts import (
     GROUPS,
     HoldoutConfig,
@@ -42,6 +42,7 @@ from experiments.services.holdouts import (
     latest_holdout_report,
 )
 from experiments.services.pipeline import MetricSpec, PipelineSources, aggregate_experiment
+from experiments.services.report import ORDER_STATISTIC_KINDS, build_report
 
 logger = logging.getLogger(__name__)
 # The report's statistics: the analysis defaults (sequential: a holdout is looked at for

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session, selectinload
 from experiments.db import utcnow
 from experiments.errors import ValidationFailed
 from experiments.models import Experiment, Report
-from experiments.services.analysis import SD_KINDS, calculate_power, latest_reports
+from experiments.services.analysis import calculate_power, latest_reports
+from experiments.services.report import SD_KINDS
 
 PORTFOLIO_STATUSES = ("running", "paused")
 # Kinds the power calculator plans from the control rate alone (SPEC §6 power).

@@ -15,7 +15,7 @@ import numpy as np
 from experiments.errors import ValidationFailed
 from experiments.models import Experiment, Metric
 from experiments.schemas import AnalysisSettings
-from experiments.services import analysis  # a module: analysis imports this one too
+from experiments.services.results import calculation_to_dict
 from stats import Comparison, StatsInputError
 from stats.quantile import (
     QuantileStats,
@@ -48,7 +48,7 @@ def calculate_quantiles(variants: Sequence[Mapping[str, Any]], *, quantile: floa
                                    weights=weights)
     except StatsInputError as error:
         raise ValidationFailed.field(error.field, error.message) from None
-    return analysis.calculation_to_dict(result)
+    return calculation_to_dict(result)
 
 
 def quantile_metric_result(variants: Sequence[tuple[str, bool, QuantileStats]], *,

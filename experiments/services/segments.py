@@ -26,14 +26,6 @@ from sqlalchemy.orm import Session
 
 from experiments.models import Experiment, Metric
 from experiments.schemas import AnalysisSettings
-from experiments.services.analysis import (
-    ORDER_STATISTIC_KINDS,
-    _analyze_metric,
-    comparison_to_dict,
-    friction_matrix,
-    friction_points,
-    quantile_fields,
-)
 from experiments.services.pipeline import (
     ExperimentAggregates,
     JourneyCounts,
@@ -44,6 +36,14 @@ from experiments.services.pipeline import (
     to_stats,
 )
 from experiments.services.quantiles import quantile_metric
+from experiments.services.report import (
+    ORDER_STATISTIC_KINDS,
+    _analyze_metric,
+    friction_matrix,
+    friction_points,
+    quantile_fields,
+)
+from experiments.services.results import comparison_to_dict
 from stats import Comparison, StatsInputError, apply_correction, srm_test, summarize
 from stats.heterogeneity import bonferroni, level_vs_rest
 from stats.quantile import QuantileStats

@@ -27,6 +27,7 @@ from experiments.services.pipeline import (
     table_sources,
     with_order_statistics,
 )
+from experiments.services.segments import segmented_aggregates
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
@@ -48,8 +49,6 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
     depends on (the last-NPS-answer tie-break treats a missing id as 0).
     """
-    from experiments.services.segments import segmented_aggregates  # it imports the analysis
-
     kept = [exposures.c.is_override == false()]
     if experiment.overrides:
         kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
