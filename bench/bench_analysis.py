@@ -20,7 +20,9 @@ the per-unit values per grouping set (the whole report per day, each dimension p
 2 × (14 + 33) rows), 1.09 s and 2.90 s (2.67×, still MISSED). A profile of the segmented
 report on that database: ≈ 2.5 s of 3.4 s in PostgreSQL (the rollup joined to the
 exposures' three JSON attributes, then the UNION ALL over the per-unit CTE), 0.45 s in the
-segments' statistics, the fold of the 94 rows negligible.
+segments' statistics, the fold of the 94 rows negligible. EXPLAIN ANALYZE (same scale,
+later): the three JSON extractions are ≈ 0.1 s of it; the time is the four grouped
+passes per query (docs/performance.md, "Segments").
 
 PARCOURS_BENCH_KEEP_DB=1 keeps the filled database and prints its URL; giving that URL as
 PARCOURS_BENCH_DATABASE_URL reruns the timings on it without regenerating (EXPLAIN work).
