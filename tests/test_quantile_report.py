@@ -125,7 +125,8 @@ def test_a_quantile_metric_report_equals_stats_on_the_raw_values(db: Session) ->
 
 
 def test_step_durations_to_the_second_in_the_metric_and_the_funnel(db: Session) -> None:
-    experiment = make_experiment(db, metrics=QUANTILE_METRICS, analysis=ANALYSIS)
+    experiment = make_experiment(db, metrics=QUANTILE_METRICS,
+                                 analysis={**ANALYSIS, "time_on_step": True})
     at = lambda seconds: T0 + timedelta(hours=1, seconds=seconds)  # noqa: E731
     steps = {  # unit -> [(step, seconds after exposure + 1 h)]
         "a": [("landing", 0), ("cart", 30), ("checkout", 130.25), ("payment", 190.25)],

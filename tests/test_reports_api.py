@@ -114,6 +114,9 @@ def test_the_api_serves_time_on_step_and_data_quality_as_stored(app, client, adm
     step (SPEC §11) and the count of units left out for several variants."""
     seed(app)
     with get_db(app).session() as session:
+        experiment = session.scalar(select(Experiment).where(
+            Experiment.key == "checkout-redesign"))
+        experiment.analysis = {**experiment.analysis, "time_on_step": True}
         start = utcnow() - timedelta(hours=3)
         for unit, (first, second) in {"u0": (100, 160), "u2": (200, 230)}.items():
             for name, seconds in (("cart", first), ("checkout", second)):

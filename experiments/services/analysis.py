@@ -183,7 +183,7 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
                                      quantile_specs(experiment.metrics),
                                      journey=experiment.journey,
                                      hours=settings.conversion_window_hours,
-                                     alpha=settings.alpha), levels
+                                     alpha=settings.alpha, steps=settings.time_on_step), levels
 
     # In its warehouse (SPEC §15) an experiment is analysed per unit, without periods, its
     # segments from the exposures' attribute snapshots copied there.

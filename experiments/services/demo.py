@@ -37,7 +37,9 @@ DEMO_EXPERIMENT: dict[str, Any] = {
         {"key": "support-contacts", "kind": "friction", "friction_kind": "support_contact",
          "role": "secondary", "direction": "decrease"},
     ],
-    "analysis": {"method": "sequential", "min_units_per_variant": 500, "min_days": 0},
+    # The demo is small enough to show the funnel's time on each step (SPEC §11).
+    "analysis": {"method": "sequential", "min_units_per_variant": 500, "min_days": 0,
+                 "time_on_step": True},
 }
 DEMO_SALT = "parcours-demo"
 # A real effect on the primary metric, and the friction the hypothesis is about: payment

@@ -100,28 +100,37 @@ def step_durations(sources: PipelineSources, journey: Sequence[str],
                    hours: float) -> Select[Any]:
     """Per unit and step of ``steps``: seconds from its first step event there to its first
     step event of a later journey step at or after it (both in the window); a ``step``
-    column follows the partition columns."""
+    column follows the partition columns.
+
+    ONE ordered scan of the units' step events, never a second read of the events: each
+    event carries, per journey position k, the earliest later event (itself included) of a
+    step after k — a suffix minimum over the unit's events in time order (ties: lower
+    positions first, so a later step at the same instant counts) — and the first event of
+    each step reads the column of its own position.
+    """
     x, ev = first_exposures(sources), sources.events
     position = {step: number for number, step in enumerate(journey)}
     keys = _partition_columns(x, grouping)
-    entered = (select(x.c.exposure_id, x.c.unit_id, x.c.exposed_at, *keys,
-                      ev.c.step.label("step"), func.min(ev.c.occurred_at).label("entered"))
+    at = case(position, value=ev.c.step)
+    in_time = {"partition_by": x.c.exposure_id, "order_by": (ev.c.occurred_at, at),
+               "rows": (0, None)}
+    leaves = [func.min(case((at > number, ev.c.occurred_at))).over(**in_time)
+              .label(f"after_{number}") for number in range(len(journey))]
+    first = func.row_number().over(partition_by=(x.c.exposure_id, ev.c.step),
+                                   order_by=(ev.c.occurred_at, ev.c.id)).label("nth")
+    ordered = (select(x.c.exposure_id, *keys, ev.c.step.label("step"),
+                      at.label("position"), ev.c.occurred_at.label("entered"), first, *leaves)
                .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
                .where(window(x, ev, hours, with_pre=False), ev.c.type == "step",
-                      ev.c.step.in_([step for step in steps if step in position]))
-               .group_by(x.c.exposure_id, x.c.unit_id, x.c.exposed_at, *keys, ev.c.step)
-               .subquery("entered_steps"))
-    later = sources.events.alias("later_events")
-    entered_keys = [entered.c.variant_key, *(entered.c[name] for name in grouping)]
-    return (select(entered.c.exposure_id.label("unit"), *entered_keys, entered.c.step,
-                   seconds_between(entered.c.entered, func.min(later.c.occurred_at))
-                   .label("value"))
-            .select_from(entered.join(later, later.c.unit_id == entered.c.unit_id))
-            .where(window(entered, later, hours, with_pre=False), later.c.type == "step",
-                   case(position, value=later.c.step) > case(position, value=entered.c.step),
-                   later.c.occurred_at >= entered.c.entered)
-            .group_by(entered.c.exposure_id, *entered_keys, entered.c.step,
-                      entered.c.entered))
+                      ev.c.step.in_(list(position)))
+               .subquery("ordered_steps"))
+    left = case(*((ordered.c.position == number, ordered.c[f"after_{number}"])
+                  for number in range(len(journey))))
+    ordered_keys = [ordered.c.variant_key, *(ordered.c[name] for name in grouping)]
+    return (select(ordered.c.exposure_id.label("unit"), *ordered_keys, ordered.c.step,
+                   seconds_between(ordered.c.entered, left).label("value"))
+            .where(ordered.c.nth == 1, left.is_not(None),
+                   ordered.c.step.in_([step for step in steps if step in position])))
 
 
 def quantile_values(sources: PipelineSources, spec: QuantileSpec, journey: Sequence[str],
@@ -262,16 +271,17 @@ def quantile_specs(metrics: Iterable[Any]) -> list[QuantileSpec]:
 
 def with_order_statistics(connection: Session | Connection, sources: PipelineSources,
                           aggregates: ExperimentAggregates, specs: Sequence[QuantileSpec], *,
-                          journey: Sequence[str], hours: float,
-                          alpha: float) -> ExperimentAggregates:
+                          journey: Sequence[str], hours: float, alpha: float,
+                          steps: bool = False) -> ExperimentAggregates:
     """``aggregates`` with what sums cannot give, read over the same sources (Parcours's
     tables, identity clusters or a warehouse's): each quantile metric's order statistics
-    per variant and the funnel's time on step."""
+    per variant and, when ``steps``, the funnel's time on step."""
     aggregates.quantiles = {
         spec.key: {cell[0]: stats for cell, stats in quantile_stats(
             connection, sources, spec, journey=journey, hours=hours, alpha=alpha).items()}
         for spec in specs}
-    aggregates.time_on_step = time_on_step(connection, sources, journey, hours=hours)
+    if steps:
+        aggregates.time_on_step = time_on_step(connection, sources, journey, hours=hours)
     return aggregates
 
 

@@ -98,7 +98,7 @@ class ExperimentAggregates:
     # Quantile metric key -> variant -> its order statistics (SPEC §11)
     quantiles: dict[str, dict[str, QuantileStats]] = field(default_factory=dict)
     # (variant, step) -> {"p50", "p90": seconds on the step, "n": units that left it}
-    time_on_step: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    time_on_step: dict[tuple[str, str], dict[str, Any]] | None = None  # None: not asked for
     # Units left out of the whole analysis: exposed to several variants (stage 1).
     multi_variant_units: int = 0
 

@@ -67,7 +67,8 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
                                               sources=sources)
         return with_order_statistics(connection, sources, aggregates,
                                      quantile_specs(experiment.metrics), journey=journey,
-                                     hours=hours, alpha=settings.alpha), levels
+                                     hours=hours, alpha=settings.alpha,
+                                     steps=settings.time_on_step), levels
 
 
 def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
