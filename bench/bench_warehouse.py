@@ -333,16 +333,14 @@ def bench_subject() -> tuple[Any, Any, Any]:
         from experiments.migrate import upgrade
         from experiments.models import Experiment
         from experiments.schemas import AnalysisSettings
-        from experiments.services.pipeline import MetricSpec
-        from experiments.services.report import ORDER_STATISTIC_KINDS
+        from experiments.services.pipeline import sum_specs
 
         url = f"sqlite:///{tempfile.mkdtemp(prefix='parcours_whbench_')}/parcours.db"
         upgrade(url)
         assert create_running_experiment(url, warehouse_experiment()) == EXPERIMENT_ID
         session = Session(create_engine(url), expire_on_commit=False)
         experiment = session.get(Experiment, EXPERIMENT_ID)
-        specs = [MetricSpec.of(m) for m in experiment.metrics
-                 if m.kind not in ORDER_STATISTIC_KINDS]
+        specs = sum_specs(experiment.metrics)
         for loaded in (experiment.variants, experiment.journey, experiment.overrides):
             assert loaded is not None
         _SUBJECT.extend([experiment, AnalysisSettings.model_validate(experiment.analysis),

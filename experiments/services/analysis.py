@@ -31,12 +31,12 @@ from experiments.services import alerts, bandits, decisions, identity, segments
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import (
-    MetricSpec,
     aggregate_experiment,
     quantile_specs,
+    sum_specs,
     with_order_statistics,
 )
-from experiments.services.report import ORDER_STATISTIC_KINDS, build_report
+from experiments.services.report import build_report
 from experiments.services.results import calculation_to_dict
 from experiments.services.rollup import drop_rollups
 from experiments.services.warehouses import routing
@@ -156,7 +156,7 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     settings = AnalysisSettings.model_validate(experiment.analysis)
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
-    specs = [MetricSpec.of(m) for m in experiment.metrics if m.kind not in ORDER_STATISTIC_KINDS]
+    specs = sum_specs(experiment.metrics)
     options = {"hours": settings.conversion_window_hours, "cuped": settings.cuped,
                "rollup": experiment.status in ROLLUP_STATUSES}
     linked: identity.IdentitySummary | None = None

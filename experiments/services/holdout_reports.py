@@ -41,8 +41,12 @@ from experiments.services.holdouts import (
     get_holdout,
     latest_holdout_report,
 )
-from experiments.services.pipeline import MetricSpec, PipelineSources, aggregate_experiment
-from experiments.services.report import ORDER_STATISTIC_KINDS, build_report
+from experiments.services.pipeline import (
+    PipelineSources,
+    aggregate_experiment,
+    sum_specs,
+)
+from experiments.services.report import build_report
 
 logger = logging.getLogger(__name__)
 # The report's statistics: the analysis defaults (sequential: a holdout is looked at for
@@ -95,7 +99,7 @@ def holdout_sources(holdout_id: int) -> PipelineSources:
 
 def _body(session: Session, holdout: Holdout, now: datetime) -> dict[str, Any]:
     subject = subject_of(session, holdout)
-    specs = [MetricSpec.of(m) for m in subject.metrics if m.kind not in ORDER_STATISTIC_KINDS]
+    specs = sum_specs(subject.metrics)
     aggregates = aggregate_experiment(
         session, None, specs,
         hours=None, cuped=False, journey=subject.journey, rollup=False,

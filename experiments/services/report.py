@@ -22,6 +22,7 @@ from experiments.schemas import FRICTION_KINDS, AnalysisSettings
 from experiments.services import alerts, bandits, quantiles
 from experiments.services.pipeline import (
     CUPED_KINDS,
+    ORDER_STATISTIC_KINDS,
     ExperimentAggregates,
     JourneyCounts,
     to_stats,
@@ -82,7 +83,6 @@ def _inputs(experiment: ReportSubject, kind: str, totals: Mapping[str, Sums],
 
 # Kinds computed from order statistics, not from additive sums (SPEC §11): outside the
 # single pass, its rollup and the per-day timelines.
-ORDER_STATISTIC_KINDS = frozenset({"quantile"})
 
 
 def _analyze_metric(experiment: ReportSubject, metric: Any, settings: AnalysisSettings,
@@ -191,7 +191,7 @@ def metrics_section(experiment: ReportSubject, settings: AnalysisSettings,
 def quantile_fields(metric: Any) -> dict[str, Any]:
     """A quantile metric's level and source, so readers label "p90 time on payment (s)"."""
     return ({"quantile": metric.quantile, "source": metric.source}
-            if metric.kind == "quantile" else {})
+            if metric.kind in ORDER_STATISTIC_KINDS else {})
 
 
 def _cap_entry(cap: Mapping[str, Any] | None,

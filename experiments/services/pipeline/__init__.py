@@ -11,9 +11,11 @@ statistics of quantile metrics, time on step), :mod:`.run` (running them on a co
 
 from experiments.services.pipeline.journey import JourneyCounts, friction_outside_query
 from experiments.services.pipeline.quantiles import (
+    ORDER_STATISTIC_KINDS,
     QuantileSpec,
     quantile_specs,
     quantile_stats,
+    sum_specs,
     time_on_step,
     with_order_statistics,
 )
@@ -48,6 +50,7 @@ from experiments.services.pipeline.variant_stats import to_stats, units_query, v
 __all__ = [
     "CUPED_KINDS",
     "NULL_LEVEL",
+    "ORDER_STATISTIC_KINDS",
     "PASS_VERSION",
     "Daily",
     "ExperimentAggregates",
@@ -70,6 +73,7 @@ __all__ = [
     "period_of",
     "quantile_specs",
     "quantile_stats",
+    "sum_specs",
     "table_sources",
     "time_on_step",
     "to_stats",

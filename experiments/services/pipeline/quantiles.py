@@ -42,13 +42,16 @@ from experiments.services.pipeline.exposures import first_exposures
 from experiments.services.pipeline.journey import number
 from experiments.services.pipeline.run import ExperimentAggregates
 from experiments.services.pipeline.sources import PipelineSources
-from experiments.services.pipeline.unit_values import bounded_value, window
+from experiments.services.pipeline.unit_values import MetricSpec, bounded_value, window
 from stats.quantile import QuantileStats, needed_ranks
 from stats.records import RatioStats
 
 QUANTILE_SOURCES = ("event_value", "unit_value", "step_duration")
 TIME_ON_STEP_LEVELS = {"p50": 0.5, "p90": 0.9}
 Partition = tuple[Any, ...]  # (variant_key, *grouping values[, step])
+
+
+ORDER_STATISTIC_KINDS = frozenset({"quantile"})  # metric kinds that are not sums
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,14 @@ def time_on_step(connection: Session | Connection, sources: PipelineSources,
 
 def quantile_specs(metrics: Iterable[Any]) -> list[QuantileSpec]:
     """The metrics (Metric rows) read as order statistics rather than sums."""
-    return [QuantileSpec.of(metric) for metric in metrics if metric.kind == "quantile"]
+    return [QuantileSpec.of(metric) for metric in metrics
+            if metric.kind in ORDER_STATISTIC_KINDS]
+
+
+def sum_specs(metrics: Iterable[Any]) -> list[MetricSpec]:
+    """The metrics (Metric rows) read as per-variant sums: every kind but order statistics."""
+    return [MetricSpec.of(metric) for metric in metrics
+            if metric.kind not in ORDER_STATISTIC_KINDS]
 
 
 def with_order_statistics(connection: Session | Connection, sources: PipelineSources,
@@ -286,6 +296,7 @@ def with_order_statistics(connection: Session | Connection, sources: PipelineSou
 
 
 __all__ = [
+    "ORDER_STATISTIC_KINDS",
     "QUANTILE_SOURCES",
     "TIME_ON_STEP_LEVELS",
     "QuantileSpec",
@@ -296,6 +307,7 @@ __all__ = [
     "quantile_stats",
     "quantile_values",
     "step_durations",
+    "sum_specs",
     "time_on_step",
     "value_counts_query",
     "with_order_statistics",
