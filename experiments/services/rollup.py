@@ -86,7 +86,7 @@ def rolled_up_units(session: Session, experiment_id: int, plan_key: str,
     if slots is None:
         return None
     state = _locked_state(session, experiment_id, plan_key)
-    if state.seen_at is not None and _settled(session, state.seen_at):
+    if state.seen_at is not None and transactions_settled(session, state.seen_at):
         _fold(session, state, slots, build)
         state.seen_at = None
     if state.seen_at is None:
@@ -136,7 +136,7 @@ def _observe(session: Session, state: RollupState) -> None:
     state.seen_at = session.scalar(select(func.clock_timestamp()))
 
 
-def _settled(session: Session, seen_at: datetime) -> bool:
+def transactions_settled(session: Session, seen_at: datetime) -> bool:
     """No other transaction of this database that began before ``seen_at`` is still open."""
     return not session.scalar(text(
         "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from experiments.db import Database, utcnow
 from experiments.models import AuditEntry, Event, Experiment, Exposure, WarehouseSync
-from experiments.services.rollup import _settled
+from experiments.services.rollup import transactions_settled
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
 
@@ -74,7 +74,7 @@ def settled_bounds(session: Session, name: str) -> tuple[int, int]:
         return bounds
     seen_at = session.scalar(select(func.clock_timestamp()))
     deadline = time.monotonic() + SETTLE_WAIT_S
-    while not _settled(session, seen_at):
+    while not transactions_settled(session, seen_at):
         if time.monotonic() > deadline:
             logger.warning("warehouse sync of %s copies nothing new: a transaction older "
                            "than %.0f s is still open in Parcours's database", name,
