@@ -189,6 +189,17 @@ def _assignments(pairs: tuple[str, ...], option: str) -> dict[str, float]:
     return parsed
 
 
+def _parts(pairs: tuple[str, ...], option: str, shape: str) -> dict[tuple[str, ...], float]:
+    """Parse ``a:b=0.1`` option values keyed by their ``:``-separated parts, as many as
+    ``shape`` has (click error naming the option)."""
+    size = shape.partition("=")[0].count(":") + 1
+    parsed = {tuple(name.split(":", size - 1)): value
+              for name, value in _assignments(pairs, option).items()}
+    if any(len(name) != size or not all(name) for name in parsed):
+        raise click.BadParameter(f"expected {shape}", param_hint=option)
+    return parsed
+
+
 @click.command("simulate")
 @click.option("--experiment", "key", required=True, help="Key of a running experiment.")
 @click.option("--units", type=click.IntRange(min=1), required=True, help="Visitors to send.")
@@ -205,22 +216,34 @@ def _assignments(pairs: tuple[str, ...], option: str) -> dict[str, float]:
               help="Force the traffic split, e.g. --split control=0.52 --split one-page=0.48.")
 @click.option("--base-conversion", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.10, show_default=True, help="Conversion rate without effect.")
+@click.option("--attribute", "attributes", multiple=True, metavar="NAME:LEVEL=SHARE",
+              help="Visitors' attribute levels and their shares, e.g. --attribute "
+                   "device:mobile=0.6 --attribute device:desktop=0.4 (repeatable).")
+@click.option("--segment-effect", "segment_effects", multiple=True,
+              metavar="NAME:LEVEL:VARIANT=LIFT",
+              help="The lift of VARIANT for the visitors of that level instead of --effect, "
+                   "e.g. device:mobile:one-page=+0.3 (repeatable).")
 @with_appcontext
 def simulate(key: str, units: int, seed: int, days: int, effects: tuple[str, ...],
-             frictions: tuple[str, ...], splits: tuple[str, ...],
-             base_conversion: float) -> None:
+             frictions: tuple[str, ...], splits: tuple[str, ...], base_conversion: float,
+             attributes: tuple[str, ...], segment_effects: tuple[str, ...]) -> None:
     """Send realistic journey traffic through the assignment and event services."""
     from experiments.services.simulate import SimulationPlan, simulate_traffic
 
-    friction = {tuple(name.split(":", 2)): extra
-                for name, extra in _assignments(frictions, "--friction").items()}
-    if any(len(name) != 3 for name in friction):
-        raise click.BadParameter("expected VARIANT:STEP:KIND=P", param_hint="--friction")
+    friction = _parts(frictions, "--friction", "VARIANT:STEP:KIND=P")
+    mix: dict[str, dict[str, float]] = {}
+    for (name, level), share in _parts(attributes, "--attribute", "NAME:LEVEL=SHARE").items():
+        mix.setdefault(name, {})[level] = share
+    by_level: dict[tuple[str, str], dict[str, float]] = {}
+    for (name, level, variant), lift in _parts(segment_effects, "--segment-effect",
+                                               "NAME:LEVEL:VARIANT=LIFT").items():
+        by_level.setdefault((name, level), {})[variant] = lift
     try:
         plan = SimulationPlan(units=units, seed=seed, days=days,
                               effects=_assignments(effects, "--effect"), friction=friction,
                               split=_assignments(splits, "--split") or None,
-                              base_conversion=base_conversion)
+                              base_conversion=base_conversion, attribute_mix=mix,
+                              segment_effects=by_level)
         with get_db().session() as session:
             counts = simulate_traffic(session, key, plan, progress=True)
     except ApiError as exc:

@@ -138,6 +138,44 @@ def test_extra_friction_at_a_step_hits_only_that_variant(running):
     assert errors["one-page"] == pytest.approx(0.01, abs=0.015)
 
 
+def exposed_attributes(db) -> Counter[tuple[str, str]]:
+    """Exposed units per (variant, device) from the stored attribute snapshots."""
+    return Counter((variant, attributes.get("device")) for variant, attributes in db.execute(
+        select(Exposure.variant_key, Exposure.attributes)).all())
+
+
+def test_visitors_carry_attribute_levels_in_their_shares_and_keep_them(running):
+    plan = {"units": 2000, "seed": 10, "attribute_mix": {"device": {"mobile": 0.7,
+                                                                      "desktop": 0.3}},
+            "attributes": {"plan": "free"}}
+    simulate(running, **plan)
+    devices = Counter(device for (_, device), n in exposed_attributes(running).items()
+                      for _ in range(n))
+    assert set(devices) == {"mobile", "desktop"}
+    assert devices["mobile"] / 2000 == pytest.approx(0.7, abs=0.035)
+    stored = {unit: attributes for unit, attributes in running.execute(
+        select(Exposure.unit_id, Exposure.attributes)).all()}
+    # A unit's levels come from its id: the plan gives every unit the same ones again.
+    again = SimulationPlan(start=END, **plan)
+    assert all(stored[unit] == again.unit_attributes(unit) for unit in stored)
+    assert all(attributes["plan"] == "free" for attributes in stored.values())
+
+
+def test_a_segment_effect_changes_conversion_only_in_its_level(running):
+    mix = {"device": {"mobile": 0.5, "desktop": 0.5}}
+    simulate(running, units=4000, seed=11, attribute_mix=mix, effects={"one-page": 0.0},
+             segment_effects={("device", "mobile"): {"one-page": 1.0}})
+    exposed = exposed_attributes(running)
+    converted = Counter((variant, attributes.get("device")) for variant, attributes in
+                        running.execute(select(Exposure.variant_key, Exposure.attributes)
+                                        .join(Event, Event.unit_id == Exposure.unit_id)
+                                        .where(Event.type == "conversion")).all())
+    rate = {cell: converted[cell] / exposed[cell] for cell in exposed}
+    assert rate[("one-page", "mobile")] == pytest.approx(0.20, abs=0.035)
+    for cell in (("control", "mobile"), ("control", "desktop"), ("one-page", "desktop")):
+        assert rate[cell] == pytest.approx(0.10, abs=0.03), cell
+
+
 def test_a_forced_split_is_exact_even_on_a_50_50_experiment(running):
     counts = simulate(running, units=1000, seed=7, split={"control": 0.52, "one-page": 0.48})
     assert counts == {"control": 520, "one-page": 480}
@@ -168,6 +206,8 @@ def test_a_draft_experiment_cannot_be_simulated(app, db):
     {"effects": {"two-page": 0.1}},
     {"split": {"control": 0.5, "two-page": 0.5}},
     {"friction": {("mobile", "payment", "error"): 0.1}},
+    {"attribute_mix": {"device": {"mobile": 1.0}},
+     "segment_effects": {("device", "mobile"): {"two-page": 0.1}}},
 ])
 def test_unknown_variants_are_refused(running, plan):
     with pytest.raises(ValueError, match="unknown variants"):
@@ -180,6 +220,11 @@ def test_unknown_variants_are_refused(running, plan):
     {"units": 1, "split": {"control": float("nan")}}, {"units": 1, "effects": {"a": -2.0}},
     {"units": 1, "effects": {"a": float("inf")}},
     {"units": 1, "friction": {("control", "payment", "lag"): 0.1}},
+    {"units": 1, "attribute_mix": {"device": {}}},
+    {"units": 1, "attribute_mix": {"device": {"mobile": -0.5}}},
+    {"units": 1, "segment_effects": {("device", "mobile"): {"one-page": 0.1}}},
+    {"units": 1, "attribute_mix": {"device": {"mobile": 1.0}},
+     "segment_effects": {("device", "mobile"): {"one-page": -3.0}}},
 ])
 def test_impossible_plans_are_refused(plan):
     with pytest.raises(ValueError):
@@ -196,9 +241,22 @@ def test_the_cli_simulates_with_effects_and_prints_counts(running, runner):
     assert running.scalar(select(func.count()).select_from(Exposure)) == 120
 
 
+def test_the_cli_simulates_attribute_levels_and_segment_effects(running, runner):
+    result = runner.invoke(args=["simulate", "--experiment", KEY, "--units", "200", "--seed",
+                                 "12", "--attribute", "device:mobile=0.5",
+                                 "--attribute", "device:desktop=0.5",
+                                 "--segment-effect", "device:mobile:one-page=+0.5"])
+    assert result.exit_code == 0, result.output
+    running.expire_all()
+    assert {device for _, device in exposed_attributes(running)} == {"mobile", "desktop"}
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--experiment", KEY, "--units", "5", "--effect", "one-page"], "NAME=NUMBER"),
     (["--experiment", KEY, "--units", "5", "--friction", "control=0.1"], "VARIANT:STEP:KIND"),
+    (["--experiment", KEY, "--units", "5", "--attribute", "device=0.1"], "NAME:LEVEL=SHARE"),
+    (["--experiment", KEY, "--units", "5", "--attribute", "device:mobile=0.5",
+      "--segment-effect", "device:tablet:one-page=0.1"], "not in attribute_mix"),
     (["--experiment", KEY, "--units", "0"], "--units"),
     (["--experiment", "nope", "--units", "5"], "nope"),
     (["--experiment", KEY, "--units", "5", "--effect", "b-variant=0.1"], "unknown variants"),

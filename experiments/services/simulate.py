@@ -11,6 +11,11 @@ testable:
   probability exactly ``base_conversion × (1 + effects[variant])``;
 - ``friction[(variant, step, kind)]`` adds that absolute probability of a ``kind``
   friction event to every unit of ``variant`` that reaches ``step``;
+- ``attribute_mix`` gives each visitor attributes (``{"device": {"mobile": 0.6, …}}``:
+  each level's share), drawn from a hash of the unit id, so a unit keeps its levels in
+  every run and no other draw moves; ``attributes`` adds fixed ones (and wins);
+- ``segment_effects[(attribute, level)][variant]`` replaces ``effects[variant]`` for the
+  visitors of that level (a treatment that helps only some customers, SPEC §11);
 - ``split`` forces the traffic split (e.g. a sample-ratio mismatch) by choosing
   which units arrive, still assigned deterministically by ``assign``;
 - ``skewed_share`` of the browsers have a clock off by seconds to hours and send
@@ -26,6 +31,7 @@ same seed stores nothing new (exposures are sticky, events are deduplicated).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
@@ -59,6 +65,11 @@ SESSION_MARGIN = timedelta(hours=1)
 _CONVERSION_KINDS = ("conversion", "mean", "count", "time_to_convert")
 
 
+def _valid_shares(shares: Mapping[str, float]) -> bool:
+    return bool(shares) and all(math.isfinite(share) and share >= 0
+                                for share in shares.values()) and sum(shares.values()) > 0
+
+
 @dataclass(frozen=True)
 class SimulationPlan:
     """What to simulate; see the module docstring for how each knob acts."""
@@ -74,6 +85,33 @@ class SimulationPlan:
     start: datetime | None = None  # the end of the window; default now
     skewed_share: float = 0.1  # browsers with a wrong clock, sending sent_at
     attributes: Mapping[str, Any] = field(default_factory=dict)  # sent with every assignment
+    attribute_mix: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    segment_effects: Mapping[tuple[str, str], Mapping[str, float]] = field(default_factory=dict)
+
+    def unit_attributes(self, unit_id: str) -> dict[str, Any]:
+        """The attributes ``unit_id`` sends: its levels of ``attribute_mix``, then the fixed
+        ``attributes``. A hash of the unit id picks the levels (the same in every run)."""
+        drawn = {}
+        for name, shares in self.attribute_mix.items():
+            digest = hashlib.sha256(f"{self.seed}:{name}:{unit_id}".encode()).digest()
+            point = int.from_bytes(digest[:8], "big") / 2**64 * sum(shares.values())
+            for level, share in shares.items():
+                drawn[name] = level
+                point -= share
+                if point < 0:
+                    break
+        return {**drawn, **self.attributes}
+
+    def conversion_rate(self, variant: str, unit_id: str) -> float:
+        """The probability that ``unit_id`` in ``variant`` converts: the base rate times the
+        true effect, a segment's (``segment_effects``) when one of its levels has one."""
+        attributes = self.unit_attributes(unit_id)
+        lift = self.effects.get(variant, 0.0)
+        for (name, level), lifts in self.segment_effects.items():
+            if attributes.get(name) == level and variant in lifts:
+                lift = lifts[variant]
+                break
+        return min(0.95, max(0.0, self.base_conversion * (1 + lift)))
 
     def __post_init__(self) -> None:
         if self.units < 0:
@@ -86,14 +124,22 @@ class SimulationPlan:
             raise ValueError("nps_rate must be in [0, 1]")
         if not 0 <= self.skewed_share <= 1:
             raise ValueError("skewed_share must be in [0, 1]")
-        if self.split is not None and not (
-                self.split and all(math.isfinite(share) and share >= 0
-                                   for share in self.split.values())
-                and sum(self.split.values()) > 0):
+        if self.split is not None and not _valid_shares(self.split):
             raise ValueError("split needs non-negative shares summing to more than 0")
         for variant, lift in self.effects.items():
             if not (math.isfinite(lift) and lift >= -1):
                 raise ValueError(f"effect of {variant!r} must be a finite lift ≥ -1")
+        for name, shares in self.attribute_mix.items():
+            if not _valid_shares(shares):
+                raise ValueError(f"attribute_mix[{name!r}] needs non-negative shares summing"
+                                 " to more than 0")
+        for (name, level), lifts in self.segment_effects.items():
+            if level not in self.attribute_mix.get(name, {}):
+                raise ValueError(f"segment effect for {name}={level!r}: not in attribute_mix")
+            for variant, lift in lifts.items():
+                if not (math.isfinite(lift) and lift >= -1):
+                    raise ValueError(f"effect of {variant!r} at {name}={level!r} must be a"
+                                     " finite lift ≥ -1")
         for key, extra in self.friction.items():
             if key[2] not in FRICTION_KINDS or not 0 <= extra <= 1:
                 raise ValueError(f"friction {key!r}: unknown kind or probability outside [0, 1]")
@@ -130,7 +176,8 @@ def simulate_traffic(session: Session, experiment_key: str, plan: SimulationPlan
             variant, counted = _expose(session, experiment_key, unit_id, plan, exposed_at, skew)
             if variant is not None:  # excluded visitors (traffic, targeting…) send nothing
                 counts[variant] += counted
-                walked = journey.walk(rng, unit_id, variant, exposed_at)
+                walked = journey.walk(rng, unit_id, variant, exposed_at,
+                                      plan.conversion_rate(variant, unit_id))
                 if skew is None:
                     events.extend(walked)
                 else:
@@ -186,7 +233,7 @@ def _expose(session: Session, experiment_key: str, unit_id: str, plan: Simulatio
     """
     client = {} if skew is None else {"occurred_at": exposed_at + skew,
                                       "sent_at": exposed_at + skew + _SEND_DELAY}
-    [result] = assign(session, unit_id=unit_id, attributes=plan.attributes,
+    [result] = assign(session, unit_id=unit_id, attributes=plan.unit_attributes(unit_id),
                       experiment_keys=[experiment_key], track=True,
                       now=exposed_at + (_SEND_DELAY if skew is not None else timedelta()),
                       **client)
@@ -251,7 +298,7 @@ def _split_units(config: ExperimentConfig, prefix: str, plan: SimulationPlan) ->
         while not spare[wanted]:
             unit_id = f"{prefix}{index}"
             index += 1
-            decision = decide(config, unit_id, plan.attributes)
+            decision = decide(config, unit_id, plan.unit_attributes(unit_id))
             if decision.in_experiment and decision.variant.key in spare:
                 spare[decision.variant.key].append(unit_id)
             if index > 1000 * (count + 100):
@@ -273,26 +320,25 @@ class _Journey:
 
     steps: tuple[str, ...]
     conversion_event: str
-    conversion: Mapping[str, float]
     friction: Mapping[tuple[str, str, str], float]
     nps_rate: float
 
     @classmethod
     def of(cls, experiment: Any, plan: SimulationPlan) -> _Journey:
-        """Per-variant conversion probabilities from the base rate and the true effects."""
+        """The experiment's journey, after checking that the plan names its variants."""
         variants = {variant.key for variant in experiment.variants}
-        unknown = (set(plan.effects) | {key[0] for key in plan.friction}) - variants
-        if unknown:
-            raise ValueError(f"unknown variants in effects/friction: {sorted(unknown)}")
-        conversion = {key: min(0.95, max(0.0, plan.base_conversion * (1 + plan.effects.get(
-            key, 0.0)))) for key in variants}
-        return cls(tuple(experiment.journey), _conversion_event(experiment), conversion,
+        named = {*plan.effects, *(key[0] for key in plan.friction),
+                 *(variant for lifts in plan.segment_effects.values() for variant in lifts)}
+        if named - variants:
+            raise ValueError(f"unknown variants in effects/friction: {sorted(named - variants)}")
+        return cls(tuple(experiment.journey), _conversion_event(experiment),
                    dict(plan.friction), plan.nps_rate)
 
-    def walk(self, rng: random.Random, unit_id: str, variant: str,
-             start: datetime) -> list[dict[str, Any]]:
-        """One unit's events: steps until it leaves (or converts), friction, NPS."""
-        converts = rng.random() < self.conversion[variant]
+    def walk(self, rng: random.Random, unit_id: str, variant: str, start: datetime,
+             conversion: float) -> list[dict[str, Any]]:
+        """One unit's events: steps until it leaves (or converts with probability
+        ``conversion``), friction, NPS."""
+        converts = rng.random() < conversion
         reached = len(self.steps) if converts else self._steps_reached(rng)
         events: list[dict[str, Any]] = []
         at = start
