@@ -119,7 +119,7 @@ def test_report_page_shows_segments_with_picker_verdicts_flag_and_warning(app):
     de = section[section.index('data-level="DE"'):section.index('data-level="__other__"')]
     assert "Effect differs from the rest" not in de and "verdict-inconclusive" in de
     other = section[section.index('data-level="__other__"'):]
-    assert "fewer than 100 units" in other
+    assert "fewer than 100 units" in other and "1 note on this level</summary>" in other
     assert "5 smaller values are grouped" in section
     device = client.get("/admin/experiments/checkout-redesign?dimension=device").get_data(
         as_text=True)

@@ -23,7 +23,8 @@ def test_the_funnel_table_shows_time_on_step(app):
     table = page[page.index('id="funnel-table"'):]
     table = table[:table.index("</table>")]
     assert table.count("time on step p50 / p90") == 2  # one column per variant
-    assert "42.5 s / 2 min 5 s" in table and "(n = 2,900)" in table
+    assert ('title="p50 / p90 over the 2,900 units that moved on">42.5 s / 2 min 5 s<'
+            in table)
     assert "30 s / 1 h 30 min" in table and "– / –" in table
 
 

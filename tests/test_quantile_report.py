@@ -124,6 +124,17 @@ def test_a_quantile_metric_report_equals_stats_on_the_raw_values(db: Session) ->
     assert not any("not computed" in warning for warning in body["warnings"])
 
 
+def test_a_sequential_report_says_once_per_metric_that_quantiles_are_fixed_horizon(
+        db: Session) -> None:
+    experiment = make_experiment(db, metrics=QUANTILE_METRICS[:2],
+                                 analysis={**ANALYSIS, "method": "sequential"})
+    exposures, events, _ = _purchases(random.Random(4))
+    _insert(db, experiment.id, exposures, events)
+    body = analyze_experiment(db, "checkout", now=T0 + timedelta(days=4)).body
+    notes = [w for w in body["warnings"] if "fixed-horizon" in w]
+    assert notes == ["basket-p90: quantile metrics use a fixed-horizon test, not a sequential one"]
+
+
 def test_step_durations_to_the_second_in_the_metric_and_the_funnel(db: Session) -> None:
     experiment = make_experiment(db, metrics=QUANTILE_METRICS,
                                  analysis={**ANALYSIS, "time_on_step": True})

@@ -66,8 +66,9 @@ def quantile_metric_result(variants: Sequence[tuple[str, bool, QuantileStats]], 
     except StatsInputError as error:
         return ([{"variant": key, "units": stats.n, "estimate": None, "ci": None}
                  for key, _, stats in variants], [], [str(error)])
+    # A note the whole metric already carries (the fixed-horizon test) is said once.
     notes = [*result.warnings, *(f"{c.variant}: {note}" for c in result.comparisons
-                                 for note in c.warnings)]
+                                 for note in c.warnings if note not in result.warnings)]
     entries = [{"variant": v.variant, "units": v.units, "estimate": v.estimate,
                 "ci": None if v.ci is None else list(v.ci)} for v in result.variants]
     return entries, list(result.comparisons), notes
