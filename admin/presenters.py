@@ -100,12 +100,15 @@ QUANTILE_SOURCES = {"event_value": "of event values", "unit_value": "of per-visi
 
 
 def quantile_label(metric: dict[str, Any]) -> dict[str, str]:
-    """A quantile metric's 'p90 of time on step' and its unit (seconds for time on a step)."""
+    """A quantile metric's 'p90 of time on payment' and its unit (seconds for time on a step)."""
     level = _float(metric.get("quantile"))
     if metric.get("kind") != "quantile" or level is None:
         return {"label": "", "unit": ""}
     source = str(metric.get("source"))
-    return {"label": f"p{level * 100:g} {QUANTILE_SOURCES.get(source, '')}".strip(),
+    of = QUANTILE_SOURCES.get(source, "")
+    if source == "step_duration" and metric.get("step"):
+        of = f"of time on {metric['step']}"
+    return {"label": f"p{level * 100:g} {of}".strip(),
             "unit": "s" if source == "step_duration" else ""}
 
 

@@ -55,6 +55,7 @@ SEGMENTS = [
 ]
 PAYMENT_P90 = {"key": "payment-time-p90", "kind": "quantile", "role": "secondary",
                "direction": "decrease", "quantile": 0.9, "source": "step_duration",
+               "step": "payment",
                "variants": [{"variant": "control", "units": 3000, "estimate": 41.5},
                             {"variant": "one-page", "units": 3000, "estimate": 33.0}],
                "comparisons": [{"variant": "one-page", "absolute_effect": -8.5,
@@ -143,7 +144,7 @@ def test_quantile_metric_reads_as_seconds_on_the_report(app):
         as_text=True)
     group = page[page.index('data-metric="payment-time-p90"'):]
     group = group[:group.index("</tbody>")]
-    assert "p90 of time on step" in group
+    assert "p90 of time on payment" in group
     assert "41.5 s" in group and "33 s" in group and "−8.5 s" in group
 
 

@@ -164,7 +164,7 @@ def test_step_durations_to_the_second_in_the_metric_and_the_funnel(db: Session) 
     assert control["payment"] == control["confirmation"] == {"p50": None, "p90": None, "n": 0}
     assert body["funnel"][1]["variants"]["one-page"]["time_on_step"]["n"] == 0
     metric = next(m for m in body["metrics"] if m["key"] == "cart-time-p50")
-    assert metric["source"] == "step_duration"
+    assert (metric["source"], metric["step"]) == ("step_duration", "cart")
     assert [(v["variant"], v["units"], v["estimate"]) for v in metric["variants"]] == [
         ("control", 4, 60.0), ("one-page", 0, None)]
     assert any("cart-time-p50" in warning and "fewer than 100" in warning

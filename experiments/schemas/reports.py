@@ -82,6 +82,7 @@ class SegmentMetric(BaseModel):
     comparisons: list[ComparisonOut]
     quantile: float | None = None  # kind quantile: the level (0.9 = p90) …
     source: Literal["event_value", "unit_value", "step_duration"] | None = None  # … and values
+    step: str | None = None  # source step_duration: the journey step timed
 
 
 class MetricResult(SegmentMetric):

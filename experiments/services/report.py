@@ -189,9 +189,12 @@ def metrics_section(experiment: ReportSubject, settings: AnalysisSettings,
 
 
 def quantile_fields(metric: Any) -> dict[str, Any]:
-    """A quantile metric's level and source, so readers label "p90 time on payment (s)"."""
-    return ({"quantile": metric.quantile, "source": metric.source}
-            if metric.kind in ORDER_STATISTIC_KINDS else {})
+    """A quantile metric's level and source (and step, for a time on step), so readers
+    label "p90 of time on payment (s)"."""
+    if metric.kind not in ORDER_STATISTIC_KINDS:
+        return {}
+    step = {"step": metric.step} if metric.source == "step_duration" else {}
+    return {"quantile": metric.quantile, "source": metric.source, **step}
 
 
 def _cap_entry(cap: Mapping[str, Any] | None,
