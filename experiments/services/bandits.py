@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -154,18 +154,19 @@ class BanditPeriods:
                               seed=seed, direction=primary.direction)  # type: ignore[arg-type]
 
 
-def period_aggregates(session: Session, experiment: Experiment,
+def period_aggregates(connection: Session | Connection, experiment: Experiment,
                       periods: Sequence[AllocationPeriod], specs: Sequence[MetricSpec], *,
                       hours: float, cuped: bool, rollup: bool = False,
                       sources: PipelineSources | None = None) -> BanditPeriods:
     """One grouped pipeline pass over ``sources`` (default: Parcours's own tables; a
-    warehouse's work the same), grouped by weight period: a unit's period is the last one
-    started at or before its first exposure (:func:`period_of` over the start times)."""
+    warehouse's, on its ``connection``, work the same), grouped by weight period: a unit's
+    period is the last one started at or before its first exposure (:func:`period_of`
+    over the start times, literals in the query: the periods stay in Parcours)."""
     base = sources or own_sources(experiment.id)
     grouped = base.grouped_by(period=period_of(base.exposures.c.exposed_at,
                                                [p.started_at for p in periods[1:]]))
-    groups = aggregate_grouped(session, experiment.id, specs, hours=hours, cuped=cuped,
-                               rollup=rollup, sources=grouped)
+    groups = aggregate_grouped(connection, experiment.id, specs, hours=hours, cuped=cuped,
+                               journey=experiment.journey, rollup=rollup, sources=grouped)
     return BanditPeriods(experiment, list(periods),
                          {int(p): a for p, a in marginal(groups, 0).items()})
 
@@ -302,15 +303,18 @@ def calculate_bandit(periods: list[Mapping[str, Any]], *, min_weight: float, see
 
 def report_periods(session: Session, experiment: Experiment, specs: Sequence[MetricSpec],
                    settings: AnalysisSettings, *, rollup: bool,
-                   sources: PipelineSources | None = None) -> BanditPeriods | None:
+                   sources: PipelineSources | None = None,
+                   connection: Session | Connection | None = None) -> BanditPeriods | None:
     """The report's one aggregation round for a started bandit (None otherwise): every
-    metric per weight period; :meth:`BanditPeriods.pooled` gives the report's totals."""
+    metric per weight period; :meth:`BanditPeriods.pooled` gives the report's totals. The
+    periods are read from Parcours (``session``); the round runs on ``connection`` when
+    the sources are a warehouse's."""
     if bandit_settings(experiment) is None:
         return None
     periods = periods_of(session, experiment.id)
     if not periods:
         return None
-    return period_aggregates(session, experiment, periods, specs,
+    return period_aggregates(connection or session, experiment, periods, specs,
                              hours=settings.conversion_window_hours, cuped=settings.cuped,
                              rollup=rollup, sources=sources)
 
