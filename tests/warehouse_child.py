@@ -76,7 +76,8 @@ def main(mode: str, *args: str) -> None:
         with engine.connect() as connection:
             print(json.dumps({"copied": copied, **{table: [row[0] for row in connection.execute(
                 text(f"SELECT id FROM {table} ORDER BY id"))]
-                for table in ("parcours_exposures", "parcours_events")}}))
+                for table in ("parcours_exposures", "parcours_events",
+                              "parcours_identity_links")}}))
 
 
 if __name__ == "__main__":

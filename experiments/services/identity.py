@@ -51,6 +51,7 @@ from experiments.services.audit import record_audit
 from experiments.services.exposures import Stored, _execute, autocommit_connection
 from experiments.services.lifecycle import get_experiment
 from experiments.services.pipeline import PipelineSources, own_sources
+from experiments.services.pipeline.dialects import count_if
 
 _LINKS = IdentityLink.__table__
 _EXPOSURES = Exposure.__table__
@@ -297,7 +298,7 @@ def identity_summary(connection: Session | Connection, experiment_id: int,
     row = connection.execute(select(
         func.count(),
         func.coalesce(func.sum(clusters.c.linked_units), 0),
-        func.count().filter(clusters.c.conflict == true()),
+        count_if(clusters.c.conflict == true()),
     ).select_from(clusters)).one()
     return IdentitySummary(int(row[0]), int(row[1]), int(row[2]))
 

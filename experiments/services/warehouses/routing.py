@@ -33,6 +33,7 @@ from experiments.services.pipeline import (
     table_sources,
     with_order_statistics,
 )
+from experiments.services.pipeline.dialects import prepare
 from experiments.services.segments import segmented_aggregates
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.sources import warehouse_sources
@@ -112,6 +113,7 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
         linked = None
         # Whether links touch the experiment is asked of Parcours (the same rows, indexed).
         if session is not None and identity.links_touch(session, experiment.id):
+            prepare(connection)  # ClickHouse: NULLs, not '', where a unit has no link
             copies = identity.IdentityTables(
                 tables.identity_links,
                 select(analysed.c.exposure_id.label("id"), *analysed.c).subquery("copies"),
