@@ -18,10 +18,11 @@ from sqlalchemy import delete, insert, select
 from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.models import AllocationPeriod, Event, Experiment, Exposure, IdentityLink, Report
+from experiments.services import bandits
 from experiments.services.analysis import analyze_experiment
 from experiments.services.erasure import erase_unit
 from tests import test_warehouse_reports
-from tests.conftest import make_test_app
+from tests.conftest import auth_headers, make_test_app
 from tests.test_admin_support import cheap_argon2  # noqa: F401  (autouse fixture)
 from tests.test_bandit_periods import METRICS as BANDIT_METRICS
 from tests.test_bandit_periods import VARIANTS as BANDIT_VARIANTS
@@ -95,7 +96,15 @@ def test_a_bandit_analysed_in_a_warehouse_is_period_weighted_as_in_parcours(
         db.execute(insert(Exposure), exposures)
         db.execute(insert(Event), events)
         db.commit()
+        own = bandits.primary_periods(db, experiment, bandits.periods_of(db, experiment.id))
+        own_sums = {str(number): {arm: [s.n, s.sum, s.sum_squares] for arm, s in arms.items()}
+                    for number, arms in own.sums("click").items()}
     in_parcours, _ = both_ways(app, "banner", starts[2] + timedelta(days=2), warehouse_url)
+    # A reallocation of the warehouse bandit reads its sums there too: the same ones.
+    read = run_child(app, warehouse_url, "periods", "banner")
+    assert read.returncode == 0, read.stderr
+    assert not differences(json.loads(read.stdout.splitlines()[-1]), own_sums)
+    assert own_sums["1"]["b"][0] > 0 and set(own_sums) == {"0", "1", "2"}
 
     assert in_parcours["period_weighted"] is True
     assert sum(in_parcours["units"].values()) == 1500
@@ -158,4 +167,19 @@ def test_linked_units_analysed_in_a_warehouse_are_one_unit_as_in_parcours(
     assert synced.returncode == 0, synced.stderr
     assert json.loads(synced.stdout.splitlines()[-1])["parcours_identity_links"] == kept
     assert len(kept) == len(links) - 3  # u0001's link, customer-7's two
+    get_db(app).engine.dispose()
+
+
+def test_reallocating_a_bandit_whose_warehouse_is_down_is_a_503_naming_it(
+        database_url: str, tmp_path: Path) -> None:
+    app = make_test_app(database_url, tmp_path,
+                        WAREHOUSE_DOWN_URL=f"duckdb:///{tmp_path / 'missing-dir' / 'dw.duckdb'}")
+    with app.app_context():  # where the configured warehouses are known
+        start_bandit(app, metrics=BANDIT_METRICS, variants=BANDIT_VARIANTS,
+                     analysis={"warehouse": "down", "min_units_per_variant": 10,
+                               "min_days": 0})
+    response = app.test_client().post("/api/v1/experiments/banner/reallocate",
+                                      headers=auth_headers(app))
+    assert response.status_code == 503
+    assert "warehouse 'down'" in response.get_json()["error"]["message"]
     get_db(app).engine.dispose()

@@ -1,10 +1,10 @@
 """Running and storing analyses (SPEC §6): aggregates → report → decision → signals.
 
 ``analyze_experiment`` reads the experiment's aggregates where its data lives (Parcours's
-tables, identity clusters, bandit periods, segments, or its warehouse), builds the report
-with :mod:`.report`, applies the decision rules and stores it, in one transaction; the
-scheduler runs it over every running experiment (one failure never stops the others). Also
-here: report history, exports and the calculators' entry points.
+tables or its warehouse; identity clusters, bandit periods and segments in either), builds
+the report with :mod:`.report`, applies the decision rules and stores it, in one
+transaction; the scheduler runs it over every running experiment (one failure never stops
+the others). Also here: report history, exports and the calculators' entry points.
 """
 
 from __future__ import annotations

@@ -171,14 +171,16 @@ def period_aggregates(connection: Session | Connection, experiment: Experiment,
                          {int(p): a for p, a in marginal(groups, 0).items()})
 
 
-def primary_periods(session: Session, experiment: Experiment,
-                    periods: Sequence[AllocationPeriod]) -> BanditPeriods:
-    """The primary metric alone, per period (what a reallocation needs). Without the
-    PostgreSQL rollup: it is kept for the report's full set of metrics."""
+def primary_periods(connection: Session | Connection, experiment: Experiment,
+                    periods: Sequence[AllocationPeriod],
+                    sources: PipelineSources | None = None) -> BanditPeriods:
+    """The primary metric alone, per period (what a reallocation needs), over Parcours's
+    tables or a warehouse's ``sources`` on its ``connection``. Without the PostgreSQL
+    rollup: it is kept for the report's full set of metrics."""
     metric = next(m for m in experiment.metrics if m.role == "primary")
     hours = AnalysisSettings.model_validate(experiment.analysis).conversion_window_hours
-    return period_aggregates(session, experiment, periods, [MetricSpec.of(metric)],
-                             hours=hours, cuped=False)
+    return period_aggregates(connection, experiment, periods, [MetricSpec.of(metric)],
+                             hours=hours, cuped=False, sources=sources)
 
 
 # --- reallocation ------------------------------------------------------------------------------
@@ -213,7 +215,10 @@ def reallocate(session: Session, key: str, now: datetime | None = None, force: b
         logger.info("bandit %s: no update yet (%s)", key, waiting)
         return None
     seed = secrets.randbits(32)
-    result = primary_periods(session, experiment, periods).result(seed=seed, settings=settings)
+    # Where the data lives: Parcours's tables or the bandit's warehouse (which imports us).
+    from experiments.services.warehouses.routing import reallocation_periods
+    result = reallocation_periods(session, experiment, periods).result(seed=seed,
+                                                                       settings=settings)
     short = {arm: e.n for arm, e in result.estimates.items() if e.n < settings.min_units_per_arm}
     if short or result.weights is None:
         message = (f"every arm needs {settings.min_units_per_arm} units before an update ("

@@ -19,9 +19,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, false, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import FromClause
+from sqlalchemy.sql import FromClause, Subquery
 
-from experiments.models import Experiment
+from experiments.errors import ApiError
+from experiments.models import AllocationPeriod, Experiment
 from experiments.schemas import AnalysisSettings
 from experiments.services import bandits, identity
 from experiments.services.pipeline import (
@@ -36,6 +37,7 @@ from experiments.services.pipeline import (
 from experiments.services.pipeline.dialects import prepare
 from experiments.services.segments import segmented_aggregates
 from experiments.services.warehouses import tables
+from experiments.services.warehouses.engines import WarehouseError
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
@@ -84,6 +86,14 @@ def analyse_sources(connection: Session | Connection, session: Session | None,
     return Analysed(whole, levels, bandit)
 
 
+def _kept(exposures: FromClause, experiment: Experiment) -> Subquery:
+    """The warehouse's exposures without the experiment's override units (see run_pipeline)."""
+    kept = [exposures.c.is_override == false()]
+    if experiment.overrides:
+        kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
+    return select(*exposures.c).where(*kept).subquery("kept_exposures")
+
+
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
                  experiment: Experiment, settings: AnalysisSettings,
                  metrics: Sequence[MetricSpec], dimensions: Sequence[str] = (), *,
@@ -104,10 +114,7 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
     depends on (the last-NPS-answer tie-break treats a missing id as 0).
     """
-    kept = [exposures.c.is_override == false()]
-    if experiment.overrides:
-        kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
-    analysed = select(*exposures.c).where(*kept).subquery("kept_exposures")
+    analysed = _kept(exposures, experiment)
     sources = table_sources(analysed, events, experiment=experiment.id)
     with engine.connect() as connection:
         linked = None
@@ -140,3 +147,21 @@ def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisS
     engine, exposures, events = warehouse_sources(session, name)
     return run_pipeline(engine, exposures, events, experiment, settings, metrics, dimensions,
                         session=session)
+
+
+def reallocation_periods(session: Session, experiment: Experiment,
+                         periods: Sequence[AllocationPeriod]) -> bandits.BanditPeriods:
+    """A bandit's per-period sums of its primary metric for a reallocation, where its data
+    lives: with ``analysis.warehouse``, synced and read there (its events may exist only
+    in the warehouse's sources). A warehouse failure is a 503 naming it."""
+    name = AnalysisSettings.model_validate(experiment.analysis).warehouse
+    if name is None:
+        return bandits.primary_periods(session, experiment, periods)
+    try:
+        sync_before_analysis(session, name)
+        engine, exposures, events = warehouse_sources(session, name)
+        sources = table_sources(_kept(exposures, experiment), events, experiment=experiment.id)
+        with engine.connect() as connection:
+            return bandits.primary_periods(connection, experiment, periods, sources)
+    except WarehouseError as exc:
+        raise ApiError(503, f"the bandit's data could not be read: {exc}") from None
