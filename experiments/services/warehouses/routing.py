@@ -66,8 +66,8 @@ def analyse_sources(connection: Session | Connection, session: Session | None,
     grouped round, then the order statistics (quantiles, time on step: never
     period-weighted)."""
     hours = settings.conversion_window_hours
-    options = {"hours": hours, "cuped": settings.cuped, "journey": experiment.journey,
-               "rollup": rollup}
+    options: dict[str, Any] = {"hours": hours, "cuped": settings.cuped,
+                               "journey": experiment.journey, "rollup": rollup}
     bandit = None if session is None else bandits.report_periods(
         session, experiment, metrics, settings, rollup=rollup, sources=sources,
         connection=connection)
@@ -114,6 +114,8 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
     depends on (the last-NPS-answer tie-break treats a missing id as 0).
     """
+    assert session is not None or bandits.bandit_settings(experiment) is None, (
+        "a bandit's weight periods are read from Parcours: pass its session")
     analysed = _kept(exposures, experiment)
     sources = table_sources(analysed, events, experiment=experiment.id)
     with engine.connect() as connection:
