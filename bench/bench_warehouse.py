@@ -311,10 +311,10 @@ def full_report(url: str) -> float:
     started = time.perf_counter()
     engine = engines._make_engine(WarehouseConfig("bench", url, timeout_seconds=3600,
                                                   settings=SETTINGS))
-    aggregates, levels = routing.run_pipeline(engine, exposures, events, experiment, settings,
-                                              specs, DIMENSIONS)
-    body = build_report(experiment, settings, aggregates, now=NOW)
-    body["segments"] = segments_section(experiment, settings, levels or {})
+    analysed = routing.run_pipeline(engine, exposures, events, experiment, settings, specs,
+                                    DIMENSIONS)
+    body = build_report(experiment, settings, analysed.aggregates, now=NOW)
+    body["segments"] = segments_section(experiment, settings, analysed.levels or {})
     seconds = time.perf_counter() - started
     engine.dispose()
     assert sum(body["units"].values()) > 0 and body["segments"], body.get("warnings")

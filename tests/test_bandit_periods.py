@@ -15,10 +15,11 @@ from sqlalchemy import insert, select
 
 from experiments.db import get_db
 from experiments.models import AllocationPeriod, Event, Exposure
-from experiments.services import analysis, bandits, lifecycle
+from experiments.services import bandits, lifecycle
 from experiments.services import pipeline as pipeline_module
 from experiments.services.analysis import analyze_experiment
 from experiments.services.pipeline import MetricSpec, table_sources
+from experiments.services.warehouses import routing
 from tests.test_bandits import start_bandit
 
 Z = 1.959963984540054
@@ -94,7 +95,7 @@ def test_period_sums_come_from_the_report_pipeline(app: Flask,
         raise AssertionError("a bandit report aggregates once, grouped by period")
 
     monkeypatch.setattr(bandits, "aggregate_grouped", counted)
-    monkeypatch.setattr(analysis, "aggregate_experiment", second_pass)
+    monkeypatch.setattr(routing, "aggregate_experiment", second_pass)
     with get_db(app).session() as session:
         experiment = lifecycle.get_experiment(session, "banner")
         data = bandits.primary_periods(session, experiment, bandits.periods_of(

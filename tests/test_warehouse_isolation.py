@@ -30,7 +30,7 @@ GOOD_SQL = ("SELECT 'u1' AS unit_id, TIMESTAMPTZ '2026-11-21 10:00+00' AS occurr
 
 def fake_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
                   experiment: Experiment, settings: AnalysisSettings, metrics: Any,
-                  dimensions: Any = ()) -> Any:
+                  dimensions: Any = (), **options: Any) -> Any:
     """What the portable pipeline does to a warehouse: query it through the seam's
     relations. ``slow`` runs past its 1 s limit, ``refusing`` names a missing table."""
     query: Any = select(func.count()).select_from(exposures.join(

@@ -6,7 +6,8 @@ each run copied and the ids then in the warehouse; ``crash N`` SIGKILLs itself r
 the N-th INSERT into the warehouse has run and before it commits: a sync killed mid-way.
 ``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
 error of a query running past the warehouse's time limit. ``analyze KEY NOW`` analyses the
-experiment at that ISO time and prints its report body.
+experiment at that ISO time and prints its report body; ``periods KEY`` prints a bandit's
+per-period sums of its primary metric as a reallocation reads them.
 """
 
 from __future__ import annotations
@@ -22,9 +23,12 @@ from sqlalchemy import Engine, event, text
 from experiments.app import create_app
 from experiments.db import get_db
 from experiments.errors import ValidationFailed
+from experiments.services import bandits
 from experiments.services.analysis import analyze_experiment
+from experiments.services.lifecycle import get_experiment
 from experiments.services.warehouses import sync
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
+from experiments.services.warehouses.routing import reallocation_periods
 from experiments.services.warehouses.sources import probe
 
 SLOW_CLICKHOUSE_QUERY = "SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) = 1"
@@ -66,6 +70,16 @@ def main(mode: str, *args: str) -> None:
                 report = analyze_experiment(session, args[0], now=datetime.fromisoformat(args[1]))
                 print(json.dumps(report.body))
             return
+        if mode == "periods":
+            with get_db().sessionmaker() as session:
+                experiment = get_experiment(session, args[0])
+                data = reallocation_periods(session, experiment,
+                                            bandits.periods_of(session, experiment.id))
+                primary = next(m.key for m in experiment.metrics if m.role == "primary")
+                print(json.dumps({str(number): {arm: [s.n, s.sum, s.sum_squares]
+                                                for arm, s in arms.items()}
+                                  for number, arms in data.sums(primary).items()}))
+            return
         if mode == "probe":
             print(json.dumps({"probes": [_probe(engine, sql) for sql in args],
                               "slow": _error_of(engine, SLOW_CLICKHOUSE_QUERY)}))
@@ -76,7 +90,8 @@ def main(mode: str, *args: str) -> None:
         with engine.connect() as connection:
             print(json.dumps({"copied": copied, **{table: [row[0] for row in connection.execute(
                 text(f"SELECT id FROM {table} ORDER BY id"))]
-                for table in ("parcours_exposures", "parcours_events")}}))
+                for table in ("parcours_exposures", "parcours_events",
+                              "parcours_identity_links")}}))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Running and storing analyses (SPEC §6): aggregates → report → decision → signals.
 
 ``analyze_experiment`` reads the experiment's aggregates where its data lives (Parcours's
-tables, identity clusters, bandit periods, segments, or its warehouse), builds the report
-with :mod:`.report`, applies the decision rules and stores it, in one transaction; the
-scheduler runs it over every running experiment (one failure never stops the others). Also
-here: report history, exports and the calculators' entry points.
+tables or its warehouse; identity clusters, bandit periods and segments in either), builds
+the report with :mod:`.report`, applies the decision rules and stores it, in one
+transaction; the scheduler runs it over every running experiment (one failure never stops
+the others). Also here: report history, exports and the calculators' entry points.
 """
 
 from __future__ import annotations
@@ -27,15 +27,10 @@ from experiments.errors import ApiError, Conflict, NotFound, ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.schemas import AnalysisSettings
 from experiments.schemas.reports import ExportRow
-from experiments.services import alerts, bandits, decisions, identity, segments
+from experiments.services import alerts, decisions, identity, segments
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
-from experiments.services.pipeline import (
-    aggregate_experiment,
-    quantile_specs,
-    sum_specs,
-    with_order_statistics,
-)
+from experiments.services.pipeline import sum_specs
 from experiments.services.report import build_report
 from experiments.services.results import calculation_to_dict
 from experiments.services.rollup import drop_rollups
@@ -157,42 +152,15 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     # Configured and ad hoc breakdowns (SPEC §11), configured first, each once.
     breakdowns = list(dict.fromkeys([*settings.dimensions, *dimensions]))
     specs = sum_specs(experiment.metrics)
-    options = {"hours": settings.conversion_window_hours, "cuped": settings.cuped,
-               "rollup": experiment.status in ROLLUP_STATUSES}
-    linked: identity.IdentitySummary | None = None
-    bandit: Any = None
-
-    def in_parcours() -> routing.Aggregated:
-        nonlocal linked, bandit
-        # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
-        sources, linked = identity.analysis_sources(session, experiment.id)
-        # A bandit's one round is grouped by weight period; its pooled sums are the totals.
-        bandit = bandits.report_periods(session, experiment, specs, settings,
-                                        rollup=options["rollup"], sources=sources)
-        whole, levels = None, None
-        if breakdowns:  # one grouped round gives the whole report and every level
-            whole, levels = segments.segmented_aggregates(
-                session, experiment.id, specs, breakdowns, sources=sources, **options)
-        if bandit is not None:
-            whole = bandit.pooled()
-        elif whole is None:
-            whole = aggregate_experiment(session, experiment.id, specs, sources=sources,
-                                         **options)
-        # Quantile metrics and time on step: order statistics, not sums (never period-weighted).
-        return with_order_statistics(session, sources, whole,
-                                     quantile_specs(experiment.metrics),
-                                     journey=experiment.journey,
-                                     hours=settings.conversion_window_hours,
-                                     alpha=settings.alpha, steps=settings.time_on_step), levels
-
-    # In its warehouse (SPEC §15) an experiment is analysed per unit, without periods, its
-    # segments from the exposures' attribute snapshots copied there.
-    aggregates, levels = routing.aggregates_for(session, experiment, settings, specs,
-                                                in_parcours, breakdowns)
+    # Where its data lives (SPEC §15): Parcours's tables or its warehouse, the same pass
+    # (identity clusters, bandit periods, segments, order statistics) in either.
+    analysed = routing.aggregates_for(session, experiment, settings, specs, breakdowns,
+                                      rollup=experiment.status in ROLLUP_STATUSES)
+    aggregates, levels, bandit = analysed.aggregates, analysed.levels, analysed.bandit
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None, bandit=bandit)
-    body["identity"] = _identity_section(linked, body["units"])
+    body["identity"] = _identity_section(analysed.linked, body["units"])
     if levels is not None:  # descriptive only: decisions read the whole report's metrics
         body["segments"] = segments.segments_section(experiment, settings, levels)
     result = decisions.report_decision(experiment, settings, body, now)

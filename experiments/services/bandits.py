@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
@@ -154,30 +154,33 @@ class BanditPeriods:
                               seed=seed, direction=primary.direction)  # type: ignore[arg-type]
 
 
-def period_aggregates(session: Session, experiment: Experiment,
+def period_aggregates(connection: Session | Connection, experiment: Experiment,
                       periods: Sequence[AllocationPeriod], specs: Sequence[MetricSpec], *,
                       hours: float, cuped: bool, rollup: bool = False,
                       sources: PipelineSources | None = None) -> BanditPeriods:
     """One grouped pipeline pass over ``sources`` (default: Parcours's own tables; a
-    warehouse's work the same), grouped by weight period: a unit's period is the last one
-    started at or before its first exposure (:func:`period_of` over the start times)."""
+    warehouse's, on its ``connection``, work the same), grouped by weight period: a unit's
+    period is the last one started at or before its first exposure (:func:`period_of`
+    over the start times, literals in the query: the periods stay in Parcours)."""
     base = sources or own_sources(experiment.id)
     grouped = base.grouped_by(period=period_of(base.exposures.c.exposed_at,
                                                [p.started_at for p in periods[1:]]))
-    groups = aggregate_grouped(session, experiment.id, specs, hours=hours, cuped=cuped,
-                               rollup=rollup, sources=grouped)
+    groups = aggregate_grouped(connection, experiment.id, specs, hours=hours, cuped=cuped,
+                               journey=experiment.journey, rollup=rollup, sources=grouped)
     return BanditPeriods(experiment, list(periods),
                          {int(p): a for p, a in marginal(groups, 0).items()})
 
 
-def primary_periods(session: Session, experiment: Experiment,
-                    periods: Sequence[AllocationPeriod]) -> BanditPeriods:
-    """The primary metric alone, per period (what a reallocation needs). Without the
-    PostgreSQL rollup: it is kept for the report's full set of metrics."""
+def primary_periods(connection: Session | Connection, experiment: Experiment,
+                    periods: Sequence[AllocationPeriod],
+                    sources: PipelineSources | None = None) -> BanditPeriods:
+    """The primary metric alone, per period (what a reallocation needs), over Parcours's
+    tables or a warehouse's ``sources`` on its ``connection``. Without the PostgreSQL
+    rollup: it is kept for the report's full set of metrics."""
     metric = next(m for m in experiment.metrics if m.role == "primary")
     hours = AnalysisSettings.model_validate(experiment.analysis).conversion_window_hours
-    return period_aggregates(session, experiment, periods, [MetricSpec.of(metric)],
-                             hours=hours, cuped=False)
+    return period_aggregates(connection, experiment, periods, [MetricSpec.of(metric)],
+                             hours=hours, cuped=False, sources=sources)
 
 
 # --- reallocation ------------------------------------------------------------------------------
@@ -212,7 +215,10 @@ def reallocate(session: Session, key: str, now: datetime | None = None, force: b
         logger.info("bandit %s: no update yet (%s)", key, waiting)
         return None
     seed = secrets.randbits(32)
-    result = primary_periods(session, experiment, periods).result(seed=seed, settings=settings)
+    # Where the data lives: Parcours's tables or the bandit's warehouse (which imports us).
+    from experiments.services.warehouses.routing import reallocation_periods
+    result = reallocation_periods(session, experiment, periods).result(seed=seed,
+                                                                       settings=settings)
     short = {arm: e.n for arm, e in result.estimates.items() if e.n < settings.min_units_per_arm}
     if short or result.weights is None:
         message = (f"every arm needs {settings.min_units_per_arm} units before an update ("
@@ -302,15 +308,18 @@ def calculate_bandit(periods: list[Mapping[str, Any]], *, min_weight: float, see
 
 def report_periods(session: Session, experiment: Experiment, specs: Sequence[MetricSpec],
                    settings: AnalysisSettings, *, rollup: bool,
-                   sources: PipelineSources | None = None) -> BanditPeriods | None:
+                   sources: PipelineSources | None = None,
+                   connection: Session | Connection | None = None) -> BanditPeriods | None:
     """The report's one aggregation round for a started bandit (None otherwise): every
-    metric per weight period; :meth:`BanditPeriods.pooled` gives the report's totals."""
+    metric per weight period; :meth:`BanditPeriods.pooled` gives the report's totals. The
+    periods are read from Parcours (``session``); the round runs on ``connection`` when
+    the sources are a warehouse's."""
     if bandit_settings(experiment) is None:
         return None
     periods = periods_of(session, experiment.id)
     if not periods:
         return None
-    return period_aggregates(session, experiment, periods, specs,
+    return period_aggregates(connection or session, experiment, periods, specs,
                              hours=settings.conversion_window_hours, cuped=settings.cuped,
                              rollup=rollup, sources=sources)
 

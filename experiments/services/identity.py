@@ -25,20 +25,24 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Engine,
     Select,
     String,
     Subquery,
     case,
     exists,
+    false,
     func,
     literal,
     or_,
     select,
+    true,
     union,
     union_all,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import FromClause
 
 from experiments.auth import Principal
 from experiments.db import dialect_insert, utcnow
@@ -47,9 +51,25 @@ from experiments.services.audit import record_audit
 from experiments.services.exposures import Stored, _execute, autocommit_connection
 from experiments.services.lifecycle import get_experiment
 from experiments.services.pipeline import PipelineSources, own_sources
+from experiments.services.pipeline.dialects import count_if
 
 _LINKS = IdentityLink.__table__
 _EXPOSURES = Exposure.__table__
+
+
+@dataclass(frozen=True)
+class IdentityTables:
+    """Where the clusters are resolved: Parcours's own tables (:data:`PARCOURS`) or a
+    warehouse's copies. ``links``: ``id, anonymous_id, user_id, occurred_at``;
+    ``exposures``: ``id, experiment_id, unit_id, variant_key, exposed_at, is_override,
+    attributes``; ``events``: the pipeline's event columns."""
+
+    links: FromClause
+    exposures: FromClause
+    events: FromClause
+
+
+PARCOURS = IdentityTables(_LINKS, _EXPOSURES, Event.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,20 +161,21 @@ def cluster_statement(unit_id: str, user_id: str, experiment_ids: Iterable[int])
 
 # --- clusters as selectables (the analysis pipeline joins these) ----------------------------
 
-def cluster_map() -> Subquery:
+def cluster_map(tables: IdentityTables = PARCOURS) -> Subquery:
     """Every linked id → its cluster key (``unit_id``, ``cluster_key``).
 
     A customer id is its own key; an anonymous id takes the customer of its earliest
     link. Ids absent from it are clusters of their own: join with an outer join and
     ``coalesce(cluster_key, unit_id)`` (see :func:`cluster_of`).
     """
+    links = tables.links
     ranked = select(
-        _LINKS.c.anonymous_id.label("unit_id"), _LINKS.c.user_id.label("cluster_key"),
-        func.row_number().over(partition_by=_LINKS.c.anonymous_id,
-                               order_by=(_LINKS.c.occurred_at, _LINKS.c.id)).label("rank"),
+        links.c.anonymous_id.label("unit_id"), links.c.user_id.label("cluster_key"),
+        func.row_number().over(partition_by=links.c.anonymous_id,
+                               order_by=(links.c.occurred_at, links.c.id)).label("rank"),
     ).subquery("ranked_links")
     anonymous = select(ranked.c.unit_id, ranked.c.cluster_key).where(ranked.c.rank == 1)
-    customers = select(_LINKS.c.user_id.label("unit_id"), _LINKS.c.user_id.label("cluster_key"))
+    customers = select(links.c.user_id.label("unit_id"), links.c.user_id.label("cluster_key"))
     return union(anonymous, customers).subquery("cluster_map")
 
 
@@ -163,7 +184,7 @@ def cluster_of(unit_column: Any, mapping: Subquery) -> Any:
     return func.coalesce(mapping.c.cluster_key, unit_column)
 
 
-def exposed_units(experiment_id: int) -> Subquery:
+def exposed_units(experiment_id: int, tables: IdentityTables = PARCOURS) -> Subquery:
     """Each analysed exposure of an experiment with its cluster's first exposure and variant.
 
     Columns: ``exposure_id``, ``unit_id``, ``variant_key`` (the unit's own),
@@ -172,31 +193,31 @@ def exposed_units(experiment_id: int) -> Subquery:
     unit's id is in a link, else 0). Override exposures
     are left out, as the analysis leaves them out.
     """
-    mapping = cluster_map()
-    key = cluster_of(_EXPOSURES.c.unit_id, mapping)
+    exposures, mapping = tables.exposures, cluster_map(tables)
+    key = cluster_of(exposures.c.unit_id, mapping)
     window = {"partition_by": key}
-    first = {"partition_by": key, "order_by": (_EXPOSURES.c.exposed_at, _EXPOSURES.c.id)}
+    first = {"partition_by": key, "order_by": (exposures.c.exposed_at, exposures.c.id)}
     return (
         select(
-            _EXPOSURES.c.id.label("exposure_id"), _EXPOSURES.c.unit_id,
-            _EXPOSURES.c.variant_key, key.label("cluster_key"),
+            exposures.c.id.label("exposure_id"), exposures.c.unit_id,
+            exposures.c.variant_key, key.label("cluster_key"),
             case((mapping.c.cluster_key.is_not(None), 1), else_=0).label("linked"),
-            func.min(_EXPOSURES.c.exposed_at).over(**window).label("cluster_exposed_at"),
-            func.first_value(_EXPOSURES.c.variant_key).over(**first).label("cluster_variant"),
-            (func.min(_EXPOSURES.c.variant_key).over(**window)
-             != func.max(_EXPOSURES.c.variant_key).over(**window)).label("conflict"),
+            func.min(exposures.c.exposed_at).over(**window).label("cluster_exposed_at"),
+            func.first_value(exposures.c.variant_key).over(**first).label("cluster_variant"),
+            (func.min(exposures.c.variant_key).over(**window)
+             != func.max(exposures.c.variant_key).over(**window)).label("conflict"),
         )
-        .select_from(_EXPOSURES.outerjoin(mapping, mapping.c.unit_id == _EXPOSURES.c.unit_id))
-        .where(_EXPOSURES.c.experiment_id == experiment_id,
-               _EXPOSURES.c.is_override.is_(False))
+        .select_from(exposures.outerjoin(mapping, mapping.c.unit_id == exposures.c.unit_id))
+        .where(exposures.c.experiment_id == experiment_id,
+               exposures.c.is_override == false())
         .subquery("exposed_units"))
 
 
-def exposed_clusters(experiment_id: int) -> Subquery:
+def exposed_clusters(experiment_id: int, tables: IdentityTables = PARCOURS) -> Subquery:
     """One row per exposed cluster: ``cluster_key``, ``exposure_id`` (its lowest, a key),
     ``exposed_at`` (first), ``variant_key`` (first), ``units`` (exposed ids), ``linked_units``
     (exposed ids named in a link), ``conflict``; the pipeline's analysis unit."""
-    units = exposed_units(experiment_id)
+    units = exposed_units(experiment_id, tables)
     return (
         select(units.c.cluster_key, func.min(units.c.exposure_id).label("exposure_id"),
                func.min(units.c.cluster_exposed_at).label("exposed_at"),
@@ -208,7 +229,7 @@ def exposed_clusters(experiment_id: int) -> Subquery:
         .subquery("exposed_clusters"))
 
 
-def cluster_sources(experiment_id: int) -> PipelineSources:
+def cluster_sources(experiment_id: int, tables: IdentityTables = PARCOURS) -> PipelineSources:
     """The pipeline's sources with the identity cluster as the analysis unit (SPEC §14).
 
     Exposures: one row per exposed cluster, keyed by its cluster key, with the cluster's
@@ -219,29 +240,29 @@ def cluster_sources(experiment_id: int) -> PipelineSources:
     inside the window from the cluster's first exposure. Not rolled up: a new link can
     move past events into another cluster, so the pass is computed in full.
     """
-    clusters = exposed_clusters(experiment_id)
+    clusters, exposures = exposed_clusters(experiment_id, tables), tables.exposures
     # Segments read the attribute snapshot of the cluster's first stored exposure.
-    exposures = (select(clusters.c.exposure_id, clusters.c.cluster_key.label("unit_id"),
-                        clusters.c.variant_key, clusters.c.exposed_at, _EXPOSURES.c.attributes)
-                 .join(_EXPOSURES, _EXPOSURES.c.id == clusters.c.exposure_id)
-                 .where(clusters.c.conflict.is_(False))
-                 .subquery("cluster_exposures"))
+    analysed = (select(clusters.c.exposure_id, clusters.c.cluster_key.label("unit_id"),
+                       clusters.c.variant_key, clusters.c.exposed_at, exposures.c.attributes)
+                .join(exposures, exposures.c.id == clusters.c.exposure_id)
+                .where(clusters.c.conflict == false())
+                .subquery("cluster_exposures"))
     # Every id that can belong to an exposed cluster → its key: the linked ids, and the
     # experiment's unlinked units as themselves. Events join it by their own unit_id, so
     # the pass reads them by index (ix_events_unit_occurred), never by a computed key.
     members = union(
-        select(cluster_map()),
-        select(_EXPOSURES.c.unit_id, _EXPOSURES.c.unit_id)
-        .where(_EXPOSURES.c.experiment_id == experiment_id,
-               _EXPOSURES.c.unit_id.not_in(select(_LINKS.c.anonymous_id))),
+        select(cluster_map(tables)),
+        select(exposures.c.unit_id, exposures.c.unit_id)
+        .where(exposures.c.experiment_id == experiment_id,
+               exposures.c.unit_id.not_in(select(tables.links.c.anonymous_id))),
     ).subquery("cluster_members")
-    events = Event.__table__
+    events = tables.events
     keyed = (select(events.c.id, members.c.cluster_key.label("unit_id"),
                     events.c.type, events.c.name, events.c.step, events.c.friction_kind,
                     events.c.value, events.c.occurred_at)
              .select_from(events.join(members, members.c.unit_id == events.c.unit_id))
              .subquery("cluster_events"))
-    return PipelineSources(exposures, keyed, unique_units=True)
+    return PipelineSources(analysed, keyed, unique_units=True)
 
 
 def links_touch(session: Session, experiment_id: int) -> bool:
@@ -270,13 +291,14 @@ class IdentitySummary:
     conflicts: int
 
 
-def identity_summary(session: Session, experiment_id: int) -> IdentitySummary:
+def identity_summary(connection: Session | Connection, experiment_id: int,
+                     tables: IdentityTables = PARCOURS) -> IdentitySummary:
     """Counts for the report's ``identity`` field, in one query."""
-    clusters = exposed_clusters(experiment_id)
-    row = session.execute(select(
+    clusters = exposed_clusters(experiment_id, tables)
+    row = connection.execute(select(
         func.count(),
         func.coalesce(func.sum(clusters.c.linked_units), 0),
-        func.count().filter(clusters.c.conflict.is_(True)),
+        count_if(clusters.c.conflict == true()),
     ).select_from(clusters)).one()
     return IdentitySummary(int(row[0]), int(row[1]), int(row[2]))
 

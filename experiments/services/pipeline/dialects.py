@@ -11,7 +11,8 @@ dialect (``default`` is SQLite's). What each one hides:
   DuckDB has ``epoch``, ClickHouse ``dateDiff``, BigQuery ``TIMESTAMP_DIFF``, Snowflake
   ``DATEDIFF``; PostgreSQL keeps the interval form so the window test can use an index;
 * UTC day truncation (:class:`utc_day`): a DATE of the UTC instant whatever the session
-  time zone (SQLite: the text prefix);
+  time zone (SQLite: the text prefix); a fixed instant to the microsecond
+  (:class:`utc_instant`: ClickHouse's drivers bind whole seconds);
 * conditional aggregates (:class:`count_if`): ``COUNT(*) FILTER (WHERE …)`` where it exists,
   ``countIf`` on ClickHouse, ``COUNTIF`` on BigQuery, ``COUNT_IF`` on Snowflake;
 * bit packing (:class:`packed_flags`, :class:`has_bits`): the per-unit OR of flags is
@@ -29,10 +30,20 @@ dialect (``default`` is SQLite's). What each one hides:
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, Float, Integer, String, literal_column, text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ColumnElement,
+    Float,
+    Integer,
+    String,
+    literal,
+    literal_column,
+    text,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
@@ -181,6 +192,29 @@ def _day_sqlite(element: utc_day, compiler: Any, **kw: Any) -> str:
 def day_key(value: date | str) -> str:
     """The 'YYYY-MM-DD' key of a :class:`utc_day` value."""
     return value if isinstance(value, str) else value.isoformat()
+
+
+class utc_instant(ColumnElement[datetime]):  # lower case: reads as a SQL literal
+    """A fixed instant compared with a time column (a bandit's period start), exact to the
+    microsecond: a bind parameter of the column's type, except on ClickHouse, whose drivers
+    bind a datetime as ``toDateTime(?)`` (whole seconds): a ``DateTime64(6)`` literal there.
+    Not cached: the ClickHouse spelling holds the value."""
+
+    inherit_cache = False
+
+    def __init__(self, at: datetime, type_: Any) -> None:
+        self.at, self.type = at, type_
+
+
+@compiles(utc_instant)
+def _instant_bound(element: utc_instant, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(literal(element.at, element.type), **kw))
+
+
+@_each(utc_instant, CLICKHOUSE)
+def _instant_ch(element: utc_instant, compiler: Any, **kw: Any) -> str:
+    text_ = element.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return f"toDateTime64('{text_}', 6, 'UTC')"
 
 
 # -- conditional aggregates ---------------------------------------------------------------------
@@ -435,4 +469,4 @@ def prepare(connection: Connection | Session) -> None:
 
 __all__ = ["CLICKHOUSE", "answer_class", "answer_key", "before_hours_after", "const",
            "count_if", "day_key", "dialect_name", "has_bits", "hours_between", "json_attribute",
-           "packed_flags", "prepare", "seconds_between", "utc_day"]
+           "packed_flags", "prepare", "seconds_between", "utc_day", "utc_instant"]

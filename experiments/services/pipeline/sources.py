@@ -21,7 +21,7 @@ from sqlalchemy import Integer, case, false, func, literal, select
 from sqlalchemy.sql import FromClause
 
 from experiments.models import Event, Exposure
-from experiments.services.pipeline.dialects import json_attribute
+from experiments.services.pipeline.dialects import json_attribute, utc_instant
 
 EXPOSURE_COLUMNS = ("exposure_id", "unit_id", "variant_key", "exposed_at")
 EVENT_COLUMNS = ("id", "unit_id", "type", "name", "step", "friction_kind", "value",
@@ -109,8 +109,8 @@ def period_of(exposed_at: Any, boundaries: Sequence[datetime]) -> Any:
     ordered = sorted(boundaries)
     if not ordered:
         return literal(0, Integer())
-    return case(*((exposed_at < at, number) for number, at in enumerate(ordered)),
-                else_=len(ordered))
+    return case(*((exposed_at < utc_instant(at, exposed_at.type), number)
+                  for number, at in enumerate(ordered)), else_=len(ordered))
 
 
 __all__ = ["EVENT_COLUMNS", "EXPOSURE_COLUMNS", "NULL_LEVEL", "PipelineSources",

@@ -1,46 +1,111 @@
 """Where an experiment is analysed: Parcours's own database, or its ``analysis.warehouse``.
 
 ``aggregates_for`` is the one branch point the analysis calls for its aggregates. For a
-warehouse experiment it syncs the exposures first (SPEC §15: before each analysis), then
-hands the warehouse's engine and relations (``sources.warehouse_sources``) to the
-pipeline. Every failure on the way (warehouse down, statement timeout, query refused)
-surfaces as a :class:`WarehouseError` naming the warehouse; the analysis stores it as
-that experiment's failed report and goes on with the others.
+warehouse experiment it syncs the exposures and identity links first (SPEC §15: before
+each analysis), then hands the warehouse's engine and relations
+(``sources.warehouse_sources``) to the pipeline. Both places run the same pass
+(:func:`analyse_sources`): identity clusters as the analysis unit when links touch the
+experiment (SPEC §14), a bandit's units grouped by weight period (SPEC §13), segments,
+order statistics. Every failure on the way (warehouse down, statement timeout, query
+refused) surfaces as a :class:`WarehouseError` naming the warehouse; the analysis stores it
+as that experiment's failed report and goes on with the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Engine, false, select
+from sqlalchemy import Connection, Engine, false, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import FromClause
+from sqlalchemy.sql import FromClause, Subquery
 
-from experiments.models import Experiment
+from experiments.errors import ApiError
+from experiments.models import AllocationPeriod, Experiment
 from experiments.schemas import AnalysisSettings
+from experiments.services import bandits, identity
 from experiments.services.pipeline import (
     ExperimentAggregates,
     MetricSpec,
+    PipelineSources,
     aggregate_experiment,
     quantile_specs,
     table_sources,
     with_order_statistics,
 )
+from experiments.services.pipeline.dialects import prepare
 from experiments.services.segments import segmented_aggregates
+from experiments.services.warehouses import tables
+from experiments.services.warehouses.engines import WarehouseError
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
 Levels = dict[str, list[Any]]  # dimension → its segments.LevelAggregates
-Aggregated = tuple[ExperimentAggregates, Levels | None]
+
+
+@dataclass(frozen=True)
+class Analysed:
+    """What a report is built from, wherever it was computed: the aggregates, each
+    dimension's levels (None without dimensions), a bandit's per-period aggregates and the
+    identity counts (None when no link touches the experiment)."""
+
+    aggregates: ExperimentAggregates
+    levels: Levels | None
+    bandit: bandits.BanditPeriods | None = None
+    linked: identity.IdentitySummary | None = None
+
+
+def analyse_sources(connection: Session | Connection, session: Session | None,
+                    experiment: Experiment, settings: AnalysisSettings,
+                    metrics: Sequence[MetricSpec], dimensions: Sequence[str],
+                    sources: PipelineSources, *, rollup: bool) -> Analysed:
+    """The analysis pass over ``sources`` on ``connection`` (Parcours's session or a
+    warehouse's connection): a bandit's round grouped by weight period (its periods read
+    from Parcours's ``session``; its pooled sums are the totals), segments from the same
+    grouped round, then the order statistics (quantiles, time on step: never
+    period-weighted)."""
+    hours = settings.conversion_window_hours
+    options: dict[str, Any] = {"hours": hours, "cuped": settings.cuped,
+                               "journey": experiment.journey, "rollup": rollup}
+    bandit = None if session is None else bandits.report_periods(
+        session, experiment, metrics, settings, rollup=rollup, sources=sources,
+        connection=connection)
+    whole, levels = None, None
+    if dimensions:  # one grouped round gives the whole report and every level
+        whole, levels = segmented_aggregates(connection, experiment.id, metrics, dimensions,
+                                             sources=sources, **options)
+    if bandit is not None:
+        whole = bandit.pooled()
+    elif whole is None:
+        whole = aggregate_experiment(connection, experiment.id, metrics, sources=sources,
+                                     **options)
+    whole = with_order_statistics(connection, sources, whole, quantile_specs(experiment.metrics),
+                                  journey=experiment.journey, hours=hours, alpha=settings.alpha,
+                                  steps=settings.time_on_step)
+    return Analysed(whole, levels, bandit)
+
+
+def _kept(exposures: FromClause, experiment: Experiment) -> Subquery:
+    """The warehouse's exposures without the experiment's override units (see run_pipeline)."""
+    kept = [exposures.c.is_override == false()]
+    if experiment.overrides:
+        kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
+    return select(*exposures.c).where(*kept).subquery("kept_exposures")
 
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
                  experiment: Experiment, settings: AnalysisSettings,
-                 metrics: Sequence[MetricSpec], dimensions: Sequence[str] = ()) -> Aggregated:
+                 metrics: Sequence[MetricSpec], dimensions: Sequence[str] = (), *,
+                 session: Session | None = None) -> Analysed:
     """The portable pipeline on the warehouse's connection, over its relations: the
     report's aggregates and, with ``dimensions``, each dimension's levels (segments, from
-    the exposures' ``attributes`` snapshot; ``None`` without dimensions).
+    the exposures' ``attributes`` snapshot).
+
+    With Parcours's ``session`` (where the weight periods and links live) the pass is the
+    one Parcours runs: a bandit's units grouped by weight period, and, when a link names
+    one of the experiment's units, the identity clusters resolved in the warehouse over
+    its copy of the links (``parcours_identity_links``). Without it (the bench) neither.
 
     The exposures are the experiment's, override units left out: those the exposure says
     (``is_override``) and those ``experiment.overrides`` lists now, as the sync only
@@ -49,44 +114,56 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
     depends on (the last-NPS-answer tie-break treats a missing id as 0).
     """
-    kept = [exposures.c.is_override == false()]
-    if experiment.overrides:
-        kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
-    sources = table_sources(select(*exposures.c).where(*kept).subquery("kept_exposures"),
-                            events, experiment=experiment.id)
-    hours, cuped, journey = settings.conversion_window_hours, settings.cuped, experiment.journey
+    assert session is not None or bandits.bandit_settings(experiment) is None, (
+        "a bandit's weight periods are read from Parcours: pass its session")
+    analysed = _kept(exposures, experiment)
+    sources = table_sources(analysed, events, experiment=experiment.id)
     with engine.connect() as connection:
-        levels = None
-        if dimensions:
-            aggregates, levels = segmented_aggregates(
-                connection, None, metrics, dimensions, hours=hours, cuped=cuped,
-                journey=journey, rollup=False, sources=sources)
-        else:
-            aggregates = aggregate_experiment(connection, None, metrics, hours=hours,
-                                              cuped=cuped, journey=journey, rollup=False,
-                                              sources=sources)
-        return with_order_statistics(connection, sources, aggregates,
-                                     quantile_specs(experiment.metrics), journey=journey,
-                                     hours=hours, alpha=settings.alpha,
-                                     steps=settings.time_on_step), levels
-
-
-def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                         metrics: Sequence[MetricSpec], dimensions: Sequence[str] = ()
-                         ) -> Aggregated:
-    """Sync the warehouse, then run the pipeline over its exposures and events, in it."""
-    name = settings.warehouse
-    assert name is not None, "only experiments with analysis.warehouse are routed here"
-    sync_before_analysis(session, name)
-    engine, exposures, events = warehouse_sources(session, name)
-    return run_pipeline(engine, exposures, events, experiment, settings, metrics, dimensions)
+        linked = None
+        # Whether links touch the experiment is asked of Parcours (the same rows, indexed).
+        if session is not None and identity.links_touch(session, experiment.id):
+            prepare(connection)  # ClickHouse: NULLs, not '', where a unit has no link
+            copies = identity.IdentityTables(
+                tables.identity_links,
+                select(analysed.c.exposure_id.label("id"), *analysed.c).subquery("copies"),
+                events)
+            sources = identity.cluster_sources(experiment.id, copies)
+            linked = identity.identity_summary(connection, experiment.id, copies)
+        result = analyse_sources(connection, session, experiment, settings, metrics,
+                                 dimensions, sources, rollup=False)
+    return replace(result, linked=linked)
 
 
 def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisSettings,
-                   metrics: Sequence[MetricSpec], in_parcours: Callable[[], Aggregated],
-                   dimensions: Sequence[str] = ()) -> Aggregated:
-    """The experiment's aggregates (and segment levels) where its data lives: its
-    warehouse, else Parcours."""
-    if settings.warehouse is None:
-        return in_parcours()
-    return warehouse_aggregates(session, experiment, settings, metrics, dimensions)
+                   metrics: Sequence[MetricSpec], dimensions: Sequence[str] = (), *,
+                   rollup: bool) -> Analysed:
+    """The experiment's aggregates (and segment levels, bandit periods, identity counts)
+    where its data lives: its warehouse (synced first), else Parcours."""
+    name = settings.warehouse
+    if name is None:
+        # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
+        sources, linked = identity.analysis_sources(session, experiment.id)
+        return replace(analyse_sources(session, session, experiment, settings, metrics,
+                                       dimensions, sources, rollup=rollup), linked=linked)
+    sync_before_analysis(session, name)
+    engine, exposures, events = warehouse_sources(session, name)
+    return run_pipeline(engine, exposures, events, experiment, settings, metrics, dimensions,
+                        session=session)
+
+
+def reallocation_periods(session: Session, experiment: Experiment,
+                         periods: Sequence[AllocationPeriod]) -> bandits.BanditPeriods:
+    """A bandit's per-period sums of its primary metric for a reallocation, where its data
+    lives: with ``analysis.warehouse``, synced and read there (its events may exist only
+    in the warehouse's sources). A warehouse failure is a 503 naming it."""
+    name = AnalysisSettings.model_validate(experiment.analysis).warehouse
+    if name is None:
+        return bandits.primary_periods(session, experiment, periods)
+    try:
+        sync_before_analysis(session, name)
+        engine, exposures, events = warehouse_sources(session, name)
+        sources = table_sources(_kept(exposures, experiment), events, experiment=experiment.id)
+        with engine.connect() as connection:
+            return bandits.primary_periods(connection, experiment, periods, sources)
+    except WarehouseError as exc:
+        raise ApiError(503, f"the bandit's data could not be read: {exc}") from None

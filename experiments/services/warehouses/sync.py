@@ -1,4 +1,5 @@
-"""Copy Parcours's exposures (and, if asked, its events) into a warehouse (SPEC §15).
+"""Copy Parcours's exposures, identity links (and, if asked, its events) into a warehouse
+(SPEC §15): the links let the warehouse resolve identity clusters (SPEC §14) as Parcours does.
 
 Incremental by id and idempotent, without any state outside the warehouse that could
 disagree with it: the mark is ``max(id)`` of the warehouse table itself. Rows are copied
@@ -13,8 +14,9 @@ rule), so a late commit with a smaller id is never skipped. SQLite commits one w
 a time, in id order.
 
 Erasures (``DELETE /api/v1/units/{id}``) reach the copies too: each sync deletes, in the
-warehouse, the rows of every unit erased since the last one, matched by the SHA-256
-digest the audit entry keeps (the id itself is gone), and only then advances its mark.
+warehouse, the rows of every unit erased since the last one (and the links naming it on
+either side), matched by the SHA-256 digest the audit entry keeps (the id itself is gone),
+and only then advances its mark.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from sqlalchemy import Connection, Select, bindparam, func, select, text
 from sqlalchemy.orm import Session
 
 from experiments.db import Database, utcnow
-from experiments.models import AuditEntry, Event, Experiment, Exposure, WarehouseSync
+from experiments.models import (
+    AuditEntry,
+    Event,
+    Experiment,
+    Exposure,
+    IdentityLink,
+    WarehouseSync,
+)
 from experiments.services.rollup import transactions_settled
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
@@ -51,6 +60,7 @@ class SyncResult:
     events: int
     exposures_through: int
     events_through: int
+    links: int = 0
 
 
 def _exposure_rows() -> Select[Any]:
@@ -65,11 +75,18 @@ def _event_rows() -> Select[Any]:
                   Event.friction_kind, Event.value, Event.occurred_at)
 
 
-def settled_bounds(session: Session, name: str) -> tuple[int, int]:
-    """The largest exposure and event ids that no open transaction can still precede
-    (while a long transaction stays open: what the last sync reached, nothing new)."""
-    bounds = (session.scalar(select(func.coalesce(func.max(Exposure.id), 0))),
-              session.scalar(select(func.coalesce(func.max(Event.id), 0))))
+def _link_rows() -> Select[Any]:
+    return select(IdentityLink.id, IdentityLink.anonymous_id, IdentityLink.user_id,
+                  IdentityLink.occurred_at)
+
+
+def settled_bounds(session: Session, name: str) -> tuple[int, int, int]:
+    """The largest exposure, event and identity link ids that no open transaction can
+    still precede (while a long transaction stays open: what the last sync reached, and
+    no new link)."""
+    exposures, events, links = (int(session.scalar(select(func.coalesce(func.max(column), 0)))
+                                    or 0) for column in (Exposure.id, Event.id, IdentityLink.id))
+    bounds = (exposures, events, links)
     if session.get_bind().dialect.name != "postgresql":
         return bounds
     seen_at = session.scalar(select(func.clock_timestamp()))
@@ -80,25 +97,28 @@ def settled_bounds(session: Session, name: str) -> tuple[int, int]:
                            "than %.0f s is still open in Parcours's database", name,
                            SETTLE_WAIT_S)
             state = session.get(WarehouseSync, name)
-            return (state.exposures_through, state.events_through) if state else (0, 0)
+            return (state.exposures_through, state.events_through, 0) if state else (0, 0, 0)
         time.sleep(0.05)
     return bounds
 
 
 def sync_warehouse(session: Session, name: str, *, progress: Progress | None = None
                    ) -> SyncResult:
-    """Copy every settled exposure (and event, with ``…_SYNC_EVENTS=1``) not yet in ``name``."""
+    """Copy every settled exposure and identity link (and event, with ``…_SYNC_EVENTS=1``)
+    not yet in ``name``."""
     warehouses = get_warehouses()
     config = warehouses.config(name)
     engine = warehouses.engine(name)
     try:
         with engine.begin() as connection:
             tables.create_tables(connection)
-        exposures_upper, events_upper = settled_bounds(session, name)
+        exposures_upper, events_upper, links_upper = settled_bounds(session, name)
         session.rollback()  # end the read transaction: nothing below needs its snapshot
         copied_exposures, exposures_through = _copy(
             session, engine.connect, _exposure_rows(), Exposure.id, tables.exposures,
             exposures_upper, progress)
+        copied_links, _ = _copy(session, engine.connect, _link_rows(), IdentityLink.id,
+                                tables.identity_links, links_upper, progress)
         copied_events, events_through = (0, 0)
         if config.sync_events:
             copied_events, events_through = _copy(
@@ -110,7 +130,8 @@ def sync_warehouse(session: Session, name: str, *, progress: Progress | None = N
         raise
     _record(session, name, exposures_through=exposures_through, events_through=events_through,
             erasures_through=erasures_through)
-    return SyncResult(name, copied_exposures, copied_events, exposures_through, events_through)
+    return SyncResult(name, copied_exposures, copied_events, exposures_through, events_through,
+                      copied_links)
 
 
 def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any], id_column: Any,
@@ -143,10 +164,13 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
 
 
 # The hex SHA-256 of a unit id, as ``erasure.unit_digest`` computes it, in each dialect.
-_DIGEST_SQL = {"duckdb": "sha256(unit_id)", "postgresql":
-               "encode(sha256(convert_to(unit_id, 'UTF8')), 'hex')",
-               "snowflake": "sha2(unit_id, 256)", "bigquery": "to_hex(sha256(unit_id))"}
-_CLICKHOUSE_DIGEST = "lower(hex(SHA256(unit_id)))"
+_DIGEST_SQL = {"duckdb": "sha256({id})", "postgresql":
+               "encode(sha256(convert_to({id}, 'UTF8')), 'hex')",
+               "snowflake": "sha2({id}, 256)", "bigquery": "to_hex(sha256({id}))"}
+_CLICKHOUSE_DIGEST = "lower(hex(SHA256({id})))"
+# The columns naming a unit in each table: a link goes with either of its ids.
+_ERASED_COLUMNS = ((tables.exposures, ("unit_id",)), (tables.events, ("unit_id",)),
+                   (tables.identity_links, ("anonymous_id", "user_id")))
 
 
 def _apply_erasures(session: Session, connect: Callable[[], Connection], name: str) -> int:
@@ -163,12 +187,11 @@ def _apply_erasures(session: Session, connect: Callable[[], Connection], name: s
     with connect() as connection, connection.begin():
         dialect = connection.dialect.name
         digest = (_CLICKHOUSE_DIGEST if tables.is_clickhouse(connection)
-                  else _DIGEST_SQL.get(dialect, "sha256(unit_id)"))
-        for table in (tables.exposures, tables.events):
-            connection.execute(table.delete().where(text(f"{digest} IN :digests")
-                                                    .bindparams(bindparam("digests",
-                                                                          expanding=True))),
-                               {"digests": digests})
+                  else _DIGEST_SQL.get(dialect, "sha256({id})"))
+        for table, columns in _ERASED_COLUMNS:
+            named = " OR ".join(f"{digest.format(id=column)} IN :digests" for column in columns)
+            connection.execute(table.delete().where(text(named).bindparams(
+                bindparam("digests", expanding=True))), {"digests": digests})
     return int(erased[-1][0])
 
 

@@ -1,4 +1,5 @@
-"""The tables Parcours keeps in a warehouse: ``parcours_exposures`` and ``parcours_events``."""
+"""The tables Parcours keeps in a warehouse: ``parcours_exposures``, ``parcours_events`` and
+``parcours_identity_links`` (the identity clusters of SPEC §14 are resolved there too)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ events = Table(
     Column("type", String, nullable=False), Column("name", String, nullable=False),
     Column("step", String), Column("friction_kind", String), Column("value", Double),
     Column("occurred_at", DateTime(timezone=True), nullable=False))
+identity_links = Table(
+    "parcours_identity_links", metadata,
+    Column("id", BigInteger, nullable=False), Column("anonymous_id", String, nullable=False),
+    Column("user_id", String, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False))
 
 # ClickHouse needs an engine clause; ORDER BY id keeps max(id), the sync's mark, cheap.
 _CLICKHOUSE_DDL = (
@@ -43,6 +49,8 @@ _CLICKHOUSE_DDL = (
     "CREATE TABLE IF NOT EXISTS parcours_events (id Int64, unit_id String, type String, "
     "name String, step Nullable(String), friction_kind Nullable(String), "
     "value Nullable(Float64), occurred_at DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY id",
+    "CREATE TABLE IF NOT EXISTS parcours_identity_links (id Int64, anonymous_id String, "
+    "user_id String, occurred_at DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY id",
 )
 CLICKHOUSE_DIALECTS = ("chdb", "clickhousedb", "clickhouse")
 # Tables created before segments were computed in warehouses lack this column: add it (the
@@ -63,7 +71,7 @@ def text_times_insert(table: Table) -> Insert:
 
 
 def create_tables(connection: Connection) -> None:
-    """Create both tables when missing, in the warehouse's own dialect."""
+    """Create the tables when missing, in the warehouse's own dialect."""
     if is_clickhouse(connection):
         for statement in _CLICKHOUSE_DDL:
             connection.exec_driver_sql(statement)

@@ -1,0 +1,185 @@
+"""A bandit and an experiment with identity links, analysed in a warehouse (SPEC §13, §14,
+§15): the same report as in Parcours's own database — period-weighted estimates and the
+SRM against the period weights for the bandit, customers linked across devices analysed
+as one unit — on SQLite and PostgreSQL against DuckDB and chDB.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from sqlalchemy import delete, insert, select
+
+from experiments.auth import SYSTEM
+from experiments.db import get_db
+from experiments.models import AllocationPeriod, Event, Experiment, Exposure, IdentityLink, Report
+from experiments.services import bandits
+from experiments.services.analysis import analyze_experiment
+from experiments.services.erasure import erase_unit
+from tests import test_warehouse_reports
+from tests.conftest import auth_headers, make_test_app
+from tests.test_admin_support import cheap_argon2  # noqa: F401  (autouse fixture)
+from tests.test_bandit_periods import METRICS as BANDIT_METRICS
+from tests.test_bandit_periods import VARIANTS as BANDIT_VARIANTS
+from tests.test_bandits import start_bandit
+from tests.test_warehouse_reports import (
+    METRICS,
+    T0,
+    add_journey_traffic,
+    differences,
+    start,
+    without_times,
+)
+from tests.test_warehouse_sync import run_child
+
+warehouse_url = test_warehouse_reports.warehouse_url  # the same fixture: DuckDB, then chDB
+
+
+def both_ways(app: Flask, key: str, now: Any, warehouse_url: str) -> tuple[dict, dict]:
+    """The report analysed in Parcours, then (analysis.warehouse ``w``) in the warehouse."""
+    with get_db(app).sessionmaker() as db:
+        in_parcours = analyze_experiment(db, key, now=now).body
+        db.execute(delete(Report))  # no previous report on either side
+        stored = db.scalar(select(Experiment).where(Experiment.key == key))
+        stored.analysis = {**stored.analysis, "warehouse": "w"}
+        db.commit()
+    analysed = run_child(app, warehouse_url, "analyze", key, now.isoformat())
+    assert analysed.returncode == 0, analysed.stderr
+    in_warehouse = json.loads(analysed.stdout.splitlines()[-1])
+    assert "error" not in in_warehouse, in_warehouse["error"]
+    diffs = differences(without_times(in_warehouse), without_times(in_parcours))
+    assert not diffs, "\n".join(diffs)
+    return in_parcours, in_warehouse
+
+
+def test_a_bandit_analysed_in_a_warehouse_is_period_weighted_as_in_parcours(
+        database_url: str, tmp_path: Path, warehouse_url: str) -> None:
+    app = make_test_app(database_url, tmp_path)
+    started = start_bandit(app, metrics=BANDIT_METRICS, variants=BANDIT_VARIANTS)
+    # Period starts to the microsecond, with a unit exposed 1 µs before each and one exactly
+    # at it: the warehouse must put them in the same periods as Parcours.
+    starts = [started, started + timedelta(hours=24, microseconds=123457),
+              started + timedelta(hours=48, microseconds=654321)]
+    weights = [{"control": 0.5, "b": 0.5}, {"control": 0.2, "b": 0.8},
+               {"control": 0.1, "b": 0.9}]
+    rates = [{"control": 0.10, "b": 0.12}, {"control": 0.05, "b": 0.06},
+             {"control": 0.20, "b": 0.25}]
+    rng = random.Random(13)
+    with get_db(app).sessionmaker() as db:
+        experiment = db.scalar(select(Experiment).where(Experiment.key == "banner"))
+        for number in (1, 2):
+            db.add(AllocationPeriod(experiment_id=experiment.id, period=number,
+                                    started_at=starts[number], weights=weights[number],
+                                    p_best={"control": 0.3, "b": 0.7}, seed=40 + number))
+        exposures: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for index in range(1500):
+            period = index % 3
+            at = starts[period] + timedelta(hours=rng.uniform(0, 23.9))
+            if index < 4:  # the boundary units
+                at = starts[1 + index // 2] - timedelta(microseconds=1 - index % 2)
+                period = 1 + index // 2 - (1 - index % 2)
+            arm = "b" if rng.random() < weights[period]["b"] else "control"
+            unit = f"v{index:04d}"
+            exposures.append({"experiment_id": experiment.id, "unit_id": unit,
+                              "variant_key": arm, "exposed_at": at})
+            if index < 4 or rng.random() < rates[period][arm]:
+                for name, value in (("click", None), ("purchase", rng.uniform(5, 50))):
+                    events.append({"event_id": f"{name}-{unit}", "unit_id": unit,
+                                   "type": "conversion", "name": name, "value": value,
+                                   "occurred_at": at + timedelta(minutes=rng.uniform(1, 600))})
+        db.execute(insert(Exposure), exposures)
+        db.execute(insert(Event), events)
+        db.commit()
+        own = bandits.primary_periods(db, experiment, bandits.periods_of(db, experiment.id))
+        own_sums = {str(number): {arm: [s.n, s.sum, s.sum_squares] for arm, s in arms.items()}
+                    for number, arms in own.sums("click").items()}
+    in_parcours, _ = both_ways(app, "banner", starts[2] + timedelta(days=2), warehouse_url)
+    # A reallocation of the warehouse bandit reads its sums there too: the same ones.
+    read = run_child(app, warehouse_url, "periods", "banner")
+    assert read.returncode == 0, read.stderr
+    assert not differences(json.loads(read.stdout.splitlines()[-1]), own_sums)
+    assert own_sums["1"]["b"][0] > 0 and set(own_sums) == {"0", "1", "2"}
+
+    assert in_parcours["period_weighted"] is True
+    assert sum(in_parcours["units"].values()) == 1500
+    # The SRM is tested against the units the period weights predict, not 50/50.
+    expected = in_parcours["expected_units"]
+    assert expected["b"] > 1.5 * expected["control"]
+    click = next(m for m in in_parcours["metrics"] if m["key"] == "click")
+    assert click["period_weighted"] is True
+    assert all(v.get("period_weighted") for v in click["variants"])
+    get_db(app).engine.dispose()
+
+
+def test_linked_units_analysed_in_a_warehouse_are_one_unit_as_in_parcours(
+        database_url: str, tmp_path: Path, warehouse_url: str) -> None:
+    app = make_test_app(database_url, tmp_path)
+    experiment = start(app, "wh-identity", metrics=METRICS, overrides={"u0000": "one-page"},
+                       analysis={"dimensions": ["country"]})
+    with get_db(app).sessionmaker() as db:
+        experiment = db.get(Experiment, experiment.id)
+        experiment.started_at = T0
+        add_journey_traffic(db, experiment, 300)
+        variants = dict(db.execute(select(Exposure.unit_id, Exposure.variant_key)
+                                   .where(Exposure.experiment_id == experiment.id)).all())
+        links: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for index in range(1, 300, 6):  # two devices per customer; some in two variants
+            customer = f"customer-{index}"
+            for offset in (0, 1):
+                links.append({"anonymous_id": f"u{index + offset:04d}", "user_id": customer,
+                              "occurred_at": T0 + timedelta(hours=index + offset)})
+            # A back-office purchase under the customer id, inside the window.
+            events.append({"event_id": f"bo-{index}", "unit_id": customer,
+                           "type": "conversion", "name": "purchase", "value": 99.5,
+                           "occurred_at": T0 + timedelta(hours=100)})
+        # A shared computer: linked to two customers, the earliest link wins.
+        links.append({"anonymous_id": "u0002", "user_id": "customer-shared",
+                      "occurred_at": T0 - timedelta(hours=1)})
+        db.execute(insert(IdentityLink), links)
+        db.execute(insert(Event), events)
+        db.commit()
+        conflicting = sum(variants[f"u{i:04d}"] != variants[f"u{i + 1:04d}"]
+                          for i in range(7, 300, 6))
+    now = T0 + timedelta(days=6)
+    in_parcours, _ = both_ways(app, "wh-identity", now, warehouse_url)
+
+    identity = in_parcours["identity"]
+    # 299 exposed units (u0000 is an override); 49 customers on two devices; u0001 and u0002
+    # apart (u0002 is the shared computer's, linked first to another customer).
+    assert identity == {"clusters": 299 - 49, "linked_units": 100, "conflicts": conflicting}
+    assert conflicting > 0
+    assert in_parcours["segments"]  # clusters segmented by their first exposure, both ways
+
+    # Erasing a linked unit erases its links in the warehouse too (either side).
+    with get_db(app).sessionmaker() as db:
+        erase_unit(db, "u0001", SYSTEM)
+        erase_unit(db, "customer-7", SYSTEM)
+        db.commit()
+        kept = sorted(db.scalars(select(IdentityLink.id)))
+    synced = run_child(app, warehouse_url, "sync")
+    assert synced.returncode == 0, synced.stderr
+    assert json.loads(synced.stdout.splitlines()[-1])["parcours_identity_links"] == kept
+    assert len(kept) == len(links) - 3  # u0001's link, customer-7's two
+    get_db(app).engine.dispose()
+
+
+def test_reallocating_a_bandit_whose_warehouse_is_down_is_a_503_naming_it(
+        database_url: str, tmp_path: Path) -> None:
+    app = make_test_app(database_url, tmp_path,
+                        WAREHOUSE_DOWN_URL=f"duckdb:///{tmp_path / 'missing-dir' / 'dw.duckdb'}")
+    with app.app_context():  # where the configured warehouses are known
+        start_bandit(app, metrics=BANDIT_METRICS, variants=BANDIT_VARIANTS,
+                     analysis={"warehouse": "down", "min_units_per_variant": 10,
+                               "min_days": 0})
+    response = app.test_client().post("/api/v1/experiments/banner/reallocate",
+                                      headers=auth_headers(app))
+    assert response.status_code == 503
+    assert "warehouse 'down'" in response.get_json()["error"]["message"]
+    get_db(app).engine.dispose()
