@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, union_all
+from sqlalchemy import func, select
 
 from experiments.services.capping import CapKey, cap_label, cap_thresholds, capped
 from experiments.services.pipeline.dialects import (
     answer_class,
     count_if,
+    grouping_sets_select,
     hours_between,
     utc_day,
 )
@@ -44,33 +45,32 @@ GroupingSet = tuple[tuple[str, ...], bool]  # grouping columns, and whether also
 
 
 def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any]) -> Any:
-    """``aggregates`` over ``relation`` per variant and each grouping set, one SELECT per set
-    UNION ALL'd (GROUPING SETS, portably): every row names its set (``grouping_set``, the
-    position in ``sets``) and carries ``day`` and every set's columns; those its set does
-    not group by hold their minimum over the row's units, a value of the right type (a
-    NULL's type in a UNION differs by engine), never read. One set: a plain grouped SELECT
-    (no ``grouping_set``)."""
-    names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
-    branches = []
-    for number, (columns, daily) in enumerate(sets):
+    """``aggregates`` over ``relation`` per variant and each grouping set. One set: a plain
+    grouped SELECT. Several: one statement (:class:`grouping_sets_select`, ``GROUP BY
+    GROUPING SETS`` where the engine has it) whose rows name their set (``grouping_set``, the
+    position in ``sets``) and carry ``day`` and every set's columns, read only where their
+    set groups by them."""
+    day = utc_day(relation.c.exposed_at).label("day")
+    if len(sets) == 1:
+        ((columns, daily),) = sets
+        grouped = [relation.c[name] for name in columns]
         # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
-        day = utc_day(relation.c.exposed_at)
-        day = (day if daily else func.min(day)).label("day")
-        keys = [(relation.c[name] if name in columns else func.min(relation.c[name]))
-                .label(name) for name in names]
-        which: list[Any] = ([literal_column(str(number)).label("grouping_set")]
-                            if len(sets) > 1 else [])
-        branches.append(select(*which, relation.c.variant_key, day, *keys, *aggregates)
-                        .group_by(relation.c.variant_key, *([day] if daily else []),
-                                  *(relation.c[name] for name in columns)))
-    return branches[0] if len(branches) == 1 else union_all(*branches)
+        return (select(relation.c.variant_key,
+                       day if daily else func.min(day.element).label("day"), *grouped,
+                       *aggregates)
+                .group_by(relation.c.variant_key, *([day] if daily else []), *grouped))
+    names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
+    keys = [relation.c.variant_key.label("variant_key"), day,
+            *(relation.c[name].label(name) for name in names)]
+    return grouping_sets_select(keys, [("variant_key", *(("day",) if daily else ()), *columns)
+                                       for columns, daily in sets], aggregates)
 
 
 def units_query(sources: PipelineSources, sets: Sequence[GroupingSet] | None = None) -> Any:
     """Exposed units per variant and grouping set (default: per day and every grouping
     column), with the first and last exposure times."""
     x = first_exposures(sources)
-    if sets is not None and len(sets) > 1:  # read once per set: computed once
+    if sets is not None and len(sets) > 1:  # SQLite reads it once per set: computed once
         x = select(*x.c).cte("exposed_units")
     return grouped_rows(x, sets or [(sources.grouping, True)],
                         [func.count().label("n"), func.min(x.c.exposed_at).label("first"),
