@@ -44,12 +44,18 @@ Sums = dict[str, float]
 GroupingSet = tuple[tuple[str, ...], bool]  # grouping columns, and whether also per UTC day
 
 
-def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any]) -> Any:
-    """``aggregates`` over ``relation`` per variant and each grouping set. One set: a plain
-    grouped SELECT. Several: one statement (:class:`grouping_sets_select`, ``GROUP BY
-    GROUPING SETS`` where the engine has it) whose rows name their set (``grouping_set``, the
-    position in ``sets``) and carry ``day`` and every set's columns, read only where their
-    set groups by them."""
+def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any], *,
+                 additive: bool = False, constants: Sequence[Any] = ()) -> Any:
+    """``aggregates`` (labelled) over ``relation`` per variant and each grouping set, and
+    ``constants`` (labelled, the same on every row). One set: a plain grouped SELECT.
+
+    Several: one statement (:class:`grouping_sets_select`: ``GROUP BY GROUPING SETS`` where
+    the engine has it) whose rows name their set (``grouping_set``, the position in
+    ``sets``) and carry ``day`` and every set's columns, read only where their set groups by
+    them. ``additive`` aggregates (sums and counts: the per-unit values' ≈ 100) are first
+    summed per crossed group (variant × day × every set's columns: one pass over the
+    relation's rows), then those few rows per set; otherwise every row is aggregated once
+    per set (the units: three aggregates)."""
     day = utc_day(relation.c.exposed_at).label("day")
     if len(sets) == 1:
         ((columns, daily),) = sets
@@ -57,13 +63,19 @@ def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequenc
         # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
         return (select(relation.c.variant_key,
                        day if daily else func.min(day.element).label("day"), *grouped,
-                       *aggregates)
+                       *aggregates, *constants)
                 .group_by(relation.c.variant_key, *([day] if daily else []), *grouped))
     names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
     keys = [relation.c.variant_key.label("variant_key"), day,
             *(relation.c[name].label(name) for name in names)]
-    return grouping_sets_select(keys, [("variant_key", *(("day",) if daily else ()), *columns)
-                                       for columns, daily in sets], aggregates)
+    if additive:
+        crossed = (select(*keys, *aggregates).group_by(*(key.element for key in keys))
+                   .cte("crossed"))
+        keys = [crossed.c[key.name].label(key.name) for key in keys]
+        aggregates = [func.sum(crossed.c[a.name]).label(a.name) for a in aggregates]
+    return grouping_sets_select(
+        keys, [("variant_key", *(("day",) if daily else ()), *columns)
+               for columns, daily in sets], [*aggregates, *constants])
 
 
 def units_query(sources: PipelineSources, sets: Sequence[GroupingSet] | None = None) -> Any:
@@ -123,7 +135,8 @@ def variant_day_query(plan: Plan, unit: Any, *, units: int = 0,
             for c in _moment_columns(plan, m, i, unit, caps)]
     thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
     timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
-    return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *thresholds, *timing])
+    return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *timing],
+                        additive=True, constants=thresholds)
 
 
 def sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
