@@ -460,6 +460,12 @@ class grouping_sets_select(Executable, ClauseElement):  # lower case: reads as a
         self.sets = tuple(tuple(names) for names in sets)
         self.aggregates = list(aggregates)
 
+    @property
+    def _all_selected_columns(self) -> list[Any]:
+        # A compiled form cached for an equal statement is reused: SQLAlchemy then maps
+        # this statement's columns to the result's by position.
+        return [literal_column("grouping_set"), *self.keys, *self.aggregates]
+
     def grouped(self, number: int) -> list[Any]:
         """The expressions set ``number`` groups by."""
         return [key.element for key in self.keys if key.name in self.sets[number]]
