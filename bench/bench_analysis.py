@@ -14,15 +14,11 @@ per-unit rollup (printed), and the timed reports then run while traffic keeps co
 
 The same scheduled report broken down by 3 dimensions (country 25 levels, device 3, plan 5)
 is timed beside it (SPEC §9: ≤ 2×). Measured 2026-12-04 at 200,000 units on PostgreSQL:
-before, 1.09 s without and 9.93 s with (9.1×: one pass grouped by the dimensions' cross
-product, 375 groups × 2 variants × 14 days of rows folded in Python); since the pass sums
-the per-unit values per grouping set (the whole report per day, each dimension per level:
-2 × (14 + 33) rows), 1.09 s and 2.90 s (2.67×, still MISSED). A profile of the segmented
-report on that database: ≈ 2.5 s of 3.4 s in PostgreSQL (the rollup joined to the
-exposures' three JSON attributes, then the UNION ALL over the per-unit CTE), 0.45 s in the
-segments' statistics, the fold of the 94 rows negligible. EXPLAIN ANALYZE (same scale,
-later): the three JSON extractions are ≈ 0.1 s of it; the time is the four grouped
-passes per query (docs/performance.md, "Segments").
+9.1× when one pass grouped by the dimensions' cross product (folded in Python), 3.57× with
+one SELECT per grouping set UNION ALL'd, 2.15–2.52× (still MISSED) with one GROUP BY
+GROUPING SETS statement over the per-unit sums per crossed group — PostgreSQL cannot
+estimate the attributes' levels, so it sorts the per-unit rows (docs/performance.md,
+"Segments").
 
 PARCOURS_BENCH_KEEP_DB=1 keeps the filled database and prints its URL; giving that URL as
 PARCOURS_BENCH_DATABASE_URL reruns the timings on it without regenerating (EXPLAIN work).
