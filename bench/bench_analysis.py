@@ -15,7 +15,7 @@ per-unit rollup (printed), and the timed reports then run while traffic keeps co
 The same scheduled report broken down by 3 dimensions (country 25 levels, device 3, plan 5)
 is timed beside it (SPEC §9: ≤ 2×). Measured 2026-12-04 at 200,000 units on PostgreSQL:
 9.1× when one pass grouped by the dimensions' cross product (folded in Python), 3.57× with
-one SELECT per grouping set UNION ALL'd, 2.15–2.52× (still MISSED) with one GROUP BY
+one SELECT per grouping set UNION ALL'd, 2.12–2.52× (still MISSED) with one GROUP BY
 GROUPING SETS statement over the per-unit sums per crossed group — PostgreSQL cannot
 estimate the attributes' levels, so it sorts the per-unit rows (docs/performance.md,
 "Segments").
