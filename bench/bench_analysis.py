@@ -14,15 +14,11 @@ per-unit rollup (printed), and the timed reports then run while traffic keeps co
 
 The same scheduled report broken down by 3 dimensions (country 25 levels, device 3, plan 5)
 is timed beside it (SPEC §9: ≤ 2×). Measured 2026-12-04 at 200,000 units on PostgreSQL:
-before, 1.09 s without and 9.93 s with (9.1×: one pass grouped by the dimensions' cross
-product, 375 groups × 2 variants × 14 days of rows folded in Python); since the pass sums
-the per-unit values per grouping set (the whole report per day, each dimension per level:
-2 × (14 + 33) rows), 1.09 s and 2.90 s (2.67×, still MISSED). A profile of the segmented
-report on that database: ≈ 2.5 s of 3.4 s in PostgreSQL (the rollup joined to the
-exposures' three JSON attributes, then the UNION ALL over the per-unit CTE), 0.45 s in the
-segments' statistics, the fold of the 94 rows negligible. EXPLAIN ANALYZE (same scale,
-later): the three JSON extractions are ≈ 0.1 s of it; the time is the four grouped
-passes per query (docs/performance.md, "Segments").
+9.1× when one pass grouped by the dimensions' cross product (folded in Python), 3.57× with
+one SELECT per grouping set UNION ALL'd, 2.12–2.52× (still MISSED) with one GROUP BY
+GROUPING SETS statement over the per-unit sums per crossed group — PostgreSQL cannot
+estimate the attributes' levels, so it sorts the per-unit rows (docs/performance.md,
+"Segments").
 
 PARCOURS_BENCH_KEEP_DB=1 keeps the filled database and prints its URL; giving that URL as
 PARCOURS_BENCH_DATABASE_URL reruns the timings on it without regenerating (EXPLAIN work).
@@ -149,11 +145,10 @@ def main() -> None:
         fold_s = timed(lambda: run_analysis(url))
         print(f"second report + rollup     {fold_s:8.2f}s   (folds every event once; "
               "information only)", flush=True)
-        rounds = iter(range(1, 2 * REPEAT + 3))
         analysis_s = best_of(lambda: run_analysis(url),
-                             before=lambda: add_traffic(url, experiment_id, next(rounds)))
+                             before=lambda: add_traffic(url, experiment_id))
         segments_s = best_of(lambda: run_analysis(url, dimensions=DIMENSIONS),
-                             before=lambda: add_traffic(url, experiment_id, next(rounds)))
+                             before=lambda: add_traffic(url, experiment_id))
         floor_s = best_of(lambda: run_floor(url, experiment_id))
         rss = child_rss(url)
     ratio = analysis_s / baseline_s
@@ -263,14 +258,17 @@ def traffic_params(experiment_id: int) -> dict[str, Any]:
             "span_s": DAYS * 86_400.0}
 
 
-def add_traffic(url: str, experiment_id: int, round_: int) -> None:
-    """New units and new events (0.1 % each) arrive between two scheduled reports."""
-    first_unit = UNITS + (round_ - 1) * NEW_UNITS + 1
-    params = {**traffic_params(experiment_id), "first_unit": first_unit,
-              "last_unit": first_unit + NEW_UNITS - 1, "events": NEW_EVENTS,
-              "prefix": f"r{round_}-"}
+def add_traffic(url: str, experiment_id: int) -> None:
+    """New units and new events (0.1 % each) arrive between two scheduled reports, numbered
+    after the units already there (a reused database holds earlier runs' traffic)."""
     engine = create_engine(url)
     with engine.begin() as connection:
+        first_unit = 1 + connection.scalar(
+            text("SELECT count(*) FROM exposures WHERE experiment_id = :id"),
+            {"id": experiment_id})
+        params = {**traffic_params(experiment_id), "first_unit": first_unit,
+                  "last_unit": first_unit + NEW_UNITS - 1, "events": NEW_EVENTS,
+                  "prefix": f"r{first_unit}-"}
         connection.execute(EXPOSURES_SQL, params)
         connection.execute(EVENTS_SQL, params)
     engine.dispose()

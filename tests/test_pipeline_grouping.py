@@ -17,6 +17,8 @@ from experiments.db import UtcDateTime
 from experiments.schemas import AnalysisSettings
 from experiments.services.pipeline import (
     MetricSpec,
+    Plan,
+    UnitPass,
     aggregate_experiment,
     aggregate_grouped,
     attribute_level,
@@ -24,11 +26,13 @@ from experiments.services.pipeline import (
     period_of,
     table_sources,
     units_query,
+    variant_day_query,
 )
+from experiments.services.pipeline.dialects import grouping_sets_select, prepare
 from experiments.services.report import build_report
 from tests.test_aggregation import expose, make_experiment
 from tests.test_pipeline_golden import DIALECTS
-from tests.test_pipeline_parity import plain_tables
+from tests.test_pipeline_parity import HOURS, JOURNEY, METRICS, plain_tables
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 BOUNDARIES = [T0, T0 + timedelta(hours=6)]
@@ -99,18 +103,26 @@ def test_grouping_compiles_for_bigquery_and_snowflake(dialect: str) -> None:
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
 def test_grouping_sets_compile_for_bigquery_and_snowflake(dialect: str) -> None:
     """Segments' grouping sets (whole report per day, each dimension per level): one
-    UNION ALL branch per set over the exposures computed once."""
+    GROUP BY GROUPING SETS statement per query, each row's set told by GROUPING(); the
+    metric sums over the per-unit values' crossed groups (a CTE), the units directly."""
     exposures, events = plain_tables(None, sa.DateTime(timezone=True), attributes=True)
     sources = table_sources(exposures, events, experiment=7)
     grouped = sources.grouped_by(country=attribute_level(sources, "country"),
                                  device=attribute_level(sources, "device"))
     sets = [((), True), (("country",), False), (("device",), False)]
-    sql = str(units_query(grouped, sets).compile(dialect=DIALECTS[dialect](),
-                                                 compile_kwargs={"literal_binds": True}))
-    (statement,) = sqlglot.parse(sql, read=dialect)
-    assert statement is not None
-    assert len(list(statement.find_all(sqlglot.exp.Union))) == 2
-    assert len(list(statement.find_all(sqlglot.exp.CTE))) == 1
+    plan = Plan.of(METRICS, JOURNEY, False, grouped.events)
+    unit = UnitPass.of(grouped, plan, hours=HOURS).query().cte("unit_values")
+    for query, ctes in ((units_query(grouped, sets), {"exposed_units"}),
+                        (variant_day_query(plan, unit, units=5200, sets=sets),
+                         {"unit_values", "crossed"})):
+        sql = str(query.compile(dialect=DIALECTS[dialect](),
+                                compile_kwargs={"literal_binds": True}))
+        (statement,) = sqlglot.parse(sql, read=dialect)
+        assert isinstance(statement, sqlglot.exp.Select)  # not a UNION of one per set
+        assert {cte.alias for cte in statement.find_all(sqlglot.exp.CTE)} == ctes
+        (grouping_sets,) = statement.find_all(sqlglot.exp.GroupingSets)
+        assert [len(s.expressions) for s in grouping_sets.expressions] == [2, 2, 2]
+        assert sql.count("grouping(") == 3  # day, country, device; never the variant
 
 
 def test_units_exposed_to_several_variants_are_in_the_report(db: Session) -> None:
@@ -129,3 +141,33 @@ def test_units_exposed_to_several_variants_are_in_the_report(db: Session) -> Non
                         now=T0)
     assert body["data_quality"] == {"multi_variant_units": 3}
     assert "3 units exposed to several variants left out" in body["warnings"]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "duckdb:///:memory:", "chdb:///:memory:"])
+def test_grouping_sets_name_each_rows_set_also_when_compiled_from_the_cache(url: str) -> None:
+    """GROUPING() tells the sets apart on every engine (ClickHouse's is the standard's
+    under ``prepare``), the UNION ALL on SQLite; a second, equal statement reuses the
+    cached compiled form and still finds its columns."""
+    table = sa.table("t", sa.column("variant", sa.String), sa.column("day", sa.String),
+                     sa.column("country", sa.String), sa.column("x", sa.Integer))
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        prepare(connection)
+        connection.execute(sa.text("CREATE TABLE t (variant VARCHAR, day VARCHAR, "
+                                   "country VARCHAR, x INTEGER)"))
+        connection.execute(sa.text("INSERT INTO t VALUES ('a', 'd1', 'FR', 1), "
+                                   "('a', 'd2', 'DE', 2), ('a', 'd2', 'FR', 4), "
+                                   "('b', 'd1', 'FR', 8)"))
+        for _ in range(2):
+            total = sa.func.sum(table.c.x).label("total")
+            query = grouping_sets_select(
+                [table.c[name].label(name) for name in ("variant", "day", "country")],
+                [("variant", "day"), ("variant", "country"), ("variant",)], [total])
+            rows = connection.execute(query).all()
+            got = {(row.grouping_set, row.variant,
+                    (row.day, row.country, None)[row.grouping_set]): row._mapping[total]
+                   for row in rows}
+            assert got == {(0, "a", "d1"): 1, (0, "a", "d2"): 6, (0, "b", "d1"): 8,
+                           (1, "a", "DE"): 2, (1, "a", "FR"): 5, (1, "b", "FR"): 8,
+                           (2, "a", None): 7, (2, "b", None): 8}
+    engine.dispose()

@@ -22,6 +22,9 @@ dialect (``default`` is SQLite's). What each one hides:
 * the "last answer" key (:class:`answer_key`, :class:`answer_class`): a sortable (time,
   event id, class) value whose MAX is the unit's last NPS answer — an array on
   PostgreSQL/DuckDB, a zero-padded text elsewhere;
+* grouping sets (:class:`grouping_sets_select`): one ``GROUP BY GROUPING SETS`` statement
+  where the engine has it, each row's set told by ``GROUPING()``; SQLite has none: one
+  SELECT per set, ``UNION ALL``'d;
 * NULL-filling of outer joins (:func:`prepare`): ClickHouse fills the missing side
   of an outer join with default values (0, '') unless ``join_use_nulls = 1``;
 * non-equi join conditions: ClickHouse refuses inequalities in ``JOIN … ON``, so the stages
@@ -30,7 +33,10 @@ dialect (``default`` is SQLite's). What each one hides:
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from functools import reduce
 from typing import Any
 
 from sqlalchemy import (
@@ -40,14 +46,22 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    case,
+    func,
     literal,
     literal_column,
+    select,
     text,
+    tuple_,
+    union_all,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement, Label
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 # Dialect names: duckdb-engine registers "duckdb" (a PostgreSQL subclass, so it must be named
 # where it differs), chdb-sqlalchemy "chdb", clickhouse-connect "clickhousedb".
@@ -443,6 +457,75 @@ compiles(json_attribute, "bigquery")(_json_with("JSON_VALUE({column}, CONCAT('$.
 compiles(json_attribute, "snowflake")(_json_with("GET(PARSE_JSON({column}), {name})::STRING"))
 
 
+# -- grouping sets ----------------------------------------------------------------------------
+
+
+class grouping_sets_select(Executable, ClauseElement):  # lower case: reads as a SQL statement
+    """``SELECT grouping_set, *keys, *aggregates … GROUP BY GROUPING SETS (…)``: the
+    aggregates per grouping set, in one statement. ``keys`` are labelled expressions (what
+    the rows are grouped by), ``sets`` name, per set, the keys it groups by; every row says
+    its set in ``grouping_set`` (the position in ``sets``) and carries every key — those its
+    set does not group by hold NULL (ClickHouse: the type's default), never to be read.
+
+    Where the engine has grouping sets (PostgreSQL, DuckDB, ClickHouse, BigQuery,
+    Snowflake) the rows are read once, each aggregated into every set, and the set is told by
+    the standard ``GROUPING()`` (1 where the key is not grouped; ClickHouse keeps to the
+    standard with ``force_grouping_standard_compatibility``, see :func:`prepare`). SQLite
+    has none: one SELECT per set, ``UNION ALL``'d, where a key the set does not group by is
+    its minimum over the row's group (a value of the key's type: a NULL's type in a UNION
+    differs by engine).
+    """
+
+    _traverse_internals = [("keys", InternalTraversal.dp_clauseelement_list),
+                           ("sets", InternalTraversal.dp_plain_obj),
+                           ("aggregates", InternalTraversal.dp_clauseelement_list)]
+
+    def __init__(self, keys: Sequence[Label[Any]], sets: Sequence[Sequence[str]],
+                 aggregates: Sequence[Any]) -> None:
+        self.keys = list(keys)
+        self.sets = tuple(tuple(names) for names in sets)
+        self.aggregates = list(aggregates)
+
+    @property
+    def _all_selected_columns(self) -> list[Any]:
+        # A compiled form cached for an equal statement is reused: SQLAlchemy then maps
+        # this statement's columns to the result's by position.
+        return [literal_column("grouping_set"), *self.keys, *self.aggregates]
+
+    def grouped(self, number: int) -> list[Any]:
+        """The expressions set ``number`` groups by."""
+        return [key.element for key in self.keys if key.name in self.sets[number]]
+
+
+@compiles(grouping_sets_select)
+def _grouping_sets_union(element: grouping_sets_select, compiler: Any, **kw: Any) -> str:
+    branches = []
+    for number, names in enumerate(element.sets):
+        keys = [key if key.name in names else func.min(key.element).label(key.name)
+                for key in element.keys]
+        branches.append(select(literal_column(str(number)).label("grouping_set"), *keys,
+                               *element.aggregates).group_by(*element.grouped(number)))
+    return compiler.process(union_all(*branches), **kw)
+
+
+def _grouping_sets(element: grouping_sets_select, compiler: Any, **kw: Any) -> str:
+    # Bit i of the mask: GROUPING() of the i-th key some set leaves out (1: not grouped).
+    varying = [key for key in element.keys if not all(key.name in s for s in element.sets)]
+    mask = reduce(operator.add, (func.grouping(key.element) * const(1 << bit)
+                                 for bit, key in enumerate(varying)))
+    number = case({const(sum(1 << bit for bit, key in enumerate(varying)
+                             if key.name not in names)): const(position)
+                   for position, names in enumerate(element.sets)}, value=mask)
+    statement = (select(number.label("grouping_set"), *element.keys, *element.aggregates)
+                 .group_by(func.grouping_sets(*(tuple_(*element.grouped(position))
+                                                for position in range(len(element.sets))))))
+    return compiler.process(statement, **kw)
+
+
+for _dialect in ("postgresql", "duckdb", *CLICKHOUSE, "bigquery", "snowflake"):
+    compiles(grouping_sets_select, _dialect)(_grouping_sets)
+
+
 # -- session settings -------------------------------------------------------------------------
 
 
@@ -458,15 +541,19 @@ def prepare(connection: Connection | Session) -> None:
     PostgreSQL: no JIT for this transaction (compiling the wide query costs more than it
     saves; work_mem stays small on purpose, batched hashes are cache friendlier).
     ClickHouse: ``join_use_nulls = 1`` so the missing side of an outer join is NULL (as in
-    SQL), not the column type's default (0, ''), which would count as a value.
+    SQL), not the column type's default (0, ''), which would count as a value; and
+    ``GROUPING()`` as the SQL standard has it (1 where the key is not grouped): ClickHouse's
+    own is the reverse without ``force_grouping_standard_compatibility``.
     """
     name = dialect_name(connection)
     if name == "postgresql":
         connection.execute(text("SET LOCAL jit = off"))
     elif name in CLICKHOUSE:
         connection.execute(text("SET join_use_nulls = 1"))
+        connection.execute(text("SET force_grouping_standard_compatibility = 1"))
 
 
 __all__ = ["CLICKHOUSE", "answer_class", "answer_key", "before_hours_after", "const",
-           "count_if", "day_key", "dialect_name", "has_bits", "hours_between", "json_attribute",
-           "packed_flags", "prepare", "seconds_between", "utc_day", "utc_instant"]
+           "count_if", "day_key", "dialect_name", "grouping_sets_select", "has_bits",
+           "hours_between", "json_attribute", "packed_flags", "prepare", "seconds_between",
+           "utc_day", "utc_instant"]

@@ -328,7 +328,7 @@ def _unit_source(connection: Session | Connection, sources: PipelineSources, pla
     if unit is None:
         unit = UnitPass.of(sources, plan, hours=hours,
                            events_between=events_between).query().subquery("u")
-    if needs_ranking(plan.metrics) or len(sets) > 1:  # read several times: computed once
+    if needs_ranking(plan.metrics):  # read several times: computed once
         unit = select(*unit.c).cte("unit_values")
     return variant_day_query(plan, unit, units=units, sets=sets)
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, literal_column, select, union_all
+from sqlalchemy import func, select
 
 from experiments.services.capping import CapKey, cap_label, cap_thresholds, capped
 from experiments.services.pipeline.dialects import (
     answer_class,
     count_if,
+    grouping_sets_select,
     hours_between,
     utc_day,
 )
@@ -43,34 +44,45 @@ Sums = dict[str, float]
 GroupingSet = tuple[tuple[str, ...], bool]  # grouping columns, and whether also per UTC day
 
 
-def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any]) -> Any:
-    """``aggregates`` over ``relation`` per variant and each grouping set, one SELECT per set
-    UNION ALL'd (GROUPING SETS, portably): every row names its set (``grouping_set``, the
-    position in ``sets``) and carries ``day`` and every set's columns; those its set does
-    not group by hold their minimum over the row's units, a value of the right type (a
-    NULL's type in a UNION differs by engine), never read. One set: a plain grouped SELECT
-    (no ``grouping_set``)."""
-    names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
-    branches = []
-    for number, (columns, daily) in enumerate(sets):
+def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any], *,
+                 additive: bool = False, constants: Sequence[Any] = ()) -> Any:
+    """``aggregates`` (labelled) over ``relation`` per variant and each grouping set, and
+    ``constants`` (labelled, the same on every row). One set: a plain grouped SELECT.
+
+    Several: one statement (:class:`grouping_sets_select`: ``GROUP BY GROUPING SETS`` where
+    the engine has it) whose rows name their set (``grouping_set``, the position in
+    ``sets``) and carry ``day`` and every set's columns, read only where their set groups by
+    them. ``additive`` aggregates (sums and counts: the per-unit values' ≈ 100) are first
+    summed per crossed group (variant × day × every set's columns: one pass over the
+    relation's rows), then those few rows per set; otherwise every row is aggregated once
+    per set (the units: three aggregates)."""
+    day = utc_day(relation.c.exposed_at).label("day")
+    if len(sets) == 1:
+        ((columns, daily),) = sets
+        grouped = [relation.c[name] for name in columns]
         # Grouped by the labelled day: BigQuery's dialect groups by the label's name.
-        day = utc_day(relation.c.exposed_at)
-        day = (day if daily else func.min(day)).label("day")
-        keys = [(relation.c[name] if name in columns else func.min(relation.c[name]))
-                .label(name) for name in names]
-        which: list[Any] = ([literal_column(str(number)).label("grouping_set")]
-                            if len(sets) > 1 else [])
-        branches.append(select(*which, relation.c.variant_key, day, *keys, *aggregates)
-                        .group_by(relation.c.variant_key, *([day] if daily else []),
-                                  *(relation.c[name] for name in columns)))
-    return branches[0] if len(branches) == 1 else union_all(*branches)
+        return (select(relation.c.variant_key,
+                       day if daily else func.min(day.element).label("day"), *grouped,
+                       *aggregates, *constants)
+                .group_by(relation.c.variant_key, *([day] if daily else []), *grouped))
+    names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
+    keys = [relation.c.variant_key.label("variant_key"), day,
+            *(relation.c[name].label(name) for name in names)]
+    if additive:
+        crossed = (select(*keys, *aggregates).group_by(*(key.element for key in keys))
+                   .cte("crossed"))
+        keys = [crossed.c[key.name].label(key.name) for key in keys]
+        aggregates = [func.sum(crossed.c[a.name]).label(a.name) for a in aggregates]
+    return grouping_sets_select(
+        keys, [("variant_key", *(("day",) if daily else ()), *columns)
+               for columns, daily in sets], [*aggregates, *constants])
 
 
 def units_query(sources: PipelineSources, sets: Sequence[GroupingSet] | None = None) -> Any:
     """Exposed units per variant and grouping set (default: per day and every grouping
     column), with the first and last exposure times."""
     x = first_exposures(sources)
-    if sets is not None and len(sets) > 1:  # read once per set: computed once
+    if sets is not None and len(sets) > 1:  # SQLite reads it once per set: computed once
         x = select(*x.c).cte("exposed_units")
     return grouped_rows(x, sets or [(sources.grouping, True)],
                         [func.count().label("n"), func.min(x.c.exposed_at).label("first"),
@@ -123,7 +135,8 @@ def variant_day_query(plan: Plan, unit: Any, *, units: int = 0,
             for c in _moment_columns(plan, m, i, unit, caps)]
     thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
     timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
-    return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *thresholds, *timing])
+    return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *timing],
+                        additive=True, constants=thresholds)
 
 
 def sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
