@@ -179,11 +179,13 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
             whole = aggregate_experiment(session, experiment.id, specs, sources=sources,
                                          **options)
         # Quantile metrics and time on step: order statistics, not sums (never period-weighted).
-        return with_order_statistics(session, sources, whole,
-                                     quantile_specs(experiment.metrics),
-                                     journey=experiment.journey,
-                                     hours=settings.conversion_window_hours,
-                                     alpha=settings.alpha, steps=settings.time_on_step), levels
+        quantiles = quantile_specs(experiment.metrics)
+        order: dict[str, Any] = {"journey": experiment.journey, "alpha": settings.alpha,
+                                 "hours": settings.conversion_window_hours}
+        if levels is not None:
+            levels = segments.with_level_quantiles(session, sources, quantiles, levels, **order)
+        return with_order_statistics(session, sources, whole, quantiles,
+                                     steps=settings.time_on_step, **order), levels
 
     # In its warehouse (SPEC §15) an experiment is analysed per unit, without periods, its
     # segments from the exposures' attribute snapshots copied there.

@@ -27,7 +27,7 @@ from experiments.services.pipeline import (
     table_sources,
     with_order_statistics,
 )
-from experiments.services.segments import segmented_aggregates
+from experiments.services.segments import segmented_aggregates, with_level_quantiles
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
@@ -65,10 +65,12 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
             aggregates = aggregate_experiment(connection, None, metrics, hours=hours,
                                               cuped=cuped, journey=journey, rollup=False,
                                               sources=sources)
-        return with_order_statistics(connection, sources, aggregates,
-                                     quantile_specs(experiment.metrics), journey=journey,
-                                     hours=hours, alpha=settings.alpha,
-                                     steps=settings.time_on_step), levels
+        quantiles = quantile_specs(experiment.metrics)
+        order: dict[str, Any] = {"journey": journey, "hours": hours, "alpha": settings.alpha}
+        if levels is not None:
+            levels = with_level_quantiles(connection, sources, quantiles, levels, **order)
+        return with_order_statistics(connection, sources, aggregates, quantiles,
+                                     steps=settings.time_on_step, **order), levels
 
 
 def warehouse_aggregates(session: Session, experiment: Experiment, settings: AnalysisSettings,
