@@ -152,14 +152,13 @@ def main() -> None:
         fold_s = timed(lambda: run_analysis(url))
         print(f"second report + rollup     {fold_s:8.2f}s   (folds every event once; "
               "information only)", flush=True)
-        rounds = iter(range(1, 3 * REPEAT + 4))
         analysis_s = best_of(lambda: run_analysis(url),
-                             before=lambda: add_traffic(url, experiment_id, next(rounds)))
+                             before=lambda: add_traffic(url, experiment_id))
         segments_s = best_of(lambda: run_analysis(url, dimensions=DIMENSIONS),
-                             before=lambda: add_traffic(url, experiment_id, next(rounds)))
+                             before=lambda: add_traffic(url, experiment_id))
         with time_on_step(url):
             timed_s = best_of(lambda: run_analysis(url),
-                              before=lambda: add_traffic(url, experiment_id, next(rounds)))
+                              before=lambda: add_traffic(url, experiment_id))
         floor_s = best_of(lambda: run_floor(url, experiment_id))
         rss = child_rss(url)
     ratio = analysis_s / baseline_s
@@ -295,14 +294,17 @@ def traffic_params(experiment_id: int) -> dict[str, Any]:
             "span_s": DAYS * 86_400.0}
 
 
-def add_traffic(url: str, experiment_id: int, round_: int) -> None:
-    """New units and new events (0.1 % each) arrive between two scheduled reports."""
-    first_unit = UNITS + (round_ - 1) * NEW_UNITS + 1
-    params = {**traffic_params(experiment_id), "first_unit": first_unit,
-              "last_unit": first_unit + NEW_UNITS - 1, "events": NEW_EVENTS,
-              "prefix": f"r{round_}-"}
+def add_traffic(url: str, experiment_id: int) -> None:
+    """New units and new events (0.1 % each) arrive between two scheduled reports (units
+    numbered after those already there: a reused database keeps earlier runs' traffic)."""
     engine = create_engine(url)
     with engine.begin() as connection:
+        first_unit = 1 + connection.scalar(
+            text("SELECT count(*) FROM exposures WHERE experiment_id = :id"),
+            {"id": experiment_id})
+        params = {**traffic_params(experiment_id), "first_unit": first_unit,
+                  "last_unit": first_unit + NEW_UNITS - 1, "events": NEW_EVENTS,
+                  "prefix": f"u{first_unit}-"}
         connection.execute(EXPOSURES_SQL, params)
         connection.execute(EVENTS_SQL, params)
     engine.dispose()
