@@ -24,6 +24,9 @@ segments' statistics, the fold of the 94 rows negligible. EXPLAIN ANALYZE (same 
 later): the three JSON extractions are ≈ 0.1 s of it; the time is the four grouped
 passes per query (docs/performance.md, "Segments").
 
+The same scheduled report with the funnel's time on step (``analysis.time_on_step``) is
+timed too: it could be on by default only within 1.5x the report without.
+
 PARCOURS_BENCH_KEEP_DB=1 keeps the filled database and prints its URL; giving that URL as
 PARCOURS_BENCH_DATABASE_URL reruns the timings on it without regenerating (EXPLAIN work).
 """
