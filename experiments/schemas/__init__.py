@@ -221,7 +221,7 @@ class AnalysisSettings(Strict):
     # Analyse in this warehouse (SPEC §15): a PARCOURS_WAREHOUSE_<NAME>_URL name, lower-cased.
     warehouse: Key | None = None
     # The funnel's p50/p90 time on each step (SPEC §11): one more statement over every step
-    # event per analysis, never rolled up (a report with it measured at 4.5-10x the scheduled
+    # event per analysis, never rolled up (a report with it measured at 2.3-10x the scheduled
     # report without, docs/performance.md), so asked for, not default.
     time_on_step: bool = False
     # Attributes every analysis breaks down by (SPEC §11): segments, never decisions.
