@@ -298,8 +298,8 @@ def traffic_params(experiment_id: int) -> dict[str, Any]:
 
 
 def add_traffic(url: str, experiment_id: int) -> None:
-    """New units and new events (0.1 % each) arrive between two scheduled reports (units
-    numbered after those already there: a reused database keeps earlier runs' traffic)."""
+    """New units and new events (0.1 % each) arrive between two scheduled reports, numbered
+    after the units already there (a reused database holds earlier runs' traffic)."""
     engine = create_engine(url)
     with engine.begin() as connection:
         first_unit = 1 + connection.scalar(
@@ -307,7 +307,7 @@ def add_traffic(url: str, experiment_id: int) -> None:
             {"id": experiment_id})
         params = {**traffic_params(experiment_id), "first_unit": first_unit,
                   "last_unit": first_unit + NEW_UNITS - 1, "events": NEW_EVENTS,
-                  "prefix": f"u{first_unit}-"}
+                  "prefix": f"r{first_unit}-"}
         connection.execute(EXPOSURES_SQL, params)
         connection.execute(EVENTS_SQL, params)
     engine.dispose()
