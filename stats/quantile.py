@@ -81,6 +81,14 @@ def needed_ranks(n: int, *, quantile: float, alpha: float = 0.05) -> QuantileRan
     )
 
 
+def outer_spread(*, quantile: float, alpha: float = 0.05) -> float:
+    """z²·ν(1−ν): times n, the squared distance (n·h)² from the point rank n·ν to the outer
+    interval's ranks n·(ν ± h) — what the database needs to keep only the rows near them."""
+    check_quantile(quantile)
+    check_options(method="frequentist", alpha=alpha, direction="increase", mde=None)
+    return frequentist.critical_value(alpha) ** 2 * quantile * (1.0 - quantile)
+
+
 @dataclass(frozen=True)
 class QuantileStats:
     """What the database returns per variant: n and the order statistics at `needed_ranks`.

@@ -6,17 +6,19 @@ the event-level clustering correction widens the interval when units have many e
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from experiments.models import Event, Exposure
 from experiments.services.analysis import analyze_experiment
 from experiments.services.pipeline import QuantileSpec, own_sources, quantile_stats
+from experiments.services.pipeline.quantiles import order_statistics, order_statistics_query
 from experiments.services.report import TIMELINE_NOTE
 from stats.quantile import (
     QuantileStats,
@@ -24,6 +26,7 @@ from stats.quantile import (
     analyze_quantiles,
     clustering_factor,
     estimate_quantile,
+    needed_ranks,
     stats_from_sorted,
 )
 from stats.records import RatioStats
@@ -195,3 +198,29 @@ def test_many_events_per_unit_widen_the_event_level_interval(db: Session) -> Non
     plain = estimate_quantile(QuantileStats(stats.n, stats.estimate, stats.lower, stats.upper),
                               quantile=0.5)
     assert clustered.se == pytest.approx(plain.se * np.sqrt(factor), rel=1e-12)
+
+
+def test_the_one_statement_keeps_every_rank_the_estimator_needs(db: Session) -> None:
+    """n from 1 to 300 shuffled values 0..n-1 (the value at rank r is r - 1): for every n,
+    level and alpha the statement keeps the point and outer-interval ranks (clamps
+    included), and only a few rows around them."""
+    table = sa.Table("ranked_check", sa.MetaData(), sa.Column("variant_key", sa.Integer),
+                     sa.Column("value", sa.Float), prefixes=["TEMPORARY"])
+    table.create(db.connection())
+    rng = random.Random(7)
+    db.execute(table.insert(), [{"variant_key": n, "value": float(value)}
+                                for n in range(1, 301)
+                                for value in rng.sample(range(n), n)])
+    levels = [0.01, 0.25, 0.5, 0.9, 0.99]
+    for alpha in (0.05, 0.2):
+        found = order_statistics(db, table, ["variant_key"], levels, alpha=alpha)
+        assert set(found) == {(n,) for n in range(1, 301)}
+        for (n,), (count, values) in found.items():
+            ranks = [needed_ranks(n, quantile=level, alpha=alpha) for level in levels]
+            assert count == n
+            assert values == {r: r - 1.0 for q in ranks for r in (q.point, q.lower, q.upper)}
+        kept = db.execute(order_statistics_query(table, ["variant_key"], levels, alpha=alpha)
+                          ).all()
+        per_partition = Counter(row.variant_key for row in kept)
+        assert max(per_partition.values()) <= 2 + 13 * len(levels)  # of up to 300 values
+        assert per_partition[300] < 300 / 4

@@ -45,6 +45,11 @@ METRICS = [
     {"key": "nps", "kind": "nps", "event": "nps", "role": "secondary", "direction": "increase"},
     {"key": "time-to-buy", "kind": "time_to_convert", "event": "purchase", "role": "secondary",
      "direction": "decrease"},
+    # Order statistics, in the whole report and per segment level (SPEC §11).
+    {"key": "order-p50", "kind": "quantile", "quantile": 0.5, "event": "purchase",
+     "source": "event_value", "role": "secondary", "direction": "increase"},
+    {"key": "basket-p90", "kind": "quantile", "quantile": 0.9, "event": "purchase",
+     "source": "unit_value", "role": "secondary", "direction": "increase"},
 ]
 T0 = datetime(2026, 11, 20, 9, 0, 0, 123456, tzinfo=UTC)
 JOURNEY = ["landing", "cart", "checkout", "payment", "confirmation"]
@@ -158,6 +163,12 @@ def test_a_warehouse_report_equals_the_parcours_report(database_url: str, tmp_pa
     [segment] = in_parcours["segments"]  # computed inside the warehouse too, identically
     assert segment["dimension"] == "country"
     assert {level["level"] for level in segment["levels"]} == {"fr", "de", "es", "__null__"}
+    for key in ("order-p50", "basket-p90"):  # each level's own values, all of them
+        whole = next(m for m in in_parcours["metrics"] if m["key"] == key)["variants"]
+        levels = [next(m for m in level["metrics"] if m["key"] == key)["variants"]
+                  for level in segment["levels"]]
+        assert [sum(level[index]["units"] for level in levels) for index in range(2)] == [
+            variant["units"] for variant in whole] and all(v["units"] for v in whole), key
     assert not any("segments" in warning for warning in in_warehouse["warnings"])
     diffs = differences(without_times(in_warehouse), without_times(in_parcours))
     assert not diffs, "\n".join(diffs)

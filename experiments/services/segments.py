@@ -12,6 +12,10 @@ levels × metrics × treatments of the dimension; heterogeneity p-values are Bon
 over levels × metrics × treatments of all the report's dimensions. A level with fewer than
 ``MIN_UNITS_PER_ARM`` units in some arm keeps its estimates with null tests and a warning.
 Segments never feed decisions.
+
+Quantile metrics are not sums: :func:`with_level_quantiles` asks the database for their
+order statistics per variant and merged level, one statement per dimension and metric;
+they are compared within each level (same BH family), without a heterogeneity test.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sqlalchemy import case, literal
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -31,8 +36,10 @@ from experiments.services.pipeline import (
     JourneyCounts,
     MetricSpec,
     PipelineSources,
+    QuantileSpec,
     aggregate_dimensions,
     attribute_level,
+    quantile_stats,
     to_stats,
 )
 from experiments.services.quantiles import quantile_metric
@@ -53,6 +60,10 @@ MAX_LEVELS = 20  # levels with most units kept; the rest are merged into __other
 MIN_UNITS_PER_ARM = 100  # below this in some arm: estimates only
 SLICE_WARNING = ("segments are for generating hypotheses, not for decisions: with many slices "
                  "some differ by chance; confirm a segment effect in its own experiment")
+# SPEC §11 defines the level-against-the-rest test on differences of means: a quantile
+# metric is compared within each level, never against the rest of the dimension.
+QUANTILE_HETEROGENEITY_NOTE = ("{}: a quantile is not tested against the rest of the "
+                               "dimension (the test compares differences of means)")
 Sums = Mapping[str, float]
 
 
@@ -154,6 +165,44 @@ def merge_levels(levels: Sequence[LevelAggregates], *,
     return ordered, len(merged) + sum(level.merged_levels for level in rest)
 
 
+def merged_level(level: Any, kept: Sequence[str]) -> Any:
+    """A unit's level as the report shows it: a kept level or ``__null__`` as is, any other
+    ``__other__`` (:func:`merge_levels`, in SQL)."""
+    return case((level.in_([*kept, NULL]), level), else_=literal(OTHER))
+
+
+def with_level_quantiles(connection: Session | Connection, sources: PipelineSources,
+                         specs: Sequence[QuantileSpec],
+                         breakdowns: Mapping[str, Sequence[LevelAggregates]], *,
+                         journey: Sequence[str], hours: float,
+                         alpha: float) -> dict[str, list[LevelAggregates]]:
+    """Each dimension's levels merged as the report shows them (:func:`merge_levels`), each
+    with its quantile metrics' order statistics per variant.
+
+    Order statistics do not add up, so the database computes them per variant and MERGED
+    level (``__other__`` is one partition, not a sum of its levels): one statement per
+    dimension and metric (two for an event-level one), whatever the number of levels.
+    """
+    out = {}
+    for dimension, levels in breakdowns.items():
+        merged, count = merge_levels(levels)
+        by_level: dict[str, dict[str, dict[str, QuantileStats]]] = {}
+        if specs and merged:
+            kept = [level.level for level in merged if level.level not in (OTHER, NULL)]
+            grouped = sources.grouped_by(
+                segment=merged_level(attribute_level(sources, dimension), kept))
+            for spec in specs:
+                for (variant, name), stats in quantile_stats(
+                        connection, grouped, spec, journey=journey, hours=hours, alpha=alpha,
+                        grouping=("segment",)).items():
+                    by_level.setdefault(str(name), {}).setdefault(spec.key, {})[variant] = stats
+        # An __other__ keeps its count: merge_levels of these levels gives them back as is.
+        out[dimension] = [replace(level, quantiles=by_level.get(level.level, {}),
+                                  merged_levels=count if level.level == OTHER else 0)
+                          for level in merged]
+    return out
+
+
 def _untested(comparison: Comparison) -> Comparison:
     """The estimates only: a level too small for inference (SPEC §11)."""
     return replace(comparison, absolute_ci=None, relative_ci=None, p_value=None,
@@ -241,6 +290,8 @@ def _dimension_entry(experiment: Experiment, settings: AnalysisSettings, dimensi
             metrics.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
                             "direction": metric.direction, "variants": variants,
                             "comparisons": [], **quantile_fields(metric)})
+            if metric.kind in ORDER_STATISTIC_KINDS:
+                warnings.append(QUANTILE_HETEROGENEITY_NOTE.format(metric.key))
         matrix = friction_matrix(experiment, plain, units, level.journey) if testable else []
         entries.append({"level": level.level, "units": units,
                         "srm": {"p_value": srm.p_value, "detected": srm.detected},

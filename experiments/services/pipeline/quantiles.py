@@ -1,7 +1,7 @@
 """Quantile metrics (SPEC §11): exact order statistics computed by the database.
 
 Quantiles are not sums, so they stay out of the single pass and its rollup: they read the
-events directly, in three small queries per metric, and Python only ever sees a few rows
+events directly, in one or two queries per metric, and Python only ever sees a few rows
 per partition (a partition is a variant, times any grouping columns — segment levels —
 times the step for :func:`time_on_step`).
 
@@ -17,10 +17,11 @@ times the step for :func:`time_on_step`).
      step in the window to its first ``step`` event of a later journey step at or after
      it, also in the window; units that never leave the step are left out.
 
-2. :func:`value_counts_query` (``count(*)`` per partition) gives n, hence the ranks
-   ``stats.quantile.needed_ranks`` asks for; :func:`order_statistics_query` numbers the
-   values (``ROW_NUMBER() OVER (PARTITION BY … ORDER BY value)``) and returns only the
-   rows at those ranks.
+2. :func:`order_statistics_query`, ONE statement over the values: each value's rank
+   (``ROW_NUMBER() OVER (PARTITION BY … ORDER BY value)``) beside its partition's n
+   (``count(*) OVER (PARTITION BY …)``), keeping only the rows near the ranks
+   ``stats.quantile.needed_ranks`` asks for (a few per partition); Python then reads the
+   exact ranks from those rows.
 3. ``event_value`` only: :func:`cluster_sums_query`, once the point estimates are known,
    sums per partition Sᵢ (the unit's events at or below the estimate) and Nᵢ (its events)
    into the ``RatioStats`` moments of the clustering correction.
@@ -28,11 +29,12 @@ times the step for :func:`time_on_step`).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
-from sqlalchemy import Float, and_, case, func, literal, select
+from sqlalchemy import Float, and_, case, func, literal, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
@@ -43,7 +45,7 @@ from experiments.services.pipeline.journey import number
 from experiments.services.pipeline.run import ExperimentAggregates
 from experiments.services.pipeline.sources import PipelineSources
 from experiments.services.pipeline.unit_values import MetricSpec, bounded_value, window
-from stats.quantile import QuantileStats, needed_ranks
+from stats.quantile import QuantileStats, needed_ranks, outer_spread
 from stats.records import RatioStats
 
 QUANTILE_SOURCES = ("event_value", "unit_value", "step_duration")
@@ -150,23 +152,30 @@ def quantile_values(sources: PipelineSources, spec: QuantileSpec, journey: Seque
     return query.subquery("quantile_values")
 
 
-def value_counts_query(values: Any, partition: Sequence[str]) -> Select[Any]:
-    """Stage 2a: ``n`` per partition."""
-    keys = [values.c[name] for name in partition]
-    return select(*keys, func.count().label("n")).group_by(*keys)
+def order_statistics_query(values: Any, partition: Sequence[str], levels: Sequence[float],
+                           *, alpha: float) -> Select[Any]:
+    """Stage 2: ``n``, and the values whose ranks are near those the estimator needs for
+    each quantile level (point, lower, upper), per partition — in one statement.
 
-
-def order_statistics_query(values: Any, partition: Sequence[str],
-                           ranks: Collection[int]) -> Select[Any]:
-    """Stage 2b: the values at the given 1-based ranks of each partition (partitions may
-    need different ranks: the caller keeps each partition's own)."""
+    The point rank ⌈n·ν⌉ is within 1 of n·ν, the outer interval's ranks within 1 of
+    n·ν ∓ D with D² = n·z²·ν(1−ν) (``stats.quantile.outer_spread``). A row is kept when
+    d = |rank − n·ν| is at most 2, or lies in [D − 2, D + 2] — compared as squares, so no
+    engine needs ``sqrt`` — or is the first or last (ranks are clamped to 1..n): at most
+    about 15 rows per partition and level, exact ranks picked in Python.
+    """
     keys = [values.c[name] for name in partition]
     ranked = select(*keys, values.c.value,
                     func.row_number().over(partition_by=keys, order_by=values.c.value)
-                    .label("value_rank")).subquery("ranked_values")
-    return (select(*(ranked.c[name] for name in partition), ranked.c.value_rank,
-                   ranked.c.value)
-            .where(ranked.c.value_rank.in_(sorted(set(ranks)))))
+                    .label("value_rank"),
+                    func.count().over(partition_by=keys).label("n")).subquery("ranked_values")
+    rank, n = ranked.c.value_rank, ranked.c.n
+    near = [rank == 1, rank == n]
+    for level in levels:
+        d = func.abs(rank - n * literal(level, Float()))
+        spread = n * literal(outer_spread(quantile=level, alpha=alpha), Float())
+        near += [d <= 2, and_((d - 2) * (d - 2) <= spread, spread <= (d + 2) * (d + 2))]
+    return (select(*(ranked.c[name] for name in partition), n, rank, ranked.c.value)
+            .where(or_(*near)))
 
 
 def cluster_sums_query(values: Any, partition: Sequence[str],
@@ -195,23 +204,20 @@ def order_statistics(connection: Session | Connection, values: Any,
                      partition: Sequence[str], levels: Sequence[float], *,
                      alpha: float) -> dict[Partition, tuple[int, dict[int, float]]]:
     """Per partition: n and the values at the ranks every quantile level in ``levels``
-    needs (point, lower, upper) — two queries, a few rows per partition."""
-    counts = {_cell(row, partition): int(row.n)
-              for row in connection.execute(value_counts_query(values, partition))}
-    wanted: dict[Partition, set[int]] = {}
+    needs (point, lower, upper) — one statement, a few rows per partition."""
+    counts: dict[Partition, int] = {}
+    near: dict[Partition, dict[int, float]] = defaultdict(dict)
+    for row in connection.execute(order_statistics_query(values, partition, levels,
+                                                         alpha=alpha)):
+        cell = _cell(row, partition)
+        counts[cell] = int(row.n)
+        near[cell][int(row.value_rank)] = float(row.value)
+    out = {}
     for cell, n in counts.items():
-        for level in levels:
-            ranks = needed_ranks(n, quantile=level, alpha=alpha)
-            if ranks is not None:
-                wanted.setdefault(cell, set()).update((ranks.point, ranks.lower, ranks.upper))
-    found: dict[Partition, dict[int, float]] = {cell: {} for cell in counts}
-    if wanted:
-        query = order_statistics_query(values, partition, set().union(*wanted.values()))
-        for row in connection.execute(query):
-            cell = _cell(row, partition)
-            if int(row.value_rank) in wanted.get(cell, ()):
-                found[cell][int(row.value_rank)] = float(row.value)
-    return {cell: (n, found[cell]) for cell, n in counts.items()}
+        wanted = {rank for level in levels
+                  for rank in astuple(needed_ranks(n, quantile=level, alpha=alpha))}
+        out[cell] = (n, {rank: near[cell][rank] for rank in wanted})
+    return out
 
 
 def _stats(n: int, values: Mapping[int, float], *, quantile: float, alpha: float,
@@ -309,6 +315,5 @@ __all__ = [
     "step_durations",
     "sum_specs",
     "time_on_step",
-    "value_counts_query",
     "with_order_statistics",
 ]

@@ -35,7 +35,7 @@ from experiments.services.pipeline import (
     with_order_statistics,
 )
 from experiments.services.pipeline.dialects import prepare
-from experiments.services.segments import segmented_aggregates
+from experiments.services.segments import segmented_aggregates, with_level_quantiles
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError
 from experiments.services.warehouses.sources import warehouse_sources
@@ -80,9 +80,13 @@ def analyse_sources(connection: Session | Connection, session: Session | None,
     elif whole is None:
         whole = aggregate_experiment(connection, experiment.id, metrics, sources=sources,
                                      **options)
-    whole = with_order_statistics(connection, sources, whole, quantile_specs(experiment.metrics),
-                                  journey=experiment.journey, hours=hours, alpha=settings.alpha,
-                                  steps=settings.time_on_step)
+    quantiles = quantile_specs(experiment.metrics)
+    order: dict[str, Any] = {"journey": experiment.journey, "hours": hours,
+                             "alpha": settings.alpha}
+    if levels is not None:
+        levels = with_level_quantiles(connection, sources, quantiles, levels, **order)
+    whole = with_order_statistics(connection, sources, whole, quantiles,
+                                  steps=settings.time_on_step, **order)
     return Analysed(whole, levels, bandit)
 
 
