@@ -137,4 +137,4 @@ def test_the_p90_shortened_in_one_level_is_significant_there_only(app, db: Sessi
     france = france[:france.index('class="segment-level"')]
     row = france[france.index("<th scope=\"row\">cart-time-p90"):]
     row = row[:row.index("</tr>")]
-    assert "p90 of time on step" in row and " s " in row and "verdict-better" in row
+    assert "p90 of time on cart" in row and " s " in row and "verdict-better" in row
