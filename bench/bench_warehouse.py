@@ -27,7 +27,7 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
    hand-written join fails with "Out of Memory" at 300MB and 400MB (also with
    ``preserve_insertion_order=false``): its hash table of 10 M text unit ids does not spill
    enough, so a DuckDB process running it peaks at ~1.2 GB RSS. The report's engine gets the
-   warehouse defaults (``engines.ENGINE_SETTINGS``: chDB's hash join and spilling,
+   warehouse defaults (``engines.ENGINE_SETTINGS``: chDB's grace hash join and spilling,
    DuckDB's ``preserve_insertion_order=false``) and ``PARCOURS_BENCH_WH_SETTINGS``
    (``name=value,…``, as ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``); importing chDB alone maps
    ~300-500 MB of library (file-backed RSS), which is why the child also prints anonymous

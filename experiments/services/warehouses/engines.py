@@ -30,16 +30,16 @@ EXTENSION_KEY = "parcours.warehouses"
 # Each engine's memory settings unless the URL or ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``
 # says otherwise (measured with bench/bench_warehouse.py: docs/performance.md, Warehouses).
 # chDB: ClickHouse builds a join's hash table from its right side, which the per-unit pass
-# makes the exposures (one row per unit), not the events. At 1 M units / 10 M events the
-# report's process peaked at 2.1 GB when the events were that side (ClickHouse's defaults);
-# with the exposures there, a plain hash join costs ~40 % less CPU than a grace hash join
-# (measured on that pass: 5.9 s vs 10.2 s) for ~130 MB more; GROUP BY and ORDER BY spill
-# beyond 50 MB.
+# makes the exposures (one row per unit), not the events; at 1 M units / 10 M events the
+# report's process peaked at 2.1 GB with ClickHouse's defaults and the events on that side,
+# 0.9-1.2 GB with a grace hash join (8 buckets) and group/sort spilling beyond 50 MB. A
+# plain hash join, ~25 % less CPU at 1 M units, grew past 12 GB at 10 M units.
 # DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
 # memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory").
 ENGINE_SETTINGS: dict[str, dict[str, str]] = {
     "duckdb": {"preserve_insertion_order": "false"},
-    "chdb": {"join_algorithm": "hash", "max_bytes_before_external_group_by": "50000000",
+    "chdb": {"join_algorithm": "grace_hash", "grace_hash_join_initial_buckets": "8",
+             "max_bytes_before_external_group_by": "50000000",
              "max_bytes_before_external_sort": "50000000"},
 }
 # How ClickHouse and PostgreSQL say that their own timeout stopped a statement.
