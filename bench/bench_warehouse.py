@@ -60,11 +60,12 @@ load average ~8 on the 2 cores: noisy), every goal MISSED:
   report 10.54 s (10.9×), peak RSS 765 MB; chDB baseline 2.38 s, full report 33.86 s
   (14.2×), peak RSS 928 MB.
 
-After the per-unit pass rework (evening, docs/performance.md "Latest"): at 1 M units the
-report costs ~20 % (DuckDB) and ~25 % (chDB) less CPU than before, every goal still MISSED;
-at 10 M units / 100 M events DuckDB's full report took 112.8 s against a 5.3 s baseline
-(21×), chDB's 514.6 s (one cold report, grace hash join, peak RSS 4.9 GB) against 38.0 s
-(13.6×); a plain hash join in chDB passed 12.6 GB there. Each figure is printed in wall and CPU seconds (the engines run in this process; on
+After the per-unit pass rework (evening, docs/performance.md "Latest"): at 1 M units
+DuckDB's report costs ~20 % less CPU than before, chDB's gain is within the noise with its
+grace hash join; every goal still MISSED. At 10 M units / 100 M events DuckDB's full report
+took 112.8 s against a 5.3 s baseline (21×), chDB's 514.6 s (one cold report, grace hash
+join, peak RSS 4.9 GB) against 38.0 s (13.6×); a plain hash join in chDB passed 12.6 GB
+there. Each figure is printed in wall and CPU seconds (the engines run in this process; on
 a shared machine the CPU seconds are the steadier). ``PARCOURS_BENCH_WH_ENGINES=duckdb``
 runs one engine. The memory settings tried are in docs/performance.md (Warehouses).
 
