@@ -60,8 +60,14 @@ load average ~8 on the 2 cores: noisy), every goal MISSED:
   report 10.54 s (10.9×), peak RSS 765 MB; chDB baseline 2.38 s, full report 33.86 s
   (14.2×), peak RSS 928 MB.
 
-10 M units / 100 M events with the full report: not measured yet. The memory settings
-tried are in docs/performance.md (Warehouses).
+After the per-unit pass rework (evening, docs/performance.md "Latest"): at 1 M units
+DuckDB's report costs ~20 % less CPU than before, chDB's gain is within the noise with its
+grace hash join; every goal still MISSED. At 10 M units / 100 M events DuckDB's full report
+took 112.8 s against a 5.3 s baseline (21×), chDB's 514.6 s (one cold report, grace hash
+join, peak RSS 4.9 GB) against 38.0 s (13.6×); a plain hash join in chDB passed 12.6 GB
+there. Each figure is printed in wall and CPU seconds (the engines run in this process; on
+a shared machine the CPU seconds are the steadier). ``PARCOURS_BENCH_WH_ENGINES=duckdb``
+runs one engine. The memory settings tried are in docs/performance.md (Warehouses).
 
 The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
 100 M events take about 2 GB in each engine), removed afterwards.
@@ -76,7 +82,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -89,7 +95,6 @@ from bench.bench_analysis import (
     REPEAT,
     STARTED,
     bench_experiment,
-    best_of,
     create_running_experiment,
     drop_rollup,
     fresh_database,
@@ -104,7 +109,7 @@ EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_WH_EVENTS_PER_UNIT", "10"))
 POSTGRES_UNITS = int(os.environ.get("PARCOURS_BENCH_WH_POSTGRES_UNITS", "1000000"))
 WITH_POSTGRES = os.environ.get("PARCOURS_BENCH_WH_POSTGRES", "1") != "0"
 DUCKDB_MEMORY = os.environ.get("PARCOURS_BENCH_WH_DUCKDB_MEMORY", "1GB")
-ENGINES = ("duckdb", "chdb")
+ENGINES = tuple(os.environ.get("PARCOURS_BENCH_WH_ENGINES", "duckdb,chdb").split(","))
 TARGET_RATIO = 1.5
 TARGET_RSS_MB = 500
 TARGET_SPEEDUP = 10
@@ -291,12 +296,13 @@ def baseline(url: str) -> dict[str, tuple[int, float, float]]:
     return {row.variant_key: (int(row.n), float(row.total), float(row.total_sq)) for row in rows}
 
 
-def full_report(url: str) -> float:
-    """Seconds of the full Parcours report (every metric, funnel, friction points, one
-    dimension) of the bench experiment over the warehouse ``url`` names: what the analysis
-    does for a warehouse experiment (``routing.run_pipeline`` on the warehouse engine, over
-    the relations ``warehouse_sources`` gives, then the report and its segments), without
-    the sync (the bench's tables are already ``parcours_exposures`` / ``parcours_events``)."""
+def full_report(url: str) -> tuple[float, float]:
+    """Wall and CPU seconds (this process's: the in-process engines' threads count) of the
+    full Parcours report (every metric, funnel, friction points, one dimension) of the bench
+    experiment over the warehouse ``url`` names: what the analysis does for a warehouse
+    experiment (``routing.run_pipeline`` on the warehouse engine, over the relations
+    ``warehouse_sources`` gives, then the report and its segments), without the sync (the
+    bench's tables are already ``parcours_exposures`` / ``parcours_events``)."""
     from sqlalchemy import select
 
     from experiments.config import WarehouseConfig
@@ -308,14 +314,14 @@ def full_report(url: str) -> float:
     exposures = select(tables.exposures.c.id.label("exposure_id"),
                        *[c for c in tables.exposures.c if c.name != "id"]).subquery("exposures")
     events = select(*tables.events.c).subquery("events")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     engine = engines._make_engine(WarehouseConfig("bench", url, timeout_seconds=3600,
                                                   settings=SETTINGS))
     analysed = routing.run_pipeline(engine, exposures, events, experiment, settings, specs,
                                     DIMENSIONS)
     body = build_report(experiment, settings, analysed.aggregates, now=NOW)
     body["segments"] = segments_section(experiment, settings, analysed.levels or {})
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started, time.process_time() - cpu
     engine.dispose()
     assert sum(body["units"].values()) > 0 and body["segments"], body.get("warnings")
     return seconds
@@ -360,22 +366,39 @@ def main() -> None:
           flush=True)
     with warehouses(UNITS) as urls:
         for engine, url in urls.items():
-            baseline_s = best_of(lambda url=url: baseline(url))
-            print(f"{engine:7} baseline query       {baseline_s:8.2f}s", flush=True)
-            report_s = report_seconds(url)
+            baseline_s, baseline_cpu = median_of(lambda url=url: with_cpu(baseline, url))
+            print(f"{engine:7} baseline query       {baseline_s:8.2f}s (cpu {baseline_cpu:.2f}s)",
+                  flush=True)
+            report_s, report_cpu = report_seconds(url)
             ratio = report_s / baseline_s
             print(f"{engine:7} full report          {report_s:8.2f}s   ratio {ratio:.2f}x "
-                  f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}",
+                  f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}; "
+                  f"cpu {report_cpu:.2f}s, cpu ratio {report_cpu / baseline_cpu:.2f}x",
                   flush=True)
             print_rss(engine, url)
     if WITH_POSTGRES:
         compare_postgres()
 
 
-def report_seconds(url: str) -> float:
-    """Median of REPEAT full reports after a warm-up."""
-    full_report(url)
-    return statistics.median(full_report(url) for _ in range(REPEAT))
+def report_seconds(url: str) -> tuple[float, float]:
+    """Median wall and CPU seconds of REPEAT full reports after a warm-up."""
+    return median_of(lambda: full_report(url))
+
+
+def median_of(run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """Medians of REPEAT (wall, CPU) measurements after a warm-up. The CPU seconds are this
+    process's, engine threads included (DuckDB and chDB run in it): on a shared machine
+    they move less than the wall time."""
+    run()
+    walls, cpus = zip(*(run() for _ in range(REPEAT)), strict=True)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def with_cpu(run: Callable[[str], Any], url: str) -> tuple[float, float]:
+    """Wall and CPU seconds of one ``run(url)``."""
+    started, cpu = time.perf_counter(), time.process_time()
+    run(url)
+    return time.perf_counter() - started, time.process_time() - cpu
 
 
 def print_rss(engine: str, url: str) -> None:
@@ -409,7 +432,7 @@ def compare_postgres() -> None:
     print(f"postgres first report       {postgres_s:8.2f}s", flush=True)
     with warehouses(POSTGRES_UNITS) as urls:
         for engine, url in urls.items():
-            report_s = report_seconds(url)
+            report_s, _ = report_seconds(url)
             speedup = postgres_s / report_s
             print(f"{engine:7} full report          {report_s:8.2f}s   {speedup:.1f}x faster "
                   f"than postgres (target >= {TARGET_SPEEDUP}x) "

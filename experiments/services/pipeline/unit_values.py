@@ -366,11 +366,15 @@ class UnitPass:
             if before is not None:
                 where.append(ev.c.occurred_at < before)
         columns = [value.expression.label(value.label) for value in self.values]
-        keys = [x.c[key] for key in self.keys]
-        return (select(*keys, *columns)
-                .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+        # Grouped by the exposure id alone (one integer to hash, stage 1 gives one row per
+        # unit and ids are unique: its tie-break relies on them), the unit's other columns
+        # carried by min(); the events on the left, so that ClickHouse builds its join's
+        # hash table from the exposures (its right side), not from the events.
+        carried = [func.min(x.c[key]).label(key) for key in self.keys[1:]]
+        return (select(x.c.exposure_id, *carried, *columns)
+                .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
                 .where(*where)
-                .group_by(*keys))
+                .group_by(x.c.exposure_id))
 
 
 __all__ = ["CUPED_KINDS", "PROPORTION_KINDS", "MetricSpec", "Plan", "UnitPass", "UnitValue",

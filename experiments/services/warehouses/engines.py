@@ -29,8 +29,11 @@ from experiments.errors import NotFound
 EXTENSION_KEY = "parcours.warehouses"
 # Each engine's memory settings unless the URL or ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``
 # says otherwise (measured with bench/bench_warehouse.py: docs/performance.md, Warehouses).
-# chDB: at 1 M units / 10 M events the report's process peaked at 2.1 GB with ClickHouse's
-# defaults, 0.9 GB with a grace hash join and group/sort spilling beyond 50 MB (time +8 %).
+# chDB: ClickHouse builds a join's hash table from its right side, which the per-unit pass
+# makes the exposures (one row per unit), not the events; at 1 M units / 10 M events the
+# report's process peaked at 2.1 GB with ClickHouse's defaults and the events on that side,
+# 0.9-1.2 GB with a grace hash join (8 buckets) and group/sort spilling beyond 50 MB. A
+# plain hash join, ~25 % less CPU at 1 M units, grew past 12 GB at 10 M units.
 # DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
 # memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory").
 ENGINE_SETTINGS: dict[str, dict[str, str]] = {
