@@ -67,6 +67,38 @@ def duration(seconds: Any) -> str:
     return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
+def signed_duration(seconds: Any) -> str:
+    """A change of duration: '+0.408 s', '−1 min 5 s'."""
+    if not _finite(seconds):
+        return DASH
+    return ("−" if seconds < 0 else "+") + duration(abs(seconds))
+
+
+def estimate_in(kind: Any, value: Any, unit: str = "") -> str:
+    """:func:`estimate` in the metric's unit: seconds read as durations ('2 min 41 s')."""
+    if unit == "s":
+        return duration(value)
+    return estimate(kind, value) + (f" {unit}" if unit and _finite(value) else "")
+
+
+def effect_in(kind: Any, value: Any, unit: str = "") -> str:
+    """:func:`effect` in the metric's unit: seconds as signed durations ('−8.5 s')."""
+    if unit == "s":
+        return signed_duration(value)
+    return effect(kind, value) + (f" {unit}" if unit and _finite(value) else "")
+
+
+def effect_interval_in(kind: Any, bounds: Any, unit: str = "") -> str:
+    """:func:`effect_interval` in the metric's unit: '[−12 s, −5 s]' for seconds."""
+    if unit != "s":
+        shown = effect_interval(kind, bounds)
+        return shown + (f" {unit}" if unit and shown != DASH else "")
+    if not isinstance(bounds, list | tuple) or len(bounds) != 2 or not all(
+            _finite(b) for b in bounds):
+        return DASH
+    return f"[{signed_duration(bounds[0])}, {signed_duration(bounds[1])}]"
+
+
 def pvalue(value: Any) -> str:
     """p-values as statisticians write them."""
     if not _finite(value):

@@ -16,6 +16,7 @@ from experiments.db import get_db, utcnow
 from experiments.models import Event, Experiment, Exposure, Report
 from experiments.services.analysis import analyze_experiment
 from tests.factories import experiment_payload
+from tests.test_admin_support import logged_in
 
 URL = "/api/v1/portfolio"
 
@@ -89,6 +90,10 @@ def test_days_left_come_from_the_power_calculator_and_the_observed_daily_rate(
     assert (item["days_running"], item["min_days"], item["max_days"]) == (4, 7, 28)
     assert item["owner"] == "journey-team@example.com" and item["status"] == "running"
     assert item["verdict"] == "better" and item["health"] == []
+    # 4 days in, 285 more would end after the 28-day maximum: the page says so.
+    page = logged_in(app, "viewer").get("/admin/").get_data(as_text=True)
+    row = page[page.index('data-key="checkout"'):]
+    assert "after the 28-day maximum" in row[:row.index("</tr>")]
 
 
 def test_the_experiments_alpha_power_and_mde_drive_the_units_needed(app, client, admin_headers):
