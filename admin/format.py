@@ -93,10 +93,7 @@ def effect_interval_in(kind: Any, bounds: Any, unit: str = "") -> str:
     if unit != "s":
         shown = effect_interval(kind, bounds)
         return shown + (f" {unit}" if unit and shown != DASH else "")
-    if not isinstance(bounds, list | tuple) or len(bounds) != 2 or not all(
-            _finite(b) for b in bounds):
-        return DASH
-    return f"[{signed_duration(bounds[0])}, {signed_duration(bounds[1])}]"
+    return _bounds(bounds, signed_duration)
 
 
 def pvalue(value: Any) -> str:
@@ -167,13 +164,18 @@ def effect(kind: Any, value: Any) -> str:
     return _effect_number(kind, value) + effect_suffix(kind) if _finite(value) else DASH
 
 
-def effect_interval(kind: Any, bounds: Any) -> str:
-    """An absolute effect's interval in the metric's unit: '[+0.10, +3.80] pts'."""
+def _bounds(bounds: Any, show: Any) -> str:
+    """'[low, high]' with each bound shown by ``show``; a dash unless two finite bounds."""
     if not isinstance(bounds, list | tuple) or len(bounds) != 2 or not all(
             _finite(b) for b in bounds):
         return DASH
-    low, high = (_effect_number(kind, b) for b in bounds)
-    return f"[{low}, {high}]{effect_suffix(kind)}"
+    return f"[{show(bounds[0])}, {show(bounds[1])}]"
+
+
+def effect_interval(kind: Any, bounds: Any) -> str:
+    """An absolute effect's interval in the metric's unit: '[+0.10, +3.80] pts'."""
+    shown = _bounds(bounds, lambda bound: _effect_number(kind, bound))
+    return shown + effect_suffix(kind) if shown != DASH else DASH
 
 
 def share(rate: Any, hits: Any, units: Any) -> str:

@@ -65,6 +65,10 @@ SESSION_MARGIN = timedelta(hours=1)
 _CONVERSION_KINDS = ("conversion", "mean", "count", "time_to_convert")
 
 
+def _valid_lift(lift: float) -> bool:
+    return math.isfinite(lift) and lift >= -1
+
+
 def _valid_shares(shares: Mapping[str, float]) -> bool:
     return bool(shares) and all(math.isfinite(share) and share >= 0
                                 for share in shares.values()) and sum(shares.values()) > 0
@@ -102,10 +106,10 @@ class SimulationPlan:
                     break
         return {**drawn, **self.attributes}
 
-    def conversion_rate(self, variant: str, unit_id: str) -> float:
-        """The probability that ``unit_id`` in ``variant`` converts: the base rate times the
-        true effect, a segment's (``segment_effects``) when one of its levels has one."""
-        attributes = self.unit_attributes(unit_id)
+    def conversion_rate(self, variant: str, attributes: Mapping[str, Any]) -> float:
+        """The probability that a unit with ``attributes`` in ``variant`` converts: the base
+        rate times the true effect, a segment's (``segment_effects``) when one of its levels
+        has one."""
         lift = self.effects.get(variant, 0.0)
         for (name, level), lifts in self.segment_effects.items():
             if attributes.get(name) == level and variant in lifts:
@@ -127,7 +131,7 @@ class SimulationPlan:
         if self.split is not None and not _valid_shares(self.split):
             raise ValueError("split needs non-negative shares summing to more than 0")
         for variant, lift in self.effects.items():
-            if not (math.isfinite(lift) and lift >= -1):
+            if not _valid_lift(lift):
                 raise ValueError(f"effect of {variant!r} must be a finite lift ≥ -1")
         for name, shares in self.attribute_mix.items():
             if not _valid_shares(shares):
@@ -137,7 +141,7 @@ class SimulationPlan:
             if level not in self.attribute_mix.get(name, {}):
                 raise ValueError(f"segment effect for {name}={level!r}: not in attribute_mix")
             for variant, lift in lifts.items():
-                if not (math.isfinite(lift) and lift >= -1):
+                if not _valid_lift(lift):
                     raise ValueError(f"effect of {variant!r} at {name}={level!r} must be a"
                                      " finite lift ≥ -1")
         for key, extra in self.friction.items():
@@ -173,11 +177,13 @@ def simulate_traffic(session: Session, experiment_key: str, plan: SimulationPlan
             unit_id = next(units)
             exposed_at = last - (last - first) * rng.random()
             skew = _clock_skew(clocks, plan.skewed_share)
-            variant, counted = _expose(session, experiment_key, unit_id, plan, exposed_at, skew)
+            attributes = plan.unit_attributes(unit_id)
+            variant, counted = _expose(session, experiment_key, unit_id, attributes,
+                                       exposed_at, skew)
             if variant is not None:  # excluded visitors (traffic, targeting…) send nothing
                 counts[variant] += counted
                 walked = journey.walk(rng, unit_id, variant, exposed_at,
-                                      plan.conversion_rate(variant, unit_id))
+                                      plan.conversion_rate(variant, attributes))
                 if skew is None:
                     events.extend(walked)
                 else:
@@ -221,7 +227,7 @@ def _clock_skew(rng: random.Random, share: float) -> timedelta | None:
                                                                        math.log(3 * 3600))))
 
 
-def _expose(session: Session, experiment_key: str, unit_id: str, plan: SimulationPlan,
+def _expose(session: Session, experiment_key: str, unit_id: str, attributes: Mapping[str, Any],
             exposed_at: datetime, skew: timedelta | None) -> tuple[str | None, bool]:
     """Assign through the service (stores the exposure): the variant whose journey the unit
     walks (None when it is not in the experiment) and whether the experiment counts it.
@@ -233,7 +239,7 @@ def _expose(session: Session, experiment_key: str, unit_id: str, plan: Simulatio
     """
     client = {} if skew is None else {"occurred_at": exposed_at + skew,
                                       "sent_at": exposed_at + skew + _SEND_DELAY}
-    [result] = assign(session, unit_id=unit_id, attributes=plan.unit_attributes(unit_id),
+    [result] = assign(session, unit_id=unit_id, attributes=attributes,
                       experiment_keys=[experiment_key], track=True,
                       now=exposed_at + (_SEND_DELAY if skew is not None else timedelta()),
                       **client)
