@@ -103,8 +103,8 @@ def test_grouping_compiles_for_bigquery_and_snowflake(dialect: str) -> None:
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))
 def test_grouping_sets_compile_for_bigquery_and_snowflake(dialect: str) -> None:
     """Segments' grouping sets (whole report per day, each dimension per level): one
-    GROUP BY GROUPING SETS statement per query, each row's set told by GROUPING(); the
-    metric sums over the per-unit values' crossed groups (a CTE), the units directly."""
+    GROUP BY GROUPING SETS statement per query, each row's set told by GROUPING(), over
+    the crossed groups (a CTE) of the units and of the per-unit values."""
     exposures, events = plain_tables(None, sa.DateTime(timezone=True), attributes=True)
     sources = table_sources(exposures, events, experiment=7)
     grouped = sources.grouped_by(country=attribute_level(sources, "country"),
@@ -112,7 +112,7 @@ def test_grouping_sets_compile_for_bigquery_and_snowflake(dialect: str) -> None:
     sets = [((), True), (("country",), False), (("device",), False)]
     plan = Plan.of(METRICS, JOURNEY, False, grouped.events)
     unit = UnitPass.of(grouped, plan, hours=HOURS).query().cte("unit_values")
-    for query, ctes in ((units_query(grouped, sets), {"exposed_units"}),
+    for query, ctes in ((units_query(grouped, sets), {"crossed"}),
                         (variant_day_query(plan, unit, units=5200, sets=sets),
                          {"unit_values", "crossed"})):
         sql = str(query.compile(dialect=DIALECTS[dialect](),

@@ -172,6 +172,9 @@ def _upsert(session: Session, experiment_id: int, slots: Mapping[str, tuple[str,
         staged = table("rollup_fold", *(column(name) for name in columns))
         session.execute(insert(unit_rollups).from_select(columns, select(staged)))
         session.execute(text("DROP TABLE rollup_fold"))
+        # A whole experiment's units at once: let the planner know now (autovacuum may be
+        # off or late), or it plans the next reports for a near-empty table (nested loops).
+        session.execute(text("ANALYZE unit_rollups"))
         return
     statement = insert(unit_rollups).from_select(columns, rows)
     session.execute(statement.on_conflict_do_update(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from experiments.models import Experiment
 from experiments.services.capping import CAPPED_PARTS, cap_label, needs_ranking
-from experiments.services.pipeline.dialects import day_key, prepare
+from experiments.services.pipeline.dialects import day_key, hashed_grouping, prepare
 from experiments.services.pipeline.exposures import first_exposures, multi_variant_units
 from experiments.services.pipeline.journey import (
     JourneyCounts,
@@ -211,7 +212,9 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
     first, last, exposed = None, None, 0
     zeros = _zero_sums(plan)
     prepare(connection)
-    for row in connection.execute(units_query(sources, sets)):
+    with hashed_grouping(connection) if len(sets) > 1 else nullcontext():
+        unit_rows = connection.execute(units_query(sources, sets)).all()
+    for row in unit_rows:
         data = row._mapping
         number_ = int(data["grouping_set"]) if len(sets) > 1 else 0
         aggregates, day = group_of(number_, data), day_of(number_, data)
@@ -240,7 +243,8 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
                          sets=sets)
     outside = 0.0
     caps = _configured_caps(specs)
-    result = connection.execute(query)
+    with hashed_grouping(connection) if len(sets) > 1 else nullcontext():
+        result = connection.execute(query)
     columns = _metric_columns(plan, list(result.keys()))
     for row in result:
         data = row._mapping

@@ -45,17 +45,20 @@ GroupingSet = tuple[tuple[str, ...], bool]  # grouping columns, and whether also
 
 
 def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequence[Any], *,
-                 additive: bool = False, constants: Sequence[Any] = ()) -> Any:
+                 merges: Mapping[str, Any] | None = None, constants: Sequence[Any] = ()) -> Any:
     """``aggregates`` (labelled) over ``relation`` per variant and each grouping set, and
     ``constants`` (labelled, the same on every row). One set: a plain grouped SELECT.
 
     Several: one statement (:class:`grouping_sets_select`: ``GROUP BY GROUPING SETS`` where
     the engine has it) whose rows name their set (``grouping_set``, the position in
     ``sets``) and carry ``day`` and every set's columns, read only where their set groups by
-    them. ``additive`` aggregates (sums and counts: the per-unit values' ≈ 100) are first
-    summed per crossed group (variant × day × every set's columns: one pass over the
-    relation's rows), then those few rows per set; otherwise every row is aggregated once
-    per set (the units: three aggregates)."""
+    them. The aggregates are first computed per crossed group (variant × day × every set's
+    columns: one pass over the relation's rows), then those few rows are combined per set
+    by ``merges`` (label → aggregate function; default ``sum``: counts and sums add up).
+
+    PostgreSQL cannot estimate the crossed groups (JSON levels, days of exposure times): it
+    assumes one per row and would sort every row to feed the sets. So the crossed rows are
+    their own step (``MATERIALIZED``), hashed under :func:`~.dialects.hashed_grouping`."""
     day = utc_day(relation.c.exposed_at).label("day")
     if len(sets) == 1:
         ((columns, daily),) = sets
@@ -68,25 +71,24 @@ def grouped_rows(relation: Any, sets: Sequence[GroupingSet], aggregates: Sequenc
     names = list(dict.fromkeys(name for columns, _ in sets for name in columns))
     keys = [relation.c.variant_key.label("variant_key"), day,
             *(relation.c[name].label(name) for name in names)]
-    if additive:
-        crossed = (select(*keys, *aggregates).group_by(*(key.element for key in keys))
-                   .cte("crossed"))
-        keys = [crossed.c[key.name].label(key.name) for key in keys]
-        aggregates = [func.sum(crossed.c[a.name]).label(a.name) for a in aggregates]
+    crossed = (select(*keys, *aggregates).group_by(*(key.element for key in keys))
+               .cte("crossed").prefix_with("MATERIALIZED", dialect="postgresql"))
+    merge = merges or {}
     return grouping_sets_select(
-        keys, [("variant_key", *(("day",) if daily else ()), *columns)
-               for columns, daily in sets], [*aggregates, *constants])
+        [crossed.c[key.name].label(key.name) for key in keys],
+        [("variant_key", *(("day",) if daily else ()), *columns) for columns, daily in sets],
+        [*(merge.get(a.name, func.sum)(crossed.c[a.name]).label(a.name) for a in aggregates),
+         *constants])
 
 
 def units_query(sources: PipelineSources, sets: Sequence[GroupingSet] | None = None) -> Any:
     """Exposed units per variant and grouping set (default: per day and every grouping
     column), with the first and last exposure times."""
     x = first_exposures(sources)
-    if sets is not None and len(sets) > 1:  # SQLite reads it once per set: computed once
-        x = select(*x.c).cte("exposed_units")
     return grouped_rows(x, sets or [(sources.grouping, True)],
                         [func.count().label("n"), func.min(x.c.exposed_at).label("first"),
-                         func.max(x.c.exposed_at).label("last")])
+                         func.max(x.c.exposed_at).label("last")],
+                        merges={"first": func.min, "last": func.max})
 
 
 def _moment_columns(plan: Plan, metric: MetricSpec, index: int, unit: Any,
@@ -136,7 +138,7 @@ def variant_day_query(plan: Plan, unit: Any, *, units: int = 0,
     thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
     timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
     return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *timing],
-                        additive=True, constants=thresholds)
+                        constants=thresholds)
 
 
 def sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
