@@ -28,7 +28,12 @@ from experiments.services.pipeline import (
     units_query,
     variant_day_query,
 )
-from experiments.services.pipeline.dialects import grouping_sets_select, prepare
+from experiments.services.pipeline.dialects import (
+    HASHED_GROUPING_WORK_MEM,
+    grouping_sets_select,
+    hashed_grouping,
+    prepare,
+)
 from experiments.services.report import build_report
 from tests.test_aggregation import expose, make_experiment
 from tests.test_pipeline_golden import DIALECTS
@@ -171,3 +176,23 @@ def test_grouping_sets_name_each_rows_set_also_when_compiled_from_the_cache(url:
                            (1, "a", "DE"): 2, (1, "a", "FR"): 5, (1, "b", "FR"): 8,
                            (2, "a", None): 7, (2, "b", None): 8}
     engine.dispose()
+
+
+def test_hashed_grouping_sets_postgresql_for_its_statements_only(db: Session) -> None:
+    """PostgreSQL hashes the segments' crossed groups (it cannot estimate them and would
+    sort every per-unit row): sorts off and a larger work_mem inside, the transaction's own
+    settings back afterwards; other engines are untouched (no statement at all)."""
+    setting = sa.text("SELECT current_setting('enable_sort'), current_setting('work_mem')")
+    statements: list[str] = []
+    sa.event.listen(db.get_bind(), "before_cursor_execute",
+                    lambda *args: statements.append(args[2]))
+    if db.get_bind().dialect.name != "postgresql":
+        with hashed_grouping(db):
+            pass
+        assert statements == []
+        return
+    before = tuple(db.execute(setting).one())
+    with hashed_grouping(db):
+        assert tuple(db.execute(setting).one()) == ("off", HASHED_GROUPING_WORK_MEM)
+    assert tuple(db.execute(setting).one()) == before
+    assert before[0] == "on" and before[1] != HASHED_GROUPING_WORK_MEM

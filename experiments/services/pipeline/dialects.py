@@ -592,7 +592,10 @@ def _set_local(connection: Connection | Session, settings: dict[str, str]) -> No
     for name, value in settings.items():
         connection.execute(text("SELECT set_config(:name, :value, true)"),
                            {"name": name, "value": value})
-__all__ = ["CLICKHOUSE", "answer_class", "answer_key", "before_hours_after", "const",
-           "count_if", "day_key", "dialect_name", "grouping_sets_select", "has_bits",
-           "hashed_grouping", "hours_between", "json_attribute", "packed_flags", "prepare", "seconds_between",
-           "utc_day", "utc_instant"]
+
+
+__all__ = ["CLICKHOUSE", "HASHED_GROUPING_WORK_MEM", "answer_class", "answer_key",
+           "before_hours_after", "const", "count_if", "day_key", "dialect_name",
+           "grouping_sets_select", "has_bits", "hashed_grouping", "hours_between",
+           "json_attribute", "packed_flags", "prepare", "seconds_between", "utc_day",
+           "utc_instant"]
