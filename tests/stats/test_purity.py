@@ -17,6 +17,7 @@ ALLOWED = {
     "__future__",
     "collections",
     "dataclasses",
+    "functools",
     "math",
     "numbers",
     "typing",
