@@ -13,11 +13,11 @@ per-unit rollup (printed), and the timed reports then run while traffic keeps co
     PARCOURS_BENCH_UNITS=100000 .venv/bin/python -m bench bench_analysis   # try small first
 
 The same scheduled report broken down by 3 dimensions (country 25 levels, device 3, plan 5)
-is timed beside it (SPEC §9: ≤ 2×). Measured 2026-12-04 at 200,000 units on PostgreSQL:
-9.1× when one pass grouped by the dimensions' cross product (folded in Python), 3.57× with
-one SELECT per grouping set UNION ALL'd, 2.12–2.52× (still MISSED) with one GROUP BY
-GROUPING SETS statement over the per-unit sums per crossed group — PostgreSQL cannot
-estimate the attributes' levels, so it sorts the per-unit rows (docs/performance.md,
+is timed beside it (SPEC §9: ≤ 2×). Measured 2026-12-04 on PostgreSQL: 9.1× when one pass
+grouped by the dimensions' cross product (folded in Python), 3.57× with one SELECT per
+grouping set UNION ALL'd, 2.12–2.52× with one GROUP BY GROUPING SETS statement (PostgreSQL
+sorted the per-unit rows: it cannot estimate the attributes' levels), then 1.67× at 1 M units
+and 1.86× at 200,000 (OK) once the crossed groups were hashed (docs/performance.md,
 "Segments").
 
 The same scheduled report with the funnel's time on step (``analysis.time_on_step``) is
