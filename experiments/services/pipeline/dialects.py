@@ -549,7 +549,8 @@ def prepare(connection: Connection | Session) -> None:
     """Engine settings for the pipeline's queries, in the current transaction/session.
 
     PostgreSQL: no JIT for this transaction (compiling the wide query costs more than it
-    saves; work_mem stays small on purpose, batched hashes are cache friendlier).
+    saves; work_mem is the server's, batched hashes are cache friendlier — except for the
+    segments' crossed groups, see :func:`hashed_grouping`).
     ClickHouse: ``join_use_nulls = 1`` so the missing side of an outer join is NULL (as in
     SQL), not the column type's default (0, ''), which would count as a value; and
     ``GROUPING()`` as the SQL standard has it (1 where the key is not grouped): ClickHouse's
