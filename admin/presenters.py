@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from experiments.schemas import FRICTION_KINDS
+from experiments.services.segments import SLICE_WARNING
 
 _VERDICT_RANK = {"worse": 0, "better": 1, "inconclusive": 2, "flat": 3}
 
@@ -113,7 +114,8 @@ def quantile_label(metric: dict[str, Any]) -> dict[str, str]:
 
 
 def segment_views(body: dict[str, Any], wanted: str | None) -> dict[str, Any]:
-    """The segments picker and the chosen dimension's levels, each with its metric rows."""
+    """The segments picker and the chosen dimension's levels, each with its metric rows,
+    and the dimension's notes (the slice warning is the page's own notice)."""
     segments = [_dict(s) for s in _list(body.get("segments")) if _dict(s).get("dimension")]
     names = [str(s["dimension"]) for s in segments]
     chosen = next((s for s in segments if s["dimension"] == wanted),
@@ -134,7 +136,8 @@ def segment_views(body: dict[str, Any], wanted: str | None) -> dict[str, Any]:
                        "warnings": _list(level.get("warnings")),
                        "heterogeneous": any(h.get("detected") for h in flags.values())})
     return {"dimensions": names, "chosen": chosen["dimension"], "levels": levels,
-            "merged_levels": chosen.get("merged_levels") or 0}
+            "merged_levels": chosen.get("merged_levels") or 0,
+            "notes": [w for w in _list(chosen.get("warnings")) if w != SLICE_WARNING]}
 
 
 METHOD_LINES = {

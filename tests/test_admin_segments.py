@@ -8,6 +8,7 @@ import json
 
 from experiments.db import get_db
 from experiments.services.lifecycle import experiment_to_dict, get_experiment
+from experiments.services.segments import QUANTILE_HETEROGENEITY_NOTE, SLICE_WARNING
 from tests.test_admin_experiments import errors_on, form_data
 from tests.test_admin_support import (
     cheap_argon2,  # noqa: F401  (autouse fixture)
@@ -127,6 +128,23 @@ def test_report_page_shows_segments_with_picker_verdicts_flag_and_warning(app):
     picked = device[device.index('id="segments"'):]
     assert 'dimension=device#segments" aria-current="page"' in picked
     assert 'data-level="mobile"' in picked and 'data-level="FR"' not in picked
+
+
+def _segment_section(app, segments, **report):
+    seed_experiment(app)
+    insert_report(app, segments=segments, **report)
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    return page[page.index('id="segments"'):page.index('aria-labelledby="funnel-title"')]
+
+
+def test_a_dimension_note_is_shown_once_above_its_levels(app):
+    note = QUANTILE_HETEROGENEITY_NOTE.format("payment-time-p90")
+    country = {**SEGMENTS[0], "warnings": [SLICE_WARNING, note]}
+    section = _segment_section(app, [country])
+    assert section.count(note) == 1
+    assert section.index(note) < section.index('class="segment-level"')
+    assert SLICE_WARNING not in section  # the page says it in its own words
 
 
 def test_a_report_without_segments_has_no_segments_section(app):
