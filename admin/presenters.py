@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from experiments.schemas import FRICTION_KINDS
+from experiments.services.segments import SLICE_WARNING
 
 _VERDICT_RANK = {"worse": 0, "better": 1, "inconclusive": 2, "flat": 3}
 
@@ -112,14 +113,18 @@ def quantile_label(metric: dict[str, Any]) -> dict[str, str]:
             "unit": "s" if source == "step_duration" else ""}
 
 
-def segment_views(body: dict[str, Any], wanted: str | None) -> dict[str, Any]:
-    """The segments picker and the chosen dimension's levels, each with its metric rows."""
+def segment_views(body: dict[str, Any], wanted: str | None,
+                  alpha: Any = None) -> dict[str, Any]:
+    """The segments picker and the chosen dimension's levels, each with its metric rows,
+    what its table's columns mean (the p-values' family, the intervals' level) and the
+    dimension's notes (the slice warning is the page's own notice)."""
     segments = [_dict(s) for s in _list(body.get("segments")) if _dict(s).get("dimension")]
     names = [str(s["dimension"]) for s in segments]
     chosen = next((s for s in segments if s["dimension"] == wanted),
                   segments[0] if segments else None)
     if chosen is None:
         return {"dimensions": names, "chosen": None, "levels": [], "merged_levels": 0}
+    bayesian = body.get("method") == "bayesian"
     levels = []
     for level in _list(chosen.get("levels")):
         level = _dict(level)
@@ -133,8 +138,50 @@ def segment_views(body: dict[str, Any], wanted: str | None) -> dict[str, Any]:
                        "srm": bool(_dict(level.get("srm")).get("detected")), "metrics": rows,
                        "warnings": _list(level.get("warnings")),
                        "heterogeneous": any(h.get("detected") for h in flags.values())})
+    compared = [v for level in levels for row in level["metrics"] for v in row["variants"]
+                if v["comparison"] is not None]
+    family = sum(_float(v["comparison"].get("p_value")) is not None for v in compared)
+    level_text = interval_level(alpha)
+    for variant in compared:  # a copy: the report's own dicts stay as stored
+        variant["comparison"] = {**variant["comparison"], "reading": segment_reading(
+            variant["comparison"], bayesian=bayesian, family=family,
+            dimension=str(chosen["dimension"]), level=level_text)}
     return {"dimensions": names, "chosen": chosen["dimension"], "levels": levels,
-            "merged_levels": chosen.get("merged_levels") or 0}
+            "merged_levels": chosen.get("merged_levels") or 0, "bayesian": bayesian,
+            "family": family, "interval_level": level_text,
+            "notes": [w for w in _list(chosen.get("warnings")) if w != SLICE_WARNING]}
+
+
+def _excludes_zero(bounds: Any) -> bool | None:
+    """Whether an interval lies wholly on one side of 0 (None without two finite bounds)."""
+    values = [_float(bound) for bound in _list(bounds)]
+    if len(values) != 2 or values[0] is None or values[1] is None:
+        return None
+    return values[0] > 0 or values[1] < 0
+
+
+def segment_reading(comparison: dict[str, Any], *, bayesian: bool, family: int,
+                    dimension: str, level: str = "95%") -> str | None:
+    """Why a segment row's unadjusted interval and its verdict seem to disagree, in words;
+    None when they agree. The verdict follows the p-value adjusted within the dimension
+    (BH), the interval is the row's own: alone it can exclude 0 while the adjusted p is
+    not significant. A Bayesian verdict needs a 95 % chance to win, one-sided, which a
+    two-sided 95 % interval can still straddle."""
+    excludes = _excludes_zero(comparison.get("absolute_ci"))
+    significant = bool(comparison.get("significant"))
+    if excludes and not significant and not bayesian:
+        return (f"Its interval alone excludes 0, but not significant once adjusted for the "
+                f"{family} comparisons of {dimension}.")
+    if excludes is False and significant and bayesian:
+        return (f"Its chance to win passes {level} (one side); its {level} interval covers "
+                f"both sides and still includes 0.")
+    return None
+
+
+def interval_level(alpha: Any) -> str:
+    """'95%' for an alpha of 0.05 (95% when the alpha is missing or out of range)."""
+    level = _float(alpha)
+    return f"{(1 - level) * 100:g}%" if level is not None and 0 < level < 1 else "95%"
 
 
 METHOD_LINES = {
@@ -149,9 +196,8 @@ METHOD_LINES = {
 
 def method_line(method: Any, alpha: Any) -> str:
     """One plain sentence that says what the report's framework means for the reader."""
-    level = _float(alpha)
-    text = f"{(1 - level) * 100:g}%" if level is not None and 0 < level < 1 else "95%"
-    return METHOD_LINES.get(str(method), METHOD_LINES["frequentist"]).format(level=text)
+    return METHOD_LINES.get(str(method), METHOD_LINES["frequentist"]).format(
+        level=interval_level(alpha))
 
 
 def lift_chart(body: dict[str, Any]) -> dict[str, Any]:

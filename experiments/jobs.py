@@ -80,7 +80,7 @@ def run_analysis(app: Flask) -> None:
 
 def run_bandits(app: Flask) -> None:
     """Open a new weight period for every running bandit that is due (SPEC §13)."""
-    from experiments.services.bandits import reallocate_due
+    from experiments.services.reallocation import reallocate_due
 
     with get_db(app).session() as session:
         results = reallocate_due(session)

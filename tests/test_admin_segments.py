@@ -8,6 +8,7 @@ import json
 
 from experiments.db import get_db
 from experiments.services.lifecycle import experiment_to_dict, get_experiment
+from experiments.services.segments import QUANTILE_HETEROGENEITY_NOTE, SLICE_WARNING
 from tests.test_admin_experiments import errors_on, form_data
 from tests.test_admin_support import (
     cheap_argon2,  # noqa: F401  (autouse fixture)
@@ -127,6 +128,68 @@ def test_report_page_shows_segments_with_picker_verdicts_flag_and_warning(app):
     picked = device[device.index('id="segments"'):]
     assert 'dimension=device#segments" aria-current="page"' in picked
     assert 'data-level="mobile"' in picked and 'data-level="FR"' not in picked
+
+
+def _segment_section(app, segments, **report):
+    seed_experiment(app)
+    insert_report(app, segments=segments, **report)
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    return page[page.index('id="segments"'):page.index('aria-labelledby="funnel-title"')]
+
+
+def _row(section, level):
+    row = section[section.index(f'data-level="{level}"'):]
+    row = row[row.index('<th scope="row">purchase'):]
+    return row[:row.index("</tr>")]
+
+
+def test_segment_table_says_which_p_is_adjusted_and_explains_an_interval_without_verdict(app):
+    # ES: its own p 0.02 and an interval excluding 0, but BH over the dimension's 4 tests
+    # gives 0.08: inconclusive, which the row explains instead of contradicting it.
+    spain = conversion("ES", 700, 0.10, 0.12, False, 0.08)
+    spain["metrics"][0]["comparisons"][0]["absolute_ci"] = [0.004, 0.036]
+    country = {**SEGMENTS[0], "levels": [*SEGMENTS[0]["levels"], spain]}
+    section = _segment_section(app, [country])
+    head = section[section.index("<thead>"):section.index("</thead>")]
+    assert "p-value <span class=\"small muted\">(BH-adjusted in country)</span>" in head
+    assert "(95% interval, unadjusted)" in head and "(adjusted p)" in head
+    assert ("adjusted (Benjamini–Hochberg) over the 4 tested comparisons of country"
+            in section)
+    es = _row(section, "ES")
+    assert "0.080" in es and "own 0.020" in es and "verdict-inconclusive" in es
+    assert ("Its interval alone excludes 0, but not significant once adjusted for the 4 "
+            "comparisons of country.") in es
+    fr = _row(section, "FR")  # significant and its interval excludes 0: nothing to explain
+    assert "verdict-better" in fr and "0.004" in fr and "own 0.001" in fr
+    assert "segment-reading" not in fr
+    de = _row(section, "DE")  # its interval includes 0: nothing to explain either
+    assert "verdict-inconclusive" in de and "segment-reading" not in de
+
+
+def test_bayesian_segment_table_says_its_numbers_are_unadjusted(app):
+    level = conversion("FR", 812, 0.10, 0.13, False, 0.5)
+    level["metrics"][0]["comparisons"][0].update(
+        p_value=None, adjusted_p_value=None, chance_to_win=0.96, significant=True,
+        verdict="better", absolute_ci=[-0.001, 0.061])
+    section = _segment_section(app, [{"dimension": "country", "merged_levels": 0,
+                                      "warnings": [], "levels": [level]}], method="bayesian")
+    head = section[section.index("<thead>"):section.index("</thead>")]
+    assert "Chance to win <span class=\"small muted\">(unadjusted)</span>" in head
+    assert "credible intervals are each row's own, not adjusted" in section
+    fr = _row(section, "FR")
+    assert "96%" in fr and "verdict-better" in fr
+    assert ("Its chance to win passes 95% (one side); its 95% interval covers both sides "
+            "and still includes 0.") in fr
+
+
+def test_a_dimension_note_is_shown_once_above_its_levels(app):
+    note = QUANTILE_HETEROGENEITY_NOTE.format("payment-time-p90")
+    country = {**SEGMENTS[0], "warnings": [SLICE_WARNING, note]}
+    section = _segment_section(app, [country])
+    assert section.count(note) == 1
+    assert section.index(note) < section.index('class="segment-level"')
+    assert SLICE_WARNING not in section  # the page says it in its own words
 
 
 def test_a_report_without_segments_has_no_segments_section(app):

@@ -20,7 +20,7 @@ from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.errors import Conflict
 from experiments.models import AllocationPeriod, Event, Experiment, Exposure
-from experiments.services import bandits, lifecycle
+from experiments.services import bandits, lifecycle, reallocation
 from experiments.services.analysis import analyze_experiment
 from experiments.services.assignment import assign, decide
 from experiments.services.config_cache import cache_for
@@ -121,17 +121,17 @@ def test_burn_in_and_min_units_per_arm_are_respected(app: Flask, client: FlaskCl
     with get_db(app).session() as session:
         add_traffic(session, started + timedelta(minutes=1), dict.fromkeys(ARMS, 0.2), 300, rng)
         # Before the burn-in: nothing, even with plenty of units.
-        assert bandits.reallocate(session, "banner", started + timedelta(hours=23)) is None
-        assert bandits.reallocate_due(session, started + timedelta(hours=23)) == {
+        assert reallocation.reallocate(session, "banner", started + timedelta(hours=23)) is None
+        assert reallocation.reallocate_due(session, started + timedelta(hours=23)) == {
             "banner": "waiting"}  # the scheduler's pass too
     with get_db(app).session() as session:
         session.execute(Exposure.__table__.delete())
         session.commit()
         add_traffic(session, started + timedelta(minutes=1), dict.fromkeys(ARMS, 0.2), 20, rng)
         # After the burn-in but under min_units_per_arm: nothing either; forced: 409.
-        assert bandits.reallocate(session, "banner", started + timedelta(hours=25)) is None
+        assert reallocation.reallocate(session, "banner", started + timedelta(hours=25)) is None
         with pytest.raises(Conflict, match="30 units"):
-            bandits.reallocate(session, "banner", started + timedelta(hours=25), force=True)
+            reallocation.reallocate(session, "banner", started + timedelta(hours=25), force=True)
     response = client.post("/api/v1/experiments/banner/reallocate", headers=admin_headers)
     assert response.status_code == 409
     assert len(client.get("/api/v1/experiments/banner/allocations",
@@ -157,13 +157,14 @@ def test_after_reallocation_new_units_follow_the_new_weights(app: Flask, client:
         session.commit()
         assert min(Counter(exposed.values()).values()) >= 30
         with app.app_context():
-            period = bandits.reallocate(session, "banner", started + timedelta(hours=24, minutes=1))
+            period = reallocation.reallocate(session, "banner",
+                                             started + timedelta(hours=24, minutes=1))
         assert period is not None and period.period == 1
         weights = dict(period.weights)
         assert weights["c"] > 0.9 and min(weights.values()) >= 0.02
         assert sum(weights.values()) == pytest.approx(1.0)
         # Not due again before the cadence.
-        assert bandits.reallocate(session, "banner", started + timedelta(hours=30)) is None
+        assert reallocation.reallocate(session, "banner", started + timedelta(hours=30)) is None
     with get_db(app).session() as session:
         delivery = session.scalars(select(WebhookDelivery)).one()
         assert delivery.event_type == "experiment.reallocated"
@@ -198,7 +199,7 @@ def test_a_three_arm_bandit_ends_with_most_traffic_on_the_better_arm(app: Flask)
         for _ in range(5):
             add_traffic(session, now + timedelta(minutes=1), rates, 400, rng, ids)
             now += timedelta(hours=25)
-            assert bandits.reallocate_due(session, now) == {"banner": "period " + str(
+            assert reallocation.reallocate_due(session, now) == {"banner": "period " + str(
                 len(bandits.periods_of(session, session.scalar(
                     select(Experiment.id).where(Experiment.key == "banner")))) - 1)}
         config = cache_for(session).snapshot(session).by_key["banner"]

@@ -17,6 +17,7 @@ from experiments.models import Event, Experiment, Exposure, Report
 from experiments.services.analysis import analyze_experiment
 from tests.factories import experiment_payload
 from tests.test_admin_support import logged_in
+from tests.test_bandits import bandit_payload
 
 URL = "/api/v1/portfolio"
 
@@ -86,6 +87,7 @@ def test_days_left_come_from_the_power_calculator_and_the_observed_daily_rate(
     assert item["daily_units"] == pytest.approx(1800 / 4, rel=1e-3)
     # The slower variant (800 units in 4 days = 200/day) decides.
     assert item["days_left"] == math.ceil((needed - 800) / 200) == 285
+    assert item["days_left_basis"] == "power"
     assert item["units"] == {"control": 1000, "one-page": 800}
     assert (item["days_running"], item["min_days"], item["max_days"]) == (4, 7, 28)
     assert item["owner"] == "journey-team@example.com" and item["status"] == "running"
@@ -94,6 +96,43 @@ def test_days_left_come_from_the_power_calculator_and_the_observed_daily_rate(
     page = logged_in(app, "viewer").get("/admin/").get_data(as_text=True)
     row = page[page.index('data-key="checkout"'):]
     assert "after the 28-day maximum" in row[:row.index("</tr>")]
+
+
+def test_a_bandit_counts_days_to_its_maximum_not_to_a_power_sample(app, client,
+                                                                   admin_headers):
+    # Its weights move, so a fixed-allocation power calculation means nothing: no units
+    # needed, days left to max_days, and what would end it sooner.
+    payload = bandit_payload("banner", analysis={"min_days": 0, "max_days": 21})
+    assert client.post("/api/v1/experiments", json=payload,
+                       headers=admin_headers).status_code == 201
+    assert client.post("/api/v1/experiments/banner/start",
+                       headers=admin_headers).status_code == 200
+    units = {"control": 900, "b": 1500, "c": 2100}
+    body = report_body("banner", units, period_weighted=True,
+                       p_best={"control": 0.02, "b": 0.15, "c": 0.83})
+    store_report(app, "banner", body, started_days_ago=5, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["banner"]
+    assert (item["days_running"], item["max_days"]) == (5, 21)
+    assert (item["days_left"], item["days_left_basis"]) == (16, "max_days")
+    assert item["units_needed_per_variant"] is None and item["baseline"] is None
+    assert item["daily_units"] == pytest.approx(4500 / 5, rel=1e-3)
+    assert item["progress_note"] == (
+        "bandit: no fixed sample size; it ships when an arm's chance to be best reaches "
+        "95% (now c: 83%), else it stops after 21 days")
+    page = logged_in(app, "viewer").get("/admin/").get_data(as_text=True)
+    row = page[page.index('data-key="banner"'):]
+    row = row[:row.index("</tr>")]
+    assert "16<div" in row and "to the 21-day maximum" in row
+    assert "bandit: no fixed sample, may end sooner" in row
+    assert "Enough units" not in row and "past-max" not in row and "/day" not in row
+    assert "Bandit: no fixed sample size; it ships when" in row
+
+    store_report(app, "banner", body, started_days_ago=23, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["banner"]
+    assert (item["days_left"], item["days_left_basis"]) == (0, "max_days")
+    page = logged_in(app, "editor").get("/admin/").get_data(as_text=True)
+    row = page[page.index('data-key="banner"'):]
+    assert "Maximum reached" in row[:row.index("</tr>")]
 
 
 def test_the_experiments_alpha_power_and_mde_drive_the_units_needed(app, client, admin_headers):
@@ -286,6 +325,7 @@ def test_openapi_documents_the_portfolio(client):
     assert set(operation["responses"]) >= {"200", "401", "403"}
     entry = document["components"]["schemas"]["PortfolioEntry"]["properties"]
     assert {"days_left", "units_needed_per_variant", "health", "verdict"} <= set(entry)
+    assert entry["days_left_basis"]["anyOf"][0]["enum"] == ["power", "max_days"]
 
 
 def test_a_rate_is_measured_over_at_least_one_day(app, client, admin_headers):

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import delete, insert, select
 
@@ -21,6 +22,9 @@ from experiments.models import AllocationPeriod, Event, Experiment, Exposure, Id
 from experiments.services import bandits
 from experiments.services.analysis import analyze_experiment
 from experiments.services.erasure import erase_unit
+from experiments.services.warehouses import routing
+from experiments.services.warehouses.engines import get_warehouses
+from stats import MeanStats
 from tests import test_warehouse_reports
 from tests.conftest import auth_headers, make_test_app
 from tests.test_admin_support import cheap_argon2  # noqa: F401  (autouse fixture)
@@ -182,4 +186,51 @@ def test_reallocating_a_bandit_whose_warehouse_is_down_is_a_503_naming_it(
                                       headers=auth_headers(app))
     assert response.status_code == 503
     assert "warehouse 'down'" in response.get_json()["error"]["message"]
+    get_db(app).engine.dispose()
+
+
+def test_a_warehouse_reallocation_reads_the_relations_the_report_reads(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # One helper opens the warehouse for both (synced, override units left out): the
+    # reallocation's per-period sums are the report's units, the override units gone.
+    app = make_test_app(database_url, tmp_path,
+                        WAREHOUSE_W_URL=f"duckdb:///{tmp_path / 'w.duckdb'}",
+                        WAREHOUSE_W_SYNC_EVENTS="1")
+    with app.app_context():
+        started = start_bandit(app, metrics=BANDIT_METRICS, variants=BANDIT_VARIANTS,
+                               overrides={"listed": "b"},
+                               analysis={"warehouse": "w", "min_units_per_variant": 10,
+                                         "min_days": 0})
+    opened: list[str] = []
+    real = routing._opened
+
+    def spy(engine: Any, exposures: Any, events: Any, experiment: Experiment) -> Any:
+        opened.append(experiment.key)
+        return real(engine, exposures, events, experiment)
+
+    monkeypatch.setattr(routing, "_opened", spy)
+    at = started + timedelta(minutes=1)
+    with app.app_context(), get_db(app).sessionmaker() as db:
+        experiment = db.scalar(select(Experiment).where(Experiment.key == "banner"))
+        rows = [("c0", "control", False, True), ("c1", "control", False, False),
+                ("c2", "control", False, False), ("b0", "b", False, True),
+                ("b1", "b", False, True), ("b2", "b", False, False),
+                ("flagged", "b", True, True), ("listed", "b", False, True)]
+        db.execute(insert(Exposure), [{"experiment_id": experiment.id, "unit_id": unit,
+                                       "variant_key": arm, "exposed_at": at,
+                                       "is_override": flagged}
+                                      for unit, arm, flagged, _ in rows])
+        db.execute(insert(Event), [{"event_id": f"click-{unit}", "unit_id": unit,
+                                    "type": "conversion", "name": "click",
+                                    "occurred_at": at + timedelta(minutes=5)}
+                                   for unit, _, _, clicked in rows if clicked])
+        db.commit()
+        read = routing.reallocation_periods(db, experiment,
+                                            bandits.periods_of(db, experiment.id))
+        body = analyze_experiment(db, "banner", now=started + timedelta(days=1)).body
+    assert opened == ["banner", "banner"]
+    assert read.sums("click") == {0: {"control": MeanStats(3, 1.0, 1.0),
+                                      "b": MeanStats(3, 2.0, 2.0)}}
+    assert "error" not in body and body["units"] == {"control": 3, "b": 3}
+    get_warehouses(app).dispose()
     get_db(app).engine.dispose()

@@ -20,6 +20,7 @@ from experiments.services.warehouses.sources import type_kind, warehouse_sources
 from experiments.services.warehouses.sync import sync_warehouse
 from tests.conftest import auth_headers, make_test_app
 from tests.factories import experiment_payload
+from tests.test_admin_support import cheap_argon2, logged_in  # noqa: F401  (autouse fixture)
 
 ORDERS_SQL = ("SELECT CAST(customer AS VARCHAR) AS unit_id, ts AS occurred_at, "
               "'conversion' AS type, 'order' AS name, NULL AS step, amount AS value, "
@@ -69,7 +70,8 @@ def test_warehouses_are_listed_with_dialect_and_never_their_url(
     assert response.status_code == 200
     assert response.json["items"] == [{
         "name": "shop", "dialect": "duckdb", "timeout_seconds": 30.0, "sync_events": False,
-        "last_sync_at": None, "last_sync_error": None, "lag": {"exposures": 0},
+        "last_sync_at": None, "last_sync_error": None,
+        "lag": {"exposures": 0, "identity_links": 0},
         "sources": []}]
     assert str(tmp_path) not in response.get_data(as_text=True)
 
@@ -188,7 +190,36 @@ def test_the_seam_gives_synced_exposures_and_customer_events(
     assert rows == [("1", "order", 30.5), ("2", "order", 12.0), ("2", "support_call", None)]
     assert count == 3
     listed = api.get("/api/v1/warehouses", headers=headers).json["items"][0]
-    assert listed["lag"] == {"exposures": 0} and listed["last_sync_at"] is not None
+    assert listed["lag"] == {"exposures": 0, "identity_links": 0}
+    assert listed["last_sync_at"] is not None
+
+
+def test_the_lag_counts_identity_links_waiting_to_be_copied(
+        shop: Flask, api: FlaskClient, headers: dict[str, str]) -> None:
+    def lag() -> dict[str, int]:
+        return api.get("/api/v1/warehouses", headers=headers).json["items"][0]["lag"]
+
+    def identify(*pairs: tuple[str, str]) -> None:
+        response = api.post("/api/v1/identify", headers=auth_headers(shop, "client"), json={
+            "links": [{"anonymous_id": a, "user_id": u} for a, u in pairs]})
+        assert response.status_code == 200, response.json
+
+    identify(("visitor-1", "customer-1"), ("visitor-2", "customer-1"))
+    assert lag() == {"exposures": 0, "identity_links": 2}  # never synced: both wait
+    with shop.app_context(), get_db(shop).sessionmaker() as session:
+        assert sync_warehouse(session, "shop").links == 2
+    assert lag() == {"exposures": 0, "identity_links": 0}
+    identify(("visitor-3", "customer-2"), ("visitor-1", "customer-1"))  # one new, one known
+    assert lag() == {"exposures": 0, "identity_links": 1}
+    admin = logged_in(shop, "admin")
+    page = admin.get("/admin/warehouses").get_data(as_text=True)
+    assert "0 exposures · 1 identity link" in page
+    # The warehouse refuses the question (its copy of the links is gone): unknown, not 0.
+    with shop.app_context(), get_warehouses().engine("shop").begin() as connection:
+        connection.execute(text("DROP TABLE parcours_identity_links"))
+    assert lag() == {"exposures": 0}
+    page = admin.get("/admin/warehouses").get_data(as_text=True)
+    assert "identity links unknown (the warehouse did not answer)" in page
 
 
 @pytest.mark.parametrize(("type_name", "kind"), [

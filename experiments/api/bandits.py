@@ -9,7 +9,7 @@ from flask import Blueprint
 from experiments.api.routing import api_route, current_principal
 from experiments.db import db_session
 from experiments.schemas.bandits import AllocationList, AllocationOut, StatsBanditIn, StatsBanditOut
-from experiments.services import bandits
+from experiments.services import bandits, reallocation
 
 bp = Blueprint("bandits", __name__, url_prefix="/api/v1")
 
@@ -25,7 +25,7 @@ def list_allocations(key: str) -> dict[str, Any]:
            errors=(404, 409), tags=("experiments",))
 def reallocate(key: str) -> dict[str, Any]:
     """Update the bandit's weights now (ignores burn-in and cadence, not min_units_per_arm)."""
-    period = bandits.reallocate(db_session(), key, force=True, principal=current_principal())
+    period = reallocation.reallocate(db_session(), key, force=True, principal=current_principal())
     assert period is not None  # a forced update either happens or is a 409
     return bandits.period_to_dict(period)
 

@@ -223,6 +223,8 @@ class SegmentOut(BaseModel):
     dimension: str
     levels: list[SegmentLevel]
     merged_levels: int
+    # The slice warning, then what holds for every level (a quantile's missing
+    # level-against-the-rest test): said once here, not per level.
     warnings: list[str] = Field(default_factory=list)
 
 

@@ -16,12 +16,13 @@ from experiments.models import Experiment, Exposure, Holdout
 from experiments.schemas import EXPERIMENT_EXAMPLE
 from experiments.schemas.holdouts import HoldoutFields
 from experiments.services.analysis import analyze_experiment
-from experiments.services.bandits import periods_of, reallocate
+from experiments.services.bandits import periods_of
 from experiments.services.events import ingest_events
 from experiments.services.holdout_reports import analyze_holdout
 from experiments.services.holdouts import create_holdout
 from experiments.services.identity import Link, link_ids
 from experiments.services.lifecycle import create_experiment, get_experiment, transition
+from experiments.services.reallocation import reallocate
 from experiments.services.simulate import SESSION_MARGIN, SimulationPlan, simulate_traffic
 
 DEMO_KEY = EXPERIMENT_EXAMPLE["key"]

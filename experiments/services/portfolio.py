@@ -7,6 +7,10 @@ on the primary metric's observed control baseline and, for kinds whose spread th
 estimate does not imply, the control's observed standard deviation), days left at
 the observed daily rate, and health chips (SRM, guardrail breach, events before exposure,
 stale or failed analysis).
+
+A bandit has no sample to reach: its allocation moves, and it ships when an arm's chance
+to be best reaches 95 % (SPEC §13), else stops at ``max_days``. Its days left count to
+that maximum (``days_left_basis: "max_days"``), and its note says what it waits for.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from experiments.db import utcnow
 from experiments.errors import ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.services.analysis import calculate_power, latest_reports
+from experiments.services.bandits import bandit_settings
+from experiments.services.decisions import BANDIT_SHIP_P_BEST
 from experiments.services.report import SD_KINDS
 
 PORTFOLIO_STATUSES = ("running", "paused")
@@ -60,12 +66,18 @@ def portfolio_entry(experiment: Experiment, report: Report | None, *,
     settings = experiment.analysis or {}
     units = {v.key: int(_dict(body.get("units")).get(v.key, 0) or 0)
              for v in experiment.variants}
-    progress = sample_progress(experiment, body, units, _elapsed_days(experiment, report))
+    days_running = _whole_days(experiment, now)
+    if bandit_settings(experiment) is None:
+        progress = sample_progress(experiment, body, units, _elapsed_days(experiment, report))
+    else:
+        progress = bandit_progress(body, units, _elapsed_days(experiment, report),
+                                   days_running=days_running,
+                                   max_days=settings.get("max_days"))
     return {
         "key": experiment.key, "name": experiment.name, "owner": experiment.owner,
         "status": experiment.status,
         "started_at": experiment.started_at.isoformat() if experiment.started_at else None,
-        "days_running": _whole_days(experiment, now),
+        "days_running": days_running,
         "min_days": settings.get("min_days"), "max_days": settings.get("max_days"),
         "units": units, **progress,
         "health": health_chips(body, report, analysis_interval_s=analysis_interval_s, now=now),
@@ -79,11 +91,7 @@ def portfolio_entry(experiment: Experiment, report: Report | None, *,
 def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapping[str, int],
                     elapsed_days: float | None) -> dict[str, Any]:
     """Units needed per variant and days left; nulls with a reason when not computable."""
-    out: dict[str, Any] = {"baseline": None, "units_needed_per_variant": None,
-                           "daily_units": None, "days_left": None, "progress_note": None}
-    total = sum(units.values())
-    if elapsed_days is not None and total > 0:
-        out["daily_units"] = total / elapsed_days
+    out = _progress(units, elapsed_days)
     primary = next((m for m in experiment.metrics if m.role == "primary"), None)
     if primary is None or not body:
         out["progress_note"] = "no report yet" if primary else "no primary metric"
@@ -116,7 +124,36 @@ def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapp
         return out
     out["units_needed_per_variant"] = needed
     out["days_left"] = days_left(needed, units, elapsed_days)
+    out["days_left_basis"] = None if out["days_left"] is None else "power"
     return out
+
+
+def bandit_progress(body: Mapping[str, Any], units: Mapping[str, int],
+                    elapsed_days: float | None, *, days_running: int | None,
+                    max_days: int | None) -> dict[str, Any]:
+    """A bandit's progress: no units to reach (a power calculation assumes fixed weights),
+    days left until its maximum duration, and a note on what ends it sooner."""
+    out = _progress(units, elapsed_days)
+    if days_running is not None and max_days is not None:
+        out["days_left"] = max(0, max_days - days_running)
+        out["days_left_basis"] = "max_days"
+    p_best = {arm: chance for arm, chance in _dict(body.get("p_best")).items()
+              if _finite(chance)}
+    leader = max(p_best, key=p_best.__getitem__, default=None)
+    out["progress_note"] = (
+        f"bandit: no fixed sample size; it ships when an arm's chance to be best reaches "
+        f"{BANDIT_SHIP_P_BEST:.0%}" + (f" (now {leader}: {p_best[leader]:.0%})" if leader
+                                       else "")
+        + (f", else it stops after {max_days} days" if max_days is not None else ""))
+    return out
+
+
+def _progress(units: Mapping[str, int], elapsed_days: float | None) -> dict[str, Any]:
+    """The progress fields, nulls but the observed daily rate (units so far per day)."""
+    total = sum(units.values())
+    return {"baseline": None, "units_needed_per_variant": None,
+            "daily_units": total / elapsed_days if elapsed_days is not None and total > 0
+            else None, "days_left": None, "days_left_basis": None, "progress_note": None}
 
 
 def days_left(needed_per_variant: int, units: Mapping[str, int],

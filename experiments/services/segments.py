@@ -290,8 +290,6 @@ def _dimension_entry(experiment: Experiment, settings: AnalysisSettings, dimensi
             metrics.append({"key": metric.key, "kind": metric.kind, "role": metric.role,
                             "direction": metric.direction, "variants": variants,
                             "comparisons": [], **quantile_fields(metric)})
-            if metric.kind in ORDER_STATISTIC_KINDS:
-                warnings.append(QUANTILE_HETEROGENEITY_NOTE.format(metric.key))
         matrix = friction_matrix(experiment, plain, units, level.journey) if testable else []
         entries.append({"level": level.level, "units": units,
                         "srm": {"p_value": srm.p_value, "detected": srm.detected},
@@ -303,8 +301,11 @@ def _dimension_entry(experiment: Experiment, settings: AnalysisSettings, dimensi
     heterogeneity = _heterogeneity(experiment, ordered, tested)
     for entry, per_level in zip(entries, heterogeneity, strict=True):
         entry["heterogeneity"] = per_level
+    # Said once for the dimension: no level of it has a level-against-the-rest test.
+    untested = [QUANTILE_HETEROGENEITY_NOTE.format(metric.key) for metric in experiment.metrics
+                if metric.kind in ORDER_STATISTIC_KINDS]
     return {"dimension": dimension, "levels": entries, "merged_levels": merged,
-            "warnings": [SLICE_WARNING]}
+            "warnings": [SLICE_WARNING, *untested]}
 
 
 def segments_section(experiment: Experiment, settings: AnalysisSettings,

@@ -6,14 +6,18 @@ each analysis), then hands the warehouse's engine and relations
 (``sources.warehouse_sources``) to the pipeline. Both places run the same pass
 (:func:`analyse_sources`): identity clusters as the analysis unit when links touch the
 experiment (SPEC §14), a bandit's units grouped by weight period (SPEC §13), segments,
-order statistics. Every failure on the way (warehouse down, statement timeout, query
-refused) surfaces as a :class:`WarehouseError` naming the warehouse; the analysis stores it
-as that experiment's failed report and goes on with the others.
+order statistics. A bandit's reallocation (:func:`reallocation_periods`) opens the
+warehouse the same way as the report (:func:`_synced`, then :func:`_opened`: synced,
+override units left out) and reads its primary metric per period. Every failure on the
+way (warehouse down, statement timeout, query refused) surfaces as a
+:class:`WarehouseError` naming the warehouse; the analysis stores it as that experiment's
+failed report and goes on with the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -90,12 +94,25 @@ def analyse_sources(connection: Session | Connection, session: Session | None,
     return Analysed(whole, levels, bandit)
 
 
-def _kept(exposures: FromClause, experiment: Experiment) -> Subquery:
-    """The warehouse's exposures without the experiment's override units (see run_pipeline)."""
+def _synced(session: Session, name: str) -> tuple[Engine, FromClause, FromClause]:
+    """The warehouse brought up to date (SPEC §15: before each analysis), then its engine
+    and relations (:func:`warehouse_sources`): what every read of a warehouse starts with."""
+    sync_before_analysis(session, name)
+    return warehouse_sources(session, name)
+
+
+@contextmanager
+def _opened(engine: Engine, exposures: FromClause, events: FromClause,
+            experiment: Experiment) -> Iterator[tuple[Connection, Subquery, PipelineSources]]:
+    """A connection to the warehouse, the experiment's exposures there without its override
+    units (see run_pipeline) and the pipeline's sources over them and ``events``: what the
+    report and a bandit's reallocation both read."""
     kept = [exposures.c.is_override == false()]
     if experiment.overrides:
         kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
-    return select(*exposures.c).where(*kept).subquery("kept_exposures")
+    analysed = select(*exposures.c).where(*kept).subquery("kept_exposures")
+    with engine.connect() as connection:
+        yield connection, analysed, table_sources(analysed, events, experiment=experiment.id)
 
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
@@ -120,9 +137,7 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     """
     assert session is not None or bandits.bandit_settings(experiment) is None, (
         "a bandit's weight periods are read from Parcours: pass its session")
-    analysed = _kept(exposures, experiment)
-    sources = table_sources(analysed, events, experiment=experiment.id)
-    with engine.connect() as connection:
+    with _opened(engine, exposures, events, experiment) as (connection, analysed, sources):
         linked = None
         # Whether links touch the experiment is asked of Parcours (the same rows, indexed).
         if session is not None and identity.links_touch(session, experiment.id):
@@ -149,9 +164,7 @@ def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisS
         sources, linked = identity.analysis_sources(session, experiment.id)
         return replace(analyse_sources(session, session, experiment, settings, metrics,
                                        dimensions, sources, rollup=rollup), linked=linked)
-    sync_before_analysis(session, name)
-    engine, exposures, events = warehouse_sources(session, name)
-    return run_pipeline(engine, exposures, events, experiment, settings, metrics, dimensions,
+    return run_pipeline(*_synced(session, name), experiment, settings, metrics, dimensions,
                         session=session)
 
 
@@ -164,10 +177,7 @@ def reallocation_periods(session: Session, experiment: Experiment,
     if name is None:
         return bandits.primary_periods(session, experiment, periods)
     try:
-        sync_before_analysis(session, name)
-        engine, exposures, events = warehouse_sources(session, name)
-        sources = table_sources(_kept(exposures, experiment), events, experiment=experiment.id)
-        with engine.connect() as connection:
+        with _opened(*_synced(session, name), experiment) as (connection, _, sources):
             return bandits.primary_periods(connection, experiment, periods, sources)
     except WarehouseError as exc:
         raise ApiError(503, f"the bandit's data could not be read: {exc}") from None

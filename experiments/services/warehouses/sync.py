@@ -139,7 +139,7 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
     """Append the rows with ``mark < id <= upper`` in id order; (rows copied, new mark)."""
     with connect() as connection:
         with connection.begin():
-            mark = int(connection.scalar(select(func.coalesce(func.max(target.c.id), 0))) or 0)
+            mark = _mark(connection, target)
         clickhouse = tables.is_clickhouse(connection)
         insert = tables.text_times_insert(target) if clickhouse else target.insert()
         copied = 0
@@ -161,6 +161,11 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
             if progress is not None:
                 progress(target.name, len(batch))
     return copied, mark
+
+
+def _mark(connection: Connection, target: Any) -> int:
+    """The largest id a warehouse table holds: where the next sync resumes copying it."""
+    return int(connection.scalar(select(func.coalesce(func.max(target.c.id), 0))) or 0)
 
 
 # The hex SHA-256 of a unit id, as ``erasure.unit_digest`` computes it, in each dialect.
@@ -218,13 +223,34 @@ def _record(session: Session, name: str, *, exposures_through: int | None = None
 
 
 def pending_rows(session: Session, name: str) -> dict[str, int]:
-    """How many exposures (and events) Parcours holds beyond the last sync: the lag."""
+    """How many exposures, identity links (and events) Parcours holds that the last sync
+    has not copied: the lag. Exposures and events count from the marks Parcours recorded;
+    links from the warehouse's own mark (the largest id in ``parcours_identity_links``,
+    where the sync resumes), asked only once a sync has succeeded: absent from the lag
+    when the warehouse does not answer."""
     state = session.get(WarehouseSync, name)
     through = (state.exposures_through, state.events_through) if state else (0, 0)
     lag = {"exposures": session.scalar(select(func.count()).where(Exposure.id > through[0]))}
+    links = _links_through(name, state)
+    if links is not None:
+        lag["identity_links"] = session.scalar(select(func.count()).where(
+            IdentityLink.id > links))
     if get_warehouses().config(name).sync_events:
         lag["events"] = session.scalar(select(func.count()).where(Event.id > through[1]))
     return {key: int(value or 0) for key, value in lag.items()}
+
+
+def _links_through(name: str, state: WarehouseSync | None) -> int | None:
+    """The last identity link id in the warehouse: 0 before any successful sync, None
+    when the warehouse does not answer (Parcours keeps no mark of its own for links)."""
+    if state is None or state.last_sync_at is None:
+        return 0
+    try:
+        with get_warehouses().engine(name).connect() as connection:
+            return _mark(connection, tables.identity_links)
+    except WarehouseError as exc:
+        logger.warning("lag of %s: its identity links are not counted: %s", name, exc)
+        return None
 
 
 def sync_before_analysis(session: Session, name: str) -> SyncResult:
