@@ -426,6 +426,8 @@ class WarehouseSync(Base):
     warehouse: Mapped[str] = mapped_column(String(64), primary_key=True)
     exposures_through: Mapped[int] = mapped_column(BigInteger, default=0)
     events_through: Mapped[int] = mapped_column(BigInteger, default=0)
+    identity_links_through: Mapped[int] = mapped_column(BigInteger, default=0,
+                                                        server_default="0")
     # The last ``unit.erased`` audit entry applied to the warehouse's copies.
     erasures_through: Mapped[int] = mapped_column(Integer, default=0)
     last_sync_at: Mapped[datetime | None]

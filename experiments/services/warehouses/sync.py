@@ -97,7 +97,8 @@ def settled_bounds(session: Session, name: str) -> tuple[int, int, int]:
                            "than %.0f s is still open in Parcours's database", name,
                            SETTLE_WAIT_S)
             state = session.get(WarehouseSync, name)
-            return (state.exposures_through, state.events_through, 0) if state else (0, 0, 0)
+            return ((state.exposures_through, state.events_through,
+                     state.identity_links_through) if state else (0, 0, 0))
         time.sleep(0.05)
     return bounds
 
@@ -117,8 +118,9 @@ def sync_warehouse(session: Session, name: str, *, progress: Progress | None = N
         copied_exposures, exposures_through = _copy(
             session, engine.connect, _exposure_rows(), Exposure.id, tables.exposures,
             exposures_upper, progress)
-        copied_links, _ = _copy(session, engine.connect, _link_rows(), IdentityLink.id,
-                                tables.identity_links, links_upper, progress)
+        copied_links, links_through = _copy(session, engine.connect, _link_rows(),
+                                            IdentityLink.id, tables.identity_links,
+                                            links_upper, progress)
         copied_events, events_through = (0, 0)
         if config.sync_events:
             copied_events, events_through = _copy(
@@ -129,7 +131,7 @@ def sync_warehouse(session: Session, name: str, *, progress: Progress | None = N
         _record(session, name, error=str(exc))
         raise
     _record(session, name, exposures_through=exposures_through, events_through=events_through,
-            erasures_through=erasures_through)
+            identity_links_through=links_through, erasures_through=erasures_through)
     return SyncResult(name, copied_exposures, copied_events, exposures_through, events_through,
                       copied_links)
 
@@ -139,7 +141,7 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
     """Append the rows with ``mark < id <= upper`` in id order; (rows copied, new mark)."""
     with connect() as connection:
         with connection.begin():
-            mark = _mark(connection, target)
+            mark = int(connection.scalar(select(func.coalesce(func.max(target.c.id), 0))) or 0)
         clickhouse = tables.is_clickhouse(connection)
         insert = tables.text_times_insert(target) if clickhouse else target.insert()
         copied = 0
@@ -161,11 +163,6 @@ def _copy(session: Session, connect: Callable[[], Connection], rows: Select[Any]
             if progress is not None:
                 progress(target.name, len(batch))
     return copied, mark
-
-
-def _mark(connection: Connection, target: Any) -> int:
-    """The largest id a warehouse table holds: where the next sync resumes copying it."""
-    return int(connection.scalar(select(func.coalesce(func.max(target.c.id), 0))) or 0)
 
 
 # The hex SHA-256 of a unit id, as ``erasure.unit_digest`` computes it, in each dialect.
@@ -206,51 +203,36 @@ def _utc_text(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _record(session: Session, name: str, *, exposures_through: int | None = None,
-            events_through: int | None = None, erasures_through: int | None = None,
-            error: str | None = None) -> None:
+            events_through: int | None = None, identity_links_through: int | None = None,
+            erasures_through: int | None = None, error: str | None = None) -> None:
     """Keep the outcome for ``GET /api/v1/warehouses`` and the admin page."""
     session.rollback()
     state = session.get(WarehouseSync, name) or WarehouseSync(
-        warehouse=name, exposures_through=0, events_through=0, erasures_through=0)
+        warehouse=name, exposures_through=0, events_through=0, identity_links_through=0,
+        erasures_through=0)
     session.add(state)
     state.last_error = error
     if error is None:
         state.last_sync_at = utcnow()
         state.exposures_through = exposures_through or 0
         state.events_through = events_through or 0
+        state.identity_links_through = identity_links_through or 0
         state.erasures_through = erasures_through or 0
     session.commit()
 
 
 def pending_rows(session: Session, name: str) -> dict[str, int]:
-    """How many exposures, identity links (and events) Parcours holds that the last sync
-    has not copied: the lag. Exposures and events count from the marks Parcours recorded;
-    links from the warehouse's own mark (the largest id in ``parcours_identity_links``,
-    where the sync resumes), asked only once a sync has succeeded: absent from the lag
-    when the warehouse does not answer."""
+    """How many exposures, identity links (and events) Parcours holds beyond the last
+    sync: the lag."""
     state = session.get(WarehouseSync, name)
-    through = (state.exposures_through, state.events_through) if state else (0, 0)
-    lag = {"exposures": session.scalar(select(func.count()).where(Exposure.id > through[0]))}
-    links = _links_through(name, state)
-    if links is not None:
-        lag["identity_links"] = session.scalar(select(func.count()).where(
-            IdentityLink.id > links))
+    through = ((state.exposures_through, state.events_through, state.identity_links_through)
+               if state else (0, 0, 0))
+    lag = {"exposures": session.scalar(select(func.count()).where(Exposure.id > through[0])),
+           "identity_links": session.scalar(select(func.count()).where(
+               IdentityLink.id > through[2]))}
     if get_warehouses().config(name).sync_events:
         lag["events"] = session.scalar(select(func.count()).where(Event.id > through[1]))
     return {key: int(value or 0) for key, value in lag.items()}
-
-
-def _links_through(name: str, state: WarehouseSync | None) -> int | None:
-    """The last identity link id in the warehouse: 0 before any successful sync, None
-    when the warehouse does not answer (Parcours keeps no mark of its own for links)."""
-    if state is None or state.last_sync_at is None:
-        return 0
-    try:
-        with get_warehouses().engine(name).connect() as connection:
-            return _mark(connection, tables.identity_links)
-    except WarehouseError as exc:
-        logger.warning("lag of %s: its identity links are not counted: %s", name, exc)
-        return None
 
 
 def sync_before_analysis(session: Session, name: str) -> SyncResult:
