@@ -152,8 +152,8 @@ def test_segment_table_says_which_p_is_adjusted_and_explains_an_interval_without
     country = {**SEGMENTS[0], "levels": [*SEGMENTS[0]["levels"], spain]}
     section = _segment_section(app, [country])
     head = section[section.index("<thead>"):section.index("</thead>")]
-    assert "p-value <span class=\"small muted\">(BH-adjusted in country)</span>" in head
-    assert "(95% interval, unadjusted)" in head and "(adjusted p)" in head
+    assert "p <span class=\"small muted\">(adjusted)</span>" in head
+    assert "(95%, unadj.)" in head
     assert ("adjusted (Benjamini–Hochberg) over the 4 tested comparisons of country"
             in section)
     es = _row(section, "ES")
@@ -175,7 +175,7 @@ def test_bayesian_segment_table_says_its_numbers_are_unadjusted(app):
     section = _segment_section(app, [{"dimension": "country", "merged_levels": 0,
                                       "warnings": [], "levels": [level]}], method="bayesian")
     head = section[section.index("<thead>"):section.index("</thead>")]
-    assert "Chance to win <span class=\"small muted\">(unadjusted)</span>" in head
+    assert "Chance to win <span class=\"small muted\">(unadj.)</span>" in head
     assert "credible intervals are each row's own, not adjusted" in section
     fr = _row(section, "FR")
     assert "96%" in fr and "verdict-better" in fr
