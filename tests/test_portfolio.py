@@ -127,6 +127,12 @@ def test_a_bandit_counts_days_to_its_maximum_not_to_a_power_sample(app, client,
     assert "Enough units" not in row and "past-max" not in row and "/day" not in row
     assert "Bandit: no fixed sample size; it ships when" in row
 
+    reached = report_body("banner", units, period_weighted=True,
+                          p_best={"control": 0.01, "b": 0.02, "c": 0.97})
+    store_report(app, "banner", reached, started_days_ago=5, age=timedelta(0))
+    assert items_by_key(client, admin_headers)["banner"]["progress_note"] == (
+        "bandit: no fixed sample size; it ships when an arm's chance to be best reaches "
+        "95% (now c: 97%, reached), else it stops after 21 days")
     store_report(app, "banner", body, started_days_ago=23, age=timedelta(0))
     item = items_by_key(client, admin_headers)["banner"]
     assert (item["days_left"], item["days_left_basis"]) == (0, "max_days")

@@ -142,10 +142,17 @@ def bandit_progress(body: Mapping[str, Any], units: Mapping[str, int],
     leader = max(p_best, key=p_best.__getitem__, default=None)
     out["progress_note"] = (
         f"bandit: no fixed sample size; it ships when an arm's chance to be best reaches "
-        f"{BANDIT_SHIP_P_BEST:.0%}" + (f" (now {leader}: {p_best[leader]:.0%})" if leader
-                                       else "")
+        f"{BANDIT_SHIP_P_BEST:.0%}" + _bandit_leader(leader, p_best)
         + (f", else it stops after {max_days} days" if max_days is not None else ""))
     return out
+
+
+def _bandit_leader(leader: str | None, p_best: Mapping[str, float]) -> str:
+    """The leading arm's chance to be best, and whether it already reached the bar."""
+    if leader is None:
+        return ""
+    reached = ", reached" if p_best[leader] >= BANDIT_SHIP_P_BEST else ""
+    return f" (now {leader}: {p_best[leader]:.0%}{reached})"
 
 
 def _progress(units: Mapping[str, int], elapsed_days: float | None) -> dict[str, Any]:
