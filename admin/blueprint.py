@@ -12,7 +12,7 @@ from werkzeug.wrappers import Response
 from admin import format as fmt
 from admin.messages import field_label
 from admin.session_auth import has_role, load_current_user
-from experiments.errors import ApiError
+from experiments.errors import ApiError, error_response
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
                static_folder="static", static_url_path="/static")
@@ -73,6 +73,19 @@ def _http_error(exc: HTTPException) -> tuple[str, int]:
     status = exc.code or 500
     return render_template("admin/error.html", status=status, title=_TITLES.get(status, exc.name),
                            message=exc.description), status
+
+
+@bp.app_errorhandler(404)
+def _not_found(exc: HTTPException) -> Any:
+    """An address under /admin/ that no page has: the admin's own page, not the API's
+    JSON envelope (Flask picks no blueprint for a URL that matches no route)."""
+    if request.blueprint is None and request.path.startswith("/admin/"):
+        return render_template("admin/error.html", status=404, title=_TITLES[404],
+                               message="No page here.", current_user=load_current_user(),
+                               fmt=fmt), 404
+    if request.blueprint == "admin":
+        return _http_error(exc)
+    return error_response(404, exc.description or exc.name)
 
 
 _TITLES = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Not allowed",

@@ -220,3 +220,13 @@ def test_audit_log_shows_who_did_what(app):
     page = editor.get("/admin/audit?experiment=checkout-redesign").get_data(as_text=True)
     assert "user:editor@example.com" in page and "experiment.start" in page
     assert page.index("experiment.start") < page.index("experiment.create")  # newest first
+
+
+def test_an_admin_address_without_a_page_is_an_admin_page(app, client):
+    """A URL under /admin/ that matches no route gets the admin's 404 page; the API keeps
+    its JSON envelope for its own unknown addresses."""
+    page = client.get("/admin/no-such-page")
+    assert page.status_code == 404 and page.mimetype == "text/html"
+    assert "No page here." in page.get_data(as_text=True)
+    api = client.get("/api/v1/no-such-resource")
+    assert api.status_code == 404 and api.json["error"]["code"] == "not_found"
