@@ -113,8 +113,9 @@ def test_without_links_on_its_units_the_analysis_keeps_the_plain_sources(
            for i, unit in enumerate(units[:3])),
          {"unit_id": "customer-9", "type": "conversion", "name": "purchase"})
     experiment_id = db.scalar(select(Experiment.id).where(Experiment.key == KEY))
-    sources, summary = identity.analysis_sources(db, experiment_id)
-    assert summary is None and sources.own_experiment == experiment_id  # rollup-eligible
+    units = identity.analysis_sources(db, experiment_id)
+    assert units.clusters is None and units.summary(db) is None
+    assert units.sources.own_experiment == experiment_id  # rollup-eligible
     report = analyze(client, admin_headers)
     assert report["identity"] == {"clusters": 6, "linked_units": 0, "conflicts": 0}
     # The cluster sources give the same sufficient statistics as the plain ones.

@@ -204,9 +204,10 @@ def test_a_warehouse_reallocation_reads_the_relations_the_report_reads(
     opened: list[str] = []
     real = routing._opened
 
-    def spy(engine: Any, exposures: Any, events: Any, experiment: Experiment) -> Any:
+    def spy(engine: Any, exposures: Any, events: Any, experiment: Experiment,
+            session: Any) -> Any:
         opened.append(experiment.key)
-        return real(engine, exposures, events, experiment)
+        return real(engine, exposures, events, experiment, session)
 
     monkeypatch.setattr(routing, "_opened", spy)
     at = started + timedelta(minutes=1)

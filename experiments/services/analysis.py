@@ -160,7 +160,7 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
     previous = latest_report(session, experiment.id, successful=True)
     body = build_report(experiment, settings, aggregates, now=now,
                         previous=previous.body if previous else None, bandit=bandit)
-    body["identity"] = _identity_section(analysed.linked, body["units"])
+    body["identity"] = identity.identity_section(analysed.linked, body["units"])
     if levels is not None:  # descriptive only: decisions read the whole report's metrics
         body["segments"] = segments.segments_section(experiment, settings, levels)
     result = decisions.report_decision(experiment, settings, body, now)
@@ -184,15 +184,6 @@ def _analyze(session: Session, experiment: Experiment, now: datetime,
         session.rollback()
         raise Conflict("the experiment changed while it was analysed; retry") from None
     return report
-
-
-def _identity_section(linked: identity.IdentitySummary | None,
-                      units: Mapping[str, int]) -> dict[str, int]:
-    """The report's ``identity`` field; without links every unit is a cluster of its own."""
-    if linked is None:
-        return {"clusters": sum(units.values()), "linked_units": 0, "conflicts": 0}
-    return {"clusters": linked.clusters, "linked_units": linked.linked_units,
-            "conflicts": linked.conflicts}
 
 
 def running_experiment_keys(session: Session) -> list[str]:

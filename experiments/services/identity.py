@@ -18,7 +18,7 @@ of its earliest link only, so every id has exactly one cluster key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -265,17 +265,20 @@ def cluster_sources(experiment_id: int, tables: IdentityTables = PARCOURS) -> Pi
     return PipelineSources(analysed, keyed, unique_units=True)
 
 
-def links_touch(session: Session, experiment_id: int) -> bool:
+def links_touch(session: Session, experiment_id: int,
+                exposures: FromClause = _EXPOSURES) -> bool:
     """Whether any link names one of the experiment's exposed units, on either side.
 
-    One indexed semi-join per side (``uq_exposures_experiment_unit`` probed from the links,
-    or ``ix_identity_links_user_id`` / the links' unique key probed from the exposures,
-    whichever the planner finds cheaper). False: every unit is a cluster of its own and
-    no event moves, so the plain sources give the same numbers.
+    ``exposures``: Parcours's relation shaped as :attr:`IdentityTables.exposures` (the
+    experiments' own, or a holdout's). One indexed semi-join per side
+    (``uq_exposures_experiment_unit`` probed from the links, or ``ix_identity_links_user_id``
+    / the links' unique key probed from the exposures, whichever the planner finds
+    cheaper). False: every unit is a cluster of its own and no event moves, so the plain
+    sources give the same numbers.
     """
     def side(column: Any) -> Any:
-        return exists().where(_EXPOSURES.c.experiment_id == experiment_id,
-                              _EXPOSURES.c.unit_id == column)
+        return exists().where(exposures.c.experiment_id == experiment_id,
+                              exposures.c.unit_id == column)
     return bool(session.scalar(select(
         exists(select(_LINKS.c.id).where(side(_LINKS.c.anonymous_id)))
         | exists(select(_LINKS.c.id).where(side(_LINKS.c.user_id))))))
@@ -303,17 +306,51 @@ def identity_summary(connection: Session | Connection, experiment_id: int,
     return IdentitySummary(int(row[0]), int(row[1]), int(row[2]))
 
 
-def analysis_sources(session: Session, experiment_id: int,
-                     ) -> tuple[PipelineSources, IdentitySummary | None]:
-    """What the analysis of an experiment reads, and its identity counts when linked.
+def identity_section(summary: IdentitySummary | None,
+                     units: Mapping[str, int]) -> dict[str, int]:
+    """A report's ``identity`` field; without links every unit is a cluster of its own."""
+    if summary is None:
+        return {"clusters": sum(units.values()), "linked_units": 0, "conflicts": 0}
+    return {"clusters": summary.clusters, "linked_units": summary.linked_units,
+            "conflicts": summary.conflicts}
 
-    Without links on its units (:func:`links_touch`, one cheap query) the experiment keeps
-    the plain sources (and the PostgreSQL rollup) and the summary is None: every unit is a
-    cluster of its own, the caller counts them. With links: :func:`cluster_sources`.
+
+@dataclass(frozen=True)
+class AnalysisUnits:
+    """What an analysis reads (SPEC §14): ``sources`` over identity clusters resolved in
+    ``clusters`` when links touch the exposed units, else the plain sources (``clusters``
+    None: every unit is a cluster of its own). The report, a bandit's reallocation and a
+    holdout's report all take theirs from :func:`analysis_sources`."""
+
+    experiment_id: int
+    sources: PipelineSources
+    clusters: IdentityTables | None = None
+
+    def summary(self, connection: Session | Connection) -> IdentitySummary | None:
+        """The report's identity counts, one query on ``connection`` (where the clusters
+        are resolved); None without links."""
+        if self.clusters is None:
+            return None
+        return identity_summary(connection, self.experiment_id, self.clusters)
+
+
+def analysis_sources(session: Session, experiment_id: int,
+                     plain: PipelineSources | None = None,
+                     tables: IdentityTables = PARCOURS, *,
+                     asked: FromClause | None = None) -> AnalysisUnits:
+    """What the analysis of an experiment reads (or of a holdout: ``tables`` over its
+    exposures, ``plain`` its sources), wherever it runs.
+
+    Whether links touch the units (:func:`links_touch`, one cheap query) is asked of
+    Parcours (``session``) over ``asked`` (default ``tables.exposures``; a warehouse's
+    experiment asks Parcours's exposures: the same rows, indexed). Without links: ``plain``
+    (default :func:`own_sources`, which keeps the PostgreSQL rollup). With links:
+    :func:`cluster_sources` over ``tables``.
     """
-    if not links_touch(session, experiment_id):
-        return own_sources(experiment_id), None
-    return cluster_sources(experiment_id), identity_summary(session, experiment_id)
+    if not links_touch(session, experiment_id,
+                       tables.exposures if asked is None else asked):
+        return AnalysisUnits(experiment_id, plain or own_sources(experiment_id))
+    return AnalysisUnits(experiment_id, cluster_sources(experiment_id, tables), tables)
 
 
 def conflicts(session: Session, experiment_key: str) -> list[dict[str, Any]]:

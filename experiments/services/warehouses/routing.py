@@ -6,9 +6,11 @@ each analysis), then hands the warehouse's engine and relations
 (``sources.warehouse_sources``) to the pipeline. Both places run the same pass
 (:func:`analyse_sources`): identity clusters as the analysis unit when links touch the
 experiment (SPEC §14), a bandit's units grouped by weight period (SPEC §13), segments,
-order statistics. A bandit's reallocation (:func:`reallocation_periods`) opens the
-warehouse the same way as the report (:func:`_synced`, then :func:`_opened`: synced,
-override units left out) and reads its primary metric per period. Every failure on the
+order statistics. A bandit's reallocation (:func:`reallocation_periods`) reads the units
+the report reads (:func:`identity.analysis_sources`: clusters when links touch the
+experiment), and opens a warehouse the same way as the report (:func:`_synced`, then
+:func:`_opened`: synced, override units left out, clusters resolved there), then reads its
+primary metric per period. Every failure on the
 way (warehouse down, statement timeout, query refused) surfaces as a
 :class:`WarehouseError` naming the warehouse; the analysis stores it as that experiment's
 failed report and goes on with the others.
@@ -23,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, false, select
 from sqlalchemy.orm import Session
-from sqlalchemy.sql import FromClause, Subquery
+from sqlalchemy.sql import FromClause
 
 from experiments.errors import ApiError
 from experiments.models import AllocationPeriod, Experiment
@@ -103,16 +105,30 @@ def _synced(session: Session, name: str) -> tuple[Engine, FromClause, FromClause
 
 @contextmanager
 def _opened(engine: Engine, exposures: FromClause, events: FromClause,
-            experiment: Experiment) -> Iterator[tuple[Connection, Subquery, PipelineSources]]:
-    """A connection to the warehouse, the experiment's exposures there without its override
-    units (see run_pipeline) and the pipeline's sources over them and ``events``: what the
-    report and a bandit's reallocation both read."""
+            experiment: Experiment, session: Session | None,
+            ) -> Iterator[tuple[Connection, identity.AnalysisUnits]]:
+    """A connection to the warehouse and what the experiment's analysis reads there: its
+    exposures without its override units (see run_pipeline) and ``events``, over identity
+    clusters resolved in the warehouse when links touch the experiment
+    (:func:`identity.analysis_sources`, asked of Parcours's ``session``; without a session,
+    the bench, never). The report and a bandit's reallocation both read these."""
     kept = [exposures.c.is_override == false()]
     if experiment.overrides:
         kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
     analysed = select(*exposures.c).where(*kept).subquery("kept_exposures")
+    units = identity.AnalysisUnits(
+        experiment.id, table_sources(analysed, events, experiment=experiment.id))
+    if session is not None:
+        copies = identity.IdentityTables(
+            tables.identity_links,
+            select(analysed.c.exposure_id.label("id"), *analysed.c).subquery("copies"),
+            events)
+        units = identity.analysis_sources(session, experiment.id, units.sources, copies,
+                                          asked=identity.PARCOURS.exposures)
     with engine.connect() as connection:
-        yield connection, analysed, table_sources(analysed, events, experiment=experiment.id)
+        if units.clusters is not None:
+            prepare(connection)  # ClickHouse: NULLs, not '', where a unit has no link
+        yield connection, units
 
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
@@ -137,20 +153,10 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     """
     assert session is not None or bandits.bandit_settings(experiment) is None, (
         "a bandit's weight periods are read from Parcours: pass its session")
-    with _opened(engine, exposures, events, experiment) as (connection, analysed, sources):
-        linked = None
-        # Whether links touch the experiment is asked of Parcours (the same rows, indexed).
-        if session is not None and identity.links_touch(session, experiment.id):
-            prepare(connection)  # ClickHouse: NULLs, not '', where a unit has no link
-            copies = identity.IdentityTables(
-                tables.identity_links,
-                select(analysed.c.exposure_id.label("id"), *analysed.c).subquery("copies"),
-                events)
-            sources = identity.cluster_sources(experiment.id, copies)
-            linked = identity.identity_summary(connection, experiment.id, copies)
+    with _opened(engine, exposures, events, experiment, session) as (connection, units):
         result = analyse_sources(connection, session, experiment, settings, metrics,
-                                 dimensions, sources, rollup=False)
-    return replace(result, linked=linked)
+                                 dimensions, units.sources, rollup=False)
+        return replace(result, linked=units.summary(connection))
 
 
 def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisSettings,
@@ -161,23 +167,27 @@ def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisS
     name = settings.warehouse
     if name is None:
         # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
-        sources, linked = identity.analysis_sources(session, experiment.id)
+        units = identity.analysis_sources(session, experiment.id)
         return replace(analyse_sources(session, session, experiment, settings, metrics,
-                                       dimensions, sources, rollup=rollup), linked=linked)
+                                       dimensions, units.sources, rollup=rollup),
+                       linked=units.summary(session))
     return run_pipeline(*_synced(session, name), experiment, settings, metrics, dimensions,
                         session=session)
 
 
 def reallocation_periods(session: Session, experiment: Experiment,
                          periods: Sequence[AllocationPeriod]) -> bandits.BanditPeriods:
-    """A bandit's per-period sums of its primary metric for a reallocation, where its data
-    lives: with ``analysis.warehouse``, synced and read there (its events may exist only
-    in the warehouse's sources). A warehouse failure is a 503 naming it."""
+    """A bandit's per-period sums of its primary metric for a reallocation, over the units
+    its report reads (:func:`identity.analysis_sources`: identity clusters when links touch
+    it), where its data lives: with ``analysis.warehouse``, synced and read there (its
+    events may exist only in the warehouse's sources). A warehouse failure is a 503 naming
+    it."""
     name = AnalysisSettings.model_validate(experiment.analysis).warehouse
     if name is None:
-        return bandits.primary_periods(session, experiment, periods)
+        units = identity.analysis_sources(session, experiment.id)
+        return bandits.primary_periods(session, experiment, periods, units.sources)
     try:
-        with _opened(*_synced(session, name), experiment) as (connection, _, sources):
-            return bandits.primary_periods(connection, experiment, periods, sources)
+        with _opened(*_synced(session, name), experiment, session) as (connection, units):
+            return bandits.primary_periods(connection, experiment, periods, units.sources)
     except WarehouseError as exc:
         raise ApiError(503, f"the bandit's data could not be read: {exc}") from None
