@@ -11,10 +11,11 @@ from sqlalchemy import insert, select
 
 from experiments.db import get_db
 from experiments.jobs import run_analysis
-from experiments.models import Event, Holdout, HoldoutExposure, HoldoutReport
+from experiments.models import Event, Holdout, HoldoutExposure, HoldoutReport, IdentityLink
 from experiments.services import holdout_reports
 from experiments.services.holdout_reports import analyze_running_holdouts
 from tests.factories import experiment_payload
+from tests.test_admin_support import logged_in
 
 T0 = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 UNITS = 1200  # per group
@@ -82,6 +83,8 @@ def test_the_report_detects_a_cumulative_effect_and_an_aa_holdout_shows_none(
     assert report["error"] is None and report["holdout"] == "h-effect"
     assert report["units"] == {"holdout": UNITS, "measure": UNITS}
     assert report["srm"]["p_value"] == pytest.approx(1.0) and not report["srm"]["detected"]
+    # No link names its units: every unit is a cluster of its own.
+    assert report["identity"] == {"clusters": 2 * UNITS, "linked_units": 0, "conflicts": 0}
     purchase = report["metrics"][0]
     assert purchase["key"] == "purchase"
     # Every purchase from exposure on (up to 40 days later), none before it.
@@ -140,3 +143,43 @@ def test_the_analysis_job_computes_every_running_holdout_despite_one_failure(
 def test_analyze_an_unknown_holdout_is_404(client, admin_headers):
     response = client.post("/api/v1/holdouts/nope/analyze", headers=admin_headers)
     assert response.status_code == 404
+
+
+def test_a_customer_on_two_devices_is_one_unit_of_the_holdout_report(
+        app, client, admin_headers, db):
+    """The holdout report clusters identities as an experiment's does (SPEC §14): one unit
+    per customer, in the group of its first holdout exposure, back-office events under the
+    customer id counted, customers in both groups left out and counted."""
+    create_holdout(client, admin_headers, "h-id")
+    holdout_id = db.scalar(select(Holdout.id).where(Holdout.key == "h-id"))
+    groups = {"x-phone": "holdout", "x-laptop": "holdout", "y-phone": "measure",
+              "z-phone": "holdout", "z-tablet": "measure",  # z: in both groups
+              "h1": "holdout", "m1": "measure", "m2": "measure"}
+    db.execute(insert(HoldoutExposure), [
+        {"holdout_id": holdout_id, "unit_id": unit, "group": group,
+         "exposed_at": T0 + timedelta(hours=index)}
+        for index, (unit, group) in enumerate(groups.items())])
+    db.execute(insert(IdentityLink), [
+        {"anonymous_id": device, "user_id": f"customer-{device[0]}", "occurred_at": T0}
+        for device in ("x-phone", "x-laptop", "y-phone", "z-phone", "z-tablet")])
+    # x bought on both devices (one customer, one conversion); y's purchase came in from
+    # the back office under the customer id.
+    db.execute(insert(Event), [
+        {"event_id": f"buy-{unit}", "unit_id": unit, "type": "track", "name": "purchase",
+         "occurred_at": T0 + timedelta(days=3)}
+        for unit in ("x-phone", "x-laptop", "customer-y", "z-phone", "m1")])
+    db.commit()
+
+    report = client.post("/api/v1/holdouts/h-id/analyze", headers=admin_headers).json
+    assert report["error"] is None
+    # Raw device ids would give 4 and 4 units, purchases holdout 3 and measure 1.
+    assert report["units"] == {"holdout": 2, "measure": 3}  # x and h1; y, m1, m2
+    assert report["identity"] == {"clusters": 6, "linked_units": 5, "conflicts": 1}
+    purchase = report["metrics"][0]
+    assert {v["variant"]: v["conversions"] for v in purchase["variants"]} == {
+        "holdout": 1, "measure": 2}
+    stored = client.get("/api/v1/holdouts/h-id/report", headers=admin_headers).json
+    assert stored["identity"] == report["identity"]
+    page = logged_in(app, "viewer").get("/admin/holdouts/h-id").get_data(as_text=True)
+    assert ("Analysed by customer: 6 customers, 5 devices linked, 1 customers in both "
+            "groups left out.") in page

@@ -80,7 +80,8 @@ def holdout(key: str) -> str:
     view = {"metrics": presenters.metric_rows(report),
             "method_line": presenters.method_line(report.get("method"),
                                                   holdout_reports.SETTINGS.alpha),
-            "funnel": presenters.funnel(report, list(holdouts.GROUPS))}
+            "funnel": presenters.funnel(report, list(holdouts.GROUPS)),
+            "identity": presenters.identity_line(report)}
     return render_template("admin/holdout.html", h=found, report=report, view=view)
 
 

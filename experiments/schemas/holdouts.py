@@ -13,6 +13,7 @@ from experiments.schemas.reports import (
     FrictionCell,
     FrictionPoint,
     FunnelStep,
+    IdentityOut,
     Method,
     MetricResult,
     MetricTimeline,
@@ -101,4 +102,5 @@ class HoldoutReportOut(BaseModel):
     metric_timeline: list[MetricTimeline] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     alerts: list[AlertOut] = Field(default_factory=list)
+    identity: IdentityOut | None = None  # None: before the first analysis, or stored before
     error: str | None = None

@@ -2,6 +2,8 @@
 
 The exposures relation is the holdout's stored exposures with the group as the variant
 (``holdout`` is the control, ``measure`` the treatment), the events are Parcours's own;
+when identity links touch its units, the analysis unit is the identity cluster, resolved
+by the experiments' code (SPEC §14: :func:`holdout_units`, ``identity`` counts in the body);
 the holdout's metrics count every event from the unit's holdout exposure on (no
 conversion window: ``hours=None``), no CUPED, no rollup. Funnel and friction points run
 over the union of the in-scope experiments' journeys, in order of first appearance. The
@@ -15,17 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import false, null, select
 from sqlalchemy.orm import Session
 
 from experiments.db import utcnow
 from experiments.errors import ApiError
 from experiments.models import (
-    Event,
     Experiment,
     Holdout,
     HoldoutExposure,
@@ -34,6 +35,7 @@ from experiments.models import (
     Variant,
 )
 from experiments.schemas import AnalysisSettings
+from experiments.services import identity
 from experiments.services.analysis import analyze_each
 from experiments.services.holdouts import (
     GROUPS,
@@ -87,26 +89,44 @@ def subject_of(session: Session, holdout: Holdout) -> HoldoutSubject:
                           holdout.created_at)
 
 
-def holdout_sources(holdout_id: int) -> PipelineSources:
-    """The holdout's exposures (one per unit: the table is unique per holdout and unit),
-    the group as ``variant_key``, and Parcours's events."""
-    exposures = (select(HoldoutExposure.id.label("exposure_id"), HoldoutExposure.unit_id,
-                        HoldoutExposure.group.label("variant_key"), HoldoutExposure.exposed_at)
-                 .where(HoldoutExposure.holdout_id == holdout_id)
-                 .subquery("hx"))
-    return PipelineSources(exposures, Event.__table__, unique_units=True)
+def holdout_tables() -> identity.IdentityTables:
+    """Parcours's links and events, and the holdouts' exposures shaped as an experiment's
+    (:class:`identity.IdentityTables`): the holdout id as ``experiment_id``, the group as
+    ``variant_key``, no override, no attribute snapshot."""
+    exposures = select(HoldoutExposure.id, HoldoutExposure.holdout_id.label("experiment_id"),
+                       HoldoutExposure.unit_id, HoldoutExposure.group.label("variant_key"),
+                       HoldoutExposure.exposed_at, false().label("is_override"),
+                       null().label("attributes")).subquery("hx")
+    return replace(identity.PARCOURS, exposures=exposures)
+
+
+def holdout_units(session: Session, holdout_id: int) -> identity.AnalysisUnits:
+    """What the holdout report reads: its exposures (one per unit: the table is unique per
+    holdout and unit), the group as ``variant_key``, and Parcours's events; over identity
+    clusters when links touch its units (:func:`identity.analysis_sources`, as an
+    experiment's report)."""
+    tables = holdout_tables()
+    exposures = tables.exposures
+    plain = (select(exposures.c.id.label("exposure_id"), exposures.c.unit_id,
+                    exposures.c.variant_key, exposures.c.exposed_at)
+             .where(exposures.c.experiment_id == holdout_id)
+             .subquery("x"))
+    return identity.analysis_sources(
+        session, holdout_id, PipelineSources(plain, tables.events, unique_units=True), tables)
 
 
 def _body(session: Session, holdout: Holdout, now: datetime) -> dict[str, Any]:
     subject = subject_of(session, holdout)
     specs = sum_specs(subject.metrics)
+    units = holdout_units(session, holdout.id)
     aggregates = aggregate_experiment(
         session, None, specs,
         hours=None, cuped=False, journey=subject.journey, rollup=False,
-        sources=holdout_sources(holdout.id))
+        sources=units.sources)
     previous = latest_holdout_report(session, holdout.id)
     body = build_report(subject, SETTINGS, aggregates, now=now,
                         previous=previous.body if previous else None)
+    body["identity"] = identity.identity_section(units.summary(session), body["units"])
     return {"holdout": holdout.key, **{k: v for k, v in body.items() if k != "experiment"}}
 
 
@@ -141,5 +161,5 @@ def analyze_running_holdouts(session_factory: Callable[[], AbstractContextManage
     return analyze_each(session_factory, keys, analyze_holdout, subject="holdout", now=now)
 
 
-__all__ = ["HoldoutSubject", "analyze_holdout", "analyze_running_holdouts", "holdout_sources",
-           "in_scope_journey", "subject_of"]
+__all__ = ["HoldoutSubject", "analyze_holdout", "analyze_running_holdouts", "holdout_tables",
+           "holdout_units", "in_scope_journey", "subject_of"]

@@ -10,7 +10,9 @@ nobody. Three readers use clusters:
 - the analysis (:func:`analysis_sources`): when links touch the experiment's units, the
   pipeline reads :func:`cluster_sources` — one row per exposed cluster, events keyed by
   cluster — built on :func:`cluster_map` and :func:`exposed_clusters`, so clusters are
-  resolved in SQL, never in Python.
+  resolved in SQL, never in Python. Every reader of an analysis takes its units there:
+  an experiment's report and a bandit's reallocation (in Parcours or a warehouse), and a
+  holdout's report (its exposures shaped as an experiment's).
 
 An anonymous id linked to several customers (a shared computer) belongs to the cluster
 of its earliest link only, so every id has exactly one cluster key.
