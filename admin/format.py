@@ -146,12 +146,20 @@ def counts(kind: Any, entry: Any) -> str:
     return f"(n = {count(entry.get('units'))})" if _finite(entry.get("units")) else ""
 
 
-def _effect_number(kind: Any, value: Any) -> str:
+def _effect_number(kind: Any, value: Any, decimals: int | None = None) -> str:
     if kind in ("conversion", "friction"):
         return f"{value * 100:+.2f}".replace("-", "−")
     if kind == "nps":
         return f"{value:+.1f}".replace("-", "−")
-    return f"{value:+.4g}".replace("-", "−")
+    places = _decimals(value) if decimals is None else decimals
+    return f"{value:+,.{places}f}".replace("-", "−")
+
+
+def _decimals(*values: float) -> int:
+    """Decimal places giving the largest of ``values`` 4 significant digits (never
+    scientific notation: '+12,346', '+2.415', '+0.05422')."""
+    largest = max(abs(v) for v in values)
+    return 3 if largest == 0 else max(0, 3 - math.floor(math.log10(largest)))
 
 
 def effect_suffix(kind: Any) -> str:
@@ -174,7 +182,7 @@ def _bounds(bounds: Any, show: Any) -> str:
 
 def effect_interval(kind: Any, bounds: Any) -> str:
     """An absolute effect's interval in the metric's unit: '[+0.10, +3.80] pts'."""
-    shown = _bounds(bounds, lambda bound: _effect_number(kind, bound))
+    shown = _bounds(bounds, lambda bound: _effect_number(kind, bound, _decimals(*bounds)))
     return shown + effect_suffix(kind) if shown != DASH else DASH
 
 
