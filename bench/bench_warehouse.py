@@ -70,13 +70,18 @@ a shared machine the CPU seconds are the steadier). ``PARCOURS_BENCH_WH_ENGINES=
 runs one engine. The memory settings tried are in docs/performance.md (Warehouses).
 
 The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
-100 M events take about 2 GB in each engine), removed afterwards.
+100 M events take about 2 GB in each engine), removed afterwards; with
+``PARCOURS_BENCH_WH_KEEP=<directory>`` they are kept in ``<directory>/<units>/<engine>`` and
+the next run with the same number of units reuses them (10 M units take ~2-5 min to generate
+per engine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -442,14 +447,23 @@ def compare_postgres() -> None:
 @contextmanager
 def warehouses(units: int) -> Iterator[dict[str, str]]:
     """engine → URL of a DuckDB file and a chDB directory filled with ``units`` units, in a
-    temporary directory removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="parcours_wh_",
-                                     dir=os.environ.get("PARCOURS_BENCH_WH_DIR")) as tmp:
+    temporary directory removed afterwards — or, with ``PARCOURS_BENCH_WH_KEEP`` (a
+    directory), in ``<it>/<units>/<engine>``, generated once and reused by later runs."""
+    kept = os.environ.get("PARCOURS_BENCH_WH_KEEP")
+    with (contextlib.nullcontext(str(Path(kept) / str(units))) if kept else
+          tempfile.TemporaryDirectory(prefix="parcours_wh_",
+                                      dir=os.environ.get("PARCOURS_BENCH_WH_DIR"))) as tmp:
         urls = {}
         for engine in ENGINES:
-            (Path(tmp) / engine).mkdir()
-            urls[engine] = engine_url(engine, Path(tmp) / engine)
+            directory, done = Path(tmp) / engine, Path(tmp) / f"{engine}.generated"
+            urls[engine] = engine_url(engine, directory)
+            if done.exists():
+                print(f"{engine:7} data kept in {directory}", flush=True)
+                continue
+            shutil.rmtree(directory, ignore_errors=True)  # a generation cut short
+            directory.mkdir(parents=True)
             generated_s = timed(lambda url=urls[engine]: generate_in_child(url, units))
+            done.touch()
             print(f"{engine:7} data generated in {generated_s:.1f}s "
                   f"({units:,} units, {units * EVENTS_PER_UNIT:,} events)", flush=True)
         yield urls

@@ -34,7 +34,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import astuple, dataclass
 from typing import Any
 
-from sqlalchemy import Float, and_, case, cast, func, literal, null, or_, select
+from sqlalchemy import Float, and_, case, func, literal, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Select
@@ -135,8 +135,9 @@ def step_durations(sources: PipelineSources, journey: Sequence[str],
                .where(window(x, ev, hours, with_pre=False), ev.c.type == "step",
                       ev.c.step.in_(read))
                .subquery("ordered_steps"))
+    # Without a step to leave no row passes ``IN ()``; ``left`` is then any time column.
     left = case(*((ordered.c.position == number, ordered.c[f"after_{number}"])
-                  for number in numbers)) if numbers else cast(null(), ordered.c.entered.type)
+                  for number in numbers)) if numbers else ordered.c.entered
     ordered_keys = [ordered.c.variant_key, *(ordered.c[name] for name in grouping)]
     return (select(ordered.c.exposure_id.label("unit"), *ordered_keys, ordered.c.step,
                    seconds_between(ordered.c.entered, left).label("value"))
