@@ -41,42 +41,39 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
-Measured here (2026-12-04, 2 shared cores under load, ``nice -n 10``, 10 M units / 100 M
-events, REPEAT=3): generation DuckDB 266 s, chDB 289 s; baseline query DuckDB 12.9 s (1GB
-limit), chDB 49.6 s; peak RSS of a process running the baseline: DuckDB ~1.16 GB, chDB 2.62 GB
-(296 MB after imports; 2.07 GB anonymous at the end). PostgreSQL at 1 M units / 10 M events:
-load 184 s, first report (``analyze_experiment``) 27.4 s; the baseline query at that size:
-DuckDB 4.0 s, chDB 10.0 s (7× and 3× faster than PostgreSQL's report; measured while another
-load ran).
+Measured 2026-12-04 (2 shared cores under load, ``nice -n 10``), every goal MISSED; the
+history and the profiles are in docs/performance.md (Warehouses):
 
-Full report, measured 2026-12-04 at 1 M units / 10 M events only (REPEAT=1, ``nice -n 10``,
-load average ~8 on the 2 cores: noisy), every goal MISSED:
+- 10 M units / 100 M events, before the evening's per-unit pass rework: baseline DuckDB 12.9 s,
+  chDB 49.6 s; PostgreSQL at 1 M units: load 184 s, first report 27.4 s.
+- 1 M units, the day's runs: DuckDB full report 4.05-10.9x its baseline, chDB 4.55-14.2x;
+  peak RSS 765-842 MB (DuckDB), 928-2,052 MB (chDB); 1.1-2.9x faster than PostgreSQL.
+- 10 M units, evening (``whperf``): DuckDB 112.8 s against a 5.3 s baseline (21x), chDB
+  514.6 s (one cold report, 4.9 GB) against 38.0 s (13.6x).
+- 10 M units, night (``whduck``: time on step reads only the steps it needs; the bench's p90
+  time on payment, the journey's last step, reads nothing): DuckDB 103.5 s (88.6 s CPU)
+  against a 5.74 s baseline (18.0x), peak RSS 1,376 MB; chDB 305.9 s (174.8 s CPU) against
+  41.1 s (7.4x), 3,112 MB. At 1 M units: DuckDB 7.18 s (10.0x), 1,258 MB; chDB 20.06 s
+  (12.3x), 723 MB; PostgreSQL's first report 15.36 s, 2.3x (DuckDB) and 1.0x (chDB).
 
-- run 1 (no engine defaults yet): DuckDB baseline 1.99 s, full report 8.04 s (4.05×), peak
-  RSS 765 MB; chDB baseline 1.91 s, full report 8.69 s (4.55×), peak RSS 2,052 MB;
-  PostgreSQL first report 14.17 s (load 115 s) vs the full report DuckDB 4.95 s (2.9×
-  faster), chDB 19.03 s (0.7×).
-- run 2 (chDB grace hash + spilling defaults; no PostgreSQL): DuckDB baseline 0.97 s, full
-  report 10.54 s (10.9×), peak RSS 765 MB; chDB baseline 2.38 s, full report 33.86 s
-  (14.2×), peak RSS 928 MB.
-
-After the per-unit pass rework (evening, docs/performance.md "Latest"): at 1 M units
-DuckDB's report costs ~20 % less CPU than before, chDB's gain is within the noise with its
-grace hash join; every goal still MISSED. At 10 M units / 100 M events DuckDB's full report
-took 112.8 s against a 5.3 s baseline (21×), chDB's 514.6 s (one cold report, grace hash
-join, peak RSS 4.9 GB) against 38.0 s (13.6×); a plain hash join in chDB passed 12.6 GB
-there. Each figure is printed in wall and CPU seconds (the engines run in this process; on
-a shared machine the CPU seconds are the steadier). ``PARCOURS_BENCH_WH_ENGINES=duckdb``
-runs one engine. The memory settings tried are in docs/performance.md (Warehouses).
+Each figure is printed in wall and CPU seconds (the engines run in this process; on a shared
+machine the CPU seconds are the steadier). ``PARCOURS_BENCH_WH_ENGINES=duckdb`` runs one
+engine. DuckDB's 10 M-unit report is linear in the data when it has the memory (~4-5 GB) and
+about 3x slower when it spills under the bench's 1 GB ``memory_limit``.
 
 The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
-100 M events take about 2 GB in each engine), removed afterwards.
+100 M events take about 2 GB in each engine), removed afterwards; with
+``PARCOURS_BENCH_WH_KEEP=<directory>`` they are kept in ``<directory>/<units>/<engine>`` and
+the next run with the same number of units reuses them (10 M units take ~2-5 min to generate
+per engine).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -442,14 +439,23 @@ def compare_postgres() -> None:
 @contextmanager
 def warehouses(units: int) -> Iterator[dict[str, str]]:
     """engine → URL of a DuckDB file and a chDB directory filled with ``units`` units, in a
-    temporary directory removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="parcours_wh_",
-                                     dir=os.environ.get("PARCOURS_BENCH_WH_DIR")) as tmp:
+    temporary directory removed afterwards — or, with ``PARCOURS_BENCH_WH_KEEP`` (a
+    directory), in ``<it>/<units>/<engine>``, generated once and reused by later runs."""
+    kept = os.environ.get("PARCOURS_BENCH_WH_KEEP")
+    with (contextlib.nullcontext(str(Path(kept) / str(units))) if kept else
+          tempfile.TemporaryDirectory(prefix="parcours_wh_",
+                                      dir=os.environ.get("PARCOURS_BENCH_WH_DIR"))) as tmp:
         urls = {}
         for engine in ENGINES:
-            (Path(tmp) / engine).mkdir()
-            urls[engine] = engine_url(engine, Path(tmp) / engine)
+            directory, done = Path(tmp) / engine, Path(tmp) / f"{engine}.generated"
+            urls[engine] = engine_url(engine, directory)
+            if done.exists():
+                print(f"{engine:7} data kept in {directory}", flush=True)
+                continue
+            shutil.rmtree(directory, ignore_errors=True)  # a generation cut short
+            directory.mkdir(parents=True)
             generated_s = timed(lambda url=urls[engine]: generate_in_child(url, units))
+            done.touch()
             print(f"{engine:7} data generated in {generated_s:.1f}s "
                   f"({units:,} units, {units * EVENTS_PER_UNIT:,} events)", flush=True)
         yield urls

@@ -230,3 +230,23 @@ def test_grouping_columns_split_the_partitions(tmp_path: Path) -> None:
                 assert_same(got[spec.key][(variant, level)], stats, (spec.key, variant, level))
     assert sum(steps[("control", level, "cart")]["n"] for level in ("mobile", "desktop")) == \
         python_time_on_step()[("control", "cart")]["n"]
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "duckdb:///:memory:", "chdb:///:memory:"])
+def test_a_step_without_a_later_one_has_no_duration(url: str, tmp_path: Path) -> None:
+    """Time on the journey's last step: never left, so no value (the query reads no event),
+    while a middle step's durations still see only the steps from it on — the same values
+    as the Python reference (cart, in :data:`SPECS`)."""
+    last = QuantileSpec("payment-time-p90", "step_duration", 0.9, step=JOURNEY[-1])
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        sources = load(connection, None, tmp_path)
+        prepare(connection)
+        got = quantile_stats(connection, sources, last, journey=JOURNEY, hours=HOURS,
+                             alpha=ALPHA)
+        cart = {cell[0]: stats for cell, stats in quantile_stats(
+            connection, sources, SPECS[3], journey=JOURNEY, hours=HOURS, alpha=ALPHA).items()}
+    engine.dispose()
+    assert python_reference(last) == {} and dict(got) == {}
+    for variant, stats in python_reference(SPECS[3]).items():
+        assert_same(cart[variant], stats, variant)

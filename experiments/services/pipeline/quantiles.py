@@ -108,34 +108,40 @@ def step_durations(sources: PipelineSources, journey: Sequence[str],
     column follows the partition columns.
 
     ONE ordered scan of the units' step events, never a second read of the events: each
-    event carries, per journey position k, the earliest later event (itself included) of a
-    step after k — a suffix minimum over the unit's events in time order (ties: lower
-    positions first, so a later step at the same instant counts) — and the first event of
-    each step reads the column of its own position.
+    event carries, per journey position k of ``steps``, the earliest later event (itself
+    included) of a step after k — a suffix minimum over the unit's events in time order
+    (ties: lower positions first, so a later step at the same instant counts) — and the
+    first event of each step reads the column of its own position. Only the events of the
+    steps from the first of ``steps`` on are read (an earlier step is neither left nor
+    entered after it), and a step without a later one in the journey is never left: when
+    every step of ``steps`` is the last, the query reads nothing (an always-false ``IN ()``).
     """
     x, ev = first_exposures(sources), sources.events
     position = {step: number for number, step in enumerate(journey)}
+    leaving = [step for step in steps if position.get(step, len(journey)) < len(journey) - 1]
+    numbers = sorted({position[step] for step in leaving})
+    read = [step for step in position if numbers and position[step] >= numbers[0]]
     keys = _partition_columns(x, grouping)
     at = case(position, value=ev.c.step)
     in_time = {"partition_by": x.c.exposure_id, "order_by": (ev.c.occurred_at, at),
                "rows": (0, None)}
     leaves = [func.min(case((at > number, ev.c.occurred_at))).over(**in_time)
-              .label(f"after_{number}") for number in range(len(journey))]
+              .label(f"after_{number}") for number in numbers]
     first = func.row_number().over(partition_by=(x.c.exposure_id, ev.c.step),
                                    order_by=(ev.c.occurred_at, ev.c.id)).label("nth")
     ordered = (select(x.c.exposure_id, *keys, ev.c.step.label("step"),
                       at.label("position"), ev.c.occurred_at.label("entered"), first, *leaves)
                .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
                .where(window(x, ev, hours, with_pre=False), ev.c.type == "step",
-                      ev.c.step.in_(list(position)))
+                      ev.c.step.in_(read))
                .subquery("ordered_steps"))
+    # Without a step to leave no row passes ``IN ()``; ``left`` is then any time column.
     left = case(*((ordered.c.position == number, ordered.c[f"after_{number}"])
-                  for number in range(len(journey))))
+                  for number in numbers)) if numbers else ordered.c.entered
     ordered_keys = [ordered.c.variant_key, *(ordered.c[name] for name in grouping)]
     return (select(ordered.c.exposure_id.label("unit"), *ordered_keys, ordered.c.step,
                    seconds_between(ordered.c.entered, left).label("value"))
-            .where(ordered.c.nth == 1, left.is_not(None),
-                   ordered.c.step.in_([step for step in steps if step in position])))
+            .where(ordered.c.nth == 1, left.is_not(None), ordered.c.step.in_(leaving)))
 
 
 def quantile_values(sources: PipelineSources, spec: QuantileSpec, journey: Sequence[str],
