@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 
 from experiments.db import get_db
@@ -83,6 +85,7 @@ def test_the_holdout_page_shows_the_metric_table_and_funnel_after_an_analysis(ap
     assert "Holdout analysed." in page and "Not computed yet" not in page
     assert 'id="metrics-table"' in page and 'data-metric="purchase"' in page
     assert "<code>measure</code>" in page and "<code>holdout</code>" in page
+    assert re.search(r"Computed \d{4}-\d\d-\d\d \d\d:\d\d UTC\.", page)  # not ISO
     assert 'id="funnel-table"' in page and '<th scope="row">landing</th>' in page
     viewer = logged_in(app, "viewer")
     assert "Analyse now" not in viewer.get("/admin/holdouts/h2027").get_data(as_text=True)
