@@ -85,7 +85,8 @@ def metric_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
         comparisons = {c.get("variant"): c for c in _list(metric.get("comparisons"))
                        if isinstance(c, dict)}
         control = next((v for v in estimates if v.get("variant") not in comparisons), None)
-        variants = [{**v, "comparison": comparisons.get(v.get("variant"))} for v in estimates]
+        variants = [{**v, "comparison": _with_reading(comparisons.get(v.get("variant")), body)}
+                    for v in estimates]
         variants.sort(key=lambda v: v["comparison"] is not None)  # control first, stable
         rows.append({
             "key": metric.get("key"), "kind": metric.get("kind"), "role": metric.get("role"),
@@ -94,6 +95,19 @@ def metric_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
         })
     order = {"primary": 0, "guardrail": 1, "secondary": 2}
     return sorted(rows, key=lambda row: order.get(str(row["role"]), 3))
+
+
+def _with_reading(comparison: dict[str, Any] | None, body: dict[str, Any]
+                  ) -> dict[str, Any] | None:
+    """A report's comparison (a copy) with its :func:`interval_reading` (its p-values are
+    adjusted over the report's metrics and variants, guardrails apart); segment levels,
+    which have no ``method`` of their own, get theirs from :func:`segment_views`."""
+    if comparison is None or "method" not in body:
+        return comparison
+    return {**comparison, "reading": interval_reading(
+        comparison, bayesian=body.get("method") == "bayesian",
+        level=interval_level(body.get("alpha")),
+        adjusted_for="the several metrics and variants of the report")}
 
 
 QUANTILE_SOURCES = {"event_value": "of event values", "unit_value": "of per-visitor totals",
@@ -143,9 +157,9 @@ def segment_views(body: dict[str, Any], wanted: str | None,
     family = sum(_float(v["comparison"].get("p_value")) is not None for v in compared)
     level_text = interval_level(alpha)
     for variant in compared:  # a copy: the report's own dicts stay as stored
-        variant["comparison"] = {**variant["comparison"], "reading": segment_reading(
-            variant["comparison"], bayesian=bayesian, family=family,
-            dimension=str(chosen["dimension"]), level=level_text)}
+        variant["comparison"] = {**variant["comparison"], "reading": interval_reading(
+            variant["comparison"], bayesian=bayesian, level=level_text,
+            adjusted_for=f"the {family} comparisons of {chosen['dimension']}")}
     return {"dimensions": names, "chosen": chosen["dimension"], "levels": levels,
             "merged_levels": chosen.get("merged_levels") or 0, "bayesian": bayesian,
             "family": family, "interval_level": level_text,
@@ -160,18 +174,18 @@ def _excludes_zero(bounds: Any) -> bool | None:
     return values[0] > 0 or values[1] < 0
 
 
-def segment_reading(comparison: dict[str, Any], *, bayesian: bool, family: int,
-                    dimension: str, level: str = "95%") -> str | None:
-    """Why a segment row's unadjusted interval and its verdict seem to disagree, in words;
-    None when they agree. The verdict follows the p-value adjusted within the dimension
-    (BH), the interval is the row's own: alone it can exclude 0 while the adjusted p is
-    not significant. A Bayesian verdict needs a 95 % chance to win, one-sided, which a
+def interval_reading(comparison: dict[str, Any], *, bayesian: bool, adjusted_for: str,
+                     level: str = "95%") -> str | None:
+    """Why a row's interval and its verdict seem to disagree, in words; None when they
+    agree. The verdict follows the adjusted p-value (``adjusted_for`` says over what), the
+    interval is the row's own: alone it can exclude 0 while the adjusted p is not
+    significant. A Bayesian verdict needs a 95 % chance to win, one-sided, which a
     two-sided 95 % interval can still straddle."""
     excludes = _excludes_zero(comparison.get("absolute_ci"))
     significant = bool(comparison.get("significant"))
     if excludes and not significant and not bayesian:
-        return (f"Its interval alone excludes 0, but not significant once adjusted for the "
-                f"{family} comparisons of {dimension}.")
+        return (f"Its interval alone excludes 0, but not significant once adjusted for "
+                f"{adjusted_for}.")
     if excludes is False and significant and bayesian:
         return (f"Its chance to win passes {level} (one side); its {level} interval covers "
                 f"both sides and still includes 0.")

@@ -223,3 +223,26 @@ def test_export_has_segment_rows(app):
         ("country", "control", ""), ("country", "one-page", "True")]
     exported = client.get("/admin/experiments/checkout-redesign/export.json").get_json()
     assert json.dumps(exported["rows"][-1]["level"]) == '"mobile"'
+
+
+def test_the_report_table_explains_an_interval_that_excludes_0_without_a_verdict(app):
+    """The whole report's p are adjusted over its metrics (Holm by default), its intervals
+    are each row's own: a row whose interval excludes 0 but whose adjusted p does not pass
+    says why, and the footer names the correction."""
+    metrics = report_body()["metrics"]
+    metrics[0]["comparisons"][0].update(p_value=0.03, adjusted_p_value=0.09,
+                                        significant=False, verdict="inconclusive")
+    seed_experiment(app)
+    insert_report(app, metrics=metrics)
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    table = page[page.index('aria-labelledby="metrics-title"'):]
+    table = table[:table.index("</section>")]
+    purchase = table[table.index('data-metric="purchase"'):]
+    purchase = purchase[:purchase.index("</tbody>")]
+    assert "0.090" in purchase and "raw 0.030" in purchase
+    assert ("Its interval alone excludes 0, but not significant once adjusted for the "
+            "several metrics and variants of the report.") in purchase
+    errors = table[table.index('data-metric="payment-errors"'):]
+    assert "interval-reading" not in errors[:errors.index("</tbody>")]  # they agree
+    assert "adjusted for multiple comparisons (Holm over every variant" in table

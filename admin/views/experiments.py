@@ -224,6 +224,7 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
         "srm": body.get("srm") if isinstance(body.get("srm"), dict) else None,
         "split": presenters.unit_split(body, {v.key: v.weight for v in row.variants}),
         "metrics": presenters.metric_rows(body),
+        "correction": row.analysis.get("correction", "holm"),
         "method_line": presenters.method_line(body.get("method"), row.analysis.get("alpha")),
         "lift": presenters.lift_chart(body),
         "timelines": presenters.metric_timelines(body),

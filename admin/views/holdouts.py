@@ -78,6 +78,7 @@ def holdout(key: str) -> str:
     found = holdouts.get_holdout(session, key)
     report = holdouts.holdout_report(session, key)
     view = {"metrics": presenters.metric_rows(report),
+            "correction": holdout_reports.SETTINGS.correction,
             "method_line": presenters.method_line(report.get("method"),
                                                   holdout_reports.SETTINGS.alpha),
             "funnel": presenters.funnel(report, list(holdouts.GROUPS)),
