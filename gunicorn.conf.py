@@ -24,11 +24,14 @@ _CORES = multiprocessing.cpu_count()
 # under the same settings (returning/elsewhere/new units): gevent 0.95×/0.69–0.78×/
 # 0.58–0.66×; gthread 2×16 0.97–1.06×/0.68–0.77×/0.49–0.59× (docs/performance.md).
 # Each worker holds up to the pool's 30 database connections + 1.
-# On SQLite, gthread: 2 × cores + 1 workers of one thread. pysqlite releases and retakes
+# On SQLite, gthread: cores + 1 workers of one thread. pysqlite releases and retakes
 # the GIL for every row it writes, so a sibling thread busy in Python stalls a write
 # transaction that holds the database's only write lock, and every other worker waits
-# behind it; under gevent, its blocking calls would stall the whole worker.
-workers = int(os.environ.get("PARCOURS_WORKERS", 2 * _CORES + 1 if _SQLITE else max(2, _CORES)))
+# behind it; under gevent, its blocking calls would stall the whole worker. One worker
+# more than the cores keeps them busy while one waits for the lock; more workers only
+# queue on it (bench_events on 2 cores: 3 workers 0.54-0.56x, 5 workers 0.46-0.63x,
+# median 0.49x).
+workers = int(os.environ.get("PARCOURS_WORKERS", _CORES + 1 if _SQLITE else max(2, _CORES)))
 worker_class = "gthread" if _SQLITE else "gevent"
 threads = int(os.environ.get("PARCOURS_THREADS", 1))  # gthread only
 worker_connections = 1000  # gevent only: concurrent clients per worker

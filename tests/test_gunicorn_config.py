@@ -16,8 +16,8 @@ CONFIG = ROOT / "gunicorn.conf.py"
 
 
 @pytest.mark.parametrize(("database_url", "worker_class", "workers", "threads"), [
-    (None, "gthread", 2 * 4 + 1, 1),
-    ("sqlite:////var/lib/parcours/parcours.db", "gthread", 2 * 4 + 1, 1),
+    (None, "gthread", 4 + 1, 1),
+    ("sqlite:////var/lib/parcours/parcours.db", "gthread", 4 + 1, 1),
     ("postgresql+psycopg://parcours@db/parcours", "gevent", 4, 1),
 ])
 def test_sqlite_workers_serve_one_request_at_a_time_postgres_workers_many(
