@@ -568,31 +568,32 @@ HASHED_GROUPING_WORK_MEM = "64MB"
 
 
 @contextmanager
-def hashed_grouping(connection: Connection | Session) -> Iterator[None]:
-    """PostgreSQL: hash, never sort, in the statements run inside (the transaction's own
-    settings come back afterwards). For groups it cannot estimate (a segment's JSON level,
-    the UTC day of exposure times) the planner assumes one per row and sorts every
-    per-unit row — several times slower than hashing the few thousand real groups, whose
-    table fits in :data:`HASHED_GROUPING_WORK_MEM` (a hash aggregate that outgrows it
-    spills to disk: never a failure). Elsewhere: nothing."""
-    if dialect_name(connection) != "postgresql":
+def hashed_grouping(connection: Connection | Session, *, when: bool = True
+                    ) -> Iterator[None]:
+    """PostgreSQL, ``when`` the statements run inside cross several grouping sets: hash,
+    never sort, in them (the transaction's own settings come back afterwards). For groups it
+    cannot estimate (a segment's JSON level, the UTC day of exposure times) the planner
+    assumes one per row and sorts every per-unit row — several times slower than hashing the
+    few thousand real groups, whose table fits in :data:`HASHED_GROUPING_WORK_MEM` (a hash
+    aggregate that outgrows it spills to disk: never a failure). Elsewhere: nothing."""
+    if not when or dialect_name(connection) != "postgresql":
         yield
         return
-    settings = {"enable_sort": "off", "work_mem": HASHED_GROUPING_WORK_MEM}
-    before = {name: connection.scalar(text("SELECT current_setting(:name)"), {"name": name})
-              for name in settings}
-    _set_local(connection, settings)
+    before = connection.execute(text(
+        "SELECT current_setting('enable_sort'), current_setting('work_mem')")).one()
+    _set_local(connection, "off", HASHED_GROUPING_WORK_MEM)
     try:
         yield
     finally:
-        _set_local(connection, before)
+        _set_local(connection, *before)
 
 
-def _set_local(connection: Connection | Session, settings: dict[str, str]) -> None:
-    """PostgreSQL settings for the rest of the transaction (``SET LOCAL``)."""
-    for name, value in settings.items():
-        connection.execute(text("SELECT set_config(:name, :value, true)"),
-                           {"name": name, "value": value})
+def _set_local(connection: Connection | Session, sort: str, work_mem: str) -> None:
+    """``enable_sort`` and ``work_mem`` for the rest of the transaction (``SET LOCAL``), in
+    one round trip."""
+    connection.execute(text("SELECT set_config('enable_sort', :sort, true), "
+                            "set_config('work_mem', :work_mem, true)"),
+                       {"sort": sort, "work_mem": work_mem})
 
 
 __all__ = ["CLICKHOUSE", "HASHED_GROUPING_WORK_MEM", "answer_class", "answer_key",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -212,7 +211,7 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
     first, last, exposed = None, None, 0
     zeros = _zero_sums(plan)
     prepare(connection)
-    with hashed_grouping(connection) if len(sets) > 1 else nullcontext():
+    with hashed_grouping(connection, when=len(sets) > 1):
         unit_rows = connection.execute(units_query(sources, sets)).all()
     for row in unit_rows:
         data = row._mapping
@@ -243,7 +242,7 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
                          sets=sets)
     outside = 0.0
     caps = _configured_caps(specs)
-    with hashed_grouping(connection) if len(sets) > 1 else nullcontext():
+    with hashed_grouping(connection, when=len(sets) > 1):
         result = connection.execute(query)
     columns = _metric_columns(plan, list(result.keys()))
     for row in result:
