@@ -139,16 +139,16 @@ def bandit_progress(body: Mapping[str, Any], units: Mapping[str, int],
         out["days_left_basis"] = "max_days"
     p_best = {arm: chance for arm, chance in _dict(body.get("p_best")).items()
               if _finite(chance)}
-    leader = max(p_best, key=p_best.__getitem__, default=None)
     out["progress_note"] = (
         f"bandit: no fixed sample size; it ships when an arm's chance to be best reaches "
-        f"{BANDIT_SHIP_P_BEST:.0%}" + _bandit_leader(leader, p_best)
+        f"{BANDIT_SHIP_P_BEST:.0%}" + _bandit_leader(p_best)
         + (f", else it stops after {max_days} days" if max_days is not None else ""))
     return out
 
 
-def _bandit_leader(leader: str | None, p_best: Mapping[str, float]) -> str:
+def _bandit_leader(p_best: Mapping[str, float]) -> str:
     """The leading arm's chance to be best, and whether it already reached the bar."""
+    leader = max(p_best, key=p_best.__getitem__, default=None)
     if leader is None:
         return ""
     reached = ", reached" if p_best[leader] >= BANDIT_SHIP_P_BEST else ""
