@@ -96,9 +96,7 @@ def settled_bounds(session: Session, name: str) -> tuple[int, int, int]:
             logger.warning("warehouse sync of %s copies nothing new: a transaction older "
                            "than %.0f s is still open in Parcours's database", name,
                            SETTLE_WAIT_S)
-            state = session.get(WarehouseSync, name)
-            return ((state.exposures_through, state.events_through,
-                     state.identity_links_through) if state else (0, 0, 0))
+            return _marks(session.get(WarehouseSync, name))
         time.sleep(0.05)
     return bounds
 
@@ -221,12 +219,18 @@ def _record(session: Session, name: str, *, exposures_through: int | None = None
     session.commit()
 
 
+def _marks(state: WarehouseSync | None) -> tuple[int, int, int]:
+    """The last exposure, event and identity link ids a sync copied (0 before any)."""
+    if state is None:
+        return 0, 0, 0
+    return state.exposures_through, state.events_through, state.identity_links_through
+
+
 def pending_rows(session: Session, name: str) -> dict[str, int]:
     """How many exposures, identity links (and events) Parcours holds beyond the last
     sync: the lag."""
     state = session.get(WarehouseSync, name)
-    through = ((state.exposures_through, state.events_through, state.identity_links_through)
-               if state else (0, 0, 0))
+    through = _marks(state)
     lag = {"exposures": session.scalar(select(func.count()).where(Exposure.id > through[0])),
            "identity_links": session.scalar(select(func.count()).where(
                IdentityLink.id > through[2]))}
