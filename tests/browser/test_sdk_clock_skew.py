@@ -17,7 +17,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from sqlalchemy import select
+
 from experiments.db import get_db, utcnow
+from experiments.models import Exposure
 from experiments.services.analysis import analyze_experiment
 from experiments.services.demo import DEMO_KEY
 from tests.browser import test_sdk_browser as base
@@ -80,6 +83,40 @@ def test_every_event_of_a_skewed_browser_counts_in_the_report(page, api, api_app
     rows = events_of(api_app, unit)
     assert all(abs((e.client_occurred_at - e.occurred_at).total_seconds() - skew_s) < 10
                for e in rows)
+
+
+def hold_requests(app: Flask, path: str, seconds: float) -> None:
+    """POSTs to ``path`` wait ``seconds`` before the app reads its clock (a loaded server)."""
+    inner = app.wsgi_app
+
+    def held(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["REQUEST_METHOD"] == "POST" and environ["PATH_INFO"] == path:
+            time.sleep(seconds)
+        return inner(environ, start_response)
+
+    app.wsgi_app = held  # type: ignore[method-assign]
+
+
+def test_an_event_after_a_slow_exposure_request_is_dated_after_it(sdk, api, api_app, client_key,
+                                                                   page):
+    """The exposure request is held 1.5 s on its way, so the server dates the exposure 1.5 s
+    late; a step taken 0.2 s after it, sent in a later and fast batch, must still be dated
+    after it (else the analysis drops it as a pre-exposure event), and not much later."""
+    unit = unit_in(api, client_key, "one-page")
+    hold_requests(api_app, "/api/v1/exposures", 1.5)
+    sdk(unit=unit, autoFriction=False)
+    page.evaluate(f"""async () => {{
+        await p.variant("{DEMO_KEY}");
+        await new Promise(r => setTimeout(r, 200));
+        p.step("cart");
+    }}""")
+    page.evaluate(FLUSH)
+    [cart] = wait_for_events(api_app, unit, type="step")
+    with get_db(api_app).sessionmaker() as session:
+        exposed_at = session.scalar(select(Exposure.exposed_at).where(Exposure.unit_id == unit))
+    assert exposed_at is not None
+    assert exposed_at <= cart.occurred_at <= cart.received_at
+    assert (cart.occurred_at - cart.client_occurred_at).total_seconds() < 5
 
 
 def test_every_batch_and_beacon_carries_sent_at(page, sdk, api_app):

@@ -91,6 +91,7 @@
       this.failures = 0;
       this.retryAt = 0;
       this.sending = null;
+      this.exposureRtt = 0;
       this.page = null;
       this.more = null;
       this.exposed = {};
@@ -308,7 +309,7 @@
       var events = items.filter(function (i) { return i.k === "e"; });
       // One sent_at for the exposures and the events after them: both are shifted by the
       // same clock skew, and the events' later receipt keeps them after their exposure.
-      var sent = now();
+      var sent = this.sentAt();
       var sends = items.filter(function (i) { return i.k === "x"; }).map(function (i) {
         return self.send("/api/v1/exposures", Object.assign({}, i.b, { sent_at: sent }), [i]);
       });
@@ -336,9 +337,22 @@
       return this.sending;
     }
 
+    // The send time a request declares. The server corrects a request's times by its
+    // (received − sent_at), which also carries that request's transit time: an exposure
+    // request held up on the way is dated later than the same page's later, faster batches
+    // would date their events, and those events would seem to come before it. Declaring
+    // each batch sent earlier by the slowest exposure round trip seen (which bounds that
+    // exposure's transit) keeps every event after its exposure; it moves events later by
+    // at most that round trip, never past their receipt.
+    sentAt() {
+      return new Date(Date.now() - this.exposureRtt).toISOString();
+    }
+
     send(path, body, items) {
       var self = this;
+      var started = Date.now();
       return this.post(path, body).then(function (r) {
+        if (body.experiment) self.exposureRtt = Math.max(self.exposureRtt, Date.now() - started);
         return r.status === 200 && body.events ? r.json().then(function (res) {
           (res.rejected || []).forEach(function (x) {
             var e = body.events[x.index] || {};
@@ -377,7 +391,7 @@
     beacon() {
       // sendBeacon cannot carry Authorization: POST /api/v1/events takes the public client key
       // as ?key= for text/plain beacons. Items stay stored until a later page load confirms them.
-      var sent = now();
+      var sent = this.sentAt();
       var self = this;
       var swallow = function () {};
       var links = [];
