@@ -18,7 +18,7 @@ import sqlglot
 from snowflake.sqlalchemy.snowdialect import SnowflakeDialect
 from sqlalchemy_bigquery import BigQueryDialect
 
-from experiments.services.capping import needs_ranking
+from experiments.services.capping import CAPPED_PARTS, needs_ranking
 from experiments.services.pipeline import (
     Plan,
     UnitPass,
@@ -86,3 +86,14 @@ def test_golden_sql_is_stable_and_parses(dialect: str) -> None:
     statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
     assert len(statements) == len(pipeline_queries())
     assert all(s.find(sqlglot.exp.Select) is not None for s in statements)
+
+
+def test_each_percentile_cap_ranks_the_units_once() -> None:
+    """A percentile threshold ranks every unit's value: it is computed once and joined, not
+    written into each capped sum (this fixture's query held 35 copies, each ranking every
+    unit again)."""
+    percentile_parts = sum(len(CAPPED_PARTS[m.kind]) for m in METRICS
+                           if m.cap_type == "percentile")
+    assert percentile_parts == 3  # the fixture's capped count and ratio (numerator, denominator)
+    sql = compiled("bigquery").split("-- variant_days")[1].split("-- friction_outside")[0]
+    assert sql.count("sum(`cap_values`.`w`) OVER") == percentile_parts

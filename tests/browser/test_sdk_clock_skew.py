@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from flask import Flask
-
 from sqlalchemy import select
 
 from experiments.db import get_db, utcnow

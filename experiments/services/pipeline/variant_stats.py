@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 
 from experiments.services.capping import CapKey, cap_label, cap_thresholds, capped
 from experiments.services.pipeline.dialects import (
@@ -132,13 +132,36 @@ def variant_day_query(plan: Plan, unit: Any, *, units: int = 0,
                       sets: Sequence[GroupingSet] = (((), True),)) -> Any:
     """Per variant and grouping set (see :func:`grouped_rows`), the sums of the per-unit
     values of ``unit`` (capped among ``units`` exposed units), and each cap's threshold."""
-    caps = cap_thresholds(plan.metrics, unit, units)
+    unit, caps, ranked = _with_ranked_thresholds(plan, unit,
+                                                 cap_thresholds(plan.metrics, unit, units))
     sums = [c for i, m in enumerate(plan.metrics)
             for c in _moment_columns(plan, m, i, unit, caps)]
-    thresholds = [threshold.label(cap_label(*key)) for key, threshold in caps.items()]
     timing = [func.sum(unit.c[label]).label(label) for label in ("events_post", "events_pre")]
-    return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *timing],
-                        constants=thresholds)
+    return grouped_rows(unit, sets, [*sums, *journey_columns(plan, unit), *timing,
+                                     *(func.min(caps[key]).label(cap_label(*key))
+                                       for key in ranked)],
+                        merges=dict.fromkeys((cap_label(*key) for key in ranked), func.min),
+                        constants=[caps[key].label(cap_label(*key)) for key in caps
+                                   if key not in ranked])
+
+
+def _with_ranked_thresholds(plan: Plan, unit: Any, caps: Mapping[CapKey, Any]
+                            ) -> tuple[Any, dict[CapKey, Any], list[CapKey]]:
+    """``unit`` joined to ONE row of the percentile thresholds, and every threshold as a
+    column of it (absolute ones stay literals).
+
+    A percentile threshold is a scalar subquery that ranks every unit's value. Written
+    where it is used, it would be repeated in each capped sum, sum of squares and cross
+    product (17 times for a CUPED mean), and no engine here folds identical subqueries:
+    each copy would rank every unit again. Computed once in a one-row table joined to every
+    unit, it is ranked once."""
+    ranked = [key for key in caps if plan.metrics[key[0]].cap_type == "percentile"]
+    if not ranked:
+        return unit, dict(caps), []
+    row = select(*(caps[key].label(cap_label(*key)) for key in ranked)).subquery("cap_thresholds")
+    joined = select(*unit.c, *row.c).select_from(unit.join(row, true())).subquery("capped_units")
+    return joined, {key: joined.c[cap_label(*key)] if key in ranked else threshold
+                    for key, threshold in caps.items()}, ranked
 
 
 def sum_names(metric: MetricSpec, cuped: bool) -> list[str]:
