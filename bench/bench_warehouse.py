@@ -22,11 +22,14 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
    through the warehouse analysis path (``routing.run_pipeline`` on the engine, then the
    report and its segments), and its ratio to the baseline (goal ≤ 1.5×).
 3. Peak RSS of a fresh process running the report (``VmHWM``; goal < 500 MB). DuckDB runs with
-   ``memory_limit`` = ``PARCOURS_BENCH_WH_DUCKDB_MEMORY`` (1GB: its buffer pool, spilling to
-   disk beyond) and ``threads=2`` (this machine's cores), both in its URL. At 10 M units the
-   hand-written join fails with "Out of Memory" at 300MB and 400MB (also with
-   ``preserve_insertion_order=false``): its hash table of 10 M text unit ids does not spill
-   enough, so a DuckDB process running it peaks at ~1.2 GB RSS. The report's engine gets the
+   ``threads=2`` (this machine's cores) and its own ``memory_limit`` (80 % of RAM), as a
+   warehouse does unless its URL or settings say otherwise;
+   ``PARCOURS_BENCH_WH_DUCKDB_MEMORY`` sets one (its buffer pool, spilling to disk beyond).
+   A tight limit costs memory as well as time: at 1 M units a 1GB or 1500MB limit makes the
+   report's join go external, 4.0-4.2 s and 1,243-1,561 MB peak, where 2GB or the default
+   gives 2.0-2.3 s and 782-803 MB. At 10 M units the hand-written join fails with "Out of
+   Memory" at 300MB and 400MB (also with ``preserve_insertion_order=false``): its hash table
+   of 10 M text unit ids does not spill enough. The report's engine gets the
    warehouse defaults (``engines.ENGINE_SETTINGS``: chDB's grace hash join and spilling,
    DuckDB's ``preserve_insertion_order=false``) and ``PARCOURS_BENCH_WH_SETTINGS``
    (``name=value,…``, as ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``); importing chDB alone maps
@@ -55,11 +58,15 @@ history and the profiles are in docs/performance.md (Warehouses):
   against a 5.74 s baseline (18.0x), peak RSS 1,376 MB; chDB 305.9 s (174.8 s CPU) against
   41.1 s (7.4x), 3,112 MB. At 1 M units: DuckDB 7.18 s (10.0x), 1,258 MB; chDB 20.06 s
   (12.3x), 723 MB; PostgreSQL's first report 15.36 s, 2.3x (DuckDB) and 1.0x (chDB).
+- Late night, DuckDB left at its own memory limit (the bench's default since): 1 M units
+  1.97 s (6.5x), 782 MB, 6.2x faster than PostgreSQL's 14.92 s; chDB 8.29 s (11.0x), 695 MB,
+  1.9x. 10 M units: DuckDB 22.51 s against 2.95 s (7.6x), 4,863 MB.
 
 Each figure is printed in wall and CPU seconds (the engines run in this process; on a shared
 machine the CPU seconds are the steadier). ``PARCOURS_BENCH_WH_ENGINES=duckdb`` runs one
 engine. DuckDB's 10 M-unit report is linear in the data when it has the memory (~4-5 GB) and
-about 3x slower when it spills under the bench's 1 GB ``memory_limit``.
+about 3x slower when it spills under a 1 GB ``memory_limit`` (the bench's default until
+2026-12-04, late night).
 
 The engines' files live in a temporary directory (``PARCOURS_BENCH_WH_DIR`` to choose where;
 100 M events take about 2 GB in each engine), removed afterwards; with
@@ -105,7 +112,7 @@ UNITS = int(os.environ.get("PARCOURS_BENCH_WH_UNITS", "10000000"))
 EVENTS_PER_UNIT = int(os.environ.get("PARCOURS_BENCH_WH_EVENTS_PER_UNIT", "10"))
 POSTGRES_UNITS = int(os.environ.get("PARCOURS_BENCH_WH_POSTGRES_UNITS", "1000000"))
 WITH_POSTGRES = os.environ.get("PARCOURS_BENCH_WH_POSTGRES", "1") != "0"
-DUCKDB_MEMORY = os.environ.get("PARCOURS_BENCH_WH_DUCKDB_MEMORY", "1GB")
+DUCKDB_MEMORY = os.environ.get("PARCOURS_BENCH_WH_DUCKDB_MEMORY", "")  # "": DuckDB's own
 ENGINES = tuple(os.environ.get("PARCOURS_BENCH_WH_ENGINES", "duckdb,chdb").split(","))
 TARGET_RATIO = 1.5
 TARGET_RSS_MB = 500
@@ -264,7 +271,8 @@ GROUP BY x.variant_key ORDER BY x.variant_key
 def engine_url(engine: str, directory: Path) -> str:
     """The SQLAlchemy URL of ``engine``'s database in ``directory`` (DuckDB's settings in it)."""
     if engine == "duckdb":
-        return f"duckdb:///{directory}/bench.duckdb?memory_limit={DUCKDB_MEMORY}&threads=2"
+        limit = f"memory_limit={DUCKDB_MEMORY}&" if DUCKDB_MEMORY else ""
+        return f"duckdb:///{directory}/bench.duckdb?{limit}threads=2"
     return f"chdb:///{directory}/chdb"
 
 
@@ -359,7 +367,8 @@ def warehouse_experiment() -> dict[str, Any]:
 def main() -> None:
     """Generate, time baseline and full report, RSS, then the PostgreSQL comparison."""
     print(f"units={UNITS:,} events={UNITS * EVENTS_PER_UNIT:,} duckdb memory_limit="
-          f"{DUCKDB_MEMORY} threads=2; warehouse engine defaults, settings {dict(SETTINGS)}",
+          f"{DUCKDB_MEMORY or 'default (80% of RAM)'} threads=2; warehouse engine defaults, "
+          f"settings {dict(SETTINGS)}",
           flush=True)
     with warehouses(UNITS) as urls:
         for engine, url in urls.items():
