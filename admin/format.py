@@ -52,26 +52,29 @@ def estimate(kind: Any, value: Any) -> str:
         return pct(value, 2)
     if kind == "nps" and _finite(value):
         return f"{value:+.1f}".replace("-", "−")
+    if _finite(value) and not float(value).is_integer():  # 4 significant digits, zeros kept
+        return f"{value:,.{_decimals(value)}f}".replace("-", "−")  # 8.840 beside 6.424
     return number(value)
 
 
-def duration(seconds: Any) -> str:
-    """Seconds for people: 42.5 → '42.5 s', 125 → '2 min 5 s', 5400 → '1 h 30 min'."""
+def duration(seconds: Any, decimals: int | None = None) -> str:
+    """Seconds for people: 42.5 → '42.5 s', 125 → '2 min 5 s', 5400 → '1 h 30 min'; under a
+    minute with 3 significant digits, or ``decimals`` places (bounds that share them)."""
     if not _finite(seconds):
         return DASH
     if seconds < 60:
-        return f"{seconds:.3g} s"
+        return f"{seconds:.{decimals}f} s" if decimals is not None else f"{seconds:.3g} s"
     whole = round(seconds)
     if whole < 3600:
         return f"{whole // 60} min {whole % 60} s"
     return f"{whole // 3600} h {whole % 3600 // 60} min"
 
 
-def signed_duration(seconds: Any) -> str:
+def signed_duration(seconds: Any, decimals: int | None = None) -> str:
     """A change of duration: '+0.408 s', '−1 min 5 s'."""
     if not _finite(seconds):
         return DASH
-    return ("−" if seconds < 0 else "+") + duration(abs(seconds))
+    return ("−" if seconds < 0 else "+") + duration(abs(seconds), decimals)
 
 
 def estimate_in(kind: Any, value: Any, unit: str = "") -> str:
@@ -89,11 +92,13 @@ def effect_in(kind: Any, value: Any, unit: str = "") -> str:
 
 
 def effect_interval_in(kind: Any, bounds: Any, unit: str = "") -> str:
-    """:func:`effect_interval` in the metric's unit: '[−12 s, −5 s]' for seconds."""
+    """:func:`effect_interval` in the metric's unit: '[−6.78 s, +7.60 s]' for seconds (bounds
+    under a minute share the decimals of the larger one's 3 significant digits)."""
     if unit != "s":
         shown = effect_interval(kind, bounds)
         return shown + (f" {unit}" if unit and shown != DASH else "")
-    return _bounds(bounds, signed_duration)
+    places = _decimals(*bounds) - 1 if _bounds(bounds, str) != DASH else None
+    return _bounds(bounds, lambda bound: signed_duration(bound, places))
 
 
 def pvalue(value: Any) -> str:

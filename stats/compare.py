@@ -27,6 +27,14 @@ from stats.summary import ArmSummary
 WELCH_KINDS: frozenset[str] = frozenset({"mean", "count", "time_to_convert"})
 # Effects in points, not in percent of a score that can be negative or 0 (SPEC §6).
 POINTS_KINDS: frozenset[str] = frozenset({"nps"})
+# The differences a metric can take at all: two rates differ by at most 1, two NPS by at
+# most 200 points (each is in [-100, 100]).
+ABSOLUTE_RANGE: dict[str, tuple[float, float]] = {
+    "conversion": (-1.0, 1.0), "friction": (-1.0, 1.0), "nps": (-200.0, 200.0)}
+# Metrics whose per-unit values are never negative: the treatment's mean cannot fall by more
+# than 100 % of the control's.
+RELATIVE_FLOOR_KINDS: frozenset[str] = frozenset(
+    {"conversion", "friction", "count", "time_to_convert"})
 
 
 @dataclass(frozen=True)
@@ -261,6 +269,29 @@ def _normal_test(
     )
 
 
+def _clipped(
+    interval: tuple[float, float] | None, low: float, high: float
+) -> tuple[float, float] | None:
+    if interval is None:
+        return None
+    cut = (max(interval[0], low), min(interval[1], high))
+    return cut if cut[0] <= cut[1] else None
+
+
+def _within_possible_effects(kind: str, test: _Test) -> _Test:
+    """The intervals cut to the effects the metric can take (:data:`ABSOLUTE_RANGE`,
+    :data:`RELATIVE_FLOOR_KINDS`).
+
+    A normal interval or a confidence sequence on few units reaches past them (a day-one
+    sequence for a conversion rate can read ±300 points). The true effect always lies within
+    them, so the cut interval covers it exactly as often; and 0 is always within them, so no
+    verdict changes."""
+    low, high = ABSOLUTE_RANGE.get(kind, (-math.inf, math.inf))
+    floor = -1.0 if kind in RELATIVE_FLOOR_KINDS else -math.inf
+    return replace(test, absolute_ci=_clipped(test.absolute_ci, low, high),
+                   relative_ci=_clipped(test.relative_ci, floor, math.inf))
+
+
 def _tested(
     kind: str,
     control: ArmSummary,
@@ -351,6 +382,7 @@ def compare(
     except ArithmeticError:  # overflow on absurd magnitudes: report, never raise
         warnings.append("numeric overflow: no test")
         test = _Test()
+    test = _within_possible_effects(kind, test)
     relative_ci = test.relative_ci if relative is not None else None
     if relative is None:  # no ratio was asked for (NPS in points, or a zero control)
         warnings = [warning for warning in warnings if warning != UNBOUNDED_RATIO]

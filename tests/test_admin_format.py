@@ -1,5 +1,5 @@
-"""How the admin writes effects of means: 4 significant digits, never in scientific
-notation, and an interval's two bounds with the same decimals."""
+"""How the admin writes means and durations: 4 significant digits (3 for seconds), never in
+scientific notation, and an interval's two bounds with the same decimals."""
 
 from __future__ import annotations
 
@@ -18,3 +18,18 @@ def test_an_interval_writes_both_bounds_with_the_same_decimals() -> None:
     assert fmt.effect_interval("ratio", [-15321.4, 2.6]) == "[−15,321, +3]"
     assert fmt.effect_interval("conversion", [0.001, 0.038]) == "[+0.10, +3.80] pts"
     assert fmt.effect_interval("mean", [float("nan"), 1.0]) == "–"
+
+
+def test_a_mean_estimate_keeps_its_fourth_digit_beside_the_controls() -> None:
+    assert [fmt.estimate("mean", v) for v in (8.84, 6.424, 11.01)] == ["8.840", "6.424", "11.01"]
+    assert fmt.estimate("mean", 12345.6) == "12,346"  # was '1.235e+04'
+    assert fmt.estimate("mean", -0.00123) == "−0.001230"
+    assert fmt.estimate("count", 3.0) == "3"
+
+
+def test_a_duration_interval_writes_both_bounds_with_the_same_decimals() -> None:
+    assert fmt.effect_interval_in("quantile", [-6.78, 7.6], "s") == "[−6.78 s, +7.60 s]"
+    assert fmt.effect_interval_in("quantile", [-12.0, -5.0], "s") == "[−12.0 s, −5.0 s]"
+    assert fmt.effect_interval_in("quantile", [-0.5, 75.0], "s") == "[−0.5 s, +1 min 15 s]"
+    assert fmt.effect_interval_in("quantile", [None, 2.0], "s") == "–"
+    assert fmt.duration(42.5) == "42.5 s" and fmt.duration(125) == "2 min 5 s"

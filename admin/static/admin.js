@@ -57,7 +57,7 @@
         var ci = (lo === null || hi === null) ? "" : " [" + percent(lo) + ", " + percent(hi) + "]";
         return ctx.dataset.label + ": " + percent(ctx.parsed.y) + ci;
       }}};
-    var range = yRange(data.series);
+    var range = yRange(data.series, 0.1, 0.05);
     options.scales.y.min = range[0];
     options.scales.y.max = range[1];
     options.scales.y.grid = {color: function (ctx) {
@@ -67,22 +67,31 @@
       options: options});
   }
 
-  /* Early days have huge intervals: keep the axis around the effects (band clipped). */
-  function yRange(series) {
-    var effects = [], bounds = [];
-    series.forEach(function (s) {
+  /* Early days have huge intervals: keep the axis around the effects and the latest
+     interval (the one the report tests), and clip the earlier bands; [min, max], or null
+     when there is nothing to show. `lines`: {effect, lower, upper} arrays per variant. */
+  function yRange(lines, minSpan, step) {
+    var effects = [], bounds = [], latest = [];
+    lines.forEach(function (s) {
       effects = effects.concat(s.effect.filter(isNum));
       bounds = bounds.concat(s.lower.filter(isNum), s.upper.filter(isNum));
+      latest = latest.concat(lastNum(s.lower), lastNum(s.upper));
     });
-    var span = Math.max(0.1, 3 * Math.max.apply(null, effects.map(Math.abs).concat([0])));
-    var low = Math.max(-span, Math.min.apply(null, bounds.concat([-0.05])));
-    var high = Math.min(span, Math.max.apply(null, bounds.concat([0.05])));
-    return [niceStep(low, Math.floor), niceStep(high, Math.ceil)];
+    var span = Math.max(minSpan, 3 * largest(effects), 1.1 * largest(latest));
+    if (!(span > 0)) { return null; }
+    var low = Math.max(-span, Math.min.apply(null, bounds.concat([-minSpan / 2])));
+    var high = Math.min(span, Math.max.apply(null, bounds.concat([minSpan / 2])));
+    return step ? [Math.floor(low / step) * step, Math.ceil(high / step) * step] : [low, high];
+  }
+
+  function largest(values) { return Math.max.apply(null, values.map(Math.abs).concat([0])); }
+
+  function lastNum(values) {
+    var numbers = values.filter(isNum);
+    return numbers.length ? [numbers[numbers.length - 1]] : [];
   }
 
   function isNum(value) { return typeof value === "number" && isFinite(value); }
-
-  function niceStep(value, round) { return round(value * 20) / 20; }
 
   /* Chart options for shares: a y axis from 0 to 1, tooltips in percent. */
   function shareOptions(title) {
@@ -163,9 +172,16 @@
                       return ctx.dataset.label + ": " + fmt(entry, ctx.parsed.y) + " [" +
                         fmt(entry, s.lower[ctx.dataIndex]) + ", " + fmt(entry, s.upper[ctx.dataIndex]) + "]";
                     }}}}};
+      fitAxis(options, entry, "cumulative");
       charts.push({entry: entry, chart: new window.Chart(canvas, {type: "line",
         data: {labels: entry.labels, datasets: datasetsOf(entry, "cumulative")}, options: options})});
     });
+    function fitAxis(options, entry, view) {
+      var range = yRange(entry.series.map(function (series) { return series[view]; }), 0);
+      options.scales.y.min = range ? range[0] : undefined;
+      options.scales.y.max = range ? range[1] : undefined;
+      options.scales.y.ticks = {includeBounds: false};
+    }
     function currentView() {
       var checked = document.querySelector("input[name='series-view']:checked");
       return checked ? checked.value : "cumulative";
@@ -176,6 +192,7 @@
         document.getElementById("metric-series").setAttribute("data-view", view);
         charts.forEach(function (item) {
           item.chart.data.datasets = datasetsOf(item.entry, view);
+          fitAxis(item.chart.options, item.entry, view);
           item.chart.update();
         });
       });

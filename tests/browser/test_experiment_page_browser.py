@@ -3,12 +3,13 @@ confirmations (a cancel changes nothing) and a draft's configuration and checkli
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from experiments.db import get_db
+from experiments.db import get_db, utcnow
 from experiments.services import analysis
 from experiments.services.lifecycle import get_experiment
 from experiments.services.simulate import SimulationPlan, simulate_traffic
@@ -87,6 +88,36 @@ def test_metric_table_fits_1280_px_with_five_variants(page, live_server, app, ar
     for section in ("metrics-title", "series-title"):
         page.locator(f"section[aria-labelledby='{section}']").screenshot(
             path=str(artifacts_dir / f"experiment-{section}-phone.png"))
+
+
+def test_effects_charts_fit_the_latest_interval_not_day_ones(page, live_server, app):
+    """Day one's confidence sequence is many times wider than the effect: each chart's axis
+    spans the effects (3×) and the latest interval (1.1×), and clips the earlier bands."""
+    seed_experiment(app, targeting=[], layer=None, overrides={},
+                    analysis={**experiment_payload()["analysis"], "min_days": 0})
+    with get_db(app).session() as session:  # ~50 units per arm on day one
+        get_experiment(session, KEY).started_at = utcnow() - timedelta(days=15)
+        session.commit()
+        simulate_traffic(session, KEY, SimulationPlan(units=1500, seed=5, days=14,
+                                                      effects={"one-page": 0.4}))
+        analysis.analyze_experiment(session, KEY)
+    log_in(page, live_server.url, add_user(app, "viewer"))
+    page.goto(f"{live_server.url}/admin/experiments/{KEY}")
+    expect_drawn(page, "series-chart-0", pixels=2000)
+    clipped = 0
+    for index, entry in enumerate(page.evaluate(
+            "JSON.parse(document.getElementById('series-data').textContent)")):
+        lines = [series["cumulative"] for series in entry["series"]]
+        bounds = [b for line in lines for b in line["lower"] + line["upper"] if b is not None]
+        effects = [e for line in lines for e in line["effect"] if e is not None]
+        latest = [[b for b in line[side] if b is not None][-1]
+                  for line in lines for side in ("lower", "upper") if any(line[side])]
+        span = max(3 * max(map(abs, effects)), 1.1 * max(map(abs, latest)))
+        axis = page.evaluate(f"""() => {{ const y = Chart.getChart('series-chart-{index}')
+            .scales.y; return [y.min, y.max]; }}""")
+        assert axis == pytest.approx([max(-span, min(bounds)), min(span, max(bounds))])
+        clipped += max(bounds) > span or min(bounds) < -span
+    assert clipped  # some early band is wider than the axis, so the fit is exercised
 
 
 def test_heatmap_colours_exactly_the_reports_significant_friction_points(page, live_server,
