@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from admin.messages import summary_line
+from experiments.services.decisions import chance_text
 
 DASH = "–"
 VERDICT_LABELS = {"better": "Better", "worse": "Worse", "flat": "Flat",
@@ -22,6 +23,11 @@ def _finite(value: Any) -> bool:
 def pct(value: Any, digits: int = 1) -> str:
     """0.1234 → '12.3%'."""
     return f"{value * 100:.{digits}f}%" if _finite(value) else DASH
+
+
+def chance(value: Any, digits: int = 1) -> str:
+    """A chance to win or to be best: '97.3%', '>99.9%', '<0.1%' (never certainty)."""
+    return chance_text(float(value), digits) if _finite(value) else DASH
 
 
 def signed_pct(value: Any, digits: int = 1) -> str:

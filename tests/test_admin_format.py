@@ -33,3 +33,10 @@ def test_a_duration_interval_writes_both_bounds_with_the_same_decimals() -> None
     assert fmt.effect_interval_in("quantile", [-0.5, 75.0], "s") == "[−0.5 s, +1 min 15 s]"
     assert fmt.effect_interval_in("quantile", [None, 2.0], "s") == "–"
     assert fmt.duration(42.5) == "42.5 s" and fmt.duration(125) == "2 min 5 s"
+
+
+def test_a_chance_never_reads_as_certainty() -> None:
+    assert [fmt.chance(p) for p in (1.0, 0.99996, 0.973, 0.0004, 0.0)] == [
+        ">99.9%", ">99.9%", "97.3%", "<0.1%", "<0.1%"]
+    assert [fmt.chance(p, 0) for p in (0.996, 0.3, 0.004)] == [">99%", "30%", "<1%"]
+    assert fmt.chance(None) == "–"

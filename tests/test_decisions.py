@@ -83,3 +83,14 @@ def test_only_a_new_outcome_or_winner_changes_the_decision():
     assert changes_decision(current, DecisionResult("ship", "b", ())) is True
     shipped = _Experiment({"outcome": "ship", "winner": "b"})
     assert changes_decision(shipped, DecisionResult("ship", "c", ())) is True
+
+
+def test_a_bandit_ships_on_a_chance_it_never_calls_certain():
+    shipped = decide(SETTINGS, {**body([]), "period_weighted": True,
+                                "p_best": {"b": 1.0, "c": 0.0}}, days=10)
+    assert (shipped.outcome, shipped.winner) == ("ship", "b")
+    assert shipped.reasons[0] == ("b is the best arm on primary metric purchase with "
+                                  "probability >99.9% (bandit: at least 95%)")
+    waiting = decide(SETTINGS, {**body([]), "period_weighted": True,
+                                "p_best": {"b": 0.9, "c": 0.1}}, days=10)
+    assert waiting.reasons == ("no arm is best with probability 95% yet (leader b: 90.0%)",)

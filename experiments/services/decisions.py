@@ -150,6 +150,19 @@ def decide(settings: AnalysisSettings, body: Mapping[str, Any], *, days: float) 
 BANDIT_SHIP_P_BEST = 0.95
 
 
+def chance_text(probability: float, digits: int = 1) -> str:
+    """A chance in percent that never reads as certainty: '>99.9%' where rounding would say
+    '100.0%' and '<0.1%' for '0.0%' (a posterior or Monte Carlo chance is never exactly
+    either)."""
+    shown = f"{probability:.{digits}%}"
+    step = f"{10.0 ** -digits:.{digits}f}"
+    if shown == f"{100:.{digits}f}%" or probability >= 1.0:
+        return f">{100 - float(step):.{digits}f}%"
+    if shown == f"{0:.{digits}f}%" or probability <= 0.0:
+        return f"<{step}%"
+    return shown
+
+
 def _bandit_decision(settings: AnalysisSettings, body: Mapping[str, Any],
                      primary: Mapping[str, Any], days: float) -> DecisionResult:
     """A bandit ships the arm whose chance of being best reaches 95 % (SPEC §13)."""
@@ -158,13 +171,13 @@ def _bandit_decision(settings: AnalysisSettings, body: Mapping[str, Any],
     if arm is not None and p_best[arm] >= BANDIT_SHIP_P_BEST:
         return DecisionResult("ship", arm, (
             f"{arm} is the best arm on primary metric {primary['key']} with probability "
-            f"{p_best[arm]:.1%} (bandit: at least {BANDIT_SHIP_P_BEST:.0%})",
+            f"{chance_text(p_best[arm])} (bandit: at least {BANDIT_SHIP_P_BEST:.0%})",
             "no guardrail is significantly worse"))
     if days >= settings.max_days:
         return DecisionResult("no_difference", None, (
             f"{settings.max_days} days reached without an arm best with probability "
             f"{BANDIT_SHIP_P_BEST:.0%}",))
-    leader = f" (leader {arm}: {p_best[arm]:.1%})" if arm is not None else ""
+    leader = f" (leader {arm}: {chance_text(p_best[arm])})" if arm is not None else ""
     return DecisionResult("keep_running", None, (
         f"no arm is best with probability {BANDIT_SHIP_P_BEST:.0%} yet{leader}",))
 

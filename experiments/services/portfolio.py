@@ -28,7 +28,7 @@ from experiments.errors import ValidationFailed
 from experiments.models import Experiment, Report
 from experiments.services.analysis import calculate_power, latest_reports
 from experiments.services.bandits import bandit_settings
-from experiments.services.decisions import BANDIT_SHIP_P_BEST
+from experiments.services.decisions import BANDIT_SHIP_P_BEST, chance_text
 from experiments.services.report import SD_KINDS
 
 PORTFOLIO_STATUSES = ("running", "paused")
@@ -152,7 +152,7 @@ def _bandit_leader(p_best: Mapping[str, float]) -> str:
     if leader is None:
         return ""
     reached = ", reached" if p_best[leader] >= BANDIT_SHIP_P_BEST else ""
-    return f" (now {leader}: {p_best[leader]:.0%}{reached})"
+    return f" (now {leader}: {chance_text(p_best[leader], 0)}{reached})"
 
 
 def _progress(units: Mapping[str, int], elapsed_days: float | None) -> dict[str, Any]:
