@@ -48,7 +48,7 @@ def number(value: Any, digits: int = 4) -> str:
     if not _finite(value):
         return DASH
     if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1000):
-        return f"{int(value):,}".replace(",", " ")
+        return f"{int(value):,}"
     return f"{value:.{digits}g}".replace("-", "−")
 
 

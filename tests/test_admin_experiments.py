@@ -307,7 +307,7 @@ def test_list_shows_status_units_verdict_srm_and_days(app):
     page = client.get("/admin/experiments").get_data(as_text=True)
     rows = {key: row for row in page.split("<tr>")[2:]
             for key in ("checkout-redesign", "pricing-test") if f"{key}</code>" in row}
-    assert "status-running" in rows["checkout-redesign"] and "10 000" in rows["checkout-redesign"]
+    assert "status-running" in rows["checkout-redesign"] and "10,000" in rows["checkout-redesign"]
     assert "verdict-better" in rows["checkout-redesign"] and ">SRM<" in rows["checkout-redesign"]
     assert '<td class="num">0</td>' in rows["checkout-redesign"]  # started today
     assert "status-draft" in rows["pricing-test"] and "verdict-" not in rows["pricing-test"]

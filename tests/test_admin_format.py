@@ -40,3 +40,9 @@ def test_a_chance_never_reads_as_certainty() -> None:
         ">99.9%", ">99.9%", "97.3%", "<0.1%", "<0.1%"]
     assert [fmt.chance(p, 0) for p in (0.996, 0.3, 0.004)] == [">99%", "30%", "<1%"]
     assert fmt.chance(None) == "–"
+
+
+def test_whole_numbers_use_one_thousands_separator_everywhere() -> None:
+    """The units table said '3 038' beside the metrics' '(316 / 3,038)'."""
+    assert fmt.number(3038) == fmt.count(3038) == "3,038"
+    assert fmt.number(57756.0) == "57,756"
