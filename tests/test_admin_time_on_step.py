@@ -45,8 +45,8 @@ def test_metric_values_in_seconds_read_as_durations_and_others_keep_their_unit()
     assert fmt.estimate_in("quantile", 161.1, "s") == "2 min 41 s"
     assert fmt.effect_in("quantile", 0.40843, "s") == "+0.408 s"
     assert fmt.effect_in("quantile", -65.0, "s") == "−1 min 5 s"
-    assert fmt.effect_interval_in("quantile", [-6.36, 9.802], "s") == "[−6.36 s, +9.8 s]"
+    assert fmt.effect_interval_in("quantile", [-6.36, 9.802], "s") == "[−6.36 s, +9.80 s]"
     assert fmt.effect_interval_in("quantile", None, "s") == "–"
-    assert fmt.estimate_in("quantile", 12.5, "") == "12.5"
+    assert fmt.estimate_in("quantile", 12.5, "") == "12.50"  # 4 significant digits
     assert fmt.estimate_in("mean", 3.0, "€") == "3 €" and fmt.effect_in("mean", None, "€") == "–"
     assert fmt.effect_interval_in("conversion", [0.001, 0.038]) == "[+0.10, +3.80] pts"
