@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from admin import format as fmt
-from tests.test_admin_support import insert_report, logged_in, seed_experiment
+from tests.test_admin_support import insert_report, logged_in, report_body, seed_experiment
 
 
 def _cell(units: int, p50: float | None, p90: float | None, n: int) -> dict[str, object]:
@@ -50,3 +50,18 @@ def test_metric_values_in_seconds_read_as_durations_and_others_keep_their_unit()
     assert fmt.estimate_in("quantile", 12.5, "") == "12.50"  # 4 significant digits
     assert fmt.estimate_in("mean", 3.0, "€") == "3 €" and fmt.effect_in("mean", None, "€") == "–"
     assert fmt.effect_interval_in("conversion", [0.001, 0.038]) == "[+0.10, +3.80] pts"
+
+
+def test_a_metric_note_is_said_in_its_row_not_again_above_the_report(app):
+    """The demo said 'payment-time-p90: quantile metrics use a fixed-horizon test…' twice:
+    above the report and in the metric's row. Notes of no metric stay above."""
+    note = "payment-time-p90: quantile metrics use a fixed-horizon test, not a sequential one"
+    seed_experiment(app)
+    metrics = report_body()["metrics"]
+    metrics[1] = {**metrics[1], "warnings": [note]}
+    insert_report(app, metrics=metrics, warnings=[note, "a note of the whole report"])
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    assert page.count(note) == 1
+    assert page.index(note) > page.index('id="metrics-table"')
+    assert page.count("a note of the whole report") == 1

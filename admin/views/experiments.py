@@ -218,12 +218,15 @@ def _parent_baseline(session: Any, row: Experiment, data: dict[str, Any]) -> flo
 def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
     variants = [v.key for v in row.variants]
     treatments = [v.key for v in row.variants if not v.is_control]
+    metrics = presenters.metric_rows(body)
+    in_rows = {w for m in metrics for w in m["warnings"]}  # said in the metric's own row
+    warnings = body.get("warnings") if isinstance(body.get("warnings"), list) else []
     return {
         "body": body,
         "decision": presenters.decision_of(row.status, row.decision, body),
         "srm": body.get("srm") if isinstance(body.get("srm"), dict) else None,
         "split": presenters.unit_split(body, {v.key: v.weight for v in row.variants}),
-        "metrics": presenters.metric_rows(body),
+        "metrics": metrics,
         "correction": row.analysis.get("correction", "holm"),
         "method_line": presenters.method_line(body.get("method"), row.analysis.get("alpha")),
         "lift": presenters.lift_chart(body),
@@ -231,7 +234,7 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
         "alerts": _alerts(body),
         "funnel": presenters.funnel(body, variants),
         "heatmaps": presenters.friction_heatmaps(body, list(row.journey), treatments),
-        "warnings": body.get("warnings") if isinstance(body.get("warnings"), list) else [],
+        "warnings": [w for w in warnings if w not in in_rows],
         "identity": presenters.identity_line(body),
     }
 
