@@ -58,8 +58,8 @@ def estimate(kind: Any, value: Any) -> str:
         return pct(value, 2)
     if kind == "nps" and _finite(value):
         return f"{value:+.1f}".replace("-", "−")
-    if _finite(value) and not float(value).is_integer():  # 4 significant digits, zeros kept
-        return f"{value:,.{_decimals(value)}f}".replace("-", "−")  # 8.840 beside 6.424
+    if _finite(value) and not float(value).is_integer():  # zeros kept: 8.840 beside 6.424
+        return _fixed(value)
     return number(value)
 
 
@@ -103,8 +103,7 @@ def effect_interval_in(kind: Any, bounds: Any, unit: str = "") -> str:
     if unit != "s":
         shown = effect_interval(kind, bounds)
         return shown + (f" {unit}" if unit and shown != DASH else "")
-    places = _decimals(*bounds) - 1 if _bounds(bounds, str) != DASH else None
-    return _bounds(bounds, lambda bound: signed_duration(bound, places))
+    return _bounds(bounds, lambda bound: signed_duration(bound, _decimals(*bounds) - 1))
 
 
 def pvalue(value: Any) -> str:
@@ -162,8 +161,14 @@ def _effect_number(kind: Any, value: Any, decimals: int | None = None) -> str:
         return f"{value * 100:+.2f}".replace("-", "−")
     if kind == "nps":
         return f"{value:+.1f}".replace("-", "−")
+    return _fixed(value, "+", decimals)
+
+
+def _fixed(value: float, sign: str = "", decimals: int | None = None) -> str:
+    """``value`` with ``decimals`` places (default: 4 significant digits), thousands
+    separated, a real minus sign."""
     places = _decimals(value) if decimals is None else decimals
-    return f"{value:+,.{places}f}".replace("-", "−")
+    return f"{value:{sign},.{places}f}".replace("-", "−")
 
 
 def _decimals(*values: float) -> int:

@@ -154,12 +154,11 @@ def chance_text(probability: float, digits: int = 1) -> str:
     """A chance in percent that never reads as certainty: '>99.9%' where rounding would say
     '100.0%' and '<0.1%' for '0.0%' (a posterior or Monte Carlo chance is never exactly
     either)."""
-    shown = f"{probability:.{digits}%}"
-    step = f"{10.0 ** -digits:.{digits}f}"
-    if shown == f"{100:.{digits}f}%" or probability >= 1.0:
-        return f">{100 - float(step):.{digits}f}%"
-    if shown == f"{0:.{digits}f}%" or probability <= 0.0:
-        return f"<{step}%"
+    shown, step = f"{probability:.{digits}%}", 10.0 ** -digits  # step: in percent
+    if probability >= 1.0 or shown == f"{100:.{digits}f}%":
+        return f">{100 - step:.{digits}f}%"
+    if probability <= 0.0 or shown == f"{0:.{digits}f}%":
+        return f"<{step:.{digits}f}%"
     return shown
 
 
