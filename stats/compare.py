@@ -269,9 +269,10 @@ def _normal_test(
     )
 
 
-def _clipped(
+def clipped(
     interval: tuple[float, float] | None, low: float, high: float
 ) -> tuple[float, float] | None:
+    """The interval cut to [low, high] (None when nothing of it is left)."""
     if interval is None:
         return None
     cut = (max(interval[0], low), min(interval[1], high))
@@ -288,8 +289,8 @@ def _within_possible_effects(kind: str, test: _Test) -> _Test:
     verdict changes."""
     low, high = ABSOLUTE_RANGE.get(kind, (-math.inf, math.inf))
     floor = -1.0 if kind in RELATIVE_FLOOR_KINDS else -math.inf
-    return replace(test, absolute_ci=_clipped(test.absolute_ci, low, high),
-                   relative_ci=_clipped(test.relative_ci, floor, math.inf))
+    return replace(test, absolute_ci=clipped(test.absolute_ci, low, high),
+                   relative_ci=clipped(test.relative_ci, floor, math.inf))
 
 
 def _tested(

@@ -22,6 +22,7 @@ from stats.compare import (
     apply_correction,
     bayesian_significant,
     check_options,
+    clipped,
     decide_verdict,
     point_effects,
 )
@@ -186,8 +187,13 @@ def compare_quantiles(
     alpha: float = 0.05,
     direction: Direction = "increase",
     mde: float | None = None,
+    nonnegative: bool = False,
 ) -> Comparison:
-    """Δ = q_T − q_C with a normal CI and p; relative effect Δ/q_C by the delta method."""
+    """Δ = q_T − q_C with a normal CI and p; relative effect Δ/q_C by the delta method.
+
+    ``nonnegative``: the values are never negative (durations), so the treatment's quantile
+    cannot fall by more than 100 % of the control's; the relative interval is cut there, as
+    ``compare`` cuts a rate's (its coverage is unchanged and 0 stays inside)."""
     check_options(method=method, alpha=alpha, direction=direction, mde=mde)
     warnings: list[str] = []
     absolute: float | None = None
@@ -211,6 +217,8 @@ def compare_quantiles(
             c, t = abs(control.estimate), treatment.estimate
             rel_se = math.sqrt(treatment.se**2 / c**2 + t**2 * control.se**2 / c**4)
             relative_ci = finite_pair(relative - z * rel_se, relative + z * rel_se)
+            if nonnegative:
+                relative_ci = clipped(relative_ci, -1.0, math.inf)
         if method == "bayesian":
             ctw = finite(bayesian.normal_chance_to_win(absolute, se, direction))
             loss = finite(bayesian.normal_expected_loss(absolute, se, direction))
@@ -270,8 +278,10 @@ def analyze_quantiles(
     direction: Direction = "increase",
     mde: float | None = None,
     weights: Sequence[float] | None = None,
+    nonnegative: bool = False,
 ) -> AnalysisResult:
-    """Every treatment's quantile against the control's, corrected across treatments."""
+    """Every treatment's quantile against the control's, corrected across treatments
+    (``nonnegative``: see :func:`compare_quantiles`)."""
     check_quantile(quantile)
     check_options(
         method=method, alpha=alpha, direction=direction, mde=mde, correction=correction
@@ -290,7 +300,7 @@ def analyze_quantiles(
     comparisons = [
         compare_quantiles(
             control, estimates[v.key], variant=v.key, method=method, alpha=alpha,
-            direction=direction, mde=mde,
+            direction=direction, mde=mde, nonnegative=nonnegative,
         )
         for v in variants
         if not v.is_control

@@ -224,3 +224,30 @@ def test_the_one_statement_keeps_every_rank_the_estimator_needs(db: Session) -> 
         per_partition = Counter(row.variant_key for row in kept)
         assert max(per_partition.values()) <= 2 + 13 * len(levels)  # of up to 300 values
         assert per_partition[300] < 300 / 4
+
+
+def test_a_time_on_step_quantile_never_falls_by_more_than_all_of_it(db: Session) -> None:
+    """Heavy-tailed times on ``cart`` (log-normal, σ = 2), the treatment's p90 about half
+    the control's on 100 units each: the delta method's relative interval reaches below
+    −100 %, which a duration cannot; the report cuts it there (``nonnegative``)."""
+    experiment = make_experiment(db, metrics=[QUANTILE_METRICS[0],
+                                              {**QUANTILE_METRICS[3], "quantile": 0.9}],
+                                 analysis=ANALYSIS)
+    rng = np.random.default_rng(2)
+    times = {"control": rng.lognormal(0.0, 2.0, size=100),
+             "one-page": rng.lognormal(-0.7, 2.0, size=100)}
+    at = lambda seconds: T0 + timedelta(hours=1, seconds=float(seconds))  # noqa: E731
+    exposures, events = [], []
+    for variant, seconds in times.items():
+        for number, duration in enumerate(seconds):
+            unit = f"{variant}-{number}"
+            exposures.append((unit, variant))
+            events += [{"unit_id": unit, "type": "step", "name": "view", "step": step,
+                        "occurred_at": at(offset)}
+                       for step, offset in (("cart", 0), ("checkout", round(duration, 3)))]
+    _insert(db, experiment.id, exposures, events)
+    body = analyze_experiment(db, "checkout", now=T0 + timedelta(days=4)).body
+    metric = next(m for m in body["metrics"] if m["key"] == "cart-time-p50")
+    comparison = metric["comparisons"][0]
+    assert comparison["relative_effect"] == pytest.approx(-0.55, abs=0.1)
+    assert comparison["relative_ci"][0] == -1.0 < comparison["relative_ci"][1]

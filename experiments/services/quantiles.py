@@ -53,16 +53,18 @@ def calculate_quantiles(variants: Sequence[Mapping[str, Any]], *, quantile: floa
 
 def quantile_metric_result(variants: Sequence[tuple[str, bool, QuantileStats]], *,
                            quantile: float, method: str, alpha: float, direction: str,
-                           mde: float | None) -> tuple[list[dict[str, Any]], list[Any], list[str]]:
+                           mde: float | None, nonnegative: bool
+                           ) -> tuple[list[dict[str, Any]], list[Any], list[str]]:
     """One quantile metric's variant entries, raw comparisons and warnings (never raises).
 
     Comparisons are uncorrected: the caller corrects them within their family.
+    ``nonnegative``: the values are never negative (time on a step).
     """
     try:
         result = analyze_quantiles(
             [QuantileVariantInput(key, is_control, stats) for key, is_control, stats in variants],
             quantile=quantile, method=method, alpha=alpha, correction="none",  # type: ignore[arg-type]
-            direction=direction, mde=mde)  # type: ignore[arg-type]
+            direction=direction, mde=mde, nonnegative=nonnegative)  # type: ignore[arg-type]
     except StatsInputError as error:
         return ([{"variant": key, "units": stats.n, "estimate": None, "ci": None}
                  for key, _, stats in variants], [], [str(error)])
@@ -85,6 +87,6 @@ def quantile_metric(experiment: Experiment, metric: Metric, settings: AnalysisSe
     entries, comparisons, notes = quantile_metric_result(
         variants, quantile=float(metric.quantile),  # type: ignore[arg-type]
         method=settings.method, alpha=settings.alpha, direction=metric.direction,
-        mde=settings.mde)
+        mde=settings.mde, nonnegative=metric.source == "step_duration")
     warnings.extend(f"{metric.key}: {note}" for note in notes)
     return entries, comparisons
