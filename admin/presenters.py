@@ -91,10 +91,16 @@ def metric_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({
             "key": metric.get("key"), "kind": metric.get("kind"), "role": metric.get("role"),
             "control": control, "variants": variants, "has_comparisons": bool(comparisons),
-            "warnings": _list(metric.get("warnings")), **quantile_label(metric),
+            "warnings": [_in_its_row(str(w), metric.get("key")) for w in
+                         _list(metric.get("warnings"))], **quantile_label(metric),
         })
     order = {"primary": 0, "guardrail": 1, "secondary": 2}
     return sorted(rows, key=lambda row: order.get(str(row["role"]), 3))
+
+
+def _in_its_row(warning: str, key: Any) -> str:
+    """A metric's note without the ``key: `` the report's list needs: its row names it."""
+    return warning.removeprefix(f"{key}: ")
 
 
 def _with_reading(comparison: dict[str, Any] | None, body: dict[str, Any]

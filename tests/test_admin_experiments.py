@@ -548,6 +548,20 @@ def test_report_alerts_are_listed_in_red_and_nps_changes_are_in_points(app):
     assert "0.400" in page and "raw 0.200" in page
 
 
+def test_a_raw_p_value_is_shown_only_when_it_reads_differently(app):
+    """Holm made 0.0001 into 0.0004: both read "<0.001", so "raw <0.001" said nothing."""
+    seed_experiment(app)
+    metrics = report_body()["metrics"]
+    comparison = {**metrics[0]["comparisons"][0], "p_value": 0.0001, "adjusted_p_value": 0.0004}
+    metrics[0] = {**metrics[0], "comparisons": [comparison]}
+    insert_report(app, metrics=metrics)
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    table = page[page.index('id="metrics-table"'):page.index("</table>", page.index(
+        'id="metrics-table"'))]
+    assert "&lt;0.001" in table and "raw" not in table
+
+
 def test_an_nps_primary_has_no_empty_lift_chart(app):
     """NPS effects are in points (no relative lift): the page says where its chart is."""
     seed_experiment(app)
