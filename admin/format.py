@@ -148,11 +148,13 @@ def count(value: Any) -> str:
 
 
 def counts(kind: Any, entry: Any) -> str:
-    """What an estimate is made of: '(204 / 1,644)' for rates, '(n = 1,644)' otherwise."""
+    """What an estimate is made of: '(204 / 1,644)' for rates, '(n = 1,644)' otherwise. A
+    bandit's period-weighted rate is not that quotient: '(weighted; raw 204 / 1,644)'."""
     if not isinstance(entry, dict):
         return ""
     if kind in ("conversion", "friction") and _finite(entry.get("conversions")):
-        return f"({count(entry['conversions'])} / {count(entry.get('units'))})"
+        raw = f"{count(entry['conversions'])} / {count(entry.get('units'))}"
+        return f"(weighted; raw {raw})" if entry.get("period_weighted") else f"({raw})"
     return f"(n = {count(entry.get('units'))})" if _finite(entry.get("units")) else ""
 
 
@@ -186,6 +188,12 @@ def effect_suffix(kind: Any) -> str:
 def effect(kind: Any, value: Any) -> str:
     """An absolute effect in the metric's unit: '+1.96 pts', '+3.2 points', '+0.41'."""
     return _effect_number(kind, value) + effect_suffix(kind) if _finite(value) else DASH
+
+
+def risk(kind: Any, value: Any) -> str:
+    """A Bayesian expected loss in the metric's unit, unsigned (a loss is never negative:
+    '+0.00 pts' read as a gain): '0.90 pts'."""
+    return effect(kind, value).removeprefix("+")
 
 
 def _bounds(bounds: Any, show: Any) -> str:

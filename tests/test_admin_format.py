@@ -46,3 +46,20 @@ def test_whole_numbers_use_one_thousands_separator_everywhere() -> None:
     """The units table said '3 038' beside the metrics' '(316 / 3,038)'."""
     assert fmt.number(3038) == fmt.count(3038) == "3,038"
     assert fmt.number(57756.0) == "57,756"
+
+
+def test_a_period_weighted_rate_says_its_counts_are_raw() -> None:
+    """A bandit's 9.81% is weighted by period; 73 / 716 is 10.20%: shown bare, the counts
+    contradicted the rate beside them."""
+    entry = {"units": 716, "conversions": 73, "estimate": 0.0981}
+    assert fmt.counts("conversion", entry) == "(73 / 716)"
+    assert fmt.counts("conversion", {**entry, "period_weighted": True}) == (
+        "(weighted; raw 73 / 716)")
+    assert fmt.counts("mean", {**entry, "period_weighted": True}) == "(n = 716)"
+
+
+def test_a_risk_is_a_loss_and_carries_no_plus_sign() -> None:
+    assert fmt.risk("conversion", 4.2e-8) == "0.00 pts"
+    assert fmt.risk("conversion", 0.009) == "0.90 pts"
+    assert fmt.risk("mean", 0.01234) == "0.01234"
+    assert fmt.risk("conversion", None) == "–"

@@ -133,6 +133,34 @@ def test_period_sums_come_from_the_report_pipeline(app: Flask,
     assert any("biased under adaptive allocation" in w for w in click["warnings"])
 
 
+def test_a_bandits_timelines_are_period_weighted_as_its_table_is(app: Flask) -> None:
+    """Pooled, SPEC §13's data reads −0.26 points (120/1,400 vs 216/2,600) where the
+    table's weighted lift reads +1.5: the charts' last cumulative points said the opposite
+    of the table. Every timeline of a per-unit mean now weighs periods as the table does."""
+    spec_bandit(app)
+    with get_db(app).session() as session:
+        body = analyze_experiment(session, "banner").body
+    (lift,) = body["metrics"][0]["comparisons"]
+    last = body["timeline"][-1]
+    assert (last["variant"], last["units"]) == ("b", 2600)
+    assert last["absolute_effect"] == pytest.approx(lift["absolute_effect"], abs=1e-12)
+    assert last["absolute_ci"] == pytest.approx(lift["absolute_ci"], abs=1e-12)
+    assert last["relative_ci"] == pytest.approx(lift["relative_ci"], abs=1e-12)
+    assert lift["absolute_effect"] == pytest.approx(0.015, abs=1e-12)
+    for key in ("click", "revenue"):
+        metric = next(m for m in body["metrics"] if m["key"] == key)
+        cumulative = next(t for t in body["metric_timeline"] if t["metric"] == key)[
+            "points"][-1]["cumulative"]
+        assert cumulative["absolute_effect"] == pytest.approx(
+            metric["comparisons"][0]["absolute_effect"], abs=1e-12)
+        assert cumulative["units"] == 2600 and cumulative["control_units"] == 1400
+    # A ratio is pooled in its table, so in its chart too.
+    ratio = next(t for t in body["metric_timeline"] if t["metric"] == "per-click")
+    table = next(m for m in body["metrics"] if m["key"] == "per-click")["comparisons"][0]
+    assert ratio["points"][-1]["cumulative"]["absolute_effect"] == pytest.approx(
+        table["absolute_effect"], abs=1e-12)
+
+
 def test_a_bandit_reports_secondary_metrics_period_weighted(app: Flask) -> None:
     spec_bandit(app)
     with get_db(app).session() as session:

@@ -44,11 +44,27 @@ from experiments.services.pipeline import (
     period_of,
 )
 from stats import ArmSummary, Comparison, MeanStats, StatsInputError, compare
-from stats.bandit import BanditResult, Period, analyze_bandit, period_weighted
+from stats.bandit import ArmEstimate, BanditResult, Period, analyze_bandit, period_weighted
 from stats.frequentist import critical_value
 
 PeriodSums = dict[int, dict[str, MeanStats]]
 EMPTY = MeanStats(0, 0.0, 0.0)
+DaySpan = tuple[str, str] | None
+"""Units exposed on these UTC days, first and last included (None: every day)."""
+
+
+def _totals(daily: Daily, days: DaySpan) -> dict[str, Any]:
+    """Per arm, the sums of the units exposed on ``days``."""
+    if days is None:
+        return daily.totals()
+    first, last = days
+    out: dict[str, Any] = {}
+    for (arm, day), sums in daily.rows.items():
+        if first <= day <= last:
+            target = out.setdefault(arm, {})
+            for name, value in sums.items():
+                target[name] = target.get(name, 0.0) + value
+    return out
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -119,19 +135,20 @@ class BanditPeriods:
             total.metrics.setdefault(metric.key, Daily())  # no exposure yet: empty sums
         return total
 
-    def sums(self, metric_key: str) -> PeriodSums:
-        """Per period and arm, the metric's (n, sum, sum of squares) per unit."""
+    def sums(self, metric_key: str, *, days: DaySpan = None) -> PeriodSums:
+        """Per period and arm, the metric's (n, sum, sum of squares) per unit, over the
+        units exposed on ``days`` (default: all)."""
         out: PeriodSums = {}
         for number, aggregates in self.by_period.items():
-            for arm, totals in aggregates.metrics[metric_key].totals().items():
+            for arm, totals in _totals(aggregates.metrics[metric_key], days).items():
                 out.setdefault(number, {})[arm] = MeanStats(
                     int(totals.get("n", 0)), float(totals.get("sum", 0.0)),
                     float(totals.get("sum_squares", 0.0)))
         return out
 
-    def inputs(self, metric_key: str) -> list[Period]:
+    def inputs(self, metric_key: str, *, days: DaySpan = None) -> list[Period]:
         """The metric's :class:`stats.bandit.Period` list (arms without units: zero sums)."""
-        sums = self.sums(metric_key)
+        sums = self.sums(metric_key, days=days)
         arms = [v.key for v in self.experiment.variants]
         return [Period({k: float(p.weights.get(k, 0.0)) for k in arms},
                        {k: sums.get(p.period, {}).get(k, EMPTY) for k in arms})
@@ -238,7 +255,7 @@ def weigh_metric(data: BanditPeriods, settings: AnalysisSettings, metric: Metric
         notes.append(f"{metric.key}: not period-weighted ({metric.kind} is not a per-unit "
                      "mean): pooled over periods with different weights, which can mislead")
         return comparisons
-    estimates, warnings = period_weighted(data.inputs(metric.key))
+    estimates, weighted, warnings = weighted_comparisons(data, settings, metric)
     notes.extend(f"{metric.key}: {note}" for note in warnings)
     z = critical_value(settings.alpha)
     for entry in variants:
@@ -248,14 +265,25 @@ def weigh_metric(data: BanditPeriods, settings: AnalysisSettings, metric: Metric
         half = z * estimate.variance ** 0.5
         entry.update(estimate=estimate.mean, ci=[estimate.mean - half, estimate.mean + half],
                      period_weighted=True)
+    return weighted
+
+
+def weighted_comparisons(data: BanditPeriods, settings: AnalysisSettings, metric: Metric, *,
+                         days: DaySpan = None
+                         ) -> tuple[dict[str, ArmEstimate], list[Comparison], list[str]]:
+    """A per-unit-mean metric's period-weighted arm estimates and raw comparisons over the
+    units exposed on ``days`` (the report's; its timelines give a span per day), and the
+    weighting's warnings."""
+    estimates, warnings = period_weighted(data.inputs(metric.key, days=days))
     arms = {arm: ArmSummary(e.n, e.mean, None if e.variance is None else e.variance * e.n)
             for arm, e in estimates.items()}
     control = next(v.key for v in data.experiment.variants if v.is_control)
     method = "frequentist" if settings.method == "sequential" else settings.method
-    return [compare(metric.kind, arms[control], arms[v.key],  # type: ignore[arg-type]
-                    variant=v.key, method=method, alpha=settings.alpha,
-                    direction=metric.direction, mde=settings.mde)  # type: ignore[arg-type]
-            for v in data.experiment.variants if not v.is_control]
+    comparisons = [compare(metric.kind, arms[control], arms[v.key],  # type: ignore[arg-type]
+                           variant=v.key, method=method, alpha=settings.alpha,
+                           direction=metric.direction, mde=settings.mde)  # type: ignore[arg-type]
+                   for v in data.experiment.variants if not v.is_control]
+    return estimates, comparisons, warnings
 
 
 def apply_to_report(data: BanditPeriods, body: dict[str, Any]) -> None:

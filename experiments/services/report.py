@@ -18,7 +18,7 @@ from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from experiments.models import Metric, Variant
-from experiments.schemas import FRICTION_KINDS, AnalysisSettings
+from experiments.schemas import BANDIT_METRIC_KINDS, FRICTION_KINDS, AnalysisSettings
 from experiments.services import alerts, bandits, quantiles
 from experiments.services.pipeline import (
     CUPED_KINDS,
@@ -303,10 +303,13 @@ def _days(first: date, last: date) -> list[date]:
 
 
 def timeline_section(experiment: ReportSubject, settings: AnalysisSettings,
-                     aggregates: ExperimentAggregates, now: datetime) -> list[dict[str, Any]]:
+                     aggregates: ExperimentAggregates, now: datetime,
+                     bandit: bandits.BanditPeriods | None = None) -> list[dict[str, Any]]:
     """Per day: cumulative units and the primary metric's absolute and relative effects with
     their intervals (NPS has only the absolute one, in points). None for a quantile metric:
-    its order statistics do not add up per day (the report says so)."""
+    its order statistics do not add up per day (the report says so). A bandit's are
+    period-weighted, as its metrics table is: pooled, its last day contradicted the table
+    (even in sign when the weights moved a lot)."""
     primary = next((m for m in experiment.metrics if m.role == "primary"), None)
     exposure_days = aggregates.units.days()
     if primary is None or primary.kind in ORDER_STATISTIC_KINDS or not exposure_days:
@@ -317,9 +320,14 @@ def timeline_section(experiment: ReportSubject, settings: AnalysisSettings,
     last = max(now.date(), date.fromisoformat(exposure_days[-1]))
     daily = aggregates.metrics[primary.key]
     points = []
+    weighted = _weighted(bandit, primary)
     for day in _days(first, last):
         totals = daily.totals(until=day.isoformat())
-        _, comparisons = _analyze_metric(experiment, primary, settings, totals, {}, [])
+        if weighted is not None:
+            comparisons = _weighted_comparisons(weighted, settings, primary,
+                                                ("", day.isoformat()))
+        else:
+            _, comparisons = _analyze_metric(experiment, primary, settings, totals, {}, [])
         for comparison in comparisons:
             points.append({"date": day.isoformat(), "variant": comparison.variant,
                            "units": int(totals.get(comparison.variant, {}).get("n", 0)),
@@ -345,13 +353,31 @@ def _effect(kind: str, control: Sums, treatment: Sums, settings: AnalysisSetting
             "absolute_ci": pair(result.absolute_ci)}
 
 
+def _weighted(bandit: bandits.BanditPeriods | None, metric: Metric
+              ) -> bandits.BanditPeriods | None:
+    """The bandit's periods when ``metric``'s report numbers are period-weighted."""
+    return bandit if bandit is not None and metric.kind in BANDIT_METRIC_KINDS else None
+
+
+def _weighted_comparisons(bandit: bandits.BanditPeriods, settings: AnalysisSettings,
+                          metric: Metric, days: bandits.DaySpan) -> list[Comparison]:
+    """Period-weighted comparisons over the units exposed on ``days`` (none on bad data)."""
+    try:
+        return bandits.weighted_comparisons(bandit, settings, metric, days=days)[1]
+    except (StatsInputError, ArithmeticError):
+        return []
+
+
 def metric_timeline_section(experiment: ReportSubject, settings: AnalysisSettings,
-                            aggregates: ExperimentAggregates) -> list[dict[str, Any]]:
+                            aggregates: ExperimentAggregates,
+                            bandit: bandits.BanditPeriods | None = None
+                            ) -> list[dict[str, Any]]:
     """Per metric, exposure day and treatment: that day's cohort effect and the running total.
 
     Reuses the per-variant/day sums the analysis already holds: no extra query. Only days
     with exposures appear (the chart's x-axis), capped at the last MAX_TIMELINE_DAYS.
-    Quantile metrics are left out (not additive per day).
+    Quantile metrics are left out (not additive per day). A bandit's per-unit means are
+    period-weighted, as in its metrics table.
     """
     control = next((v.key for v in experiment.variants if v.is_control), None)
     days = aggregates.units.days()[-MAX_TIMELINE_DAYS:]
@@ -367,14 +393,32 @@ def metric_timeline_section(experiment: ReportSubject, settings: AnalysisSetting
             for key in (control, *treatments):  # running totals: one pass over the days
                 for name, value in daily.rows.get((key, day), {}).items():
                     running[key][name] += value
-            for variant in treatments:
-                pairs = {"daily": [daily.rows.get((key, day), {}) for key in (control, variant)],
-                         "cumulative": [running[key] for key in (control, variant)]}
-                points.append({"date": day, "variant": variant, **{
-                    name: _effect(metric.kind, *sums, settings, metric.direction)
-                    for name, sums in pairs.items()}})
+            pairs = {variant: {
+                "daily": [daily.rows.get((key, day), {}) for key in (control, variant)],
+                "cumulative": [running[key] for key in (control, variant)]}
+                for variant in treatments}
+            effects = {variant: {name: _effect(metric.kind, *sums, settings, metric.direction)
+                                 for name, sums in named.items()}
+                       for variant, named in pairs.items()}
+            weighted = _weighted(bandit, metric)
+            if weighted is not None:
+                for name, span in (("daily", (day, day)), ("cumulative", ("", day))):
+                    _replace_effects(effects, name, _weighted_comparisons(
+                        weighted, settings, metric, span))
+            points += [{"date": day, "variant": variant, **effects[variant]}
+                       for variant in treatments]
         out.append({"metric": metric.key, "kind": metric.kind, "points": points})
     return out
+
+
+def _replace_effects(effects: dict[str, dict[str, dict[str, Any]]], name: str,
+                     comparisons: Sequence[Comparison]) -> None:
+    """Put weighted effects in place of the pooled ones (the unit counts stay pooled)."""
+    for variant, named in effects.items():
+        comparison = next((c for c in comparisons if c.variant == variant), None)
+        named[name].update(
+            absolute_effect=None if comparison is None else comparison.absolute_effect,
+            absolute_ci=None if comparison is None else pair(comparison.absolute_ci))
 
 
 def _day_before(day: str) -> str:
@@ -427,8 +471,8 @@ def build_report(experiment: ReportSubject, settings: AnalysisSettings,
                                  aggregates.time_on_step),
         "friction_points": friction_points(matrix),
         "friction_matrix": matrix,
-        "timeline": timeline_section(experiment, settings, aggregates, now),
-        "metric_timeline": metric_timeline_section(experiment, settings, aggregates),
+        "timeline": timeline_section(experiment, settings, aggregates, now, bandit),
+        "metric_timeline": metric_timeline_section(experiment, settings, aggregates, bandit),
         "decision": None,
         "warnings": list(dict.fromkeys(warnings)),
         # Additive (not in SPEC §6): units left out for being exposed to several variants.
