@@ -99,8 +99,9 @@ def metric_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _in_its_row(warning: str, key: Any) -> str:
-    """A metric's note without the ``key: `` the report's list needs: its row names it."""
-    return warning.removeprefix(f"{key}: ")
+    """A metric's note without the ``key: `` (or ``key, ``, before a variant) the report's
+    list needs: its row names it."""
+    return warning.removeprefix(f"{key}: ").removeprefix(f"{key}, ")
 
 
 def _with_reading(comparison: dict[str, Any] | None, body: dict[str, Any]

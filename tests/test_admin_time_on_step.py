@@ -58,12 +58,16 @@ def test_a_metric_note_is_said_in_its_row_not_again_above_the_report(app):
     note = "payment-errors: quantile metrics use a fixed-horizon test, not a sequential one"
     seed_experiment(app)
     metrics = report_body()["metrics"]
+    variant_note = "payment-errors, one-page: the control's interval includes 0"
     assert metrics[1]["key"] == "payment-errors"
-    metrics[1] = {**metrics[1], "warnings": [note]}
-    insert_report(app, metrics=metrics, warnings=[note, "a note of the whole report"])
+    metrics[1] = {**metrics[1], "warnings": [note, variant_note]}
+    insert_report(app, metrics=metrics,
+                  warnings=[note, variant_note, "a note of the whole report"])
     page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
         as_text=True)
     in_its_row = note.removeprefix("payment-errors: ")  # the row names the metric
     assert page.count(note) == 0 and page.count(in_its_row) == 1
     assert page.index(in_its_row) > page.index('id="metrics-table"')
     assert page.count("a note of the whole report") == 1
+    assert page.count("payment-errors, one-page") == 0
+    assert page.count("one-page: the control&#39;s interval includes 0") == 1
