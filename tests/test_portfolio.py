@@ -331,7 +331,32 @@ def test_openapi_documents_the_portfolio(client):
     assert set(operation["responses"]) >= {"200", "401", "403"}
     entry = document["components"]["schemas"]["PortfolioEntry"]["properties"]
     assert {"days_left", "units_needed_per_variant", "health", "verdict"} <= set(entry)
-    assert entry["days_left_basis"]["anyOf"][0]["enum"] == ["power", "max_days"]
+    assert entry["days_left_basis"]["anyOf"][0]["enum"] == ["power", "max_days", "decided"]
+
+
+@pytest.mark.parametrize("outcome", ["ship", "rollback", "no_difference"])
+def test_a_decided_experiment_has_no_days_left(app, client, admin_headers, outcome):
+    """The demo's sequential test shipped at 3,038 of the 55,272 units its power needs and
+    the portfolio still read '248 days left, after the 28-day maximum' beside 'Ship'."""
+    create(client, admin_headers, "checkout")
+    body = report_body("checkout", {"control": 1000, "one-page": 800},
+                       decision={"outcome": outcome, "winner": None, "reasons": []})
+    store_report(app, "checkout", body, started_days_ago=4, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["checkout"]
+    assert (item["days_left"], item["days_left_basis"], item["decision"]) == (
+        0, "decided", outcome)
+    assert item["units_needed_per_variant"] == 57_756  # still said, as progress
+    page = logged_in(app, "viewer").get("/admin/").get_data(as_text=True)
+    row = page[page.index('data-key="checkout"'):]
+    row = row[:row.index("</tr>")]
+    assert "Decided" in row and "no more units needed" in row
+    assert "past-max" not in row and "/day" not in row
+
+    keep = report_body("checkout", {"control": 1000, "one-page": 800},
+                       decision={"outcome": "keep_running", "winner": None, "reasons": []})
+    store_report(app, "checkout", keep, started_days_ago=4, age=timedelta(0))
+    item = items_by_key(client, admin_headers)["checkout"]
+    assert (item["days_left"], item["days_left_basis"]) == (285, "power")
 
 
 def test_a_rate_is_measured_over_at_least_one_day(app, client, admin_headers):

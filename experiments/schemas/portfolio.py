@@ -36,8 +36,9 @@ class PortfolioEntry(BaseModel):
     daily_units: float | None
     days_left: int | None
     # What days_left counts to: the units the power calculation needs, at the observed
-    # rate ("power"), or a bandit's maximum duration ("max_days"); null without days left.
-    days_left_basis: Literal["power", "max_days"] | None
+    # rate ("power"), or a bandit's maximum duration ("max_days"); 0 once the report's
+    # decision is made ("decided"); null without days left.
+    days_left_basis: Literal["power", "max_days", "decided"] | None
     progress_note: str | None
     health: list[HealthChip]
     verdict: Literal["better", "worse", "flat", "inconclusive"] | None

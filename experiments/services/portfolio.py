@@ -11,6 +11,9 @@ stale or failed analysis).
 A bandit has no sample to reach: its allocation moves, and it ships when an arm's chance
 to be best reaches 95 % (SPEC §13), else stops at ``max_days``. Its days left count to
 that maximum (``days_left_basis: "max_days"``), and its note says what it waits for.
+
+Once the report's decision is made (ship, rollback, no difference), no more units are
+needed whatever the basis: ``days_left`` is 0 (``days_left_basis: "decided"``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,9 @@ def portfolio_entry(experiment: Experiment, report: Report | None, *,
         progress = bandit_progress(body, units, _elapsed_days(experiment, report),
                                    days_running=days_running,
                                    max_days=settings.get("max_days"))
+    decision = _dict(body.get("decision")).get("outcome") or None
+    if decision in DECIDED:  # "248 days left" beside "Ship" asked the manager to wait
+        progress.update(days_left=0, days_left_basis="decided")
     return {
         "key": experiment.key, "name": experiment.name, "owner": experiment.owner,
         "status": experiment.status,
@@ -82,10 +88,14 @@ def portfolio_entry(experiment: Experiment, report: Report | None, *,
         "units": units, **progress,
         "health": health_chips(body, report, analysis_interval_s=analysis_interval_s, now=now),
         "verdict": primary_verdict(body),
-        "decision": _dict(body.get("decision")).get("outcome") or None,
+        "decision": decision,
         "report_id": report.id if report is not None else None,
         "report_computed_at": report.computed_at.isoformat() if report is not None else None,
     }
+
+
+DECIDED = frozenset({"ship", "rollback", "no_difference"})
+"""Decision outcomes that need no more units: the experiment waits to be concluded."""
 
 
 def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapping[str, int],
