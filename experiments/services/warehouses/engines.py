@@ -11,16 +11,25 @@ The statement timeout is enforced the way each engine allows:
 
 Every error is re-raised as :class:`WarehouseError` naming the warehouse, so a report
 says which warehouse failed and why.
+
+DuckDB and chDB run inside the process and let one process at a time open a database
+file. A pooled connection would hold that lock for the life of the process: the
+customer's own loaders, another gunicorn worker or the scheduler's process could not open
+the warehouse at all. So their file-backed engines pool nothing (each use opens and
+closes the file, ~15-35 ms), and a connect that finds the file locked by another process
+waits for it (up to :data:`LOCK_WAIT_SECONDS`, within the warehouse's time limit).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.pool import NullPool
 
 from experiments.config import WarehouseConfig, warehouses_from_env
 from experiments.db import postgres_connect_args
@@ -44,6 +53,11 @@ ENGINE_SETTINGS: dict[str, dict[str, str]] = {
 }
 # How ClickHouse and PostgreSQL say that their own timeout stopped a statement.
 TIMEOUT_SIGNS = ("TIMEOUT_EXCEEDED", "statement timeout")
+# In-process engines whose database files one process opens at a time, and how they say
+# that another process holds one (chDB's embedded server does not say more).
+IN_PROCESS = ("duckdb", "chdb")
+LOCKED_SIGNS = ("Could not set lock on file", "Error initializing EmbeddedServer")
+LOCK_WAIT_SECONDS = 30.0
 
 
 class WarehouseError(RuntimeError):
@@ -122,7 +136,11 @@ def _make_engine(config: WarehouseConfig) -> Engine:
         connect_args = {"max_execution_time": max(1, round(seconds)), **settings}
     elif backend == "duckdb" and settings:
         connect_args = {"config": settings}
-    engine = create_engine(url, connect_args=connect_args)
+    in_process_file = backend in IN_PROCESS and url.database not in (None, "", ":memory:")
+    engine = create_engine(url, connect_args=connect_args,
+                           **({"poolclass": NullPool} if in_process_file else {}))
+    if in_process_file:
+        _wait_for_other_processes(engine, min(seconds, LOCK_WAIT_SECONDS))
     if backend == "duckdb":
         _interrupt_after(engine, seconds)
     elif backend == "chdb":
@@ -133,6 +151,25 @@ def _make_engine(config: WarehouseConfig) -> Engine:
                             f"{max(1, round(seconds))}")
     _name_errors(engine, config)
     return engine
+
+
+def _wait_for_other_processes(engine: Engine, seconds: float) -> None:
+    """Retry a connect refused because another process has the file open, with backoff,
+    for up to ``seconds`` (then the refusal is the warehouse's error)."""
+
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        deadline, delay = time.monotonic() + seconds, 0.05
+        while True:
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except Exception as exc:  # the driver's own error types
+                if (not any(sign in str(exc) for sign in LOCKED_SIGNS)
+                        or time.monotonic() + delay > deadline):
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    event.listen(engine, "do_connect", connect)
 
 
 def _literal(value: str) -> str:
