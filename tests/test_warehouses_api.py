@@ -72,7 +72,7 @@ def test_warehouses_are_listed_with_dialect_and_never_their_url(
         "name": "shop", "dialect": "duckdb", "timeout_seconds": 30.0, "sync_events": False,
         "last_sync_at": None, "last_sync_error": None,
         "lag": {"exposures": 0, "identity_links": 0},
-        "sources": []}]
+        "sources": [], "experiments": []}]
     assert str(tmp_path) not in response.get_data(as_text=True)
 
 
@@ -161,6 +161,24 @@ def test_an_experiment_names_a_configured_warehouse(api: FlaskClient,
                       headers=headers)
     assert patch.status_code == 422
     assert patch.json["error"]["details"][0]["field"] == "analysis.warehouse"
+    assert api.post("/api/v1/experiments", json=experiment_payload(key="at-home"),
+                    headers=headers).status_code == 201
+    (shop,) = api.get("/api/v1/warehouses", headers=headers).json["items"]
+    assert shop["experiments"] == [{"key": "in-shop", "name": known["name"],
+                                    "status": "draft"}]
+
+
+def test_the_warehouses_page_lists_the_experiments_analysed_there(
+        shop: Flask, api: FlaskClient, headers: dict[str, str]) -> None:
+    admin = logged_in(shop, "admin")
+    page = admin.get("/admin/warehouses").get_data(as_text=True)
+    assert "none analysed here yet" in page
+    known = experiment_payload(key="in-shop", analysis={"warehouse": "shop"})
+    assert api.post("/api/v1/experiments", json=known, headers=headers).status_code == 201
+    page = admin.get("/admin/warehouses").get_data(as_text=True)
+    cell = page[page.index('class="warehouse-experiments"'):]
+    cell = cell[:cell.index("</dd>")]
+    assert 'href="/admin/experiments/in-shop"' in cell and "draft" in cell
 
 
 def test_the_seam_gives_synced_exposures_and_customer_events(

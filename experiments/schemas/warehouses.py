@@ -29,6 +29,14 @@ class SourceOut(BaseModel):
     validation: dict[str, Any]
 
 
+class WarehouseExperimentOut(BaseModel):
+    """An experiment whose ``analysis.warehouse`` names the warehouse."""
+
+    key: str
+    name: str
+    status: str
+
+
 class WarehouseOut(BaseModel):
     """A configured warehouse (never its URL)."""
 
@@ -40,6 +48,8 @@ class WarehouseOut(BaseModel):
     last_sync_error: str | None
     lag: dict[str, int]
     sources: list[SourceOut]
+    # Additive (not in SPEC §15): the experiments analysed in it, whatever their status.
+    experiments: list[WarehouseExperimentOut]
 
 
 class WarehouseList(BaseModel):
