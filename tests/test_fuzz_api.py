@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = "tests.schemathesis_hooks"  # NUL-bearing strings in bodies and query strings
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance,negative_data_rejection")
 
@@ -31,7 +32,7 @@ def run_schemathesis(url: str, key: str, phases: str, tmp_path: Path) -> str:
     env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PARCOURS_NUL_LOG": str(nul_log(tmp_path)),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
-        [str(SCHEMATHESIS), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {key}",
+        [str(SCHEMATHESIS), "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {key}",
          "--checks", CHECKS, "--phases", phases, "--max-examples", "10", "--workers", "1",
          "--continue-on-failure", "--request-timeout", "20", "--seed", "20261124",
          "--suppress-health-check", "all"],
