@@ -32,7 +32,8 @@ def run_schemathesis(url: str, key: str, phases: str, tmp_path: Path) -> str:
     env = {**os.environ, "SCHEMATHESIS_HOOKS": HOOKS, "PARCOURS_NUL_LOG": str(nul_log(tmp_path)),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
-        [str(SCHEMATHESIS), "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "-H", f"Authorization: Bearer {key}",
+        [str(SCHEMATHESIS), "--config-file", str(CONFIG), "run", f"{url}/openapi.json",
+         "-H", f"Authorization: Bearer {key}",
          "--checks", CHECKS, "--phases", phases, "--max-examples", "10", "--workers", "1",
          "--continue-on-failure", "--request-timeout", "20", "--seed", "20261124",
          "--suppress-health-check", "all"],
