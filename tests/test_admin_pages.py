@@ -57,7 +57,8 @@ def test_learnings_show_the_result_numbers_and_search_hypotheses(app):
     text = re.sub(r"<[^>]+>|\s+", " ", page)
     assert "purchase (one-page vs control): +11.8% [+1.0%, +23.0%] Better" in re.sub(
         r" +", " ", text)
-    assert "Guardrail payment-errors (one-page): Better" in re.sub(r" +", " ", text)
+    assert "Guardrail payment-errors (one-page vs control): −43.0% [−55.0%, −30.0%] Better" in (
+        re.sub(r" +", " ", text))
     other = client.get("/admin/learnings?q=saves typing").get_data(as_text=True)
     assert "address-form" in other and "No report with results." in other
 

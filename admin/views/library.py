@@ -38,7 +38,8 @@ def learnings() -> str:
 
 def learning_results(experiment: Experiment, body: dict[str, Any]) -> dict[str, Any] | None:
     """The numbers behind a learning: the primary effect (of the winner, else the first
-    treatment) with its interval, and every guardrail's verdict, from the last report."""
+    treatment) and every guardrail's, each with its interval and verdict, from the last
+    report."""
     metrics = [m for m in body.get("metrics") or [] if isinstance(m, dict)]
     primary = next((m for m in metrics if m.get("role") == "primary"), None)
     if primary is None:
@@ -50,7 +51,7 @@ def learning_results(experiment: Experiment, body: dict[str, Any]) -> dict[str, 
         "effect": _effect_text(comparison) if comparison else None,
         "verdict": comparison.get("verdict") if comparison else None,
         "guardrails": [{"metric": m.get("key"), "variant": c.get("variant"),
-                        "verdict": c.get("verdict")}
+                        "effect": _effect_text(c), "verdict": c.get("verdict")}
                        for m in metrics if m.get("role") == "guardrail"
                        for c in m.get("comparisons") or [] if isinstance(c, dict)],
     }
