@@ -154,3 +154,31 @@ def test_bulk_evaluation_over_http_with_keep_alive(live_server, client, admin_he
                           headers={"If-None-Match": first.headers["ETag"]})
     assert first.status_code == 200 and second.status_code == 304
     assert first.json()["flags"][0]["key"] == "checkout-redesign"
+
+
+def test_a_customer_keeps_its_variant_on_every_device_through_user_id(
+        client, admin_headers, client_headers, openfeature, db):
+    """SPEC §14 through OpenFeature: ``user_id`` in the evaluation context, as ``/assign``
+    takes it. A laptop whose own id hashes to the other variant gets the phone's."""
+    from tests.test_identity import ids_with, identify
+
+    start(client, admin_headers)
+    phone = openfeature.get_string_details("checkout-redesign", "x", context("phone-1"))
+    other = "one-page" if phone.value == "control" else "control"
+    [customer] = ids_with(client, client_headers, "customer", other)
+    [laptop] = ids_with(client, client_headers, "laptop", other)
+    assert identify(client, client_headers,
+                    {"anonymous_id": "phone-1", "user_id": customer}).status_code == 200
+    details = openfeature.get_string_details("checkout-redesign", "x",
+                                             context(laptop, user_id=customer))
+    assert (details.value, details.reason) == (phone.value, Reason.SPLIT)
+    db.expire_all()
+    assert dict(db.execute(select(Exposure.unit_id, Exposure.variant_key)).all()) == {
+        "phone-1": phone.value}
+
+
+def test_a_user_id_that_is_not_an_id_is_invalid_context(client, admin_headers, openfeature):
+    start(client, admin_headers)
+    details = openfeature.get_string_details("checkout-redesign", "fallback",
+                                             context("phone-1", user_id=["c-1"]))
+    assert (details.value, details.error_code) == ("fallback", ErrorCode.INVALID_CONTEXT)

@@ -140,3 +140,16 @@ def test_the_readme_hook_records_nothing_for_an_excluded_unit(
     details = api.get_client().get_string_details("a-flag", "fallback", excluded)
     assert (details.value, details.reason) == ("control", "DEFAULT")
     assert exposures(db) == {}
+
+
+def test_the_readme_hook_records_a_logged_in_customers_exposure_under_the_customer(
+        live_server, client_key, db, running_flags, hooked):
+    """``user_id`` in the context: the bulk evaluation and the hook's exposure both treat the
+    customer as the unit (SPEC §14), so the tablet and the phone share one exposure."""
+    for device in ("tablet-1", "phone-1"):
+        customer = EvaluationContext(targeting_key=device,
+                                     attributes={"country": "FR", "user_id": "customer-7"})
+        api.set_provider(BulkCacheProvider(live_server.url, client_key, customer))
+        details = api.get_client().get_string_details("a-flag", "control", customer)
+        assert details.error_code is None
+    assert exposures(db) == {("a-flag", "customer-7"): 1}

@@ -68,9 +68,9 @@ def _failure(status: int, code: str, details: str) -> Response:
            response=OfrepEvaluation, responses={400: OfrepError, 404: OfrepError}, tags=TAGS)
 def evaluate_flag(key: str, body: OfrepRequest) -> dict[str, Any]:
     """Evaluate one experiment as a flag for ``context.targetingKey`` (records the exposure)."""
-    unit_id, attributes = _unit_and_attributes(body)
+    unit_id, user_id, attributes = _unit_and_attributes(body)
     result = assignment.assign(db_session(), unit_id=unit_id, attributes=attributes,
-                               experiment_keys=[key])[0]
+                               experiment_keys=[key], user_id=user_id)[0]
     if result.reason == "not_found":
         raise ApiError(404, f"flag {key!r} was not found", code="FLAG_NOT_FOUND")
     return _evaluation(result)
@@ -81,9 +81,9 @@ def evaluate_flag(key: str, body: OfrepRequest) -> dict[str, Any]:
 def evaluate_flags(body: OfrepRequest) -> Response:
     """Evaluate every running experiment without recording exposures; ``If-None-Match``
     with the last ETag gives 304."""
-    unit_id, attributes = _unit_and_attributes(body)
+    unit_id, user_id, attributes = _unit_and_attributes(body)
     results = assignment.assign(db_session(), unit_id=unit_id, attributes=attributes,
-                                track=False)
+                                track=False, user_id=user_id)
     payload = json.dumps({"flags": [_evaluation(result) for result in results]},
                          separators=(",", ":"), default=str)
     etag = hashlib.sha256(payload.encode()).hexdigest()[:32]
@@ -95,23 +95,33 @@ def evaluate_flags(body: OfrepRequest) -> Response:
     return response
 
 
-def _unit_and_attributes(body: OfrepRequest) -> tuple[str, dict[str, Any]]:
-    """Split the evaluation context into the unit id and the targeting attributes."""
+def _unit_and_attributes(body: OfrepRequest) -> tuple[str, str | None, dict[str, Any]]:
+    """Split the evaluation context into the unit id, the logged-in customer's ``user_id``
+    (SPEC §14, as ``/assign`` takes it: the same customer keeps its variant on every
+    device) and the targeting attributes."""
     context = dict(body.context or {})
     unit_id = context.pop("targetingKey", None)
     if unit_id is None or unit_id == "":
         raise ApiError(400, "context.targetingKey is required: it is the unit being assigned",
                        code="TARGETING_KEY_MISSING")
-    if not isinstance(unit_id, str) or len(unit_id) > 200:
-        raise ApiError(400, "context.targetingKey must be a string of at most 200 characters",
-                       code="INVALID_CONTEXT")
-    problem = text_problem(unit_id)
-    if problem:
-        raise ApiError(400, f"context.targetingKey {problem}", code="INVALID_CONTEXT")
+    _check_id("targetingKey", unit_id)
+    user_id = context.pop("user_id", None)
+    if user_id is not None:
+        _check_id("user_id", user_id)
     problem = attributes_problem(context)
     if problem:
         raise ApiError(400, f"context: {problem}", code="INVALID_CONTEXT")
-    return unit_id, context
+    return unit_id, user_id or None, context
+
+
+def _check_id(field: str, value: Any) -> None:
+    """An id of the context: a string of at most 200 characters, no control characters."""
+    if not isinstance(value, str) or len(value) > 200:
+        raise ApiError(400, f"context.{field} must be a string of at most 200 characters",
+                       code="INVALID_CONTEXT")
+    problem = text_problem(value)
+    if problem:
+        raise ApiError(400, f"context.{field} {problem}", code="INVALID_CONTEXT")
 
 
 def _evaluation(result: assignment.Assignment) -> dict[str, Any]:
