@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from experiments.models import Exposure
 from tests.factories import experiment_payload
+from tests.test_identity import identify, ids_with
 
 VARIANTS = [
     {"key": "control", "weight": 0.5, "is_control": True, "payload": {}},
@@ -160,8 +161,6 @@ def test_a_customer_keeps_its_variant_on_every_device_through_user_id(
         client, admin_headers, client_headers, openfeature, db):
     """SPEC §14 through OpenFeature: ``user_id`` in the evaluation context, as ``/assign``
     takes it. A laptop whose own id hashes to the other variant gets the phone's."""
-    from tests.test_identity import ids_with, identify
-
     start(client, admin_headers)
     phone = openfeature.get_string_details("checkout-redesign", "x", context("phone-1"))
     other = "one-page" if phone.value == "control" else "control"
