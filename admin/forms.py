@@ -27,8 +27,8 @@ METRIC_FIELDS = ("key", "kind", "role", "direction", "event", "numerator", "deno
 CAP_FIELDS = {"cap_type": "type", "cap_value": "value"}  # form column -> cap key
 ANALYSIS_NUMBERS = ("alpha", "power", "mde", "min_units_per_variant", "min_days", "max_days",
                     "conversion_window_hours")
-ANALYSIS_CHOICES = ("method", "correction")
-ANALYSIS_FLAGS = ("cuped", "auto_decide", "auto_conclude")
+ANALYSIS_CHOICES = ("method", "correction", "warehouse")  # warehouse: blank for Parcours's
+ANALYSIS_FLAGS = ("cuped", "auto_decide", "auto_conclude", "time_on_step")
 # Segment dimensions are typed as one comma-separated line ("country, device").
 ANALYSIS_LISTS = ("dimensions",)
 # The allocation (SPEC §13): a type, and a bandit's four settings (blank: the default).

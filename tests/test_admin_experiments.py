@@ -21,6 +21,7 @@ from tests.test_admin_support import (
     post,
     report_body,
     seed_experiment,
+    submitted_form,
 )
 
 
@@ -590,3 +591,23 @@ def test_an_iterations_power_estimate_starts_from_its_parents_observed_control(a
     page = html.unescape(client.get("/admin/experiments/checkout-redesign-2").get_data(
         as_text=True))
     assert "of purchase on a 10.1% baseline (observed in the previous iteration" in page
+
+
+def test_saving_the_edit_form_unchanged_keeps_every_analysis_setting(app):
+    """The form had no field for ``time_on_step``: saving it, even unchanged, switched time
+    on step off (the analysis settings are replaced as a whole)."""
+    seed_experiment(app, start=False, analysis={
+        "time_on_step": True, "cuped": False, "dimensions": ["country"], "min_days": 3})
+    before = load(app, "checkout-redesign")
+    client = logged_in(app, "editor")
+    page = client.get("/admin/experiments/checkout-redesign/edit").get_data(as_text=True)
+    form = submitted_form(page, "experiment-form")
+    assert form["analysis_time_on_step"] == "on" and "analysis_cuped" not in form
+    response = post(client, "/admin/experiments/checkout-redesign/edit", form)
+    assert response.status_code == 302, response.get_data(as_text=True)[-3000:]
+    after = load(app, "checkout-redesign")
+    assert after["analysis"] == before["analysis"]
+    assert after["analysis"]["time_on_step"] is True
+    form.setlist("analysis_time_on_step", [])
+    assert post(client, "/admin/experiments/checkout-redesign/edit", form).status_code == 302
+    assert load(app, "checkout-redesign")["analysis"]["time_on_step"] is False

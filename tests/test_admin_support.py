@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -142,3 +143,68 @@ def insert_report(app: Flask, key: str = "checkout-redesign", *, age_hours: floa
         session.add(report)
         session.flush()
         return report.id
+
+
+class _FormFields(HTMLParser):
+    """The fields a browser submits from the ``<form>`` with id ``form_id``: named inputs
+    (checked boxes only), selects (the selected option, else the first) and textareas, in
+    document order, skipping ``<template>`` rows."""
+
+    def __init__(self, form_id: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.form_id, self.fields, self.depth = form_id, MultiDict(), 0
+        self.inside = False
+        self.select: dict[str, Any] | None = None
+        self.option: dict[str, str] | None = None
+        self.textarea: str | None = None
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {name: value or "" for name, value in attrs}
+        if tag == "form" and a.get("id") == self.form_id:
+            self.inside = True
+        if tag == "template":
+            self.depth += 1
+        if tag == "option" and self.select is not None:
+            self.option, self.text = a, ""
+        if not self.inside or self.depth or "name" not in a:
+            return
+        if tag == "input" and (a.get("type") not in ("checkbox", "radio") or "checked" in a):
+            if a.get("type") not in ("submit", "button"):
+                self.fields.add(a["name"], a.get("value", "on" if "checked" in a else ""))
+        elif tag == "select":
+            self.select = {"name": a["name"], "first": None, "chosen": None}
+        elif tag == "textarea":
+            self.textarea, self.text = a["name"], ""
+
+    def handle_data(self, data: str) -> None:
+        if self.textarea is not None or self.option is not None:
+            self.text += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "template":
+            self.depth -= 1
+        elif tag == "form":
+            self.inside = False
+        elif tag == "option" and self.select is not None and self.option is not None:
+            value = self.option.get("value", self.text.strip())
+            if self.select["first"] is None:
+                self.select["first"] = value
+            if "selected" in self.option:
+                self.select["chosen"] = value
+            self.option = None
+        elif tag == "select" and self.select is not None:
+            chosen = self.select["chosen"]
+            self.fields.add(self.select["name"],
+                            chosen if chosen is not None else self.select["first"] or "")
+            self.select = None
+        elif tag == "textarea" and self.textarea is not None:
+            self.fields.add(self.textarea, self.text.removeprefix("\n"))
+            self.textarea = None
+
+
+def submitted_form(page: str, form_id: str) -> MultiDict[str, str]:
+    """What the browser posts from ``page``'s form ``form_id``, nothing changed."""
+    parser = _FormFields(form_id)
+    parser.feed(page)
+    return parser.fields

@@ -20,7 +20,12 @@ from experiments.services.warehouses.sources import type_kind, warehouse_sources
 from experiments.services.warehouses.sync import sync_warehouse
 from tests.conftest import auth_headers, make_test_app
 from tests.factories import experiment_payload
-from tests.test_admin_support import cheap_argon2, logged_in  # noqa: F401  (autouse fixture)
+from tests.test_admin_support import (  # noqa: F401  (cheap_argon2: autouse fixture)
+    cheap_argon2,
+    logged_in,
+    post,
+    submitted_form,
+)
 
 ORDERS_SQL = ("SELECT CAST(customer AS VARCHAR) AS unit_id, ts AS occurred_at, "
               "'conversion' AS type, 'order' AS name, NULL AS step, amount AS value, "
@@ -272,3 +277,22 @@ def test_the_scheduler_syncs_configured_warehouses(shop: Flask, tmp_path: Path,
     bare = make_test_app(database_url, tmp_path / "bare")
     assert "warehouse-sync" not in {job.name for job in registered_jobs(bare)}
     get_db(bare).engine.dispose()
+
+
+def test_the_edit_form_keeps_and_changes_the_warehouse(
+        shop: Flask, api: FlaskClient, headers: dict[str, str]) -> None:
+    """The form had no warehouse field: saving an experiment analysed in ``shop`` moved its
+    analysis back to Parcours's database without a word."""
+    known = experiment_payload(key="in-shop", analysis={"warehouse": "shop"})
+    assert api.post("/api/v1/experiments", json=known, headers=headers).status_code == 201
+    editor = logged_in(shop, "editor")
+    page = editor.get("/admin/experiments/in-shop/edit").get_data(as_text=True)
+    form = submitted_form(page, "experiment-form")
+    assert form["analysis_warehouse"] == "shop"
+    assert post(editor, "/admin/experiments/in-shop/edit", form).status_code == 302
+    saved = api.get("/api/v1/experiments/in-shop", headers=headers).json
+    assert saved["analysis"]["warehouse"] == "shop"
+    form["analysis_warehouse"] = ""
+    assert post(editor, "/admin/experiments/in-shop/edit", form).status_code == 302
+    saved = api.get("/api/v1/experiments/in-shop", headers=headers).json
+    assert saved["analysis"]["warehouse"] is None

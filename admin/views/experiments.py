@@ -35,6 +35,7 @@ from experiments.schemas import (
 from experiments.schemas.identity import ConflictList
 from experiments.services import analysis, audit, bandits, identity, lifecycle, portfolio
 from experiments.services.simulate import SimulationPlan, simulate_traffic
+from experiments.services.warehouses.engines import configured_warehouses
 
 PAGE_SIZE = 50
 _CONCLUDED_EDITABLE = ("name", "hypothesis", "owner", "learnings")
@@ -76,10 +77,14 @@ def _list_item(experiment: Experiment, report: Any) -> dict[str, Any]:
 
 def _form_page(state: dict[str, Any], *, errors: dict[str, list[str]] | None = None,
                experiment: Experiment | None = None, status: int = 200) -> tuple[str, int]:
+    # The configured warehouses, and the experiment's own even if no longer configured (its
+    # option must stay selected, or saving the form would move the analysis back home).
+    chosen = state["analysis"].get("warehouse")
+    warehouses = sorted({*configured_warehouses(), *([chosen] if chosen else [])})
     return render_template(
         "admin/experiment_form.html", state=state, errors=errors or {}, experiment=experiment,
         field_id=field_id, friction_kinds=FRICTION_KINDS, metric_kinds=MetricKind.__args__,
-        ops=TargetingOp.__args__, concluded_only=_CONCLUDED_EDITABLE,
+        ops=TargetingOp.__args__, concluded_only=_CONCLUDED_EDITABLE, warehouses=warehouses,
     ), status
 
 
