@@ -124,6 +124,26 @@ def test_every_admin_page_fits_a_phone(page, live_server, app, artifacts_dir):
     assert too_wide == {}
 
 
+def test_on_a_phone_each_portfolio_row_is_a_card_with_everything_in_view(
+        page, live_server, app):
+    """At 390 px the table's columns scrolled sideways inside their box: days left, health
+    and verdict were out of view. Each experiment is now a card, each value labelled."""
+    seed_portfolio(app)
+    page.set_viewport_size(PHONE)
+    log_in(page, live_server.url, add_user(app, "admin"))
+    wrap = page.locator("#portfolio-table").locator("xpath=..")
+    assert wrap.evaluate("e => e.scrollWidth - e.clientWidth") <= 0
+    row = page.locator(f"#portfolio-table tr[data-key='{THREE}']")
+    for label in ("Days left", "Health", "Verdict"):
+        cell = row.locator(f"td[data-label='{label}']")
+        box = cell.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        assert cell.evaluate("e => getComputedStyle(e, '::before').content") == f'"{label}"'
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert row.locator("td[data-label='Health']").evaluate(
+        "e => getComputedStyle(e, '::before').content") == "none"
+
+
 def test_the_phone_menu_opens_and_closes(page, live_server, app):
     page.set_viewport_size(PHONE)
     log_in(page, live_server.url, add_user(app, "admin"))
