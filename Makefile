@@ -3,7 +3,8 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 FLASK := $(VENV)/bin/flask --app wsgi
-PYTEST_ARGS ?= -n auto
+# worksteal: a worker that runs out of tests takes over the other's slow tail.
+PYTEST_ARGS ?= -n auto --dist worksteal
 export PARCOURS_INSTANCE_PATH ?= $(CURDIR)/instance
 export NO_MKDOCS_2_WARNING ?= 1
 
