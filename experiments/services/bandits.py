@@ -49,22 +49,9 @@ from stats.frequentist import critical_value
 
 PeriodSums = dict[int, dict[str, MeanStats]]
 EMPTY = MeanStats(0, 0.0, 0.0)
-DaySpan = tuple[str, str] | None
-"""Units exposed on these UTC days, first and last included (None: every day)."""
-
-
-def _totals(daily: Daily, days: DaySpan) -> dict[str, Any]:
-    """Per arm, the sums of the units exposed on ``days``."""
-    if days is None:
-        return daily.totals()
-    first, last = days
-    out: dict[str, Any] = {}
-    for (arm, day), sums in daily.rows.items():
-        if first <= day <= last:
-            target = out.setdefault(arm, {})
-            for name, value in sums.items():
-                target[name] = target.get(name, 0.0) + value
-    return out
+DaySpan = tuple[str, str | None]
+"""Units exposed on these UTC days, first and last included ("" and None: unbounded)."""
+EVERY_DAY: DaySpan = ("", None)
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -135,18 +122,20 @@ class BanditPeriods:
             total.metrics.setdefault(metric.key, Daily())  # no exposure yet: empty sums
         return total
 
-    def sums(self, metric_key: str, *, days: DaySpan = None) -> PeriodSums:
+    def sums(self, metric_key: str, *, days: DaySpan = EVERY_DAY) -> PeriodSums:
         """Per period and arm, the metric's (n, sum, sum of squares) per unit, over the
         units exposed on ``days`` (default: all)."""
         out: PeriodSums = {}
+        first, last = days
         for number, aggregates in self.by_period.items():
-            for arm, totals in _totals(aggregates.metrics[metric_key], days).items():
+            for arm, totals in aggregates.metrics[metric_key].totals(
+                    until=last, since=first).items():
                 out.setdefault(number, {})[arm] = MeanStats(
                     int(totals.get("n", 0)), float(totals.get("sum", 0.0)),
                     float(totals.get("sum_squares", 0.0)))
         return out
 
-    def inputs(self, metric_key: str, *, days: DaySpan = None) -> list[Period]:
+    def inputs(self, metric_key: str, *, days: DaySpan = EVERY_DAY) -> list[Period]:
         """The metric's :class:`stats.bandit.Period` list (arms without units: zero sums)."""
         sums = self.sums(metric_key, days=days)
         arms = [v.key for v in self.experiment.variants]
@@ -269,7 +258,7 @@ def weigh_metric(data: BanditPeriods, settings: AnalysisSettings, metric: Metric
 
 
 def weighted_comparisons(data: BanditPeriods, settings: AnalysisSettings, metric: Metric, *,
-                         days: DaySpan = None
+                         days: DaySpan = EVERY_DAY
                          ) -> tuple[dict[str, ArmEstimate], list[Comparison], list[str]]:
     """A per-unit-mean metric's period-weighted arm estimates and raw comparisons over the
     units exposed on ``days`` (the report's; its timelines give a span per day), and the

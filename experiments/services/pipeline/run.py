@@ -70,11 +70,12 @@ class Daily:
         for name, value in sums.items():
             target[name] += value
 
-    def totals(self, until: str | None = None) -> dict[str, Sums]:
-        """Per-variant sums over every day (or the days up to ``until`` inclusive)."""
+    def totals(self, until: str | None = None, since: str = "") -> dict[str, Sums]:
+        """Per-variant sums over every day (or the days from ``since`` up to ``until``,
+        both inclusive)."""
         out: dict[str, Sums] = defaultdict(lambda: defaultdict(float))
         for (variant, day), sums in self.rows.items():
-            if until is None or day <= until:
+            if since <= day and (until is None or day <= until):
                 for name, value in sums.items():
                     out[variant][name] += value
         return out
