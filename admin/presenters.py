@@ -98,6 +98,13 @@ def metric_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: order.get(str(row["role"]), 3))
 
 
+def metric_notes(body: dict[str, Any]) -> set[str]:
+    """Every note a metric of the report carries, as the report's own list writes it (the
+    metric table says each in the metric's row)."""
+    return {str(w) for metric in _list(body.get("metrics")) for w in
+            _list(_dict(metric).get("warnings"))}
+
+
 def _in_its_row(warning: str, key: Any) -> str:
     """A metric's note without the ``key: `` (or ``key, ``, before a variant) the report's
     list needs: its row names it."""

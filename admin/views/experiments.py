@@ -224,8 +224,7 @@ def _report_view(row: Experiment, body: dict[str, Any]) -> dict[str, Any]:
     variants = [v.key for v in row.variants]
     treatments = [v.key for v in row.variants if not v.is_control]
     metrics = presenters.metric_rows(body)
-    in_rows = {said for m in metrics for w in m["warnings"]  # said in the metric's own row
-               for said in (w, f"{m['key']}: {w}", f"{m['key']}, {w}")}
+    in_rows = presenters.metric_notes(body)  # said in the metric's own row
     warnings = body.get("warnings") if isinstance(body.get("warnings"), list) else []
     return {
         "body": body,
