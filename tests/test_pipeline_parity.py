@@ -48,7 +48,7 @@ from experiments.services.pipeline import (
     variant_day_query,
 )
 from experiments.services.pipeline.exposures import first_exposures as first_exposure_rows
-from experiments.services.pipeline.exposures import multi_variant_units
+from experiments.services.pipeline.exposures import known_unique, multi_variant_units
 from experiments.services.pipeline.run import ALL_DAYS
 from tests.conftest import POSTGRES_URL, requires_postgres
 from tests.test_aggregation import make_experiment
@@ -369,6 +369,19 @@ def assert_identical(got: ExperimentAggregates, expected: ExperimentAggregates) 
     assert got.timing == expected.timing
 
 
+def assert_marked_unique_only_without_repeats(connection: sa.Connection,
+                                              sources: PipelineSources,
+                                              reference: ExperimentAggregates) -> None:
+    """The fixture repeats units, so its exposures keep their ranking; its first exposures
+    alone (what Parcours's table and a warehouse's copy of it hold) are found unique, and
+    read unranked they give the reference's statistics."""
+    assert not known_unique(connection, sources).unique_units
+    firsts = PipelineSources(first_exposure_rows(sources), sources.events)
+    marked = known_unique(connection, firsts)
+    assert marked.unique_units
+    assert_identical(run(connection, marked), reference)
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> ExperimentAggregates:
     """The plain tables on SQLite."""
@@ -448,6 +461,7 @@ def test_duckdb_and_clickhouse_give_identical_statistics(
         assert_identical(run(connection, sources), reference)
         assert_identical(run_open(connection, sources), open_reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
+        assert_marked_unique_only_without_repeats(connection, sources, reference)
         crossed = run_grouped(connection, sources)
         assert_grouped(crossed, reference)
         assert_dimensions(run_dimensions(connection, sources), crossed, reference)
@@ -464,6 +478,7 @@ def test_postgresql_plain_tables_give_identical_statistics(
         assert_identical(run(connection, sources), reference)
         assert_identical(run_open(connection, sources), open_reference)
         assert connection.scalar(multi_variant_units(sources)) == DATA[2]
+        assert_marked_unique_only_without_repeats(connection, sources, reference)
         crossed = run_grouped(connection, sources)
         assert_grouped(crossed, reference)
         assert_dimensions(run_dimensions(connection, sources), crossed, reference)

@@ -279,6 +279,17 @@ def test_events_sql_over_customer_tables_analyses_parcours_exposures(
             assert estimates[key][variant] == pytest.approx(expected[variant][key], rel=1e-9)
     assert 0 < expected["control"]["support"] < 1 and expected["control"]["purchase"] > 0
 
+    # Ten units copied twice (two syncs overlapping a batch would leave that): the copy is
+    # no longer unique per unit, so its first exposures are ranked again; nothing changes.
+    with get_warehouses(app).engine("shop").begin() as connection:  # DuckDB: same settings
+        connection.exec_driver_sql("INSERT INTO parcours_exposures SELECT * FROM "
+                                   "parcours_exposures WHERE unit_id < 'c010'")
+    with app.app_context(), get_db(app).sessionmaker() as db:
+        again = analyze_experiment(db, "shop-test",
+                                   now=experiment.started_at + timedelta(days=5)).body
+    assert again["units"] == body["units"]
+    assert again["metrics"] == body["metrics"]
+
     page = logged_in(app, "viewer").get("/admin/experiments/shop-test")
     text = page.get_data(as_text=True)
     assert page.status_code == 200

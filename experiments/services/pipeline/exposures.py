@@ -6,7 +6,9 @@ first exposure of each unit (earliest ``exposed_at``, then lowest ``exposure_id`
 out units exposed to several variants: their outcome cannot be credited to one variant.
 They are counted (:func:`multi_variant_units`) so a report can flag them. Parcours's own
 table is unique per experiment and unit, so the stage is the table itself there (no
-window function over every exposure on the hot path).
+window function over every exposure on the hot path); so is any relation that
+:func:`known_unique` finds unique (a warehouse's copy of those exposures, as its sync
+leaves it), at the cost of one hash aggregate over the exposures.
 
 The grouping hook: :attr:`PipelineSources.grouping` names extra exposure columns (taken
 from the first exposure); they come out of this stage next to ``variant_key`` and every
@@ -15,9 +17,11 @@ later stage groups by them too.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
+from sqlalchemy.orm import Session
 
 from experiments.services.pipeline.sources import EXPOSURE_COLUMNS, PipelineSources
 
@@ -44,6 +48,22 @@ def first_exposures(sources: PipelineSources) -> Any:
             .subquery("first_exposures"))
 
 
+def known_unique(connection: Session | Connection, sources: PipelineSources
+                 ) -> PipelineSources:
+    """The same sources, marked :attr:`~PipelineSources.unique_units` when no unit has two
+    exposure rows there now: one hash aggregate per unit (as :func:`multi_variant_units`,
+    which it spares), where ranking every exposure costs a sort of them all in every
+    statement that reads the units (at 1 M units on DuckDB: 0.08 s against about 0.5 s).
+    Nothing is assumed of the rows: a table with repeated units keeps the ranking."""
+    if sources.unique_units:
+        return sources
+    e = sources.exposures
+    repeated = select(e.c.unit_id).group_by(e.c.unit_id).having(func.count() > 1).limit(1)
+    if connection.execute(repeated).first() is not None:
+        return sources
+    return replace(sources, unique_units=True)
+
+
 def multi_variant_units(sources: PipelineSources) -> Any:
     """The number of units left out because they were exposed to several variants (none
     when the sources are unique per unit): one hash aggregate per unit, no window."""
@@ -54,4 +74,4 @@ def multi_variant_units(sources: PipelineSources) -> Any:
     return select(func.count()).select_from(several)
 
 
-__all__ = ["first_exposures", "multi_variant_units"]
+__all__ = ["first_exposures", "known_unique", "multi_variant_units"]

@@ -41,6 +41,7 @@ from experiments.services.pipeline import (
     with_order_statistics,
 )
 from experiments.services.pipeline.dialects import prepare
+from experiments.services.pipeline.exposures import known_unique
 from experiments.services.segments import segmented_aggregates, with_level_quantiles
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError
@@ -128,7 +129,7 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
     with engine.connect() as connection:
         if units.clusters is not None:
             prepare(connection)  # ClickHouse: NULLs, not '', where a unit has no link
-        yield connection, units
+        yield connection, replace(units, sources=known_unique(connection, units.sources))
 
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
