@@ -38,13 +38,15 @@ from experiments.errors import NotFound
 EXTENSION_KEY = "parcours.warehouses"
 # Each engine's memory settings unless the URL or ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``
 # says otherwise (measured with bench/bench_warehouse.py: docs/performance.md, Warehouses).
-# chDB: ClickHouse builds a join's hash table from its right side, which the per-unit pass
-# makes the exposures (one row per unit), not the events; at 1 M units / 10 M events the
-# report's process peaked at 2.1 GB with ClickHouse's defaults and the events on that side,
-# 0.9-1.2 GB with a grace hash join (8 buckets) and group/sort spilling beyond 50 MB. A
-# plain hash join, ~25 % less CPU at 1 M units, grew past 12 GB at 10 M units. The grace
-# join starts as one bucket and splits only past 300 MB of hash table: at 1 M units the
-# main statement takes 3.8 s where 8 buckets from the start took 6.2 s.
+# chDB: ClickHouse joins with a hash table of its right side, which the per-unit pass makes
+# the exposures (one row per unit), not the events. It runs inside the Parcours process, so
+# its joins and GROUP BYs must not take the memory of all the units: the join is a partial
+# merge (the right side split into sorted, indexed blocks that go to disk where they can),
+# GROUP BY and ORDER BY spill beyond 50 MB. Measured with the bench's main
+# statement (docs/performance.md, Warehouses), at 1 M units / 10 M events then at 10 M /
+# 100 M: partial merge 3.6 s in a 465 MB process, then 100 s and 1.3 GB; a grace hash join
+# 3.8-6.2 s and 0.5-0.65 GB, then 302 s and 1.3-3.1 GB; a plain hash join 3.9 s and 660 MB,
+# then past 12 GB.
 # DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
 # memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory").
 # And it builds a join's hash table from the side the pipeline writes on the right, as
@@ -55,8 +57,7 @@ EXTENSION_KEY = "parcours.warehouses"
 ENGINE_SETTINGS: dict[str, dict[str, str]] = {
     "duckdb": {"preserve_insertion_order": "false",
                "disabled_optimizers": "build_side_probe_side"},
-    "chdb": {"join_algorithm": "grace_hash", "grace_hash_join_initial_buckets": "1",
-             "max_bytes_in_join": "300000000",
+    "chdb": {"join_algorithm": "partial_merge",
              "max_bytes_before_external_group_by": "50000000",
              "max_bytes_before_external_sort": "50000000"},
 }
