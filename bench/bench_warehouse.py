@@ -30,8 +30,9 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
    gives 2.0-2.3 s and 782-803 MB. At 10 M units the hand-written join fails with "Out of
    Memory" at 300MB and 400MB (also with ``preserve_insertion_order=false``): its hash table
    of 10 M text unit ids does not spill enough. The report's engine gets the
-   warehouse defaults (``engines.ENGINE_SETTINGS``: chDB's grace hash join and spilling,
-   DuckDB's ``preserve_insertion_order=false``) and ``PARCOURS_BENCH_WH_SETTINGS``
+   warehouse defaults (``engines.ENGINE_SETTINGS``: chDB's partial merge join and spilling,
+   DuckDB's ``preserve_insertion_order=false`` and its hash tables built from the right side
+   as written) and ``PARCOURS_BENCH_WH_SETTINGS``
    (``name=value,…``, as ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``); importing chDB alone maps
    ~300-500 MB of library (file-backed RSS), which is why the child also prints anonymous
    vs file-backed RSS.
@@ -43,6 +44,11 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
 
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
+
+Measured 2026-12-05, every goal still MISSED (docs/performance.md, Warehouses, "Latest"):
+1 M units: DuckDB 1.45 s (4.63x its baseline), 751 MB, 8.9x faster than PostgreSQL's 13.62 s;
+chDB 4.12 s (7.52x), 708 MB, 3.0x. 10 M units: DuckDB 14.44 s (4.63x), 4,701 MB; chDB
+107.9 s (19.0x its 5.69 s baseline), 2,152 MB.
 
 Measured 2026-12-04 (2 shared cores under load, ``nice -n 10``), every goal MISSED; the
 history and the profiles are in docs/performance.md (Warehouses):

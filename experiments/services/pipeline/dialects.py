@@ -29,7 +29,10 @@ dialect (``default`` is SQLite's). What each one hides:
 * NULL-filling of outer joins (:func:`prepare`): ClickHouse fills the missing side
   of an outer join with default values (0, '') unless ``join_use_nulls = 1``;
 * non-equi join conditions: ClickHouse refuses inequalities in ``JOIN … ON``, so the stages
-  join on the unit only and put the window test in ``WHERE`` (the same plan elsewhere).
+  join on the unit only and put the window test in ``WHERE`` (the same plan elsewhere);
+* join sides: ClickHouse builds a join's hash table from its right side, and so does DuckDB
+  with the warehouse defaults (``engines.ENGINE_SETTINGS``), so every join of events with
+  exposures writes the events on the left: the table is one row per unit, not per event.
 """
 
 from __future__ import annotations

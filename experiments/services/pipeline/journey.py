@@ -51,7 +51,7 @@ def friction_outside_query(sources: PipelineSources, journey: Sequence[str], *,
                    ev.c.step.not_in(list(journey)) if journey else true())
     groups = [x.c[name] for name in sources.grouping]
     per_unit_step = (select(x.c.variant_key, *groups, ev.c.step, *flags)
-                     .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+                     .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
                      .where(window(x, ev, hours, with_pre=False), outside)
                      .group_by(x.c.exposure_id, x.c.variant_key, *groups, ev.c.step)
                      .subquery("s"))

@@ -83,7 +83,7 @@ def _event_values(sources: PipelineSources, event: str | None, grouping: Sequenc
     value = bounded_value(ev)
     return (select(x.c.exposure_id.label("unit"), *_partition_columns(x, grouping),
                    value.label("value"))
-            .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+            .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
             .where(window(x, ev, hours, with_pre=False), ev.c.name == event,
                    value.is_not(None)))
 
@@ -95,7 +95,7 @@ def _unit_values(sources: PipelineSources, event: str | None, grouping: Sequence
     keys = _partition_columns(x, grouping)
     return (select(x.c.exposure_id.label("unit"), *keys,
                    func.sum(func.coalesce(bounded_value(ev), 0.0)).label("value"))
-            .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+            .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
             .where(window(x, ev, hours, with_pre=False), ev.c.name == event)
             .group_by(x.c.exposure_id, *keys))
 
@@ -131,7 +131,7 @@ def step_durations(sources: PipelineSources, journey: Sequence[str],
                                    order_by=(ev.c.occurred_at, ev.c.id)).label("nth")
     ordered = (select(x.c.exposure_id, *keys, ev.c.step.label("step"),
                       at.label("position"), ev.c.occurred_at.label("entered"), first, *leaves)
-               .select_from(x.join(ev, ev.c.unit_id == x.c.unit_id))
+               .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
                .where(window(x, ev, hours, with_pre=False), ev.c.type == "step",
                       ev.c.step.in_(read))
                .subquery("ordered_steps"))
