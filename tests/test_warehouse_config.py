@@ -37,10 +37,27 @@ def test_engine_settings_come_from_the_dialect_defaults_then_env(
     with engine.connect() as connection:
         current = dict(connection.execute(text(
             "SELECT name, value FROM duckdb_settings() WHERE name IN "
-            "('threads', 'memory_limit', 'preserve_insertion_order')")).all())
+            "('threads', 'memory_limit', 'preserve_insertion_order', 'disabled_optimizers')"
+        )).all())
     engine.dispose()
     assert current["threads"] == "1" and current["preserve_insertion_order"] == "false"
+    assert current["disabled_optimizers"] == "build_side_probe_side"  # joins as written
     assert current["memory_limit"] == "286.1 MiB"  # 300 MB
     monkeypatch.setenv("PARCOURS_WAREHOUSE_DW_SETTINGS", "threads")
     with pytest.raises(ValueError, match="name=value"):
         warehouses_from_env()
+
+
+def test_chdb_joins_by_partial_merge_and_spills_its_group_bys() -> None:
+    """chDB runs in the Parcours process: its defaults bound a report's memory (SPEC §9)."""
+    from sqlalchemy import text
+
+    from experiments.services.warehouses.engines import _make_engine
+
+    engine = _make_engine(WarehouseConfig("ch", "chdb:///:memory:"))
+    with engine.connect() as connection:
+        current = {name: connection.scalar(text(f"SELECT getSetting('{name}')"))
+                   for name in ("join_algorithm", "max_bytes_before_external_group_by")}
+    engine.dispose()
+    assert current == {"join_algorithm": "partial_merge",
+                       "max_bytes_before_external_group_by": 50000000}
