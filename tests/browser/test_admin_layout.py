@@ -166,3 +166,24 @@ def test_no_page_asks_for_a_missing_favicon(page, live_server, app):
     log_in(page, live_server.url, add_user(app, "viewer"))
     page.goto(live_server.url + "/favicon.ico")
     assert missing == []
+
+
+def test_on_a_phone_each_metric_is_a_card_with_its_effect_and_verdict_in_view(
+        page, live_server, app):
+    """At 390 px the metric table scrolled sideways: the changes, p-values and verdicts
+    were off screen. Each variant's row is now a list of labelled values."""
+    three_variant_experiment(app)
+    page.set_viewport_size(PHONE)
+    log_in(page, live_server.url, add_user(app, "viewer"))
+    page.goto(f"{live_server.url}/admin/experiments/{THREE}")
+    table = page.locator("#metrics-table")
+    assert table.locator("xpath=..").evaluate("e => e.scrollWidth - e.clientWidth") <= 0
+    row = table.locator("tbody[data-metric='purchase'] tr[class^='verdict-row-']").first
+    for label in ("Relative change", "p-value", "Verdict"):
+        cell = row.locator(f"td[data-label='{label}']")
+        box = cell.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        assert cell.evaluate("e => getComputedStyle(e, '::before').content") == f'"{label}"'
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert row.locator("td[data-label='Verdict']").evaluate(
+        "e => getComputedStyle(e, '::before').content") == "none"
