@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -124,6 +127,21 @@ def test_every_admin_page_fits_a_phone(page, live_server, app, artifacts_dir):
     assert too_wide == {}
 
 
+def assert_a_card_on_a_phone(page: Page, table: Any, row: Any, labels: Sequence[str]) -> None:
+    """On the phone the table does not scroll sideways and each of the row's ``labels``
+    is in view, its cell labelled; on a desktop the labels are gone (the header says them)."""
+    assert table.locator("xpath=..").evaluate("e => e.scrollWidth - e.clientWidth") <= 0
+    for label in labels:
+        cell = row.locator(f"td[data-label='{label}']")
+        box = cell.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+        assert cell.evaluate("e => getComputedStyle(e, '::before').content") == f'"{label}"'
+    page.set_viewport_size({"width": 1280, "height": 800})
+    for label in labels:
+        assert row.locator(f"td[data-label='{label}']").evaluate(
+            "e => getComputedStyle(e, '::before').content") == "none"
+
+
 def test_on_a_phone_each_portfolio_row_is_a_card_with_everything_in_view(
         page, live_server, app):
     """At 390 px the table's columns scrolled sideways inside their box: days left, health
@@ -131,17 +149,9 @@ def test_on_a_phone_each_portfolio_row_is_a_card_with_everything_in_view(
     seed_portfolio(app)
     page.set_viewport_size(PHONE)
     log_in(page, live_server.url, add_user(app, "admin"))
-    wrap = page.locator("#portfolio-table").locator("xpath=..")
-    assert wrap.evaluate("e => e.scrollWidth - e.clientWidth") <= 0
-    row = page.locator(f"#portfolio-table tr[data-key='{THREE}']")
-    for label in ("Days left", "Health", "Verdict"):
-        cell = row.locator(f"td[data-label='{label}']")
-        box = cell.bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
-        assert cell.evaluate("e => getComputedStyle(e, '::before').content") == f'"{label}"'
-    page.set_viewport_size({"width": 1280, "height": 800})
-    assert row.locator("td[data-label='Health']").evaluate(
-        "e => getComputedStyle(e, '::before').content") == "none"
+    table = page.locator("#portfolio-table")
+    assert_a_card_on_a_phone(page, table, table.locator(f"tr[data-key='{THREE}']"),
+                             ("Days left", "Health", "Verdict"))
 
 
 def test_the_phone_menu_opens_and_closes(page, live_server, app):
@@ -177,13 +187,5 @@ def test_on_a_phone_each_metric_is_a_card_with_its_effect_and_verdict_in_view(
     log_in(page, live_server.url, add_user(app, "viewer"))
     page.goto(f"{live_server.url}/admin/experiments/{THREE}")
     table = page.locator("#metrics-table")
-    assert table.locator("xpath=..").evaluate("e => e.scrollWidth - e.clientWidth") <= 0
     row = table.locator("tbody[data-metric='purchase'] tr[class^='verdict-row-']").first
-    for label in ("Relative change", "p-value", "Verdict"):
-        cell = row.locator(f"td[data-label='{label}']")
-        box = cell.bounding_box()
-        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
-        assert cell.evaluate("e => getComputedStyle(e, '::before').content") == f'"{label}"'
-    page.set_viewport_size({"width": 1280, "height": 800})
-    assert row.locator("td[data-label='Verdict']").evaluate(
-        "e => getComputedStyle(e, '::before').content") == "none"
+    assert_a_card_on_a_phone(page, table, row, ("Relative change", "p-value", "Verdict"))
