@@ -288,7 +288,8 @@ def test_events_sql_over_customer_tables_analyses_parcours_exposures(
         again = analyze_experiment(db, "shop-test",
                                    now=experiment.started_at + timedelta(days=5)).body
     assert again["units"] == body["units"]
-    assert again["metrics"] == body["metrics"]
+    # Sums in another order (DuckDB's threads): floats within 1e-9 relative, as in parity.
+    assert differences(again["metrics"], body["metrics"]) == []
 
     page = logged_in(app, "viewer").get("/admin/experiments/shop-test")
     text = page.get_data(as_text=True)
