@@ -183,7 +183,7 @@ class IdentityLink(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-# Per-unit rollup slots (see experiments.services.rollup): packed flag words, sums, first
+# Per-unit rollup slots (see experiments.services.pipeline.rollup): packed flag words, sums, first
 # times and last answers of the analysis pass, kept between analyses on PostgreSQL.
 ROLLUP_SLOTS = {"w": 8, "v": 16, "t": 4, "a": 4}
 

@@ -11,6 +11,7 @@ from experiments.db import utcnow
 from experiments.models import Experiment
 from experiments.services import identity
 from experiments.services.pipeline import MetricSpec, aggregate_experiment, own_sources
+from experiments.services.pipeline.rollup import OwnRollup
 from tests.test_admin_support import logged_in
 from tests.test_identity import KEY, assign, identify, ids_with
 
@@ -115,7 +116,7 @@ def test_without_links_on_its_units_the_analysis_keeps_the_plain_sources(
     experiment_id = db.scalar(select(Experiment.id).where(Experiment.key == KEY))
     units = identity.analysis_sources(db, experiment_id)
     assert units.clusters is None and units.summary(db) is None
-    assert units.sources.own_experiment == experiment_id  # rollup-eligible
+    assert units.sources.unit_store == OwnRollup(experiment_id)  # rollup-eligible
     report = analyze(client, admin_headers)
     assert report["identity"] == {"clusters": 6, "linked_units": 0, "conflicts": 0}
     # The cluster sources give the same sufficient statistics as the plain ones.

@@ -16,7 +16,7 @@ from experiments.schemas import ConcludeIn, ExperimentPatch
 from experiments.services.analysis import analyze_experiment, analyze_running
 from experiments.services.lifecycle import transition, update_experiment
 from experiments.services.pipeline import MetricSpec, aggregate_experiment
-from experiments.services.rollup import slots_for
+from experiments.services.pipeline.rollup import slots_for
 from tests.test_aggregation import event, expose, hours, make_experiment, seed_dataset
 
 

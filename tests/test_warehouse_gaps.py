@@ -205,9 +205,9 @@ def test_a_warehouse_reallocation_reads_the_relations_the_report_reads(
     real = routing._opened
 
     def spy(engine: Any, exposures: Any, events: Any, experiment: Experiment,
-            session: Any) -> Any:
+            session: Any, **options: Any) -> Any:
         opened.append(experiment.key)
-        return real(engine, exposures, events, experiment, session)
+        return real(engine, exposures, events, experiment, session, **options)
 
     monkeypatch.setattr(routing, "_opened", spy)
     at = started + timedelta(minutes=1)

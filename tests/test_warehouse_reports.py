@@ -21,9 +21,11 @@ from flask import Flask
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.models import Event, Experiment, Exposure, Report
 from experiments.services.analysis import analyze_experiment
+from experiments.services.erasure import erase_unit
 from experiments.services.exposures import flag_as_overrides
 from experiments.services.warehouses.engines import get_warehouses
 from tests.conftest import auth_headers, make_test_app
@@ -296,3 +298,94 @@ def test_events_sql_over_customer_tables_analyses_parcours_exposures(
     assert page.status_code == 200
     assert 'analysed in warehouse <code id="warehouse-name">shop</code>' in text
     assert 'id="analysis-error"' not in text and "order-value" in text
+
+
+# -- per-unit values kept in the warehouse between analyses ---------------------------------
+
+
+def more_traffic(db: Session, experiment: Experiment, first: int, units: int,
+                 events_per_unit: int) -> None:
+    """New units (some with events before their exposure), and new events of every kind
+    for units already exposed (later NPS answers, purchases, steps, friction)."""
+    rng = random.Random(first)
+    at0 = experiment.started_at
+    for index in range(first, first + units):
+        unit = f"u{index:04d}"
+        exposed = at0 + timedelta(hours=rng.uniform(0, 96))
+        db.add(Exposure(experiment_id=experiment.id, unit_id=unit,
+                        variant_key=rng.choice(["control", "one-page"]), exposed_at=exposed,
+                        attributes={"country": rng.choice(["fr", "de"])}))
+        db.add(Event(event_id=f"{unit}-pre", unit_id=unit, type="custom", name="page_view",
+                     occurred_at=exposed - timedelta(hours=2)))
+    for number in range(units * events_per_unit):
+        unit = f"u{rng.randrange(first + units):04d}"
+        at = at0 + timedelta(hours=rng.uniform(0, 140))
+        event = rng.choice([
+            {"type": "conversion", "name": "purchase", "value": round(rng.uniform(5, 90), 2)},
+            {"type": "nps", "name": "nps", "value": float(rng.randrange(11))},
+            {"type": "step", "name": "view", "step": rng.choice(JOURNEY)},
+            {"type": "friction", "name": "error", "friction_kind": "error", "step": "payment"},
+            {"type": "custom", "name": "session", "value": 1.0}])
+        db.add(Event(event_id=f"more-{first}-{number}", unit_id=unit, occurred_at=at, **event))
+    db.commit()
+
+
+def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_report(
+        database_url: str, tmp_path: Path, warehouse_url: str) -> None:
+    """The first analysis records the plan, the second folds every event into a per-unit
+    table, later ones read it plus what arrived since (new events, new units, an erased
+    unit, a new override) and fold again once that is over a tenth: every report equals
+    the one Parcours computes from all its events."""
+    app = make_test_app(database_url, tmp_path)
+    key = "wh-kept"
+    experiment = start(app, key, metrics=METRICS, overrides={},
+                       analysis={"dimensions": ["country"]})
+    with get_db(app).sessionmaker() as db:
+        experiment = db.get(Experiment, experiment.id)
+        experiment.started_at = T0
+        experiment.analysis = {**experiment.analysis, "warehouse": "w"}
+        add_journey_traffic(db, experiment, 300)
+    now = T0 + timedelta(days=6)
+
+    def in_both() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        analysed = run_child(app, warehouse_url, "analyze", key, now.isoformat())
+        assert analysed.returncode == 0, analysed.stderr
+        in_warehouse = json.loads(analysed.stdout)
+        with get_db(app).sessionmaker() as db:
+            stored = db.get(Experiment, experiment.id)
+            stored.analysis = {**stored.analysis, "warehouse": None}
+            db.commit()
+            in_parcours = analyze_experiment(db, key, now=now).body
+            stored.analysis = {**stored.analysis, "warehouse": "w"}
+            db.commit()
+        folds = run_child(app, warehouse_url, "folds", key)
+        assert folds.returncode == 0, folds.stderr
+        assert "error" not in in_warehouse, in_warehouse["error"]
+        diffs = differences(without_times(in_warehouse), without_times(in_parcours))
+        assert not diffs, "\n".join(diffs)
+        return in_warehouse, in_parcours, json.loads(folds.stdout)
+
+    _, _, seen = in_both()  # the plan recorded, nothing folded
+    assert [fold[1] for fold in seen["folds"]] == [None] and seen["tables"] == []
+    _, _, first = in_both()  # everything folded into one table
+    [(_, table, events_through, _)] = first["folds"][1:]
+    assert first["tables"] == [table] and events_through > 1000
+
+    with get_db(app).sessionmaker() as db:  # under a tenth more: read live, no new fold
+        more_traffic(db, db.get(Experiment, experiment.id), 300, 10, 5)
+        erase_unit(db, "u0007", SYSTEM)
+        stored = db.get(Experiment, experiment.id)
+        stored.overrides = {"u0012": "one-page"}
+        assert len(flag_as_overrides(db, experiment.id, ["u0012"])) == 1
+        db.commit()
+    body, _, live = in_both()
+    assert live["folds"] == first["folds"] and live["tables"] == [table]
+    assert sum(body["units"].values()) == 300 + 10 - 3  # u0000 and u0012 overridden, u0007
+
+    with get_db(app).sessionmaker() as db:  # over a tenth: folded again, the old table kept
+        more_traffic(db, db.get(Experiment, experiment.id), 310, 40, 8)
+    body, _, refolded = in_both()
+    [(_, again, through, _)] = refolded["folds"][2:]
+    assert through > events_through and refolded["tables"] == sorted([table, again])
+    assert sum(body["units"].values()) == 350 - 3
+    get_db(app).engine.dispose()

@@ -7,7 +7,8 @@ the N-th INSERT into the warehouse has run and before it commits: a sync killed 
 ``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
 error of a query running past the warehouse's time limit. ``analyze KEY NOW`` analyses the
 experiment at that ISO time and prints its report body; ``periods KEY`` prints a bandit's
-per-period sums of its primary metric as a reallocation reads them.
+per-period sums of its primary metric as a reallocation reads them; ``folds KEY`` prints the
+experiment's fold records (``warehouses.rollup``) and the per-unit tables there.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from experiments.errors import ValidationFailed
 from experiments.services import bandits
 from experiments.services.analysis import analyze_experiment
 from experiments.services.lifecycle import get_experiment
-from experiments.services.warehouses import sync
+from experiments.services.warehouses import rollup, sync
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
 from experiments.services.warehouses.routing import reallocation_periods
 from experiments.services.warehouses.sources import probe
@@ -79,6 +80,16 @@ def main(mode: str, *args: str) -> None:
                 print(json.dumps({str(number): {arm: [s.n, s.sum, s.sum_squares]
                                                 for arm, s in arms.items()}
                                   for number, arms in data.sums(primary).items()}))
+            return
+        if mode == "folds":
+            with get_db().sessionmaker() as session, engine.connect() as connection:
+                experiment_id = get_experiment(session, args[0]).id
+                records = connection.execute(text(
+                    "SELECT version, base_table, events_through, exposures_through FROM "
+                    f"parcours_rollups WHERE experiment_id = {experiment_id} ORDER BY version"))
+                print(json.dumps({"folds": [list(row) for row in records],
+                                  "tables": sorted(rollup.kept_tables(connection,
+                                                                      experiment_id))}))
             return
         if mode == "probe":
             print(json.dumps({"probes": [_probe(engine, sql) for sql in args],

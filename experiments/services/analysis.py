@@ -31,9 +31,9 @@ from experiments.services import alerts, decisions, identity, segments
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import sum_specs
+from experiments.services.pipeline.rollup import drop_rollups
 from experiments.services.report import build_report
 from experiments.services.results import calculation_to_dict
-from experiments.services.rollup import drop_rollups
 from experiments.services.warehouses import routing
 from stats import (
     StatsInputError,

@@ -20,7 +20,7 @@ from experiments.auth import Principal
 from experiments.models import Event, Exposure, HoldoutExposure
 from experiments.services.audit import record_audit
 from experiments.services.identity import unlink_all
-from experiments.services.rollup import forget_exposures
+from experiments.services.pipeline.rollup import forget_exposures
 
 
 @dataclass(frozen=True)

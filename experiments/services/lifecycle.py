@@ -24,9 +24,10 @@ from experiments.schemas import (
     IterateIn,
     experiment_problems,
 )
-from experiments.services import alerts, bandits, exposures, rollup
+from experiments.services import alerts, bandits, exposures
 from experiments.services.audit import json_safe, record_audit
 from experiments.services.pagination import paginate
+from experiments.services.pipeline import rollup
 from experiments.services.warehouses.engines import configured_warehouses
 
 # status -> {action: new status}

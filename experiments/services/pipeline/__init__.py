@@ -6,7 +6,9 @@ Stages: :mod:`.sources` (what is read), :mod:`.exposures` (1: first exposure per
 :mod:`.unit_values` (2: per-unit values in the window), :mod:`.variant_stats` (3: per
 variant/day sums), :mod:`.journey` (funnel, friction matrix), :mod:`.quantiles` (order
 statistics of quantile metrics, time on step), :mod:`.run` (running them on a connection);
-:mod:`.dialects` holds every dialect difference.
+:mod:`.rollup` keeps the per-unit values between analyses on PostgreSQL (and
+``experiments.services.warehouses.rollup`` in a warehouse); :mod:`.dialects` holds every
+dialect difference.
 """
 
 from experiments.services.pipeline.journey import JourneyCounts, friction_outside_query

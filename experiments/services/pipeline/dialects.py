@@ -313,6 +313,29 @@ def _packed_generic(element: packed_flags, compiler: Any, **kw: Any) -> str:
     return "(" + " + ".join(f"max({compiler.process(f, **kw)})" for f in flags) + ")"
 
 
+class bits_or(FunctionElement[int]):  # lower case: reads as a SQL function
+    """``a | b``: two packed words merged (a unit's flags over two sets of its events)."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(bits_or)
+def _bits_or(element: bits_or, compiler: Any, **kw: Any) -> str:
+    left, right = _args(element, compiler, **kw)
+    return f"({left} | {right})"
+
+
+@_each(bits_or, CLICKHOUSE)
+def _bits_or_ch(element: bits_or, compiler: Any, **kw: Any) -> str:
+    return "bitOr({}, {})".format(*_args(element, compiler, **kw))
+
+
+@compiles(bits_or, "snowflake")
+def _bits_or_sf(element: bits_or, compiler: Any, **kw: Any) -> str:
+    return "BITOR({}, {})".format(*_args(element, compiler, **kw))
+
+
 class has_bits(FunctionElement[bool]):  # lower case: reads as a SQL function
     """``word & mask = mask``: every bit of the mask is set in the word."""
 
@@ -548,6 +571,33 @@ for _dialect in ("postgresql", "duckdb", *CLICKHOUSE, "bigquery", "snowflake"):
     compiles(grouping_sets_select, _dialect)(_grouping_sets)
 
 
+# -- tables made from a query ---------------------------------------------------------------
+
+
+class table_from_select(Executable, ClauseElement):  # lower case: reads as a SQL statement
+    """``CREATE TABLE name AS SELECT …`` with the query's parameters bound (SQLAlchemy's
+    ``CreateTableAs`` renders them as literals, which not every dialect can do for times);
+    ClickHouse needs a table engine: a MergeTree in insertion order."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str, query: Any) -> None:
+        self.name, self.query = name, query
+
+
+@compiles(table_from_select)
+def _table_from_select(element: table_from_select, compiler: Any, **kw: Any) -> str:
+    name = compiler.preparer.quote(element.name)
+    return f"CREATE TABLE {name} AS {compiler.process(element.query, **kw)}"
+
+
+@_each(table_from_select, CLICKHOUSE)
+def _table_from_select_ch(element: table_from_select, compiler: Any, **kw: Any) -> str:
+    name = compiler.preparer.quote(element.name)
+    return (f"CREATE TABLE {name} ENGINE = MergeTree ORDER BY tuple() "
+            f"AS {compiler.process(element.query, **kw)}")
+
+
 # -- session settings -------------------------------------------------------------------------
 
 
@@ -609,7 +659,7 @@ def _set_local(connection: Connection | Session, sort: str, work_mem: str) -> No
 
 
 __all__ = ["CLICKHOUSE", "HASHED_GROUPING_WORK_MEM", "answer_class", "answer_key",
-           "before_hours_after", "const", "count_if", "day_key", "dialect_name",
+           "before_hours_after", "bits_or", "const", "count_if", "day_key", "dialect_name",
            "grouping_sets_select", "has_bits", "hashed_grouping", "hours_between",
-           "json_attribute", "packed_flags", "prepare", "seconds_between", "utc_day",
-           "utc_instant"]
+           "json_attribute", "packed_flags", "prepare", "seconds_between",
+           "table_from_select", "utc_day", "utc_instant"]

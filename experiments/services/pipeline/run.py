@@ -6,11 +6,13 @@ reported at steps outside the journey). Python only ever sees a few rows per var
 day, so memory stays flat as events grow; the daily rows are additive, which gives the
 report's totals and its cumulative timeline.
 
-On PostgreSQL, over Parcours's own tables, the per-unit values are kept between analyses
-(:mod:`experiments.services.rollup`), so the pass only reads the events and units that
-arrived since. Everywhere else (SQLite, DuckDB, ClickHouse, warehouse sources) the pass
-is computed in full. Quantile metrics and the funnel's time on step are not additive: they
-come from :mod:`.quantiles` (order statistics read from the events, never rolled up).
+Where the sources keep the per-unit values between analyses (their ``unit_store``:
+Parcours's PostgreSQL, :mod:`experiments.services.pipeline.rollup`; a warehouse over the events
+Parcours copied there, :mod:`experiments.services.warehouses.rollup`), the pass only
+reads the events and units that arrived since. Elsewhere (SQLite, ``events_sql`` sources,
+identity clusters) it is computed in full. Quantile metrics and the funnel's time on step
+are not additive: they come from :mod:`.quantiles` (order statistics read from the events,
+never rolled up).
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ from experiments.services.pipeline.variant_stats import (
     units_query,
     variant_day_query,
 )
-from experiments.services.rollup import rolled_up_units
 from stats.quantile import QuantileStats
 
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the query; this prunes
@@ -313,20 +314,22 @@ def marginal(grouped: Mapping[Group, ExperimentAggregates], position: int = 0
 def _unit_source(connection: Session | Connection, sources: PipelineSources, plan: Plan, *,
                  hours: float | None, events_between: tuple[datetime, datetime | None],
                  rollup: bool, units: int, sets: Sequence[GroupingSet]) -> Any:
-    """The variant/day query over the per-unit values: rolled up where possible (the rollup
-    holds ungrouped per-unit values: grouping columns are joined from the exposures).
+    """The variant/day query over the per-unit values: kept between analyses where the
+    sources have a :attr:`~PipelineSources.unit_store` (it holds ungrouped per-unit values:
+    the exposure columns it lacks, grouping ones included, are joined from the first
+    exposures — which also leaves out the units no longer exposed: erased, overridden).
     Otherwise the pass groups by the grouping columns itself: joining them afterwards to a
     deduplicated (window-ranked) exposures relation made PostgreSQL pick a nested loop."""
     unit = None
-    if rollup and sources.own_experiment is not None and isinstance(connection, Session):
+    if rollup and sources.unit_store is not None:
         ungrouped = UnitPass.of(replace(sources, grouping=()), plan, hours=hours,
                                 events_between=events_between)
-        values = [(value.label, value.merge) for value in ungrouped.values]
-        unit = rolled_up_units(connection, sources.own_experiment, plan_key(plan, hours),
-                               values, ungrouped.query)
-        if unit is not None and sources.grouping:
+        unit = sources.unit_store(connection, plan_key(plan, hours), ungrouped)
+        joined = [name for name in ("variant_key", "exposed_at", *sources.grouping)
+                  if name not in unit.c] if unit is not None else []
+        if unit is not None and joined:
             x = first_exposures(sources)
-            unit = (select(*unit.c, *(x.c[name] for name in sources.grouping))
+            unit = (select(*unit.c, *(x.c[name] for name in joined))
                     .select_from(unit.join(x, x.c.exposure_id == unit.c.exposure_id))
                     .subquery("grouped_u"))
     if unit is None:

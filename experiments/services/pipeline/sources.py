@@ -22,6 +22,7 @@ from sqlalchemy.sql import FromClause
 
 from experiments.models import Event, Exposure
 from experiments.services.pipeline.dialects import json_attribute, utc_instant
+from experiments.services.pipeline.rollup import OwnRollup, UnitStore
 
 EXPOSURE_COLUMNS = ("exposure_id", "unit_id", "variant_key", "exposed_at")
 EVENT_COLUMNS = ("id", "unit_id", "type", "name", "step", "friction_kind", "value",
@@ -36,15 +37,16 @@ class PipelineSources:
     unique per experiment and unit), so stage 1 need not deduplicate. ``grouping``: extra
     exposure columns carried from each unit's first exposure into every per-unit and
     per-variant row (the one place to add a segment, a bandit weight period, a holdout
-    group...). ``own_experiment``: the Parcours experiment id when these are its own tables
-    (the PostgreSQL rollup only applies then).
+    group...). ``unit_store``: where the per-unit values are kept between analyses, when
+    they can be (Parcours's PostgreSQL rollup over its own tables, a warehouse's over
+    ``parcours_events``): the pass then reads only what arrived since.
     """
 
     exposures: FromClause
     events: FromClause
     unique_units: bool = False
     grouping: tuple[str, ...] = ()
-    own_experiment: int | None = None
+    unit_store: UnitStore | None = None
 
     def grouped_by(self, **levels: Any) -> PipelineSources:
         """The same sources grouped by expressions over the exposures' columns (e.g.
@@ -59,8 +61,7 @@ class PipelineSources:
         missing = [c for c in columns if c not in self.exposures.c]
         if missing:
             raise ValueError(f"exposures have no column {', '.join(missing)}")
-        return PipelineSources(self.exposures, self.events, self.unique_units,
-                               (*self.grouping, *columns), self.own_experiment)
+        return replace(self, grouping=(*self.grouping, *columns))
 
 
 def own_sources(experiment_id: int) -> PipelineSources:
@@ -72,7 +73,7 @@ def own_sources(experiment_id: int) -> PipelineSources:
                         Exposure.is_override == false())
                  .subquery("x"))
     return PipelineSources(exposures, Event.__table__, unique_units=True,
-                           own_experiment=experiment_id)
+                           unit_store=OwnRollup(experiment_id))
 
 
 def table_sources(exposures: Any, events: Any, *, experiment: Any = None,

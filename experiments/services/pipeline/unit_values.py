@@ -41,8 +41,8 @@ from experiments.services.pipeline.dialects import (
     packed_flags,
 )
 from experiments.services.pipeline.exposures import first_exposures
+from experiments.services.pipeline.rollup import IdRange, Merge
 from experiments.services.pipeline.sources import PipelineSources
-from experiments.services.rollup import IdRange, Merge
 
 PROPORTION_KINDS = frozenset({"conversion", "friction"})
 CUPED_KINDS = frozenset({"conversion", "friction", "mean", "count"})
@@ -253,7 +253,7 @@ class UnitValue:
     """One per-unit column of the single pass, and how two partial values of it combine.
 
     A unit's value over two disjoint sets of its events is the ``merge`` of the values
-    over each set: that is what lets :mod:`experiments.services.rollup` keep per-unit
+    over each set: that is what lets :mod:`experiments.services.pipeline.rollup` keep per-unit
     values between analyses and fold only the events that arrived since.
     """
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, Engine, false, select
+from sqlalchemy import Connection, Engine, Select, false, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import FromClause
 
@@ -45,6 +45,11 @@ from experiments.services.pipeline.exposures import known_unique
 from experiments.services.segments import segmented_aggregates, with_level_quantiles
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError
+from experiments.services.warehouses.rollup import (
+    WarehouseRollup,
+    latest_fold,
+    unique_through,
+)
 from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
@@ -106,13 +111,16 @@ def _synced(session: Session, name: str) -> tuple[Engine, FromClause, FromClause
 
 @contextmanager
 def _opened(engine: Engine, exposures: FromClause, events: FromClause,
-            experiment: Experiment, session: Session | None,
+            experiment: Experiment, session: Session | None, *, rollup: bool = False,
             ) -> Iterator[tuple[Connection, identity.AnalysisUnits]]:
     """A connection to the warehouse and what the experiment's analysis reads there: its
     exposures without its override units (see run_pipeline) and ``events``, over identity
     clusters resolved in the warehouse when links touch the experiment
     (:func:`identity.analysis_sources`, asked of Parcours's ``session``; without a session,
-    the bench, never). The report and a bandit's reallocation both read these."""
+    the bench, never). The report and a bandit's reallocation both read these. With
+    ``rollup``, the per-unit values are kept in the warehouse between analyses
+    (:class:`WarehouseRollup`) where they can be: over ``parcours_events`` alone, unique
+    exposures, no identity clusters."""
     kept = [exposures.c.is_override == false()]
     if experiment.overrides:
         kept.append(exposures.c.unit_id.not_in(sorted(experiment.overrides)))
@@ -129,13 +137,27 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
     with engine.connect() as connection:
         if units.clusters is not None:
             prepare(connection)  # ClickHouse: NULLs, not '', where a unit has no link
-        yield connection, replace(units, sources=known_unique(connection, units.sources))
+        rollup = rollup and units.clusters is None and _copied(events)
+        # A fold was made over unique exposures: only the units exposed since are checked.
+        fold = latest_fold(connection, experiment.id) if rollup else None
+        sources = known_unique(connection, units.sources, checked_through=unique_through(
+            connection, fold, units.sources.exposures))
+        if rollup and sources.unique_units:
+            sources = replace(sources, unit_store=WarehouseRollup(experiment.id))
+        yield connection, replace(units, sources=sources)
+
+
+def _copied(events: FromClause) -> bool:
+    """The events are Parcours's copy alone (``parcours_events``: ids in Parcours's
+    order, which a rollup folds by), no ``events_sql`` source."""
+    element = getattr(events, "element", None)
+    return isinstance(element, Select) and element.get_final_froms() == [tables.events]
 
 
 def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
                  experiment: Experiment, settings: AnalysisSettings,
                  metrics: Sequence[MetricSpec], dimensions: Sequence[str] = (), *,
-                 session: Session | None = None) -> Analysed:
+                 session: Session | None = None, rollup: bool = False) -> Analysed:
     """The portable pipeline on the warehouse's connection, over its relations: the
     report's aggregates and, with ``dimensions``, each dimension's levels (segments, from
     the exposures' ``attributes`` snapshot).
@@ -148,15 +170,17 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
     The exposures are the experiment's, override units left out: those the exposure says
     (``is_override``) and those ``experiment.overrides`` lists now, as the sync only
     appends and an exposure stored before its unit got an override is flagged in Parcours
-    only. The events (``parcours_events`` and every ``events_sql`` source) are read in full
-    (no rollup outside Parcours's own PostgreSQL); source rows have no id, which nothing
+    only. With ``rollup`` (a running experiment) the per-unit values over
+    ``parcours_events`` are kept in the warehouse between analyses (:func:`_opened`);
+    ``events_sql`` sources are read in full: their rows have no id, which nothing else
     depends on (the last-NPS-answer tie-break treats a missing id as 0).
     """
     assert session is not None or bandits.bandit_settings(experiment) is None, (
         "a bandit's weight periods are read from Parcours: pass its session")
-    with _opened(engine, exposures, events, experiment, session) as (connection, units):
+    with _opened(engine, exposures, events, experiment, session,
+                 rollup=rollup) as (connection, units):
         result = analyse_sources(connection, session, experiment, settings, metrics,
-                                 dimensions, units.sources, rollup=False)
+                                 dimensions, units.sources, rollup=rollup)
         return replace(result, linked=units.summary(connection))
 
 
@@ -173,7 +197,7 @@ def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisS
                                        dimensions, units.sources, rollup=rollup),
                        linked=units.summary(session))
     return run_pipeline(*_synced(session, name), experiment, settings, metrics, dimensions,
-                        session=session)
+                        session=session, rollup=rollup)
 
 
 def reallocation_periods(session: Session, experiment: Experiment,

@@ -41,7 +41,7 @@ from experiments.models import (
     IdentityLink,
     WarehouseSync,
 )
-from experiments.services.rollup import transactions_settled
+from experiments.services.pipeline.rollup import transactions_settled
 from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
 

@@ -1,5 +1,6 @@
 """The tables Parcours keeps in a warehouse: ``parcours_exposures``, ``parcours_events`` and
-``parcours_identity_links`` (the identity clusters of SPEC §14 are resolved there too)."""
+``parcours_identity_links`` (the identity clusters of SPEC §14 are resolved there too), and
+``parcours_rollups`` with the per-unit tables it names (``warehouses.rollup``)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from sqlalchemy import (
     String,
     Table,
     column,
+    text,
 )
 from sqlalchemy import table as sql_table
+from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql import Insert
 
 metadata = MetaData()
@@ -39,6 +42,16 @@ identity_links = Table(
     Column("id", BigInteger, nullable=False), Column("anonymous_id", String, nullable=False),
     Column("user_id", String, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False))
+# The per-unit values kept between analyses (``warehouses.rollup``): one row per fold, the
+# latest ``version`` of an experiment naming its table (None: seen, nothing folded yet), and
+# how many of its exposure rows had ids up to ``exposures_through`` (found unique per unit).
+rollups = Table(
+    "parcours_rollups", metadata,
+    Column("experiment_id", BigInteger, nullable=False),
+    Column("version", BigInteger, nullable=False), Column("plan_key", String, nullable=False),
+    Column("base_table", String), Column("events_through", BigInteger, nullable=False),
+    Column("exposures_through", BigInteger, nullable=False),
+    Column("exposure_rows", BigInteger, nullable=False))
 
 # ClickHouse needs an engine clause; ORDER BY id keeps max(id), the sync's mark, cheap.
 _CLICKHOUSE_DDL = (
@@ -51,6 +64,10 @@ _CLICKHOUSE_DDL = (
     "value Nullable(Float64), occurred_at DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY id",
     "CREATE TABLE IF NOT EXISTS parcours_identity_links (id Int64, anonymous_id String, "
     "user_id String, occurred_at DateTime64(6, 'UTC')) ENGINE = MergeTree ORDER BY id",
+    "CREATE TABLE IF NOT EXISTS parcours_rollups (experiment_id Int64, version Int64, "
+    "plan_key String, base_table Nullable(String), events_through Int64, "
+    "exposures_through Int64, exposure_rows Int64) "
+    "ENGINE = MergeTree ORDER BY (experiment_id, version)",
 )
 CLICKHOUSE_DIALECTS = ("chdb", "clickhousedb", "clickhouse")
 # Tables created before segments were computed in warehouses lack this column: add it (the
@@ -80,3 +97,10 @@ def create_tables(connection: Connection) -> None:
     connection.exec_driver_sql(_ADD_ATTRIBUTES.format(
         type="Nullable(String)" if is_clickhouse(connection)
         else connection.dialect.type_compiler_instance.process(String())))
+
+
+def create_rollups(connection: Connection) -> None:
+    """Create ``parcours_rollups`` when missing (a warehouse filled before it existed, or by
+    other means than the sync: the bench)."""
+    connection.execute(text(_CLICKHOUSE_DDL[-1]) if is_clickhouse(connection)
+                       else CreateTable(rollups, if_not_exists=True))

@@ -24,15 +24,32 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sqlalchemy import Select, column, delete, func, literal, select, table, text, union_all
+from sqlalchemy import (
+    Select,
+    case,
+    column,
+    delete,
+    func,
+    literal,
+    select,
+    table,
+    text,
+    union_all,
+)
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTableAs
 
 from experiments.models import ROLLUP_SLOTS, Event, Exposure, RollupState, unit_rollups
+from experiments.services.pipeline.dialects import bits_or, packed_flags
+
+if TYPE_CHECKING:
+    from experiments.services.pipeline.unit_values import UnitPass
 
 Merge = Literal["or", "sum", "min", "max"]  # how two partial per-unit values combine
 SLOT_PREFIX: dict[Merge, str] = {"or": "w", "sum": "v", "min": "t", "max": "a"}
@@ -43,6 +60,33 @@ IdRange = tuple[int, int | None]
 
 UnitValuesQuery = Callable[[IdRange, IdRange | None], Select[Any]]
 """Builds the per-unit pass over some events (first range) and exposures (second)."""
+
+
+class UnitStore(Protocol):
+    """Keeps an experiment's per-unit values between analyses, wherever its data lives:
+    Parcours's PostgreSQL (:class:`OwnRollup`) or a warehouse
+    (:class:`experiments.services.warehouses.rollup.WarehouseRollup`)."""
+
+    def __call__(self, connection: Session | Connection, plan_key: str,
+                 unit_pass: UnitPass) -> Any | None:
+        """Every unit's values as a subquery with ``exposure_id`` and the pass's value
+        labels (and, when it has them, ``variant_key`` and ``exposed_at``), or None when
+        the pass must be computed in full this time."""
+
+
+@dataclass(frozen=True)
+class OwnRollup:
+    """The rollup of one experiment in Parcours's own database (PostgreSQL only)."""
+
+    experiment_id: int
+
+    def __call__(self, connection: Session | Connection, plan_key: str,
+                 unit_pass: UnitPass) -> Any | None:
+        if not isinstance(connection, Session):
+            return None
+        return rolled_up_units(connection, self.experiment_id, plan_key,
+                               [(value.label, value.merge) for value in unit_pass.values],
+                               unit_pass.query)
 
 
 def slots_for(values: Sequence[tuple[str, Merge]]) -> dict[str, tuple[str, Merge]] | None:
@@ -59,16 +103,22 @@ def slots_for(values: Sequence[tuple[str, Merge]]) -> dict[str, tuple[str, Merge
 
 
 def merged(earlier: Any, later: Any, merge: Merge) -> Any:
-    """The per-unit value over both parts of a unit's events (either may be NULL)."""
+    """The per-unit value over both parts of a unit's events (either may be NULL), in any
+    engine (ClickHouse's ``least``/``greatest`` are NULL when an argument is)."""
     if merge == "or":
-        return func.coalesce(earlier, 0).op("|")(func.coalesce(later, 0))
+        return bits_or(func.coalesce(earlier, 0), func.coalesce(later, 0))
     if merge == "sum":
         return func.coalesce(earlier, 0) + func.coalesce(later, 0)
-    return (func.least if merge == "min" else func.greatest)(earlier, later)
+    first = earlier < later if merge == "min" else earlier > later
+    return case((earlier.is_(None), later), (later.is_(None), earlier), (first, earlier),
+                else_=later)
 
 
-def _merge_aggregate(column: Any, merge: Merge) -> Any:
-    return {"or": func.bit_or, "sum": func.sum, "min": func.min, "max": func.max}[merge](column)
+def merge_aggregate(column: Any, merge: Merge) -> Any:
+    """The aggregate merging any number of partial per-unit values (in any engine)."""
+    if merge == "or":
+        return packed_flags(column)
+    return {"sum": func.sum, "min": func.min, "max": func.max}[merge](column)
 
 
 def rolled_up_units(session: Session, experiment_id: int, plan_key: str,
@@ -209,9 +259,10 @@ def _live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
                      build((0, state.events_through), (state.exposures_through, None)))
     parts = both.subquery("parts")
     return (select(*(parts.c[key] for key in KEYS),
-                   *(_merge_aggregate(parts.c[label], merge).label(label)
+                   *(merge_aggregate(parts.c[label], merge).label(label)
                      for label, (_, merge) in slots.items()))
             .group_by(*(parts.c[key] for key in KEYS)).subquery("live"))
 
 
-__all__ = ["IdRange", "Merge", "UnitValuesQuery", "drop_rollups", "rolled_up_units", "slots_for"]
+__all__ = ["IdRange", "Merge", "OwnRollup", "UnitStore", "UnitValuesQuery", "drop_rollups",
+           "merge_aggregate", "rolled_up_units", "slots_for"]

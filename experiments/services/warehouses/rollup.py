@@ -1,0 +1,209 @@
+"""Per-unit values kept in a warehouse between analyses (SPEC §9, §15).
+
+The first report of an experiment reads every event of every exposed unit. As on
+Parcours's PostgreSQL (:mod:`experiments.services.pipeline.rollup`), the per-unit values of that
+pass (packed flags, sums, first times, last answers, each with a merge rule) can be kept,
+so that later reports read one row per unit plus only what arrived since. In a warehouse
+they are kept in a table of their own, made by one ``CREATE TABLE … AS SELECT`` (a *fold*)
+and named by the latest row of ``parcours_rollups`` for the experiment, with the ids it
+covers: every ``parcours_events`` row with ``id <= events_through`` of every exposure with
+``id <= exposures_through``. A report reads that table ``UNION ALL`` the pass over the
+events after ``events_through`` and over the folded events of the units exposed since,
+merged per unit (OR, +, min, max).
+
+Why this is exact:
+
+* the sync copies both tables as a prefix of Parcours's ids (``warehouses.sync``): once a
+  fold saw ``max(id)``, every smaller id is there, and each later row is read live;
+* the fold and its record are two statements, the record last: a crash in between leaves
+  an unnamed table (dropped by a later fold), never a record of rows that are not there;
+  each fold writes a new table, so a report reading the previous one is never cut short;
+* units that left the analysis after a fold (erased, overridden) are left out by the join
+  to the current exposures that gives each row its variant, exposure time and segments.
+
+Only ``parcours_events`` have ids: with ``events_sql`` sources, or when identity clusters
+are the analysis unit (SPEC §14), the pass is computed in full (see ``routing``). The first
+analysis of a plan (metrics, journey, window, CUPED: ``plan_key``) only records it; the
+next one folds everything there is, and later ones fold again once the events not folded
+exceed :data:`REFOLD_SHARE` of those folded (the live part then stays a small share of the
+work), so the first report costs no more than before and a fold is rare.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, column, func, select, table, union_all
+from sqlalchemy.orm import Session
+
+from experiments.services.pipeline.dialects import table_from_select
+from experiments.services.pipeline.rollup import IdRange, merge_aggregate, merged
+from experiments.services.warehouses import tables
+
+if TYPE_CHECKING:
+    from experiments.services.pipeline.unit_values import UnitPass
+
+REFOLD_SHARE = 0.1
+TABLE_PREFIX = "parcours_rollup_"
+
+
+@dataclass(frozen=True)
+class Fold:
+    """The latest ``parcours_rollups`` row of an experiment."""
+
+    version: int
+    plan_key: str
+    base_table: str | None
+    events_through: int
+    exposures_through: int
+    exposure_rows: int  # the experiment's exposure rows with ids up to exposures_through
+
+
+@dataclass(frozen=True)
+class WarehouseRollup:
+    """The :class:`~experiments.services.pipeline.rollup.UnitStore` of one experiment in a warehouse
+    whose events are ``parcours_events`` (ids in Parcours's order)."""
+
+    experiment_id: int
+
+    def __call__(self, connection: Session | Connection, plan_key: str,
+                 unit_pass: UnitPass) -> Any | None:
+        assert isinstance(connection, Connection), "a warehouse is read on a connection"
+        fold = latest_fold(connection, self.experiment_id)
+        events_now, exposures_now = _newest_ids(connection)
+        if fold is None or fold.plan_key != plan_key:
+            _record(connection, self.experiment_id, Fold(
+                0 if fold is None else fold.version + 1, plan_key, None, events_now,
+                exposures_now, exposure_rows(connection, unit_pass.x, exposures_now)))
+            return None
+        present = kept_tables(connection, self.experiment_id)
+        if fold.base_table not in present:  # not folded yet, or its table is gone
+            fold = _fold(connection, self.experiment_id, replace(fold, base_table=None),
+                         unit_pass, events_now, exposures_now, present)
+        elif events_now - fold.events_through > REFOLD_SHARE * fold.events_through:
+            fold = _fold(connection, self.experiment_id, fold, unit_pass, events_now,
+                         exposures_now, present)
+        return _merged(fold, unit_pass).subquery("u")
+
+
+def latest_fold(connection: Connection, experiment_id: int) -> Fold | None:
+    """The experiment's latest fold record (None: never analysed with a rollup)."""
+    tables.create_rollups(connection)
+    r = tables.rollups.c
+    row = connection.execute(select(r.version, r.plan_key, r.base_table, r.events_through,
+                                    r.exposures_through, r.exposure_rows)
+                             .where(r.experiment_id == experiment_id)
+                             .order_by(r.version.desc()).limit(1)).first()
+    return None if row is None else Fold(*row)
+
+
+def exposure_rows(connection: Connection, exposures: Any, through: int) -> int:
+    """How many rows of the experiment's exposures have ids up to ``through``."""
+    return int(connection.scalar(select(func.count())
+                                 .where(exposures.c.exposure_id <= through)))
+
+
+def unique_through(connection: Connection, fold: Fold | None, exposures: Any) -> int:
+    """Up to which exposure id the rows are known unique per unit: a fold (or its first
+    record) is only made over unique exposures, and rows are appended by the sync with
+    Parcours's ids, unique per experiment and unit — unless rows were copied again (no
+    more rows up to that id than then; an erasure only removes some). 0: unknown."""
+    if fold is None or exposure_rows(connection, exposures,
+                                     fold.exposures_through) > fold.exposure_rows:
+        return 0
+    return fold.exposures_through
+
+
+def _newest_ids(connection: Connection) -> tuple[int, int]:
+    """The largest event and exposure ids in the warehouse: every smaller one is there."""
+    return (int(connection.scalar(select(func.coalesce(func.max(tables.events.c.id), 0)))),
+            int(connection.scalar(select(func.coalesce(func.max(tables.exposures.c.id), 0)))))
+
+
+def _record(connection: Connection, experiment_id: int, fold: Fold) -> None:
+    """Append the fold's record (one row: atomic in every engine) and commit."""
+    connection.execute(tables.rollups.insert().values(
+        experiment_id=experiment_id, version=fold.version, plan_key=fold.plan_key,
+        base_table=fold.base_table, events_through=fold.events_through,
+        exposures_through=fold.exposures_through, exposure_rows=fold.exposure_rows))
+    connection.commit()
+
+
+def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: UnitPass,
+          events_now: int, exposures_now: int, present: set[str]) -> Fold:
+    """A new table with every unit's values up to the newest ids (from the fold's table,
+    or without one from every event), then its record; the experiment's other tables
+    ``present`` before, but the fold's own, are dropped (superseded, or left by a crash)."""
+    if fold.base_table is None:
+        query = _projected(unit_pass, (0, events_now), (0, exposures_now))
+    else:
+        query = _merged(fold, unit_pass, through=(events_now, exposures_now))
+    name = f"{TABLE_PREFIX}{experiment_id}_{secrets.token_hex(6)}"
+    connection.execute(table_from_select(name, query))
+    connection.commit()
+    folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now,
+                  exposure_rows(connection, unit_pass.x, exposures_now))
+    _record(connection, experiment_id, folded)
+    for stale in present - {fold.base_table}:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {stale}")
+    connection.commit()
+    return folded
+
+
+def _projected(unit_pass: UnitPass, event_ids: IdRange, exposure_ids: IdRange | None) -> Any:
+    """The pass over those id ranges reduced to ``exposure_id`` and the values (what a
+    fold keeps)."""
+    rows = unit_pass.query(event_ids, exposure_ids).subquery()
+    return select(rows.c.exposure_id, *(rows.c[value.label] for value in unit_pass.values))
+
+
+def _merged(fold: Fold, unit_pass: UnitPass, *, through: tuple[int, int] | None = None
+            ) -> Any:
+    """The fold's table ⊕ the pass over what it lacks — every newer event and the folded
+    events of units exposed since (up to the ids ``through``, events then exposures, for
+    the next fold): one row per unit, each value merged by its rule. The few units with
+    newer events are merged by an outer join to the table, which is read once, as is."""
+    labels = [value.label for value in unit_pass.values]
+    base = table(fold.base_table, column("exposure_id"), *(column(label) for label in labels))
+    events, exposures = through or (None, None)
+    parts = union_all(
+        _projected(unit_pass, (fold.events_through, events), (0, exposures)),
+        _projected(unit_pass, (0, fold.events_through), (fold.exposures_through, exposures))
+    ).subquery("parts")
+    live = (select(parts.c.exposure_id,
+                   *(merge_aggregate(parts.c[value.label], value.merge).label(value.label)
+                     for value in unit_pass.values))
+            .group_by(parts.c.exposure_id).subquery("live"))
+    return (select(func.coalesce(base.c.exposure_id, live.c.exposure_id).label("exposure_id"),
+                   *(merged(base.c[value.label], live.c[value.label], value.merge)
+                     .label(value.label) for value in unit_pass.values))
+            .select_from(base.join(live, base.c.exposure_id == live.c.exposure_id, full=True)))
+
+
+def _rollup_tables(connection: Connection) -> set[str]:
+    """Every per-unit table in the warehouse."""
+    return set(connection.execute(
+        select(column("table_name")).select_from(table("tables", schema="information_schema"))
+        .where(column("table_name").like(f"{TABLE_PREFIX}%"))).scalars())
+
+
+def kept_tables(connection: Connection, experiment_id: int) -> set[str]:
+    """The experiment's per-unit tables (by name: ``_`` is a LIKE wildcard, so the
+    experiment's prefix is matched here)."""
+    prefix = f"{TABLE_PREFIX}{experiment_id}_"
+    return {name for name in _rollup_tables(connection) if name.startswith(prefix)}
+
+
+def forget_rollups(connection: Connection) -> None:
+    """Drop every experiment's per-unit tables and records (a warehouse reset; the bench's
+    first reports)."""
+    for name in _rollup_tables(connection):
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    connection.exec_driver_sql("DROP TABLE IF EXISTS parcours_rollups")
+    connection.commit()
+
+
+__all__ = ["REFOLD_SHARE", "Fold", "WarehouseRollup", "exposure_rows", "forget_rollups",
+           "kept_tables", "latest_fold", "unique_through"]
