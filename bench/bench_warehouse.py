@@ -199,8 +199,9 @@ DIALECTS: dict[str, dict[str, Any]] = {
 }
 
 
-def exposures_select(dialect: str, units: int) -> str:
-    """Every unit's exposure, in the sync's ``parcours_exposures`` shape (with ``attributes``)."""
+def exposures_select(dialect: str, units: int, first: int = 1) -> str:
+    """Every unit's exposure (units ``first`` … ``first + units - 1``), in the sync's
+    ``parcours_exposures`` shape (with ``attributes``)."""
     d = DIALECTS[dialect]
     exposed = f"{int(STARTED.timestamp())} + ({_draw_sql('exposed', 'u.v')}) % {SPAN_S}"
     return (
@@ -211,11 +212,12 @@ def exposures_select(dialect: str, units: int) -> str:
         f"{d['ts'](exposed)} AS exposed_at, false AS is_override, "
         f"concat('{{\"country\": \"', {_choice(_draw_sql('country', 'u.v'), COUNTRIES)}, '\"}}')"
         f" AS attributes "
-        f"FROM {d['series']('u', 1, units)}")
+        f"FROM {d['series']('u', first, units)}")
 
 
-def events_select(dialect: str, units: int) -> str:
-    """id, unit_id, type, name, step, friction_kind, value, occurred_at of every event."""
+def events_select(dialect: str, units: int, first: int = 1) -> str:
+    """id, unit_id, type, name, step, friction_kind, value, occurred_at of every event of
+    units ``first`` … ``first + units - 1`` (ids follow the unit numbers)."""
     d = DIALECTS[dialect]
     started = int(STARTED.timestamp())
     step, friction = _choice(_draw_sql("pick", "n"), JOURNEY), \
@@ -231,7 +233,8 @@ def events_select(dialect: str, units: int) -> str:
         f"+ ({_draw_sql('offset', 'n')}) % {5 * DAY_S} - {DAY_S} AS at_s, "
         f"{step} AS step, {friction} AS friction "
         f"FROM (SELECT (us.v - 1) * {EVENTS_PER_UNIT} + es.v AS n, us.v AS u "
-        f"FROM {d['series']('us', 1, units)} CROSS JOIN {d['series']('es', 0, EVENTS_PER_UNIT)}"
+        f"FROM {d['series']('us', first, units)} "
+        f"CROSS JOIN {d['series']('es', 0, EVENTS_PER_UNIT)}"
         f") AS numbered")
     typed = f"SELECT n, u, r, at_s, step, friction, {kind} AS kind FROM ({drawn}) AS drawn"
     return (
@@ -307,13 +310,14 @@ def baseline(url: str) -> dict[str, tuple[int, float, float]]:
     return {row.variant_key: (int(row.n), float(row.total), float(row.total_sq)) for row in rows}
 
 
-def full_report(url: str) -> tuple[float, float]:
+def full_report(url: str, *, rollup: bool = True) -> tuple[float, float]:
     """Wall and CPU seconds (this process's: the in-process engines' threads count) of the
     full Parcours report (every metric, funnel, friction points, one dimension) of the bench
-    experiment over the warehouse ``url`` names: what the analysis does for a warehouse
-    experiment (``routing.run_pipeline`` on the warehouse engine, over the relations
-    ``warehouse_sources`` gives, then the report and its segments), without the sync (the
-    bench's tables are already ``parcours_exposures`` / ``parcours_events``)."""
+    experiment over the warehouse ``url`` names: what the analysis does for a running
+    warehouse experiment (``routing.run_pipeline`` on the warehouse engine, over the
+    relations ``warehouse_sources`` gives, the per-unit values kept in the warehouse between
+    analyses unless ``rollup=False``, then the report and its segments), without the sync
+    (the bench's tables are already ``parcours_exposures`` / ``parcours_events``)."""
     from sqlalchemy import select
 
     from experiments.config import WarehouseConfig
@@ -329,7 +333,7 @@ def full_report(url: str) -> tuple[float, float]:
     engine = engines._make_engine(WarehouseConfig("bench", url, timeout_seconds=3600,
                                                   settings=SETTINGS))
     analysed = routing.run_pipeline(engine, exposures, events, experiment, settings, specs,
-                                    DIMENSIONS)
+                                    DIMENSIONS, rollup=rollup)
     body = build_report(experiment, settings, analysed.aggregates, now=NOW)
     body["segments"] = segments_section(experiment, settings, analysed.levels or {})
     seconds = time.perf_counter() - started, time.process_time() - cpu
@@ -371,7 +375,8 @@ def warehouse_experiment() -> dict[str, Any]:
 
 
 def main() -> None:
-    """Generate, time baseline and full report, RSS, then the PostgreSQL comparison."""
+    """Generate, time baseline, first, folding and scheduled reports, RSS, then the
+    PostgreSQL comparison."""
     print(f"units={UNITS:,} events={UNITS * EVENTS_PER_UNIT:,} duckdb memory_limit="
           f"{DUCKDB_MEMORY or 'default (80% of RAM)'} threads=2; warehouse engine defaults, "
           f"settings {dict(SETTINGS)}",
@@ -381,9 +386,18 @@ def main() -> None:
             baseline_s, baseline_cpu = median_of(lambda url=url: with_cpu(baseline, url))
             print(f"{engine:7} baseline query       {baseline_s:8.2f}s (cpu {baseline_cpu:.2f}s)",
                   flush=True)
-            report_s, report_cpu = report_seconds(url)
+            first_s, first_cpu = report_seconds(url)
+            print(f"{engine:7} first report         {first_s:8.2f}s   ratio "
+                  f"{first_s / baseline_s:.2f}x (every event; once per experiment and plan: "
+                  f"information only); cpu {first_cpu:.2f}s", flush=True)
+            fold_s, fold_cpu = full_report(url)
+            print(f"{engine:7} second report + fold {fold_s:8.2f}s   (folds every event into "
+                  f"the warehouse's per-unit table: information only); cpu {fold_cpu:.2f}s",
+                  flush=True)
+            report_s, report_cpu = median_of(lambda url=url: full_report(url),
+                                             before=lambda url=url: add_traffic(url))
             ratio = report_s / baseline_s
-            print(f"{engine:7} full report          {report_s:8.2f}s   ratio {ratio:.2f}x "
+            print(f"{engine:7} scheduled report     {report_s:8.2f}s   ratio {ratio:.2f}x "
                   f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}; "
                   f"cpu {report_cpu:.2f}s, cpu ratio {report_cpu / baseline_cpu:.2f}x",
                   flush=True)
@@ -393,16 +407,48 @@ def main() -> None:
 
 
 def report_seconds(url: str) -> tuple[float, float]:
-    """Median wall and CPU seconds of REPEAT full reports after a warm-up."""
-    return median_of(lambda: full_report(url))
+    """Median wall and CPU seconds of REPEAT first reports (every event read: the kept
+    per-unit values are dropped before each) after a warm-up."""
+    return median_of(lambda: full_report(url), before=lambda: forget_rollups(url))
 
 
-def median_of(run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
-    """Medians of REPEAT (wall, CPU) measurements after a warm-up. The CPU seconds are this
-    process's, engine threads included (DuckDB and chDB run in it): on a shared machine
-    they move less than the wall time."""
+def forget_rollups(url: str) -> None:
+    """Drop the warehouse's kept per-unit values: the next report reads every event."""
+    from experiments.services.warehouses import rollup
+
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rollup.forget_rollups(connection)
+    engine.dispose()
+
+
+def add_traffic(url: str) -> None:
+    """New units (0.1 %) and their events arrive between two scheduled reports, numbered
+    after the units already there (a kept warehouse holds earlier runs' traffic): one
+    ``INSERT … SELECT`` per table, untimed."""
+    dialect = url.split(":", 1)[0]
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        first = 1 + int(connection.scalar(text("SELECT max(id) FROM parcours_exposures")))
+        for table, (select, columns) in TABLES.items():
+            names = ", ".join(column.split()[0] for column in columns)
+            connection.execute(text(f"INSERT INTO {table} ({names}) "
+                                    f"{select(dialect, max(1, UNITS // 1000), first)}"))
+    engine.dispose()
+
+
+def median_of(run: Callable[[], tuple[float, float]], *,
+              before: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """Medians of REPEAT (wall, CPU) measurements after a warm-up, ``before`` (untimed)
+    ahead of each. The CPU seconds are this process's, engine threads included (DuckDB and
+    chDB run in it): on a shared machine they move less than the wall time."""
+    before()
     run()
-    walls, cpus = zip(*(run() for _ in range(REPEAT)), strict=True)
+    measured = []
+    for _ in range(REPEAT):
+        before()
+        measured.append(run())
+    walls, cpus = zip(*measured, strict=True)
     return statistics.median(walls), statistics.median(cpus)
 
 
@@ -414,11 +460,13 @@ def with_cpu(run: Callable[[str], Any], url: str) -> tuple[float, float]:
 
 
 def print_rss(engine: str, url: str) -> None:
-    """Peak RSS of a fresh process running the full report."""
-    rss = child_rss("report", url)
-    print(f"{engine:7} report peak RSS      {rss['peak_mb']:8.0f} MB ({describe_rss(rss)}; "
-          f"target < {TARGET_RSS_MB} MB) {'OK' if rss['peak_mb'] < TARGET_RSS_MB else 'MISSED'}",
-          flush=True)
+    """Peak RSS of a fresh process running the first report, then one running a scheduled
+    report (the per-unit values kept: what the scheduler does between two folds)."""
+    for what, label in (("first", "first report    "), ("scheduled", "scheduled report")):
+        rss = child_rss(what, url)
+        print(f"{engine:7} {label} peak RSS {rss['peak_mb']:6.0f} MB ({describe_rss(rss)}; "
+              f"target < {TARGET_RSS_MB} MB) "
+              f"{'OK' if rss['peak_mb'] < TARGET_RSS_MB else 'MISSED'}", flush=True)
 
 
 def describe_rss(rss: dict[str, Any]) -> str:
@@ -505,17 +553,21 @@ def load_postgres(url: str, experiment_id: int, units: int) -> None:
 
 
 def child_rss(what: str, url: str) -> dict[str, Any]:
-    """Peak RSS of ``what`` ("report" or "baseline") run once in a fresh child process."""
+    """Peak RSS of ``what`` ("first", "scheduled" or "baseline") run once in a fresh child
+    process."""
     output = subprocess.run([sys.executable, "-m", "bench.bench_warehouse", "--child", what, url],
                             check=True, capture_output=True, text=True).stdout
     return dict(json.loads(output.strip().splitlines()[-1]))
 
 
 def _child(what: str, url: str) -> None:
-    """Child side of :func:`child_rss`: imports, then one run, printing both peaks (KiB→MB)."""
+    """Child side of :func:`child_rss`: imports, then one run, printing both peaks (KiB→MB):
+    ``first`` (the kept per-unit values dropped first), ``scheduled`` or ``baseline``."""
     create_engine(url).dispose()  # imports the engine's driver: counted with the imports
+    if what == "first":
+        forget_rollups(url)
     imports_mb = memory_mb()["VmHWM"]
-    full_report(url) if what == "report" else baseline(url)
+    baseline(url) if what == "baseline" else full_report(url)
     memory = memory_mb()
     print(json.dumps({"imports_mb": imports_mb, "peak_mb": memory["VmHWM"], **memory}))
 

@@ -344,13 +344,13 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
         experiment = db.get(Experiment, experiment.id)
         experiment.started_at = T0
         experiment.analysis = {**experiment.analysis, "warehouse": "w"}
-        add_journey_traffic(db, experiment, 300)
+        add_journey_traffic(db, experiment, 200)
     now = T0 + timedelta(days=6)
 
-    def in_both() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        analysed = run_child(app, warehouse_url, "analyze", key, now.isoformat())
+    def in_both() -> tuple[dict[str, Any], dict[str, Any]]:
+        analysed = run_child(app, warehouse_url, "kept", key, now.isoformat())
         assert analysed.returncode == 0, analysed.stderr
-        in_warehouse = json.loads(analysed.stdout)
+        kept = json.loads(analysed.stdout)
         with get_db(app).sessionmaker() as db:
             stored = db.get(Experiment, experiment.id)
             stored.analysis = {**stored.analysis, "warehouse": None}
@@ -358,34 +358,32 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
             in_parcours = analyze_experiment(db, key, now=now).body
             stored.analysis = {**stored.analysis, "warehouse": "w"}
             db.commit()
-        folds = run_child(app, warehouse_url, "folds", key)
-        assert folds.returncode == 0, folds.stderr
-        assert "error" not in in_warehouse, in_warehouse["error"]
-        diffs = differences(without_times(in_warehouse), without_times(in_parcours))
+        assert "error" not in kept["report"], kept["report"]["error"]
+        diffs = differences(without_times(kept["report"]), without_times(in_parcours))
         assert not diffs, "\n".join(diffs)
-        return in_warehouse, in_parcours, json.loads(folds.stdout)
+        return kept["report"], kept
 
-    _, _, seen = in_both()  # the plan recorded, nothing folded
+    _, seen = in_both()  # the plan recorded, nothing folded
     assert [fold[1] for fold in seen["folds"]] == [None] and seen["tables"] == []
-    _, _, first = in_both()  # everything folded into one table
+    _, first = in_both()  # everything folded into one table
     [(_, table, events_through, _)] = first["folds"][1:]
-    assert first["tables"] == [table] and events_through > 1000
+    assert first["tables"] == [table] and events_through > 700
 
     with get_db(app).sessionmaker() as db:  # under a tenth more: read live, no new fold
-        more_traffic(db, db.get(Experiment, experiment.id), 300, 10, 5)
+        more_traffic(db, db.get(Experiment, experiment.id), 200, 8, 5)
         erase_unit(db, "u0007", SYSTEM)
         stored = db.get(Experiment, experiment.id)
         stored.overrides = {"u0012": "one-page"}
         assert len(flag_as_overrides(db, experiment.id, ["u0012"])) == 1
         db.commit()
-    body, _, live = in_both()
+    body, live = in_both()
     assert live["folds"] == first["folds"] and live["tables"] == [table]
-    assert sum(body["units"].values()) == 300 + 10 - 3  # u0000 and u0012 overridden, u0007
+    assert sum(body["units"].values()) == 200 + 8 - 3  # u0000 and u0012 overridden, u0007
 
     with get_db(app).sessionmaker() as db:  # over a tenth: folded again, the old table kept
-        more_traffic(db, db.get(Experiment, experiment.id), 310, 40, 8)
-    body, _, refolded = in_both()
+        more_traffic(db, db.get(Experiment, experiment.id), 208, 30, 8)
+    body, refolded = in_both()
     [(_, again, through, _)] = refolded["folds"][2:]
     assert through > events_through and refolded["tables"] == sorted([table, again])
-    assert sum(body["units"].values()) == 350 - 3
+    assert sum(body["units"].values()) == 238 - 3
     get_db(app).engine.dispose()

@@ -7,8 +7,9 @@ the N-th INSERT into the warehouse has run and before it commits: a sync killed 
 ``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
 error of a query running past the warehouse's time limit. ``analyze KEY NOW`` analyses the
 experiment at that ISO time and prints its report body; ``periods KEY`` prints a bandit's
-per-period sums of its primary metric as a reallocation reads them; ``folds KEY`` prints the
-experiment's fold records (``warehouses.rollup``) and the per-unit tables there.
+per-period sums of its primary metric as a reallocation reads them; ``kept KEY NOW`` analyses
+it and prints the report body, then the experiment's fold records (``warehouses.rollup``)
+and its per-unit tables there.
 """
 
 from __future__ import annotations
@@ -81,13 +82,16 @@ def main(mode: str, *args: str) -> None:
                                                 for arm, s in arms.items()}
                                   for number, arms in data.sums(primary).items()}))
             return
-        if mode == "folds":
-            with get_db().sessionmaker() as session, engine.connect() as connection:
+        if mode == "kept":
+            with get_db().sessionmaker() as session:
+                report = analyze_experiment(session, args[0], now=datetime.fromisoformat(args[1]))
                 experiment_id = get_experiment(session, args[0]).id
+            with engine.connect() as connection:
                 records = connection.execute(text(
                     "SELECT version, base_table, events_through, exposures_through FROM "
                     f"parcours_rollups WHERE experiment_id = {experiment_id} ORDER BY version"))
-                print(json.dumps({"folds": [list(row) for row in records],
+                print(json.dumps({"report": report.body,
+                                  "folds": [list(row) for row in records],
                                   "tables": sorted(rollup.kept_tables(connection,
                                                                       experiment_id))}))
             return
