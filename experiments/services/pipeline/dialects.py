@@ -320,20 +320,16 @@ class bits_or(FunctionElement[int]):  # lower case: reads as a SQL function
     inherit_cache = True
 
 
-@compiles(bits_or)
-def _bits_or(element: bits_or, compiler: Any, **kw: Any) -> str:
-    left, right = _args(element, compiler, **kw)
-    return f"({left} | {right})"
+def _spelled(template: str) -> Any:
+    """A compiler writing the construct's arguments into ``template``."""
+    def compile_(element: Any, compiler: Any, **kw: Any) -> str:
+        return template.format(*_args(element, compiler, **kw))
+    return compile_
 
 
-@_each(bits_or, CLICKHOUSE)
-def _bits_or_ch(element: bits_or, compiler: Any, **kw: Any) -> str:
-    return "bitOr({}, {})".format(*_args(element, compiler, **kw))
-
-
-@compiles(bits_or, "snowflake")
-def _bits_or_sf(element: bits_or, compiler: Any, **kw: Any) -> str:
-    return "BITOR({}, {})".format(*_args(element, compiler, **kw))
+compiles(bits_or)(_spelled("({} | {})"))
+_each(bits_or, CLICKHOUSE)(_spelled("bitOr({}, {})"))
+compiles(bits_or, "snowflake")(_spelled("BITOR({}, {})"))
 
 
 class has_bits(FunctionElement[bool]):  # lower case: reads as a SQL function
