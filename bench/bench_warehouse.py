@@ -195,7 +195,7 @@ DIALECTS: dict[str, dict[str, Any]] = {
     "chdb": {
         "types": {"id": "Int64", "text": "String", "null_text": "Nullable(String)",
                   "float": "Nullable(Float64)", "ts": "DateTime('UTC')", "bool": "Bool"},
-        "table_suffix": " ENGINE = MergeTree ORDER BY tuple()",
+        "table_suffix": " ENGINE = MergeTree ORDER BY id",  # as the sync creates them
         "double": "Float64",
         "series": lambda alias, start, count:
             f"(SELECT number AS v FROM numbers({start}, {count})) AS {alias}",
@@ -471,9 +471,10 @@ def with_cpu(run: Callable[[str], Any], url: str) -> tuple[float, float]:
 
 
 def print_rss(engine: str, url: str) -> None:
-    """Peak RSS of a fresh process running the first report, then one running a scheduled
-    report (the per-unit values kept: what the scheduler does between two folds)."""
-    for what, label in (("first", "first report    "), ("scheduled", "scheduled report")):
+    """Peak RSS of a fresh process running a scheduled report (the per-unit values kept by
+    the timed runs: what the scheduler does between two folds), then of one running a first
+    report (which drops them)."""
+    for what, label in (("scheduled", "scheduled report"), ("first", "first report    ")):
         rss = child_rss(what, url)
         print(f"{engine:7} {label} peak RSS {rss['peak_mb']:6.0f} MB ({describe_rss(rss)}; "
               f"target < {TARGET_RSS_MB} MB) "

@@ -85,7 +85,7 @@ class WarehouseRollup:
         elif events_now - fold.events_through > REFOLD_SHARE * fold.events_through:
             fold = _fold(connection, self.experiment_id, fold, unit_pass, events_now,
                          exposures_now, present)
-        return _merged(fold, unit_pass).subquery("u")
+        return _merged(fold, unit_pass, (events_now, exposures_now)).subquery("u")
 
 
 def latest_fold(connection: Connection, experiment_id: int) -> Fold | None:
@@ -139,7 +139,7 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     if fold.base_table is None:
         query = _projected(unit_pass, (0, events_now), (0, exposures_now))
     else:
-        query = _merged(fold, unit_pass, through=(events_now, exposures_now))
+        query = _merged(fold, unit_pass, (events_now, exposures_now), bounded=True)
     name = f"{TABLE_PREFIX}{experiment_id}_{secrets.token_hex(6)}"
     connection.execute(table_from_select(name, query))
     connection.commit()
@@ -152,30 +152,40 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     return folded
 
 
-def _projected(unit_pass: UnitPass, event_ids: IdRange, exposure_ids: IdRange | None) -> Any:
+def _projected(unit_pass: UnitPass, event_ids: IdRange, exposure_ids: IdRange | None, *,
+               units_first: bool = False) -> Any:
     """The pass over those id ranges reduced to ``exposure_id`` and the values (what a
     fold keeps)."""
-    rows = unit_pass.query(event_ids, exposure_ids).subquery()
+    rows = unit_pass.query(event_ids, exposure_ids, units_first=units_first).subquery()
     return select(rows.c.exposure_id, *(rows.c[value.label] for value in unit_pass.values))
 
 
-def _merged(fold: Fold, unit_pass: UnitPass, *, through: tuple[int, int] | None = None
-            ) -> Any:
-    """The fold's table ⊕ the pass over what it lacks — every newer event and the folded
-    events of units exposed since (up to the ids ``through``, events then exposures, for
-    the next fold): one row per unit, each value merged by its rule. The few units with
-    newer events are merged by an outer join to the table, which is read once, as is."""
+def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
+            bounded: bool = False) -> Any:
+    """The fold's table ⊕ the pass over what it lacks — the events after its ids and the
+    earlier events of units exposed since (``newest``: the newest event and exposure ids;
+    ``bounded``: up to them, for the next fold, else whatever is there when it runs): one
+    row per unit, each value merged by its rule. A part with nothing to read is left out
+    (ClickHouse would still read every event of the other side); the units with newer
+    events are merged by an outer join to the table, which is read once, as is."""
     labels = [value.label for value in unit_pass.values]
     base = table(fold.base_table, column("exposure_id"), *(column(label) for label in labels))
-    events, exposures = through or (None, None)
-    parts = union_all(
-        _projected(unit_pass, (fold.events_through, events), (0, exposures)),
-        _projected(unit_pass, (0, fold.events_through), (fold.exposures_through, exposures))
-    ).subquery("parts")
-    live = (select(parts.c.exposure_id,
-                   *(merge_aggregate(parts.c[value.label], value.merge).label(value.label)
+    events, exposures = newest
+    parts = []
+    if events > fold.events_through:
+        parts.append(_projected(unit_pass, (fold.events_through, events if bounded else None),
+                                (0, exposures if bounded else None)))
+    if exposures > fold.exposures_through:
+        parts.append(_projected(unit_pass, (0, fold.events_through),
+                                (fold.exposures_through, exposures if bounded else None),
+                                units_first=True))
+    if not parts:
+        return select(base.c.exposure_id, *(base.c[label] for label in labels))
+    both = union_all(*parts).subquery("parts")
+    live = (select(both.c.exposure_id,
+                   *(merge_aggregate(both.c[value.label], value.merge).label(value.label)
                      for value in unit_pass.values))
-            .group_by(parts.c.exposure_id).subquery("live"))
+            .group_by(both.c.exposure_id).subquery("live"))
     return (select(func.coalesce(base.c.exposure_id, live.c.exposure_id).label("exposure_id"),
                    *(merged(base.c[value.label], live.c[value.label], value.merge)
                      .label(value.label) for value in unit_pass.values))
