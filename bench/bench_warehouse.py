@@ -51,10 +51,13 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
-Measured 2026-12-05 morning, every goal still MISSED (docs/performance.md, Warehouses,
-"Latest"), 1 M units: DuckDB scheduled report 0.59 s (1.59x its 0.37 s baseline, CPU 1.41x),
-first report 1.66 s (4.46x), 750 MB (first) / 652 MB (scheduled); chDB scheduled 3.57 s
-(3.53x its 1.01 s baseline), first 6.02 s (5.95x), 696 / 721 MB.
+Measured 2026-12-05 morning (docs/performance.md, Warehouses, "Latest"): at 10 M units /
+100 M events the scheduled report is OK on both engines, DuckDB 3.99 s against a 4.12 s
+baseline (0.97x; 1.15x in an earlier run), chDB 14.31 s against 15.84 s (0.90x; that
+baseline took 5.69 s the day before); first reports 3.85x and 7.11x; peak RSS 1.4-1.9 GB
+(scheduled), 2.2-4.7 GB (first). At 1 M units the scheduled report is 1.59-2.36x on DuckDB
+(CPU 1.41-1.57x; 447-496 MB) and 2.49-3.97x on chDB; DuckDB's first report 9.8x faster
+than PostgreSQL's 14.65 s, chDB's 2.3x.
 
 Measured 2026-12-05, before the kept per-unit values (first reports only):
 1 M units: DuckDB 1.45 s (4.63x its baseline), 751 MB, 8.9x faster than PostgreSQL's 13.62 s;
