@@ -115,11 +115,12 @@ _ELAPSED: dict[str | None, tuple[str, int]] = {
     **dict.fromkeys(CLICKHOUSE, ("dateDiff('microsecond', {start}, {end})", 1_000_000)),
     "bigquery": ("TIMESTAMP_DIFF({end}, {start}, MICROSECOND)", 1_000_000),
     "snowflake": ("DATEDIFF('microsecond', {start}, {end})", 1_000_000),
-    # SQLite (the default): whole seconds since the epoch, then the '.ffffff' tail of the
-    # stored text: exact to the microsecond, like the other engines (julianday's day
-    # fractions lose ~50 µs).
-    None: ("((strftime('%s', {end}) - strftime('%s', {start})) + "
-           "(CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL)))", 1),
+    # SQLite (the default): whole seconds since the epoch of the text without its fraction
+    # (strftime rounds the time to the millisecond first, so '…:52.999712' would give 53),
+    # then the '.ffffff' tail of the stored text: exact to the microsecond, like the other
+    # engines (julianday's day fractions lose ~50 µs).
+    None: ("((strftime('%s', substr({end}, 1, 19)) - strftime('%s', substr({start}, 1, 19)))"
+           " + (CAST(substr({end}, 20) AS REAL) - CAST(substr({start}, 20) AS REAL)))", 1),
 }
 
 

@@ -1,0 +1,54 @@
+"""Elapsed time between two instants on every engine (time to convert, time on step, the
+analysis window): exact to the microsecond. SQLite's ``strftime('%s')`` rounds a time to the
+millisecond first, so a time in the last half-millisecond of a second counted one second
+late (a time on step 95.178763 s on SQLite, 94.178763 s in a warehouse)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from experiments.db import UtcDateTime
+from experiments.services.pipeline.dialects import before_hours_after, seconds_between, utc_instant
+from tests.conftest import POSTGRES_URL, requires_postgres
+
+T = datetime(2026, 11, 24, 0, 59, 18, 820949, tzinfo=UTC)
+PAIRS = [  # (start, end) → seconds
+    (T, datetime(2026, 11, 24, 1, 0, 52, 999712, tzinfo=UTC)),  # end rounds up in strftime
+    (datetime(2026, 11, 24, 1, 0, 52, 999712, tzinfo=UTC), T + timedelta(hours=2)),
+    (T.replace(microsecond=999999), T.replace(microsecond=0) + timedelta(seconds=1)),
+    (T.replace(microsecond=0), T.replace(microsecond=0) + timedelta(seconds=30)),
+    (datetime(1969, 12, 31, 23, 59, 59, 999600, tzinfo=UTC),
+     datetime(1970, 1, 1, 0, 0, 0, 400, tzinfo=UTC)),
+]
+WINDOW_HOURS = 72.0
+WINDOW_ENDS = [  # (later than the start by, inside a 72 h window)
+    (timedelta(hours=72) - timedelta(microseconds=300), True),
+    (timedelta(hours=72) - timedelta(microseconds=1), True),
+    (timedelta(hours=72), False),
+]
+ENGINES = ["sqlite://", "duckdb:///:memory:", "chdb:///:memory:",
+           pytest.param(POSTGRES_URL, marks=requires_postgres, id="postgresql")]
+
+
+def instant(at: datetime) -> sa.ColumnElement[datetime]:
+    return utc_instant(at, UtcDateTime())
+
+
+@pytest.mark.parametrize("url", ENGINES)
+def test_elapsed_seconds_and_the_window_end_are_exact_on_every_engine(url: str) -> None:
+    start = T.replace(microsecond=999700)  # its millisecond rounds up to the next second
+    elapsed = [seconds_between(instant(a), instant(b)) for a, b in PAIRS]
+    inside = [before_hours_after(instant(start), instant(start + later),
+                                 sa.literal(WINDOW_HOURS, sa.Float()))
+              for later, _ in WINDOW_ENDS]
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        row = connection.execute(sa.select(*elapsed, *inside)).one()
+    engine.dispose()
+    seconds, flags = row[:len(PAIRS)], row[len(PAIRS):]
+    assert [round(float(value), 6) for value in seconds] == [
+        round((b - a).total_seconds(), 6) for a, b in PAIRS]
+    assert [bool(flag) for flag in flags] == [expected for _, expected in WINDOW_ENDS]
