@@ -132,3 +132,36 @@ def test_ids_of_a_transaction_still_open_are_left_for_the_next_sync(
         assert sync.sync_warehouse(session, "w").exposures == 3
         get_warehouses().dispose()
     get_db(app).engine.dispose()
+
+
+def test_the_sync_job_drops_the_kept_values_of_experiments_that_no_longer_run(
+        database_url: str, tmp_path: Path) -> None:
+    """A concluded experiment is analysed on demand from its events: the scheduled sync
+    drops its per-unit tables (``warehouses.rollup``); a running or paused one keeps its."""
+    app = make_test_app(database_url, tmp_path,
+                        WAREHOUSE_W_URL=f"duckdb:///{tmp_path / 'w.duckdb'}")
+    client, headers = app.test_client(), auth_headers(app)
+    for key in ("still-running", "paused", "concluded"):
+        body = experiment_payload(key, layer=None, targeting=[])
+        assert client.post("/api/v1/experiments", json=body, headers=headers).status_code == 201
+        assert client.post(f"/api/v1/experiments/{key}/start",
+                           headers=headers).status_code == 200
+    assert client.post("/api/v1/experiments/paused/pause", headers=headers).status_code == 200
+    assert client.post("/api/v1/experiments/concluded/conclude",
+                       json={"outcome": "no_difference", "winner": None, "learnings": "none"},
+                       headers=headers).status_code == 200
+    with app.app_context():
+        with get_db(app).sessionmaker() as db:
+            ids = {e.key: e.id for e in db.scalars(select(Experiment))}
+        names = {key: f"parcours_rollup_{number}_0a1b2c" for key, number in ids.items()}
+        with get_warehouses(app).engine("w").begin() as connection:
+            for name in names.values():
+                connection.exec_driver_sql(f"CREATE TABLE {name} AS SELECT 1 AS exposure_id")
+        assert not isinstance(sync.sync_all(get_db(app))["w"], str)
+        with get_warehouses(app).engine("w").connect() as connection:
+            left = set(connection.exec_driver_sql(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_name LIKE 'parcours_rollup%'").scalars())
+        get_warehouses(app).dispose()
+    assert left == {names["still-running"], names["paused"], "parcours_rollups"}
+    get_db(app).engine.dispose()

@@ -31,7 +31,7 @@ from experiments.services import alerts, decisions, identity, segments
 from experiments.services.lifecycle import experiment_id, get_experiment
 from experiments.services.pagination import paginate
 from experiments.services.pipeline import sum_specs
-from experiments.services.pipeline.rollup import drop_rollups
+from experiments.services.pipeline.rollup import ROLLUP_STATUSES, drop_rollups
 from experiments.services.report import build_report
 from experiments.services.results import calculation_to_dict
 from experiments.services.warehouses import routing
@@ -110,7 +110,6 @@ def _emit_report_signals(session: Session, experiment: Experiment, report: Repor
     signals.emit(signals.analysis_completed, session, {**base, "summary": _summary(body)})
 
 
-ROLLUP_STATUSES = ("running", "paused")  # experiments whose per-unit rollup is worth keeping
 
 
 def analyze_experiment(session: Session, key: str, *, now: datetime | None = None,

@@ -51,6 +51,7 @@ from experiments.services.pipeline.dialects import bits_or, packed_flags
 if TYPE_CHECKING:
     from experiments.services.pipeline.unit_values import UnitPass
 
+ROLLUP_STATUSES = ("running", "paused")  # experiments whose per-unit values are worth keeping
 Merge = Literal["or", "sum", "min", "max"]  # how two partial per-unit values combine
 SLOT_PREFIX: dict[Merge, str] = {"or": "w", "sum": "v", "min": "t", "max": "a"}
 KEYS = ("exposure_id", "variant_key", "exposed_at")
@@ -264,5 +265,5 @@ def _live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
             .group_by(*(parts.c[key] for key in KEYS)).subquery("live"))
 
 
-__all__ = ["IdRange", "Merge", "OwnRollup", "UnitStore", "UnitValuesQuery", "drop_rollups",
-           "merge_aggregate", "rolled_up_units", "slots_for"]
+__all__ = ["ROLLUP_STATUSES", "IdRange", "Merge", "OwnRollup", "UnitStore", "UnitValuesQuery",
+           "drop_rollups", "merge_aggregate", "rolled_up_units", "slots_for"]

@@ -31,7 +31,9 @@ work), so the first report costs no more than before and a fold is rare.
 
 from __future__ import annotations
 
+import re
 import secrets
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
 REFOLD_SHARE = 0.1
 TABLE_PREFIX = "parcours_rollup_"
+TABLE_NAME = re.compile(rf"{TABLE_PREFIX}(\d+)_[0-9a-f]+")  # experiment id, random part
 
 
 @dataclass(frozen=True)
@@ -192,18 +195,32 @@ def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
             .select_from(base.join(live, base.c.exposure_id == live.c.exposure_id, full=True)))
 
 
-def _rollup_tables(connection: Connection) -> set[str]:
-    """Every per-unit table in the warehouse."""
-    return set(connection.execute(
+def _rollup_tables(connection: Connection) -> dict[str, int]:
+    """Every per-unit table in the warehouse, with its experiment id (``_`` is a LIKE
+    wildcard, so the names are matched here: ``parcours_rollups`` is not one)."""
+    names = connection.execute(
         select(column("table_name")).select_from(table("tables", schema="information_schema"))
-        .where(column("table_name").like(f"{TABLE_PREFIX}%"))).scalars())
+        .where(column("table_name").like(f"{TABLE_PREFIX}%"))).scalars()
+    return {name: int(match[1]) for name in names
+            if (match := TABLE_NAME.fullmatch(name)) is not None}
 
 
 def kept_tables(connection: Connection, experiment_id: int) -> set[str]:
-    """The experiment's per-unit tables (by name: ``_`` is a LIKE wildcard, so the
-    experiment's prefix is matched here)."""
-    prefix = f"{TABLE_PREFIX}{experiment_id}_"
-    return {name for name in _rollup_tables(connection) if name.startswith(prefix)}
+    """The experiment's per-unit tables."""
+    return {name for name, owner in _rollup_tables(connection).items()
+            if owner == experiment_id}
+
+
+def drop_unkept(connection: Connection, keep: Collection[int]) -> list[str]:
+    """Drop the per-unit tables of every experiment not in ``keep`` (concluded ones are
+    analysed on demand, from their events); their records stay, naming a table that is
+    gone, so an experiment that runs again folds anew. The tables dropped, by name."""
+    dropped = sorted(name for name, owner in _rollup_tables(connection).items()
+                     if owner not in keep)
+    for name in dropped:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+    connection.commit()
+    return dropped
 
 
 def forget_rollups(connection: Connection) -> None:
@@ -215,5 +232,6 @@ def forget_rollups(connection: Connection) -> None:
     connection.commit()
 
 
-__all__ = ["REFOLD_SHARE", "Fold", "WarehouseRollup", "exposure_rows", "forget_rollups",
+__all__ = ["REFOLD_SHARE", "Fold", "WarehouseRollup", "drop_unkept", "exposure_rows",
+           "forget_rollups",
            "kept_tables", "latest_fold", "unique_through"]

@@ -41,8 +41,8 @@ from experiments.models import (
     IdentityLink,
     WarehouseSync,
 )
-from experiments.services.pipeline.rollup import transactions_settled
-from experiments.services.warehouses import tables
+from experiments.services.pipeline.rollup import ROLLUP_STATUSES, transactions_settled
+from experiments.services.warehouses import rollup, tables
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
 
 logger = logging.getLogger(__name__)
@@ -246,12 +246,20 @@ def sync_before_analysis(session: Session, name: str) -> SyncResult:
 
 def sync_all(database: Database, names: list[str] | None = None, *,
              progress: Progress | None = None) -> dict[str, SyncResult | str]:
-    """Sync the given (default: every configured) warehouse; one failure never stops the rest."""
+    """Sync the given (default: every configured) warehouse, then drop there the per-unit
+    tables of experiments that no longer run (``warehouses.rollup``); one failure never
+    stops the rest."""
     results: dict[str, SyncResult | str] = {}
     for name in names or get_warehouses().names():
         try:
             with database.sessionmaker() as session:
                 results[name] = sync_warehouse(session, name, progress=progress)
+                keep = list(session.scalars(select(Experiment.id).where(
+                    Experiment.status.in_(ROLLUP_STATUSES))))
+            with get_warehouses().engine(name).connect() as connection:
+                for table in rollup.drop_unkept(connection, keep):
+                    logger.info("dropped %s in warehouse %s: its experiment no longer runs",
+                                table, name)
         except WarehouseError as exc:
             logger.error("warehouse sync of %s failed: %s", name, exc)
             results[name] = f"error: {exc}"
