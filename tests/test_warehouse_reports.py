@@ -334,8 +334,9 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
         database_url: str, tmp_path: Path, warehouse_url: str) -> None:
     """The first analysis records the plan, the second folds every event into a per-unit
     table, later ones read it plus what arrived since (new events, new units, an erased
-    unit, a new override) and fold again once that is over a tenth: every report equals
-    the one Parcours computes from all its events."""
+    unit, a new override) and fold again once that is over a tenth, keeping the table
+    folded from until the next fold: every report equals the one Parcours computes from
+    all its events."""
     app = make_test_app(database_url, tmp_path)
     key = "wh-kept"
     experiment = start(app, key, metrics=METRICS, overrides={},
@@ -347,8 +348,8 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
         add_journey_traffic(db, experiment, 200)
     now = T0 + timedelta(days=6)
 
-    def in_both() -> tuple[dict[str, Any], dict[str, Any]]:
-        analysed = run_child(app, warehouse_url, "kept", key, now.isoformat())
+    def in_both(times: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
+        analysed = run_child(app, warehouse_url, "kept", key, now.isoformat(), str(times))
         assert analysed.returncode == 0, analysed.stderr
         kept = json.loads(analysed.stdout)
         with get_db(app).sessionmaker() as db:
@@ -363,11 +364,9 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
         assert not diffs, "\n".join(diffs)
         return kept["report"], kept
 
-    _, seen = in_both()  # the plan recorded, nothing folded
-    assert [fold[1] for fold in seen["folds"]] == [None] and seen["tables"] == []
-    _, first = in_both()  # everything folded into one table
-    [(_, table, events_through, _)] = first["folds"][1:]
-    assert first["tables"] == [table] and events_through > 700
+    _, first = in_both(times=2)  # the plan recorded, then everything folded into a table
+    [(_, seen, _, _), (_, table, events_through, _)] = first["folds"]
+    assert seen is None and first["tables"] == [table] and events_through > 700
 
     with get_db(app).sessionmaker() as db:  # under a tenth more: read live, no new fold
         more_traffic(db, db.get(Experiment, experiment.id), 200, 8, 5)
@@ -386,4 +385,10 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
     [(_, again, through, _)] = refolded["folds"][2:]
     assert through > events_through and refolded["tables"] == sorted([table, again])
     assert sum(body["units"].values()) == 238 - 3
+
+    with get_db(app).sessionmaker() as db:  # folded once more: the first table is dropped
+        more_traffic(db, db.get(Experiment, experiment.id), 238, 40, 8)
+    _, third = in_both()
+    [(_, latest, _, _)] = third["folds"][3:]
+    assert third["tables"] == sorted([again, latest])
     get_db(app).engine.dispose()

@@ -7,9 +7,9 @@ the N-th INSERT into the warehouse has run and before it commits: a sync killed 
 ``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
 error of a query running past the warehouse's time limit. ``analyze KEY NOW`` analyses the
 experiment at that ISO time and prints its report body; ``periods KEY`` prints a bandit's
-per-period sums of its primary metric as a reallocation reads them; ``kept KEY NOW`` analyses
-it and prints the report body, then the experiment's fold records (``warehouses.rollup``)
-and its per-unit tables there.
+per-period sums of its primary metric as a reallocation reads them; ``kept KEY NOW TIMES``
+analyses it that many times and prints the last report body, then the experiment's fold
+records (``warehouses.rollup``) and its per-unit tables there.
 """
 
 from __future__ import annotations
@@ -84,7 +84,9 @@ def main(mode: str, *args: str) -> None:
             return
         if mode == "kept":
             with get_db().sessionmaker() as session:
-                report = analyze_experiment(session, args[0], now=datetime.fromisoformat(args[1]))
+                for _ in range(int(args[2])):
+                    report = analyze_experiment(session, args[0],
+                                                now=datetime.fromisoformat(args[1]))
                 experiment_id = get_experiment(session, args[0]).id
             with engine.connect() as connection:
                 records = connection.execute(text(

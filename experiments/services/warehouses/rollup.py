@@ -16,7 +16,8 @@ Why this is exact:
 * the sync copies both tables as a prefix of Parcours's ids (``warehouses.sync``): once a
   fold saw ``max(id)``, every smaller id is there, and each later row is read live;
 * the fold and its record are two statements, the record last: a crash in between leaves
-  an unnamed table (dropped by a later fold), never a record of rows that are not there;
+  an unnamed table (dropped with the experiment's others once it no longer runs, by the
+  sync job), never a record of rows that are not there;
   each fold writes a new table, so a report reading the previous one is never cut short;
 * units that left the analysis after a fold (erased, overridden) are left out by the join
   to the current exposures that gives each row its variant, exposure time and segments.
@@ -137,8 +138,10 @@ def _record(connection: Connection, experiment_id: int, fold: Fold) -> None:
 def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: UnitPass,
           events_now: int, exposures_now: int, present: set[str]) -> Fold:
     """A new table with every unit's values up to the newest ids (from the fold's table,
-    or without one from every event), then its record; the experiment's other tables
-    ``present`` before, but the fold's own, are dropped (superseded, or left by a crash)."""
+    or without one from every event), then its record; then the experiment's tables that
+    older records name are dropped (the one folded from stays for reports reading it now).
+    A table no record names is left alone: it may be a concurrent fold's, not yet
+    recorded."""
     if fold.base_table is None:
         query = _projected(unit_pass, (0, events_now), (0, exposures_now))
     else:
@@ -149,7 +152,10 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now,
                   exposure_rows(connection, unit_pass.x, exposures_now))
     _record(connection, experiment_id, folded)
-    for stale in present - {fold.base_table}:
+    r = tables.rollups.c
+    named = set(connection.execute(select(r.base_table).where(
+        r.experiment_id == experiment_id, r.base_table.is_not(None))).scalars())
+    for stale in (named & present) - {name, fold.base_table}:
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {stale}")
     connection.commit()
     return folded
