@@ -236,34 +236,39 @@ def _upsert(session: Session, experiment_id: int, slots: Mapping[str, tuple[str,
 
 def _rollup_and_live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
                      build: UnitValuesQuery) -> Select[Any]:
-    """Rollup rows FULL JOIN the live per-unit values, merged column by column (the whole
-    pass while nothing is folded)."""
+    """Rollup rows FULL JOIN the live per-unit values — what the rollup lacks: newer events,
+    and units exposed since — merged column by column (the whole pass while nothing is
+    folded)."""
     if not state.events_through:
         return build((0, None), None)
-    live = _live(state, slots, build)
     rolled = (select(unit_rollups).where(unit_rollups.c.experiment_id == state.experiment_id)
               .subquery("r"))
+    live = [build((state.events_through, None), None),
+            build((0, state.events_through), (state.exposures_through, None))]
     # OFFSET 0 keeps PostgreSQL from inlining the merge expressions into every aggregate
     # of the outer query (it would compute each merged word once per flag).
-    return (select(*(func.coalesce(rolled.c[key], live.c[key]).label(key) for key in KEYS),
-                   *(merged(rolled.c[slot], live.c[label], merge).label(label)
-                     for label, (slot, merge) in slots.items()))
-            .select_from(rolled.join(live, rolled.c.exposure_id == live.c.exposure_id,
-                                     full=True))
-            .offset(0))
+    return with_live(rolled, {label: (rolled.c[slot], merge)
+                              for label, (slot, merge) in slots.items()},
+                     live, keys=KEYS).offset(0)
 
 
-def _live(state: RollupState, slots: Mapping[str, tuple[str, Merge]],
-          build: UnitValuesQuery) -> Any:
-    """Per-unit values of what the rollup lacks: newer events, and units exposed since."""
-    both = union_all(build((state.events_through, None), None),
-                     build((0, state.events_through), (state.exposures_through, None)))
-    parts = both.subquery("parts")
-    return (select(*(parts.c[key] for key in KEYS),
-                   *(merge_aggregate(parts.c[label], merge).label(label)
-                     for label, (_, merge) in slots.items()))
-            .group_by(*(parts.c[key] for key in KEYS)).subquery("live"))
+def with_live(kept: Any, values: Mapping[str, tuple[Any, Merge]], live: Sequence[Select[Any]],
+              *, keys: Sequence[str] = ("exposure_id",)) -> Select[Any]:
+    """Kept per-unit values FULL JOIN the ``live`` passes (each one row per unit, labelled
+    as ``values``) merged per unit: one row per unit, each value (``label -> (its column
+    in kept, merge rule)``) merged by its rule. The units with live values are few: the
+    kept rows are read once, as they are."""
+    both = (live[0] if len(live) == 1 else union_all(*live)).subquery("parts")
+    grouped = (select(*(both.c[key] for key in keys),
+                      *(merge_aggregate(both.c[label], merge).label(label)
+                        for label, (_, merge) in values.items()))
+               .group_by(*(both.c[key] for key in keys)).subquery("live"))
+    return (select(*(func.coalesce(kept.c[key], grouped.c[key]).label(key) for key in keys),
+                   *(merged(column, grouped.c[label], merge).label(label)
+                     for label, (column, merge) in values.items()))
+            .select_from(kept.join(grouped, kept.c.exposure_id == grouped.c.exposure_id,
+                                   full=True)))
 
 
 __all__ = ["ROLLUP_STATUSES", "IdRange", "Merge", "OwnRollup", "UnitStore", "UnitValuesQuery",
-           "drop_rollups", "merge_aggregate", "rolled_up_units", "slots_for"]
+           "drop_rollups", "merge_aggregate", "rolled_up_units", "slots_for", "with_live"]

@@ -7,9 +7,9 @@ so that later reports read one row per unit plus only what arrived since. In a w
 they are kept in a table of their own, made by one ``CREATE TABLE … AS SELECT`` (a *fold*)
 and named by the latest row of ``parcours_rollups`` for the experiment, with the ids it
 covers: every ``parcours_events`` row with ``id <= events_through`` of every exposure with
-``id <= exposures_through``. A report reads that table ``UNION ALL`` the pass over the
-events after ``events_through`` and over the folded events of the units exposed since,
-merged per unit (OR, +, min, max).
+``id <= exposures_through``. A report reads that table merged per unit (OR, +, min, max)
+with the pass over the events after ``events_through`` and over the folded events of the
+units exposed since (``pipeline.rollup.with_live``, as on PostgreSQL).
 
 Why this is exact:
 
@@ -17,8 +17,8 @@ Why this is exact:
   fold saw ``max(id)``, every smaller id is there, and each later row is read live;
 * the fold and its record are two statements, the record last: a crash in between leaves
   an unnamed table (dropped with the experiment's others once it no longer runs, by the
-  sync job), never a record of rows that are not there;
-  each fold writes a new table, so a report reading the previous one is never cut short;
+  sync job), never a record of rows that are not there; each fold writes a new table, so
+  a report reading the previous one is never cut short;
 * units that left the analysis after a fold (erased, overridden) are left out by the join
   to the current exposures that gives each row its variant, exposure time and segments.
 
@@ -38,11 +38,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, column, func, select, table, union_all
+from sqlalchemy import Connection, column, func, select, table
 from sqlalchemy.orm import Session
 
 from experiments.services.pipeline.dialects import table_from_select
-from experiments.services.pipeline.rollup import IdRange, merge_aggregate, merged
+from experiments.services.pipeline.rollup import IdRange, with_live
 from experiments.services.warehouses import tables
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ TABLE_NAME = re.compile(rf"{TABLE_PREFIX}(\d+)_[0-9a-f]+")  # experiment id, ran
 
 @dataclass(frozen=True)
 class Fold:
-    """The latest ``parcours_rollups`` row of an experiment."""
+    """One ``parcours_rollups`` row: a fold of an experiment (or only its plan, seen)."""
 
     version: int
     plan_key: str
@@ -93,8 +93,8 @@ class WarehouseRollup:
 
 
 def latest_fold(connection: Connection, experiment_id: int) -> Fold | None:
-    """The experiment's latest fold record (None: never analysed with a rollup)."""
-    tables.create_rollups(connection)
+    """The experiment's latest fold record (None: never analysed with a rollup);
+    ``parcours_rollups`` must exist (:func:`tables.create_rollups`)."""
     r = tables.rollups.c
     row = connection.execute(select(r.version, r.plan_key, r.base_table, r.events_through,
                                     r.exposures_through, r.exposure_rows)
@@ -155,9 +155,7 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     r = tables.rollups.c
     named = set(connection.execute(select(r.base_table).where(
         r.experiment_id == experiment_id, r.base_table.is_not(None))).scalars())
-    for stale in (named & present) - {name, fold.base_table}:
-        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {stale}")
-    connection.commit()
+    _drop(connection, (named & present) - {name, fold.base_table})
     return folded
 
 
@@ -174,31 +172,23 @@ def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
     """The fold's table ⊕ the pass over what it lacks — the events after its ids and the
     earlier events of units exposed since (``newest``: the newest event and exposure ids;
     ``bounded``: up to them, for the next fold, else whatever is there when it runs): one
-    row per unit, each value merged by its rule. A part with nothing to read is left out
-    (ClickHouse would still read every event of the other side); the units with newer
-    events are merged by an outer join to the table, which is read once, as is."""
+    row per unit, each value merged by its rule (:func:`with_live`). A part with nothing to
+    read is left out (ClickHouse would still read every event of the other side)."""
     labels = [value.label for value in unit_pass.values]
     base = table(fold.base_table, column("exposure_id"), *(column(label) for label in labels))
     events, exposures = newest
-    parts = []
+    live = []
     if events > fold.events_through:
-        parts.append(_projected(unit_pass, (fold.events_through, events if bounded else None),
-                                (0, exposures if bounded else None)))
+        live.append(_projected(unit_pass, (fold.events_through, events if bounded else None),
+                               (0, exposures if bounded else None)))
     if exposures > fold.exposures_through:
-        parts.append(_projected(unit_pass, (0, fold.events_through),
-                                (fold.exposures_through, exposures if bounded else None),
-                                units_first=True))
-    if not parts:
+        live.append(_projected(unit_pass, (0, fold.events_through),
+                               (fold.exposures_through, exposures if bounded else None),
+                               units_first=True))
+    if not live:
         return select(base.c.exposure_id, *(base.c[label] for label in labels))
-    both = union_all(*parts).subquery("parts")
-    live = (select(both.c.exposure_id,
-                   *(merge_aggregate(both.c[value.label], value.merge).label(value.label)
-                     for value in unit_pass.values))
-            .group_by(both.c.exposure_id).subquery("live"))
-    return (select(func.coalesce(base.c.exposure_id, live.c.exposure_id).label("exposure_id"),
-                   *(merged(base.c[value.label], live.c[value.label], value.merge)
-                     .label(value.label) for value in unit_pass.values))
-            .select_from(base.join(live, base.c.exposure_id == live.c.exposure_id, full=True)))
+    return with_live(base, {value.label: (base.c[value.label], value.merge)
+                            for value in unit_pass.values}, live)
 
 
 def _rollup_tables(connection: Connection) -> dict[str, int]:
@@ -223,21 +213,22 @@ def drop_unkept(connection: Connection, keep: Collection[int]) -> list[str]:
     gone, so an experiment that runs again folds anew. The tables dropped, by name."""
     dropped = sorted(name for name, owner in _rollup_tables(connection).items()
                      if owner not in keep)
-    for name in dropped:
-        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-    connection.commit()
+    _drop(connection, dropped)
     return dropped
 
 
 def forget_rollups(connection: Connection) -> None:
     """Drop every experiment's per-unit tables and records (a warehouse reset; the bench's
     first reports)."""
-    for name in _rollup_tables(connection):
+    _drop(connection, [*drop_unkept(connection, keep=()), tables.rollups.name])
+
+
+def _drop(connection: Connection, names: Collection[str]) -> None:
+    """Drop these tables (if they still exist) and commit."""
+    for name in names:
         connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
-    connection.exec_driver_sql("DROP TABLE IF EXISTS parcours_rollups")
     connection.commit()
 
 
 __all__ = ["REFOLD_SHARE", "Fold", "WarehouseRollup", "drop_unkept", "exposure_rows",
-           "forget_rollups",
-           "kept_tables", "latest_fold", "unique_through"]
+           "forget_rollups", "kept_tables", "latest_fold", "unique_through"]

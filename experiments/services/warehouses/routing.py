@@ -138,6 +138,8 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
         if units.clusters is not None:
             prepare(connection)  # ClickHouse: NULLs, not '', where a unit has no link
         rollup = rollup and units.clusters is None and _copied(events)
+        if rollup:  # a warehouse filled by other means than the sync lacks it
+            tables.create_rollups(connection)
         # A fold was made over unique exposures: only the units exposed since are checked.
         fold = latest_fold(connection, experiment.id) if rollup else None
         sources = known_unique(connection, units.sources, checked_through=unique_through(
