@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,24 @@ def test_bandit_statistics_do_not_depend_on_where_the_data_lives():
         ("experiments.services.warehouses", "experiments.services.reallocation"))} == set()
     assert "experiments.services.warehouses.routing" in from_imports(
         "experiments/services/reallocation.py")
+
+
+def loaded_after(statement: str) -> set[str]:
+    """The heavy packages a fresh interpreter has loaded after running ``statement``."""
+    probe = (f"import sys\n{statement}\n"
+             "print(','.join(sorted(m for m in ('statsmodels', 'pandas') if m in sys.modules)))")
+    output = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    return set(filter(None, output.strip().split(",")))
+
+
+def test_only_the_sample_size_calculator_loads_statsmodels(tmp_path):
+    # statsmodels brings pandas: ~70 MB of RSS in every web worker and analysis job.
+    app = ("from experiments.app import create_app\n"
+           f"create_app({{'DATABASE_URL': 'sqlite:///{tmp_path}/p.db', 'SCHEDULER': False, "
+           f"'SECRET_KEY': 'x', 'INSTANCE_PATH': '{tmp_path}'}})\n"
+           "import experiments.services.analysis, experiments.services.warehouses.routing")
+    assert loaded_after(app) == set()
+    assert loaded_after("from stats import sample_size\n"
+                        "sample_size('conversion', baseline=0.1, mde=0.1)") == {
+        "statsmodels", "pandas"}

