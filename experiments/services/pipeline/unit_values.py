@@ -146,16 +146,15 @@ def _packed_word(word: Word, post: ColumnElement[bool], ev: Any) -> Any:
     """The per-event value of one word, as few CASEs as possible (PostgreSQL form)."""
     post_terms, pre_terms = [], []
     if word.steps:
+        # A step's block is its reached bit, then its friction kinds' bits: the event's
+        # bits are the reached bit times (1 + 2 × its kind's bit) — one CASE on the step.
         reach = case({step: const(1 << offset) for _, step, offset in word.steps},
                      value=ev.c.step, else_=const(0))
-        step_base = case({step: const(1 << (offset + 1)) for _, step, offset in word.steps},
-                         value=ev.c.step, else_=const(0))
         kind_bit = case({kind: const(1 << number) for number, kind in enumerate(FRICTION_KINDS)},
                         value=ev.c.friction_kind, else_=const(0))
-        post_terms += [cast(reach, BigInteger),
-                       case((ev.c.type == "friction",
-                             cast(step_base, BigInteger) * cast(kind_bit, BigInteger)),
-                            else_=const(0))]
+        post_terms.append(cast(reach, BigInteger) * (
+            const(1) + case((ev.c.type == "friction", const(2) * cast(kind_bit, BigInteger)),
+                            else_=const(0))))
     for flag, bit in word.singles:
         (post_terms if flag.post else pre_terms).append(
             case((flag.condition, const(1 << bit)), else_=const(0)))
