@@ -61,3 +61,26 @@ def test_chdb_joins_by_partial_merge_and_spills_its_group_bys() -> None:
     engine.dispose()
     assert current == {"join_algorithm": "partial_merge",
                        "max_bytes_before_external_group_by": 50000000}
+
+
+def test_chdb_hashes_the_join_of_kept_per_unit_values_unless_its_settings_chose() -> None:
+    """One row per unit on both sides: a hash join for that statement only (SPEC §9)."""
+    from sqlalchemy import text
+
+    from experiments.services.pipeline.dialects import hashed_unit_join
+    from experiments.services.warehouses.engines import _make_engine
+
+    def algorithms(settings: tuple[tuple[str, str], ...], *, when: bool) -> list[str]:
+        engine = _make_engine(WarehouseConfig("ch", "chdb:///:memory:", settings=settings))
+        current = "SELECT getSetting('join_algorithm')"
+        with engine.connect() as connection:
+            with hashed_unit_join(connection, when=when):
+                inside = connection.scalar(text(current))
+            after = connection.scalar(text(current))
+        engine.dispose()
+        return [inside, after]
+
+    assert algorithms((), when=True) == ["hash", "partial_merge"]
+    assert algorithms((), when=False) == ["partial_merge", "partial_merge"]
+    chosen = (("join_algorithm", "grace_hash"),)
+    assert algorithms(chosen, when=True) == ["grace_hash", "grace_hash"]

@@ -654,6 +654,32 @@ def hashed_grouping(connection: Connection | Session, *, when: bool = True
         _set_local(connection, *before)
 
 
+# chDB's join algorithm for Parcours's statements (engines.ENGINE_SETTINGS): a partial merge
+# keeps a first report's join of every event to the exposures within ~1.3 GB at 10 M units.
+CHDB_JOIN = "partial_merge"
+
+
+@contextmanager
+def hashed_unit_join(connection: Connection | Session, *, when: bool = True) -> Iterator[None]:
+    """chDB, ``when`` the statement reads kept per-unit values (one row per unit, joined to
+    the exposures, one row per unit too) and the session joins by :data:`CHDB_JOIN`: a
+    hash join for that statement, whose table is the exposures as in a first report — at
+    10 M units 6.1 s and 1.7 GB against 9.1 s and 1.4 GB. A join algorithm the warehouse's
+    own settings chose is kept. Elsewhere: nothing."""
+    if not when or dialect_name(connection) != "chdb":
+        yield
+        return
+    before = connection.execute(text("SELECT getSetting('join_algorithm')")).scalar()
+    if before != CHDB_JOIN:
+        yield
+        return
+    connection.execute(text("SET join_algorithm = 'hash'"))
+    try:
+        yield
+    finally:
+        connection.execute(text(f"SET join_algorithm = '{CHDB_JOIN}'"))
+
+
 def _set_local(connection: Connection | Session, sort: str, work_mem: str) -> None:
     """``enable_sort`` and ``work_mem`` for the rest of the transaction (``SET LOCAL``), in
     one round trip."""
@@ -662,8 +688,8 @@ def _set_local(connection: Connection | Session, sort: str, work_mem: str) -> No
                        {"sort": sort, "work_mem": work_mem})
 
 
-__all__ = ["CLICKHOUSE", "HASHED_GROUPING_WORK_MEM", "answer_class", "answer_key",
-           "before_hours_after", "bits_or", "const", "count_if", "day_key", "dialect_name",
-           "grouping_sets_select", "has_bits", "hashed_grouping", "hours_between",
-           "json_attribute", "packed_flags", "prepare", "seconds_between",
-           "table_from_select", "utc_day", "utc_instant"]
+__all__ = ["CHDB_JOIN", "CLICKHOUSE", "HASHED_GROUPING_WORK_MEM", "answer_class",
+           "answer_key", "before_hours_after", "bits_or", "const", "count_if", "day_key",
+           "dialect_name", "grouping_sets_select", "has_bits", "hashed_grouping",
+           "hashed_unit_join", "hours_between", "json_attribute", "packed_flags", "prepare",
+           "seconds_between", "table_from_select", "utc_day", "utc_instant"]

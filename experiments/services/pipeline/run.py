@@ -30,7 +30,12 @@ from sqlalchemy.orm import Session
 
 from experiments.models import Experiment
 from experiments.services.capping import CAPPED_PARTS, cap_label, needs_ranking
-from experiments.services.pipeline.dialects import day_key, hashed_grouping, prepare
+from experiments.services.pipeline.dialects import (
+    day_key,
+    hashed_grouping,
+    hashed_unit_join,
+    prepare,
+)
 from experiments.services.pipeline.exposures import first_exposures, multi_variant_units
 from experiments.services.pipeline.journey import (
     JourneyCounts,
@@ -239,12 +244,13 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
     else:
         margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
         events_between = (first - margin, last + margin)
-    query = _unit_source(connection, sources, plan, hours=hours,
-                         events_between=events_between, rollup=rollup, units=exposed,
-                         sets=sets)
+    query, kept = _unit_source(connection, sources, plan, hours=hours,
+                               events_between=events_between, rollup=rollup, units=exposed,
+                               sets=sets)
     outside = 0.0
     caps = _configured_caps(specs)
-    with hashed_grouping(connection, when=len(sets) > 1):
+    with hashed_grouping(connection, when=len(sets) > 1), \
+            hashed_unit_join(connection, when=kept):
         result = connection.execute(query)
     columns = _metric_columns(plan, list(result.keys()))
     for row in result:
@@ -313,13 +319,14 @@ def marginal(grouped: Mapping[Group, ExperimentAggregates], position: int = 0
 
 def _unit_source(connection: Session | Connection, sources: PipelineSources, plan: Plan, *,
                  hours: float | None, events_between: tuple[datetime, datetime | None],
-                 rollup: bool, units: int, sets: Sequence[GroupingSet]) -> Any:
-    """The variant/day query over the per-unit values: kept between analyses where the
-    sources have a :attr:`~PipelineSources.unit_store` (it holds ungrouped per-unit values:
-    the exposure columns it lacks, grouping ones included, are joined from the first
-    exposures — which also leaves out the units no longer exposed: erased, overridden).
-    Otherwise the pass groups by the grouping columns itself: joining them afterwards to a
-    deduplicated (window-ranked) exposures relation made PostgreSQL pick a nested loop."""
+                 rollup: bool, units: int, sets: Sequence[GroupingSet]) -> tuple[Any, bool]:
+    """The variant/day query over the per-unit values, and whether they are kept between
+    analyses: where the sources have a :attr:`~PipelineSources.unit_store` (it holds
+    ungrouped per-unit values: the exposure columns it lacks, grouping ones included, are
+    joined from the first exposures — which also leaves out the units no longer exposed:
+    erased, overridden). Otherwise the pass groups by the grouping columns itself: joining
+    them afterwards to a deduplicated (window-ranked) exposures relation made PostgreSQL
+    pick a nested loop."""
     unit = None
     if rollup and sources.unit_store is not None:
         ungrouped = UnitPass.of(replace(sources, grouping=()), plan, hours=hours,
@@ -332,12 +339,13 @@ def _unit_source(connection: Session | Connection, sources: PipelineSources, pla
             unit = (select(*unit.c, *(x.c[name] for name in joined))
                     .select_from(unit.join(x, x.c.exposure_id == unit.c.exposure_id))
                     .subquery("grouped_u"))
+    kept = unit is not None
     if unit is None:
         unit = UnitPass.of(sources, plan, hours=hours,
                            events_between=events_between).query().subquery("u")
     if needs_ranking(plan.metrics):  # read several times: computed once
         unit = select(*unit.c).cte("unit_values")
-    return variant_day_query(plan, unit, units=units, sets=sets)
+    return variant_day_query(plan, unit, units=units, sets=sets), kept
 
 
 def _configured_caps(specs: Sequence[MetricSpec]) -> dict[str, dict[str, float | None]]:
