@@ -51,7 +51,15 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
-Measured 2026-12-05 morning (docs/performance.md, Warehouses, "Latest"): at 10 M units /
+Measured 2026-12-05, fourth session (docs/performance.md, Warehouses, "Latest"): at 10 M
+units / 100 M events the scheduled report is OK on both engines, DuckDB 3.40 s against a
+3.91 s baseline (0.87x), chDB 7.51 s against 6.34 s (1.18x, its kept values joined by
+hash); first reports 3.69x and 16.21x; peak RSS 1.7-1.9 GB (scheduled), 2.2-4.7 GB (first).
+At 1 M units DuckDB's scheduled report is 1.17-1.62x over four runs (CPU 1.07-1.32x;
+416-435 MB, OK), chDB's 2.16-2.98x; DuckDB's first report 9.2-9.6x faster than
+PostgreSQL's 13.4-15.8 s, chDB's 2.5-3.0x.
+
+Measured 2026-12-05 morning: at 10 M units /
 100 M events the scheduled report is OK on both engines, DuckDB 3.99 s against a 4.12 s
 baseline (0.97x; 1.15x in an earlier run), chDB 14.31 s against 15.84 s (0.90x; that
 baseline took 5.69 s the day before); first reports 3.85x and 7.11x; peak RSS 1.4-1.9 GB
