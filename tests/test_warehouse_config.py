@@ -67,8 +67,10 @@ def test_chdb_hashes_the_join_of_kept_per_unit_values_unless_its_settings_chose(
     """One row per unit on both sides: a hash join for that statement only (SPEC §9)."""
     from sqlalchemy import text
 
-    from experiments.services.pipeline.dialects import hashed_unit_join
-    from experiments.services.warehouses.engines import _make_engine
+    from experiments.services.pipeline.dialects import CHDB_JOIN, hashed_unit_join
+    from experiments.services.warehouses.engines import ENGINE_SETTINGS, _make_engine
+
+    assert ENGINE_SETTINGS["chdb"]["join_algorithm"] == CHDB_JOIN
 
     def algorithms(settings: tuple[tuple[str, str], ...], *, when: bool) -> list[str]:
         engine = _make_engine(WarehouseConfig("ch", "chdb:///:memory:", settings=settings))

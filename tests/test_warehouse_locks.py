@@ -24,6 +24,9 @@ from sqlalchemy import text
 from experiments.config import WarehouseConfig
 from experiments.services.warehouses.engines import _make_engine
 engine = _make_engine(WarehouseConfig("w", sys.argv[1], timeout_seconds=60, settings={}))
+if sys.argv[4:] == ["on-cue"]:  # imported: wait for the test's cue to open the warehouse
+    print("ready", flush=True)
+    sys.stdin.readline()
 started = time.monotonic()
 with engine.connect() as connection:
     connection.execute(text(sys.argv[2]))
@@ -56,7 +59,8 @@ def _url(engine: str, directory: Path) -> str:
 @contextmanager
 def _running(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen([sys.executable, "-c", script, *args], text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
     try:
         yield process
     finally:
@@ -92,10 +96,17 @@ def test_parcours_waits_for_a_process_that_has_the_warehouse_open(
         engine: str, tmp_path: Path) -> None:
     url = _url(engine, tmp_path)
     assert _run(LOADER, url, TABLES[engine], "0").returncode == 0
-    with _running(LOADER, url, "INSERT INTO orders VALUES (1)", "1.5") as loader:
-        assert _first_line(loader) == "locked"
-        opened = time.monotonic()
-        parcours = _run(PARCOURS, url, "INSERT INTO orders VALUES (2)", "0")
-    assert parcours.returncode == 0, parcours.stderr[-2000:]
-    waited = float(parcours.stdout.split()[1])
+    # Parcours's process is started and imported first, so that its start-up (slow on a
+    # busy machine) does not eat the time the loader holds the file.
+    with _running(PARCOURS, url, "INSERT INTO orders VALUES (2)", "0", "on-cue") as parcours:
+        assert _first_line(parcours) == "ready"
+        with _running(LOADER, url, "INSERT INTO orders VALUES (1)", "1.5") as loader:
+            assert _first_line(loader) == "locked"
+            opened = time.monotonic()
+            assert parcours.stdin is not None
+            parcours.stdin.write("go\n")
+            parcours.stdin.flush()
+            done = _first_line(parcours)
+    assert done.startswith("done"), done
+    waited = float(done.split()[1])
     assert waited > 0.5 and time.monotonic() - opened >= 1.0

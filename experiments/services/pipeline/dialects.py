@@ -654,8 +654,9 @@ def hashed_grouping(connection: Connection | Session, *, when: bool = True
         _set_local(connection, *before)
 
 
-# chDB's join algorithm for Parcours's statements (engines.ENGINE_SETTINGS): a partial merge
-# keeps a first report's join of every event to the exposures within ~1.3 GB at 10 M units.
+# chDB's join algorithm for Parcours's statements, as warehouses.engines.ENGINE_SETTINGS sets
+# it (tested equal; the engines module stays light to import): a partial merge keeps a first
+# report's join of every event to the exposures within ~1.3 GB at 10 M units.
 CHDB_JOIN = "partial_merge"
 
 

@@ -34,7 +34,6 @@ from sqlalchemy.pool import NullPool
 from experiments.config import WarehouseConfig, warehouses_from_env
 from experiments.db import postgres_connect_args
 from experiments.errors import NotFound
-from experiments.services.pipeline.dialects import CHDB_JOIN
 
 EXTENSION_KEY = "parcours.warehouses"
 # Each engine's memory settings unless the URL or ``PARCOURS_WAREHOUSE_<NAME>_SETTINGS``
@@ -58,7 +57,7 @@ EXTENSION_KEY = "parcours.warehouses"
 ENGINE_SETTINGS: dict[str, dict[str, str]] = {
     "duckdb": {"preserve_insertion_order": "false",
                "disabled_optimizers": "build_side_probe_side"},
-    "chdb": {"join_algorithm": CHDB_JOIN,
+    "chdb": {"join_algorithm": "partial_merge",  # dialects.CHDB_JOIN (hashed_unit_join)
              "max_bytes_before_external_group_by": "50000000",
              "max_bytes_before_external_sort": "50000000"},
 }
