@@ -110,8 +110,6 @@ def _emit_report_signals(session: Session, experiment: Experiment, report: Repor
     signals.emit(signals.analysis_completed, session, {**base, "summary": _summary(body)})
 
 
-
-
 def analyze_experiment(session: Session, key: str, *, now: datetime | None = None,
                        dimensions: Sequence[str] = ()) -> Report:
     """Analyse one experiment now, store the report (and decision) and commit.
