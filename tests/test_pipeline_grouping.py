@@ -24,6 +24,7 @@ from experiments.services.pipeline import (
     attribute_level,
     marginal,
     period_of,
+    rebased,
     table_sources,
     units_query,
     variant_day_query,
@@ -90,6 +91,38 @@ def test_no_boundaries_is_one_period() -> None:
         grouped = sources.grouped_by(period=period_of(sources.exposures.c.exposed_at, []))
         assert [row.period for row in connection.execute(units_query(grouped))] == [0]
     engine.dispose()
+
+
+def test_grouping_columns_computed_from_a_kept_tables_exposure_columns_are_the_same() -> None:
+    """A kept per-unit table carrying each unit's variant, exposure time and attributes
+    gives every unit the segment level and weight period its exposure gives (no join back
+    to the exposures); a column it does not carry cannot be computed from it."""
+    engine = sa.create_engine("sqlite://")
+    with engine.begin() as connection:
+        sources = _sources(connection, [
+            ("a", "control", T0 - timedelta(microseconds=1), {"country": "FR"}),
+            ("b", "control", T0, {"country": 33}),
+            ("c", "treatment", T0 + timedelta(hours=6), {}),
+        ])
+        grouped = sources.grouped_by(
+            country=attribute_level(sources, "country"),
+            period=period_of(sources.exposures.c.exposed_at, BOUNDARIES))
+        x = grouped.exposures
+        connection.execute(sa.text(
+            "CREATE TABLE kept AS SELECT exposure_id, variant_key, exposed_at, attributes, "
+            "1 AS w0 FROM parcours_exposures"))
+        kept = sa.table("kept", *(sa.column(name) for name in (
+            "exposure_id", "variant_key", "exposed_at", "attributes", "w0")))
+        kept.c.exposed_at.type = UtcDateTime()
+        from_kept = connection.execute(sa.select(
+            kept.c.exposure_id, *(rebased(x.c[name], kept).label(name)
+                                  for name in ("country", "period")))).all()
+        from_exposures = connection.execute(sa.select(x.c.exposure_id, x.c.country,
+                                                      x.c.period)).all()
+        assert rebased(x.c.unit_id, kept) is None
+    engine.dispose()
+    assert sorted(from_kept) == sorted(from_exposures) == [(1, "FR", 0), (2, "33", 1),
+                                                           (3, "__null__", 2)]
 
 
 @pytest.mark.parametrize("dialect", sorted(DIALECTS))

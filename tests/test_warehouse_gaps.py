@@ -103,7 +103,16 @@ def test_a_bandit_analysed_in_a_warehouse_is_period_weighted_as_in_parcours(
         own = bandits.primary_periods(db, experiment, bandits.periods_of(db, experiment.id))
         own_sums = {str(number): {arm: [s.n, s.sum, s.sum_squares] for arm, s in arms.items()}
                     for number, arms in own.sums("click").items()}
-    in_parcours, _ = both_ways(app, "banner", starts[2] + timedelta(days=2), warehouse_url)
+    now = starts[2] + timedelta(days=2)
+    in_parcours, _ = both_ways(app, "banner", now, warehouse_url)
+    # Kept between analyses (the plan was recorded above; every event folded, then read
+    # with each unit's weight period computed from the exposure time the table carries).
+    kept = run_child(app, warehouse_url, "kept", "banner", now.isoformat(), "2")
+    assert kept.returncode == 0, kept.stderr
+    kept_run = json.loads(kept.stdout.splitlines()[-1])
+    assert [base is not None for _, base, _, _ in kept_run["folds"]] == [False, True]
+    diffs = differences(without_times(kept_run["report"]), without_times(in_parcours))
+    assert not diffs, "\n".join(diffs)
     # A reallocation of the warehouse bandit reads its sums there too: the same ones.
     read = run_child(app, warehouse_url, "periods", "banner")
     assert read.returncode == 0, read.stderr

@@ -333,9 +333,11 @@ def more_traffic(db: Session, experiment: Experiment, first: int, units: int,
 def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_report(
         database_url: str, tmp_path: Path, warehouse_url: str) -> None:
     """The first analysis records the plan, the second folds every event into a per-unit
-    table, later ones read it plus what arrived since (new events, new units, an erased
-    unit, a new override) and fold again once that is over a tenth, keeping the table
-    folded from until the next fold: every report equals the one Parcours computes from
+    table, later ones read it plus what arrived since (new events and new units: grouped
+    by the variant, day and segment the table carries; an erased unit: joined back to the
+    exposures, which leave it out) and fold again once that is over a tenth (without the
+    erased unit; the table folded from kept until the next fold); a new override is a new
+    plan, recorded, then folded anew: every report equals the one Parcours computes from
     all its events."""
     app = make_test_app(database_url, tmp_path)
     key = "wh-kept"
@@ -370,25 +372,33 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
 
     with get_db(app).sessionmaker() as db:  # under a tenth more: read live, no new fold
         more_traffic(db, db.get(Experiment, experiment.id), 200, 8, 5)
+    body, live = in_both()
+    assert live["folds"] == first["folds"] and live["tables"] == [table]
+    assert sum(body["units"].values()) == 200 + 8 - 1  # u0000 is an override
+
+    with get_db(app).sessionmaker() as db:  # an erased unit: left out by the join
         erase_unit(db, "u0007", SYSTEM)
+    body, erased = in_both()
+    assert erased["folds"] == first["folds"] and sum(body["units"].values()) == 208 - 2
+
+    with get_db(app).sessionmaker() as db:  # over a tenth: folded again, the old table kept
+        more_traffic(db, db.get(Experiment, experiment.id), 208, 30, 8)
+    body, refolded = in_both()  # ... without the erased unit, read without the join
+    [(_, again, through, _)] = refolded["folds"][2:]
+    assert through > events_through and refolded["tables"] == sorted([table, again])
+    assert sum(body["units"].values()) == 238 - 2
+
+    with get_db(app).sessionmaker() as db:  # a new override: a new plan, recorded
         stored = db.get(Experiment, experiment.id)
         stored.overrides = {"u0012": "one-page"}
         assert len(flag_as_overrides(db, experiment.id, ["u0012"])) == 1
         db.commit()
-    body, live = in_both()
-    assert live["folds"] == first["folds"] and live["tables"] == [table]
-    assert sum(body["units"].values()) == 200 + 8 - 3  # u0000 and u0012 overridden, u0007
+    body, replanned = in_both()
+    [(_, unfolded, _, _)] = replanned["folds"][3:]
+    assert unfolded is None
+    assert sum(body["units"].values()) == 238 - 3  # u0000 and u0012 overridden, u0007 erased
 
-    with get_db(app).sessionmaker() as db:  # over a tenth: folded again, the old table kept
-        more_traffic(db, db.get(Experiment, experiment.id), 208, 30, 8)
-    body, refolded = in_both()
-    [(_, again, through, _)] = refolded["folds"][2:]
-    assert through > events_through and refolded["tables"] == sorted([table, again])
-    assert sum(body["units"].values()) == 238 - 3
-
-    with get_db(app).sessionmaker() as db:  # folded once more: the first table is dropped
-        more_traffic(db, db.get(Experiment, experiment.id), 238, 40, 8)
-    _, third = in_both()
-    [(_, latest, _, _)] = third["folds"][3:]
-    assert third["tables"] == sorted([again, latest])
+    _, anew = in_both()  # folded anew from every event; the older tables dropped
+    [(_, latest, _, _)] = anew["folds"][4:]
+    assert anew["tables"] == [latest]
     get_db(app).engine.dispose()

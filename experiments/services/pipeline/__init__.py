@@ -38,6 +38,7 @@ from experiments.services.pipeline.sources import (
     attribute_level,
     own_sources,
     period_of,
+    rebased,
     table_sources,
 )
 from experiments.services.pipeline.unit_values import (
@@ -75,6 +76,7 @@ __all__ = [
     "period_of",
     "quantile_specs",
     "quantile_stats",
+    "rebased",
     "sum_specs",
     "table_sources",
     "time_on_step",

@@ -44,7 +44,7 @@ from experiments.services.pipeline.journey import (
     friction_outside_query,
     number,
 )
-from experiments.services.pipeline.sources import PipelineSources, own_sources
+from experiments.services.pipeline.sources import PipelineSources, own_sources, rebased
 from experiments.services.pipeline.unit_values import (
     PROPORTION_KINDS,
     MetricSpec,
@@ -322,23 +322,20 @@ def _unit_source(connection: Session | Connection, sources: PipelineSources, pla
                  rollup: bool, units: int, sets: Sequence[GroupingSet]) -> tuple[Any, bool]:
     """The variant/day query over the per-unit values, and whether they are kept between
     analyses: where the sources have a :attr:`~PipelineSources.unit_store` (it holds
-    ungrouped per-unit values: the exposure columns it lacks, grouping ones included, are
-    joined from the first exposures — which also leaves out the units no longer exposed:
-    erased, overridden). Otherwise the pass groups by the grouping columns itself: joining
-    them afterwards to a deduplicated (window-ranked) exposures relation made PostgreSQL
-    pick a nested loop."""
+    ungrouped per-unit values). A store whose rows carry the variant and exposure time
+    holds exactly the units analysed now; the grouping columns are computed from the
+    exposure columns it carries where it can (:func:`rebased`). Otherwise the exposure
+    columns it lacks are joined from the first exposures — which also leaves out the
+    units no longer exposed: erased, overridden. Without a store the pass groups by the
+    grouping columns itself: joining them afterwards to a deduplicated (window-ranked)
+    exposures relation made PostgreSQL pick a nested loop."""
     unit = None
     if rollup and sources.unit_store is not None:
         ungrouped = UnitPass.of(replace(sources, grouping=()), plan, hours=hours,
                                 events_between=events_between)
         unit = sources.unit_store(connection, plan_key(plan, hours), ungrouped)
-        joined = [name for name in ("variant_key", "exposed_at", *sources.grouping)
-                  if name not in unit.c] if unit is not None else []
-        if unit is not None and joined:
-            x = first_exposures(sources)
-            unit = (select(*unit.c, *(x.c[name] for name in joined))
-                    .select_from(unit.join(x, x.c.exposure_id == unit.c.exposure_id))
-                    .subquery("grouped_u"))
+        if unit is not None:
+            unit = _grouped_units(unit, sources)
     kept = unit is not None
     if unit is None:
         unit = UnitPass.of(sources, plan, hours=hours,
@@ -346,6 +343,24 @@ def _unit_source(connection: Session | Connection, sources: PipelineSources, pla
     if needs_ranking(plan.metrics):  # read several times: computed once
         unit = select(*unit.c).cte("unit_values")
     return variant_day_query(plan, unit, units=units, sets=sets), kept
+
+
+def _grouped_units(unit: Any, sources: PipelineSources) -> Any:
+    """The kept per-unit values with the variant, exposure time and grouping columns
+    (see :func:`_unit_source`)."""
+    missing = [name for name in ("variant_key", "exposed_at", *sources.grouping)
+               if name not in unit.c]
+    if not missing:
+        return unit
+    if "variant_key" in unit.c and "exposed_at" in unit.c:
+        computed = {name: rebased(sources.exposures.c[name], unit) for name in missing}
+        if all(value is not None for value in computed.values()):
+            return (select(*unit.c, *(value.label(name) for name, value in computed.items()))
+                    .subquery("grouped_u"))
+    x = first_exposures(sources)
+    return (select(*unit.c, *(x.c[name] for name in missing))
+            .select_from(unit.join(x, x.c.exposure_id == unit.c.exposure_id))
+            .subquery("grouped_u"))
 
 
 def _configured_caps(specs: Sequence[MetricSpec]) -> dict[str, dict[str, float | None]]:

@@ -17,8 +17,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, case, false, func, literal, select
-from sqlalchemy.sql import FromClause
+from sqlalchemy import Integer, Select, case, false, func, literal, select
+from sqlalchemy.sql import FromClause, visitors
+from sqlalchemy.sql.elements import ColumnClause, Label
+from sqlalchemy.sql.selectable import Subquery
 
 from experiments.models import Event, Exposure
 from experiments.services.pipeline.dialects import json_attribute, utc_instant
@@ -114,5 +116,31 @@ def period_of(exposed_at: Any, boundaries: Sequence[datetime]) -> Any:
                   for number, at in enumerate(ordered)), else_=len(ordered))
 
 
+def rebased(column: Any, relation: FromClause) -> Any | None:
+    """``column`` (of the exposures, e.g. a grouping column) computed from ``relation``'s
+    columns of the same names instead: its definition followed through the subqueries that
+    built it until each column it reads is one ``relation`` has. None when it reads one
+    ``relation`` lacks. A kept per-unit table that carries each unit's exposure columns
+    (variant, exposure time, ``attributes``) thus gives any segment level or weight period
+    without a join back to the exposures."""
+    missing: list[str] = []
+
+    def swap(element: Any) -> Any:
+        if not isinstance(element, ColumnClause) or element.table is None:
+            return None
+        if element.name in relation.c:
+            return relation.c[element.name]
+        source = element.table
+        if isinstance(source, Subquery) and isinstance(source.element, Select):
+            defined = source.element.selected_columns[element.name]
+            defined = defined.element if isinstance(defined, Label) else defined
+            return visitors.replacement_traverse(defined, {}, swap)
+        missing.append(element.name)
+        return element
+
+    expression = visitors.replacement_traverse(column, {}, swap)
+    return None if missing else expression
+
+
 __all__ = ["EVENT_COLUMNS", "EXPOSURE_COLUMNS", "NULL_LEVEL", "PipelineSources",
-           "attribute_level", "own_sources", "period_of", "table_sources"]
+           "attribute_level", "own_sources", "period_of", "rebased", "table_sources"]

@@ -19,8 +19,13 @@ Why this is exact:
   an unnamed table (dropped with the experiment's others once it no longer runs, by the
   sync job), never a record of rows that are not there; each fold writes a new table, so
   a report reading the previous one is never cut short;
-* units that left the analysis after a fold (erased, overridden) are left out by the join
-  to the current exposures that gives each row its variant, exposure time and segments.
+* each row carries its unit's exposure columns (:data:`CARRIED`), so a report groups the
+  rows by variant, day, segment level or weight period without joining them back to the
+  exposures — while the experiment's exposure rows up to the fold's ids are as many as
+  when it was made (counted before it). Fewer means units left the analysis since (an
+  erasure): the rows are then joined to the current exposures, which leave them out, and
+  the next fold drops them. The override units are part of the plan's key (the exposures
+  leave them out): a new override is a new plan, folded anew.
 
 Only ``parcours_events`` have ids: with ``events_sql`` sources, or when identity clusters
 are the analysis unit (SPEC §14), the pass is computed in full (see ``routing``). The first
@@ -32,6 +37,7 @@ work), so the first report costs no more than before and a fold is rare.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from collections.abc import Collection
@@ -49,6 +55,10 @@ if TYPE_CHECKING:
     from experiments.services.pipeline.unit_values import UnitPass
 
 REFOLD_SHARE = 0.1
+# Each unit's exposure columns kept beside its values (those the exposures have): a
+# report groups the kept rows by variant, day, segment level or weight period without
+# joining them back to the exposures.
+CARRIED = ("variant_key", "exposed_at", "attributes")
 TABLE_PREFIX = "parcours_rollup_"
 TABLE_NAME = re.compile(rf"{TABLE_PREFIX}(\d+)_[0-9a-f]+")  # experiment id, random part
 
@@ -68,13 +78,17 @@ class Fold:
 @dataclass(frozen=True)
 class WarehouseRollup:
     """The :class:`~experiments.services.pipeline.rollup.UnitStore` of one experiment in a warehouse
-    whose events are ``parcours_events`` (ids in Parcours's order)."""
+    whose events are ``parcours_events`` (ids in Parcours's order). ``overrides``: the
+    experiment's override units now, left out of its exposures (see ``routing``)."""
 
     experiment_id: int
+    overrides: tuple[str, ...] = ()
 
     def __call__(self, connection: Session | Connection, plan_key: str,
                  unit_pass: UnitPass) -> Any | None:
         assert isinstance(connection, Connection), "a warehouse is read on a connection"
+        plan_key = self.key(plan_key)
+        unit_pass = _carrying(unit_pass)
         fold = latest_fold(connection, self.experiment_id)
         events_now, exposures_now = _newest_ids(connection)
         if fold is None or fold.plan_key != plan_key:
@@ -89,7 +103,17 @@ class WarehouseRollup:
         elif events_now - fold.events_through > REFOLD_SHARE * fold.events_through:
             fold = _fold(connection, self.experiment_id, fold, unit_pass, events_now,
                          exposures_now, present)
-        return _merged(fold, unit_pass, (events_now, exposures_now)).subquery("u")
+        merged = _merged(fold, unit_pass, (events_now, exposures_now)).subquery("u")
+        if exposure_rows(connection, unit_pass.x, fold.exposures_through) == fold.exposure_rows:
+            return merged  # the folded units are the units now: no join back to exposures
+        return select(merged.c.exposure_id,
+                      *(merged.c[value.label] for value in unit_pass.values)).subquery("u")
+
+    def key(self, plan_key: str) -> str:
+        """The plan's key for this store: the override units and the carried exposure
+        columns are part of what its tables hold."""
+        described = repr((plan_key, self.overrides, CARRIED))
+        return hashlib.sha256(described.encode()).hexdigest()
 
 
 def latest_fold(connection: Connection, experiment_id: int) -> Fold | None:
@@ -144,13 +168,17 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     recorded."""
     if fold.base_table is None:
         query = _projected(unit_pass, (0, events_now), (0, exposures_now))
-    else:
-        query = _merged(fold, unit_pass, (events_now, exposures_now), bounded=True)
+    else:  # the units erased or overridden since the last fold are left out here
+        merged = _merged(fold, unit_pass, (events_now, exposures_now), bounded=True).subquery()
+        query = select(*merged.c).where(
+            merged.c.exposure_id.in_(select(unit_pass.x.c.exposure_id)))
+    # Counted before the fold reads them: a unit erased meanwhile lowers the count later,
+    # never the other way round (see WarehouseRollup: an equal count means the same units).
+    rows = exposure_rows(connection, unit_pass.x, exposures_now)
     name = f"{TABLE_PREFIX}{experiment_id}_{secrets.token_hex(6)}"
     connection.execute(table_from_select(name, query))
     connection.commit()
-    folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now,
-                  exposure_rows(connection, unit_pass.x, exposures_now))
+    folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now, rows)
     _record(connection, experiment_id, folded)
     r = tables.rollups.c
     named = set(connection.execute(select(r.base_table).where(
@@ -161,10 +189,18 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
 
 def _projected(unit_pass: UnitPass, event_ids: IdRange, exposure_ids: IdRange | None, *,
                units_first: bool = False) -> Any:
-    """The pass over those id ranges reduced to ``exposure_id`` and the values (what a
-    fold keeps)."""
+    """The pass over those id ranges reduced to ``exposure_id``, the carried exposure
+    columns and the values (what a fold keeps)."""
     rows = unit_pass.query(event_ids, exposure_ids, units_first=units_first).subquery()
-    return select(rows.c.exposure_id, *(rows.c[value.label] for value in unit_pass.values))
+    return select(*(rows.c[key] for key in unit_pass.keys),
+                  *(rows.c[value.label] for value in unit_pass.values))
+
+
+def _carrying(unit_pass: UnitPass) -> UnitPass:
+    """The ungrouped pass carrying each unit's :data:`CARRIED` exposure columns."""
+    extra = tuple(name for name in CARRIED
+                  if name in unit_pass.x.c and name not in unit_pass.keys)
+    return replace(unit_pass, keys=(*unit_pass.keys, *extra))
 
 
 def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
@@ -175,7 +211,8 @@ def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
     row per unit, each value merged by its rule (:func:`with_live`). A part with nothing to
     read is left out (ClickHouse would still read every event of the other side)."""
     labels = [value.label for value in unit_pass.values]
-    base = table(fold.base_table, column("exposure_id"), *(column(label) for label in labels))
+    base = table(fold.base_table, *(column(key) for key in unit_pass.keys),
+                 *(column(label) for label in labels))
     events, exposures = newest
     live = []
     if events > fold.events_through:
@@ -186,9 +223,9 @@ def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
                                (fold.exposures_through, exposures if bounded else None),
                                units_first=True))
     if not live:
-        return select(base.c.exposure_id, *(base.c[label] for label in labels))
+        return select(*(base.c[name] for name in (*unit_pass.keys, *labels)))
     return with_live(base, {value.label: (base.c[value.label], value.merge)
-                            for value in unit_pass.values}, live)
+                            for value in unit_pass.values}, live, keys=unit_pass.keys)
 
 
 def _rollup_tables(connection: Connection) -> dict[str, int]:

@@ -145,7 +145,8 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
         sources = known_unique(connection, units.sources, checked_through=unique_through(
             connection, fold, units.sources.exposures))
         if rollup and sources.unique_units:
-            sources = replace(sources, unit_store=WarehouseRollup(experiment.id))
+            sources = replace(sources, unit_store=WarehouseRollup(
+                experiment.id, overrides=tuple(sorted(experiment.overrides or ()))))
         yield connection, replace(units, sources=sources)
 
 
