@@ -332,7 +332,7 @@ def baseline(url: str) -> dict[str, tuple[int, float, float]]:
     return {row.variant_key: (int(row.n), float(row.total), float(row.total_sq)) for row in rows}
 
 
-def full_report(url: str, *, rollup: bool = True) -> tuple[float, float]:
+def full_report(url: str, *, rollup: bool = True, check: bool = False) -> tuple[float, float]:
     """Wall and CPU seconds (this process's: the in-process engines' threads count) of the
     full Parcours report (every metric, funnel, friction points, one dimension) of the bench
     experiment over the warehouse ``url`` names: what the analysis does for a running
@@ -361,6 +361,10 @@ def full_report(url: str, *, rollup: bool = True) -> tuple[float, float]:
     seconds = time.perf_counter() - started, time.process_time() - cpu
     engine.dispose()
     assert sum(body["units"].values()) > 0 and body["segments"], body.get("warnings")
+    if check:  # untimed: the report's revenue sums are the hand-written query's
+        revenue = analysed.aggregates.metrics["revenue"].totals()
+        assert {variant: (int(sums["n"]), sums["sum"], sums["sum_squares"])
+                for variant, sums in revenue.items()} == baseline(url), "revenue differs"
     return seconds
 
 
@@ -412,7 +416,7 @@ def main() -> None:
             print(f"{engine:7} first report         {first_s:8.2f}s   ratio "
                   f"{first_s / baseline_s:.2f}x (every event; once per experiment and plan: "
                   f"information only); cpu {first_cpu:.2f}s", flush=True)
-            fold_s, fold_cpu = full_report(url)
+            fold_s, fold_cpu = full_report(url, check=True)
             print(f"{engine:7} second report + fold {fold_s:8.2f}s   (folds every event into "
                   f"the warehouse's per-unit table: information only); cpu {fold_cpu:.2f}s",
                   flush=True)
@@ -423,6 +427,7 @@ def main() -> None:
                   f"(target <= {TARGET_RATIO}x) {'OK' if ratio <= TARGET_RATIO else 'MISSED'}; "
                   f"cpu {report_cpu:.2f}s, cpu ratio {report_cpu / baseline_cpu:.2f}x",
                   flush=True)
+            full_report(url, check=True)  # a scheduled report once more, checked
             print_rss(engine, url)
     if WITH_POSTGRES:
         compare_postgres()

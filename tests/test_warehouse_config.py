@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from experiments.config import Config, WarehouseConfig, warehouses_from_env
@@ -63,26 +65,46 @@ def test_chdb_joins_by_partial_merge_and_spills_its_group_bys() -> None:
                        "max_bytes_before_external_group_by": 50000000}
 
 
-def test_chdb_hashes_the_join_of_kept_per_unit_values_unless_its_settings_chose() -> None:
-    """One row per unit on both sides: a hash join for that statement only (SPEC §9)."""
+def test_statements_over_kept_values_hash_on_chdb_and_bound_duckdb_unless_settings_chose(
+        tmp_path: Path) -> None:
+    """One row per unit, few new events: chDB hashes that statement's joins, DuckDB bounds
+    its buffer pool for it (SPEC §9); each setting comes back afterwards, and one the
+    warehouse's settings chose (another join algorithm, a smaller memory limit) is kept."""
     from sqlalchemy import text
 
-    from experiments.services.pipeline.dialects import CHDB_JOIN, hashed_unit_join
+    from experiments.services.pipeline import dialects
+    from experiments.services.pipeline.dialects import kept_values_settings
+    from experiments.services.warehouses import engines
     from experiments.services.warehouses.engines import ENGINE_SETTINGS, _make_engine
 
-    assert ENGINE_SETTINGS["chdb"]["join_algorithm"] == CHDB_JOIN
+    assert ENGINE_SETTINGS["chdb"]["join_algorithm"] == dialects.CHDB_JOIN
+    assert engines.DUCKDB_DEFAULT_MEMORY == dialects.DUCKDB_DEFAULT_MEMORY
 
-    def algorithms(settings: tuple[tuple[str, str], ...], *, when: bool) -> list[str]:
-        engine = _make_engine(WarehouseConfig("ch", "chdb:///:memory:", settings=settings))
-        current = "SELECT getSetting('join_algorithm')"
+    def around(url: str, current: str, settings: tuple[tuple[str, str], ...], *,
+               when: bool) -> list[str]:
+        engine = _make_engine(WarehouseConfig("w", url, settings=settings))
         with engine.connect() as connection:
-            with hashed_unit_join(connection, when=when):
+            before = connection.scalar(text(current))
+            with kept_values_settings(connection, when=when):
                 inside = connection.scalar(text(current))
             after = connection.scalar(text(current))
         engine.dispose()
-        return [inside, after]
+        return [before, inside, after]
 
-    assert algorithms((), when=True) == ["hash", "partial_merge"]
-    assert algorithms((), when=False) == ["partial_merge", "partial_merge"]
+    join = "SELECT getSetting('join_algorithm')"
+    assert around("chdb:///:memory:", join, (), when=True) == [
+        "partial_merge", "hash", "partial_merge"]
+    assert around("chdb:///:memory:", join, (), when=False) == ["partial_merge"] * 3
     chosen = (("join_algorithm", "grace_hash"),)
-    assert algorithms(chosen, when=True) == ["grace_hash", "grace_hash"]
+    assert around("chdb:///:memory:", join, chosen, when=True) == ["grace_hash"] * 3
+
+    memory = "SELECT current_setting('memory_limit')"
+    duckdb_url = f"duckdb:///{tmp_path}/w.duckdb"
+    before, inside, after = around(duckdb_url, memory, (), when=True)
+    assert dialects.KEPT_DUCKDB_MEMORY == "200MB" and inside == "190.7 MiB"
+    assert after == before and before.endswith("GiB")  # DuckDB's default: 80 % of RAM
+    assert around(duckdb_url, memory, (), when=False) == [before] * 3
+    for chosen in ((("memory_limit", "1GB"),), (("memory_limit", "100GB"),)):
+        assert len(set(around(duckdb_url, memory, chosen, when=True))) == 1
+    in_url = around(f"{duckdb_url}?memory_limit=1GB", memory, (), when=True)
+    assert in_url == ["953.6 MiB"] * 3

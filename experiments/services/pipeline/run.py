@@ -33,7 +33,7 @@ from experiments.services.capping import CAPPED_PARTS, cap_label, needs_ranking
 from experiments.services.pipeline.dialects import (
     day_key,
     hashed_grouping,
-    hashed_unit_join,
+    kept_values_settings,
     prepare,
 )
 from experiments.services.pipeline.exposures import first_exposures, multi_variant_units
@@ -250,10 +250,11 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
     outside = 0.0
     caps = _configured_caps(specs)
     with hashed_grouping(connection, when=len(sets) > 1), \
-            hashed_unit_join(connection, when=kept):
+            kept_values_settings(connection, when=kept):  # read before they are restored
         result = connection.execute(query)
-    columns = _metric_columns(plan, list(result.keys()))
-    for row in result:
+        names, rows = list(result.keys()), result.all()
+    columns = _metric_columns(plan, names)
+    for row in rows:
         data = row._mapping
         number_ = int(data["grouping_set"]) if len(sets) > 1 else 0
         aggregates, day = group_of(number_, data), day_of(number_, data)

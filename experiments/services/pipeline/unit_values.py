@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import BigInteger, Float, and_, case, cast, false, func, literal, or_, select, true
 from sqlalchemy.sql import ColumnElement, Select
@@ -47,6 +47,8 @@ from experiments.services.pipeline.sources import PipelineSources
 PROPORTION_KINDS = frozenset({"conversion", "friction"})
 CUPED_KINDS = frozenset({"conversion", "friction", "mean", "count"})
 PROMOTER_MIN, DETRACTOR_MAX = 9, 6
+# Which side of the per-unit pass is first narrowed to the units of the other's id range.
+Narrowed = Literal["events", "exposures"]
 
 
 @dataclass(frozen=True)
@@ -353,19 +355,24 @@ class UnitPass:
         return cls(plan, hours, events_between, x, keys, tuple(values))
 
     def query(self, event_ids: IdRange | None = None,
-              exposure_ids: IdRange | None = None, *, units_first: bool = False
+              exposure_ids: IdRange | None = None, *, narrowed: Narrowed | None = None
               ) -> Select[Any]:
         """The pass over the events and exposures in those id ranges (default: all).
-        ``units_first``: the events are first narrowed to the units of those exposures (a
-        semi-join on ``unit_id``, for a few recent exposures among many events: ClickHouse
-        reads every column of a join's left side before it probes)."""
+        ``narrowed``: one side first narrowed to the units of the other's id range (a
+        semi-join on ``unit_id``) — ``"events"`` to the units of a few recent exposures
+        among many events (ClickHouse reads every column of a join's left side before it
+        probes), ``"exposures"`` to the units of a few recent events among many units (the
+        join's hash table is built from the exposures, its right side)."""
         x, plan, ev = self.x, self.plan, self.plan.events
         relevant = or_(ev.c.step.is_not(None), *[match_condition(m, ev) for m in plan.metrics])
         where = [window(x, ev, self.hours, with_pre=True), relevant,
                  *_in_range(ev.c.id, event_ids), *_in_range(x.c.exposure_id, exposure_ids)]
-        if units_first:
+        if narrowed == "events":
             units = select(x.c.unit_id).where(*_in_range(x.c.exposure_id, exposure_ids))
             where.append(ev.c.unit_id.in_(units.correlate(None).scalar_subquery()))
+        elif narrowed == "exposures":
+            units = select(ev.c.unit_id).where(*_in_range(ev.c.id, event_ids))
+            where.append(x.c.unit_id.in_(units.correlate(None).scalar_subquery()))
         if self.events_between is not None:
             after, before = self.events_between
             where.append(ev.c.occurred_at >= after)

@@ -57,10 +57,14 @@ EXTENSION_KEY = "parcours.warehouses"
 ENGINE_SETTINGS: dict[str, dict[str, str]] = {
     "duckdb": {"preserve_insertion_order": "false",
                "disabled_optimizers": "build_side_probe_side"},
-    "chdb": {"join_algorithm": "partial_merge",  # dialects.CHDB_JOIN (hashed_unit_join)
+    "chdb": {"join_algorithm": "partial_merge",  # dialects.CHDB_JOIN (kept_values_settings)
              "max_bytes_before_external_group_by": "50000000",
              "max_bytes_before_external_sort": "50000000"},
 }
+# The connection mark of a DuckDB warehouse whose memory limit no setting chose: its
+# statements over kept per-unit values run under a bounded one. The same text as
+# dialects.DUCKDB_DEFAULT_MEMORY (tested equal; this module stays light to import).
+DUCKDB_DEFAULT_MEMORY = "parcours_duckdb_default_memory"
 # How ClickHouse and PostgreSQL say that their own timeout stopped a statement.
 TIMEOUT_SIGNS = ("TIMEOUT_EXCEEDED", "statement timeout")
 # In-process engines whose database files one process opens at a time, and how they say
@@ -153,6 +157,8 @@ def _make_engine(config: WarehouseConfig) -> Engine:
         _wait_for_other_processes(engine, min(seconds, LOCK_WAIT_SECONDS))
     if backend == "duckdb":
         _interrupt_after(engine, seconds)
+        if "memory_limit" not in settings and "memory_limit" not in url.query:
+            _mark_on_connect(engine, DUCKDB_DEFAULT_MEMORY)
     elif backend == "chdb":
         _on_connect(engine, f"SET max_execution_time = {max(1, round(seconds))}",
                     *(f"SET {name} = {_literal(value)}" for name, value in settings.items()))
@@ -195,6 +201,15 @@ def _on_connect(engine: Engine, *statements: str) -> None:
         cursor.close()
 
     event.listen(engine, "connect", configure)
+
+
+def _mark_on_connect(engine: Engine, mark: str) -> None:
+    """Every connection of ``engine`` carries ``mark`` in its ``info``."""
+
+    def marked(_dbapi_connection: Any, record: Any) -> None:
+        record.info[mark] = True
+
+    event.listen(engine, "connect", marked)
 
 
 def _interrupt_after(engine: Engine, seconds: float) -> None:

@@ -52,7 +52,7 @@ from experiments.services.pipeline.rollup import IdRange, with_live
 from experiments.services.warehouses import tables
 
 if TYPE_CHECKING:
-    from experiments.services.pipeline.unit_values import UnitPass
+    from experiments.services.pipeline.unit_values import Narrowed, UnitPass
 
 REFOLD_SHARE = 0.1
 # Each unit's exposure columns kept beside its values (those the exposures have): a
@@ -188,10 +188,10 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
 
 
 def _projected(unit_pass: UnitPass, event_ids: IdRange, exposure_ids: IdRange | None, *,
-               units_first: bool = False) -> Any:
+               narrowed: Narrowed | None = None) -> Any:
     """The pass over those id ranges reduced to ``exposure_id``, the carried exposure
     columns and the values (what a fold keeps)."""
-    rows = unit_pass.query(event_ids, exposure_ids, units_first=units_first).subquery()
+    rows = unit_pass.query(event_ids, exposure_ids, narrowed=narrowed).subquery()
     return select(*(rows.c[key] for key in unit_pass.keys),
                   *(rows.c[value.label] for value in unit_pass.values))
 
@@ -217,11 +217,11 @@ def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
     live = []
     if events > fold.events_through:
         live.append(_projected(unit_pass, (fold.events_through, events if bounded else None),
-                               (0, exposures if bounded else None)))
+                               (0, exposures if bounded else None), narrowed="exposures"))
     if exposures > fold.exposures_through:
         live.append(_projected(unit_pass, (0, fold.events_through),
                                (fold.exposures_through, exposures if bounded else None),
-                               units_first=True))
+                               narrowed="events"))
     if not live:
         return select(*(base.c[name] for name in (*unit_pass.keys, *labels)))
     return with_live(base, {value.label: (base.c[value.label], value.merge)
