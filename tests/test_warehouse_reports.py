@@ -330,6 +330,10 @@ def more_traffic(db: Session, experiment: Experiment, first: int, units: int,
     db.commit()
 
 
+# Each Parcours database and each engine once (the database only feeds the sync): the
+# test runs six analyses in child processes, about 20 s per pair on chDB.
+@pytest.mark.parametrize(("database_url", "warehouse_url"),
+                         [("sqlite", "chdb"), ("postgresql", "duckdb")], indirect=True)
 def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_report(
         database_url: str, tmp_path: Path, warehouse_url: str) -> None:
     """The first analysis records the plan, the second folds every event into a per-unit
@@ -388,17 +392,13 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
     assert through > events_through and refolded["tables"] == sorted([table, again])
     assert sum(body["units"].values()) == 238 - 2
 
-    with get_db(app).sessionmaker() as db:  # a new override: a new plan, recorded
-        stored = db.get(Experiment, experiment.id)
+    with get_db(app).sessionmaker() as db:  # a new override: a new plan, recorded, then
+        stored = db.get(Experiment, experiment.id)  # folded anew; the older tables dropped
         stored.overrides = {"u0012": "one-page"}
         assert len(flag_as_overrides(db, experiment.id, ["u0012"])) == 1
         db.commit()
-    body, replanned = in_both()
-    [(_, unfolded, _, _)] = replanned["folds"][3:]
-    assert unfolded is None
+    body, anew = in_both(times=2)
+    [(_, unfolded, _, _), (_, latest, _, _)] = anew["folds"][3:]
+    assert unfolded is None and anew["tables"] == [latest]
     assert sum(body["units"].values()) == 238 - 3  # u0000 and u0012 overridden, u0007 erased
-
-    _, anew = in_both()  # folded anew from every event; the older tables dropped
-    [(_, latest, _, _)] = anew["folds"][4:]
-    assert anew["tables"] == [latest]
     get_db(app).engine.dispose()

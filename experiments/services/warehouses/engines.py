@@ -48,7 +48,8 @@ EXTENSION_KEY = "parcours.warehouses"
 # 3.8-6.2 s and 0.5-0.65 GB, then 302 s and 1.3-3.1 GB; a plain hash join 3.9 s and 660 MB,
 # then past 12 GB.
 # DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
-# memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory").
+# memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory"),
+# except for the statements over kept per-unit values (dialects.kept_values_settings).
 # And it builds a join's hash table from the side the pipeline writes on the right, as
 # ClickHouse does: DuckDB's own choice goes by estimates, and the per-unit pass bounds the
 # events' times by literals it guesses select 4 % of them, under the 1 M exposures it
