@@ -51,7 +51,15 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
-Measured 2026-12-05, fourth session (docs/performance.md, Warehouses, "Latest"): at 10 M
+Measured 2026-12-05, fifth session (docs/performance.md, Warehouses, "Latest"; the kept
+table carries each unit's exposure columns, DuckDB's kept statement runs under 200MB): at
+10 M units / 100 M events the scheduled report is OK on both engines, DuckDB 3.57 s against
+a 3.01 s baseline (1.19x) in a 448 MB process (OK), chDB 5.48 s against 12.38 s (0.44x) in
+546 MB (274 MB of it the library); first reports 5.26x and 8.88x, 4.7 and 2.2 GB. At 1 M
+units DuckDB's scheduled report is 1.17-1.50x (381-402 MB, OK), chDB's 2.37-2.45x;
+first reports 8.3x (DuckDB) and 2.3x (chDB) faster than PostgreSQL's 13.17 s.
+
+Measured 2026-12-05, fourth session: at 10 M
 units / 100 M events the scheduled report is OK on both engines, DuckDB 3.40 s against a
 3.91 s baseline (0.87x), chDB 7.51 s against 6.34 s (1.18x, its kept values joined by
 hash); first reports 3.69x and 16.21x; peak RSS 1.7-1.9 GB (scheduled), 2.2-4.7 GB (first).
