@@ -210,4 +210,18 @@ def discard_request_session() -> None:
     """Drop the request's session (and its connection) so a retry starts afresh."""
     session = g.pop("db_session", None)
     if session is not None:
+        close_session(session)
+
+
+def close_session(session: Session) -> None:
+    """Close ``session`` as the end of a request does. A connection lost under a raw driver
+    cursor (the exposures' fast insert) is one SQLAlchemy has not seen die: the rollback
+    in ``close()`` then fails on the dead socket. It is invalidated instead (there is
+    nothing to roll back), so the request still gets its answer, and the session is ready
+    for the next one on a new connection."""
+    try:
         session.close()
+    except DBAPIError as exc:
+        if not is_disconnect(exc):
+            raise
+        session.invalidate()

@@ -55,6 +55,11 @@ def post_json(port: int, path: str, body: object, key: str, *,
                            {"Content-Type": "application/json",
                             "Authorization": f"Bearer {key}"})
         response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
+        raw = response.read()
+        try:
+            return response.status, json.loads(raw or b"{}")
+        except ValueError:
+            raise AssertionError(f"{path} answered {response.status} with {raw[:300]!r}, "
+                                 "not JSON") from None
     finally:
         connection.close()

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from experiments import limits
 from experiments.api.routing import JSON_MIMETYPE, api_route, bearer_token, json_text
 from experiments.cors import ORIGINS_KEY, cors_headers
-from experiments.db import db_session, get_db
+from experiments.db import close_session, db_session, get_db
 from experiments.errors import ApiError
 from experiments.observability import (
     REQUEST_ID_HEADER,
@@ -125,7 +125,7 @@ class AssignFastPath:
             document = self._assign(session, environ, authorization, token, data)
         finally:
             if session.in_transaction() or session.identity_map:
-                session.close()  # as the request's teardown would: ready for the next one
+                close_session(session)  # as the request's teardown would: ready for the next
             REQUEST_LOG_CONTEXT.reset(log_context)
         if document is None:
             return None
