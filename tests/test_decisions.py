@@ -57,7 +57,7 @@ def test_nothing_is_decided_before_min_units_and_min_days():
     result = decide(SETTINGS, body([comparison("b", "better")], units=999), days=3.5)
     assert result == DecisionResult("keep_running", None, (
         "waiting for 1000 units per variant (control has 999)",
-        "waiting for 7 days of data (3.5 so far)"))
+        "waiting for 7 days of data (3.5 days so far)"))
 
 
 def test_max_days_without_a_winner_is_no_difference():

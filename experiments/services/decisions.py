@@ -99,7 +99,7 @@ def _blocking_reasons(settings: AnalysisSettings, body: Mapping[str, Any],
             reasons.append(f"waiting for {settings.min_units_per_variant} units per variant "
                            f"({smallest} has {units[smallest]})")
     if days < settings.min_days:
-        reasons.append(f"waiting for {settings.min_days} days of data ({days:.1f} so far)")
+        reasons.append(f"waiting for {settings.min_days} days of data ({days:.1f} days so far)")
     return reasons
 
 
