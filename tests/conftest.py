@@ -91,12 +91,30 @@ def postgres_database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+# Every app a test made: their pools are closed when it ends (see close_test_apps).
+_TEST_APPS: list[Flask] = []
+
+
 def make_test_app(database_url: str, instance_path: Path, **overrides: Any) -> Flask:
-    """An app on the given database with the scheduler off."""
+    """An app on the given database with the scheduler off (its pool closed after the
+    test)."""
     config = {"DATABASE_URL": database_url, "SCHEDULER": False, "TESTING": True,
               "SECRET_KEY": "test-secret", "INSTANCE_PATH": str(instance_path),
               "WEBHOOK_ALLOW_PRIVATE": True, **overrides}
-    return create_app(config)
+    app = create_app(config)
+    _TEST_APPS.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def close_test_apps() -> Iterator[None]:
+    """Close the connection pools of the apps the test made, whether or not it did: an
+    xdist worker otherwise keeps every test's idle PostgreSQL connections, and late in
+    the suite the two workers held 60 of the server's 100 (one CI run was refused
+    connections: "too many clients")."""
+    yield
+    while _TEST_APPS:
+        get_db(_TEST_APPS.pop()).engine.dispose()
 
 
 @pytest.fixture
