@@ -168,7 +168,7 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     recorded."""
     if fold.base_table is None:
         query = _projected(unit_pass, (0, events_now), (0, exposures_now))
-    else:  # the units erased or overridden since the last fold are left out here
+    else:  # the units erased since the last fold are left out here (overrides: a new plan)
         merged = _merged(fold, unit_pass, (events_now, exposures_now), bounded=True).subquery()
         query = select(*merged.c).where(
             merged.c.exposure_id.in_(select(unit_pass.x.c.exposure_id)))
