@@ -114,6 +114,7 @@ per engine).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -356,6 +357,7 @@ def full_report(url: str, *, rollup: bool = True, check: bool = False) -> tuple[
     from experiments.services.warehouses import engines, routing, tables
 
     experiment, settings, specs = bench_subject()
+    gc.freeze()  # as the scheduler process does once started (scheduler.run_foreground)
     exposures = select(tables.exposures.c.id.label("exposure_id"),
                        *[c for c in tables.exposures.c if c.name != "id"]).subquery("exposures")
     events = select(*tables.events.c).subquery("events")

@@ -14,6 +14,7 @@ processes (or gunicorn workers with ``PARCOURS_SCHEDULER=on``):
 from __future__ import annotations
 
 import atexit
+import gc
 import logging
 import math
 import os
@@ -248,6 +249,10 @@ def run_foreground(app: Flask, *, ready: Any = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     scheduler = JobScheduler(app)
+    # What start-up built (app, models, the analysis stack: ~200k objects) lives as long as
+    # the process: frozen, each full collection no longer re-scans it (a gen-2 pass cost a
+    # first warehouse report at 1 M units ~0.09 s, one report in two; bench_warehouse).
+    gc.freeze()
     scheduler.start()
     if ready is not None:
         ready(scheduler)

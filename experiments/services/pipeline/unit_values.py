@@ -37,8 +37,10 @@ from experiments.services.pipeline.dialects import (
     before_hours_after,
     const,
     count_if,
+    group_value,
     has_bits,
     packed_flags,
+    within_hours,
 )
 from experiments.services.pipeline.exposures import first_exposures
 from experiments.services.pipeline.rollup import IdRange, Merge
@@ -183,13 +185,10 @@ def window(x: Any, ev: Any, hours: float | None, *, with_pre: bool) -> ColumnEle
     exposure on (a holdout's months), and no pre-exposure window."""
     if hours is None:
         return ev.c.occurred_at >= x.c.exposed_at
-    post = and_(ev.c.occurred_at >= x.c.exposed_at,
+    if with_pre:
+        return within_hours(x.c.exposed_at, ev.c.occurred_at, literal(hours, Float()))
+    return and_(ev.c.occurred_at >= x.c.exposed_at,
                 before_hours_after(x.c.exposed_at, ev.c.occurred_at, literal(hours, Float())))
-    if not with_pre:
-        return post
-    pre = and_(ev.c.occurred_at < x.c.exposed_at,
-               before_hours_after(ev.c.occurred_at, x.c.exposed_at, literal(hours, Float())))
-    return or_(post, pre)
 
 
 def bounded_value(ev: Any) -> ColumnElement[float]:
@@ -381,9 +380,9 @@ class UnitPass:
         columns = [value.expression.label(value.label) for value in self.values]
         # Grouped by the exposure id alone (one integer to hash, stage 1 gives one row per
         # unit and ids are unique: its tie-break relies on them), the unit's other columns
-        # carried by min(); the events on the left, so that ClickHouse builds its join's
-        # hash table from the exposures (its right side), not from the events.
-        carried = [func.min(x.c[key]).label(key) for key in self.keys[1:]]
+        # carried by group_value(); the events on the left, so that ClickHouse builds its
+        # join's hash table from the exposures (its right side), not from the events.
+        carried = [group_value(x.c[key]).label(key) for key in self.keys[1:]]
         return (select(x.c.exposure_id, *carried, *columns)
                 .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
                 .where(*where)
