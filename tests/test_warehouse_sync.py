@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,10 +20,16 @@ from experiments.models import AuditEntry, Event, Experiment, Exposure, Warehous
 from experiments.services.erasure import erase_unit
 from experiments.services.warehouses import sync
 from experiments.services.warehouses.engines import get_warehouses
+from tests import warehouse_child
 from tests.conftest import auth_headers, make_test_app
 from tests.factories import experiment_payload
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each child is forked from a server that imported tests.warehouse_child (and DuckDB) once:
+# a fresh process for each, without its 2–3 s of imports. Not chDB: it starts threads on
+# import, which a fork would not carry over.
+CHILDREN = multiprocessing.get_context("forkserver")
+CHILDREN.set_forkserver_preload(["tests.warehouse_child", "duckdb", "duckdb_engine"])
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
@@ -49,8 +55,17 @@ def run_child(app: Flask, warehouse_url: str, *args: str,
            "PARCOURS_WAREHOUSE_W_URL": warehouse_url, "PARCOURS_WAREHOUSE_W_SYNC_EVENTS": "1",
            "PARCOURS_LOG_LEVEL": "WARNING",
            **{f"PARCOURS_WAREHOUSE_W_{key}": value for key, value in settings.items()}}
-    return subprocess.run([sys.executable, "-m", "tests.warehouse_child", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=120)
+    out, err = (Path(app.instance_path) / f"warehouse-child.{end}" for end in ("out", "err"))
+    child = CHILDREN.Process(target=warehouse_child.forked,
+                             args=(list(args), env, str(ROOT), str(out), str(err)))
+    child.start()
+    child.join(timeout=120)
+    if child.exitcode is None:
+        child.kill()
+        child.join()
+        raise subprocess.TimeoutExpired(["tests.warehouse_child", *args], 120)
+    return subprocess.CompletedProcess(["tests.warehouse_child", *args], child.exitcode,
+                                       out.read_text(), err.read_text())
 
 
 @pytest.fixture(params=["duckdb", "chdb"])
