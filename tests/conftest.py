@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
@@ -91,30 +91,41 @@ def postgres_database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
-# Every app a test made: their pools are closed when it ends (see close_test_apps).
-_TEST_APPS: list[Flask] = []
-
-
 def make_test_app(database_url: str, instance_path: Path, **overrides: Any) -> Flask:
     """An app on the given database with the scheduler off (its pool closed after the
-    test)."""
+    test, see close_test_engines)."""
     config = {"DATABASE_URL": database_url, "SCHEDULER": False, "TESTING": True,
               "SECRET_KEY": "test-secret", "INSTANCE_PATH": str(instance_path),
               "WEBHOOK_ALLOW_PRIVATE": True, **overrides}
-    app = create_app(config)
-    _TEST_APPS.append(app)
-    return app
+    return create_app(config)
+
+
+# Every engine that connected during the test, whoever created it (an app, a fixture, a
+# helper calling create_engine): close_test_engines closes their pools when it ends.
+_CONNECTED: set[Engine] = set()
+_CONNECTED_LOCK = threading.Lock()
+IN_MEMORY = (None, "", ":memory:")  # a pool that is the database: closing it loses the data
+
+
+@event.listens_for(Engine, "engine_connect")
+def _remember_engine(connection: Connection) -> None:
+    with _CONNECTED_LOCK:
+        _CONNECTED.add(connection.engine)
 
 
 @pytest.fixture(autouse=True)
-def close_test_apps() -> Iterator[None]:
-    """Close the connection pools of the apps the test made, whether or not it did: an
+def close_test_engines() -> Iterator[None]:
+    """Close the connection pools of the engines the test used, whether or not it did: an
     xdist worker otherwise keeps every test's idle PostgreSQL connections, and late in
-    the suite the two workers held 60 of the server's 100 (one CI run was refused
-    connections: "too many clients")."""
+    the suite the two workers held 83 of the server's 100 (one CI run was refused
+    connections: "too many clients"). An engine used again later reconnects."""
     yield
-    while _TEST_APPS:
-        get_db(_TEST_APPS.pop()).engine.dispose()
+    with _CONNECTED_LOCK:
+        engines = list(_CONNECTED)
+        _CONNECTED.clear()
+    for engine in engines:
+        if engine.url.database not in IN_MEMORY:
+            engine.dispose()
 
 
 @pytest.fixture
