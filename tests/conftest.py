@@ -27,7 +27,7 @@ from experiments.app import create_app
 from experiments.auth import SYSTEM
 from experiments.db import Base, get_db
 from experiments.migrate import upgrade
-from experiments.services import lifecycle
+from experiments.services import exposures, lifecycle
 from experiments.services.accounts import create_api_key
 from tests.factories import experiment_payload
 
@@ -126,6 +126,16 @@ def close_test_engines() -> Iterator[None]:
     for engine in engines:
         if engine.url.database not in IN_MEMORY:
             engine.dispose()
+            _close_group_commit(engine)
+
+
+def _close_group_commit(engine: Engine) -> None:
+    """The exposures' group commit of an engine writes on a connection of its own, taken
+    out of the pool for good (engine.dispose leaves it open): one more idle PostgreSQL
+    connection per test that assigned, until the app was garbage-collected."""
+    group = exposures._group_commits.pop(engine, None)
+    if group is not None and group._prepared is not None:
+        group._prepared.close()
 
 
 @pytest.fixture
