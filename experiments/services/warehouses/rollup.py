@@ -83,6 +83,10 @@ class WarehouseRollup:
 
     experiment_id: int
     overrides: tuple[str, ...] = ()
+    # (id, rows): the experiment's exposure rows up to that id, counted when the analysis
+    # opened the warehouse (:func:`unique_through`), so not again for the same fold; an
+    # erasure in between is seen by the next analysis, as one during the statement is.
+    counted: tuple[int, int] | None = None
 
     def __call__(self, connection: Session | Connection, plan_key: str,
                  unit_pass: UnitPass) -> Any | None:
@@ -104,10 +108,16 @@ class WarehouseRollup:
             fold = _fold(connection, self.experiment_id, fold, unit_pass, events_now,
                          exposures_now, present)
         merged = _merged(fold, unit_pass, (events_now, exposures_now)).subquery("u")
-        if exposure_rows(connection, unit_pass.x, fold.exposures_through) == fold.exposure_rows:
+        if self._rows(connection, unit_pass.x, fold.exposures_through) == fold.exposure_rows:
             return merged  # the folded units are the units now: no join back to exposures
         return select(merged.c.exposure_id,
                       *(merged.c[value.label] for value in unit_pass.values)).subquery("u")
+
+    def _rows(self, connection: Connection, exposures: Any, through: int) -> int:
+        """:func:`exposure_rows` up to ``through``, unless :attr:`counted` has them."""
+        if self.counted is not None and self.counted[0] == through:
+            return self.counted[1]
+        return exposure_rows(connection, exposures, through)
 
     def key(self, plan_key: str) -> str:
         """The plan's key for this store: the override units and the carried exposure
@@ -133,13 +143,13 @@ def exposure_rows(connection: Connection, exposures: Any, through: int) -> int:
                                  .where(exposures.c.exposure_id <= through)))
 
 
-def unique_through(connection: Connection, fold: Fold | None, exposures: Any) -> int:
-    """Up to which exposure id the rows are known unique per unit: a fold (or its first
-    record) is only made over unique exposures, and rows are appended by the sync with
-    Parcours's ids, unique per experiment and unit — unless rows were copied again (no
-    more rows up to that id than then; an erasure only removes some). 0: unknown."""
-    if fold is None or exposure_rows(connection, exposures,
-                                     fold.exposures_through) > fold.exposure_rows:
+def unique_through(fold: Fold | None, rows: int) -> int:
+    """Up to which exposure id the rows are known unique per unit, given the experiment's
+    exposure ``rows`` now up to the fold's ids: a fold (or its first record) is only made
+    over unique exposures, and rows are appended by the sync with Parcours's ids, unique
+    per experiment and unit — unless rows were copied again (no more rows up to that id
+    than then; an erasure only removes some). 0: unknown."""
+    if fold is None or rows > fold.exposure_rows:
         return 0
     return fold.exposures_through
 

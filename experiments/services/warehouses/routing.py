@@ -47,6 +47,7 @@ from experiments.services.warehouses import tables
 from experiments.services.warehouses.engines import WarehouseError
 from experiments.services.warehouses.rollup import (
     WarehouseRollup,
+    exposure_rows,
     latest_fold,
     unique_through,
 )
@@ -142,11 +143,14 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
             tables.create_rollups(connection)
         # A fold was made over unique exposures: only the units exposed since are checked.
         fold = latest_fold(connection, experiment.id) if rollup else None
+        counted = None if fold is None else (fold.exposures_through, exposure_rows(
+            connection, units.sources.exposures, fold.exposures_through))
         sources = known_unique(connection, units.sources, checked_through=unique_through(
-            connection, fold, units.sources.exposures))
+            fold, counted[1] if counted else 0))
         if rollup and sources.unique_units:
             sources = replace(sources, unit_store=WarehouseRollup(
-                experiment.id, overrides=tuple(sorted(experiment.overrides or ()))))
+                experiment.id, overrides=tuple(sorted(experiment.overrides or ())),
+                counted=counted))
         yield connection, replace(units, sources=sources)
 
 
