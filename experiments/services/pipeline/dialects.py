@@ -16,6 +16,8 @@ dialect (``default`` is SQLite's). What each one hides:
 * conditional aggregates (:class:`count_if`): ``COUNT(*) FILTER (WHERE …)`` where it exists,
   ``count_if`` on DuckDB (cheaper than its FILTER), ``countIf`` on ClickHouse, ``COUNTIF`` on
   BigQuery, ``COUNT_IF`` on Snowflake;
+* a column constant within each group (:class:`group_value`): ``any_value`` (ClickHouse
+  ``any``) where it exists, MIN elsewhere;
 * bit packing (:class:`packed_flags`, :class:`has_bits`): the per-unit OR of flags is
   ``bit_or`` where an OR aggregate exists (PostgreSQL, DuckDB, ClickHouse's ``groupBitOr``,
   BigQuery ``BIT_OR``, Snowflake ``BITOR_AGG``), one MAX per flag elsewhere; the bit test
