@@ -1,7 +1,7 @@
 """Shared fixtures: every database test runs on SQLite and on PostgreSQL.
 
 PostgreSQL runs when ``PARCOURS_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it):
-each pytest worker gets its own database, migrated once, truncated per test.
+each pytest worker gets its own database, migrated once, emptied per test.
 SQLite tests copy a database migrated once per session.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
@@ -69,11 +69,18 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-def _truncate_postgres(url: str) -> None:
+def _empty_postgres(url: str) -> None:
+    """Delete every row and restart every id, as ``TRUNCATE … RESTART IDENTITY`` would:
+    ~15 ms for the few rows a test leaves, where TRUNCATE's new files for 24 tables and
+    their indexes took ~150 ms (over 1,300 PostgreSQL tests)."""
     engine = create_engine(url)
-    tables = ", ".join(f'"{table.name}"' for table in Base.metadata.sorted_tables)
+    deletes = "".join(f'DELETE FROM "{table.name}";'
+                      for table in reversed(Base.metadata.sorted_tables))
     with engine.begin() as connection:
-        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        connection.exec_driver_sql(
+            deletes + "SELECT setval((quote_ident(schemaname) || '.' || "
+            "quote_ident(sequencename))::regclass, start_value, false) FROM pg_sequences "
+            "WHERE schemaname = current_schema() AND last_value IS NOT NULL")
     engine.dispose()
 
 
@@ -85,7 +92,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
     url = request.getfixturevalue("postgres_url")
-    _truncate_postgres(url)
+    _empty_postgres(url)
     return url
 
 
@@ -95,7 +102,7 @@ def postgres_database_url(request: pytest.FixtureRequest) -> str:
     if not POSTGRES_URL:
         pytest.skip("needs PARCOURS_TEST_POSTGRES_URL")
     url = request.getfixturevalue("postgres_url")
-    _truncate_postgres(url)
+    _empty_postgres(url)
     return url
 
 
