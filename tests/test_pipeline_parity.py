@@ -220,6 +220,20 @@ CH_EVENTS = ("id Int64, unit_id String, type String, name String, step Nullable(
              "occurred_at DateTime64(6, 'UTC')")
 
 
+def load_chdb(connection: sa.Connection, tmp: Path,
+              *tables: tuple[sa.Table, str, list[dict[str, Any]]]) -> None:
+    """chDB tables (name, columns, rows) filled through its CSV reader: its driver binds a
+    datetime as whole seconds."""
+    for table, columns, rows in tables:
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
+        connection.execute(sa.text(f"CREATE TABLE {table.name} ({columns}) "
+                                   "ENGINE = MergeTree ORDER BY unit_id"))
+        path = _csv(tmp / f"{table.name}.csv", rows, [c.name for c in table.c])
+        structure = columns.replace("'", "\\'")
+        connection.execute(sa.text(f"INSERT INTO {table.name} SELECT * FROM "
+                                   f"file('{path}', 'CSVWithNames', '{structure}')"))
+
+
 def load(connection: sa.Connection, schema: str | None, tmp: Path) -> PipelineSources:
     """The fixture as plain tables on this connection: bulk inserts, or the engine's CSV
     reader where executemany is slow (DuckDB, chDB)."""
@@ -228,15 +242,8 @@ def load(connection: sa.Connection, schema: str | None, tmp: Path) -> PipelineSo
     exposures, events = plain_tables(schema, NaiveUtc if name == "chdb" else UtcDateTime,
                                      attributes=True)
     if name == "chdb":
-        for table, columns in ((exposures, CH_EXPOSURES), (events, CH_EVENTS)):
-            connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
-            connection.execute(sa.text(f"CREATE TABLE {table.name} ({columns}) "
-                                       "ENGINE = MergeTree ORDER BY unit_id"))
-            rows = exposures_rows if table is exposures else event_rows
-            path = _csv(tmp / f"{table.name}.csv", rows, [c.name for c in table.c])
-            structure = columns.replace("'", "\\'")
-            connection.execute(sa.text(f"INSERT INTO {table.name} SELECT * FROM "
-                                       f"file('{path}', 'CSVWithNames', '{structure}')"))
+        load_chdb(connection, tmp, (exposures, CH_EXPOSURES, exposures_rows),
+                  (events, CH_EVENTS, event_rows))
     elif name == "duckdb":
         exposures.metadata.create_all(connection)
         for table in (exposures, events):
@@ -571,3 +578,53 @@ def test_a_grouping_column_flows_from_exposures_to_the_variant_rows(tmp_path: Pa
     assert purchases == {v: s["sum"] for v, s in whole.metrics["conv"].totals().items()}
     with pytest.raises(ValueError, match="no column"):
         plain.with_grouping("segment")
+
+
+EDGE_EXPOSURES = [T0, T0 + timedelta(microseconds=999_999)]  # a whole second, and its last µs
+
+
+@pytest.mark.parametrize("engine_name", ["sqlite", "duckdb", "chdb",
+                                         pytest.param("postgresql", marks=requires_postgres)])
+def test_the_window_edges_are_the_same_on_every_engine(engine_name: str, tmp_path: Path,
+                                                       request: pytest.FixtureRequest) -> None:
+    """An event exactly ``hours`` before or after the exposure is outside the window; one
+    microsecond inside it counts, before the exposure (CUPED's pre-period) or from it on."""
+    schema = None
+    if engine_name == "postgresql":
+        engine, schema = request.getfixturevalue("postgres_schema")
+    else:
+        engine = sa.create_engine({"sqlite": f"sqlite:///{tmp_path}/edges.db",
+                                   "duckdb": "duckdb:///:memory:",
+                                   "chdb": "chdb:///:memory:"}[engine_name])
+    window, tick = timedelta(hours=HOURS), timedelta(microseconds=1)
+    offsets = {-window: "out", -window + tick: "pre", -tick: "pre", timedelta(0): "post",
+               window - tick: "post", window: "out"}
+    exposures_rows = [{"exposure_id": n + 1, "experiment_id": EXPERIMENT, "unit_id": f"u{n}",
+                       "variant_key": "control", "exposed_at": at, "attributes": "{}"}
+                      for n, at in enumerate(EDGE_EXPOSURES)]
+    event_rows = [{"id": len(offsets) * n + k + 1, "unit_id": f"u{n}", "type": "custom",
+                   "name": "page_view", "step": None, "friction_kind": None, "value": None,
+                   "occurred_at": at + offset}
+                  for n, at in enumerate(EDGE_EXPOSURES) for k, offset in enumerate(offsets)]
+    exposures, events = plain_tables(schema, NaiveUtc if engine_name == "chdb" else UtcDateTime,
+                                     attributes=True)
+    with engine.begin() as connection:
+        if engine_name == "chdb":
+            load_chdb(connection, tmp_path, (exposures, CH_EXPOSURES, exposures_rows),
+                      (events, CH_EVENTS, event_rows))
+        else:
+            exposures.metadata.create_all(connection)
+            connection.execute(exposures.insert(), exposures_rows)
+            connection.execute(events.insert(), event_rows)
+        got = aggregate_experiment(connection, None, [MetricSpec("views", "count",
+                                                                 event="page_view")],
+                                   hours=HOURS, cuped=True, journey=[],
+                                   sources=table_sources(exposures, events,
+                                                         experiment=EXPERIMENT))
+    if engine_name != "postgresql":
+        engine.dispose()
+    expected = {side: list(offsets.values()).count(side) * len(EDGE_EXPOSURES)
+                for side in ("pre", "post")}
+    views = got.metrics["views"].totals()["control"]
+    assert (views["sum"], views["pre_sum"]) == (expected["post"], expected["pre"]) == (4, 4)
+    assert got.timing["control"] == [4.0, 4.0]
