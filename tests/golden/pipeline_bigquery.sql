@@ -46,7 +46,7 @@ FROM (SELECT `parcours_exposures`.`exposure_id` AS `exposure_id`, `parcours_expo
 FROM `parcours_exposures` 
 WHERE `parcours_exposures`.`experiment_id` = 7) AS `experiment_exposures`) AS `ranked_exposures` 
 WHERE `ranked_exposures`.`exposure_rank` = 1 AND `ranked_exposures`.`lowest_variant` = `ranked_exposures`.`highest_variant`) AS `first_exposures` ON `parcours_events`.`unit_id` = `first_exposures`.`unit_id` 
-WHERE `parcours_events`.`occurred_at` >= `first_exposures`.`exposed_at` AND ((TIMESTAMP_DIFF(`parcours_events`.`occurred_at`, `first_exposures`.`exposed_at`, MICROSECOND) / 3600000000.0) < 24.0) AND `parcours_events`.`type` = 'friction' AND `parcours_events`.`step` IS NOT NULL AND (`parcours_events`.`step` NOT IN ('landing', 'cart', 'payment')) GROUP BY `first_exposures`.`exposure_id`, `first_exposures`.`variant_key`, `parcours_events`.`step`) AS `s` GROUP BY `s`.`variant_key`, `s`.`step`;
+WHERE `parcours_events`.`occurred_at` >= `first_exposures`.`exposed_at` AND (((TIMESTAMP_DIFF(`parcours_events`.`occurred_at`, `first_exposures`.`exposed_at`, MICROSECOND) / 3600000000.0)) < 24.0) AND `parcours_events`.`type` = 'friction' AND `parcours_events`.`step` IS NOT NULL AND (`parcours_events`.`step` NOT IN ('landing', 'cart', 'payment')) GROUP BY `first_exposures`.`exposure_id`, `first_exposures`.`variant_key`, `parcours_events`.`step`) AS `s` GROUP BY `s`.`variant_key`, `s`.`step`;
 
 -- multi_variant_units
 SELECT count(*) AS `count_1` 
@@ -67,7 +67,7 @@ FROM (SELECT `parcours_exposures`.`exposure_id` AS `exposure_id`, `parcours_expo
 FROM `parcours_exposures` 
 WHERE `parcours_exposures`.`experiment_id` = 7) AS `experiment_exposures`) AS `ranked_exposures` 
 WHERE `ranked_exposures`.`exposure_rank` = 1 AND `ranked_exposures`.`lowest_variant` = `ranked_exposures`.`highest_variant`) AS `first_exposures` ON `parcours_events`.`unit_id` = `first_exposures`.`unit_id` 
-WHERE `parcours_events`.`occurred_at` >= `first_exposures`.`exposed_at` AND ((TIMESTAMP_DIFF(`parcours_events`.`occurred_at`, `first_exposures`.`exposed_at`, MICROSECOND) / 3600000000.0) < 24.0) AND `parcours_events`.`type` = 'step' AND `parcours_events`.`step` IN ('cart', 'payment')) AS `ordered_steps` 
+WHERE `parcours_events`.`occurred_at` >= `first_exposures`.`exposed_at` AND (((TIMESTAMP_DIFF(`parcours_events`.`occurred_at`, `first_exposures`.`exposed_at`, MICROSECOND) / 3600000000.0)) < 24.0) AND `parcours_events`.`type` = 'step' AND `parcours_events`.`step` IN ('cart', 'payment')) AS `ordered_steps` 
 WHERE `ordered_steps`.`nth` = 1 AND CASE WHEN (`ordered_steps`.`position` = 1) THEN `ordered_steps`.`after_1` END IS NOT NULL AND `ordered_steps`.`step` IN ('cart')) AS `quantile_values`) AS `ranked_values` 
 WHERE `ranked_values`.`value_rank` = 1 OR `ranked_values`.`value_rank` = `ranked_values`.`n` OR abs(`ranked_values`.`value_rank` - `ranked_values`.`n` * 0.9) <= 2 OR (abs(`ranked_values`.`value_rank` - `ranked_values`.`n` * 0.9) - 2) * (abs(`ranked_values`.`value_rank` - `ranked_values`.`n` * 0.9) - 2) <= `ranked_values`.`n` * 0.34573129386247137 AND `ranked_values`.`n` * 0.34573129386247137 <= (abs(`ranked_values`.`value_rank` - `ranked_values`.`n` * 0.9) + 2) * (abs(`ranked_values`.`value_rank` - `ranked_values`.`n` * 0.9) + 2);
 
@@ -81,4 +81,4 @@ FROM (SELECT `parcours_exposures`.`exposure_id` AS `exposure_id`, `parcours_expo
 FROM `parcours_exposures` 
 WHERE `parcours_exposures`.`experiment_id` = 7) AS `experiment_exposures`) AS `ranked_exposures` 
 WHERE `ranked_exposures`.`exposure_rank` = 1 AND `ranked_exposures`.`lowest_variant` = `ranked_exposures`.`highest_variant`) AS `first_exposures` ON `parcours_events`.`unit_id` = `first_exposures`.`unit_id` 
-WHERE `parcours_events`.`occurred_at` >= `first_exposures`.`exposed_at` AND ((TIMESTAMP_DIFF(`parcours_events`.`occurred_at`, `first_exposures`.`exposed_at`, MICROSECOND) / 3600000000.0) < 24.0) AND `parcours_events`.`name` = 'purchase' AND CASE WHEN (abs(`parcours_events`.`value`) <= 1000000000000.0) THEN `parcours_events`.`value` END IS NOT NULL) AS `quantile_values` GROUP BY `quantile_values`.`unit`, `quantile_values`.`variant_key`) AS `unit_clusters` GROUP BY `unit_clusters`.`variant_key`;
+WHERE `parcours_events`.`occurred_at` >= `first_exposures`.`exposed_at` AND (((TIMESTAMP_DIFF(`parcours_events`.`occurred_at`, `first_exposures`.`exposed_at`, MICROSECOND) / 3600000000.0)) < 24.0) AND `parcours_events`.`name` = 'purchase' AND CASE WHEN (abs(`parcours_events`.`value`) <= 1000000000000.0) THEN `parcours_events`.`value` END IS NOT NULL) AS `quantile_values` GROUP BY `quantile_values`.`unit`, `quantile_values`.`variant_key`) AS `unit_clusters` GROUP BY `unit_clusters`.`variant_key`;

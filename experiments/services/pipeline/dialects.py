@@ -157,13 +157,6 @@ def _before_pg(element: before_hours_after, compiler: Any, **kw: Any) -> str:
     return f"({later} < {earlier} + {hours} * INTERVAL '1 hour')"
 
 
-@compiles(before_hours_after)
-def _before_sqlite(element: before_hours_after, compiler: Any, **kw: Any) -> str:
-    earlier, later, hours = element.clauses
-    return f"({compiler.process(hours_between(earlier, later), **kw)} < " \
-           f"{compiler.process(hours, **kw)})"
-
-
 class within_hours(FunctionElement[bool]):  # lower case: reads as a SQL function
     """``|later - earlier| < hours``: inside the window on either side of the exposure
     (the analysis window and the CUPED pre-period). One absolute elapsed time where the
@@ -182,11 +175,17 @@ def _within_pg(element: within_hours, compiler: Any, **kw: Any) -> str:
     return f"({compiler.process(either, **kw)})"
 
 
-@compiles(within_hours)
-def _within_elapsed(element: within_hours, compiler: Any, **kw: Any) -> str:
-    earlier, later, hours = element.clauses
-    return f"(abs({compiler.process(hours_between(earlier, later), **kw)}) < " \
-           f"{compiler.process(hours, **kw)})"
+def _hours_under(function: str) -> Any:
+    """Compile ``function(hours from the first argument to the second) < the third``."""
+    def compile_(element: Any, compiler: Any, **kw: Any) -> str:
+        earlier, later, hours = element.clauses
+        return f"({function}({compiler.process(hours_between(earlier, later), **kw)}) < " \
+               f"{compiler.process(hours, **kw)})"
+    return compile_
+
+
+compiles(before_hours_after)(_hours_under(""))
+compiles(within_hours)(_hours_under("abs"))
 
 
 # -- UTC day ------------------------------------------------------------------------------------
