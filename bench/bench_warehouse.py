@@ -51,7 +51,14 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
-Measured 2026-12-05, fifth session (docs/performance.md, Warehouses, "Latest"; the kept
+Measured 2026-12-05, sixth session (docs/performance.md, Warehouses, "Latest"; one window
+test, ``any_value``; a slower, noisier machine: DuckDB's 1 M-unit baseline 0.55 s against
+0.32 s): DuckDB's scheduled report 1.47x at 10 M units (471 MB) and 1.40x at 1 M (409 MB),
+both OK; chDB's 1.62x at 1 M (650 MB); first reports 5.71x (10 M) and 4.56x (1 M) on
+DuckDB, 5.35x on chDB; at 1 M units DuckDB's first report 8.8x faster than PostgreSQL's
+15.44 s, chDB's 2.1x.
+
+Measured 2026-12-05, fifth session (docs/performance.md, Warehouses; the kept
 table carries each unit's exposure columns, DuckDB's kept statement runs under 200MB): at
 10 M units / 100 M events the scheduled report is OK on both engines, DuckDB 3.57 s against
 a 3.01 s baseline (1.19x) in a 448 MB process (OK), chDB 5.48 s against 12.38 s (0.44x) in
