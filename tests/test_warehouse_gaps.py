@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import delete, insert, select
+from sqlalchemy import create_engine, delete, insert, select
 
 from experiments.auth import SYSTEM
 from experiments.db import get_db
@@ -22,8 +22,9 @@ from experiments.models import AllocationPeriod, Event, Experiment, Exposure, Id
 from experiments.services import bandits
 from experiments.services.analysis import analyze_experiment
 from experiments.services.erasure import erase_unit
-from experiments.services.warehouses import routing
+from experiments.services.warehouses import routing, tables
 from experiments.services.warehouses.engines import get_warehouses
+from experiments.services.warehouses.rollup import Fold, superseded
 from stats import MeanStats
 from tests import test_warehouse_reports
 from tests.conftest import auth_headers, make_test_app
@@ -244,3 +245,26 @@ def test_a_warehouse_reallocation_reads_the_relations_the_report_reads(
     assert "error" not in body and body["units"] == {"control": 3, "b": 3}
     get_warehouses(app).dispose()
     get_db(app).engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["duckdb:///:memory:", "chdb:///:memory:"])
+def test_a_fold_leaves_a_concurrent_folds_table_to_the_next_one(url: str) -> None:
+    """Two folds from the same version record the same next version: the one that drops
+    last keeps the other's table (a report may read it by its record); the next fold,
+    from a later version, drops both older ones, and never another experiment's."""
+    engine = create_engine(url)
+    records = [(1, 0, "parcours_rollup_1_0a"), (1, 1, "parcours_rollup_1_1a"),
+               (1, 2, "parcours_rollup_1_2a"), (1, 2, "parcours_rollup_1_2b"),
+               (2, 0, "parcours_rollup_2_0a"), (1, 0, None)]
+    with engine.connect() as connection:
+        tables.create_rollups(connection)
+        connection.execute(insert(tables.rollups), [
+            {"experiment_id": experiment, "version": version, "plan_key": "plan",
+             "base_table": table, "events_through": 0, "exposures_through": 0,
+             "exposure_rows": 0} for experiment, version, table in records])
+        from_first = Fold(1, "plan", "parcours_rollup_1_1a", 0, 0, 0)
+        assert superseded(connection, 1, from_first) == {"parcours_rollup_1_0a"}
+        from_second = Fold(2, "plan", "parcours_rollup_1_2b", 0, 0, 0)
+        assert superseded(connection, 1, from_second) == {
+            "parcours_rollup_1_0a", "parcours_rollup_1_1a", "parcours_rollup_1_2a"}
+    engine.dispose()

@@ -173,9 +173,8 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
           events_now: int, exposures_now: int, present: set[str]) -> Fold:
     """A new table with every unit's values up to the newest ids (from the fold's table,
     or without one from every event), then its record; then the experiment's tables that
-    older records name are dropped (the one folded from stays for reports reading it now).
-    A table no record names is left alone: it may be a concurrent fold's, not yet
-    recorded."""
+    older records name are dropped (:func:`superseded`). A table no record names is left
+    alone: it may be a concurrent fold's, not yet recorded."""
     if fold.base_table is None:
         query = _projected(unit_pass, (0, events_now), (0, exposures_now))
     else:  # the units erased since the last fold are left out here (overrides: a new plan)
@@ -190,11 +189,20 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     connection.commit()
     folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now, rows)
     _record(connection, experiment_id, folded)
+    _drop(connection, superseded(connection, experiment_id, fold) & present)
+    return folded
+
+
+def superseded(connection: Connection, experiment_id: int, fold: Fold) -> set[str]:
+    """The tables a fold from ``fold`` leaves behind: those of the experiment's records up
+    to ``fold``'s version, but the one folded from (a report may be reading it now). A
+    concurrent fold from the same version records the same version as this one: its
+    table stays until a later fold drops it."""
     r = tables.rollups.c
     named = set(connection.execute(select(r.base_table).where(
-        r.experiment_id == experiment_id, r.base_table.is_not(None))).scalars())
-    _drop(connection, (named & present) - {name, fold.base_table})
-    return folded
+        r.experiment_id == experiment_id, r.base_table.is_not(None),
+        r.version <= fold.version)).scalars())
+    return named - {fold.base_table}
 
 
 def _projected(unit_pass: UnitPass, event_ids: IdRange, exposure_ids: IdRange | None, *,
@@ -278,4 +286,4 @@ def _drop(connection: Connection, names: Collection[str]) -> None:
 
 
 __all__ = ["REFOLD_SHARE", "Fold", "WarehouseRollup", "drop_unkept", "exposure_rows",
-           "forget_rollups", "kept_tables", "latest_fold", "unique_through"]
+           "forget_rollups", "kept_tables", "latest_fold", "superseded", "unique_through"]
