@@ -35,8 +35,10 @@ redis:
 		(command -v redis-server >/dev/null && redis-server --bind 127.0.0.1 --port 6379 --daemonize yes \
 		&& for i in 1 2 3 4 5 6 7 8 9 10; do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.5; done) || true
 
+# Bytecode is written (even where PYTHONDONTWRITEBYTECODE is set): every xdist worker and
+# every server or CLI process a test starts would otherwise compile the project again.
 test: venv chromium redis
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
