@@ -39,7 +39,11 @@ from experiments.models import Exposure, HoldoutExposure
 
 _EXPOSURES = Exposure.__table__
 _HOLDOUT_EXPOSURES = HoldoutExposure.__table__
-# One statement for every unit (compiled once; ``values`` in the statement would not be).
+# One statement object each, for every unit (the rows are parameters): compiled once, where
+# ``.values(rows)`` in the statement is compiled again on every call (~0.7 ms per assignment).
+_SQLITE_EXPOSURE_INSERT = (sqlite_insert(_EXPOSURES)
+                           .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
+                           .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
 _SQLITE_HOLDOUT_INSERT = sqlite_insert(_HOLDOUT_EXPOSURES).on_conflict_do_nothing(
     index_elements=["holdout_id", "unit_id"])
 # Rows per group-commit statement (7 parameters each; PostgreSQL allows 65,535), and how
@@ -140,11 +144,8 @@ class SqliteStore(ExposureStore):
                    "client_exposed_at": write.client_exposed_at,
                    "attributes": attributes, "is_override": exposure.is_override}
                   for exposure in write.exposures]
-        statement = (sqlite_insert(_EXPOSURES).values(values)
-                     .on_conflict_do_nothing(index_elements=["experiment_id", "unit_id"])
-                     .returning(_EXPOSURES.c.experiment_id, _EXPOSURES.c.variant_key))
         inserted = {row.experiment_id: row.variant_key
-                    for row in self.session.execute(statement)}
+                    for row in self.session.execute(_SQLITE_EXPOSURE_INSERT, values)}
         return inserted, {}
 
     def insert_holdout_exposures(self, unit_id: str, groups: Mapping[int, str],
