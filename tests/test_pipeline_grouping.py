@@ -14,7 +14,9 @@ import sqlglot
 from sqlalchemy.orm import Session
 
 from experiments.db import UtcDateTime
+from experiments.models import IdentityLink
 from experiments.schemas import AnalysisSettings
+from experiments.services import identity
 from experiments.services.pipeline import (
     MetricSpec,
     Plan,
@@ -34,8 +36,11 @@ from experiments.services.pipeline.dialects import (
     grouping_sets_select,
     hashed_grouping,
     prepare,
+    refresh_statistics,
 )
 from experiments.services.report import build_report
+from experiments.services.segments import segmented_aggregates
+from experiments.services.warehouses.routing import OWN_TABLES
 from tests.test_aggregation import expose, make_experiment
 from tests.test_pipeline_golden import DIALECTS
 from tests.test_pipeline_parity import HOURS, JOURNEY, METRICS, plain_tables
@@ -231,3 +236,56 @@ def test_hashed_grouping_sets_postgresql_for_its_statements_only(db: Session) ->
         assert tuple(db.execute(setting).one()) == ("off", HASHED_GROUPING_WORK_MEM)
     assert tuple(db.execute(setting).one()) == before
     assert before[0] == "on" and before[1] != HASHED_GROUPING_WORK_MEM
+
+
+def test_identity_clusters_keep_postgresqls_own_plan_for_their_crossed_groups(db: Session
+                                                                              ) -> None:
+    """With sorts disabled, PostgreSQL joined the clusters it cannot estimate by nested
+    loops (36 s for the demo's segmented report): their statements keep its settings,
+    while plain units still hash their crossed groups. The report is the same either way."""
+    experiment = make_experiment(db)
+    for number in range(4):
+        expose(db, experiment, f"u{number}", experiment.variants[number % 2].key)
+    db.commit()
+    settings: list[object] = []
+    sa.event.listen(db.get_bind(), "before_cursor_execute",
+                    lambda *args: settings.append(args[3]) if "set_config('enable_sort'"
+                    in args[2] else None)
+    metrics = [MetricSpec.of(metric) for metric in experiment.metrics]
+
+    def segmented_units(sources: object) -> dict[str, float]:
+        whole, _ = segmented_aggregates(db, experiment.id, metrics, ["country"], hours=24,
+                                        cuped=False, sources=sources, rollup=False)
+        return {variant: sums["n"] for variant, sums in whole.units.totals().items()}
+
+    plain = identity.analysis_sources(db, experiment.id).sources
+    assert plain.hashed_groups and segmented_units(plain) == {"control": 2, "one-page": 2}
+    hashed = [{"sort": "off", "work_mem": HASHED_GROUPING_WORK_MEM}]
+    assert settings[::2] == (hashed * 2 if db.get_bind().dialect.name == "postgresql" else [])
+    db.add(IdentityLink(anonymous_id="u0", user_id="customer-1", occurred_at=T0,
+                        created_at=T0))
+    db.commit()
+    settings.clear()
+    clusters = identity.analysis_sources(db, experiment.id).sources
+    assert not clusters.hashed_groups
+    assert segmented_units(clusters) == {"control": 2, "one-page": 2}
+    assert settings == []
+
+
+def test_stale_planner_statistics_are_refreshed_before_an_analysis(db: Session) -> None:
+    """PostgreSQL: tables changed beyond autovacuum's threshold since their last ANALYZE
+    (autovacuum off, or not round yet) are analysed first, once; elsewhere nothing."""
+    experiment = make_experiment(db)
+    for number in range(200):
+        expose(db, experiment, f"u{number}", experiment.variants[number % 2].key)
+    postgresql = db.get_bind().dialect.name == "postgresql"
+    if postgresql:  # this session's counts reach the statistics when it commits
+        db.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+    db.commit()
+    stale = refresh_statistics(db, OWN_TABLES)
+    assert ("exposures" in stale) == postgresql and set(stale) <= set(OWN_TABLES)
+    assert refresh_statistics(db, OWN_TABLES) == []
+    if postgresql:
+        assert db.execute(sa.text(
+            "SELECT n_mod_since_analyze, last_analyze IS NOT NULL FROM pg_stat_user_tables "
+            "WHERE relname = 'exposures'")).one() == (0, True)

@@ -264,7 +264,7 @@ def cluster_sources(experiment_id: int, tables: IdentityTables = PARCOURS) -> Pi
                     events.c.value, events.c.occurred_at)
              .select_from(events.join(members, members.c.unit_id == events.c.unit_id))
              .subquery("cluster_events"))
-    return PipelineSources(analysed, keyed, unique_units=True)
+    return PipelineSources(analysed, keyed, unique_units=True, hashed_groups=False)
 
 
 def links_touch(session: Session, experiment_id: int,

@@ -218,7 +218,7 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
     first, last, exposed = None, None, 0
     zeros = _zero_sums(plan)
     prepare(connection)
-    with hashed_grouping(connection, when=len(sets) > 1):
+    with hashed_grouping(connection, when=len(sets) > 1 and sources.hashed_groups):
         unit_rows = connection.execute(units_query(sources, sets)).all()
     for row in unit_rows:
         data = row._mapping
@@ -249,7 +249,7 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
                                sets=sets)
     outside = 0.0
     caps = _configured_caps(specs)
-    with hashed_grouping(connection, when=len(sets) > 1), \
+    with hashed_grouping(connection, when=len(sets) > 1 and sources.hashed_groups), \
             kept_values_settings(connection, when=kept):  # read before they are restored
         result = connection.execute(query)
         names, rows = list(result.keys()), result.all()

@@ -41,7 +41,11 @@ class PipelineSources:
     per-variant row (the one place to add a segment, a bandit weight period, a holdout
     group...). ``unit_store``: where the per-unit values are kept between analyses, when
     they can be (Parcours's PostgreSQL rollup over its own tables, a warehouse's over
-    ``parcours_events``): the pass then reads only what arrived since.
+    ``parcours_events``): the pass then reads only what arrived since. ``hashed_groups``:
+    PostgreSQL may be told to hash, never sort, the crossed groups (``hashed_grouping``) —
+    not where the per-unit rows come out of a grouping the planner cannot estimate (identity
+    clusters: it counted 67 clusters for 6,000, and with sorts disabled it joined them by
+    nested loops, 36 s for the demo's segmented report against 0.16 s with its own plan).
     """
 
     exposures: FromClause
@@ -49,6 +53,7 @@ class PipelineSources:
     unique_units: bool = False
     grouping: tuple[str, ...] = ()
     unit_store: UnitStore | None = None
+    hashed_groups: bool = True
 
     def grouped_by(self, **levels: Any) -> PipelineSources:
         """The same sources grouped by expressions over the exposures' columns (e.g.

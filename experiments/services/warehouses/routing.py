@@ -28,7 +28,14 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import FromClause
 
 from experiments.errors import ApiError
-from experiments.models import AllocationPeriod, Experiment
+from experiments.models import (
+    AllocationPeriod,
+    Event,
+    Experiment,
+    Exposure,
+    IdentityLink,
+    unit_rollups,
+)
 from experiments.schemas import AnalysisSettings
 from experiments.services import bandits, identity
 from experiments.services.pipeline import (
@@ -40,7 +47,7 @@ from experiments.services.pipeline import (
     table_sources,
     with_order_statistics,
 )
-from experiments.services.pipeline.dialects import prepare
+from experiments.services.pipeline.dialects import prepare, refresh_statistics
 from experiments.services.pipeline.exposures import known_unique
 from experiments.services.segments import segmented_aggregates, with_level_quantiles
 from experiments.services.warehouses import tables
@@ -55,6 +62,11 @@ from experiments.services.warehouses.sources import warehouse_sources
 from experiments.services.warehouses.sync import sync_before_analysis
 
 Levels = dict[str, list[Any]]  # dimension → its segments.LevelAggregates
+
+
+# The tables the pass reads in Parcours's own database (their statistics kept fresh).
+OWN_TABLES = (Exposure.__tablename__, Event.__tablename__, IdentityLink.__tablename__,
+              unit_rollups.name)
 
 
 @dataclass(frozen=True)
@@ -198,6 +210,7 @@ def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisS
     where its data lives: its warehouse (synced first), else Parcours."""
     name = settings.warehouse
     if name is None:
+        refresh_statistics(session, OWN_TABLES)
         # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
         units = identity.analysis_sources(session, experiment.id)
         return replace(analyse_sources(session, session, experiment, settings, metrics,
