@@ -12,6 +12,7 @@ from sqlalchemy import func, insert, select
 from experiments.auth import SYSTEM
 from experiments.db import get_db
 from experiments.models import AuditEntry, Experiment, Exposure, IdentityLink
+from experiments.schemas.identity import MAX_LINKS
 from experiments.services import assignment, identity
 from experiments.services.accounts import create_api_key
 from experiments.services.exposures import _execute
@@ -82,6 +83,21 @@ def test_identify_stores_single_and_batched_links_once_with_one_audit_entry_per_
         {"links": 5, "linked": 4, "duplicates": 1},
         {"links": 5, "linked": 0, "duplicates": 5}]
 
+
+
+def test_a_full_batch_of_links_counts_each_new_one_once(client, client_headers, db):
+    """The largest batch (MAX_LINKS) is written in several statements by the driver (SQLite
+    binds at most 999 values in one): every new link is counted, every stored one is a
+    duplicate, across statement boundaries."""
+    first = [{"anonymous_id": f"device-{index}", "user_id": f"customer-{index % 7}"}
+             for index in range(0, MAX_LINKS, 5)]
+    assert identify(client, client_headers, {"links": first}).get_json() == {
+        "linked": MAX_LINKS // 5, "duplicates": 0}
+    batch = [{"anonymous_id": f"device-{index}", "user_id": f"customer-{index % 7}"}
+             for index in range(MAX_LINKS)]
+    assert identify(client, client_headers, {"links": batch}).get_json() == {
+        "linked": MAX_LINKS - MAX_LINKS // 5, "duplicates": MAX_LINKS // 5}
+    assert db.scalar(select(func.count()).select_from(IdentityLink)) == MAX_LINKS
 
 def test_bad_identify_bodies_are_422_naming_the_field_and_store_nothing(
         client, client_headers, db):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -91,6 +91,16 @@ class Linked:
     duplicates: int
 
 
+@cache
+def _link_insert(dialect: str) -> Any:
+    """The links' INSERT … ON CONFLICT DO NOTHING RETURNING id, one statement object per
+    dialect with the rows as parameters: compiled once (``.values(rows)`` in the statement
+    was compiled again on every request)."""
+    return (dialect_insert(dialect)(_LINKS)
+            .on_conflict_do_nothing(index_elements=["anonymous_id", "user_id"])
+            .returning(_LINKS.c.id))
+
+
 def link_ids(session: Session, links: Sequence[Link], principal: Principal) -> Linked:
     """Store the new links (idempotent, append-only) with one audit entry; commits.
 
@@ -102,11 +112,7 @@ def link_ids(session: Session, links: Sequence[Link], principal: Principal) -> L
     rows = [{"anonymous_id": anonymous_id, "user_id": user_id,
              "occurred_at": min(link.occurred_at or now, now), "created_at": now}
             for (anonymous_id, user_id), link in unique.items()]
-    insert = dialect_insert(session.get_bind().dialect.name)
-    statement = (insert(_LINKS).values(rows)
-                 .on_conflict_do_nothing(index_elements=["anonymous_id", "user_id"])
-                 .returning(_LINKS.c.id))
-    linked = len(session.execute(statement).all())
+    linked = len(session.execute(_link_insert(session.get_bind().dialect.name), rows).all())
     result = Linked(linked, len(links) - linked)
     record_audit(session, principal, "identity.linked", target_type="identity",
                  after={"links": len(links), "linked": result.linked,
