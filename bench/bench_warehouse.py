@@ -51,7 +51,12 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
-Measured 2026-12-05, sixth session (docs/performance.md, Warehouses, "Latest"; one window
+Measured 2026-12-05, seventh session (no warehouse change; docs/performance.md, Warehouses,
+"Latest"): at 1 M units DuckDB's scheduled report 1.52x (CPU 1.32x; 401 MB), chDB's 2.23x
+(652 MB); first reports 5.43x and 7.41x; DuckDB's first report 9.1x faster than
+PostgreSQL's 15.44 s, chDB's 2.3x.
+
+Measured 2026-12-05, sixth session (docs/performance.md, Warehouses; one window
 test, ``any_value``; a slower, noisier machine: DuckDB's 1 M-unit baseline 0.55 s against
 0.32 s): DuckDB's scheduled report 1.47x at 10 M units (471 MB) and 1.40x at 1 M (409 MB),
 both OK; chDB's 1.62x at 1 M (650 MB); first reports 5.71x (10 M) and 4.56x (1 M) on
