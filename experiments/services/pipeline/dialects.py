@@ -712,12 +712,12 @@ def refresh_statistics(session: Session, tables: Sequence[str]) -> list[str]:
     (:data:`STALE_STATISTICS`), in a short transaction of its own; their names (nothing
     elsewhere).
 
-    Why: autovacuum may be off, or not have come round since a bulk arrival (a demo, an
-    import, a launch), and a plan made on "one row" estimates is a cliff, not a slope —
-    with :func:`hashed_grouping`'s sorts disabled, the planner fed the per-unit aggregate
-    from an index scan through a nested loop it thought had one row: the seeded demo's
-    segmented report took 16-36 s on PostgreSQL, 0.16 s once analysed. ANALYZE reads a
-    sample (30,000 rows by default) and blocks no reads or writes; a database user that
+    Why: autovacuum may be off (it is on this project's test and bench servers), or not
+    have come round since a bulk arrival (a launch, an import, the demo). The planner then
+    plans for the tables as it last saw them — 11 exposures where the seeded demo had
+    6,000 — and nested loops planned for a few rows are a cliff, not a slope (the other
+    half of that demo's 16-36 s report is ``PipelineSources.hashed_groups``). ANALYZE reads
+    a sample (30,000 rows by default) and blocks no reads or writes; a database user that
     does not own the tables gets a warning from it, not an error."""
     bind = session.get_bind()
     if bind.dialect.name != "postgresql":

@@ -229,6 +229,7 @@ def reallocation_periods(session: Session, experiment: Experiment,
     it."""
     name = AnalysisSettings.model_validate(experiment.analysis).warehouse
     if name is None:
+        refresh_statistics(session, OWN_TABLES)
         units = identity.analysis_sources(session, experiment.id)
         return bandits.primary_periods(session, experiment, periods, units.sources)
     try:
