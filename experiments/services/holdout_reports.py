@@ -27,10 +27,12 @@ from sqlalchemy.orm import Session
 from experiments.db import utcnow
 from experiments.errors import ApiError
 from experiments.models import (
+    Event,
     Experiment,
     Holdout,
     HoldoutExposure,
     HoldoutReport,
+    IdentityLink,
     Metric,
     Variant,
 )
@@ -48,12 +50,15 @@ from experiments.services.pipeline import (
     aggregate_experiment,
     sum_specs,
 )
+from experiments.services.pipeline.dialects import refresh_statistics
 from experiments.services.report import build_report
 
 logger = logging.getLogger(__name__)
 # The report's statistics: the analysis defaults (sequential: a holdout is looked at for
 # months), without CUPED (no window, so no pre-exposure window either).
 SETTINGS = AnalysisSettings(cuped=False)
+# The tables a holdout report reads (their planner statistics kept fresh, as an experiment's).
+HOLDOUT_TABLES = (HoldoutExposure.__tablename__, Event.__tablename__, IdentityLink.__tablename__)
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,7 @@ def holdout_units(session: Session, holdout_id: int) -> identity.AnalysisUnits:
 def _body(session: Session, holdout: Holdout, now: datetime) -> dict[str, Any]:
     subject = subject_of(session, holdout)
     specs = sum_specs(subject.metrics)
+    refresh_statistics(session, HOLDOUT_TABLES)
     units = holdout_units(session, holdout.id)
     aggregates = aggregate_experiment(
         session, None, specs,
