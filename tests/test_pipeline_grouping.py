@@ -289,3 +289,25 @@ def test_stale_planner_statistics_are_refreshed_before_an_analysis(db: Session) 
         assert db.execute(sa.text(
             "SELECT n_mod_since_analyze, last_analyze IS NOT NULL FROM pg_stat_user_tables "
             "WHERE relname = 'exposures'")).one() == (0, True)
+
+
+def test_a_table_locked_by_a_vacuum_is_left_to_it(db: Session) -> None:
+    """A table whose ANALYZE lock is held (another ANALYZE, a VACUUM: autovacuum on it
+    already) is skipped after ``lock_wait``, not waited for; the others are analysed."""
+    experiment = make_experiment(db)
+    for number in range(200):
+        expose(db, experiment, f"u{number}", experiment.variants[number % 2].key)
+        db.add(IdentityLink(anonymous_id=f"u{number}", user_id=f"c{number}", occurred_at=T0,
+                            created_at=T0))
+    if db.get_bind().dialect.name != "postgresql":
+        db.commit()
+        assert refresh_statistics(db, ["exposures", "identity_links"], lock_wait="1ms") == []
+        return
+    db.execute(sa.text("SELECT pg_stat_force_next_flush()"))
+    db.commit()
+    with db.get_bind().connect() as holder:  # what a VACUUM of the table holds
+        holder.execute(sa.text("LOCK TABLE exposures IN SHARE UPDATE EXCLUSIVE MODE"))
+        analysed = refresh_statistics(db, ["exposures", "identity_links"], lock_wait="100ms")
+        holder.rollback()
+    assert analysed == ["identity_links"]
+    assert refresh_statistics(db, ["exposures", "identity_links"]) == ["exposures"]

@@ -65,6 +65,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
@@ -705,12 +706,18 @@ def hashed_grouping(connection: Connection | Session, *, when: bool = True
 # When a table's planner statistics are stale: more rows changed since its last ANALYZE than
 # autovacuum's default threshold (50 rows + 10 % of the table).
 STALE_STATISTICS = "n_mod_since_analyze > 50 + 0.1 * n_live_tup"
+# How long an ANALYZE waits for a table another ANALYZE or a VACUUM holds (autovacuum, on
+# it already): then the analysis goes on without it.
+STATISTICS_LOCK_WAIT = "1s"
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
 
-def refresh_statistics(session: Session, tables: Sequence[str]) -> list[str]:
+def refresh_statistics(session: Session, tables: Sequence[str], *,
+                       lock_wait: str = STATISTICS_LOCK_WAIT) -> list[str]:
     """PostgreSQL: ANALYZE those of ``tables`` whose planner statistics are missing or stale
-    (:data:`STALE_STATISTICS`), in a short transaction of its own; their names (nothing
-    elsewhere).
+    (:data:`STALE_STATISTICS`), each in a short transaction of its own; the names of those
+    analysed (nothing elsewhere). A table whose lock is not granted within ``lock_wait`` is
+    left to whoever holds it.
 
     Why: autovacuum may be off (it is on this project's test and bench servers), or not
     have come round since a bulk arrival (a launch, an import, the demo). The planner then
@@ -723,15 +730,25 @@ def refresh_statistics(session: Session, tables: Sequence[str]) -> list[str]:
     if bind.dialect.name != "postgresql":
         return []
     engine = bind if isinstance(bind, Engine) else bind.engine
+    analysed = []
     with engine.connect() as connection:
         stale = list(connection.execute(text(
             "SELECT CAST(CAST(relid AS regclass) AS text) FROM pg_stat_user_tables "
             f"WHERE relid = ANY(CAST(:tables AS regclass[])) AND {STALE_STATISTICS}"),
             {"tables": list(tables)}).scalars())
-        for name in stale:  # regclass text: quoted and qualified as the search path needs
-            connection.execute(text(f"ANALYZE {name}"))
         connection.commit()
-    return stale
+        for name in stale:  # regclass text: quoted and qualified as the search path needs
+            try:
+                with connection.begin():
+                    connection.execute(text("SELECT set_config('lock_timeout', :wait, true)"),
+                                       {"wait": lock_wait})
+                    connection.execute(text(f"ANALYZE {name}"))
+            except OperationalError as error:
+                if getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                    raise
+                continue
+            analysed.append(name)
+    return analysed
 
 
 # chDB's join algorithm for Parcours's statements, as warehouses.engines.ENGINE_SETTINGS sets
