@@ -203,6 +203,13 @@ def run_pipeline(engine: Engine, exposures: FromClause, events: FromClause,
         return replace(result, linked=units.summary(connection))
 
 
+def _own_units(session: Session, experiment: Experiment) -> identity.AnalysisUnits:
+    """What an analysis reads in Parcours's own tables, their planner statistics refreshed
+    first: the identity clusters (SPEC §14), or without links the units themselves."""
+    refresh_statistics(session, OWN_TABLES)
+    return identity.analysis_sources(session, experiment.id)
+
+
 def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisSettings,
                    metrics: Sequence[MetricSpec], dimensions: Sequence[str] = (), *,
                    rollup: bool) -> Analysed:
@@ -210,9 +217,7 @@ def aggregates_for(session: Session, experiment: Experiment, settings: AnalysisS
     where its data lives: its warehouse (synced first), else Parcours."""
     name = settings.warehouse
     if name is None:
-        refresh_statistics(session, OWN_TABLES)
-        # The analysis unit is the identity cluster (SPEC §14); without links, the unit itself.
-        units = identity.analysis_sources(session, experiment.id)
+        units = _own_units(session, experiment)
         return replace(analyse_sources(session, session, experiment, settings, metrics,
                                        dimensions, units.sources, rollup=rollup),
                        linked=units.summary(session))
@@ -229,9 +234,8 @@ def reallocation_periods(session: Session, experiment: Experiment,
     it."""
     name = AnalysisSettings.model_validate(experiment.analysis).warehouse
     if name is None:
-        refresh_statistics(session, OWN_TABLES)
-        units = identity.analysis_sources(session, experiment.id)
-        return bandits.primary_periods(session, experiment, periods, units.sources)
+        return bandits.primary_periods(session, experiment, periods,
+                                       _own_units(session, experiment).sources)
     try:
         with _opened(*_synced(session, name), experiment, session) as (connection, units):
             return bandits.primary_periods(connection, experiment, periods, units.sources)
