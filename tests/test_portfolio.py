@@ -346,17 +346,27 @@ def test_a_decided_experiment_has_no_days_left(app, client, admin_headers, outco
     assert (item["days_left"], item["days_left_basis"], item["decision"]) == (
         0, "decided", outcome)
     assert item["units_needed_per_variant"] == 57_756  # still said, as progress
+    assert item["progress_note"] == ("decided at 1% of the 57,756 units per variant planned: "
+                                     "the sequential test stays valid when it stops early")
     page = logged_in(app, "viewer").get("/admin/").get_data(as_text=True)
     row = page[page.index('data-key="checkout"'):]
     row = row[:row.index("</tr>")]
     assert "Decided" in row and "no more units needed" in row
+    assert "Decided at 1% of the 57,756 units per variant planned" in row
     assert "past-max" not in row and "/day" not in row
+
+    fixed = {**body, "method": "frequentist"}
+    store_report(app, "checkout", fixed, started_days_ago=4, age=timedelta(0))
+    assert items_by_key(client, admin_headers)["checkout"]["progress_note"].endswith(
+        "a fixed-horizon p-value read before its planned sample overstates significance: "
+        "confirm with the sequential method")
 
     keep = report_body("checkout", {"control": 1000, "one-page": 800},
                        decision={"outcome": "keep_running", "winner": None, "reasons": []})
     store_report(app, "checkout", keep, started_days_ago=4, age=timedelta(0))
     item = items_by_key(client, admin_headers)["checkout"]
     assert (item["days_left"], item["days_left_basis"]) == (285, "power")
+    assert item["progress_note"] is None
 
 
 def test_a_rate_is_measured_over_at_least_one_day(app, client, admin_headers):

@@ -78,7 +78,9 @@ def portfolio_entry(experiment: Experiment, report: Report | None, *,
                                    max_days=settings.get("max_days"))
     decision = _dict(body.get("decision")).get("outcome") or None
     if decision in DECIDED:  # "248 days left" beside "Ship" asked the manager to wait
-        progress.update(days_left=0, days_left_basis="decided")
+        progress.update(days_left=0, days_left_basis="decided",
+                        progress_note=progress["progress_note"] or decided_early_note(
+                            body.get("method"), units, progress["units_needed_per_variant"]))
     return {
         "key": experiment.key, "name": experiment.name, "owner": experiment.owner,
         "status": experiment.status,
@@ -96,6 +98,25 @@ def portfolio_entry(experiment: Experiment, report: Report | None, *,
 
 DECIDED = frozenset({"ship", "rollback", "no_difference"})
 """Decision outcomes that need no more units: the experiment waits to be concluded."""
+# What a decision made before the planned sample means, by the report's method: "3,038 /
+# 55,272" beside "Decided" read as a contradiction; a fixed-horizon test read early is one.
+EARLY_DECISION = {
+    "sequential": "the sequential test stays valid when it stops early",
+    "frequentist": "a fixed-horizon p-value read before its planned sample overstates "
+                   "significance: confirm with the sequential method",
+    "bayesian": "the chance to win crossed its threshold first",
+}
+
+
+def decided_early_note(method: Any, units: Mapping[str, int],
+                       needed_per_variant: int | None) -> str | None:
+    """Why a decided experiment shows fewer units than its power calculation planned."""
+    if needed_per_variant is None or not units or min(units.values()) >= needed_per_variant:
+        return None
+    share = min(units.values()) / needed_per_variant
+    reason = EARLY_DECISION.get(method if isinstance(method, str) else "")
+    return (f"decided at {share:.0%} of the {needed_per_variant:,} units per variant planned"
+            + (f": {reason}" if reason else ""))
 
 
 def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapping[str, int],

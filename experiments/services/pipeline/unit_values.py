@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from sqlalchemy import BigInteger, Float, and_, case, cast, false, func, literal, or_, select, true
 from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.util import ClauseAdapter
 
 from experiments.models import Metric
 from experiments.schemas import FRICTION_KINDS
@@ -360,29 +361,36 @@ class UnitPass:
         ``narrowed``: one side first narrowed to the units of the other's id range (a
         semi-join on ``unit_id``) — ``"events"`` to the units of a few recent exposures
         among many events (ClickHouse reads every column of a join's left side before it
-        probes), ``"exposures"`` to the units of a few recent events among many units (the
-        join's hash table is built from the exposures, its right side)."""
+        probes), ``"exposures"`` to the units of a few recent events among many units,
+        inside the join's right side: its hash table is built from the exposures, and
+        DuckDB applies a semi-join written in ``WHERE`` only after the join (at 1 M units,
+        30,000 recent units: 0.38 s → 0.27 s for the scheduled statement)."""
         x, plan, ev = self.x, self.plan, self.plan.events
+        values, keys = [value.expression for value in self.values], self.keys[1:]
+        if narrowed == "exposures":
+            units = select(ev.c.unit_id).where(*_in_range(ev.c.id, event_ids))
+            narrowed_x = (select(*x.c).where(x.c.unit_id.in_(units.scalar_subquery()))
+                          .subquery("narrowed_exposures"))
+            values = [ClauseAdapter(narrowed_x).traverse(value) for value in values]
+            x = narrowed_x
         relevant = or_(ev.c.step.is_not(None), *[match_condition(m, ev) for m in plan.metrics])
         where = [window(x, ev, self.hours, with_pre=True), relevant,
                  *_in_range(ev.c.id, event_ids), *_in_range(x.c.exposure_id, exposure_ids)]
         if narrowed == "events":
             units = select(x.c.unit_id).where(*_in_range(x.c.exposure_id, exposure_ids))
             where.append(ev.c.unit_id.in_(units.correlate(None).scalar_subquery()))
-        elif narrowed == "exposures":
-            units = select(ev.c.unit_id).where(*_in_range(ev.c.id, event_ids))
-            where.append(x.c.unit_id.in_(units.correlate(None).scalar_subquery()))
         if self.events_between is not None:
             after, before = self.events_between
             where.append(ev.c.occurred_at >= after)
             if before is not None:
                 where.append(ev.c.occurred_at < before)
-        columns = [value.expression.label(value.label) for value in self.values]
+        columns = [value.label(unit_value.label)
+                   for value, unit_value in zip(values, self.values, strict=True)]
         # Grouped by the exposure id alone (one integer to hash, stage 1 gives one row per
         # unit and ids are unique: its tie-break relies on them), the unit's other columns
         # carried by group_value(); the events on the left, so that ClickHouse builds its
         # join's hash table from the exposures (its right side), not from the events.
-        carried = [group_value(x.c[key]).label(key) for key in self.keys[1:]]
+        carried = [group_value(x.c[key]).label(key) for key in keys]
         return (select(x.c.exposure_id, *carried, *columns)
                 .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
                 .where(*where)

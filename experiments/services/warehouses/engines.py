@@ -47,6 +47,11 @@ EXTENSION_KEY = "parcours.warehouses"
 # 100 M: partial merge 3.6 s in a 465 MB process, then 100 s and 1.3 GB; a grace hash join
 # 3.8-6.2 s and 0.5-0.65 GB, then 302 s and 1.3-3.1 GB; a plain hash join 3.9 s and 660 MB,
 # then past 12 GB.
+# And no JIT compilation of expressions: chDB's embedded server stops with the last
+# connection and starts again with the next one (an in-process file is opened per analysis,
+# below), and from the fourth restart on in one process its compiled expressions made the
+# scheduled statement twice as costly (1 M units: 0.5 s, then 1.0-1.1 s and 1.3 s of CPU
+# for the same statement; 0.46-0.48 s each time without, first reports unchanged).
 # DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
 # memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory"),
 # except for the statements over kept per-unit values (dialects.kept_values_settings).
@@ -60,7 +65,8 @@ ENGINE_SETTINGS: dict[str, dict[str, str]] = {
                "disabled_optimizers": "build_side_probe_side"},
     "chdb": {"join_algorithm": "partial_merge",  # dialects.CHDB_JOIN (kept_values_settings)
              "max_bytes_before_external_group_by": "50000000",
-             "max_bytes_before_external_sort": "50000000"},
+             "max_bytes_before_external_sort": "50000000",
+             "compile_expressions": "0", "compile_aggregate_expressions": "0"},
 }
 # The connection mark of a DuckDB warehouse whose memory limit no setting chose: its
 # statements over kept per-unit values run under a bounded one. The same text as
