@@ -51,6 +51,12 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
+Measured 2026-12-05, eighth session (the live pass narrows the exposures inside its join,
+chDB without JIT; docs/performance.md, Warehouses, "Latest"): scheduled reports at 10 M
+units DuckDB 0.70x (450 MB), chDB 0.41x (544 MB, MISSED); at 1 M DuckDB 1.11x (306 MB),
+chDB 1.15x (494 MB); first reports 4.7-4.8x (DuckDB) and 7.3-8.8x (chDB); at 1 M units
+DuckDB's first report 9.2x faster than PostgreSQL's 13.20 s, chDB's 2.6x.
+
 Measured 2026-12-05, seventh session (no warehouse change; docs/performance.md, Warehouses,
 "Latest"): at 1 M units DuckDB's scheduled report 1.52x (CPU 1.32x; 401 MB), chDB's 2.23x
 (652 MB); first reports 5.43x and 7.41x; DuckDB's first report 9.1x faster than
