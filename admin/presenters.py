@@ -229,23 +229,32 @@ def method_line(method: Any, alpha: Any) -> str:
 
 
 def lift_chart(body: dict[str, Any]) -> dict[str, Any]:
-    """Cumulative relative lift of the primary metric per treatment, with its CI band."""
+    """Cumulative relative lift of the primary metric per treatment, with its CI band.
+
+    A day whose relative interval is null (SPEC §6: the control's own interval includes 0,
+    so the ratio's is unbounded) is marked ``unbounded``: the chart leaves its point out
+    (a +60 % lift drawn without a band read as a measured one), the data table says so."""
     points = [p for p in _list(body.get("timeline")) if isinstance(p, dict)]
     dates = sorted({str(p.get("date")) for p in points if p.get("date")})
-    series: dict[str, dict[str, list[float | None]]] = {}
+    series: dict[str, dict[str, list[Any]]] = {}
     for point in points:
         name = str(point.get("variant"))
         line = series.setdefault(name, {key: [None] * len(dates)
                                         for key in ("effect", "lower", "upper")})
+        line.setdefault("unbounded", [False] * len(dates))
         index = dates.index(str(point.get("date")))
         ci = [*_list(point.get("relative_ci")), None, None]
         line["effect"][index] = _float(point.get("relative_effect"))
         line["lower"][index] = _float(ci[0])
         line["upper"][index] = _float(ci[1])
+        line["unbounded"][index] = (line["effect"][index] is not None
+                                    and point.get("relative_ci") is None)
     if not any(value is not None for line in series.values() for value in line["effect"]):
         return {"labels": [], "series": []}  # e.g. NPS, in points: no relative lift to chart
     return {"labels": dates,
-            "series": [{"variant": name, **values} for name, values in series.items()]}
+            "series": [{"variant": name, **values} for name, values in series.items()],
+            "unbounded_days": sum(any(line["unbounded"][i] for line in series.values())
+                                  for i in range(len(dates)))}
 
 
 RATE_KINDS = ("conversion", "friction")

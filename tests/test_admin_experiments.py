@@ -581,6 +581,35 @@ def test_an_nps_primary_has_no_empty_lift_chart(app):
     assert "The primary metric has no relative lift (NPS is in points)" in page
 
 
+def test_a_lift_whose_interval_is_unbounded_is_not_drawn(app):
+    """The demo's first two days read +25 % and +61 % lifts with no band at all: their
+    relative intervals are null (the control's rate not yet told from 0, SPEC §6), so
+    the chart leaves those points out and the page and its data table say why."""
+    from admin.presenters import lift_chart
+
+    seed_experiment(app)
+    points = [{"date": "2026-11-21", "variant": "one-page", "units": 48,
+               "relative_effect": 0.25, "relative_ci": None},
+              {"date": "2026-11-22", "variant": "one-page", "units": 249,
+               "relative_effect": 0.61, "relative_ci": None},
+              {"date": "2026-11-23", "variant": "one-page", "units": 427,
+               "relative_effect": 0.25, "relative_ci": [-0.45, 1.95]}]
+    chart = lift_chart({"timeline": points})
+    assert chart["series"][0]["unbounded"] == [True, True, False]
+    assert chart["series"][0]["effect"] == [0.25, 0.61, 0.25]  # kept for the data table
+    assert chart["unbounded_days"] == 2
+    insert_report(app, timeline=points)
+    page = logged_in(app, "viewer").get("/admin/experiments/checkout-redesign").get_data(
+        as_text=True)
+    assert "2 days not drawn: the control's rate could not yet be told from 0" in html.unescape(page)
+    table = page[page.index('id="lift-data"'):]
+    table = table[table.index("<tbody>"):table.index("</tbody>")]
+    assert table.count(">unbounded<") == 2 and "[−45.0%, +195.0%]" in table
+
+    bounded = lift_chart({"timeline": points[2:]})
+    assert bounded["unbounded_days"] == 0 and bounded["series"][0]["unbounded"] == [False]
+
+
 def test_an_iterations_power_estimate_starts_from_its_parents_observed_control(app):
     """The draft of an iteration plans on the control rate its parent's report observed."""
     seed_experiment(app)

@@ -38,12 +38,11 @@
     var datasets = [];
     data.series.forEach(function (series, i) {
       var color = PALETTE[i % PALETTE.length];
-      datasets.push({label: series.variant + " CI upper", data: series.upper, borderWidth: 0,
-        pointRadius: 0, fill: false, borderColor: "transparent", spanGaps: true, band: true});
-      datasets.push({label: series.variant + " CI lower", data: series.lower, borderWidth: 0,
-        pointRadius: 0, fill: "-1", backgroundColor: withAlpha(color, 0.18),
-        borderColor: "transparent", spanGaps: true, band: true});
-      datasets.push({label: series.variant + " lift", data: series.effect, borderColor: color,
+      datasets.push.apply(datasets, bandDatasets(series.variant + " CI", series.upper,
+        series.lower, color, 0.18));
+      // A day with an unbounded interval is not drawn (see presenters.lift_chart).
+      var drawn = series.effect.map(function (v, k) { return series.unbounded[k] ? null : v; });
+      datasets.push({label: series.variant + " lift", data: drawn, borderColor: color,
         backgroundColor: color, borderWidth: 2.5, pointRadius: 2, tension: 0.2, spanGaps: true});
     });
     var options = baseOptions("relative lift vs control");
@@ -73,7 +72,9 @@
   function yRange(lines, minSpan, step) {
     var effects = [], bounds = [], latest = [];
     lines.forEach(function (s) {
-      effects = effects.concat(s.effect.filter(isNum));
+      var shown = s.unbounded ? s.effect.filter(function (v, k) { return !s.unbounded[k]; })
+        : s.effect;
+      effects = effects.concat(shown.filter(isNum));
       bounds = bounds.concat(s.lower.filter(isNum), s.upper.filter(isNum));
       latest = latest.concat(lastNum(s.lower), lastNum(s.upper));
     });
@@ -89,6 +90,17 @@
   function lastNum(values) {
     var numbers = values.filter(isNum);
     return numbers.length ? [numbers[numbers.length - 1]] : [];
+  }
+
+  /* The upper and lower datasets of a confidence band, filled between them. One day has no
+     area to fill: its bounds are then drawn as dashes above and below the point. */
+  function bandDatasets(label, upper, lower, color, alpha) {
+    var common = {borderWidth: 0, pointRadius: upper.length === 1 ? 8 : 0, pointStyle: "dash",
+      pointBorderColor: color, pointBorderWidth: 2, borderColor: "transparent",
+      spanGaps: true, band: true};
+    return [Object.assign({label: label + " upper", data: upper, fill: false}, common),
+            Object.assign({label: label + " lower", data: lower, fill: "-1",
+                           backgroundColor: withAlpha(color, alpha)}, common)];
   }
 
   function isNum(value) { return typeof value === "number" && isFinite(value); }
@@ -142,11 +154,7 @@
       var out = [];
       entry.series.forEach(function (series, i) {
         var color = PALETTE[i % PALETTE.length], line = series[view];
-        out.push({label: series.variant + " upper", data: line.upper, borderWidth: 0, pointRadius: 0,
-          fill: false, borderColor: "transparent", spanGaps: true, band: true});
-        out.push({label: series.variant + " lower", data: line.lower, borderWidth: 0, pointRadius: 0,
-          fill: "-1", backgroundColor: withAlpha(color, 0.16), borderColor: "transparent",
-          spanGaps: true, band: true});
+        out.push.apply(out, bandDatasets(series.variant, line.upper, line.lower, color, 0.16));
         out.push({label: series.variant, data: line.effect, borderColor: color, backgroundColor: color,
           borderWidth: 2, pointRadius: 2, tension: 0.2, spanGaps: view === "cumulative"});
       });

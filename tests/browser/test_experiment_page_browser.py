@@ -218,3 +218,31 @@ def test_draft_page_shows_configuration_checklist_and_sdk_snippet(page, live_ser
     assert 'clientKey: "<CLIENT_KEY>"' in snippet and 'p.variant("checkout-redesign")' in snippet
     assert '//   one-page: {"layout": "single"}' in snippet
     page.screenshot(path=str(artifacts_dir / "experiment-draft-desktop.png"), full_page=True)
+
+
+def test_the_lift_chart_leaves_out_unbounded_days_and_marks_a_single_days_bounds(
+        page, live_server, app):
+    """A day whose relative interval is unbounded is not drawn (its point read as a measured
+    lift); with a single day there is no band to fill, so its bounds are drawn as dashes."""
+    seed_experiment(app)
+    unbounded = {"variant": "one-page", "relative_effect": 0.61, "relative_ci": None}
+    bounded = {"variant": "one-page", "relative_effect": 0.25, "relative_ci": [-0.45, 1.95]}
+    insert_report(app, timeline=[{**unbounded, "date": "2026-11-22", "units": 249},
+                                 {**bounded, "date": "2026-11-23", "units": 427}])
+    log_in(page, live_server.url, add_user(app, "viewer"))
+    page.goto(f"{live_server.url}/admin/experiments/{KEY}")
+    expect_drawn(page, "lift-chart", pixels=500)
+    datasets = """() => Chart.getChart('lift-chart').data.datasets.map(
+        d => ({label: d.label, data: d.data, radius: d.pointRadius, style: d.pointStyle}))"""
+    upper, lower, lift = page.evaluate(datasets)
+    assert lift["data"] == [None, 0.25] and upper["data"] == [None, 1.95]
+    assert upper["radius"] == lower["radius"] == 0
+    expect(page.locator(".lift-unbounded")).to_contain_text("1 day not drawn")
+
+    insert_report(app, timeline=[{**bounded, "date": "2026-11-23", "units": 427}])
+    page.reload()
+    expect_drawn(page, "lift-chart", pixels=300)
+    upper, lower, lift = page.evaluate(datasets)
+    assert (upper["radius"], upper["style"], upper["data"]) == (8, "dash", [1.95])
+    assert (lower["radius"], lower["data"]) == (8, [-0.45]) and lift["data"] == [0.25]
+    expect(page.locator(".lift-unbounded")).to_have_count(0)
