@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from experiments.errors import ValidationFailed
-from experiments.services.analysis import calculate_power
+from experiments.services.analysis import calculate_power, power_design
 
 ASSUMED_BASELINE = 0.10  # the power calculator's default, used when nothing was observed yet
 OP_WORDS = {"eq": "is", "neq": "is not", "in": "is one of", "not_in": "is none of",
@@ -35,7 +35,9 @@ def targeting_lines(data: dict[str, Any]) -> list[str]:
 
 
 def power_estimate(data: dict[str, Any], baseline: float | None) -> dict[str, Any] | None:
-    """Units per variant the primary metric needs (the power calculator), or None if unknown.
+    """Units per variant the primary metric needs (the power calculator, for the test the
+    experiment runs: a sequential one needs about twice the fixed-horizon sample), or None
+    if unknown.
 
     Only proportions have a default baseline; means need their standard deviation.
     """
@@ -49,11 +51,11 @@ def power_estimate(data: dict[str, Any], baseline: float | None) -> dict[str, An
                "power": settings.get("power", 0.8),
                "variants": max(2, len(data.get("variants") or []))}
     try:
-        result = calculate_power(primary["kind"], **options)
+        result = calculate_power(primary["kind"], **options, design=power_design(settings))
     except ValidationFailed:
         return None
     return {**options, **result, "observed": observed, "metric": primary.get("key"),
-            "kind": primary["kind"]}
+            "kind": primary["kind"], "design": power_design(settings)}
 
 
 def checklist(data: dict[str, Any], power: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -93,7 +95,8 @@ def _power_text(power: dict[str, Any] | None, settings: dict[str, Any]) -> str:
     text = (f"{power['units_per_variant']:,} units per variant to detect a "
             f"{power['mde'] * 100:g}% relative change of {power['metric']} on a "
             f"{power['baseline'] * 100:.1f}% baseline ({basis}; power "
-            f"{power['power'] * 100:g}%, α {power['alpha']:g})")
+            f"{power['power'] * 100:g}%, α {power['alpha']:g}"
+            f"{', the sequential test' if power['design'] == 'sequential' else ''})")
     minimum = settings.get("min_units_per_variant", 0)
     if power_state(power, settings) == "ok":
         return text

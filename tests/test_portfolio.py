@@ -22,6 +22,9 @@ from tests.test_bandits import bandit_payload
 URL = "/api/v1/portfolio"
 
 
+FIXED_HORIZON = {**experiment_payload()["analysis"], "method": "frequentist"}
+
+
 def create(client, headers, key: str, *, start: bool = True, **overrides: Any) -> None:
     """An experiment through the API, started unless told otherwise."""
     payload = experiment_payload(key, layer=None, targeting=[], overrides={}, **overrides)
@@ -73,12 +76,13 @@ def items_by_key(client, headers) -> dict[str, dict[str, Any]]:
 
 def test_days_left_come_from_the_power_calculator_and_the_observed_daily_rate(
         app, client, admin_headers):
-    create(client, admin_headers, "checkout")
+    create(client, admin_headers, "checkout", analysis=FIXED_HORIZON)
     store_report(app, "checkout", report_body("checkout", {"control": 1000, "one-page": 800}),
                  started_days_ago=4, age=timedelta(0))
     item = items_by_key(client, admin_headers)["checkout"]
 
-    # Reference: statsmodels directly, relative mde 5 % on the observed 10 % control rate.
+    # Reference (a fixed-horizon experiment): statsmodels directly, relative mde 5 % on
+    # the observed 10 % control rate.
     effect = abs(proportion_effectsize(0.105, 0.10))
     needed = math.ceil(NormalIndPower().solve_power(effect_size=effect, alpha=0.05, power=0.8,
                                                     ratio=1.0, alternative="two-sided"))
@@ -142,7 +146,7 @@ def test_a_bandit_counts_days_to_its_maximum_not_to_a_power_sample(app, client,
 
 
 def test_the_experiments_alpha_power_and_mde_drive_the_units_needed(app, client, admin_headers):
-    analysis = {**experiment_payload()["analysis"], "alpha": 0.01, "power": 0.9, "mde": 0.2}
+    analysis = {**FIXED_HORIZON, "alpha": 0.01, "power": 0.9, "mde": 0.2}
     create(client, admin_headers, "strict", analysis=analysis)
     store_report(app, "strict", report_body("strict", {"control": 5000, "one-page": 5000},
                                             control_rate=0.2), started_days_ago=10,
@@ -187,7 +191,7 @@ def t_test_units(baseline: float, sd: float, *, mde: float = 0.05, alpha: float 
 
 def test_a_mean_primary_is_planned_with_the_control_mean_and_observed_sd(app, client,
                                                                           admin_headers):
-    create(client, admin_headers, "basket", metrics=MEAN_PRIMARY)
+    create(client, admin_headers, "basket", metrics=MEAN_PRIMARY, analysis=FIXED_HORIZON)
     rng = np.random.default_rng(42)
     revenue = {variant: [float(v) if rng.random() < 0.6 else 0.0
                          for v in rng.gamma(2.0, 25.0, size=n).round(2)]
@@ -234,7 +238,7 @@ def test_every_kind_with_a_spread_is_planned_with_the_reports_sd(app, client, ad
     metric = {"key": "score", "kind": kind, "role": "primary", "direction": "increase",
               **({"numerator": "purchase", "denominator": "session"} if kind == "ratio"
                  else {} if kind == "nps" else {"event": "purchase"})}
-    create(client, admin_headers, "planned", metrics=[metric])
+    create(client, admin_headers, "planned", metrics=[metric], analysis=FIXED_HORIZON)
     store_report(app, "planned", primary_report("planned", kind, control,
                                                 {"control": 500, "one-page": 400}),
                  started_days_ago=5, age=timedelta(0))
@@ -336,23 +340,23 @@ def test_openapi_documents_the_portfolio(client):
 
 @pytest.mark.parametrize("outcome", ["ship", "rollback", "no_difference"])
 def test_a_decided_experiment_has_no_days_left(app, client, admin_headers, outcome):
-    """The demo's sequential test shipped at 3,038 of the 55,272 units its power needs and
-    the portfolio still read '248 days left, after the 28-day maximum' beside 'Ship'."""
-    create(client, admin_headers, "checkout")
+    """The demo's sequential test shipped at 3,038 of the units its power needs and the
+    portfolio still read '248 days left, after the 28-day maximum' beside 'Ship'."""
+    create(client, admin_headers, "checkout")  # sequential: planned for its own test
     body = report_body("checkout", {"control": 1000, "one-page": 800},
                        decision={"outcome": outcome, "winner": None, "reasons": []})
     store_report(app, "checkout", body, started_days_ago=4, age=timedelta(0))
     item = items_by_key(client, admin_headers)["checkout"]
     assert (item["days_left"], item["days_left_basis"], item["decision"]) == (
         0, "decided", outcome)
-    assert item["units_needed_per_variant"] == 57_756  # still said, as progress
-    assert item["progress_note"] == ("decided at 1% of the 57,756 units per variant planned: "
+    assert item["units_needed_per_variant"] == 126_753  # still said, as progress
+    assert item["progress_note"] == ("decided at 1% of the 126,753 units per variant planned: "
                                      "the sequential test stays valid when it stops early")
     page = logged_in(app, "viewer").get("/admin/").get_data(as_text=True)
     row = page[page.index('data-key="checkout"'):]
     row = row[:row.index("</tr>")]
     assert "Decided" in row and "no more units needed" in row
-    assert "Decided at 1% of the 57,756 units per variant planned" in row
+    assert "Decided at 1% of the 126,753 units per variant planned" in row
     assert "past-max" not in row and "/day" not in row
 
     fixed = {**body, "method": "frequentist"}
@@ -365,8 +369,28 @@ def test_a_decided_experiment_has_no_days_left(app, client, admin_headers, outco
                        decision={"outcome": "keep_running", "winner": None, "reasons": []})
     store_report(app, "checkout", keep, started_days_ago=4, age=timedelta(0))
     item = items_by_key(client, admin_headers)["checkout"]
-    assert (item["days_left"], item["days_left_basis"]) == (285, "power")
+    assert (item["days_left"], item["days_left_basis"]) == (math.ceil((126_753 - 800) / 200),
+                                                            "power")
     assert item["progress_note"] is None
+
+
+def test_a_sequential_experiment_is_planned_for_its_own_test(app, client, admin_headers):
+    """Its always-valid intervals are wider than a fixed-horizon test's: at the 57,756
+    units per variant that test needs (10 % control rate, +5 %), the sequential one has
+    34 % power. The portfolio plans it with the sequential design (stats.power, checked
+    there by simulation), so its days left are not half of what they will be."""
+    from stats import sample_size
+
+    create(client, admin_headers, "sequential")
+    create(client, admin_headers, "fixed", analysis=FIXED_HORIZON)
+    for key in ("sequential", "fixed"):
+        store_report(app, key, report_body(key, {"control": 1000, "one-page": 800}),
+                     started_days_ago=4, age=timedelta(0))
+    items = items_by_key(client, admin_headers)
+    planned = sample_size("conversion", baseline=0.10, mde=0.05, design="sequential")
+    assert items["fixed"]["units_needed_per_variant"] == 57_756
+    assert items["sequential"]["units_needed_per_variant"] == planned.units_per_variant == 126_753
+    assert items["sequential"]["days_left"] == math.ceil((126_753 - 800) / 200) == 630
 
 
 def test_a_rate_is_measured_over_at_least_one_day(app, client, admin_headers):

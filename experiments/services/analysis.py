@@ -330,6 +330,14 @@ def calculate_comparisons(kind: str, variants: Sequence[Mapping[str, Any]], *, m
     return calculation_to_dict(result)
 
 
+def power_design(settings: Mapping[str, Any]) -> str:
+    """The test the units are planned for: a sequential experiment's own (its always-valid
+    intervals need about twice the fixed-horizon sample for the same power), else the
+    fixed-horizon one."""
+    method = settings.get("method", AnalysisSettings.model_fields["method"].default)
+    return "sequential" if method == "sequential" else "fixed_horizon"
+
+
 def calculate_power(kind: str, **options: Any) -> dict[str, Any]:
     """Units per variant, total and days for a planned experiment (statsmodels conventions)."""
     try:

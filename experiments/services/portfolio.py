@@ -4,7 +4,8 @@ A manager's first question is "what is running, is it healthy, when will we know
 This module answers it from each experiment's latest report: units against the
 units the power calculation needs (the same calculator as ``/api/v1/stats/power``,
 on the primary metric's observed control baseline and, for kinds whose spread the
-estimate does not imply, the control's observed standard deviation), days left at
+estimate does not imply, the control's observed standard deviation; for a sequential
+experiment, the units its own test needs: ``stats.power``, ``design="sequential"``), days left at
 the observed daily rate, and health chips (SRM, guardrail breach, events before exposure,
 stale or failed analysis).
 
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session, selectinload
 from experiments.db import utcnow
 from experiments.errors import ValidationFailed
 from experiments.models import Experiment, Report
-from experiments.services.analysis import calculate_power, latest_reports
+from experiments.services.analysis import calculate_power, latest_reports, power_design
 from experiments.services.bandits import bandit_settings
 from experiments.services.decisions import BANDIT_SHIP_P_BEST, chance_text
 from experiments.services.report import SD_KINDS
@@ -147,7 +148,8 @@ def sample_progress(experiment: Experiment, body: Mapping[str, Any], units: Mapp
                                  mde=settings.get("mde", 0.05),
                                  alpha=settings.get("alpha", 0.05),
                                  power=settings.get("power", 0.8),
-                                 variants=max(2, len(experiment.variants)))["units_per_variant"]
+                                 variants=max(2, len(experiment.variants)),
+                                 design=power_design(settings))["units_per_variant"]
     except ValidationFailed as exc:
         detail = exc.details[0] if exc.details else {}
         out["progress_note"] = "power calculation impossible" + (

@@ -212,8 +212,10 @@ def test_draft_page_shows_configuration_checklist_and_sdk_snippet(page, live_ser
     checklist = page.locator("#launch-checklist .checklist li")
     expect(checklist.nth(0)).to_contain_text("Primary metric set: purchase")
     expect(checklist.nth(1)).to_contain_text("Guardrails present: payment-errors")
-    # statsmodels' two-proportion power for 10% → 10.5% (α 0.05, power 0.8): 57,756 per arm
-    expect(checklist.nth(2)).to_contain_text("57,756 units per variant")
+    # 10% → 10.5% (α 0.05, power 0.8): 57,756 per arm for a fixed-horizon test (statsmodels),
+    # 126,753 for this experiment's sequential one (stats.power, design="sequential")
+    expect(checklist.nth(2)).to_contain_text("126,753 units per variant")
+    expect(checklist.nth(2)).to_contain_text("power 80%, α 0.05, the sequential test")
     snippet = page.locator("#sdk-snippet").inner_text()
     assert 'clientKey: "<CLIENT_KEY>"' in snippet and 'p.variant("checkout-redesign")' in snippet
     assert '//   one-page: {"layout": "single"}' in snippet

@@ -154,6 +154,58 @@ def test_count_sample_size_defaults_to_poisson_sd() -> None:
     assert result.units_per_variant == math.ceil(expected)
 
 
+def msprt_rejects(effect: float, variance: float, tau2: float, alpha: float,
+                  rng: np.random.Generator, draws: int = 20_000) -> float:
+    """Share of simulated estimates (N(effect, variance): the difference of two arms'
+    means) whose always-valid p-value is below alpha — the sequential test read once."""
+    estimates = rng.normal(effect, math.sqrt(variance), draws)
+    total = variance + tau2
+    log_p = 0.5 * math.log(total / variance) - estimates**2 * tau2 / (2 * variance * total)
+    return float(np.mean(log_p < math.log(alpha)))
+
+
+@pytest.mark.parametrize(("kind", "options", "variances"), [
+    ("conversion", {"baseline": 0.10, "mde": 0.05}, (0.10 * 0.90, 0.105 * 0.895)),
+    ("conversion", {"baseline": 0.02, "mde": 0.10}, (0.02 * 0.98, 0.022 * 0.978)),
+    ("mean", {"baseline": 6.4, "mde": 0.05, "baseline_sd": 14.0}, (196.0, 196.0)),
+    ("count", {"baseline": 2.0, "mde": 0.05}, (2.0, 2.1)),
+])
+def test_a_sequential_plan_gives_its_test_the_power_at_the_end(kind, options, variances):
+    """The mixture SPRT at the fixed-horizon sample has far less than 80 % power (its
+    intervals are wider: valid at every look); the sequential plan's sample gives it 80 %,
+    read once at the end (simulated estimates), and one unit fewer per variant does not
+    (the plan is the smallest, found here by scanning)."""
+    from stats.sequential import mixing_variance
+
+    fixed = sample_size(kind, **options).units_per_variant
+    planned = sample_size(kind, design="sequential", **options).units_per_variant
+    assert 1.9 < planned / fixed < 2.4
+    effect = abs(options["baseline"] * options["mde"])
+    tau2 = mixing_variance(options["baseline"], max(variances), options["mde"])
+    rng = np.random.default_rng(20261205)
+    at_fixed = msprt_rejects(effect, sum(variances) / fixed, tau2, 0.05, rng)
+    at_planned = msprt_rejects(effect, sum(variances) / planned, tau2, 0.05, rng)
+    assert at_fixed < 0.45
+    assert at_planned == pytest.approx(0.80, abs=0.012)  # 20,000 draws: sd 0.003
+
+    def power_at(units: int) -> float:  # the normal approximation, directly
+        variance = sum(variances) / units
+        total = variance + tau2
+        multiplier = math.sqrt(total / tau2 * (2 * math.log(20) + math.log(total / variance)))
+        return float(sps.norm.cdf(effect / math.sqrt(variance) - multiplier))
+
+    assert power_at(planned) >= 0.8 > power_at(planned - 1)
+
+
+def test_the_sequential_design_is_checked_and_stays_within_bounds() -> None:
+    with pytest.raises(StatsInputError) as error:
+        sample_size("conversion", baseline=0.1, mde=0.1, design="bayesian")  # type: ignore[arg-type]
+    assert error.value.field == "design"
+    with pytest.raises(StatsInputError) as error:  # fixed horizon: 9.4e9, sequential: more
+        sample_size("conversion", baseline=0.1, mde=0.00017, design="sequential")
+    assert error.value.field == "mde" and "sequential" in str(error.value)
+
+
 @pytest.mark.parametrize(
     "kind,options,field",
     [
