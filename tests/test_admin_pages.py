@@ -74,6 +74,21 @@ def test_power_calculator_gives_the_stats_package_numbers(app):
                      str(expected["days"])]
 
 
+def test_power_calculator_plans_a_sequential_test_for_its_own_intervals(app):
+    """The portfolio plans a sequential experiment with design="sequential"; the calculator
+    offers the same choice, fixed horizon by default (as POST /api/v1/stats/power)."""
+    client = logged_in(app, "viewer")
+    query = "/admin/power?kind=conversion&baseline=0.1&mde=0.05&alpha=0.05&power=0.8&variants=2"
+    sequential = client.get(query + "&design=sequential").get_data(as_text=True)
+    assert re.findall(r"<dd>([^<]+)</dd>", sequential)[0] == "126,753"
+    assert '<option value="sequential" selected>' in sequential
+    fixed = client.get(query).get_data(as_text=True)
+    assert re.findall(r"<dd>([^<]+)</dd>", fixed)[0] == "57,756"
+    response = client.get(query + "&design=weekly")
+    assert response.status_code == 422
+    assert "must be one of fixed_horizon, sequential" in response.get_data(as_text=True)
+
+
 def test_power_calculator_names_the_bad_field(app):
     client = logged_in(app, "viewer")
     response = client.get("/admin/power?kind=conversion&baseline=1.5&mde=0.05&alpha=0.05"

@@ -18,7 +18,10 @@ from stats.records import KINDS
 
 POWER_KINDS = tuple(kind for kind in KINDS if kind not in ("ratio", "nps"))
 POWER_DEFAULTS = {"kind": "conversion", "baseline": "0.10", "baseline_sd": "", "mde": "0.05",
-                  "alpha": "0.05", "power": "0.8", "variants": "2", "daily_units": "2000"}
+                  "alpha": "0.05", "power": "0.8", "variants": "2", "daily_units": "2000",
+                  "design": "fixed_horizon"}
+POWER_DESIGNS = {"fixed_horizon": "Fixed horizon (frequentist, Bayesian)",
+                 "sequential": "Sequential (always valid)"}
 
 
 @bp.route("/learnings")
@@ -83,11 +86,12 @@ def power() -> tuple[str, int]:
     result, errors = None, {}
     if request.args:
         try:
-            result = calculate_power(values["kind"], **_numbers(values))
+            result = calculate_power(values["kind"], **_numbers(values),
+                                     design=values["design"])
         except ValidationFailed as exc:
             errors = {str(d.get("field")): str(d.get("message")) for d in exc.details}
     return render_template("admin/power.html", values=values, result=result, errors=errors,
-                           kinds=POWER_KINDS), 422 if errors else 200
+                           kinds=POWER_KINDS, designs=POWER_DESIGNS), 422 if errors else 200
 
 
 def _numbers(values: dict[str, str]) -> dict[str, Any]:
