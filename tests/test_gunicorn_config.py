@@ -81,4 +81,7 @@ print(ok, round(ended - started, 3), len(during))
                             text=True, timeout=60, check=True)
     ok, seconds, ticks = result.stdout.split()
     assert ok == "True" and float(seconds) > 0.02
-    assert int(ticks) >= float(seconds) / 0.005 / 3  # the loop kept turning meanwhile
+    # The loop kept turning meanwhile: a blocking check lets it tick 0-1 times. On a loaded
+    # machine (2 cores, pytest-xdist) it ticked 29 times in 0.476 s, 30 % of the 5 ms pace:
+    # a tenth of the pace is the bar.
+    assert int(ticks) >= max(3.0, float(seconds) / 0.005 / 10)
