@@ -370,27 +370,45 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
         assert not diffs, "\n".join(diffs)
         return kept["report"], kept
 
+    late = T0 + timedelta(hours=50)  # u0300's exposure, synced only after the fold...
+    with get_db(app).sessionmaker() as db:  # ... its events (around it) before: folded ids
+        db.add_all([Event(event_id=f"late-{name}", unit_id="u0300", occurred_at=late + shift,
+                          **fields) for name, shift, fields in [
+            ("pre", timedelta(hours=-2), {"type": "custom", "name": "page_view"}),
+            ("view", timedelta(minutes=-1), {"type": "custom", "name": "page_view"}),
+            ("buy", timedelta(minutes=30), {"type": "conversion", "name": "purchase",
+                                            "value": 42.0}),
+            ("step", timedelta(minutes=5), {"type": "step", "name": "view",
+                                            "step": JOURNEY[1]})]])
+        db.commit()
     _, first = in_both(times=2)  # the plan recorded, then everything folded into a table
     [(_, seen, _, _), (_, table, events_through, _)] = first["folds"]
     assert seen is None and first["tables"] == [table] and events_through > 700
+
+    with get_db(app).sessionmaker() as db:  # the only unit exposed since the fold: its
+        db.add(Exposure(experiment_id=experiment.id, unit_id="u0300", variant_key="one-page",
+                        exposed_at=late, attributes={"country": "fr"}))  # folded events are
+        db.commit()  # looked for from its window on, 2 h before it (CUPED's pre-period)
+    body, alone = in_both()
+    assert alone["folds"] == first["folds"] and sum(body["units"].values()) == 200 + 1 - 1
 
     with get_db(app).sessionmaker() as db:  # under a tenth more: read live, no new fold
         more_traffic(db, db.get(Experiment, experiment.id), 200, 8, 5)
     body, live = in_both()
     assert live["folds"] == first["folds"] and live["tables"] == [table]
-    assert sum(body["units"].values()) == 200 + 8 - 1  # u0000 is an override
+    assert sum(body["units"].values()) == 200 + 8 + 1 - 1  # u0000 is an override
 
     with get_db(app).sessionmaker() as db:  # an erased unit: left out by the join
         erase_unit(db, "u0007", SYSTEM)
     body, erased = in_both()
-    assert erased["folds"] == first["folds"] and sum(body["units"].values()) == 208 - 2
+    assert erased["folds"] == first["folds"] and sum(body["units"].values()) == 209 - 2
 
     with get_db(app).sessionmaker() as db:  # over a tenth: folded again, the old table kept
         more_traffic(db, db.get(Experiment, experiment.id), 208, 30, 8)
     body, refolded = in_both()  # ... without the erased unit, read without the join
     [(_, again, through, _)] = refolded["folds"][2:]
     assert through > events_through and refolded["tables"] == sorted([table, again])
-    assert sum(body["units"].values()) == 238 - 2
+    assert sum(body["units"].values()) == 239 - 2
 
     with get_db(app).sessionmaker() as db:  # a new override: a new plan, recorded, then
         stored = db.get(Experiment, experiment.id)  # folded anew; the older tables dropped
@@ -400,5 +418,5 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
     body, anew = in_both(times=2)
     [(_, unfolded, _, _), (_, latest, _, _)] = anew["folds"][3:]
     assert unfolded is None and anew["tables"] == [latest]
-    assert sum(body["units"].values()) == 238 - 3  # u0000 and u0012 overridden, u0007 erased
+    assert sum(body["units"].values()) == 239 - 3  # u0000 and u0012 overridden, u0007 erased
     get_db(app).engine.dispose()

@@ -21,7 +21,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -50,6 +50,7 @@ from experiments.services.pipeline.unit_values import (
     MetricSpec,
     Plan,
     UnitPass,
+    events_range,
 )
 from experiments.services.pipeline.variant_stats import (
     GroupingSet,
@@ -60,7 +61,6 @@ from experiments.services.pipeline.variant_stats import (
 )
 from stats.quantile import QuantileStats
 
-EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the query; this prunes
 PASS_VERSION = 2  # bump when the per-unit values change meaning: stored rollups are rebuilt
 
 
@@ -239,13 +239,9 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
             results[0][()] = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs},
                                                   JourneyCounts())
         return results
-    if hours is None:  # no window end: events from the first exposure on
-        events_between: tuple[datetime, datetime | None] = (first - EVENT_RANGE_SLACK, None)
-    else:
-        margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
-        events_between = (first - margin, last + margin)
     query, kept = _unit_source(connection, sources, plan, hours=hours,
-                               events_between=events_between, rollup=rollup, units=exposed,
+                               events_between=events_range(first, last, hours),
+                               rollup=rollup, units=exposed,
                                sets=sets)
     outside = 0.0
     caps = _configured_caps(specs)

@@ -22,8 +22,8 @@ these values in stage 3.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import BigInteger, Float, and_, case, cast, false, func, literal, or_, select, true
@@ -52,6 +52,17 @@ CUPED_KINDS = frozenset({"conversion", "friction", "mean", "count"})
 PROMOTER_MIN, DETRACTOR_MAX = 9, 6
 # Which side of the per-unit pass is first narrowed to the units of the other's id range.
 Narrowed = Literal["events", "exposures"]
+EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the query; this prunes
+
+
+def events_range(first: datetime, last: datetime, hours: float | None
+                 ) -> tuple[datetime, datetime | None]:
+    """The event times a pass over units exposed from ``first`` to ``last`` can read: their
+    windows (and pre-exposure windows) with a little slack; no end without a window end."""
+    if hours is None:  # no window end: events from the first exposure on
+        return first - EVENT_RANGE_SLACK, None
+    margin = timedelta(hours=hours) + EVENT_RANGE_SLACK
+    return first - margin, last + margin
 
 
 @dataclass(frozen=True)
@@ -354,6 +365,17 @@ class UnitPass:
         keys = ("exposure_id", "variant_key", "exposed_at", *sources.grouping)
         return cls(plan, hours, events_between, x, keys, tuple(values))
 
+    def exposed_from(self, first: datetime) -> UnitPass:
+        """The same pass, its event scan starting where units exposed at ``first`` or later
+        can have events: for the units exposed since a fold, whose earlier events would
+        otherwise be looked for among every event (a bound on the event time, which
+        DuckDB's zone maps and ClickHouse's PREWHERE read before the unit ids)."""
+        after, _ = events_range(first, first, self.hours)
+        if self.events_between is None:
+            return replace(self, events_between=(after, None))
+        current, before = self.events_between
+        return replace(self, events_between=(max(current, after), before))
+
     def query(self, event_ids: IdRange | None = None,
               exposure_ids: IdRange | None = None, *, narrowed: Narrowed | None = None
               ) -> Select[Any]:
@@ -397,5 +419,6 @@ class UnitPass:
                 .group_by(x.c.exposure_id))
 
 
-__all__ = ["CUPED_KINDS", "PROPORTION_KINDS", "MetricSpec", "Plan", "UnitPass", "UnitValue",
-           "bounded_value", "count_flag", "match_condition", "window"]
+__all__ = ["CUPED_KINDS", "EVENT_RANGE_SLACK", "PROPORTION_KINDS", "MetricSpec", "Plan",
+           "UnitPass", "UnitValue", "bounded_value", "count_flag", "events_range",
+           "match_condition", "window"]
