@@ -45,17 +45,18 @@ def power_estimate(data: dict[str, Any], baseline: float | None) -> dict[str, An
     if primary is None or primary.get("kind") not in ("conversion", "friction"):
         return None
     settings = data.get("analysis") or {}
+    design = power_design(settings)
     observed = baseline is not None and 0 < baseline < 1
     options = {"baseline": baseline if observed else ASSUMED_BASELINE,
                "mde": settings.get("mde", 0.05), "alpha": settings.get("alpha", 0.05),
                "power": settings.get("power", 0.8),
                "variants": max(2, len(data.get("variants") or []))}
     try:
-        result = calculate_power(primary["kind"], **options, design=power_design(settings))
+        result = calculate_power(primary["kind"], **options, design=design)
     except ValidationFailed:
         return None
     return {**options, **result, "observed": observed, "metric": primary.get("key"),
-            "kind": primary["kind"], "design": power_design(settings)}
+            "kind": primary["kind"], "design": design}
 
 
 def checklist(data: dict[str, Any], power: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -239,9 +239,9 @@ def lift_chart(body: dict[str, Any]) -> dict[str, Any]:
     series: dict[str, dict[str, list[Any]]] = {}
     for point in points:
         name = str(point.get("variant"))
-        line = series.setdefault(name, {key: [None] * len(dates)
-                                        for key in ("effect", "lower", "upper")})
-        line.setdefault("unbounded", [False] * len(dates))
+        line = series.setdefault(name, {**{key: [None] * len(dates)
+                                           for key in ("effect", "lower", "upper")},
+                                        "unbounded": [False] * len(dates)})
         index = dates.index(str(point.get("date")))
         ci = [*_list(point.get("relative_ci")), None, None]
         line["effect"][index] = _float(point.get("relative_effect"))

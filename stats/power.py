@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from scipy.stats import norm
 
@@ -23,7 +23,7 @@ from stats.records import KINDS, Kind, StatsInputError
 from stats.sequential import confidence_sequence_multiplier, mixing_variance
 
 Design = Literal["fixed_horizon", "sequential"]
-DESIGNS = ("fixed_horizon", "sequential")
+DESIGNS: tuple[Design, ...] = get_args(Design)
 
 PROPORTION_KINDS = frozenset({"conversion", "friction"})
 # Beyond these the answer is not a plan but a sign of a typo (mde 1e-9, power 0.9999999999):

@@ -41,6 +41,7 @@ from stats import (
     sample_size,
     variant_from_dict,
 )
+from stats.power import Design
 
 logger = logging.getLogger(__name__)
 Sums = Mapping[str, float]
@@ -330,7 +331,7 @@ def calculate_comparisons(kind: str, variants: Sequence[Mapping[str, Any]], *, m
     return calculation_to_dict(result)
 
 
-def power_design(settings: Mapping[str, Any]) -> str:
+def power_design(settings: Mapping[str, Any]) -> Design:
     """The test the units are planned for: a sequential experiment's own (its always-valid
     intervals need about twice the fixed-horizon sample for the same power), else the
     fixed-horizon one."""
