@@ -381,12 +381,20 @@ def assert_marked_unique_only_without_repeats(connection: sa.Connection,
                                               reference: ExperimentAggregates) -> None:
     """The fixture repeats units, so its exposures keep their ranking; its first exposures
     alone (what Parcours's table and a warehouse's copy of it hold) are found unique, and
-    read unranked they give the reference's statistics."""
+    read unranked they give the reference's statistics — also with each unit's exposure
+    columns joined back after the per-unit grouping (``join_back``), whole and by
+    dimension."""
     assert not known_unique(connection, sources).unique_units
     firsts = PipelineSources(first_exposure_rows(sources), sources.events)
     marked = known_unique(connection, firsts)
     assert marked.unique_units
     assert_identical(run(connection, marked), reference)
+    assert_identical(run(connection, replace(marked, join_back=True)), reference)
+    levels = grouped(sources)
+    joined_back = PipelineSources(first_exposure_rows(levels), sources.events, True,
+                                  levels.grouping, join_back=True)
+    assert_grouped(aggregate_grouped(connection, None, METRICS, hours=HOURS, cuped=True,
+                                     journey=JOURNEY, sources=joined_back), reference, multi=0)
 
 
 @pytest.fixture(scope="module")

@@ -52,8 +52,10 @@ def test_engine_settings_come_from_the_dialect_defaults_then_env(
 
 def test_chdb_joins_by_partial_merge_and_spills_its_group_bys() -> None:
     """chDB runs in the Parcours process: its defaults bound a report's memory (SPEC §9),
-    and compile no expressions (they slowed every statement once its embedded server had
-    restarted a few times in the process: bench/bench_warehouse.py)."""
+    keep the join sides as the pipeline writes them (exposures on the build side: swapped,
+    a first report held every event column it read) and compile no expressions (they
+    slowed every statement once its embedded server had restarted a few times in the
+    process: bench/bench_warehouse.py)."""
     from sqlalchemy import text
 
     from experiments.services.warehouses.engines import _make_engine
@@ -62,11 +64,13 @@ def test_chdb_joins_by_partial_merge_and_spills_its_group_bys() -> None:
     with engine.connect() as connection:
         current = {name: connection.scalar(text(f"SELECT getSetting('{name}')"))
                    for name in ("join_algorithm", "max_bytes_before_external_group_by",
-                                "compile_expressions", "compile_aggregate_expressions")}
+                                "compile_expressions", "compile_aggregate_expressions",
+                                "query_plan_join_swap_table")}
     engine.dispose()
     assert current == {"join_algorithm": "partial_merge",
                        "max_bytes_before_external_group_by": 50000000,
-                       "compile_expressions": False, "compile_aggregate_expressions": False}
+                       "compile_expressions": False, "compile_aggregate_expressions": False,
+                       "query_plan_join_swap_table": False}
 
 
 def test_statements_over_kept_values_hash_on_chdb_and_bound_duckdb_unless_settings_chose(

@@ -355,6 +355,7 @@ class UnitPass:
     x: Any
     keys: tuple[str, ...]  # exposure_id, variant_key, exposed_at, then the grouping columns
     values: tuple[UnitValue, ...]
+    join_back: bool = False  # the keys joined back after the grouping (PipelineSources)
 
     @classmethod
     def of(cls, sources: PipelineSources, plan: Plan, *, hours: float | None,
@@ -363,7 +364,8 @@ class UnitPass:
         x = first_exposures(sources)
         values = _unit_values(plan, x, plan.events.c.occurred_at >= x.c.exposed_at)
         keys = ("exposure_id", "variant_key", "exposed_at", *sources.grouping)
-        return cls(plan, hours, events_between, x, keys, tuple(values))
+        return cls(plan, hours, events_between, x, keys, tuple(values),
+                   join_back=sources.join_back and sources.unique_units)
 
     def exposed_from(self, first: datetime) -> UnitPass:
         """The same pass, its event scan starting where units exposed at ``first`` or later
@@ -410,13 +412,25 @@ class UnitPass:
                    for value, unit_value in zip(values, self.values, strict=True)]
         # Grouped by the exposure id alone (one integer to hash, stage 1 gives one row per
         # unit and ids are unique: its tie-break relies on them), the unit's other columns
-        # carried by group_value(); the events on the left, so that ClickHouse builds its
-        # join's hash table from the exposures (its right side), not from the events.
-        carried = [group_value(x.c[key]).label(key) for key in self.keys[1:]]
-        return (select(x.c.exposure_id, *carried, *columns)
-                .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
-                .where(*where)
-                .group_by(x.c.exposure_id))
+        # carried by group_value() or joined back; the events on the left, so that
+        # ClickHouse builds its join's hash table from the exposures (its right side), not
+        # from the events.
+        # Joined back only where the pass reads every unit: the join-back's hash table
+        # holds every exposure, a waste for the few units of a rollup's live part.
+        join_back = (self.join_back and narrowed is None
+                     and not any(ids and ids[0] for ids in (event_ids, exposure_ids)))
+        carried = [] if join_back else [group_value(x.c[key]).label(key)
+                                        for key in self.keys[1:]]
+        grouped = (select(x.c.exposure_id, *carried, *columns)
+                   .select_from(ev.join(x, ev.c.unit_id == x.c.unit_id))
+                   .where(*where)
+                   .group_by(x.c.exposure_id))
+        if not join_back:
+            return grouped
+        rows, again = grouped.subquery("unit_rows"), x.alias("unit_exposures")
+        return (select(*(again.c[key] for key in self.keys),
+                       *(rows.c[value.label] for value in self.values))
+                .select_from(rows.join(again, again.c.exposure_id == rows.c.exposure_id)))
 
 
 __all__ = ["CUPED_KINDS", "EVENT_RANGE_SLACK", "PROPORTION_KINDS", "MetricSpec", "Plan",

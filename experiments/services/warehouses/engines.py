@@ -52,6 +52,10 @@ EXTENSION_KEY = "parcours.warehouses"
 # below), and from the fourth restart on in one process its compiled expressions made the
 # scheduled statement twice as costly (1 M units: 0.5 s, then 1.0-1.1 s and 1.3 s of CPU
 # for the same statement; 0.46-0.48 s each time without, first reports unchanged).
+# And the join's sides stay as written: ClickHouse (chDB 26.9) swaps them by its own row
+# estimates, and it swapped the per-unit pass's, building its join from the events — every
+# event column they read held in memory (1 M units / 10 M events: the main statement
+# 2.27 GB and 2.9-3.3 s, 0.45-0.5 GB and 2.35-2.5 s as written).
 # DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
 # memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory"),
 # except for the statements over kept per-unit values (dialects.kept_values_settings).
@@ -66,7 +70,8 @@ ENGINE_SETTINGS: dict[str, dict[str, str]] = {
     "chdb": {"join_algorithm": "partial_merge",  # dialects.CHDB_JOIN (kept_values_settings)
              "max_bytes_before_external_group_by": "50000000",
              "max_bytes_before_external_sort": "50000000",
-             "compile_expressions": "0", "compile_aggregate_expressions": "0"},
+             "compile_expressions": "0", "compile_aggregate_expressions": "0",
+             "query_plan_join_swap_table": "false"},
 }
 # The connection mark of a DuckDB warehouse whose memory limit no setting chose: its
 # statements over kept per-unit values run under a bounded one. The same text as

@@ -159,6 +159,8 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
             connection, units.sources.exposures, fold.exposures_through))
         sources = known_unique(connection, units.sources, checked_through=unique_through(
             fold, counted[1] if counted else 0))
+        if units.clusters is None:  # the copy's rows: read again rather than carried
+            sources = replace(sources, join_back=True)
         if rollup and sources.unique_units:
             sources = replace(sources, unit_store=WarehouseRollup(
                 experiment.id, overrides=tuple(sorted(experiment.overrides or ())),
