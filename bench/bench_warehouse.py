@@ -223,17 +223,21 @@ def _choice(draw_sql: str, names: tuple[str, ...]) -> str:
 # Per engine: column types, a number series ``alias(v)`` and epoch seconds → timestamp.
 DIALECTS: dict[str, dict[str, Any]] = {
     "duckdb": {
-        "types": {"id": "BIGINT", "text": "VARCHAR", "null_text": "VARCHAR", "float": "DOUBLE",
-                  "ts": "TIMESTAMP", "bool": "BOOLEAN"},
+        "types": {"id": "BIGINT", "text": "VARCHAR", "null_text": "VARCHAR", "code": "VARCHAR",
+                  "null_code": "VARCHAR", "float": "DOUBLE", "ts": "TIMESTAMP",
+                  "bool": "BOOLEAN"},
         "table_suffix": "",
         "double": "DOUBLE",
         "series": lambda alias, start, count: f"range({start}, {start + count}) AS {alias}(v)",
         "ts": lambda expr: f"make_timestamp(CAST({expr} AS BIGINT) * 1000000)",
     },
     "chdb": {
+        # The types and order the sync creates (warehouses.tables): LowCardinality codes.
         "types": {"id": "Int64", "text": "String", "null_text": "Nullable(String)",
-                  "float": "Nullable(Float64)", "ts": "DateTime('UTC')", "bool": "Bool"},
-        "table_suffix": " ENGINE = MergeTree ORDER BY id",  # as the sync creates them
+                  "code": "LowCardinality(String)",
+                  "null_code": "LowCardinality(Nullable(String))",
+                  "float": "Nullable(Float64)", "ts": "DateTime64(6, 'UTC')", "bool": "Bool"},
+        "table_suffix": " ENGINE = MergeTree ORDER BY id",
         "double": "Float64",
         "series": lambda alias, start, count:
             f"(SELECT number AS v FROM numbers({start}, {count})) AS {alias}",
@@ -299,12 +303,12 @@ def events_select(dialect: str, units: int, first: int = 1) -> str:
 
 
 TABLES = {
-    "parcours_exposures": (exposures_select, ("id id", "experiment_id id", "experiment_key text",
-                                              "unit_id text", "variant_key text",
+    "parcours_exposures": (exposures_select, ("id id", "experiment_id id", "experiment_key code",
+                                              "unit_id text", "variant_key code",
                                               "exposed_at ts", "is_override bool",
-                                              "attributes text")),
-    "parcours_events": (events_select, ("id id", "unit_id text", "type text", "name text",
-                                        "step null_text", "friction_kind null_text",
+                                              "attributes null_text")),
+    "parcours_events": (events_select, ("id id", "unit_id text", "type code", "name code",
+                                        "step null_code", "friction_kind null_code",
                                         "value float", "occurred_at ts")),
 }
 

@@ -9,6 +9,7 @@ and every statement must parse with sqlglot in that dialect.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,11 @@ def pipeline_queries() -> dict[str, Any]:
     unit: Any = UnitPass.of(sources, plan, hours=HOURS).query().subquery("u")
     if needs_ranking(plan.metrics):
         unit = sa.select(*unit.c).cte("unit_values")
+    # A copy found unique per unit (Parcours's sync): the exposure columns joined back.
+    unique = replace(sources, unique_units=True, join_back=True)
     return {"units": units_query(sources),
             "variant_days": variant_day_query(plan, unit, units=5200),
+            "unit_values_joined_back": UnitPass.of(unique, plan, hours=HOURS).query(),
             "friction_outside": friction_outside_query(sources, JOURNEY, hours=HOURS),
             "multi_variant_units": multi_variant_units(sources),
             **quantile_queries(sources)}

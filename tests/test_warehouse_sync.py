@@ -180,3 +180,45 @@ def test_the_sync_job_drops_the_kept_values_of_experiments_that_no_longer_run(
         get_warehouses(app).dispose()
     assert left == {names["still-running"], names["paused"], "parcours_rollups"}
     get_db(app).engine.dispose()
+
+
+OLD_EVENTS_DDL = ("CREATE TABLE parcours_events (id Int64, unit_id String, type String, "
+                  "name String, step Nullable(String), friction_kind Nullable(String), "
+                  "value Nullable(Float64), occurred_at DateTime64(6, 'UTC')) "
+                  "ENGINE = MergeTree ORDER BY id")
+
+
+def test_clickhouse_copies_made_before_low_cardinality_columns_are_converted(
+        tmp_path: Path) -> None:
+    """A ClickHouse warehouse whose ``parcours_events`` predates the LowCardinality columns
+    gets them converted by the next sync's table set-up, its rows unchanged; the columns
+    already converted are left alone."""
+    from sqlalchemy import create_engine, text
+
+    from experiments.services.warehouses import tables
+
+    engine = create_engine(f"chdb:///{tmp_path / 'clickhouse'}")
+    row = (1, "u1", "friction", "payment_failed", "payment", "error", None,
+           "2026-11-20 09:00:00.123456")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(OLD_EVENTS_DDL)
+        connection.exec_driver_sql(
+            "INSERT INTO parcours_events VALUES (1, 'u1', 'friction', 'payment_failed', "
+            "'payment', 'error', NULL, '2026-11-20 09:00:00.123456')")
+        tables.create_tables(connection)
+        tables.create_tables(connection)  # again: nothing left to convert
+        types = dict(connection.execute(text(
+            "SELECT name, type FROM system.columns WHERE database = currentDatabase() "
+            "AND table = 'parcours_events'")).all())
+        rows = connection.execute(text(
+            "SELECT id, unit_id, type, name, step, friction_kind, value, "
+            "toString(occurred_at) FROM parcours_events")).all()
+        exposure_types = dict(connection.execute(text(
+            "SELECT name, type FROM system.columns WHERE database = currentDatabase() "
+            "AND table = 'parcours_exposures'")).all())
+    engine.dispose()
+    assert {name: types[name] for name in tables.LOW_CARDINALITY["parcours_events"]} == \
+        tables.LOW_CARDINALITY["parcours_events"]
+    assert types["unit_id"] == "String"
+    assert [tuple(r) for r in rows] == [row]
+    assert exposure_types["variant_key"] == "LowCardinality(String)"
