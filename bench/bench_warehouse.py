@@ -51,6 +51,13 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
+Measured 2026-12-05, ninth session (chDB keeps the join sides as written, LowCardinality
+codes in ClickHouse's copies, the exposure columns joined back in a full pass;
+docs/performance.md, Warehouses, "Latest"): scheduled reports at 10 M units DuckDB 0.63x
+(435 MB), chDB 0.95x (456-514 MB); at 1 M DuckDB 0.95x (296 MB), chDB 1.69x (486 MB, its
+baseline 0.37 s); first reports 3.6-4.0x (DuckDB) and 4.3-4.5x (chDB); at 1 M units
+DuckDB's first report 11.2x faster than PostgreSQL's 10.52 s, chDB's 6.3x.
+
 Measured 2026-12-05, eighth session (the live pass narrows the exposures inside its join,
 chDB without JIT; docs/performance.md, Warehouses, "Latest"): scheduled reports at 10 M
 units DuckDB 0.70x (450 MB), chDB 0.41x (544 MB, MISSED); at 1 M DuckDB 1.11x (306 MB),
