@@ -222,3 +222,34 @@ def test_clickhouse_copies_made_before_low_cardinality_columns_are_converted(
     assert types["unit_id"] == "String"
     assert [tuple(r) for r in rows] == [row]
     assert exposure_types["variant_key"] == "LowCardinality(String)"
+
+
+def test_a_conversion_the_server_refuses_is_logged_and_the_sync_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A ClickHouse user without ``ALTER`` rights keeps its plain string columns: the table
+    set-up logs each refusal and completes (the conversion only buys speed)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from experiments.services.warehouses import tables
+
+    engine = create_engine(f"chdb:///{tmp_path / 'clickhouse'}")
+    with engine.connect() as connection:
+        connection.exec_driver_sql(OLD_EVENTS_DDL)
+        run = connection.exec_driver_sql
+
+        def refuse_alters(statement: str, *args: object) -> object:
+            if statement.startswith("ALTER TABLE parcours_events MODIFY"):
+                raise OperationalError(statement, {}, Exception("Code: 497. ACCESS_DENIED"))
+            return run(statement, *args)
+
+        monkeypatch.setattr(connection, "exec_driver_sql", refuse_alters)
+        tables.create_tables(connection)
+        types = dict(connection.execute(text(
+            "SELECT name, type FROM system.columns WHERE database = currentDatabase() "
+            "AND table = 'parcours_events'")).all())
+    engine.dispose()
+    assert types["name"] == types["type"] == "String"
+    refused = [r.getMessage() for r in caplog.records if "ACCESS_DENIED" in r.getMessage()]
+    assert len(refused) == 4
+    assert refused[0].startswith("parcours_events.type stays String")
