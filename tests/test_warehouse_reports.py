@@ -28,6 +28,7 @@ from experiments.services.analysis import analyze_experiment
 from experiments.services.erasure import erase_unit
 from experiments.services.exposures import flag_as_overrides
 from experiments.services.warehouses.engines import get_warehouses
+from experiments.services.warehouses.status import per_unit_values
 from tests.conftest import auth_headers, make_test_app
 from tests.factories import experiment_payload
 from tests.test_admin_support import cheap_argon2, logged_in  # noqa: F401  (autouse fixture)
@@ -384,6 +385,9 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
     _, first = in_both(times=2)  # the plan recorded, then everything folded into a table
     [(_, seen, _, _), (_, table, events_through, _)] = first["folds"]
     assert seen is None and first["tables"] == [table] and events_through > 700
+    with get_db(app).sessionmaker() as db:  # as the warehouses page tells it
+        assert per_unit_values(db, db.get(Experiment, experiment.id), sources=False,
+                               sync_events=True)["kept"]
 
     with get_db(app).sessionmaker() as db:  # the only unit exposed since the fold: its
         db.add(Exposure(experiment_id=experiment.id, unit_id="u0300", variant_key="one-page",

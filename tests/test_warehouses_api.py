@@ -170,7 +170,31 @@ def test_an_experiment_names_a_configured_warehouse(api: FlaskClient,
                     headers=headers).status_code == 201
     (shop,) = api.get("/api/v1/warehouses", headers=headers).json["items"]
     assert shop["experiments"] == [{"key": "in-shop", "name": known["name"],
-                                    "status": "draft"}]
+                                    "status": "draft", "per_unit_values": {
+                                        "kept": False, "why": "every event read at each "
+                                        "analysis: only a running or paused experiment "
+                                        "keeps its per-unit values"}}]
+
+
+def test_the_listing_says_why_a_running_experiment_reads_every_event(
+        shop: Flask, api: FlaskClient, headers: dict[str, str]) -> None:
+    """Per experiment, whether its per-unit values are kept in the warehouse between
+    analyses and, if not, why (the page shows it beside the experiment)."""
+    known = experiment_payload(key="in-shop", analysis={"warehouse": "shop"})
+    assert api.post("/api/v1/experiments", json=known, headers=headers).status_code == 201
+    assert api.post("/api/v1/experiments/in-shop/start", headers=headers).status_code == 200
+
+    def told() -> dict[str, Any]:
+        (listed,) = api.get("/api/v1/warehouses", headers=headers).json["items"]
+        return dict(listed["experiments"][0]["per_unit_values"])
+
+    assert told() == {"kept": False, "why": "no events to read: no source, and Parcours's "
+                                            "events are not copied"}
+    assert put_sources(api, headers, ORDERS_SQL).status_code == 200
+    why = "every event read at each analysis: events_sql sources have no ids to fold by"
+    assert told() == {"kept": False, "why": why}
+    page = logged_in(shop, "admin").get("/admin/warehouses").get_data(as_text=True)
+    assert why in page
 
 
 def test_the_warehouses_page_lists_the_experiments_analysed_there(

@@ -29,12 +29,21 @@ class SourceOut(BaseModel):
     validation: dict[str, Any]
 
 
+class PerUnitValuesOut(BaseModel):
+    """Whether the experiment's per-unit values are kept in the warehouse between analyses,
+    and why not (``status.per_unit_values``)."""
+
+    kept: bool
+    why: str
+
+
 class WarehouseExperimentOut(BaseModel):
     """An experiment whose ``analysis.warehouse`` names the warehouse."""
 
     key: str
     name: str
     status: str
+    per_unit_values: PerUnitValuesOut
 
 
 class WarehouseOut(BaseModel):
