@@ -108,9 +108,7 @@ class WarehouseRollup:
         elif events_now - fold.events_through > REFOLD_SHARE * fold.events_through:
             fold = _fold(connection, self.experiment_id, fold, unit_pass, events_now,
                          exposures_now, present)
-        merged = _merged(fold, unit_pass, (events_now, exposures_now),
-                         newly_exposed=_first_exposed(connection, unit_pass.x, fold,
-                                                      exposures_now)).subquery("u")
+        merged = _merged(connection, fold, unit_pass, (events_now, exposures_now)).subquery("u")
         if self._rows(connection, unit_pass.x, fold.exposures_through) == fold.exposure_rows:
             return merged  # the folded units are the units now: no join back to exposures
         return select(merged.c.exposure_id,
@@ -181,9 +179,8 @@ def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: Uni
     if fold.base_table is None:
         query = _projected(unit_pass, (0, events_now), (0, exposures_now))
     else:  # the units erased since the last fold are left out here (overrides: a new plan)
-        merged = _merged(fold, unit_pass, (events_now, exposures_now), bounded=True,
-                         newly_exposed=_first_exposed(connection, unit_pass.x, fold,
-                                                      exposures_now)).subquery()
+        merged = _merged(connection, fold, unit_pass, (events_now, exposures_now),
+                         bounded=True).subquery()
         query = select(*merged.c).where(
             merged.c.exposure_id.in_(select(unit_pass.x.c.exposure_id)))
     # Counted before the fold reads them: a unit erased meanwhile lowers the count later,
@@ -229,26 +226,24 @@ def _carrying(unit_pass: UnitPass) -> UnitPass:
 def _first_exposed(connection: Connection, exposures: Any, fold: Fold,
                    exposures_now: int) -> datetime | None:
     """The earliest exposure time of the experiment's units exposed since the fold, up to
-    the newest exposure id (None: none)."""
-    if exposures_now <= fold.exposures_through:
-        return None
+    the newest exposure id (None: none, e.g. all of them overrides)."""
     return connection.scalar(select(func.min(exposures.c.exposed_at)).where(
         exposures.c.exposure_id > fold.exposures_through,
         exposures.c.exposure_id <= exposures_now))
 
 
-def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
-            bounded: bool = False, newly_exposed: datetime | None = None) -> Any:
+def _merged(connection: Connection, fold: Fold, unit_pass: UnitPass,
+            newest: tuple[int, int], *, bounded: bool = False) -> Any:
     """The fold's table ⊕ the pass over what it lacks — the events after its ids and the
     earlier events of units exposed since (``newest``: the newest event and exposure ids;
     ``bounded``: up to them, for the next fold, else whatever is there when it runs): one
     row per unit, each value merged by its rule (:func:`with_live`). A part with nothing to
     read is left out (ClickHouse would still read every event of the other side).
-    ``newly_exposed``: the first exposure time of the units exposed since the fold (up to
-    the newest exposure id, which then bounds their part): their earlier events are looked
-    for from their windows on (:meth:`UnitPass.exposed_from`), not among every event — in
-    production new units are recent, while every event's unit id is 0.9 s of chDB's 3.4 s
-    scheduled report at 10 M units."""
+    The units exposed since the fold (up to the newest exposure id, which then bounds
+    their part) have their earlier events looked for from their first exposure's windows
+    on (:meth:`UnitPass.exposed_from`), not among every event — in production new units
+    are recent, while every event's unit id is 0.9 s of chDB's 3.4 s scheduled report at
+    10 M units."""
     labels = [value.label for value in unit_pass.values]
     base = table(fold.base_table, *(column(key) for key in unit_pass.keys),
                  *(column(label) for label in labels))
@@ -258,6 +253,7 @@ def _merged(fold: Fold, unit_pass: UnitPass, newest: tuple[int, int], *,
         live.append(_projected(unit_pass, (fold.events_through, events if bounded else None),
                                (0, exposures if bounded else None), narrowed="exposures"))
     if exposures > fold.exposures_through:
+        newly_exposed = _first_exposed(connection, unit_pass.x, fold, exposures)
         recent = unit_pass if newly_exposed is None else unit_pass.exposed_from(newly_exposed)
         live.append(_projected(recent, (0, fold.events_through),
                                (fold.exposures_through,
