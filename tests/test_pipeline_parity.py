@@ -397,6 +397,43 @@ def assert_marked_unique_only_without_repeats(connection: sa.Connection,
                                      journey=JOURNEY, sources=joined_back), reference, multi=0)
 
 
+def assert_split_passes_add_up(connection: sa.Connection, sources: PipelineSources,
+                               reference: ExperimentAggregates) -> None:
+    """A pass over every unit split into buckets of at most 1,000 units (``units_per_pass``,
+    six statements for the fixture's 5,200) gives the one statement's statistics, whole and
+    by dimension; with a percentile cap (which ranks every unit at once) it stays one."""
+    bucketed: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "hash(" in statement.lower() or "hash64(" in statement.lower():
+            bucketed.append(statement)
+
+    split = replace(sources, units_per_pass=1000)
+    sa.event.listen(connection, "before_cursor_execute", count)
+    try:
+        assert_identical(run(connection, split), reference)
+        assert bucketed == []
+        metrics = [replace(m, cap_type="absolute", cap_value=20.0)
+                   if m.cap_type == "percentile" else m for m in METRICS]
+        whole, *levels = _dimensions(connection, metrics, grouped(sources))
+        got, *got_levels = _dimensions(connection, metrics, grouped(split))
+    finally:
+        sa.event.remove(connection, "before_cursor_execute", count)
+    assert len(bucketed) == 6
+    assert_identical(got, whole)
+    assert [set(level) for level in got_levels] == [set(level) for level in levels]
+    for level, got_level in zip(levels, got_levels, strict=True):
+        for key, aggregates in level.items():
+            assert_identical(got_level[key], aggregates)
+
+
+def _dimensions(connection: sa.Connection, metrics: list[MetricSpec],
+                sources: PipelineSources) -> list[Any]:
+    whole, levels = aggregate_dimensions(connection, None, metrics, hours=HOURS, cuped=True,
+                                         journey=JOURNEY, sources=sources)
+    return [whole, *levels]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> ExperimentAggregates:
     """The plain tables on SQLite."""
@@ -480,6 +517,7 @@ def test_duckdb_and_clickhouse_give_identical_statistics(
         crossed = run_grouped(connection, sources)
         assert_grouped(crossed, reference)
         assert_dimensions(run_dimensions(connection, sources), crossed, reference)
+        assert_split_passes_add_up(connection, sources, reference)
     engine.dispose()
 
 

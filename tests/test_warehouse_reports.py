@@ -343,7 +343,8 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
     exposures, which leave it out) and fold again once that is over a tenth (without the
     erased unit; the table folded from kept until the next fold); a new override is a new
     plan, recorded, then folded anew: every report equals the one Parcours computes from
-    all its events."""
+    all its events. A fold from the events is split into buckets of at most 64 units
+    (``units_per_pass``, as at millions on an in-process engine)."""
     app = make_test_app(database_url, tmp_path)
     key = "wh-kept"
     experiment = start(app, key, metrics=METRICS, overrides={},
@@ -356,7 +357,8 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
     now = T0 + timedelta(days=6)
 
     def in_both(times: int = 1) -> tuple[dict[str, Any], dict[str, Any]]:
-        analysed = run_child(app, warehouse_url, "kept", key, now.isoformat(), str(times))
+        analysed = run_child(app, warehouse_url, "kept", key, now.isoformat(), str(times),
+                             "64")
         assert analysed.returncode == 0, analysed.stderr
         kept = json.loads(analysed.stdout)
         with get_db(app).sessionmaker() as db:
@@ -385,6 +387,9 @@ def test_reports_kept_in_the_warehouse_between_analyses_equal_the_parcours_repor
     _, first = in_both(times=2)  # the plan recorded, then everything folded into a table
     [(_, seen, _, _), (_, table, events_through, _)] = first["folds"]
     assert seen is None and first["tables"] == [table] and events_through > 700
+    # 199 units: the fold's four buckets (the revenue's percentile cap ranks every unit
+    # at once: the first report's pass stays whole)
+    assert first["bucketed"] == 4
     with get_db(app).sessionmaker() as db:  # as the warehouses page tells it
         assert per_unit_values(db, db.get(Experiment, experiment.id), sources=False,
                                sync_events=True)["kept"]

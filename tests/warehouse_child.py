@@ -7,9 +7,11 @@ the N-th INSERT into the warehouse has run and before it commits: a sync killed 
 ``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
 error of a query running past the warehouse's time limit. ``analyze KEY NOW`` analyses the
 experiment at that ISO time and prints its report body; ``periods KEY`` prints a bandit's
-per-period sums of its primary metric as a reallocation reads them; ``kept KEY NOW TIMES``
-analyses it that many times and prints the last report body, then the experiment's fold
-records (``warehouses.rollup``) and its per-unit tables there.
+per-period sums of its primary metric as a reallocation reads them; ``kept KEY NOW TIMES
+[UNITS]`` analyses it that many times (a pass over every unit split into buckets of at most
+UNITS units: ``routing.UNITS_PER_PASS``) and prints the last report body, then the
+experiment's fold records (``warehouses.rollup``), its per-unit tables there and how many
+statements read a bucket of units.
 
 The tests fork it from a server that imported this module once (``forked``): the same
 fresh process, without two seconds of imports each time.
@@ -31,7 +33,7 @@ from experiments.errors import ValidationFailed
 from experiments.services import bandits
 from experiments.services.analysis import analyze_experiment
 from experiments.services.lifecycle import get_experiment
-from experiments.services.warehouses import rollup, sync
+from experiments.services.warehouses import rollup, routing, sync
 from experiments.services.warehouses.engines import WarehouseError, get_warehouses
 from experiments.services.warehouses.routing import reallocation_periods
 from experiments.services.warehouses.sources import probe
@@ -86,6 +88,14 @@ def main(mode: str, *args: str) -> None:
                                   for number, arms in data.sums(primary).items()}))
             return
         if mode == "kept":
+            if args[3:]:
+                routing.UNITS_PER_PASS = int(args[3])
+            bucketed = {"n": 0}
+
+            def count(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+                bucketed["n"] += "hash(" in statement.lower() or "hash64(" in statement.lower()
+
+            event.listen(engine, "before_cursor_execute", count)
             with get_db().sessionmaker() as session:
                 for _ in range(int(args[2])):
                     report = analyze_experiment(session, args[0],
@@ -98,7 +108,8 @@ def main(mode: str, *args: str) -> None:
                 print(json.dumps({"report": report.body,
                                   "folds": [list(row) for row in records],
                                   "tables": sorted(rollup.kept_tables(connection,
-                                                                      experiment_id))}))
+                                                                      experiment_id)),
+                                  "bucketed": bucketed["n"]}))
             return
         if mode == "probe":
             print(json.dumps({"probes": [_probe(engine, sql) for sql in args],

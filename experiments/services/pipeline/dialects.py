@@ -65,7 +65,7 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import CompileError, OperationalError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.base import Executable
@@ -518,6 +518,29 @@ def _answer_class_sqlite(element: answer_class, compiler: Any, **kw: Any) -> str
     return f"CAST(substr({key}, -1) AS INTEGER)"
 
 
+# -- unit buckets ---------------------------------------------------------------------------------
+
+
+class unit_bucket(FunctionElement[int]):  # lower case: reads as a SQL function
+    """Which of ``buckets`` a unit id falls in (0 … buckets - 1), by the engine's own hash of
+    the text: a pass over one bucket's units at a time holds a share of the units in its
+    hash tables (:attr:`~.sources.PipelineSources.units_per_pass`). Only the in-process
+    engines split a pass so (their memory is Parcours's process's)."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(unit_bucket)
+def _unit_bucket_elsewhere(element: unit_bucket, compiler: Any, **kw: Any) -> str:
+    raise CompileError(f"unit_bucket: a pass is split by unit only on DuckDB and ClickHouse, "
+                       f"not on {compiler.dialect.name}")
+
+
+compiles(unit_bucket, "duckdb")(_spelled("(hash({}) % {})"))
+_each(unit_bucket, CLICKHOUSE)(_spelled("(cityHash64({}) % {})"))
+
+
 # -- JSON attributes ------------------------------------------------------------------------------
 
 
@@ -814,5 +837,5 @@ __all__ = ["CHDB_JOIN", "CLICKHOUSE", "HASHED_GROUPING_WORK_MEM", "answer_class"
            "answer_key", "before_hours_after", "bits_or", "const", "count_if", "day_key",
            "dialect_name", "group_value", "grouping_sets_select", "has_bits", "hashed_grouping",
            "hours_between", "json_attribute", "kept_values_settings", "packed_flags", "prepare",
-           "refresh_statistics", "seconds_between", "table_from_select", "utc_day",
-           "utc_instant", "within_hours"]
+           "refresh_statistics", "seconds_between", "table_from_select",
+           "unit_bucket", "utc_day", "utc_instant", "within_hours"]

@@ -51,6 +51,7 @@ from experiments.services.pipeline.unit_values import (
     Plan,
     UnitPass,
     events_range,
+    unit_buckets,
 )
 from experiments.services.pipeline.variant_stats import (
     GroupingSet,
@@ -239,16 +240,17 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
             results[0][()] = ExperimentAggregates(Daily(), {m.key: Daily() for m in specs},
                                                   JourneyCounts())
         return results
-    query, kept = _unit_source(connection, sources, plan, hours=hours,
-                               events_between=events_range(first, last, hours),
-                               rollup=rollup, units=exposed,
-                               sets=sets)
+    queries, kept = _unit_source(connection, sources, plan, hours=hours,
+                                 events_between=events_range(first, last, hours),
+                                 rollup=rollup, units=exposed, sets=sets)
     outside = 0.0
     caps = _configured_caps(specs)
+    names, rows = [], []
     with hashed_grouping(connection, when=len(sets) > 1 and sources.hashed_groups), \
-            kept_values_settings(connection, when=kept):  # read before they are restored
-        result = connection.execute(query)
-        names, rows = list(result.keys()), result.all()
+            kept_values_settings(connection, when=kept):
+        for query in queries:  # each bucket's rows add to the others' (Daily.add)
+            result = connection.execute(query)
+            names, rows = list(result.keys()), [*rows, *result.all()]
     columns = _metric_columns(plan, names)
     for row in rows:
         data = row._mapping
@@ -316,30 +318,38 @@ def marginal(grouped: Mapping[Group, ExperimentAggregates], position: int = 0
 
 def _unit_source(connection: Session | Connection, sources: PipelineSources, plan: Plan, *,
                  hours: float | None, events_between: tuple[datetime, datetime | None],
-                 rollup: bool, units: int, sets: Sequence[GroupingSet]) -> tuple[Any, bool]:
-    """The variant/day query over the per-unit values, and whether they are kept between
-    analyses: where the sources have a :attr:`~PipelineSources.unit_store` (it holds
-    ungrouped per-unit values). A store whose rows carry the variant and exposure time
-    holds exactly the units analysed now; the grouping columns are computed from the
-    exposure columns it carries where it can (:func:`rebased`). Otherwise the exposure
-    columns it lacks are joined from the first exposures — which also leaves out the
-    units no longer exposed: erased, overridden. Without a store the pass groups by the
-    grouping columns itself: joining them afterwards to a deduplicated (window-ranked)
-    exposures relation made PostgreSQL pick a nested loop."""
-    unit = None
+                 rollup: bool, units: int, sets: Sequence[GroupingSet]
+                 ) -> tuple[list[Any], bool]:
+    """The variant/day queries over the per-unit values (their rows add up), and whether
+    the values are kept between analyses: where the sources have a
+    :attr:`~PipelineSources.unit_store` (it holds ungrouped per-unit values). A store whose
+    rows carry the variant and exposure time holds exactly the units analysed now; the
+    grouping columns are computed from the exposure columns it carries where it can
+    (:func:`rebased`). Otherwise the exposure columns it lacks are joined from the first
+    exposures — which also leaves out the units no longer exposed: erased, overridden.
+    Without a store the pass groups by the grouping columns itself (joining them afterwards
+    to a deduplicated, window-ranked, exposures relation made PostgreSQL pick a nested
+    loop), one query per bucket of units (:func:`~.unit_values.unit_buckets`)."""
     if rollup and sources.unit_store is not None:
         ungrouped = UnitPass.of(replace(sources, grouping=()), plan, hours=hours,
                                 events_between=events_between)
         unit = sources.unit_store(connection, plan_key(plan, hours), ungrouped)
         if unit is not None:
-            unit = _grouped_units(unit, sources)
-    kept = unit is not None
-    if unit is None:
-        unit = UnitPass.of(sources, plan, hours=hours,
-                           events_between=events_between).query().subquery("u")
-    if needs_ranking(plan.metrics):  # read several times: computed once
+            return [_variant_day(plan, _grouped_units(unit, sources), units, sets)], True
+    full = UnitPass.of(sources, plan, hours=hours, events_between=events_between)
+    # A percentile cap ranks every unit's value at once: one statement.
+    buckets = [None] if needs_ranking(plan.metrics) else unit_buckets(units,
+                                                                       sources.units_per_pass)
+    return [_variant_day(plan, full.query(bucket=bucket).subquery("u"), units, sets)
+            for bucket in buckets], False
+
+
+def _variant_day(plan: Plan, unit: Any, units: int, sets: Sequence[GroupingSet]) -> Any:
+    """:func:`variant_day_query` over ``unit``, computed once where percentile caps read
+    it several times."""
+    if needs_ranking(plan.metrics):
         unit = select(*unit.c).cte("unit_values")
-    return variant_day_query(plan, unit, units=units, sets=sets), kept
+    return variant_day_query(plan, unit, units=units, sets=sets)
 
 
 def _grouped_units(unit: Any, sources: PipelineSources) -> Any:

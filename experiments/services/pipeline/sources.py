@@ -51,6 +51,11 @@ class PipelineSources:
     them through its aggregate: a second read of the exposures, cheaper where they are a
     table's rows (DuckDB at 1 M units: 8-10 % of the statement's time, its hash tables
     286 -> 244 MB at their peak), not where they are computed (identity clusters, ranked exposures).
+    ``units_per_pass``: a pass over every unit (no kept values to start from) is split into
+    statements of about that many units each, by a hash of the unit id
+    (:class:`~.dialects.unit_bucket`), their sums added: each statement's hash tables hold
+    its share of the units. For engines running inside Parcours's process (DuckDB, chDB),
+    whose memory is the analysis's; None: one statement.
     """
 
     exposures: FromClause
@@ -60,6 +65,7 @@ class PipelineSources:
     unit_store: UnitStore | None = None
     hashed_groups: bool = True
     join_back: bool = False
+    units_per_pass: int | None = None
 
     def grouped_by(self, **levels: Any) -> PipelineSources:
         """The same sources grouped by expressions over the exposures' columns (e.g.

@@ -84,6 +84,9 @@ TIMEOUT_SIGNS = ("TIMEOUT_EXCEEDED", "statement timeout")
 IN_PROCESS = ("duckdb", "chdb")
 LOCKED_SIGNS = ("Could not set lock on file", "Error initializing EmbeddedServer")
 LOCK_WAIT_SECONDS = 30.0
+# At most this many units per statement of a pass over every unit on an in-process engine
+# (PipelineSources.units_per_pass): measured with bench/bench_warehouse.py.
+UNITS_PER_PASS = 2_500_000
 
 
 class WarehouseError(RuntimeError):

@@ -45,11 +45,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, column, func, select, table
+from sqlalchemy import Connection, column, func, insert, select, table
 from sqlalchemy.orm import Session
 
 from experiments.services.pipeline.dialects import table_from_select
 from experiments.services.pipeline.rollup import IdRange, with_live
+from experiments.services.pipeline.unit_values import unit_buckets
 from experiments.services.warehouses import tables
 
 if TYPE_CHECKING:
@@ -88,6 +89,9 @@ class WarehouseRollup:
     # opened the warehouse (:func:`unique_through`), so not again for the same fold; an
     # erasure in between is seen by the next analysis, as one during the statement is.
     counted: tuple[int, int] | None = None
+    # A fold over every event split into statements of this many units (the sources'
+    # units_per_pass: an in-process engine's hash tables are Parcours's memory).
+    units_per_pass: int | None = None
 
     def __call__(self, connection: Session | Connection, plan_key: str,
                  unit_pass: UnitPass) -> Any | None:
@@ -103,16 +107,44 @@ class WarehouseRollup:
             return None
         present = kept_tables(connection, self.experiment_id)
         if fold.base_table not in present:  # not folded yet, or its table is gone
-            fold = _fold(connection, self.experiment_id, replace(fold, base_table=None),
-                         unit_pass, events_now, exposures_now, present)
+            fold = self._fold(connection, replace(fold, base_table=None), unit_pass,
+                              (events_now, exposures_now), present)
         elif events_now - fold.events_through > REFOLD_SHARE * fold.events_through:
-            fold = _fold(connection, self.experiment_id, fold, unit_pass, events_now,
-                         exposures_now, present)
+            fold = self._fold(connection, fold, unit_pass, (events_now, exposures_now), present)
         merged = _merged(connection, fold, unit_pass, (events_now, exposures_now)).subquery("u")
         if self._rows(connection, unit_pass.x, fold.exposures_through) == fold.exposure_rows:
             return merged  # the folded units are the units now: no join back to exposures
         return select(merged.c.exposure_id,
                       *(merged.c[value.label] for value in unit_pass.values)).subquery("u")
+
+    def _fold(self, connection: Connection, fold: Fold, unit_pass: UnitPass,
+              newest: tuple[int, int], present: set[str]) -> Fold:
+        """A new table with every unit's values up to the ``newest`` event and exposure
+        ids (from the fold's table, or without one from every event, a bucket of units at
+        a time: :attr:`units_per_pass`), then its record; then the experiment's tables
+        that older records name are dropped (:func:`superseded`). A table no record names
+        is left alone: it may be a concurrent fold's, not yet recorded."""
+        events_now, exposures_now = newest
+        # Counted before the fold reads them: a unit erased meanwhile lowers the count
+        # later, never the other way round (an equal count means the same units).
+        rows = exposure_rows(connection, unit_pass.x, exposures_now)
+        if fold.base_table is None:
+            queries = [_projected(unit_pass, (0, events_now), (0, exposures_now), bucket=bucket)
+                       for bucket in unit_buckets(rows, self.units_per_pass)]
+        else:  # the units erased since the last fold are left out (overrides: a new plan)
+            merged = _merged(connection, fold, unit_pass, newest, bounded=True).subquery()
+            queries = [select(*merged.c).where(
+                merged.c.exposure_id.in_(select(unit_pass.x.c.exposure_id)))]
+        name = f"{TABLE_PREFIX}{self.experiment_id}_{secrets.token_hex(6)}"
+        connection.execute(table_from_select(name, queries[0]))
+        for query in queries[1:]:
+            columns = [column(selected.key) for selected in query.selected_columns]
+            connection.execute(insert(table(name, *columns)).from_select(columns, query))
+        connection.commit()
+        folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now, rows)
+        _record(connection, self.experiment_id, folded)
+        _drop(connection, superseded(connection, self.experiment_id, fold) & present)
+        return folded
 
     def _rows(self, connection: Connection, exposures: Any, through: int) -> int:
         """:func:`exposure_rows` up to ``through``, unless :attr:`counted` has them."""
@@ -170,31 +202,6 @@ def _record(connection: Connection, experiment_id: int, fold: Fold) -> None:
     connection.commit()
 
 
-def _fold(connection: Connection, experiment_id: int, fold: Fold, unit_pass: UnitPass,
-          events_now: int, exposures_now: int, present: set[str]) -> Fold:
-    """A new table with every unit's values up to the newest ids (from the fold's table,
-    or without one from every event), then its record; then the experiment's tables that
-    older records name are dropped (:func:`superseded`). A table no record names is left
-    alone: it may be a concurrent fold's, not yet recorded."""
-    if fold.base_table is None:
-        query = _projected(unit_pass, (0, events_now), (0, exposures_now))
-    else:  # the units erased since the last fold are left out here (overrides: a new plan)
-        merged = _merged(connection, fold, unit_pass, (events_now, exposures_now),
-                         bounded=True).subquery()
-        query = select(*merged.c).where(
-            merged.c.exposure_id.in_(select(unit_pass.x.c.exposure_id)))
-    # Counted before the fold reads them: a unit erased meanwhile lowers the count later,
-    # never the other way round (see WarehouseRollup: an equal count means the same units).
-    rows = exposure_rows(connection, unit_pass.x, exposures_now)
-    name = f"{TABLE_PREFIX}{experiment_id}_{secrets.token_hex(6)}"
-    connection.execute(table_from_select(name, query))
-    connection.commit()
-    folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now, rows)
-    _record(connection, experiment_id, folded)
-    _drop(connection, superseded(connection, experiment_id, fold) & present)
-    return folded
-
-
 def superseded(connection: Connection, experiment_id: int, fold: Fold) -> set[str]:
     """The tables a fold from ``fold`` leaves behind: those of the experiment's records up
     to ``fold``'s version, but the one folded from (a report may be reading it now). A
@@ -208,10 +215,10 @@ def superseded(connection: Connection, experiment_id: int, fold: Fold) -> set[st
 
 
 def _projected(unit_pass: UnitPass, event_ids: IdRange, exposure_ids: IdRange | None, *,
-               narrowed: Narrowed | None = None) -> Any:
-    """The pass over those id ranges reduced to ``exposure_id``, the carried exposure
-    columns and the values (what a fold keeps)."""
-    rows = unit_pass.query(event_ids, exposure_ids, narrowed=narrowed).subquery()
+               narrowed: Narrowed | None = None, bucket: tuple[int, int] | None = None) -> Any:
+    """The pass over those id ranges (and that bucket of units) reduced to ``exposure_id``,
+    the carried exposure columns and the values (what a fold keeps)."""
+    rows = unit_pass.query(event_ids, exposure_ids, narrowed=narrowed, bucket=bucket).subquery()
     return select(*(rows.c[key] for key in unit_pass.keys),
                   *(rows.c[value.label] for value in unit_pass.values))
 

@@ -51,7 +51,7 @@ from experiments.services.pipeline.dialects import prepare, refresh_statistics
 from experiments.services.pipeline.exposures import known_unique
 from experiments.services.segments import segmented_aggregates, with_level_quantiles
 from experiments.services.warehouses import tables
-from experiments.services.warehouses.engines import WarehouseError
+from experiments.services.warehouses.engines import IN_PROCESS, UNITS_PER_PASS, WarehouseError
 from experiments.services.warehouses.rollup import (
     WarehouseRollup,
     exposure_rows,
@@ -161,10 +161,12 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
             fold, counted[1] if counted else 0))
         if units.clusters is None:  # the copy's rows: read again rather than carried
             sources = replace(sources, join_back=True)
+        if engine.dialect.name in IN_PROCESS:  # its memory is this process's
+            sources = replace(sources, units_per_pass=UNITS_PER_PASS)
         if rollup and sources.unique_units:
             sources = replace(sources, unit_store=WarehouseRollup(
                 experiment.id, overrides=tuple(sorted(experiment.overrides or ())),
-                counted=counted))
+                counted=counted, units_per_pass=sources.units_per_pass))
         yield connection, replace(units, sources=sources)
 
 
