@@ -51,6 +51,12 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
+Measured 2026-12-05, tenth session (a pass over every unit split into statements of at most
+2.5 M units on DuckDB and chDB; docs/performance.md, Warehouses, "Latest"), 10 M units only:
+first reports DuckDB 21.87 s (7.83x) in 2,007 MB, chDB 32.54 s (6.83x) in 860 MB (one
+statement: 4.4 GB and 1.5-1.6 GB); scheduled reports unchanged, DuckDB 0.72x (435 MB), chDB
+1.02x (515 MB).
+
 Measured 2026-12-05, ninth session (chDB keeps the join sides as written, LowCardinality
 codes in ClickHouse's copies, the exposure columns joined back in a full pass;
 docs/performance.md, Warehouses, "Latest"): scheduled reports at 10 M units DuckDB 0.63x
