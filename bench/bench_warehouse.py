@@ -265,11 +265,19 @@ DIALECTS: dict[str, dict[str, Any]] = {
 }
 
 
-def exposures_select(dialect: str, units: int, first: int = 1) -> str:
-    """Every unit's exposure (units ``first`` … ``first + units - 1``), in the sync's
-    ``parcours_exposures`` shape (with ``attributes``)."""
+def _exposed_sql(unit: str, since: int) -> str:
+    """A unit's exposure time in epoch seconds: uniform from ``since`` seconds after the
+    start to the end of the span."""
+    return (f"{int(STARTED.timestamp()) + since} + "
+            f"({_draw_sql('exposed', unit)}) % {SPAN_S - since}")
+
+
+def exposures_select(dialect: str, units: int, first: int = 1, since: int = 0) -> str:
+    """Every unit's exposure (units ``first`` … ``first + units - 1``, exposed from
+    ``since`` seconds after the start on), in the sync's ``parcours_exposures`` shape (with
+    ``attributes``)."""
     d = DIALECTS[dialect]
-    exposed = f"{int(STARTED.timestamp())} + ({_draw_sql('exposed', 'u.v')}) % {SPAN_S}"
+    exposed = _exposed_sql("u.v", since)
     return (
         f"SELECT u.v AS id, {EXPERIMENT_ID} AS experiment_id, '{KEY}' AS experiment_key, "
         f"concat('u', CAST(u.v AS VARCHAR)) AS unit_id, "
@@ -281,11 +289,11 @@ def exposures_select(dialect: str, units: int, first: int = 1) -> str:
         f"FROM {d['series']('u', first, units)}")
 
 
-def events_select(dialect: str, units: int, first: int = 1) -> str:
+def events_select(dialect: str, units: int, first: int = 1, since: int = 0) -> str:
     """id, unit_id, type, name, step, friction_kind, value, occurred_at of every event of
-    units ``first`` … ``first + units - 1`` (ids follow the unit numbers)."""
+    units ``first`` … ``first + units - 1`` (ids follow the unit numbers; the units exposed
+    as :func:`exposures_select` says with the same ``since``)."""
     d = DIALECTS[dialect]
-    started = int(STARTED.timestamp())
     step, friction = _choice(_draw_sql("pick", "n"), JOURNEY), \
         _choice(_draw_sql("pick", "n"), FRICTION_KINDS)
     kind = (f"CASE WHEN k < {_cut(KIND_CUTS[0])} THEN 'step' "
@@ -295,7 +303,7 @@ def events_select(dialect: str, units: int, first: int = 1) -> str:
     drawn = (
         f"SELECT n, u, {_draw_sql('kind', 'n')} AS k, {_draw_sql('value', 'n')} AS r, "
         f"({_draw_sql('variant', 'u')}) % 2 AS treated, "
-        f"{started} + ({_draw_sql('exposed', 'u')}) % {SPAN_S} "
+        f"{_exposed_sql('u', since)} "
         f"+ ({_draw_sql('offset', 'n')}) % {5 * DAY_S} - {DAY_S} AS at_s, "
         f"{step} AS step, {friction} AS friction "
         f"FROM (SELECT (us.v - 1) * {EVENTS_PER_UNIT} + es.v AS n, us.v AS u "
@@ -498,16 +506,18 @@ def forget_rollups(url: str) -> None:
 
 def add_traffic(url: str) -> None:
     """New units (0.1 %) and their events arrive between two scheduled reports, numbered
-    after the units already there (a kept warehouse holds earlier runs' traffic): one
-    ``INSERT … SELECT`` per table, untimed."""
+    after the units already there (a kept warehouse holds earlier runs' traffic), exposed
+    during the span's last day, as units exposed since the previous report are recent (until
+    the tenth session they were exposed at any time of the span, which no scheduler sees):
+    one ``INSERT … SELECT`` per table, untimed."""
     dialect = url.split(":", 1)[0]
     engine = create_engine(url)
     with engine.begin() as connection:
         first = 1 + int(connection.scalar(text("SELECT max(id) FROM parcours_exposures")))
         for table, (select, columns) in TABLES.items():
             names = ", ".join(column.split()[0] for column in columns)
-            connection.execute(text(f"INSERT INTO {table} ({names}) "
-                                    f"{select(dialect, max(1, UNITS // 1000), first)}"))
+            rows = select(dialect, max(1, UNITS // 1000), first, SPAN_S - DAY_S)
+            connection.execute(text(f"INSERT INTO {table} ({names}) {rows}"))
     engine.dispose()
 
 

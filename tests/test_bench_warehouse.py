@@ -10,6 +10,9 @@ from sqlalchemy import create_engine, text
 from bench.bench_warehouse import (
     DAY_S,
     ENGINES,
+    SPAN_S,
+    STARTED,
+    add_traffic,
     baseline,
     draw,
     engine_url,
@@ -46,6 +49,17 @@ def test_generators_and_baseline_agree_on_duckdb_and_chdb(tmp_path: Path) -> Non
             summaries[engine] = connection.execute(text(
                 "SELECT type, name, count(*), sum(value), min(occurred_at), max(occurred_at) "
                 "FROM parcours_events GROUP BY type, name ORDER BY type, name")).all()
+        add_traffic(url)  # the scheduled reports' new units: exposed during the last day
+        with sql.connect() as connection:
+            first, last, units, earlier = connection.execute(text(
+                "SELECT min(x.exposed_at), max(x.exposed_at), count(DISTINCT x.unit_id), "
+                "sum(CASE WHEN e.occurred_at < x.exposed_at THEN 1 ELSE 0 END) "
+                f"FROM parcours_exposures x JOIN parcours_events e ON e.unit_id = x.unit_id "
+                f"WHERE x.id > {UNITS}")).one()
+        assert units > 0 and 0.15 < earlier / (units * 10) < 0.25
+        start = STARTED.replace(tzinfo=None)
+        assert (first - start).total_seconds() >= SPAN_S - DAY_S, engine
+        assert (last - start).total_seconds() < SPAN_S
         sql.dispose()
     assert summaries["duckdb"] == summaries["chdb"]
     kinds = {row[0] for row in summaries["duckdb"]}
