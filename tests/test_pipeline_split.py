@@ -8,10 +8,15 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import CompileError
 
 from experiments.db import UtcDateTime
 from experiments.services.pipeline import MetricSpec, aggregate_experiment, table_sources
+from experiments.services.pipeline.dialects import const, unit_bucket
+from experiments.services.pipeline.unit_values import unit_buckets
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 METRICS = [MetricSpec("conv", "conversion", event="purchase"),
@@ -59,3 +64,18 @@ def test_buckets_of_uuid_events_joined_to_text_exposures_add_up() -> None:
         whole, split = analysed(None), analysed(7)
     assert sum(sums["sum"] for sums in whole["conv"].values()) == 26  # units 1, 2, 4, 5…
     assert split == whole
+
+
+def test_unit_buckets_are_an_in_process_engines_construct() -> None:
+    """DuckDB and ClickHouse hash the unit id; any other dialect refuses (its memory is not
+    Parcours's: one statement), rather than split by a hash it does not have."""
+    bucket = sa.select(unit_bucket(sa.column("unit_id"), const(4)))
+    compiled = {name: str(bucket.compile(dialect=sa.create_engine(url).dialect))
+                for name, url in (("duckdb", "duckdb:///:memory:"), ("chdb", "chdb:///:memory:"))}
+    assert "(hash(unit_id) % 4)" in compiled["duckdb"]
+    assert "(cityHash64(unit_id) % 4)" in compiled["chdb"]
+    with pytest.raises(CompileError, match="not on sqlite"):
+        str(bucket.compile(dialect=sqlite.dialect()))
+    assert unit_buckets(2_500_000, 2_500_000) == [None]
+    assert unit_buckets(5_000_001, 2_500_000) == [(0, 3), (1, 3), (2, 3)]
+    assert unit_buckets(10**9, None) == [None]
