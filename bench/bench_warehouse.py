@@ -53,9 +53,9 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
 
 Measured 2026-12-05, tenth session (a pass over every unit split into statements of at most
 2.5 M units on DuckDB and chDB; docs/performance.md, Warehouses, "Latest"), 10 M units only:
-first reports DuckDB 21.87 s (7.83x) in 2,007 MB, chDB 32.54 s (6.83x) in 860 MB (one
-statement: 4.4 GB and 1.5-1.6 GB); scheduled reports unchanged, DuckDB 0.72x (435 MB), chDB
-1.02x (515 MB). Then with the new units exposed during the last day (:func:`add_traffic`):
+first reports DuckDB 26.95 s (9.16x) in 2,005 MB, chDB 40.53 s (9.01x) in 806 MB (one
+statement: 4.4 GB and 1.5-1.6 GB); scheduled reports unchanged, DuckDB 0.72x (434 MB), chDB
+1.11x (511 MB). Then with the new units exposed during the last day (:func:`add_traffic`):
 at 10 M units scheduled reports DuckDB 0.68x (433 MB), chDB 0.95x (512 MB); at 1 M DuckDB
 1.06x (291 MB), chDB 1.22x (477 MB; 1.26-1.89x in three chDB-only runs with the old
 traffic); DuckDB's first report 10.1x faster than PostgreSQL's 13.46 s, chDB's 5.8x.
