@@ -78,4 +78,5 @@ def test_unit_buckets_are_an_in_process_engines_construct() -> None:
         str(bucket.compile(dialect=sqlite.dialect()))
     assert unit_buckets(2_500_000, 2_500_000) == [None]
     assert unit_buckets(5_000_001, 2_500_000) == [(0, 3), (1, 3), (2, 3)]
+    assert unit_buckets(10**8, 2_500_000) == [(number, 4) for number in range(4)]  # the most
     assert unit_buckets(10**9, None) == [None]

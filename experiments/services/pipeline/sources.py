@@ -52,7 +52,8 @@ class PipelineSources:
     table's rows (DuckDB at 1 M units: 8-10 % of the statement's time, its hash tables
     286 -> 244 MB at their peak), not where they are computed (identity clusters, ranked exposures).
     ``units_per_pass``: a pass over every unit (no kept values to start from) is split into
-    statements of about that many units each, by a hash of the unit id
+    statements of about that many units each (at most four statements:
+    :data:`~.unit_values.MOST_BUCKETS`), by a hash of the unit id
     (:class:`~.dialects.unit_bucket`), their sums added: each statement's hash tables hold
     its share of the units. For engines running inside Parcours's process (DuckDB, chDB),
     whose memory is the analysis's; None: one statement.

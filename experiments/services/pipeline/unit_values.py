@@ -54,6 +54,10 @@ PROMOTER_MIN, DETRACTOR_MAX = 9, 6
 # Which side of the per-unit pass is first narrowed to the units of the other's id range.
 Narrowed = Literal["events", "exposures"]
 EVENT_RANGE_SLACK = timedelta(minutes=1)  # the exact window test is in the query; this prunes
+# At most this many statements for a pass split by unit (unit_buckets): each one scans every
+# event again, so more would grow its time with the square of the experiment's size (the
+# buckets with its units, each scan with its events); beyond, a bucket holds more units.
+MOST_BUCKETS = 4
 
 
 def events_range(first: datetime, last: datetime, hours: float | None
@@ -339,11 +343,11 @@ def _in_range(column: Any, ids: IdRange | None) -> list[ColumnElement[bool]]:
 
 def unit_buckets(units: int, per_pass: int | None) -> list[tuple[int, int] | None]:
     """The buckets of units a pass over all ``units`` is split into, each (number, of), at
-    most ``per_pass`` units in each (:attr:`~.sources.PipelineSources.units_per_pass`);
-    ``[None]``: one statement over them all."""
+    most ``per_pass`` units in each (:attr:`~.sources.PipelineSources.units_per_pass`) and
+    at most :data:`MOST_BUCKETS` of them; ``[None]``: one statement over them all."""
     if per_pass is None or units <= per_pass:
         return [None]
-    of = -(-units // per_pass)
+    of = min(-(-units // per_pass), MOST_BUCKETS)
     return [(number, of) for number in range(of)]
 
 
@@ -460,6 +464,6 @@ class UnitPass:
         return where
 
 
-__all__ = ["CUPED_KINDS", "EVENT_RANGE_SLACK", "PROPORTION_KINDS", "MetricSpec", "Plan",
-           "UnitPass", "UnitValue", "bounded_value", "count_flag", "events_range",
+__all__ = ["CUPED_KINDS", "EVENT_RANGE_SLACK", "MOST_BUCKETS", "PROPORTION_KINDS", "MetricSpec",
+           "Plan", "UnitPass", "UnitValue", "bounded_value", "count_flag", "events_range",
            "match_condition", "unit_buckets", "window"]

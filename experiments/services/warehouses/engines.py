@@ -89,7 +89,8 @@ LOCK_WAIT_SECONDS = 30.0
 # scans every event again, so it trades time for memory: at 10 M units / 100 M events
 # (bench/bench_warehouse.py, four statements) DuckDB's first report 4.4 GB and 9-12 s ->
 # 2.0 GB and 27 s, chDB's 1.5-1.6 GB and 17-27 s -> 0.81 GB and 41 s; ten statements of 1 M
-# units cost DuckDB 42 s for 1.7 GB. Up to 2.5 M units (the 1 M-unit bench) nothing changes.
+# units cost DuckDB 42 s for 1.7 GB. Up to 2.5 M units (the 1 M-unit bench) nothing changes;
+# there are at most four statements (unit_values.MOST_BUCKETS).
 UNITS_PER_PASS = 2_500_000
 
 
