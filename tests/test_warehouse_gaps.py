@@ -45,21 +45,24 @@ from tests.test_warehouse_sync import run_child
 warehouse_url = test_warehouse_reports.warehouse_url  # the same fixture: DuckDB, then chDB
 
 
-def both_ways(app: Flask, key: str, now: Any, warehouse_url: str) -> tuple[dict, dict]:
-    """The report analysed in Parcours, then (analysis.warehouse ``w``) in the warehouse."""
+def both_ways(app: Flask, key: str, now: Any, warehouse_url: str) -> tuple[dict, dict, int]:
+    """The report analysed in Parcours, then (analysis.warehouse ``w``) in the warehouse,
+    a pass over every unit split into buckets of at most 64 units (``units_per_pass``, as
+    at millions on an in-process engine); and how many statements read a bucket."""
     with get_db(app).sessionmaker() as db:
         in_parcours = analyze_experiment(db, key, now=now).body
         db.execute(delete(Report))  # no previous report on either side
         stored = db.scalar(select(Experiment).where(Experiment.key == key))
         stored.analysis = {**stored.analysis, "warehouse": "w"}
         db.commit()
-    analysed = run_child(app, warehouse_url, "analyze", key, now.isoformat())
+    analysed = run_child(app, warehouse_url, "analyze", key, now.isoformat(), "64")
     assert analysed.returncode == 0, analysed.stderr
     in_warehouse = json.loads(analysed.stdout.splitlines()[-1])
+    bucketed = json.loads(analysed.stdout.splitlines()[-2])["bucketed"]
     assert "error" not in in_warehouse, in_warehouse["error"]
     diffs = differences(without_times(in_warehouse), without_times(in_parcours))
     assert not diffs, "\n".join(diffs)
-    return in_parcours, in_warehouse
+    return in_parcours, in_warehouse, bucketed
 
 
 def test_a_bandit_analysed_in_a_warehouse_is_period_weighted_as_in_parcours(
@@ -105,7 +108,8 @@ def test_a_bandit_analysed_in_a_warehouse_is_period_weighted_as_in_parcours(
         own_sums = {str(number): {arm: [s.n, s.sum, s.sum_squares] for arm, s in arms.items()}
                     for number, arms in own.sums("click").items()}
     now = starts[2] + timedelta(days=2)
-    in_parcours, _ = both_ways(app, "banner", now, warehouse_url)
+    in_parcours, _, bucketed = both_ways(app, "banner", now, warehouse_url)
+    assert bucketed == 4  # 1,500 units: the most buckets, per weight period in each
     # Kept between analyses (the plan was recorded above; every event folded, then read
     # with each unit's weight period computed from the exposure time the table carries).
     kept = run_child(app, warehouse_url, "kept", "banner", now.isoformat(), "2")
@@ -162,7 +166,9 @@ def test_linked_units_analysed_in_a_warehouse_are_one_unit_as_in_parcours(
         conflicting = sum(variants[f"u{i:04d}"] != variants[f"u{i + 1:04d}"]
                           for i in range(7, 300, 6))
     now = T0 + timedelta(days=6)
-    in_parcours, _ = both_ways(app, "wh-identity", now, warehouse_url)
+    # The percentile cap on revenue ranks every cluster at once: one statement.
+    in_parcours, _, bucketed = both_ways(app, "wh-identity", now, warehouse_url)
+    assert bucketed == 0
 
     identity = in_parcours["identity"]
     # 299 exposed units (u0000 is an override); 49 customers on two devices; u0001 and u0002

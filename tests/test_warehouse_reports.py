@@ -157,7 +157,7 @@ def test_a_warehouse_report_equals_the_parcours_report(database_url: str, tmp_pa
         db.commit()
     analysed = run_child(app, warehouse_url, "analyze", "wh-parity", now.isoformat())
     assert analysed.returncode == 0, analysed.stderr
-    in_warehouse = json.loads(analysed.stdout)
+    in_warehouse = json.loads(analysed.stdout.splitlines()[-1])
 
     assert "error" not in in_warehouse
     assert sum(in_parcours["units"].values()) == 398  # u0000 and u0001 are overrides

@@ -5,8 +5,9 @@
 each run copied and the ids then in the warehouse; ``crash N`` SIGKILLs itself right after
 the N-th INSERT into the warehouse has run and before it commits: a sync killed mid-way.
 ``probe SQL…`` prints the columns of each ``events_sql`` (or the 422's details) and the
-error of a query running past the warehouse's time limit. ``analyze KEY NOW`` analyses the
-experiment at that ISO time and prints its report body; ``periods KEY`` prints a bandit's
+error of a query running past the warehouse's time limit. ``analyze KEY NOW [UNITS]``
+analyses the experiment at that ISO time and prints how many statements read a bucket of
+units, then its report body; ``periods KEY`` prints a bandit's
 per-period sums of its primary metric as a reallocation reads them; ``kept KEY NOW TIMES
 [UNITS]`` analyses it that many times (a pass over every unit split into buckets of at most
 UNITS units: ``routing.UNITS_PER_PASS``) and prints the last report body, then the
@@ -57,6 +58,20 @@ def _error_of(engine: Engine, query: str) -> str:
     return "no error"
 
 
+def _count_bucketed(engine: Engine, units: list[str]) -> dict[str, int]:
+    """With ``units``, a pass over every unit split into buckets of at most that many
+    (``routing.UNITS_PER_PASS``); counts the statements that read a bucket of units."""
+    if units:
+        routing.UNITS_PER_PASS = int(units[0])
+    bucketed = {"n": 0}
+
+    def count(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
+        bucketed["n"] += "hash(" in statement.lower() or "hash64(" in statement.lower()
+
+    event.listen(engine, "before_cursor_execute", count)
+    return bucketed
+
+
 def main(mode: str, *args: str) -> None:
     app = create_app({"SCHEDULER": False})
     sync.BATCH_ROWS = 100
@@ -72,9 +87,11 @@ def main(mode: str, *args: str) -> None:
                         os.kill(os.getpid(), signal.SIGKILL)
 
             event.listen(engine, "after_cursor_execute", kill)
+        bucketed = _count_bucketed(engine, {"analyze": args[2:], "kept": args[3:]}.get(mode, []))
         if mode == "analyze":
             with get_db().sessionmaker() as session:
                 report = analyze_experiment(session, args[0], now=datetime.fromisoformat(args[1]))
+                print(json.dumps({"bucketed": bucketed["n"]}))
                 print(json.dumps(report.body))
             return
         if mode == "periods":
@@ -88,14 +105,6 @@ def main(mode: str, *args: str) -> None:
                                   for number, arms in data.sums(primary).items()}))
             return
         if mode == "kept":
-            if args[3:]:
-                routing.UNITS_PER_PASS = int(args[3])
-            bucketed = {"n": 0}
-
-            def count(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-                bucketed["n"] += "hash(" in statement.lower() or "hash64(" in statement.lower()
-
-            event.listen(engine, "before_cursor_execute", count)
             with get_db().sessionmaker() as session:
                 for _ in range(int(args[2])):
                     report = analyze_experiment(session, args[0],
