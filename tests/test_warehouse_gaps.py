@@ -138,11 +138,7 @@ def test_a_bandit_analysed_in_a_warehouse_is_period_weighted_as_in_parcours(
 def test_linked_units_analysed_in_a_warehouse_are_one_unit_as_in_parcours(
         database_url: str, tmp_path: Path, warehouse_url: str) -> None:
     app = make_test_app(database_url, tmp_path)
-    # Revenue capped at an absolute value (a percentile ranks every unit at once, which
-    # keeps a pass whole): the clusters are analysed in buckets of units too.
-    metrics = [{**m, "cap": {"type": "absolute", "value": 60.0}} if "cap" in m else m
-               for m in METRICS]
-    experiment = start(app, "wh-identity", metrics=metrics, overrides={"u0000": "one-page"},
+    experiment = start(app, "wh-identity", metrics=METRICS, overrides={"u0000": "one-page"},
                        analysis={"dimensions": ["country"]})
     with get_db(app).sessionmaker() as db:
         experiment = db.get(Experiment, experiment.id)
@@ -171,6 +167,15 @@ def test_linked_units_analysed_in_a_warehouse_are_one_unit_as_in_parcours(
                           for i in range(7, 300, 6))
     now = T0 + timedelta(days=6)
     in_parcours, _, bucketed = both_ways(app, "wh-identity", now, warehouse_url)
+    assert bucketed == 0  # the percentile cap on revenue ranks every cluster at once
+    with get_db(app).sessionmaker() as db:  # capped at an absolute value: in buckets
+        stored = db.get(Experiment, experiment.id)
+        for metric in stored.metrics:
+            if metric.cap:
+                metric.cap = {"type": "absolute", "value": 60.0}
+        stored.analysis = {**stored.analysis, "warehouse": None}
+        db.commit()
+    _, _, bucketed = both_ways(app, "wh-identity", now, warehouse_url)
     assert bucketed == 4  # 250 clusters, buckets of their ids
 
     identity = in_parcours["identity"]
