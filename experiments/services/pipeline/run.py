@@ -247,10 +247,11 @@ def _aggregate_sets(connection: Session | Connection, experiment_id: int | None,
     caps = _configured_caps(specs)
     names, rows = [], []
     with hashed_grouping(connection, when=len(sets) > 1 and sources.hashed_groups), \
-            kept_values_settings(connection, when=kept):
+            kept_values_settings(connection, when=kept):  # read before they are restored
         for query in queries:  # each bucket's rows add to the others' (Daily.add)
             result = connection.execute(query)
-            names, rows = list(result.keys()), [*rows, *result.all()]
+            names = list(result.keys())
+            rows.extend(result.all())
     columns = _metric_columns(plan, names)
     for row in rows:
         data = row._mapping
@@ -339,7 +340,7 @@ def _unit_source(connection: Session | Connection, sources: PipelineSources, pla
     full = UnitPass.of(sources, plan, hours=hours, events_between=events_between)
     # A percentile cap ranks every unit's value at once: one statement.
     buckets = [None] if needs_ranking(plan.metrics) else unit_buckets(units,
-                                                                       sources.units_per_pass)
+                                                                       full.units_per_pass)
     return [_variant_day(plan, full.query(bucket=bucket).subquery("u"), units, sets)
             for bucket in buckets], False
 

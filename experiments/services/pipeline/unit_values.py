@@ -371,6 +371,7 @@ class UnitPass:
     keys: tuple[str, ...]  # exposure_id, variant_key, exposed_at, then the grouping columns
     values: tuple[UnitValue, ...]
     join_back: bool = False  # the keys joined back after the grouping (PipelineSources)
+    units_per_pass: int | None = None  # a pass over every unit split so (PipelineSources)
 
     @classmethod
     def of(cls, sources: PipelineSources, plan: Plan, *, hours: float | None,
@@ -380,7 +381,8 @@ class UnitPass:
         values = _unit_values(plan, x, plan.events.c.occurred_at >= x.c.exposed_at)
         keys = ("exposure_id", "variant_key", "exposed_at", *sources.grouping)
         return cls(plan, hours, events_between, x, keys, tuple(values),
-                   join_back=sources.join_back and sources.unique_units)
+                   join_back=sources.join_back and sources.unique_units,
+                   units_per_pass=sources.units_per_pass)
 
     def exposed_from(self, first: datetime) -> UnitPass:
         """The same pass, its event scan starting where units exposed at ``first`` or later

@@ -89,9 +89,6 @@ class WarehouseRollup:
     # opened the warehouse (:func:`unique_through`), so not again for the same fold; an
     # erasure in between is seen by the next analysis, as one during the statement is.
     counted: tuple[int, int] | None = None
-    # A fold over every event split into statements of this many units (the sources'
-    # units_per_pass: an in-process engine's hash tables are Parcours's memory).
-    units_per_pass: int | None = None
 
     def __call__(self, connection: Session | Connection, plan_key: str,
                  unit_pass: UnitPass) -> Any | None:
@@ -121,7 +118,7 @@ class WarehouseRollup:
               newest: tuple[int, int], present: set[str]) -> Fold:
         """A new table with every unit's values up to the ``newest`` event and exposure
         ids (from the fold's table, or without one from every event, a bucket of units at
-        a time: :attr:`units_per_pass`), then its record; then the experiment's tables
+        a time: the pass's ``units_per_pass``), then its record; then the experiment's tables
         that older records name are dropped (:func:`superseded`). A table no record names
         is left alone: it may be a concurrent fold's, not yet recorded."""
         events_now, exposures_now = newest
@@ -130,7 +127,7 @@ class WarehouseRollup:
         rows = exposure_rows(connection, unit_pass.x, exposures_now)
         if fold.base_table is None:
             queries = [_projected(unit_pass, (0, events_now), (0, exposures_now), bucket=bucket)
-                       for bucket in unit_buckets(rows, self.units_per_pass)]
+                       for bucket in unit_buckets(rows, unit_pass.units_per_pass)]
         else:  # the units erased since the last fold are left out (overrides: a new plan)
             merged = _merged(connection, fold, unit_pass, newest, bounded=True).subquery()
             queries = [select(*merged.c).where(

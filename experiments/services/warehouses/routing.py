@@ -166,7 +166,7 @@ def _opened(engine: Engine, exposures: FromClause, events: FromClause,
         if rollup and sources.unique_units:
             sources = replace(sources, unit_store=WarehouseRollup(
                 experiment.id, overrides=tuple(sorted(experiment.overrides or ())),
-                counted=counted, units_per_pass=sources.units_per_pass))
+                counted=counted))
         yield connection, replace(units, sources=sources)
 
 
