@@ -5,7 +5,11 @@ late (a time on step 95.178763 s on SQLite, 94.178763 s in a warehouse)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +27,7 @@ PAIRS = [  # (start, end) → seconds
     (datetime(1969, 12, 31, 23, 59, 59, 999600, tzinfo=UTC),
      datetime(1970, 1, 1, 0, 0, 0, 400, tzinfo=UTC)),
 ]
+ROOT = Path(__file__).resolve().parent.parent
 WINDOW_HOURS = 72.0
 WINDOW_ENDS = [  # (later than the start by, inside a 72 h window)
     (timedelta(hours=72) - timedelta(microseconds=300), True),
@@ -52,3 +57,33 @@ def test_elapsed_seconds_and_the_window_end_are_exact_on_every_engine(url: str) 
     assert [round(float(value), 6) for value in seconds] == [
         round((b - a).total_seconds(), 6) for a, b in PAIRS]
     assert [bool(flag) for flag in flags] == [expected for _, expected in WINDOW_ENDS]
+
+
+
+IN_TOKYO = """
+import sys
+from datetime import datetime
+import sqlalchemy as sa
+from experiments.config import WarehouseConfig
+from experiments.services.pipeline.dialects import seconds_between, utc_instant
+from experiments.services.warehouses.engines import _make_engine
+at = datetime.fromisoformat(sys.argv[2])
+engine = _make_engine(WarehouseConfig("w", sys.argv[1]))
+naive, aware = (utc_instant(t, sa.DateTime(timezone=True)) for t in (at.replace(tzinfo=None), at))
+with engine.connect() as connection:
+    seconds, same = connection.execute(
+        sa.select(seconds_between(naive, aware), naive == aware)).one()
+print(float(seconds), bool(same))
+"""
+
+
+@pytest.mark.parametrize("url", ["duckdb:///:memory:", "chdb:///:memory:"])
+def test_a_warehouse_reads_naive_times_as_utc_on_a_machine_in_another_zone(url: str) -> None:
+    """A naive time read from a warehouse (chDB reads its UTC columns so; DuckDB a TIMESTAMP)
+    comes back as a bound of the event scan: chDB took it for the machine's local time
+    (a process in Tokyo here: 9 h off), DuckDB compared it with a TIMESTAMPTZ in its
+    session zone, the machine's by default."""
+    printed = subprocess.run([sys.executable, "-c", IN_TOKYO, url, T.isoformat()],
+                             env={**os.environ, "TZ": "Asia/Tokyo"}, cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert printed.split() == ["0.0", "True"]

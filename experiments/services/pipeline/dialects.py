@@ -208,9 +208,11 @@ def _day_pg(element: utc_day, compiler: Any, **kw: Any) -> str:
 
 @compiles(utc_day, "duckdb")
 def _day_duckdb(element: utc_day, compiler: Any, **kw: Any) -> str:
-    # Parcours's tables hold naive UTC timestamps: the date part is the UTC day.
+    # A cast reads a TIMESTAMPTZ (the sync's columns) in the session's TimeZone, by default
+    # the machine's; the microseconds since the epoch are UTC's for it and for a naive
+    # TIMESTAMP (an events_sql column) alike.
     (column,) = _args(element, compiler, **kw)
-    return f"CAST({column} AS DATE)"
+    return f"(DATE '1970-01-01' + CAST(floor(epoch_us({column}) / 86400000000) AS INTEGER))"
 
 
 @_each(utc_day, CLICKHOUSE)
@@ -247,7 +249,10 @@ class utc_instant(ColumnElement[datetime]):  # lower case: reads as a SQL litera
     """A fixed instant compared with a time column (a bandit's period start), exact to the
     microsecond: a bind parameter of the column's type, except on ClickHouse, whose drivers
     bind a datetime as ``toDateTime(?)`` (whole seconds): a ``DateTime64(6)`` literal there.
-    Not cached: the ClickHouse spelling holds the value."""
+    Not cached: the ClickHouse spelling holds the value. A naive ``at`` is UTC there (chDB
+    reads its ``DateTime64(6, 'UTC')`` columns so), not the machine's local time; elsewhere
+    it is bound as it is, naive or aware like the column it was read from (DuckDB casts a
+    TIMESTAMP column to compare it with a TIMESTAMPTZ bind: 1 M units, +0.5 s)."""
 
     inherit_cache = False
 
@@ -262,7 +267,8 @@ def _instant_bound(element: utc_instant, compiler: Any, **kw: Any) -> str:
 
 @_each(utc_instant, CLICKHOUSE)
 def _instant_ch(element: utc_instant, compiler: Any, **kw: Any) -> str:
-    text_ = element.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    at = element.at if element.at.tzinfo else element.at.replace(tzinfo=UTC)
+    text_ = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     return f"toDateTime64('{text_}', 6, 'UTC')"
 
 

@@ -42,6 +42,7 @@ from experiments.services.pipeline.dialects import (
     has_bits,
     packed_flags,
     unit_bucket,
+    utc_instant,
     within_hours,
 )
 from experiments.services.pipeline.exposures import first_exposures
@@ -458,11 +459,11 @@ class UnitPass:
         if narrowed == "events":
             units = select(x.c.unit_id).where(*_in_range(x.c.exposure_id, exposure_ids))
             where.append(ev.c.unit_id.in_(units.correlate(None).scalar_subquery()))
-        if self.events_between is not None:
-            after, before = self.events_between
-            where.append(ev.c.occurred_at >= after)
+        if self.events_between is not None:  # instants: a ClickHouse server's zone reads
+            after, before = self.events_between  # a bound datetime's text as its own time
+            where.append(ev.c.occurred_at >= utc_instant(after, ev.c.occurred_at.type))
             if before is not None:
-                where.append(ev.c.occurred_at < before)
+                where.append(ev.c.occurred_at < utc_instant(before, ev.c.occurred_at.type))
         return where
 
 

@@ -56,6 +56,9 @@ EXTENSION_KEY = "parcours.warehouses"
 # estimates, and it swapped the per-unit pass's, building its join from the events — every
 # event column they read held in memory (1 M units / 10 M events: the main statement
 # 2.27 GB and 2.9-3.3 s, 0.45-0.5 GB and 2.35-2.5 s as written).
+# Both read times in UTC, not in the machine's zone (their default): DuckDB compares a naive
+# TIMESTAMP with a TIMESTAMPTZ in its session zone, chDB parses a bound time's text in it.
+# (DuckDB's is set once connected: its time zones are an extension, loaded after the config.)
 # DuckDB: no insertion order to keep (the pipeline sorts nothing it does not ask for); its
 # memory_limit stays DuckDB's (80 % of RAM): a low one makes big joins fail ("Out of Memory"),
 # except for the statements over kept per-unit values (dialects.kept_values_settings).
@@ -68,6 +71,7 @@ ENGINE_SETTINGS: dict[str, dict[str, str]] = {
     "duckdb": {"preserve_insertion_order": "false",
                "disabled_optimizers": "build_side_probe_side"},
     "chdb": {"join_algorithm": "partial_merge",  # dialects.CHDB_JOIN (kept_values_settings)
+             "session_timezone": "UTC",
              "max_bytes_before_external_group_by": "50000000",
              "max_bytes_before_external_sort": "50000000",
              "compile_expressions": "0", "compile_aggregate_expressions": "0",
@@ -177,6 +181,7 @@ def _make_engine(config: WarehouseConfig) -> Engine:
         _wait_for_other_processes(engine, min(seconds, LOCK_WAIT_SECONDS))
     if backend == "duckdb":
         _interrupt_after(engine, seconds)
+        _on_connect(engine, "SET TimeZone = 'UTC'")
         if "memory_limit" not in settings and "memory_limit" not in url.query:
             _mark_on_connect(engine, DUCKDB_DEFAULT_MEMORY)
     elif backend == "chdb":
