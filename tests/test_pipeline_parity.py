@@ -52,6 +52,7 @@ from experiments.services.pipeline.exposures import known_unique, multi_variant_
 from experiments.services.pipeline.run import ALL_DAYS
 from tests.conftest import POSTGRES_URL, requires_postgres
 from tests.test_aggregation import make_experiment
+from tests.warehouse_child import reads_a_bucket
 
 T0 = datetime(2026, 3, 1, 20, 0, tzinfo=UTC)
 EXPERIMENT = 7
@@ -406,7 +407,7 @@ def assert_split_passes_add_up(connection: sa.Connection, sources: PipelineSourc
     bucketed: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
-        if "hash(" in statement.lower() or "hash64(" in statement.lower():
+        if reads_a_bucket(statement):
             bucketed.append(statement)
 
     split = replace(sources, units_per_pass=1000)

@@ -58,6 +58,12 @@ def _error_of(engine: Engine, query: str) -> str:
     return "no error"
 
 
+def reads_a_bucket(statement: str) -> bool:
+    """A statement of a pass split by unit: it tests the engine's hash of the unit id
+    (``dialects.unit_bucket``: DuckDB ``hash``, ClickHouse ``cityHash64``)."""
+    return "hash(" in statement.lower() or "hash64(" in statement.lower()
+
+
 def _count_bucketed(engine: Engine, units: list[str]) -> dict[str, int]:
     """With ``units``, a pass over every unit split into buckets of at most that many
     (``routing.UNITS_PER_PASS``); counts the statements that read a bucket of units."""
@@ -66,7 +72,7 @@ def _count_bucketed(engine: Engine, units: list[str]) -> dict[str, int]:
     bucketed = {"n": 0}
 
     def count(_conn: object, _cursor: object, statement: str, *_rest: object) -> None:
-        bucketed["n"] += "hash(" in statement.lower() or "hash64(" in statement.lower()
+        bucketed["n"] += reads_a_bucket(statement)
 
     event.listen(engine, "before_cursor_execute", count)
     return bucketed
