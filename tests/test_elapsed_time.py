@@ -87,3 +87,15 @@ def test_a_warehouse_reads_naive_times_as_utc_on_a_machine_in_another_zone(url: 
                              env={**os.environ, "TZ": "Asia/Tokyo"}, cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
     assert printed.split() == ["0.0", "True"]
+
+
+@pytest.mark.parametrize("url", ENGINES)
+def test_a_cached_statement_takes_each_run_s_instants(url: str) -> None:
+    """The same statement with other instants (the event scan's bounds move with every
+    report) gives their own result, on ClickHouse too, where they are literals."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        got = [float(connection.scalar(sa.select(seconds_between(instant(T), instant(end)))))
+               for end in (T + timedelta(seconds=1), T + timedelta(hours=5, microseconds=3))]
+    engine.dispose()
+    assert got == [1.0, 18000.000003]

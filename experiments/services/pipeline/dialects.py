@@ -54,6 +54,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    bindparam,
     case,
     func,
     literal,
@@ -246,30 +247,35 @@ def day_key(value: date | str) -> str:
 
 
 class utc_instant(ColumnElement[datetime]):  # lower case: reads as a SQL literal
-    """A fixed instant compared with a time column (a bandit's period start), exact to the
-    microsecond: a bind parameter of the column's type, except on ClickHouse, whose drivers
-    bind a datetime as ``toDateTime(?)`` (whole seconds): a ``DateTime64(6)`` literal there.
-    Not cached: the ClickHouse spelling holds the value. A naive ``at`` is UTC there (chDB
-    reads its ``DateTime64(6, 'UTC')`` columns so), not the machine's local time; elsewhere
-    it is bound as it is, naive or aware like the column it was read from (DuckDB casts a
-    TIMESTAMP column to compare it with a TIMESTAMPTZ bind: 1 M units, +0.5 s)."""
+    """A fixed instant compared with a time column (a bandit's period start, the bounds of
+    the event scan), exact to the microsecond: a bind parameter of the column's type, except
+    on ClickHouse, whose drivers bind a datetime as ``toDateTime(?)`` (whole seconds, and
+    the text read in the server's zone): a ``DateTime64(6, 'UTC')`` literal there, its text
+    rendered when the statement runs, so the compiled statement is cached as with a bind.
+    A naive ``at`` is UTC there (chDB reads its ``DateTime64(6, 'UTC')`` columns so), not
+    the machine's local time; elsewhere it is bound as it is, naive or aware like the column
+    it was read from (DuckDB casts a TIMESTAMP column to compare it with a TIMESTAMPTZ bind:
+    1 M units, +0.5 s)."""
 
-    inherit_cache = False
+    inherit_cache = True
+    _traverse_internals = [("bound", InternalTraversal.dp_clauseelement),
+                           ("utc_text", InternalTraversal.dp_clauseelement)]
 
     def __init__(self, at: datetime, type_: Any) -> None:
-        self.at, self.type = at, type_
+        utc = (at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC)
+        self.type, self.bound = type_, literal(at, type_)
+        self.utc_text = bindparam(None, utc.strftime("%Y-%m-%d %H:%M:%S.%f"), String(),
+                                  literal_execute=True)
 
 
 @compiles(utc_instant)
 def _instant_bound(element: utc_instant, compiler: Any, **kw: Any) -> str:
-    return str(compiler.process(literal(element.at, element.type), **kw))
+    return str(compiler.process(element.bound, **kw))
 
 
 @_each(utc_instant, CLICKHOUSE)
 def _instant_ch(element: utc_instant, compiler: Any, **kw: Any) -> str:
-    at = element.at if element.at.tzinfo else element.at.replace(tzinfo=UTC)
-    text_ = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return f"toDateTime64('{text_}', 6, 'UTC')"
+    return f"toDateTime64({compiler.process(element.utc_text, **kw)}, 6, 'UTC')"
 
 
 # -- conditional aggregates ---------------------------------------------------------------------
