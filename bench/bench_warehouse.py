@@ -51,6 +51,13 @@ Figures printed (medians of ``PARCOURS_BENCH_REPEAT`` runs after a warm-up, in o
     PARCOURS_BENCH_WH_UNITS=200000 PARCOURS_BENCH_WH_POSTGRES_UNITS=20000 \\
         .venv/bin/python -m bench bench_warehouse           # try small first
 
+Measured 2026-12-06, eleventh session (chdb-core pinned to 26.9.0, warehouse times in UTC;
+no change to the pass's speed; docs/performance.md, Warehouses, "Latest"), 1 M units on a
+slower machine (chDB's baseline 0.77-0.97 s): scheduled reports DuckDB 1.34x (322 MB), chDB
+1.47x (623 MB; 1.21x and 2.11x in two chDB-only runs); first reports 4.38x and 4.66x;
+PostgreSQL's first report 16.94 s, DuckDB's 9.1x faster, chDB's 4.9x. ``import chdb``
+alone makes the process 402 MB.
+
 Measured 2026-12-05, tenth session (a pass over every unit split into statements of at most
 2.5 M units on DuckDB and chDB; docs/performance.md, Warehouses, "Latest"), 10 M units only:
 first reports DuckDB 26.95 s (9.16x) in 2,005 MB, chDB 40.53 s (9.01x) in 806 MB (one
