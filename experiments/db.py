@@ -83,14 +83,18 @@ def postgres_connect_args(url: str, statement_timeout_ms: int | None = None) -> 
     an operator's ``?options=-csearch_path%3Dapp`` would vanish behind the statement
     timeout: both go into one ``options``. ``connect_timeout`` bounds how long a request
     waits for an unreachable server before it is answered 503 (kept if the URL sets it).
+    The session's time zone is UTC, last so that it wins: Parcours's times are UTC, and a
+    server (or ``PGTZ``) in a zone east of UTC returned them there, where the client's own
+    time of a clamped year-9999 exposure (kept as sent) is past Python's year 9999: every
+    read of its row failed.
     """
     query = make_url(url).query
     args: dict[str, Any] = {}
     options = [_last(query.get("options"))] if query.get("options") else []
     if statement_timeout_ms:
         options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
-    if options:
-        args["options"] = " ".join(options)
+    options.append("-c timezone=UTC")
+    args["options"] = " ".join(options)
     if "connect_timeout" not in query:
         args["connect_timeout"] = CONNECT_TIMEOUT_S
     return args

@@ -13,6 +13,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -53,8 +54,32 @@ def schema_url() -> Iterator[tuple[str, str]]:
 def test_url_options_are_merged_with_the_statement_timeout_and_a_connect_timeout():
     url = "postgresql+psycopg://u@h/db?options=-csearch_path%3Dapp"
     assert postgres_connect_args(url, 1000) == {
-        "options": "-csearch_path=app -c statement_timeout=1000", "connect_timeout": 5}
-    assert postgres_connect_args("postgresql+psycopg://u@h/db?connect_timeout=2", None) == {}
+        "options": "-csearch_path=app -c statement_timeout=1000 -c timezone=UTC",
+        "connect_timeout": 5}
+    assert postgres_connect_args("postgresql+psycopg://u@h/db?connect_timeout=2", None) == {
+        "options": "-c timezone=UTC"}
+
+
+def test_sessions_are_in_utc_whatever_the_server_zone(tmp_path: Path) -> None:
+    """A server in Tokyo (initdb writes the machine's zone into postgresql.conf; here the
+    database's own setting): Parcours's sessions still read UTC, and the client's own time
+    of a clamped year-9999 exposure is read back (in Tokyo it is in year 10000, which
+    psycopg refused: every read of the row failed)."""
+    assert POSTGRES_URL
+    with scratch_postgres_database(POSTGRES_URL, "parcours_tokyo") as url:
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            database = connection.scalar(text("SELECT current_database()"))
+            connection.execute(text(f"ALTER DATABASE \"{database}\" SET timezone = 'Asia/Tokyo'"))
+        admin.dispose()
+        app = make_test_app(url, tmp_path)
+        with app.app_context():
+            with get_db().engine.connect() as connection:
+                zone = connection.scalar(text("SELECT current_setting('TimeZone')"))
+                far = connection.scalar(text("SELECT TIMESTAMPTZ '9999-12-31 23:59:59+00'"))
+            get_db().engine.dispose()
+    assert zone == "UTC"
+    assert (far.year, far.utcoffset()) == (9999, timedelta(0))
 
 
 def test_a_schema_in_the_url_holds_migrations_keys_serving_assignment_and_analysis(
