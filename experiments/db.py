@@ -72,8 +72,29 @@ def make_engine(url: str, *, statement_timeout_ms: int | None = None) -> Engine:
         return engine
     # No pre-ping: it costs a round trip on every checkout of the hot path. A dropped
     # connection is detected on use and the pool is invalidated, and recycling caps age.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800,
-                         connect_args=postgres_connect_args(url, statement_timeout_ms))
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800,
+                           connect_args=postgres_connect_args(url, statement_timeout_ms))
+    sessions_in_utc(engine)
+    return engine
+
+
+def sessions_in_utc(engine: Engine) -> None:
+    """Every new PostgreSQL connection of ``engine`` sets its session's time zone to UTC.
+
+    Parcours's times are UTC, and a server set to a zone east of UTC (initdb writes the
+    machine's) or a client's ``PGTZ`` returned them in that zone, where the client's own
+    time of a clamped year-9999 exposure (kept as sent) is past Python's year 9999: every
+    read of its row failed. A ``SET`` once connected wins over both (a ``-c timezone``
+    startup option loses to ``PGTZ``); committed, so that the pool's rollback keeps it.
+    """
+
+    def set_utc(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET TIME ZONE 'UTC'")
+        cursor.close()
+        dbapi_connection.commit()
+
+    event.listen(engine, "connect", set_utc)
 
 
 def postgres_connect_args(url: str, statement_timeout_ms: int | None = None) -> dict[str, Any]:
@@ -83,18 +104,14 @@ def postgres_connect_args(url: str, statement_timeout_ms: int | None = None) -> 
     an operator's ``?options=-csearch_path%3Dapp`` would vanish behind the statement
     timeout: both go into one ``options``. ``connect_timeout`` bounds how long a request
     waits for an unreachable server before it is answered 503 (kept if the URL sets it).
-    The session's time zone is UTC, last so that it wins: Parcours's times are UTC, and a
-    server (or ``PGTZ``) in a zone east of UTC returned them there, where the client's own
-    time of a clamped year-9999 exposure (kept as sent) is past Python's year 9999: every
-    read of its row failed.
     """
     query = make_url(url).query
     args: dict[str, Any] = {}
     options = [_last(query.get("options"))] if query.get("options") else []
     if statement_timeout_ms:
         options.append(f"-c statement_timeout={int(statement_timeout_ms)}")
-    options.append("-c timezone=UTC")
-    args["options"] = " ".join(options)
+    if options:
+        args["options"] = " ".join(options)
     if "connect_timeout" not in query:
         args["connect_timeout"] = CONNECT_TIMEOUT_S
     return args

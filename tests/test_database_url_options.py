@@ -23,9 +23,11 @@ from sqlalchemy import create_engine, text
 
 from bench.support import free_port, scratch_postgres_database
 from experiments.auth import SYSTEM
+from experiments.config import WarehouseConfig
 from experiments.db import get_db, postgres_connect_args
 from experiments.migrate import upgrade
 from experiments.services.lifecycle import create_experiment, transition
+from experiments.services.warehouses.engines import _make_engine
 from tests.conftest import make_test_app
 from tests.factories import experiment_payload
 
@@ -54,32 +56,40 @@ def schema_url() -> Iterator[tuple[str, str]]:
 def test_url_options_are_merged_with_the_statement_timeout_and_a_connect_timeout():
     url = "postgresql+psycopg://u@h/db?options=-csearch_path%3Dapp"
     assert postgres_connect_args(url, 1000) == {
-        "options": "-csearch_path=app -c statement_timeout=1000 -c timezone=UTC",
-        "connect_timeout": 5}
-    assert postgres_connect_args("postgresql+psycopg://u@h/db?connect_timeout=2", None) == {
-        "options": "-c timezone=UTC"}
+        "options": "-csearch_path=app -c statement_timeout=1000", "connect_timeout": 5}
+    assert postgres_connect_args("postgresql+psycopg://u@h/db?connect_timeout=2", None) == {}
 
 
-def test_sessions_are_in_utc_whatever_the_server_zone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tokyo", ["server", "PGTZ"])
+def test_sessions_are_in_utc_whatever_the_server_or_client_zone(
+        tokyo: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A server in Tokyo (initdb writes the machine's zone into postgresql.conf; here the
-    database's own setting): Parcours's sessions still read UTC, and the client's own time
-    of a clamped year-9999 exposure is read back (in Tokyo it is in year 10000, which
-    psycopg refused: every read of the row failed)."""
+    database's own setting) or a client's ``PGTZ``: Parcours's sessions, its own and a
+    PostgreSQL warehouse's, still read UTC, and the client's own time of a clamped
+    year-9999 exposure is read back (in Tokyo it is in year 10000, which psycopg refused:
+    every read of the row failed)."""
     assert POSTGRES_URL
+    if tokyo == "PGTZ":
+        monkeypatch.setenv("PGTZ", "Asia/Tokyo")
     with scratch_postgres_database(POSTGRES_URL, "parcours_tokyo") as url:
-        admin = create_engine(url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            database = connection.scalar(text("SELECT current_database()"))
-            connection.execute(text(f"ALTER DATABASE \"{database}\" SET timezone = 'Asia/Tokyo'"))
-        admin.dispose()
+        if tokyo == "server":
+            admin = create_engine(url, isolation_level="AUTOCOMMIT")
+            with admin.connect() as connection:
+                database = connection.scalar(text("SELECT current_database()"))
+                connection.execute(text(
+                    f"ALTER DATABASE \"{database}\" SET timezone = 'Asia/Tokyo'"))
+            admin.dispose()
         app = make_test_app(url, tmp_path)
-        with app.app_context():
-            with get_db().engine.connect() as connection:
-                zone = connection.scalar(text("SELECT current_setting('TimeZone')"))
-                far = connection.scalar(text("SELECT TIMESTAMPTZ '9999-12-31 23:59:59+00'"))
-            get_db().engine.dispose()
-    assert zone == "UTC"
-    assert (far.year, far.utcoffset()) == (9999, timedelta(0))
+        engines = [get_db(app).engine, _make_engine(WarehouseConfig("pg", url))]
+        read = []
+        for engine in engines:
+            with engine.connect() as connection:
+                read.append((connection.scalar(text("SELECT current_setting('TimeZone')")),
+                             connection.scalar(text(
+                                 "SELECT TIMESTAMPTZ '9999-12-31 23:59:59+00'"))))
+            engine.dispose()
+    assert [(zone, far.year, far.utcoffset()) for zone, far in read] == [
+        ("UTC", 9999, timedelta(0))] * 2
 
 
 def test_a_schema_in_the_url_holds_migrations_keys_serving_assignment_and_analysis(

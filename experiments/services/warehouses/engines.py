@@ -32,7 +32,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.pool import NullPool
 
 from experiments.config import WarehouseConfig, warehouses_from_env
-from experiments.db import postgres_connect_args
+from experiments.db import postgres_connect_args, sessions_in_utc
 from experiments.errors import NotFound
 
 EXTENSION_KEY = "parcours.warehouses"
@@ -179,6 +179,8 @@ def _make_engine(config: WarehouseConfig) -> Engine:
                            **({"poolclass": NullPool} if in_process_file else {}))
     if in_process_file:
         _wait_for_other_processes(engine, min(seconds, LOCK_WAIT_SECONDS))
+    if backend == "postgresql":
+        sessions_in_utc(engine)
     if backend == "duckdb":
         _interrupt_after(engine, seconds)
         _on_connect(engine, "SET TimeZone = 'UTC'")
