@@ -87,14 +87,22 @@ def sessions_in_utc(engine: Engine) -> None:
     read of its row failed. A ``SET`` once connected wins over both (a ``-c timezone``
     startup option loses to ``PGTZ``); committed, so that the pool's rollback keeps it.
     """
+    on_connect(engine, "SET TIME ZONE 'UTC'", commit=True)
 
-    def set_utc(dbapi_connection: Any, _record: Any) -> None:
+
+def on_connect(engine: Engine, *statements: str, commit: bool = False) -> None:
+    """Run ``statements`` on every new DB-API connection of ``engine``; ``commit`` where
+    the driver opened a transaction for them (a session ``SET`` rolled back is undone)."""
+
+    def configure(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("SET TIME ZONE 'UTC'")
+        for statement in statements:
+            cursor.execute(statement)
         cursor.close()
-        dbapi_connection.commit()
+        if commit:
+            dbapi_connection.commit()
 
-    event.listen(engine, "connect", set_utc)
+    event.listen(engine, "connect", configure)
 
 
 def postgres_connect_args(url: str, statement_timeout_ms: int | None = None) -> dict[str, Any]:

@@ -59,8 +59,7 @@ def test_elapsed_seconds_and_the_window_end_are_exact_on_every_engine(url: str) 
     assert [bool(flag) for flag in flags] == [expected for _, expected in WINDOW_ENDS]
 
 
-
-IN_TOKYO = """
+READ_IN_TOKYO = """
 import sys
 from datetime import datetime
 import sqlalchemy as sa
@@ -83,7 +82,7 @@ def test_a_warehouse_reads_naive_times_as_utc_on_a_machine_in_another_zone(url: 
     comes back as a bound of the event scan: chDB took it for the machine's local time
     (a process in Tokyo here: 9 h off), DuckDB compared it with a TIMESTAMPTZ in its
     session zone, the machine's by default."""
-    printed = subprocess.run([sys.executable, "-c", IN_TOKYO, url, T.isoformat()],
+    printed = subprocess.run([sys.executable, "-c", READ_IN_TOKYO, url, T.isoformat()],
                              env={**os.environ, "TZ": "Asia/Tokyo"}, cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
     assert printed.split() == ["0.0", "True"]

@@ -459,8 +459,9 @@ class UnitPass:
         if narrowed == "events":
             units = select(x.c.unit_id).where(*_in_range(x.c.exposure_id, exposure_ids))
             where.append(ev.c.unit_id.in_(units.correlate(None).scalar_subquery()))
-        if self.events_between is not None:  # instants: a ClickHouse server's zone reads
-            after, before = self.events_between  # a bound datetime's text as its own time
+        if self.events_between is not None:
+            # Instants, not bound datetimes: ClickHouse parsed their text in its own zone.
+            after, before = self.events_between
             where.append(ev.c.occurred_at >= utc_instant(after, ev.c.occurred_at.type))
             if before is not None:
                 where.append(ev.c.occurred_at < utc_instant(before, ev.c.occurred_at.type))

@@ -32,7 +32,7 @@ from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.pool import NullPool
 
 from experiments.config import WarehouseConfig, warehouses_from_env
-from experiments.db import postgres_connect_args, sessions_in_utc
+from experiments.db import on_connect, postgres_connect_args, sessions_in_utc
 from experiments.errors import NotFound
 
 EXTENSION_KEY = "parcours.warehouses"
@@ -181,17 +181,17 @@ def _make_engine(config: WarehouseConfig) -> Engine:
         _wait_for_other_processes(engine, min(seconds, LOCK_WAIT_SECONDS))
     if backend == "postgresql":
         sessions_in_utc(engine)
-    if backend == "duckdb":
+    elif backend == "duckdb":
         _interrupt_after(engine, seconds)
-        _on_connect(engine, "SET TimeZone = 'UTC'")
+        on_connect(engine, "SET TimeZone = 'UTC'")
         if "memory_limit" not in settings and "memory_limit" not in url.query:
             _mark_on_connect(engine, DUCKDB_DEFAULT_MEMORY)
     elif backend == "chdb":
-        _on_connect(engine, f"SET max_execution_time = {max(1, round(seconds))}",
-                    *(f"SET {name} = {_literal(value)}" for name, value in settings.items()))
+        on_connect(engine, f"SET max_execution_time = {max(1, round(seconds))}",
+                   *(f"SET {name} = {_literal(value)}" for name, value in settings.items()))
     elif backend == "snowflake":
-        _on_connect(engine, f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = "
-                            f"{max(1, round(seconds))}")
+        on_connect(engine, f"ALTER SESSION SET STATEMENT_TIMEOUT_IN_SECONDS = "
+                           f"{max(1, round(seconds))}")
     _name_errors(engine, config)
     return engine
 
@@ -218,16 +218,6 @@ def _wait_for_other_processes(engine: Engine, seconds: float) -> None:
 def _literal(value: str) -> str:
     """A ClickHouse setting's value: numbers as they are, anything else quoted."""
     return value if value.replace(".", "", 1).isdigit() else "'" + value.replace("'", "") + "'"
-
-
-def _on_connect(engine: Engine, *statements: str) -> None:
-    def configure(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        for statement in statements:
-            cursor.execute(statement)
-        cursor.close()
-
-    event.listen(engine, "connect", configure)
 
 
 def _mark_on_connect(engine: Engine, mark: str) -> None:
