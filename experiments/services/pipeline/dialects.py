@@ -740,19 +740,23 @@ def hashed_grouping(connection: Connection | Session, *, when: bool = True
 
 # When a table's planner statistics are stale: more rows changed since its last ANALYZE than
 # autovacuum's default threshold (50 rows + 10 % of the table).
-STALE_STATISTICS = "n_mod_since_analyze > 50 + 0.1 * n_live_tup"
+# Never analysed (a table just made or filled: its counts reach pg_stat_user_tables up to a
+# second after its writer commits), or changed beyond autovacuum's own threshold since.
+STALE_STATISTICS = ("(coalesce(last_analyze, last_autoanalyze) IS NULL "
+                    "OR n_mod_since_analyze > 50 + 0.1 * n_live_tup)")
 # How long an ANALYZE waits for a table another ANALYZE or a VACUUM holds (autovacuum, on
 # it already): then the analysis goes on without it.
 STATISTICS_LOCK_WAIT = "1s"
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for a lock_timeout
 
 
-def refresh_statistics(session: Session, tables: Sequence[str], *,
+def refresh_statistics(bind: Session | Connection | Engine, tables: Sequence[str], *,
                        lock_wait: str = STATISTICS_LOCK_WAIT) -> list[str]:
-    """PostgreSQL: ANALYZE those of ``tables`` whose planner statistics are missing or stale
-    (:data:`STALE_STATISTICS`), each in a short transaction of its own; the names of those
-    analysed (nothing elsewhere). A table whose lock is not granted within ``lock_wait`` is
-    left to whoever holds it.
+    """PostgreSQL: ANALYZE those of ``tables`` (that exist) whose planner statistics are
+    missing or stale (:data:`STALE_STATISTICS`), each in a short transaction of its own on a
+    connection of its own; the names of those analysed (nothing elsewhere). ``bind``:
+    Parcours's session, or a warehouse's engine or connection. A table whose lock is not
+    granted within ``lock_wait`` is left to whoever holds it.
 
     Why: autovacuum may be off (it is on this project's test and bench servers), or not
     have come round since a bulk arrival (a launch, an import, the demo). The planner then
@@ -761,7 +765,8 @@ def refresh_statistics(session: Session, tables: Sequence[str], *,
     half of that demo's 16-36 s report is ``PipelineSources.hashed_groups``). ANALYZE reads
     a sample (30,000 rows by default) and blocks no reads or writes; a database user that
     does not own the tables gets a warning from it, not an error."""
-    bind = session.get_bind()
+    if isinstance(bind, Session):
+        bind = bind.get_bind()
     if bind.dialect.name != "postgresql":
         return []
     engine = bind if isinstance(bind, Engine) else bind.engine
@@ -769,8 +774,8 @@ def refresh_statistics(session: Session, tables: Sequence[str], *,
     with engine.connect() as connection:
         stale = list(connection.execute(text(
             "SELECT CAST(CAST(relid AS regclass) AS text) FROM pg_stat_user_tables "
-            f"WHERE relid = ANY(CAST(:tables AS regclass[])) AND {STALE_STATISTICS}"),
-            {"tables": list(tables)}).scalars())
+            "WHERE relid IN (SELECT to_regclass(name) FROM unnest(CAST(:tables AS text[])) "
+            f"AS name) AND {STALE_STATISTICS}"), {"tables": list(tables)}).scalars())
         connection.commit()
         for name in stale:  # regclass text: quoted and qualified as the search path needs
             try:

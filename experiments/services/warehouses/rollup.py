@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, column, func, insert, select, table
 from sqlalchemy.orm import Session
 
-from experiments.services.pipeline.dialects import table_from_select
+from experiments.services.pipeline.dialects import refresh_statistics, table_from_select
 from experiments.services.pipeline.rollup import IdRange, with_live
 from experiments.services.pipeline.unit_values import unit_buckets
 from experiments.services.warehouses import tables
@@ -138,6 +138,7 @@ class WarehouseRollup:
             columns = [column(selected.key) for selected in query.selected_columns]
             connection.execute(insert(table(name, *columns)).from_select(columns, query))
         connection.commit()
+        refresh_statistics(connection, [name])  # PostgreSQL: a new table has none
         folded = Fold(fold.version + 1, fold.plan_key, name, events_now, exposures_now, rows)
         _record(connection, self.experiment_id, folded)
         _drop(connection, superseded(connection, self.experiment_id, fold) & present)
