@@ -149,8 +149,8 @@ def test_an_exposure_is_corrected_by_sent_at(client, client_headers, started, db
     ("/api/v1/assign", {"unit_id": "u"}),
 ])
 @pytest.mark.parametrize("bad", ["yesterday", 1733300000, "2026-12-04T10:00:00",
-                                 "2026-02-30T10:00:00Z", "9999-12-31T23:59:59Z",
-                                 "0001-01-01T00:00:00Z"])
+                                 "2026-02-30T10:00:00Z", "0000-12-31T23:00:00Z",
+                                 "0001-01-01T00:00:00+01:00"])
 def test_a_bad_sent_at_is_a_422_naming_it(client, client_headers, started, path, body, bad):
     response = client.post(path, headers=client_headers, json={**body, "sent_at": bad})
     assert response.status_code == 422
@@ -177,3 +177,90 @@ def test_far_off_client_times_never_overflow(client, client_headers, started, db
     exposed = {row.unit_id: row.exposed_at for row in db.scalars(select(Exposure))}
     assert exposed["far-0001"] == started_at  # a day before receipt, then the start
     assert started_at <= exposed["far-9999"] <= utcnow()  # never after receipt
+
+
+def test_a_clock_reset_to_1970_loses_no_event(client, client_headers, admin_headers,
+                                              started, db):
+    """The commonest wrong clock: the exposures and the journeys, all read on it, land at
+    the present on the server's clock and count in the report."""
+    units = [f"epoch-{index}" for index in range(4)]
+    before = utcnow()
+    for unit in units:
+        visit(client, client_headers, unit, datetime(1970, 1, 1, tzinfo=UTC) - utcnow())
+    after = utcnow()
+    exposed = {row.unit_id: row for row in db.scalars(select(Exposure))}
+    events = db.scalars(select(Event)).all()
+    assert sorted(exposed) == units and len(events) == 6 * len(units)
+    for exposure in exposed.values():
+        assert exposure.client_exposed_at < datetime(1970, 1, 2, tzinfo=UTC)
+        assert before - timedelta(seconds=1) <= exposure.exposed_at <= after
+    for event in events:  # received − (sent_at − occurred_at): 5 ms before receipt
+        assert event.client_occurred_at < datetime(1970, 1, 2, tzinfo=UTC)
+        assert event.occurred_at == event.received_at - timedelta(milliseconds=5)
+        assert exposed[event.unit_id].exposed_at <= event.occurred_at <= after
+    report = client.post(f"{BASE}/analyze", headers=admin_headers).get_json()
+    assert sum(report["units"].values()) == 4
+    assert funnel(report) == dict.fromkeys(JOURNEY, 4)
+    assert purchases(report) == pytest.approx(4)
+
+
+def rejected_fields(body) -> dict[int, list[tuple[str, str]]]:
+    return {item["index"]: [(d["field"], d["message"]) for d in item["error"]["details"]]
+            for item in body["rejected"]}
+
+
+FUTURE = "is more than 24 h in the future"
+TOO_EARLY = "is before 2000-01-01T00:00:00Z once corrected by sent_at"
+
+
+@pytest.mark.parametrize(("sent_at", "occurred", "outcome"), [
+    ("0001-01-01T00:00:00Z", ["0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"], [0, 0]),
+    ("0001-01-01T00:00:00Z", ["0001-01-01T00:00:00Z", "0001-01-02T00:00:01Z",
+                              "9999-12-31T23:59:59Z", None], [0, FUTURE, FUTURE, 0]),
+    ("9999-12-31T23:59:59Z", ["9999-12-31T23:59:58Z", "9999-12-31T23:59:59.999999Z"], [1, 0]),
+    ("9999-12-31T23:59:59Z", ["9999-12-31T23:59:58Z", "0001-01-01T00:00:00Z",
+                              "2026-11-24T10:00:00Z", None], [1, TOO_EARLY, TOO_EARLY, 0]),
+])
+def test_a_far_off_sent_at_decides_each_event_on_its_own(client, client_headers, db, sent_at,
+                                                         occurred, outcome):
+    """Any valid sent_at is taken. An event stored is at ``received − (sent_at −
+    occurred_at)``, never after receipt (an int: seconds before receipt); one whose
+    time is more than 24 h after its own send, or before 2000 once corrected, is
+    rejected alone, inside the 200. The first two batches take the one-pass lane."""
+    events = [{"event_id": f"e{index}", "unit_id": "u", "type": "step", "step": "cart",
+               **({} if moment is None else {"occurred_at": moment})}
+              for index, moment in enumerate(occurred)]
+    response = client.post("/api/v1/events", headers=client_headers,
+                           json={"events": events, "sent_at": sent_at})
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    kept = {f"e{index}": lag for index, lag in enumerate(outcome) if isinstance(lag, int)}
+    assert body["accepted"] == len(kept)
+    assert rejected_fields(body) == {index: [(f"events[{index}].occurred_at", message)]
+                                     for index, message in enumerate(outcome)
+                                     if isinstance(message, str)}
+    rows = {row.event_id: row for row in db.scalars(select(Event))}
+    assert {event_id: (row.received_at - row.occurred_at).total_seconds()
+            for event_id, row in rows.items()} == kept
+
+
+@pytest.mark.parametrize(("sent_at", "occurred_at", "floored"), [
+    ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z", False),
+    ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", False),  # after its send: at receipt
+    ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z", False),
+    ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", True),   # a day back, then the start
+])
+def test_a_far_off_sent_at_dates_an_exposure(client, client_headers, started, db, sent_at,
+                                             occurred_at, floored):
+    before = utcnow()
+    times = {"occurred_at": occurred_at, "sent_at": sent_at}
+    for path, body in [("/api/v1/exposures", {"experiment": "checkout-redesign"}),
+                       ("/api/v1/assign", {"experiments": ["checkout-redesign"]})]:
+        response = client.post(path, headers=client_headers,
+                               json={**body, "unit_id": path, **times})
+        assert response.status_code == 200, response.get_json()
+    started_at = db.scalar(select(Experiment.started_at))
+    exposed = [row.exposed_at for row in db.scalars(select(Exposure))]
+    assert len(exposed) == 2
+    for moment in exposed:
+        assert moment == started_at if floored else before <= moment <= utcnow()

@@ -45,7 +45,9 @@ CHOICES: dict[str, list[Any]] = {
                     "2026-11-24t08:00:00z", "2026-11-24 08:00:00Z",
                     "2026-11-24T08:00:00.1234567Z", "2026-11-24T08:00:00",
                     "2026-02-30T10:00:00Z", "0001-01-01T00:00:00+01:00",
-                    "9999-12-31T23:59:59-01:00", "2026-11-24T08:00:00+2:00", 1764000000],
+                    "9999-12-31T23:59:59-01:00", "2026-11-24T08:00:00+2:00", 1764000000,
+                    "1970-01-01T00:00:00Z", "1969-12-31T23:59:59.5Z", "0001-01-01T00:00:00Z",
+                    "9999-12-31T23:59:58Z"],
     "properties": [MISSING, None, {}, {"device": "mobile"}, {"k": [1, {"b": None}]},
                    {"k": "NaN"}, {"k": float("nan")}, {"k": "\x00"}, {"k\x00": 1},
                    {"k": "\\u0000 is text"}, {"k": "x" * 8180}, {"k": "x" * 8200},
@@ -65,21 +67,28 @@ def random_event(rng: random.Random) -> Any:
     return {key: value for key, value in base.items() if value is not MISSING}
 
 
-def per_event(raw_events: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+def per_event(raw_events: list[Any], sent_at: datetime | None = None
+              ) -> tuple[list[Any], list[dict[str, Any]]]:
     """What the per-event rules decide: an unparseable item forces that path."""
-    rows, rejected = validate_events([*raw_events, "not an event"], NOW)
+    rows, rejected = validate_events([*raw_events, "not an event"], NOW, sent_at=sent_at)
     return rows, [item for item in rejected if item["index"] < len(raw_events)]
 
 
-def test_the_one_pass_check_stores_what_the_per_event_rules_store():
+# No correction; a clock a few minutes behind; reset to 1970; at either end of the range.
+SENT_AT = [None, datetime(2026, 11, 24, 9, 55, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC),
+           datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)]
+
+
+@pytest.mark.parametrize("sent_at", SENT_AT)
+def test_the_one_pass_check_stores_what_the_per_event_rules_store(sent_at):
     rng = random.Random(20261124)
     took_one_pass = 0
     for _ in range(3000):
         raw = [random_event(rng) for _ in range(rng.choice([1, 1, 2, 3]))]
         body = json.dumps({"events": raw}).encode()
         parsed = EventBatch.model_validate_json(body, strict=True).events
-        rows, rejected = validate_events(parsed, NOW)
-        expected_rows, expected_rejected = per_event(from_json(body)["events"])
+        rows, rejected = validate_events(parsed, NOW, sent_at=sent_at)
+        expected_rows, expected_rejected = per_event(from_json(body)["events"], sent_at)
         assert rejected == expected_rejected, raw
         # Server uuids for events without event_id differ between two runs.
         assert [row[1:] for row in rows] == [row[1:] for row in expected_rows], raw

@@ -1,8 +1,9 @@
 """Event ingestion schemas (SPEC §5).
 
-Field-level rules live in :class:`EventIn`; rules that span fields or depend on the
-clock (friction kind per type, NPS range, future timestamps) live in
-:func:`event_problems` so that each can name its exact field.
+Field-level rules live in :class:`EventIn`; rules that span fields (friction kind per
+type, NPS range, a step's name) live in :func:`event_problems` so that each can name its
+exact field. The time rules depend on the receipt and the batch's ``sent_at``: the
+service applies them (``experiments.services.events.time_problem``).
 
 :data:`CLEAN_EVENTS` is the fast lane for the usual batch, where every event is
 valid: one pydantic-core pass with the per-type rules folded into a union tagged by
@@ -166,17 +167,9 @@ def rfc3339(value: Any) -> datetime | None:
 ClientTime = Annotated[datetime | None, BeforeValidator(rfc3339),
                        WithJsonSchema({"type": ["string", "null"], "format": "date-time"})]
 
-# A clock reading used to shift other times: far-off years would overflow the arithmetic.
-_CLOCK_RANGE = (datetime(2000, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC))
-
-
-def _plausible_clock(value: datetime | None) -> datetime | None:
-    if value is not None and not _CLOCK_RANGE[0] <= value < _CLOCK_RANGE[1]:
-        raise ValueError("must be a clock reading between 2000-01-01 and 9000-01-01")
-    return value
-
-
-SentAt = Annotated[ClientTime, AfterValidator(_plausible_clock)]
+# The client's clock as it sent a request: any valid time, however wrong (a clock reset to
+# 1970 is the commonest); the skew correction never overflows (services/clock.py).
+SentAt = ClientTime
 
 
 _NO_NUL = r"^[^\x00]*$"
@@ -243,8 +236,9 @@ class CleanEvents(list[Any]):
     """A batch that passed :data:`CLEAN_EVENTS` whole: the service need not check it again."""
 
 
-def event_problems(event: EventIn, now: datetime) -> list[dict[str, str]]:
-    """Cross-field and clock rules of SPEC §5, each with its field name."""
+def event_problems(event: EventIn) -> list[dict[str, str]]:
+    """Cross-field rules of SPEC §5, each with its field name (the time rules are the
+    service's, which knows the receipt and ``sent_at``)."""
     problems: list[dict[str, str]] = []
 
     def add(field: str, message: str) -> None:
@@ -264,10 +258,6 @@ def event_problems(event: EventIn, now: datetime) -> list[dict[str, str]]:
         add("name", f"is required for type {event.type!r}")
     if event.type == "step" and (problem := step_problem(event.step, event.name)) is not None:
         add(*problem)
-    if event.occurred_at is not None and event.occurred_at > now + MAX_FUTURE:
-        add("occurred_at", "is more than 24 h in the future")
-    if event.occurred_at is not None and event.occurred_at < EARLIEST_OCCURRED_AT:
-        add("occurred_at", "must be 2000-01-01T00:00:00Z or later")
     return problems
 
 
@@ -292,7 +282,8 @@ _EVENT_DOC = (
     "step, friction_kind (error | abandonment | retry | rage_click | dead_click | slow_step | "
     "back_navigation | form_error | support_contact | bounce; required for friction), value "
     "(finite number, |value| <= 1e12; NPS: integer 0-10), occurred_at (RFC 3339 with "
-    "timezone, default now, at most 24 h ahead, not before 2000-01-01), properties (object, "
+    "timezone, default now, at most 24 h ahead of sent_at, not before 2000-01-01 once "
+    "corrected by sent_at), properties (object, "
     "at most 8 KiB). Items are validated one by one: an invalid item is listed in "
     "`rejected` (200) and the others are stored."
 )
@@ -315,8 +306,9 @@ class EventBatch(BaseModel):
     ]
 
     sent_at: SentAt = Field(None, description=(
-        "The client's clock when it sent the batch (RFC 3339). Each event's time is then "
-        "corrected by (received − sent_at), never later than the received time."),
+        "The client's clock when it sent the batch (RFC 3339), however wrong (a clock reset "
+        "to 1970 is fine). Each event's time is then corrected by (received − sent_at), "
+        "never later than the received time."),
         examples=["2026-11-24T10:00:02Z"])
 
     @field_validator("events", mode="after")

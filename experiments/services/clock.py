@@ -12,17 +12,28 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 MAX_EXPOSURE_AGE = timedelta(hours=24)
+_NO_LAG = timedelta(0)
 
 
 def corrected(occurred_at: datetime, received_at: datetime, sent_at: datetime | None
               ) -> datetime:
     """``occurred_at + (received_at − sent_at)``, never after ``received_at``; unchanged
-    without ``sent_at`` (an old client: its time is trusted as before)."""
+    without ``sent_at`` (an old client: its time is trusted as before).
+
+    Any valid ``sent_at`` works, a clock reset to 1970 or one reading year 9999 alike:
+    the sum is taken as ``received_at − (sent_at − occurred_at)``, and the lag between
+    two client times always fits a timedelta. Only a result before year 1 cannot be
+    represented; it comes back as the earliest time there is, for the caller to refuse
+    or clamp like any other time that is too early.
+    """
     if sent_at is None:
         return occurred_at
+    lag = sent_at - occurred_at  # how long before the send it happened, on one clock
+    if lag <= _NO_LAG:
+        return received_at  # at or after its own send: not after it reached the server
     try:
-        return min(occurred_at + (received_at - sent_at), received_at)
-    except OverflowError:  # a client time near year 1 shifted back: as early as can be
+        return received_at - lag
+    except OverflowError:  # shifted back before year 1
         return datetime.min.replace(tzinfo=UTC)
 
 

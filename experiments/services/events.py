@@ -100,19 +100,21 @@ def validate_events(events: Sequence[Any], now: datetime, bind_time: BindTime = 
     """Rows ready to insert, times bound by ``bind_time``; the rejected items as
     ``{"index", "error"}``.
 
-    The 24 h future limit is checked on the client's own clock (``sent_at`` when given),
-    so a client whose clock is ahead is not refused for it.
+    The time rules are those of :func:`time_problem`: any clock the client has, a
+    wrong one included, is accepted, and each event is judged on its own time.
     """
     rows = _clean_rows(events, now, bind_time, sent_at)
     if rows is not None:
         return rows, []
     rows, rejected, received_at = [], [], bind_time(now)
-    client_now = sent_at or now
     for index, parsed in enumerate(_parse_each(events)):
         if isinstance(parsed, list):
             rejected.append({"index": index, "error": _error(parsed)})
             continue
-        problems = event_problems(parsed, client_now)
+        problems = event_problems(parsed)
+        if parsed.occurred_at is not None and (
+                problem := time_problem(parsed.occurred_at, now, sent_at)) is not None:
+            problems.append({"field": "occurred_at", "message": problem})
         try:
             properties = encode_properties(parsed.properties)
         except ValueError as exc:
@@ -145,21 +147,40 @@ def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime,
     texts = encode_clean_properties([event.get("properties") for event in clean])
     if texts is None:
         return None
-    horizon, received_at, rows = (sent_at or now) + MAX_FUTURE, bind_time(now), []
+    client_now, received_at, rows = sent_at or now, bind_time(now), []
     try:
         for event, properties in zip(clean, texts, strict=True):
             occurred_at = event.get("occurred_at")
-            occurred = (None if occurred_at is None
-                        else datetime.fromisoformat(occurred_at).astimezone(UTC))
-            if (occurred is not None and not EARLIEST_OCCURRED_AT <= occurred <= horizon) or (
-                    event["type"] == "step"
-                    and step_problem(event.get("step"), event.get("name")) is not None):
+            if occurred_at is None:
+                times = bind_time(now), None
+            else:
+                occurred = datetime.fromisoformat(occurred_at).astimezone(UTC)
+                stored = corrected(occurred, now, sent_at)
+                if occurred - client_now > MAX_FUTURE or stored < EARLIEST_OCCURRED_AT:
+                    return None
+                times = bind_time(stored), bind_time(occurred)
+            if event["type"] == "step" and step_problem(event.get("step"),
+                                                        event.get("name")) is not None:
                 return None
-            rows.append(_row(event, *_times(occurred, now, sent_at, bind_time), received_at,
-                             properties))
+            rows.append(_row(event, *times, received_at, properties))
     except (ValueError, OverflowError):  # an impossible date, or an offset out of range
         return None
     return rows
+
+
+def time_problem(occurred_at: datetime, now: datetime, sent_at: datetime | None
+                 ) -> str | None:
+    """Why an event's ``occurred_at`` is refused (SPEC §5), or None: more than 24 h ahead
+    of the client's own clock (``sent_at`` when given, so a clock ahead is no reason), or
+    before 2000-01-01 once on the server's clock. A wrong clock is thus never a reason in
+    itself: a device reset to 1970 whose events read 1970 too has them stored at the
+    right, present time, and only an event far off on its own clock is refused."""
+    if occurred_at - (sent_at or now) > MAX_FUTURE:
+        return "is more than 24 h in the future"
+    if corrected(occurred_at, now, sent_at) < EARLIEST_OCCURRED_AT:
+        return ("must be 2000-01-01T00:00:00Z or later" if sent_at is None else
+                "is before 2000-01-01T00:00:00Z once corrected by sent_at")
+    return None
 
 
 def _parse_each(events: Sequence[Any]) -> list[EventIn | list[dict[str, Any]]]:
