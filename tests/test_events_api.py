@@ -79,6 +79,18 @@ def test_a_malformed_envelope_stores_nothing(client, client_headers, db, data, c
     assert stored(db) == 0
 
 
+@pytest.mark.parametrize("unknown", [{"sentAt": "2026-11-24T10:00:02Z"},
+                                     {"sent_at": "2026-11-24T10:00:02Z", "batch": "b-1"}])
+def test_an_unknown_envelope_field_is_422_naming_it_and_stores_nothing(client, client_headers,
+                                                                       db, unknown):
+    """A misspelt ``sentAt`` would otherwise be dropped and the batch stored uncorrected."""
+    response = client.post(URL, json={"events": events(2), **unknown}, headers=client_headers)
+    assert (response.status_code, error_code(response)) == (422, "validation_error")
+    assert [detail["field"] for detail in response.get_json()["error"]["details"]] == [
+        name for name in unknown if name != "sent_at"]
+    assert stored(db) == 0
+
+
 def test_more_than_1000_events_is_422_and_stores_nothing(client, client_headers, db):
     response = client.post(URL, json={"events": events(1001)}, headers=client_headers)
     assert (response.status_code, error_code(response)) == (422, "validation_error")

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,22 @@ def test_beacon_with_client_key_in_query_stores_events_once(app, db):
     rows = db.scalars(select(Event).where(Event.event_id == "beacon-1")).all()
     assert [(r.friction_kind, r.step, r.unit_id) for r in rows] == [
         ("abandonment", "payment", "visitor-9")]
+
+
+def test_a_beacon_with_sent_at_is_corrected_and_one_with_an_unknown_field_refused(app, db):
+    key = _client_key(app)
+    event = {"event_id": "beacon-2", "unit_id": "visitor-9", "type": "step", "step": "cart",
+             "occurred_at": "1970-01-01T00:00:00Z"}
+    client = app.test_client()
+    refused = client.post(f"/api/v1/events?key={key}", content_type="text/plain;charset=UTF-8",
+                          data=json.dumps({"events": [event], "sentAt": "1970-01-01T00:00:01Z"}))
+    assert refused.status_code == 422
+    assert [d["field"] for d in refused.get_json()["error"]["details"]] == ["sentAt"]
+    taken = client.post(f"/api/v1/events?key={key}", content_type="text/plain;charset=UTF-8",
+                        data=json.dumps({"events": [event], "sent_at": "1970-01-01T00:00:01Z"}))
+    assert taken.get_json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    row = db.scalar(select(Event).where(Event.event_id == "beacon-2"))
+    assert row.occurred_at == row.received_at - timedelta(seconds=1)
 
 
 def test_beacon_refuses_admin_keys_in_the_url(app):

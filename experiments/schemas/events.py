@@ -292,8 +292,11 @@ _EVENT_EXAMPLE = {"event_id": "6f1c-1", "unit_id": "visitor-42", "type": "conver
                   "occurred_at": "2026-11-24T10:00:00Z", "properties": {"device": "mobile"}}
 
 
-class EventBatch(BaseModel):
-    """The envelope; each item is validated on its own so one bad event rejects only itself."""
+class EventBatch(Strict):
+    """The envelope; each item is validated on its own so one bad event rejects only itself.
+
+    Unknown fields are refused like in every other body: a misspelt ``sentAt`` would
+    otherwise be dropped in silence and the batch stored with no skew correction."""
 
     # Items are deliberately untyped in the document: a bad item is a per-event rejection
     # (200), not a 422 of the whole request. The usual all-valid batch is checked right
