@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,11 +10,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from experiments import cors
 from experiments.db import get_db
 from tests.conftest import auth_headers, make_test_app
 
+ROOT = Path(__file__).resolve().parent.parent
 SHOP = "https://shop.example.com"
-CLIENT_ROUTES = ["/api/v1/assign", "/api/v1/exposures", "/api/v1/events",
+CLIENT_ROUTES = ["/api/v1/assign", "/api/v1/exposures", "/api/v1/events", "/api/v1/identify",
                  "/ofrep/v1/evaluate/flags", "/ofrep/v1/evaluate/flags/checkout-redesign"]
 
 
@@ -132,3 +135,16 @@ def test_an_ofrep_flag_error_is_readable_by_an_allowed_origin(cors_client, key_h
 def test_paths_below_an_ofrep_flag_get_no_cors_headers(cors_client):
     response = preflight(cors_client, "/ofrep/v1/evaluate/flags/a/b", SHOP)
     assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize("guide", ["docs/developers/browser-sdk.md",
+                                   "docs/operators/security.md"])
+def test_the_guides_name_exactly_the_routes_that_answer_cors(guide):
+    """A front-end developer reads the list there: none missing, none that does not answer."""
+    paragraph = next(block for block in (ROOT / guide).read_text(encoding="utf-8").split("\n\n")
+                     if "answer CORS" in block)
+    named = set(re.findall(r"`(/(?:api|ofrep)/v1/[^`]*)`", paragraph))
+    assert named == {*cors.CLIENT_ROUTES, "/ofrep/v1/evaluate/flags/{key}"}
+    assert all(cors.is_client_route(path.replace("{key}", "checkout-redesign"))
+               for path in named)
+    assert {path.replace("{key}", "checkout-redesign") for path in named} == set(CLIENT_ROUTES)
