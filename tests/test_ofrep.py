@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema_rs
 import pytest
 import requests
 from openfeature import api
@@ -112,6 +113,51 @@ def test_ofrep_error_bodies(client, client_headers):
     assert (broken.status_code, broken.get_json()["errorCode"]) == (400, "PARSE_ERROR")
     no_key = client.post(url, json={"context": {"targetingKey": "u"}})
     assert no_key.status_code == 401
+
+
+FLAG = "/ofrep/v1/evaluate/flags/{key}"
+BULK = "/ofrep/v1/evaluate/flags"
+
+
+@pytest.mark.parametrize(("path", "data", "status", "code"), [
+    (FLAG, b'{"context": "x"}', 400, "INVALID_CONTEXT"),
+    (FLAG, b'{"context": {"targetingKey": "u", "a": NaN}}', 400, "INVALID_CONTEXT"),
+    (FLAG + "?q=%00", b'{"context": {"targetingKey": "u"}}', 400, "INVALID_CONTEXT"),
+    (FLAG, b'{"context": {}}', 400, "TARGETING_KEY_MISSING"),
+    (FLAG, b'{"context": ', 400, "PARSE_ERROR"),
+    (FLAG, b'{"context": {"targetingKey": "u"}}', 404, "FLAG_NOT_FOUND"),
+    (FLAG.replace("{key}", "a%00b"), b'{"context": {"targetingKey": "u"}}', 404,
+     "FLAG_NOT_FOUND"),
+    (BULK, b'{"context": "x"}', 400, "INVALID_CONTEXT"),
+    (BULK, b"{}", 400, "TARGETING_KEY_MISSING"),
+    (BULK, b"[", 400, "PARSE_ERROR"),
+])
+def test_ofrep_errors_are_what_the_openapi_document_declares(client, client_headers, path,
+                                                             data, status, code):
+    """An OFREP provider (or a client generated from /openapi.json) reads the OFREP error
+    body of the declared status, never the 422 envelope of the other routes."""
+    document = client.get("/openapi.json").get_json()
+    operation = document["paths"][BULK if path == BULK else FLAG]["post"]
+    response = client.post(path.replace("{key}", "nope"), data=data,
+                           content_type="application/json", headers=client_headers)
+    assert (response.status_code, response.get_json()["errorCode"]) == (status, code)
+    declared = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+    schema = {**declared, "components": document["components"]}
+    assert jsonschema_rs.validator_for(schema).is_valid(response.get_json())
+    assert "422" not in operation["responses"]
+    codes = document["components"]["schemas"][declared["$ref"].rsplit("/", 1)[1]][
+        "properties"]["errorCode"]
+    assert code in codes.get("enum", [codes.get("const")])
+
+
+def test_the_ofrep_400s_list_exactly_the_codes_they_carry(client):
+    document = client.get("/openapi.json").get_json()
+    for path in (FLAG, BULK):
+        declared = document["paths"][path]["post"]["responses"]["400"]
+        name = declared["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+        assert set(document["components"]["schemas"][name]["properties"]["errorCode"][
+            "enum"]) == {"PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT"}
+        assert "Malformed JSON" not in declared["description"]
 
 
 def test_bulk_evaluation_lists_running_flags_with_an_etag(client, admin_headers,

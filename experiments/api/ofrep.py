@@ -21,9 +21,11 @@ from experiments.db import db_session
 from experiments.errors import ApiError, error_response
 from experiments.schemas.assignment import (
     OfrepBulk,
-    OfrepError,
+    OfrepBulkInvalid,
     OfrepErrorCode,
     OfrepEvaluation,
+    OfrepFlagInvalid,
+    OfrepFlagNotFound,
     OfrepRequest,
     attributes_problem,
     text_problem,
@@ -42,10 +44,13 @@ _OFREP_REASONS = {
 
 @bp.errorhandler(ApiError)
 def _ofrep_error(exc: ApiError) -> Response:
-    """Input errors become OFREP 400s; auth, media type (415) and rate limits keep the SPEC
-    envelope."""
+    """Input errors become OFREP 400s and a key that names no flag an OFREP 404 (a NUL in
+    it included); auth, size (413), media type (415) and rate limits keep the SPEC
+    envelope. The routes' OpenAPI responses say so."""
     if exc.code in OFREP_ERROR_CODES:
         return _failure(exc.status, exc.code, exc.message)
+    if exc.status == 404:
+        return _failure(404, "FLAG_NOT_FOUND", exc.message)
     if exc.status in (400, 422):
         code = "INVALID_CONTEXT" if exc.status == 422 else "PARSE_ERROR"
         details = "; ".join(f"{d.get('field', 'body')}: {d.get('message')}" for d in exc.details)
@@ -65,7 +70,8 @@ def _failure(status: int, code: str, details: str) -> Response:
 
 
 @api_route(bp, "/evaluate/flags/<key>", "POST", auth="client", body=OfrepRequest,
-           response=OfrepEvaluation, responses={400: OfrepError, 404: OfrepError}, tags=TAGS)
+           response=OfrepEvaluation, responses={400: OfrepFlagInvalid, 404: OfrepFlagNotFound},
+           invalid_status=400, tags=TAGS)
 def evaluate_flag(key: str, body: OfrepRequest) -> dict[str, Any]:
     """Evaluate one experiment as a flag for ``context.targetingKey`` (records the exposure)."""
     unit_id, user_id, attributes = _unit_and_attributes(body)
@@ -77,7 +83,7 @@ def evaluate_flag(key: str, body: OfrepRequest) -> dict[str, Any]:
 
 
 @api_route(bp, "/evaluate/flags", "POST", auth="client", body=OfrepRequest, response=OfrepBulk,
-           responses={304: None, 400: OfrepError}, tags=TAGS)
+           responses={304: None, 400: OfrepBulkInvalid}, invalid_status=400, tags=TAGS)
 def evaluate_flags(body: OfrepRequest) -> Response:
     """Evaluate every running experiment without recording exposures; ``If-None-Match``
     with the last ETag gives 304."""

@@ -9,11 +9,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from experiments import __version__
-from experiments.api.routing import ROUTES, RouteSpec
+from experiments.api.routing import ROUTES, ResponseModel, RouteSpec
 from experiments.schemas import ErrorEnvelope
 
 _PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 _ERROR_TEXT = {
+    304: "Not modified: the ETag sent in If-None-Match is current",
     400: "Malformed JSON", 401: "Missing or invalid API key", 403: "Key lacks the role",
     404: "Not found", 409: "Conflict", 413: "Payload too large",
     415: "Unsupported media type", 422: "Validation error", 429: "Rate limited",
@@ -115,8 +116,7 @@ def _query_parameters(spec: RouteSpec) -> list[dict[str, Any]]:
 def _responses(spec: RouteSpec, has_path_params: bool) -> dict[str, Any]:
     responses: dict[str, Any] = {}
     for status, model in spec.responses.items():
-        entry: dict[str, Any] = {"description": "Success" if status < 300 else _ERROR_TEXT.get(
-            status, "Response")}
+        entry: dict[str, Any] = {"description": _description(status, model)}
         if model is not None:
             entry["content"] = {"application/json": {"schema": _ref(model)}}
         if status < 300:
@@ -127,9 +127,9 @@ def _responses(spec: RouteSpec, has_path_params: bool) -> dict[str, Any]:
     if spec.auth is not None:
         errors |= {401, 403} if spec.auth == "admin" else {401}
     if spec.body is not None:
-        errors |= {400, 413, 415, 422}
+        errors |= {400, 413, 415, spec.invalid_status}
     if spec.query is not None:
-        errors.add(422)
+        errors.add(spec.invalid_status)
     if has_path_params:
         errors.add(404)
     for status in sorted(errors):
@@ -138,3 +138,13 @@ def _responses(spec: RouteSpec, has_path_params: bool) -> dict[str, Any]:
             "content": {"application/json": {"schema": _ref(ErrorEnvelope)}},
         })
     return responses
+
+
+def _description(status: int, model: ResponseModel) -> str:
+    """A declared response's description: an error model's docstring says which errors it
+    carries (OFREP's codes), else the status's usual text."""
+    if status < 300:
+        return "Success"
+    if model is not None and model.__doc__:
+        return " ".join(model.__doc__.split())
+    return _ERROR_TEXT.get(status, "Response")

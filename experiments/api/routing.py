@@ -53,6 +53,8 @@ class RouteSpec:
     # Other media types the success response may have (e.g. text/csv exports).
     alternate_media: tuple[str, ...] = ()
     body_required: bool = True
+    # The status of a body or query string that fails validation (OFREP: 400, its shape).
+    invalid_status: int = 422
 
 
 def api_route(
@@ -71,12 +73,15 @@ def api_route(
     alternate_media: tuple[str, ...] = (),
     idempotent: bool = False,
     optional_body: bool = False,
+    invalid_status: int = 422,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare an API view; see the module docstring.
 
     ``idempotent`` views are run once more, on a new connection, when the database
     connection was lost under them (a restart, a terminated backend): repeating them
-    stores nothing twice.
+    stores nothing twice. ``invalid_status`` is the status the document declares for a
+    body or query string that fails validation, for a blueprint whose error handler
+    answers it otherwise (OFREP: a 400 in its own shape, never a 422).
     """
 
     def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,7 +118,7 @@ def api_route(
             endpoint=f"{blueprint.name}.{endpoint}", summary=_first_line(view.__doc__),
             tags=tags or (blueprint.name,), auth=auth, body=body, query=query,
             responses=all_responses, errors=errors, alternate_media=alternate_media,
-            body_required=not optional_body,
+            body_required=not optional_body, invalid_status=invalid_status,
         ))
         return wrapper
 

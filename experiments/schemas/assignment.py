@@ -140,5 +140,36 @@ class OfrepError(BaseModel):
     errorDetails: str
 
 
+# What a 400 of either OFREP route can say: the body is not JSON, the context has no
+# targetingKey, or the context (or the query string) is invalid. Validation failures are
+# 400s in this shape, never the 422 envelope of the other routes.
+OfrepInvalidCode = Literal["PARSE_ERROR", "TARGETING_KEY_MISSING", "INVALID_CONTEXT"]
+
+
+class OfrepBulkInvalid(BaseModel):
+    """Invalid request: PARSE_ERROR (malformed JSON), TARGETING_KEY_MISSING (no
+    context.targetingKey) or INVALID_CONTEXT (the body, context or query string is
+    invalid; errorDetails names the field)."""
+
+    errorCode: OfrepInvalidCode
+    errorDetails: str
+
+
+class OfrepFlagInvalid(OfrepBulkInvalid):
+    """Invalid request: PARSE_ERROR (malformed JSON), TARGETING_KEY_MISSING (no
+    context.targetingKey) or INVALID_CONTEXT (the body, context or query string is
+    invalid; errorDetails names the field); key is the flag's."""
+
+    key: str
+
+
+class OfrepFlagNotFound(BaseModel):
+    """Flag not found: no experiment has this key (FLAG_NOT_FOUND)."""
+
+    key: str
+    errorCode: Literal["FLAG_NOT_FOUND"]
+    errorDetails: str
+
+
 class OfrepBulk(BaseModel):
     flags: list[OfrepEvaluation | OfrepError]
