@@ -123,6 +123,16 @@ def error_response(status: int, message: str, *, code: str | None = None,
     return response
 
 
+def byte_size(limit: int | None) -> str:
+    """A body limit as a reader says it (``1 MiB``), for the 413's message."""
+    if limit is None:
+        return "size"
+    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
+        if limit >= size and limit % size == 0:
+            return f"{limit // size} {unit}"
+    return f"{limit} bytes"
+
+
 def register_error_handlers(app: Flask) -> None:
     """Render every error as the envelope; HTML pages keep their own handlers."""
 
@@ -136,7 +146,11 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         if request.path.startswith("/admin") and request.blueprint == "admin":
             return exc
-        response = error_response(status, exc.description or exc.name)
+        message = exc.description or exc.name
+        if status == 413:  # Werkzeug's text says neither the limit nor what to do
+            message = (f"the request body is over the {byte_size(request.max_content_length)} "
+                       "limit of this route")
+        response = error_response(status, message)
         for name, value in exc.get_headers():
             if name.lower() in {"retry-after", "allow"}:
                 response.headers[name] = value

@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from experiments.auth import SYSTEM
+from experiments.db import get_db
 from experiments.models import Event
+from experiments.services.accounts import create_api_key
 
 URL = "/api/v1/events"
 
@@ -112,6 +115,20 @@ def test_a_body_over_1_mib_is_413_even_below_the_app_limit(client, client_header
     response = client.post(URL, data=data, content_type="application/json",
                            headers=client_headers)
     assert (response.status_code, error_code(response)) == (413, "payload_too_large")
+    assert response.get_json()["error"]["message"] == (
+        "a batch is at most 1 MiB of JSON: split it into smaller batches and send each")
+    assert stored(db) == 0
+
+
+def test_a_beacon_over_1_mib_gets_the_same_413(app, db):
+    with get_db(app).session() as session:
+        key = create_api_key(session, name="beacon", role="client", principal=SYSTEM)[1]
+    data = json.dumps({"events": [{"unit_id": "u", "type": "custom", "name": "n",
+                                   "properties": {"p": "x" * 4000}}] * 300})
+    response = app.test_client().post(f"{URL}?key={key}", data=data,
+                                      content_type="text/plain;charset=UTF-8")
+    assert (response.status_code, error_code(response)) == (413, "payload_too_large")
+    assert "split it into smaller batches" in response.get_json()["error"]["message"]
     assert stored(db) == 0
 
 

@@ -104,6 +104,8 @@ def test_oversized_body_is_413(client, admin_headers):
     payload = experiment_payload(hypothesis="x" * (3 * 1024 * 1024))
     response = client.post("/api/v1/experiments", json=payload, headers=admin_headers)
     assert_envelope(response, 413, "payload_too_large")
+    assert response.get_json()["error"]["message"] == (
+        "the request body is over the 2 MiB limit of this route")
 
 
 def test_deeply_nested_json_is_a_client_error(client, client_headers, admin_headers):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, g, request
+from flask import Blueprint, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from experiments.api.routing import api_route
 from experiments.db import db_session
-from experiments.errors import ValidationFailed
+from experiments.errors import ValidationFailed, byte_size, error_response
 from experiments.schemas.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, EventBatch, IngestOut
 from experiments.services.events import ingest_events
 
@@ -19,6 +20,13 @@ bp = Blueprint("events", __name__, url_prefix="/api/v1")
 def _limit_body() -> None:
     """Batches are capped at 1 MiB, below the app-wide limit (413 before anything is parsed)."""
     request.max_content_length = MAX_BATCH_BYTES
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def _batch_too_large(exc: RequestEntityTooLarge) -> Response:
+    """The 413 says the batch limit and what to do about it (SPEC §5: split the batch)."""
+    return error_response(413, f"a batch is at most {byte_size(MAX_BATCH_BYTES)} of JSON: "
+                               "split it into smaller batches and send each")
 
 
 # Idempotent: a resent event_id is a duplicate (ON CONFLICT), never a second row.
