@@ -22,15 +22,8 @@ from experiments.db import get_db
 from experiments.models import Experiment, Report
 from experiments.services.analysis import analyze_experiment
 from experiments.services.warehouses.engines import get_warehouses
+from tests import test_warehouse_reports as reports
 from tests.conftest import POSTGRES_URL, make_test_app, requires_postgres
-from tests.test_warehouse_reports import (
-    METRICS,
-    T0,
-    add_journey_traffic,
-    differences,
-    start,
-    without_times,
-)
 
 pytestmark = requires_postgres
 
@@ -59,27 +52,28 @@ def test_a_postgresql_warehouse_report_equals_the_parcours_report_over_fresh_sta
         database_url: str, tmp_path: Path, postgres_warehouse: str) -> None:
     app = make_test_app(database_url, tmp_path, WAREHOUSE_W_URL=postgres_warehouse,
                         WAREHOUSE_W_SYNC_EVENTS="1")
-    experiment = start(app, "pg-wh", metrics=METRICS, overrides={},
-                       analysis={"dimensions": ["country"]})
-    now = T0 + timedelta(days=6)
+    experiment = reports.start(app, "pg-wh", metrics=reports.METRICS, overrides={},
+                               analysis={"dimensions": ["country"]})
+    now = reports.T0 + timedelta(days=6)
     with app.app_context(), get_db(app).sessionmaker() as db:
         experiment = db.get(Experiment, experiment.id)
-        experiment.started_at = T0
-        add_journey_traffic(db, experiment, 400)
+        experiment.started_at = reports.T0
+        reports.add_journey_traffic(db, experiment, 400)
         in_parcours = analyze_experiment(db, "pg-wh", now=now).body
         db.execute(delete(Report))
         experiment.analysis = {**experiment.analysis, "warehouse": "w"}
         db.commit()
         # The first analysis records the plan, the second folds every event into a kept
         # table, the third reads it: each equals Parcours's report.
-        reports = [analyze_experiment(db, "pg-wh", now=now).body for _ in range(3)]
+        in_warehouse = [analyze_experiment(db, "pg-wh", now=now).body for _ in range(3)]
     get_warehouses(app).dispose()
     get_db(app).engine.dispose()
 
     assert sum(in_parcours["units"].values()) == 399 and in_parcours["segments"]
-    for in_warehouse in reports:
-        assert "error" not in in_warehouse
-        diffs = differences(without_times(in_warehouse), without_times(in_parcours))
+    for report in in_warehouse:
+        assert "error" not in report
+        diffs = reports.differences(reports.without_times(report),
+                                    reports.without_times(in_parcours))
         assert not diffs, "\n".join(diffs)
     assert analysed_tables(postgres_warehouse) == {
         "parcours_exposures": True, "parcours_events": True, "parcours_identity_links": True,
