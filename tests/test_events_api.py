@@ -37,6 +37,28 @@ def test_a_batch_is_acknowledged_with_counts(client, client_headers, db):
     assert stored(db) == 3
 
 
+def test_a_lone_surrogate_escape_is_replaced_not_the_batch_refused(client, client_headers, db):
+    """A browser writes a string cut inside an emoji as a lone surrogate escape, which is not
+    Unicode: it becomes U+FFFD (as Go's encoding/json does) and the batch is stored; a
+    pair, and an escaped backslash before "ud800", stay as they are."""
+    raw = (b'{"events": [{"event_id": "s-1", "unit_id": "u\\ud83d", "type": "step", '
+           b'"step": "cart"}, {"event_id": "s-2", "unit_id": "v", "type": "custom", '
+           b'"name": "n", "properties": {"cut": "a\\udc00b", "pair": "\\ud83d\\ude00", '
+           b'"text": "\\\\ud800"}}]}')
+    response = client.post(URL, data=raw, content_type="application/json",
+                           headers=client_headers)
+    assert response.status_code == 200
+    assert response.get_json() == {"accepted": 2, "duplicates": 0, "rejected": []}
+    db.expire_all()
+    rows = {row.event_id: row for row in db.scalars(select(Event))}
+    assert rows["s-1"].unit_id == "u\ufffd"
+    assert rows["s-2"].properties == {"cut": "a\ufffdb", "pair": "\U0001F600",
+                                      "text": "\\ud800"}
+    unterminated = client.post(URL, data=b'{"events": [{"unit_id": "\\ud800',
+                               content_type="application/json", headers=client_headers)
+    assert unterminated.status_code == 400 and error_code(unterminated) == "invalid_json"
+
+
 def test_admin_keys_may_send_events_too(client, admin_headers, db):
     response = client.post(URL, json={"events": events(1)}, headers=admin_headers)
     assert response.status_code == 200 and stored(db) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
@@ -190,15 +191,64 @@ def parse_body(model: type[BaseModel]) -> BaseModel:
     what the OpenAPI document says is exactly what is accepted.
     """
     check_json_content_type()
+    return validated_json(model, request.get_data(cache=True))
+
+
+def validated_json(model: type[BaseModel], body: bytes, *, repairable: bool = True
+                   ) -> BaseModel:
+    """``body`` validated against ``model``: 400 when it is not JSON (after replacing its
+    lone surrogates, :func:`without_lone_surrogates`), 422 naming each failing field."""
     try:
-        return model.model_validate_json(request.get_data(cache=True), strict=True)
+        return model.model_validate_json(body, strict=True)
     except ValidationError as exc:
         malformed = [e for e in exc.errors(include_url=False) if e["type"] == "json_invalid"]
+        if malformed and repairable and (repaired := without_lone_surrogates(body)) is not None:
+            return validated_json(model, repaired, repairable=False)
         if malformed:
             reason = malformed[0].get("ctx", {}).get("error") or malformed[0]["msg"]
             raise ApiError(400, f"malformed JSON: {reason}", code="invalid_json") from None
         raise ApiError(422, "the request body is invalid",
                        details=validation_details(exc)) from None
+
+
+# Every escape of a JSON string, in order: a backslash always starts one, so an escaped
+# backslash followed by "ud800" is never taken for a surrogate.
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+_REPLACEMENT = rb"\ufffd"
+
+
+def without_lone_surrogates(body: bytes) -> bytes | None:
+    """``body`` with each ``\\uD800``–``\\uDFFF`` escape that is not half of a pair
+    replaced by U+FFFD, or None when it has none.
+
+    Why: a browser's ``JSON.stringify`` writes a string cut in the middle of an emoji (a
+    ``slice`` of a name, say) as a lone surrogate escape, which is not Unicode; refusing
+    the JSON would lose a whole events batch for one character. Replaced as Go's
+    ``encoding/json`` does; a valid pair is left as it is."""
+    escapes = list(_ESCAPE.finditer(body))
+    lone: list[re.Match[bytes]] = []
+    index = 0
+    while index < len(escapes):
+        escape = escapes[index]
+        code = int(escape.group(1), 16) if escape.group(1) else None
+        if code is None or not 0xD800 <= code <= 0xDFFF:
+            index += 1
+            continue
+        following = escapes[index + 1] if index + 1 < len(escapes) else None
+        low = (int(following.group(1), 16) if following is not None and following.group(1)
+               and following.start() == escape.end() else None)
+        if code <= 0xDBFF and low is not None and 0xDC00 <= low <= 0xDFFF:
+            index += 2  # a pair: one character
+            continue
+        lone.append(escape)
+        index += 1
+    if not lone:
+        return None
+    parts, start = [], 0
+    for escape in lone:
+        parts += [body[start:escape.start()], _REPLACEMENT]
+        start = escape.end()
+    return b"".join([*parts, body[start:]])
 
 
 def parse_query(model: type[BaseModel]) -> BaseModel:

@@ -223,6 +223,22 @@ def test_uncaught_errors_and_rejections_are_error_friction(sdk, api_app):
     assert "boom in payment widget" in messages[0] and "card API down" in messages[1]
 
 
+def test_an_error_message_clipped_inside_an_emoji_keeps_its_batch(sdk, api_app):
+    """The SDK clips a message to 300 UTF-16 units, never between the two halves of an
+    emoji: a lone surrogate is not Unicode, and the whole batch (the step beside it too)
+    was refused for it."""
+    page = sdk(unit="clipped")
+    page.evaluate('() => p.step("payment")')
+    page.evaluate(r"""() => {
+        Promise.reject(new Error("x".repeat(299) + "\u{1F600} and the rest"));
+    }""")
+    page.wait_for_timeout(200)
+    page.evaluate(FLUSH)
+    [error] = frictions(api_app, "clipped", "error")
+    assert error.properties["message"] == "x" * 299
+    assert [e.step for e in events_of(api_app, "clipped", type="step")] == ["payment"]
+
+
 def test_an_invalid_form_submission_is_a_form_error(sdk, api_app):
     page = sdk(unit="form")
     page.evaluate('() => p.step("checkout")')

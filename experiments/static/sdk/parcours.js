@@ -44,8 +44,11 @@
     return [h.slice(0, 8), h.slice(8, 12), h.slice(12, 16), h.slice(16, 20), h.slice(20)].join("-");
   }
 
+  // At most n UTF-16 units, never half of a pair: a lone surrogate is not Unicode.
   function clip(value, n) {
-    return value == null ? null : String(value).slice(0, n || 300);
+    if (value == null) return null;
+    var s = String(value).slice(0, n || 300);
+    return /[\ud800-\udbff]$/.test(s) ? s.slice(0, -1) : s;
   }
 
   function describe(el) {
