@@ -95,6 +95,15 @@ def test_rate_limit_is_per_key_and_answers_429_with_retry_after(database_url, tm
     events = [client.post("/api/v1/events", json={"events": []}, headers=first).status_code
               for _ in range(3)]
     assert events[2] == 429 and 429 not in events[:2]
+    # The document says which routes may answer it: the client routes, no admin one.
+    paths = client.get("/openapi.json").get_json()["paths"]
+    limited_routes = sorted(f"{method.upper()} {path}" for path, operations in paths.items()
+                            for method, operation in operations.items()
+                            if "429" in operation["responses"])
+    assert limited_routes == [
+        "POST /api/v1/assign", "POST /api/v1/events", "POST /api/v1/exposures",
+        "POST /api/v1/identify", "POST /ofrep/v1/evaluate/flags",
+        "POST /ofrep/v1/evaluate/flags/{key}"]
 
 
 def test_a_rate_limit_store_that_is_down_admits_requests(database_url, tmp_path, client_key,

@@ -10,6 +10,7 @@ from pydantic.json_schema import models_json_schema
 
 from experiments import __version__
 from experiments.api.routing import ROUTES, ResponseModel, RouteSpec
+from experiments.limits import ASSIGN_PATHS, INGEST_PATHS
 from experiments.schemas import ErrorEnvelope
 
 _PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
@@ -19,6 +20,9 @@ _ERROR_TEXT = {
     404: "Not found", 409: "Conflict", 413: "Payload too large",
     415: "Unsupported media type", 422: "Validation error", 429: "Rate limited",
 }
+
+
+RATE_LIMITED_PATHS = INGEST_PATHS + ASSIGN_PATHS
 
 
 def build_openapi() -> dict[str, Any]:
@@ -132,6 +136,8 @@ def _responses(spec: RouteSpec, has_path_params: bool) -> dict[str, Any]:
         errors.add(spec.invalid_status)
     if has_path_params:
         errors.add(404)
+    if spec.rule.startswith(RATE_LIMITED_PATHS):  # when PARCOURS_RATE_LIMIT_* sets a limit
+        errors.add(429)
     for status in sorted(errors):
         responses.setdefault(str(status), {
             "description": _ERROR_TEXT.get(status, "Error"),
