@@ -91,13 +91,31 @@ def field_path(loc: tuple[int | str, ...], prefix: str = "") -> str:
 def validation_details(exc: ValidationError, prefix: str = "") -> list[dict[str, Any]]:
     """Turn a pydantic error into SPEC ``details`` entries."""
     details = []
-    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+    for error in exc.errors(include_url=False):
         loc = tuple(part for part in error["loc"] if not _is_union_tag(part))
-        message = error["msg"]
+        message = _plain_message(error)
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
         details.append({"field": field_path(loc, prefix) or prefix or "body", "message": message})
     return details
+
+
+def _plain_message(error: Any) -> str:
+    """pydantic's message, in the client's terms where it speaks of its own: a string's
+    length in characters (not "items after validation"), an object (not "a valid
+    dictionary or instance of EventIn"). The input is read, never echoed."""
+    kind, context, value = error["type"], error.get("ctx") or {}, error.get("input")
+    unit = "characters" if isinstance(value, str) else "items"
+    if kind == "too_short" and context.get("min_length") == 1:
+        return "must not be empty"
+    if kind == "too_short":
+        return f"must have at least {context['min_length']} {unit}"
+    if kind == "too_long":
+        got = f" (got {len(value)})" if isinstance(value, str | list | dict) else ""
+        return f"must have at most {context['max_length']} {unit}{got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return "must be an object"
+    return str(error["msg"])
 
 
 def _is_union_tag(part: int | str) -> bool:

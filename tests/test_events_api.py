@@ -59,6 +59,21 @@ def test_a_lone_surrogate_escape_is_replaced_not_the_batch_refused(client, clien
     assert unterminated.status_code == 400 and error_code(unterminated) == "invalid_json"
 
 
+def test_rejections_speak_of_characters_and_objects(client, client_headers, db):
+    """The reasons say what a client must change, in its terms (pydantic's own said "at
+    least 1 item after validation" of an empty id and "a valid dictionary or instance of
+    EventIn" of a number in the list)."""
+    batch = [{"unit_id": "", "type": "step", "step": "s" * 65}, 7,
+             {"unit_id": "u", "type": "custom", "name": "n" * 201}]
+    body = client.post(URL, json={"events": batch}, headers=client_headers).get_json()
+    assert [detail for item in body["rejected"] for detail in item["error"]["details"]] == [
+        {"field": "events[0].unit_id", "message": "must not be empty"},
+        {"field": "events[0].step", "message": "must have at most 64 characters (got 65)"},
+        {"field": "events[1]", "message": "must be an object"},
+        {"field": "events[2].name", "message": "must have at most 200 characters (got 201)"}]
+    assert stored(db) == 0
+
+
 def test_admin_keys_may_send_events_too(client, admin_headers, db):
     response = client.post(URL, json={"events": events(1)}, headers=admin_headers)
     assert response.status_code == 200 and stored(db) == 1
