@@ -9,12 +9,10 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
-from sqlalchemy import select
 
 from experiments.auth import API_ROLES, SYSTEM, USER_ROLES
 from experiments.db import get_db
 from experiments.errors import ApiError
-from experiments.models import ApiKey, User
 
 db_cli = AppGroup("db", help="Database schema.")
 users_cli = AppGroup("users", help="Admin UI accounts.")
@@ -96,31 +94,21 @@ def seed_demo() -> None:
 @click.command("bootstrap-dev")
 @with_appcontext
 def bootstrap_dev() -> None:
-    """For `make run`: create a local admin and API keys once, and print them."""
-    from experiments.services.accounts import create_api_key, create_user
+    """For `make run`: create a local admin and API keys once, and print them (new ones
+    when those kept no longer open this database)."""
+    from experiments.services.accounts import dev_credentials
 
     path = Path(current_app.instance_path) / "dev-credentials.json"
+    try:
+        kept = json.loads(path.read_text()) if path.exists() else None
+    except ValueError:
+        kept = None
     with get_db().session() as session:
-        has_user = session.scalar(select(User.id).limit(1)) is not None
-        has_key = session.scalar(select(ApiKey.id).limit(1)) is not None
-        if not (has_user and has_key and path.exists()):
-            import secrets
-
-            credentials = {"admin_email": "admin@parcours.local",
-                           "admin_password": secrets.token_urlsafe(12)}
-            if session.scalar(select(User.id).where(User.email == credentials["admin_email"])):
-                session.execute(User.__table__.delete().where(
-                    User.email == credentials["admin_email"]))
-            create_user(session, email=credentials["admin_email"],
-                        password=credentials["admin_password"], role="admin", principal=SYSTEM)
-            credentials["admin_api_key"] = create_api_key(
-                session, name="make-run admin", role="admin", principal=SYSTEM)[1]
-            credentials["client_api_key"] = create_api_key(
-                session, name="make-run client", role="client", principal=SYSTEM)[1]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(credentials, indent=2))
-            path.chmod(0o600)
-    credentials = json.loads(path.read_text())
+        credentials = dev_credentials(session, kept)
+    if credentials != kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(credentials, indent=2))
+        path.chmod(0o600)
     click.echo("Parcours local credentials (kept in instance/dev-credentials.json):")
     click.echo(f"  admin UI   http://127.0.0.1:5000/admin  {credentials['admin_email']} / "
                f"{credentials['admin_password']}")

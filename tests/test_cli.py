@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 from sqlalchemy import func, select
 
 from experiments.auth import hash_api_key, verify_password
+from experiments.db import get_db, utcnow
 from experiments.models import (
     AllocationPeriod,
     ApiKey,
@@ -16,6 +21,7 @@ from experiments.models import (
     Report,
     User,
 )
+from experiments.services.accounts import authenticate_user
 from experiments.services.pipeline import MetricSpec, aggregate_experiment, own_sources
 
 
@@ -109,3 +115,36 @@ def test_bootstrap_dev_prints_the_same_credentials_twice(runner):
     second = runner.invoke(args=["bootstrap-dev"]).output
     assert "admin key  sk_" in first and "client key pk_" in first
     assert first == second
+
+
+@pytest.mark.parametrize("stale", ["another database's password", "a revoked key",
+                                   "a key of the wrong role", "a file that is not JSON"])
+def test_bootstrap_dev_replaces_credentials_that_no_longer_open_the_database(
+        app, runner, db, stale):
+    """The file outlives the database it was made for (deleted, or the URL pointed
+    elsewhere for a while): credentials that do not work are made anew, never printed."""
+    assert runner.invoke(args=["bootstrap-dev"]).exit_code == 0
+    path = Path(app.instance_path) / "dev-credentials.json"
+    kept = json.loads(path.read_text())
+    if stale == "another database's password":
+        path.write_text(json.dumps({**kept, "admin_password": "from-another-database"}))
+    elif stale == "a revoked key":
+        key = db.scalar(select(ApiKey).where(ApiKey.key_hash == hash_api_key(
+            kept["client_api_key"])))
+        key.revoked_at = utcnow()
+        db.commit()
+    elif stale == "a key of the wrong role":
+        path.write_text(json.dumps({**kept, "client_api_key": kept["admin_api_key"]}))
+    else:
+        path.write_text("{")
+    output = runner.invoke(args=["bootstrap-dev"]).output
+    made = json.loads(path.read_text())
+    assert made["admin_password"] != kept["admin_password"]
+    assert made["admin_password"] in output and made["client_api_key"] in output
+    with get_db(app).sessionmaker() as session:
+        assert authenticate_user(session, made["admin_email"], made["admin_password"])
+        roles = dict(session.execute(select(ApiKey.key_hash, ApiKey.role).where(
+            ApiKey.revoked_at.is_(None))).all())
+    assert roles[hash_api_key(made["admin_api_key"])] == "admin"
+    assert roles[hash_api_key(made["client_api_key"])] == "client"
+    assert runner.invoke(args=["bootstrap-dev"]).output == output  # and kept from then on

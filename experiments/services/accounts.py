@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from functools import cache
 
 from sqlalchemy import select
@@ -9,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from experiments.auth import (
     API_ROLES,
+    SYSTEM,
     USER_ROLES,
     Principal,
     generate_api_key,
@@ -142,3 +144,43 @@ def authenticate_user(session: Session, email: str, password: str) -> User | Non
 @cache
 def _dummy_hash() -> str:
     return hash_password("parcours-timing-equaliser")
+
+
+DEV_ADMIN_EMAIL = "admin@parcours.local"
+
+
+def dev_credentials(session: Session, kept: dict[str, str] | None) -> dict[str, str]:
+    """``make run``'s local admin login and API keys: ``kept`` (what an earlier run wrote)
+    when they still open this database, else new ones (the admin's password reset).
+
+    Why checked: the file outlives the database it was made for (a database deleted, or
+    ``PARCOURS_DATABASE_URL`` pointed elsewhere for a while), and printing a login that
+    does not work is worse than printing none."""
+    if kept is not None and _credentials_hold(session, kept):
+        return kept
+    credentials = {"admin_email": DEV_ADMIN_EMAIL,
+                   "admin_password": secrets.token_urlsafe(12)}
+    session.execute(User.__table__.delete().where(User.email == DEV_ADMIN_EMAIL))
+    create_user(session, email=DEV_ADMIN_EMAIL, password=credentials["admin_password"],
+                role="admin", principal=SYSTEM)
+    for role, name in (("admin", "make-run admin"), ("client", "make-run client")):
+        credentials[f"{role}_api_key"] = create_api_key(session, name=name, role=role,
+                                                        principal=SYSTEM)[1]
+    return credentials
+
+
+def _credentials_hold(session: Session, kept: dict[str, str]) -> bool:
+    """The kept login authenticates and both kept keys are live keys of their roles."""
+    try:
+        email, password = kept["admin_email"], kept["admin_password"]
+        keys = {role: kept[f"{role}_api_key"] for role in API_ROLES}
+    except (KeyError, TypeError):
+        return False
+    user = authenticate_user(session, email, password)
+    if user is None or user.role != "admin":
+        return False
+    live = {row.key_hash: row.role for row in session.execute(
+        select(ApiKey.key_hash, ApiKey.role).where(
+            ApiKey.key_hash.in_([hash_api_key(key) for key in keys.values()]),
+            ApiKey.revoked_at.is_(None)))}
+    return all(live.get(hash_api_key(key)) == role for role, key in keys.items())
