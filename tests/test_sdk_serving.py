@@ -155,6 +155,10 @@ def test_beacon_refuses_admin_keys_in_the_url(app):
     response = app.test_client().post(f"/api/v1/events?key={key}", data='{"events": []}',
                                       content_type="text/plain")
     assert response.status_code == 401
+    assert response.get_json()["error"]["message"].endswith(
+        "only a client key (pk_…) is read from ?key=, and only on POST /api/v1/events: an "
+        "admin key never travels in a URL")
+    assert key not in response.get_data(as_text=True)
 
 
 def test_key_in_query_is_ignored_outside_the_events_route(app):

@@ -134,8 +134,11 @@ def authenticate(required: Literal["admin", "client", "any"]) -> Principal:
     """Resolve the bearer key to a principal and enforce the role (401/403)."""
     token = bearer_token(request.headers.get("Authorization", ""))
     if token is None:
-        raise ApiError(401, "missing or malformed Authorization: Bearer <api key>",
-                       headers={"WWW-Authenticate": "Bearer"})
+        message = "missing or malformed Authorization: Bearer <api key>"
+        if "key" in request.args:  # a beacon's key that is not a client key
+            message += ("; only a client key (pk_…) is read from ?key=, and only on "
+                        "POST /api/v1/events: an admin key never travels in a URL")
+        raise ApiError(401, message, headers={"WWW-Authenticate": "Bearer"})
     cache = current_app.extensions["parcours.api_keys"]
     principal = cache.lookup(db_session(), token)
     if principal is None:
