@@ -101,18 +101,17 @@ def validation_details(exc: ValidationError, prefix: str = "") -> list[dict[str,
 
 
 def _plain_message(error: Any) -> str:
-    """pydantic's message, in the client's terms where it speaks of its own: a string's
-    length in characters (not "items after validation"), an object (not "a valid
-    dictionary or instance of EventIn"). The input is read, never echoed."""
+    """pydantic's message, in the client's terms where it speaks of its own: a constrained
+    string's length in characters (its generic form says "at least 1 item after
+    validation"), an object (not "a valid dictionary or instance of EventIn"). The input
+    is read, never echoed."""
     kind, context, value = error["type"], error.get("ctx") or {}, error.get("input")
-    unit = "characters" if isinstance(value, str) else "items"
-    if kind == "too_short" and context.get("min_length") == 1:
-        return "must not be empty"
-    if kind == "too_short":
-        return f"must have at least {context['min_length']} {unit}"
-    if kind == "too_long":
-        got = f" (got {len(value)})" if isinstance(value, str | list | dict) else ""
-        return f"must have at most {context['max_length']} {unit}{got}"
+    generic_length = isinstance(value, str) and "after validation" in error["msg"]
+    if kind == "too_short" and generic_length:
+        minimum = context["min_length"]
+        return "must not be empty" if minimum == 1 else f"must have at least {minimum} characters"
+    if kind == "too_long" and generic_length:
+        return f"must have at most {context['max_length']} characters (got {len(value)})"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return "must be an object"
     return str(error["msg"])
