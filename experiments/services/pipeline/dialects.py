@@ -738,10 +738,9 @@ def hashed_grouping(connection: Connection | Session, *, when: bool = True
         _set_local(connection, *before)
 
 
-# When a table's planner statistics are stale: more rows changed since its last ANALYZE than
-# autovacuum's default threshold (50 rows + 10 % of the table).
-# Never analysed (a table just made or filled: its counts reach pg_stat_user_tables up to a
-# second after its writer commits), or changed beyond autovacuum's own threshold since.
+# When a table's planner statistics are stale: never analysed (a table just made or filled:
+# its counts reach pg_stat_user_tables only once its writer flushes them), or more rows
+# changed since its last ANALYZE than autovacuum's default threshold (50 rows + 10 %).
 STALE_STATISTICS = ("(coalesce(last_analyze, last_autoanalyze) IS NULL "
                     "OR n_mod_since_analyze > 50 + 0.1 * n_live_tup)")
 # How long an ANALYZE waits for a table another ANALYZE or a VACUUM holds (autovacuum, on
