@@ -147,7 +147,7 @@ def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime,
     texts = encode_clean_properties([event.get("properties") for event in clean])
     if texts is None:
         return None
-    client_now, received_at, rows = sent_at or now, bind_time(now), []
+    received_at, rows = bind_time(now), []
     try:
         for event, properties in zip(clean, texts, strict=True):
             occurred_at = event.get("occurred_at")
@@ -155,8 +155,8 @@ def _clean_rows(events: Sequence[Any], now: datetime, bind_time: BindTime,
                 times = bind_time(now), None
             else:
                 occurred = datetime.fromisoformat(occurred_at).astimezone(UTC)
-                stored = corrected(occurred, now, sent_at)
-                if occurred - client_now > MAX_FUTURE or stored < EARLIEST_OCCURRED_AT:
+                stored, problem = _stored_time(occurred, now, sent_at)
+                if problem is not None:
                     return None
                 times = bind_time(stored), bind_time(occurred)
             if event["type"] == "step" and step_problem(event.get("step"),
@@ -175,12 +175,21 @@ def time_problem(occurred_at: datetime, now: datetime, sent_at: datetime | None
     before 2000-01-01 once on the server's clock. A wrong clock is thus never a reason in
     itself: a device reset to 1970 whose events read 1970 too has them stored at the
     right, present time, and only an event far off on its own clock is refused."""
+    return _stored_time(occurred_at, now, sent_at)[1]
+
+
+def _stored_time(occurred_at: datetime, now: datetime, sent_at: datetime | None
+                 ) -> tuple[datetime, str | None]:
+    """The time an event is stored at (:func:`corrected`) and why it is refused, or None:
+    the rules of :func:`time_problem`, which the clean lane applies without a second
+    correction."""
+    stored = corrected(occurred_at, now, sent_at)
     if occurred_at - (sent_at or now) > MAX_FUTURE:
-        return "is more than 24 h in the future"
-    if corrected(occurred_at, now, sent_at) < EARLIEST_OCCURRED_AT:
-        return ("must be 2000-01-01T00:00:00Z or later" if sent_at is None else
-                "is before 2000-01-01T00:00:00Z once corrected by sent_at")
-    return None
+        return stored, "is more than 24 h in the future"
+    if stored < EARLIEST_OCCURRED_AT:
+        return stored, ("must be 2000-01-01T00:00:00Z or later" if sent_at is None else
+                        "is before 2000-01-01T00:00:00Z once corrected by sent_at")
+    return stored, None
 
 
 def _parse_each(events: Sequence[Any]) -> list[EventIn | list[dict[str, Any]]]:
