@@ -214,9 +214,11 @@ def validated_json(model: type[BaseModel], body: bytes, *, repairable: bool = Tr
                        details=validation_details(exc)) from None
 
 
-# Every escape of a JSON string, in order: a backslash always starts one, so an escaped
-# backslash followed by "ud800" is never taken for a surrogate.
-_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
+# Every escape of a JSON string, in order (a backslash always starts one, so an escaped
+# backslash followed by "ud800" is never taken for a surrogate): a surrogate pair whole,
+# then a lone surrogate (group "lone"), then any other escape.
+_ESCAPE = re.compile(rb"\\(?:u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+                     rb"|(?P<lone>u[dD][89a-fA-F][0-9a-fA-F]{2})|u[0-9a-fA-F]{4}|.)", re.DOTALL)
 _REPLACEMENT = rb"\ufffd"
 
 
@@ -228,30 +230,8 @@ def without_lone_surrogates(body: bytes) -> bytes | None:
     ``slice`` of a name, say) as a lone surrogate escape, which is not Unicode; refusing
     the JSON would lose a whole events batch for one character. Replaced as Go's
     ``encoding/json`` does; a valid pair is left as it is."""
-    escapes = list(_ESCAPE.finditer(body))
-    lone: list[re.Match[bytes]] = []
-    index = 0
-    while index < len(escapes):
-        escape = escapes[index]
-        code = int(escape.group(1), 16) if escape.group(1) else None
-        if code is None or not 0xD800 <= code <= 0xDFFF:
-            index += 1
-            continue
-        following = escapes[index + 1] if index + 1 < len(escapes) else None
-        low = (int(following.group(1), 16) if following is not None and following.group(1)
-               and following.start() == escape.end() else None)
-        if code <= 0xDBFF and low is not None and 0xDC00 <= low <= 0xDFFF:
-            index += 2  # a pair: one character
-            continue
-        lone.append(escape)
-        index += 1
-    if not lone:
-        return None
-    parts, start = [], 0
-    for escape in lone:
-        parts += [body[start:escape.start()], _REPLACEMENT]
-        start = escape.end()
-    return b"".join([*parts, body[start:]])
+    repaired = _ESCAPE.sub(lambda escape: _REPLACEMENT if escape["lone"] else escape[0], body)
+    return repaired if repaired != body else None
 
 
 def parse_query(model: type[BaseModel]) -> BaseModel:
